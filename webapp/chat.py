@@ -1,0 +1,403 @@
+"""A turn: the context window, the generation task, and the event stream readers follow.
+
+Generation runs as a server-side task that does not depend on any HTTP connection.
+Its events are kept in memory for readers on this worker (no Redis round trip per
+reader per chunk) and written to a per-turn Redis Stream in pipelined batches, so a
+reader on another worker, or one resuming with Last-Event-ID after a reload, can
+follow the same reply. When the turn ends the whole reply is saved to the history in
+the same MULTI that writes the final event, so `end` always means "saved".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from redis.exceptions import RedisError
+
+from .config import Settings
+from .errors import EmptyMessage, MessageTooLong, TurnNotFound
+from .i18n import Lang, t
+from .llm import Provider, UpstreamError
+from .metrics import Metrics
+from .roles import Role
+from .store import Conversation, Message, Store, TurnEvent, TurnInfo, new_id, new_message_id, now_iso
+
+log = logging.getLogger("webapp.chat")
+
+TERMINAL = ("end", "error")
+REMOTE_BLOCK_MS = 5000
+
+
+def validate_message(text: str | None, max_chars: int) -> str:
+    """The message as it will be saved, or a domain error: empty, or too long."""
+    if text is None or not text.strip():
+        raise EmptyMessage()
+    if len(text) > max_chars:
+        raise MessageTooLong(limit=max_chars)
+    return text
+
+
+def build_context(role: Role, window: list[Message], budget_chars: int) -> list[dict[str, str]]:
+    """System prompt + the window, trimmed oldest-first to the char budget; the newest message always stays."""
+    kept: list[Message] = []
+    used = 0
+    for index, message in enumerate(reversed(window)):
+        if not message.content:
+            continue
+        size = len(message.content)
+        if index > 0 and used + size > budget_chars:
+            break
+        kept.append(message)
+        used += size
+    kept.reverse()
+    return [{"role": "system", "content": role.system_prompt}] + [
+        {"role": m.role, "content": m.content} for m in kept
+    ]
+
+
+@dataclass
+class TurnRun:
+    """A turn generating on this worker; its events stay in memory for local readers."""
+
+    id: str
+    conversation: Conversation
+    role: Role
+    lang: Lang
+    events: list[TurnEvent] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    finished: bool = False
+    task: asyncio.Task[None] | None = None
+    cancel_reason: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    last_emit: float = 0.0
+    flush_handle: asyncio.TimerHandle | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def publish(self, event: TurnEvent) -> None:
+        self.events.append(event)
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    def next_seq(self) -> int:
+        return len(self.events) + 1
+
+    async def follow(self, after: int) -> AsyncIterator[list[TurnEvent]]:
+        """Yield batches of events after seq `after` until the terminal event."""
+        index = max(0, after)
+        while True:
+            if len(self.events) > index:
+                batch = self.events[index:]
+                index = len(self.events)
+                yield batch
+                if batch[-1].type in TERMINAL:
+                    return
+            elif self.finished:
+                return
+            else:
+                await self.changed.wait()
+
+
+class EventWriter:
+    """Writes chunk events of all turns to Redis in one pipeline per flush.
+
+    Events queue while a flush is in flight, so under load each round trip carries
+    many events; when idle, an event is written at once.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.queue: list[tuple[str, TurnEvent]] = []
+        self.enqueued = 0
+        self.written = 0
+        self.wakeup = asyncio.Event()
+        self.progress = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="event-writer")
+
+    def add(self, turn_id: str, event: TurnEvent) -> None:
+        self.queue.append((turn_id, event))
+        self.enqueued += 1
+        self.wakeup.set()
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is in Redis."""
+        target = self.enqueued
+        while self.written < target:
+            progress = self.progress
+            await progress.wait()
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            if not self.queue:
+                continue
+            batch, self.queue = self.queue, []
+            try:
+                await self.store.append_events(batch)
+            except RedisError as exc:
+                log.warning("event write failed (%s), retrying", type(exc).__name__)
+                self.queue = batch + self.queue
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                self.wakeup.set()
+                continue
+            backoff = 0.05
+            self.written += len(batch)
+            progress, self.progress = self.progress, asyncio.Event()
+            progress.set()
+
+    async def aclose(self) -> None:
+        if self.task:
+            try:
+                await asyncio.wait_for(self.drain(), timeout=5)
+            except asyncio.TimeoutError:
+                log.error("event writer could not drain before shutdown")
+            self.task.cancel()
+
+
+class TurnManager:
+    """Starts turns, runs their generation tasks and serves their events to readers."""
+
+    def __init__(self, store: Store, provider: Provider, settings: Settings, metrics: Metrics) -> None:
+        self.store = store
+        self.provider = provider
+        self.settings = settings
+        self.metrics = metrics
+        self.runs: dict[str, TurnRun] = {}
+        self.writer = EventWriter(store)
+        self.coalesce = settings.stream_coalesce_ms / 1000
+        self._cancel_listener: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.writer.start()
+        self._cancel_listener = asyncio.create_task(self._listen_for_cancels(), name="cancel-listener")
+
+    async def aclose(self) -> None:
+        """Interrupt running turns and save what they have, then flush the writer."""
+        if self._cancel_listener:
+            self._cancel_listener.cancel()
+        runs = list(self.runs.values())
+        for run in runs:
+            self._cancel_run(run, "shutdown")
+        tasks = [run.task for run in runs if run.task]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        await self.writer.aclose()
+
+    # starting -----------------------------------------------------------
+
+    async def start_turn(self, conversation: Conversation, text: str | None, role: Role, lang: Lang) -> TurnRun:
+        text = validate_message(text, self.settings.max_message_chars)
+        turn_id = new_id()
+        started = await self.store.begin_turn(
+            conversation,
+            turn_id=turn_id,
+            text=text,
+            role=role.id,
+            context_messages=self.settings.context_messages,
+            rate_limit=self.settings.rate_limit_per_minute,
+        )
+        conversation.role = role.id
+        conversation.running_turn_id = turn_id
+        messages = build_context(role, started.context, self.settings.context_chars)
+        run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang)
+        self.runs[turn_id] = run
+        run.task = asyncio.create_task(self._generate(run, messages), name=f"turn-{turn_id}")
+        self.metrics.turn_started()
+        return run
+
+    # generating ---------------------------------------------------------
+
+    async def _generate(self, run: TurnRun, messages: list[dict[str, str]]) -> None:
+        status, error_key = "complete", ""
+        try:
+            async for delta in self.provider.stream(messages, role_name=run.role.name(run.lang), lang=run.lang):
+                self._add_text(run, delta)
+        except asyncio.CancelledError:
+            status = "interrupted"
+            error_key = "" if run.cancel_reason == "user" else "error.interrupted"
+        except UpstreamError as exc:
+            status, error_key = "error", exc.key
+            self.metrics.upstream_error()
+        except Exception:
+            log.exception("turn %s failed", run.id)
+            status, error_key = "error", "error.upstream"
+            self.metrics.upstream_error()
+        await asyncio.shield(self._finish(run, status, error_key))
+
+    def _add_text(self, run: TurnRun, delta: str) -> None:
+        """Queue a delta; emit at once if the last event is older than the coalescing window."""
+        if run.first_token_at is None:
+            run.first_token_at = time.perf_counter()
+            self.metrics.observe_ttft(run.first_token_at - run.started)
+        run.text.append(delta)
+        run.pending.append(delta)
+        if run.flush_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        due = run.last_emit + self.coalesce
+        now = loop.time()
+        if now >= due:
+            self._emit_pending(run)
+        else:
+            run.flush_handle = loop.call_at(due, self._emit_pending, run)
+
+    def _emit_pending(self, run: TurnRun) -> None:
+        run.flush_handle = None
+        if not run.pending or run.finished:
+            return
+        event = TurnEvent(seq=run.next_seq(), type="chunk", content="".join(run.pending))
+        run.pending.clear()
+        run.last_emit = asyncio.get_running_loop().time()
+        run.publish(event)
+        self.writer.add(run.id, event)
+
+    async def _finish(self, run: TurnRun, status: str, error_key: str) -> None:
+        if run.flush_handle is not None:
+            run.flush_handle.cancel()
+        self._emit_pending(run)
+        content = "".join(run.text)
+        reply = None
+        if content or status == "complete":
+            reply = Message(id=new_message_id(), role="assistant", content=content, ts=now_iso(), status=status)
+        if error_key:
+            final = TurnEvent(seq=run.next_seq(), type="error", content=t(error_key, run.lang))
+        else:
+            final = TurnEvent(seq=run.next_seq(), type="end", message_id=reply.id if reply else "")
+        await self._save(run, reply, final)
+        run.finished = True
+        run.publish(final)
+        self.runs.pop(run.id, None)
+        duration = time.perf_counter() - run.started
+        ttft = (run.first_token_at - run.started) if run.first_token_at else None
+        self.metrics.turn_finished(status, duration)
+        log.info(
+            "turn id=%s session=%s status=%s provider=%s ttft_ms=%s total_ms=%.0f chars=%d events=%d",
+            run.id, run.conversation.id, status, self.provider.name,
+            f"{ttft * 1000:.0f}" if ttft is not None else "-", duration * 1000, len(content), final.seq,
+        )
+
+    async def _save(self, run: TurnRun, reply: Message | None, final: TurnEvent) -> None:
+        """Save the reply; a Redis outage is retried, not lost, for as long as a turn may run."""
+        deadline = time.monotonic() + self.settings.turn_timeout_seconds
+        backoff = 0.1
+        while True:
+            try:
+                await self.writer.drain()
+                await self.store.finish_turn(run.conversation, turn_id=run.id, reply=reply, final_event=final)
+                return
+            except RedisError as exc:
+                self.metrics.redis_error()
+                if time.monotonic() > deadline:
+                    log.error("turn %s: reply could not be saved: %s", run.id, type(exc).__name__)
+                    return
+                log.warning("turn %s: saving failed (%s), retrying", run.id, type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # cancelling ---------------------------------------------------------
+
+    def _cancel_run(self, run: TurnRun, reason: str) -> None:
+        if run.task and not run.task.done() and not run.cancel_reason:
+            run.cancel_reason = reason
+            run.task.cancel()
+
+    async def cancel(self, turn: TurnInfo) -> None:
+        run = self.runs.get(turn.id)
+        if run is not None:
+            self._cancel_run(run, "user")
+        elif turn.status == "running":
+            await self.store.request_cancel(turn.id)
+
+    async def _listen_for_cancels(self) -> None:
+        """Cancel requests for turns that run on this worker, published by any worker."""
+        while True:
+            try:
+                async for turn_id in self.store.cancel_requests():
+                    run = self.runs.get(turn_id)
+                    if run is not None:
+                        self._cancel_run(run, "user")
+            except asyncio.CancelledError:
+                raise
+            except RedisError:
+                await asyncio.sleep(1)
+
+    # reading ------------------------------------------------------------
+
+    async def turn_for(self, turn_id: str, user_id: str) -> TurnInfo:
+        """The turn if the user owns it; 404 otherwise (never reveal another user's turn)."""
+        run = self.runs.get(turn_id)
+        if run is not None:
+            if run.conversation.user_id != user_id:
+                raise TurnNotFound()
+            return TurnInfo(id=run.id, session_id=run.conversation.id, user_id=user_id, status="running")
+        info = await self.store.get_turn(turn_id)
+        if info is None or info.user_id != user_id:
+            raise TurnNotFound()
+        return info
+
+    async def follow(self, turn: TurnInfo, after: int = 0) -> AsyncIterator[list[TurnEvent]]:
+        """Batches of the turn's events after seq `after`, until its end or error event."""
+        run = self.runs.get(turn.id)
+        if run is not None:
+            async for batch in run.follow(after):
+                yield batch
+            return
+        async for batch in self._follow_stored(turn, after):
+            yield batch
+
+    async def _follow_stored(self, turn: TurnInfo, after: int) -> AsyncIterator[list[TurnEvent]]:
+        """Follow a turn through its Redis Stream: it runs on another worker, or already ended."""
+        events = await self.store.read_events(turn.id, after)
+        while True:
+            if events:
+                yield events
+                after = events[-1].seq
+                if events[-1].type in TERMINAL:
+                    return
+            else:
+                info = await self.store.get_turn(turn.id)
+                if info is not None and info.status == "running" and turn.id not in self.runs:
+                    if await self.store.lock_holder(info.session_id) != turn.id:
+                        info = await self._recover_orphan(info)
+                if info is None or info.status != "running":
+                    async for batch in self._replay_from_history(info or turn, after):
+                        yield batch
+                    return
+            events = await self.store.read_events(turn.id, after, block_ms=REMOTE_BLOCK_MS)
+
+    async def _recover_orphan(self, turn: TurnInfo) -> TurnInfo | None:
+        """A turn whose worker died: save what its event stream holds as an interrupted reply."""
+        conversation = await self.store.get_conversation(turn.session_id)
+        if conversation is None:
+            return None
+        events = await self.store.read_events(turn.id, 0)
+        if events and events[-1].type in TERMINAL:
+            return await self.store.get_turn(turn.id)
+        content = "".join(e.content for e in events if e.type == "chunk")
+        reply = None
+        if content:
+            reply = Message(id=new_message_id(), role="assistant", content=content, ts=now_iso(), status="interrupted")
+        final = TurnEvent(seq=len(events) + 1, type="error", content=t("error.interrupted"))
+        await self.store.finish_turn(conversation, turn_id=turn.id, reply=reply, final_event=final)
+        log.warning("turn %s: its worker is gone; saved %d chars as interrupted", turn.id, len(content))
+        return await self.store.get_turn(turn.id)
+
+    async def _replay_from_history(self, turn: TurnInfo, after: int) -> AsyncIterator[list[TurnEvent]]:
+        """The event stream has expired: rebuild the reply from the saved message."""
+        message = await self.store.find_message(turn.session_id, turn.message_id) if turn.message_id else None
+        if after == 0 and message is not None:
+            yield [TurnEvent(seq=1, type="chunk", content=message.content),
+                   TurnEvent(seq=2, type="end", message_id=message.id)]
+        elif after == 0:
+            yield [TurnEvent(seq=1, type="end")]

@@ -1,0 +1,102 @@
+"""Settings: the only place that reads the environment (and `.env`)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the app; invalid values fail at start, naming the variable."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    openai_api_key: str = ""
+    openai_base_url: str = ""
+    openai_model: str = "gpt-4o-mini"
+    openai_timeout: float = Field(60.0, gt=0, description="seconds to wait for the next token")
+    redis_url: str = ""
+    data_dir: Path = Path("./data")
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    web_concurrency: int = Field(1, ge=1, le=64)
+    context_messages: int = Field(20, ge=1, le=500)
+    context_chars: int = Field(24000, ge=100)
+    max_message_chars: int = Field(1000, ge=1)
+    conversation_ttl_days: int = Field(7, ge=1)
+    session_index_ttl_days: int = Field(30, ge=1)
+    rate_limit_per_minute: int = Field(10, ge=0, description="turns per user per minute; 0 = off")
+    secret_key: str = ""
+    metrics_token: str = ""
+    metrics_enabled: bool = True
+    log_level: str = "info"
+    stream_coalesce_ms: int = Field(40, ge=0, le=1000)
+    turn_timeout_seconds: int = Field(600, ge=10)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @property
+    def demo_mode(self) -> bool:
+        """No key: use the offline demo model (Ollama users set any key, e.g. `ollama`)."""
+        return not self.openai_api_key
+
+    @property
+    def conversation_ttl(self) -> int:
+        return self.conversation_ttl_days * 86400
+
+    @property
+    def index_ttl(self) -> int:
+        return self.session_index_ttl_days * 86400
+
+
+class SettingsError(Exception):
+    """A setting has an invalid value; the message is one line naming the variable."""
+
+
+def _secret_from_data_dir(data_dir: Path) -> str:
+    """Generate the signing key once and keep it, so cookies survive restarts."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        key = secrets.token_urlsafe(48)
+        handle.write(key)
+    return key
+
+
+def load_settings() -> Settings:
+    """Read and validate settings; raise SettingsError with one clear line."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "setting"
+        raise SettingsError(f"Invalid value for {name}: {first['msg']}") from None
+    if not settings.secret_key:
+        settings.secret_key = _secret_from_data_dir(settings.data_dir)
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

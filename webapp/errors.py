@@ -1,0 +1,68 @@
+"""Domain errors: raised in the core, turned into a status and a localized message in one handler."""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    """Base class: `status` is the HTTP status, `key` the i18n catalog key."""
+
+    status = 400
+    key = "error.invalid_input"
+
+    def __init__(self, **params: object) -> None:
+        super().__init__(self.key)
+        self.params = params
+
+
+class EmptyMessage(ChatError):
+    key = "error.message_empty"
+
+
+class MessageTooLong(ChatError):
+    key = "error.message_too_long"
+
+
+class UnknownRole(ChatError):
+    key = "error.unknown_role"
+
+
+class InvalidId(ChatError):
+    key = "error.invalid_id"
+
+
+class InvalidUserId(ChatError):
+    key = "error.invalid_user_id"
+
+
+class EmptyTitle(ChatError):
+    key = "error.title_empty"
+
+
+class ForbiddenUser(ChatError):
+    status = 403
+    key = "error.forbidden_user"
+
+
+class SessionNotFound(ChatError):
+    status = 404
+    key = "error.session_not_found"
+
+
+class TurnNotFound(ChatError):
+    status = 404
+    key = "error.turn_not_found"
+
+
+class TurnRunning(ChatError):
+    status = 409
+    key = "error.turn_running"
+
+
+class RateLimited(ChatError):
+    status = 429
+    key = "error.rate_limited"
+
+
+class StorageUnavailable(ChatError):
+    status = 503
+    key = "error.storage"

@@ -1,0 +1,141 @@
+"""The application factory: lifespan-owned clients, routers, middleware and error handlers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .chat import TurnManager
+from .config import Settings, get_settings
+from .errors import ChatError
+from .i18n import LANG_COOKIE, pick_lang, t
+from .identity import IdentityMiddleware
+from .llm import create_provider
+from .metrics import Metrics
+from .routes import api, pages, stream
+from .store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("webapp")
+
+
+def create_redis(settings: Settings) -> Redis:
+    """One pool for the process; commands retry through a short Redis restart."""
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_connect_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        max_connections=10000,
+    )
+
+
+def _lang_of(request: Request) -> str:
+    return pick_lang(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = create_redis(settings)
+        provider = create_provider(settings)
+        store = Store(
+            redis,
+            conversation_ttl=settings.conversation_ttl,
+            index_ttl=settings.index_ttl,
+            turn_timeout=settings.turn_timeout_seconds,
+        )
+        turns = TurnManager(store, provider, settings, app.state.metrics)
+        app.state.store, app.state.provider, app.state.turns = store, provider, turns
+        turns.start()
+        log.info(
+            "ready: model=%s provider=%s redis=%s", provider.model, provider.name,
+            settings.redis_url.split("@")[-1],
+        )
+        try:
+            yield
+        finally:
+            await turns.aclose()
+            await provider.aclose()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="Chat server",
+        description="Multi-turn AI chat with streamed, durable replies (OpenAI-compatible models, Redis).",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.add_middleware(IdentityMiddleware, secret=settings.secret_key)
+
+    @app.exception_handler(ChatError)
+    async def chat_error(request: Request, exc: ChatError) -> Response:
+        return JSONResponse({"detail": t(exc.key, _lang_of(request), **exc.params)}, status_code=exc.status)
+
+    @app.exception_handler(RedisError)
+    async def storage_error(request: Request, exc: RedisError) -> Response:
+        app.state.metrics.redis_error()
+        log.error("redis error on %s: %s", request.url.path, type(exc).__name__)
+        return JSONResponse({"detail": t("error.storage", _lang_of(request))}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
+        detail = t("error.invalid_input", _lang_of(request)) + (f": {where}" if where else "")
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        key = {404: "error.not_found", 500: "error.internal"}.get(exc.status_code)
+        detail = t(key, _lang_of(request)) if key else exc.detail
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz(request: Request) -> Response:
+        """Liveness, plus a Redis ping (the app is useless without it)."""
+        ok = await request.app.state.store.ping()
+        return JSONResponse({"status": "ok" if ok else "redis unavailable"}, status_code=200 if ok else 503)
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request, upstream: bool = False) -> Response:
+        """Readiness: Redis, and with `?upstream=1` the model endpoint too."""
+        checks = {"redis": await request.app.state.store.ping()}
+        if upstream:
+            checks["upstream"] = await request.app.state.provider.ping()
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        if not settings.metrics_enabled:
+            return PlainTextResponse("metrics are disabled", status_code=404)
+        if settings.metrics_token and request.headers.get("authorization") != f"Bearer {settings.metrics_token}":
+            return PlainTextResponse("unauthorized", status_code=401)
+        return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(api.router)
+    app.include_router(stream.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
+    return app

@@ -1,0 +1,133 @@
+"""Server-Sent Events: the seed's /chat/stream and the resumable /api/turns/{id}/events."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Callable
+
+import orjson
+from fastapi import APIRouter, Header, Request, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from ..chat import TurnManager
+from ..deps import CurrentUser, LangDep, SeedUser, StoreDep, TurnsDep, check_id, load_owned
+from ..errors import InvalidId, TurnNotFound
+from ..roles import get_role
+from ..store import TurnEvent, TurnInfo
+
+router = APIRouter(tags=["turns"])
+
+PING_SECONDS = 15
+STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
+
+
+def parse_last_event_id(value: str | None) -> tuple[str | None, int]:
+    """`{turn_id}:{seq}` (or a bare seq) -> (turn_id, seq); anything else means 'from the start'."""
+    if not value:
+        return None, 0
+    turn_id, _, seq = value.strip().rpartition(":")
+    try:
+        return (turn_id or None), max(0, int(seq))
+    except ValueError:
+        return None, 0
+
+
+def seed_payload(event: TurnEvent, session_id: str) -> dict[str, str]:
+    """The seed's event shapes: chunk / end / error."""
+    if event.type == "chunk":
+        return {"content": event.content, "type": "chunk"}
+    if event.type == "end":
+        return {"type": "end", "session_id": session_id}
+    return {"content": event.content, "type": "error"}
+
+
+def merged(batch: list[TurnEvent]) -> list[TurnEvent]:
+    """Chunks a reader has not sent yet go out as one event: a slow reader catches up in one write."""
+    out: list[TurnEvent] = []
+    for event in batch:
+        if out and event.type == "chunk" and out[-1].type == "chunk":
+            out[-1] = TurnEvent(seq=event.seq, type="chunk", content=out[-1].content + event.content)
+        else:
+            out.append(event)
+    return out
+
+
+async def turn_events(
+    turns: TurnManager,
+    turn: TurnInfo,
+    after: int,
+    encode: Callable[[TurnEvent], str],
+) -> AsyncIterator[ServerSentEvent]:
+    metrics = turns.metrics
+    metrics.active_streams.inc()
+    try:
+        async for batch in turns.follow(turn, after):
+            for event in merged(batch):
+                yield ServerSentEvent(data=encode(event), id=f"{turn.id}:{event.seq}")
+    finally:
+        metrics.active_streams.dec()
+
+
+def event_stream(turns: TurnManager, turn: TurnInfo, after: int) -> EventSourceResponse:
+    session_id = turn.session_id
+
+    def encode(event: TurnEvent) -> str:
+        return orjson.dumps(seed_payload(event, session_id)).decode()
+
+    return EventSourceResponse(
+        turn_events(turns, turn, after, encode), ping=PING_SECONDS, headers=STREAM_HEADERS
+    )
+
+
+async def resumable_turn(turns: TurnManager, user: str, turn_id: str, after: int) -> TurnInfo | None:
+    """The turn to resume, or None when the reader has already seen its terminal event."""
+    turn = await turns.turn_for(turn_id, user)
+    if turn.status != "running":
+        remaining = await turns.store.read_events(turn.id, after)
+        if after > 0 and not remaining:
+            return None
+    return turn
+
+
+@router.get("/chat/stream", summary="Send a message and stream the reply (the seed's API)")
+async def chat_stream(
+    user: SeedUser,
+    store: StoreDep,
+    turns: TurnsDep,
+    lang: LangDep,
+    session_id: str,
+    message: str | None = None,
+    role: str = "assistant",
+    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+) -> Response:
+    """A reconnect carrying Last-Event-ID resumes the running turn instead of sending the message twice."""
+    conversation = await load_owned(store, session_id, user)
+    resume_id, after = parse_last_event_id(last_event_id)
+    if resume_id:
+        # a reconnect never sends the message again: resume, or tell EventSource to stop (204)
+        try:
+            turn = await resumable_turn(turns, user, check_id(resume_id), after)
+        except (TurnNotFound, InvalidId):
+            turn = None
+        if turn is None or turn.session_id != conversation.id:
+            return Response(status_code=204)
+        return event_stream(turns, turn, after)
+    run = await turns.start_turn(conversation, message, get_role(role), lang)
+    turn = TurnInfo(id=run.id, session_id=conversation.id, user_id=user, status="running")
+    return event_stream(turns, turn, 0)
+
+
+@router.get("/api/turns/{turn_id}/events", name="turn_events", summary="Follow a turn's reply (resumable)")
+async def api_turn_events(
+    turn_id: str,
+    user: CurrentUser,
+    turns: TurnsDep,
+    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+    after: int | None = None,
+) -> Response:
+    _, seq = parse_last_event_id(last_event_id)
+    if after is not None:
+        seq = max(seq, after)
+    turn = await resumable_turn(turns, user, check_id(turn_id), seq)
+    if turn is None:
+        return Response(status_code=204)
+    return event_stream(turns, turn, seq)

@@ -1,0 +1,104 @@
+"""Request and response models of the JSON API (what /docs shows)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, Field
+
+from .store import Conversation, Message
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
+class StartOut(BaseModel):
+    session_id: str
+    user_id: str
+    message: str
+    welcome_message: str
+
+
+class HistoryMessage(BaseModel):
+    role: str
+    content: str
+    timestamp: str
+
+
+class HistoryOut(BaseModel):
+    session_id: str
+    messages: list[HistoryMessage]
+    total: int
+
+
+class SessionIn(BaseModel):
+    role: str | None = Field(None, description="role id; default assistant")
+    title: str | None = Field(None, max_length=200)
+
+
+class SessionPatch(BaseModel):
+    title: str | None = Field(None, max_length=200)
+    role: str | None = None
+
+
+class SessionOut(BaseModel):
+    id: str
+    title: str
+    role: str
+    preview: str
+    message_count: int
+    created_at: str
+    updated_at: str
+    running_turn_id: str | None
+
+    @classmethod
+    def of(cls, conversation: Conversation) -> "SessionOut":
+        return cls(
+            id=conversation.id, title=conversation.title, role=conversation.role,
+            preview=conversation.preview, message_count=conversation.message_count,
+            created_at=_iso(conversation.created), updated_at=_iso(conversation.updated),
+            running_turn_id=conversation.running_turn_id,
+        )
+
+
+class SessionPage(BaseModel):
+    items: list[SessionOut]
+    next_cursor: str | None
+
+
+class MessageOut(BaseModel):
+    id: str
+    role: str
+    content: str
+    ts: str
+    status: str
+
+    @classmethod
+    def of(cls, message: Message) -> "MessageOut":
+        return cls(id=message.id, role=message.role, content=message.content, ts=message.ts, status=message.status)
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut]
+    total: int
+    has_more: bool
+    first_index: int = Field(description="list index of the first item; pass it as `before` for older ones")
+
+
+class TurnIn(BaseModel):
+    message: str
+    role: str | None = None
+
+
+class TurnOut(BaseModel):
+    turn_id: str
+    events_url: str
+
+
+class RoleOut(BaseModel):
+    id: str
+    name_zh: str
+    name_en: str
+    description_zh: str
+    description_en: str

@@ -1,0 +1,510 @@
+"""Every Redis key and command of the app. Nothing else touches Redis; nothing here knows HTTP.
+
+Keys (all prefixed `chat:`):
+    user:{uid}                     claim marker of an identity (string, index TTL)
+    user:{uid}:sessions            ZSET session_id -> last activity (ms), index TTL
+    session:{sid}                  HASH metadata (user_id, title, preview, role, count, created, updated, turn)
+    session:{sid}:messages         LIST of JSON messages, RPUSH (chronological), conversation TTL
+    session:{sid}:lock             the running turn's id while a reply is generated (one per conversation)
+    turn:{tid}                     HASH turn state (session_id, user_id, status, message_id)
+    turn:{tid}:events              STREAM of reply events, ids `0-{seq}`, capped, expires after the turn
+    rate:{uid}:{minute}            fixed-window turn counter
+    cancel                         pub/sub channel: turn ids to cancel, on whichever worker runs them
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Iterable
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .errors import RateLimited, TurnRunning
+
+PREFIX = "chat:"
+CANCEL_CHANNEL = PREFIX + "cancel"
+STREAM_MAXLEN = 20000
+STREAM_RETENTION_SECONDS = 3600
+TURN_RETENTION_SECONDS = 86400
+SEARCH_SCAN_LIMIT = 2000
+
+
+def _user_key(uid: str) -> str:
+    return f"{PREFIX}user:{uid}"
+
+
+def _index_key(uid: str) -> str:
+    return f"{PREFIX}user:{uid}:sessions"
+
+
+def _meta_key(sid: str) -> str:
+    return f"{PREFIX}session:{sid}"
+
+
+def _messages_key(sid: str) -> str:
+    return f"{PREFIX}session:{sid}:messages"
+
+
+def _lock_key(sid: str) -> str:
+    return f"{PREFIX}session:{sid}:lock"
+
+
+def _turn_key(tid: str) -> str:
+    return f"{PREFIX}turn:{tid}"
+
+
+def _events_key(tid: str) -> str:
+    return f"{PREFIX}turn:{tid}:events"
+
+
+def _rate_key(uid: str, minute: int) -> str:
+    return f"{PREFIX}rate:{uid}:{minute}"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def new_message_id() -> str:
+    return "m_" + secrets.token_hex(8)
+
+
+@dataclass
+class Message:
+    id: str
+    role: str  # "user" | "assistant"
+    content: str
+    ts: str
+    status: str = "complete"  # complete | error | interrupted
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {"id": self.id, "role": self.role, "content": self.content, "ts": self.ts, "status": self.status}
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "Message":
+        data = orjson.loads(raw)
+        return cls(
+            id=data.get("id", ""),
+            role=data.get("role", "assistant"),
+            content=data.get("content", ""),
+            ts=data.get("ts") or data.get("timestamp", ""),
+            status=data.get("status", "complete"),
+        )
+
+
+@dataclass
+class Conversation:
+    id: str
+    user_id: str
+    title: str
+    preview: str
+    role: str
+    message_count: int
+    created: float
+    updated: float
+    running_turn_id: str | None = None
+
+    @classmethod
+    def from_hash(cls, sid: str, data: dict[str, str]) -> "Conversation":
+        return cls(
+            id=sid,
+            user_id=data.get("user_id", ""),
+            title=data.get("title", ""),
+            preview=data.get("preview", ""),
+            role=data.get("role", "assistant"),
+            message_count=int(data.get("count", 0) or 0),
+            created=float(data.get("created", 0) or 0),
+            updated=float(data.get("updated", 0) or 0),
+            running_turn_id=data.get("turn") or None,
+        )
+
+
+@dataclass
+class TurnEvent:
+    """One event of a reply: `chunk` (text), `end` or `error` (message id / error text)."""
+
+    seq: int
+    type: str
+    content: str = ""
+    message_id: str = ""
+
+
+@dataclass
+class TurnInfo:
+    id: str
+    session_id: str
+    user_id: str
+    status: str  # running | complete | error | interrupted
+    message_id: str = ""
+
+
+@dataclass
+class TurnStart:
+    """What starting a turn wrote and read back: the saved user message and the context window."""
+
+    user_message: Message
+    context: list[Message] = field(default_factory=list)
+
+
+def make_title(text: str, limit: int = 40) -> str:
+    """First user message, whitespace collapsed and trimmed to `limit` chars."""
+    title = " ".join(text.split())
+    return title if len(title) <= limit else title[: limit - 1] + "…"
+
+
+def make_preview(text: str, limit: int = 50) -> str:
+    preview = " ".join(text.split())
+    return preview[:limit]
+
+
+class Store:
+    """Typed operations over one redis.asyncio client (decode_responses=True)."""
+
+    def __init__(self, redis: Redis, *, conversation_ttl: int, index_ttl: int, turn_timeout: int) -> None:
+        self.redis = redis
+        self.conversation_ttl = conversation_ttl
+        self.index_ttl = index_ttl
+        self.turn_timeout = turn_timeout
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except RedisError:
+            return False
+
+    # identities ---------------------------------------------------------
+
+    async def claim_user(self, uid: str) -> bool:
+        """Claim an identity that nobody holds yet; False when it is already someone's."""
+        return bool(await self.redis.set(_user_key(uid), "1", nx=True, ex=self.index_ttl))
+
+    # conversations ------------------------------------------------------
+
+    def _refresh_ttls(self, pipe: Any, uid: str, sid: str) -> None:
+        pipe.expire(_messages_key(sid), self.conversation_ttl)
+        pipe.expire(_meta_key(sid), self.index_ttl)
+        pipe.expire(_index_key(uid), self.index_ttl)
+        pipe.expire(_user_key(uid), self.index_ttl)
+
+    async def create_conversation(self, uid: str, role: str, welcome: str, title: str = "") -> Conversation:
+        sid = new_id()
+        now = time.time()
+        welcome_message = Message(id=new_message_id(), role="assistant", content=welcome, ts=now_iso())
+        meta = {
+            "user_id": uid,
+            "preview": make_preview(welcome),
+            "role": role,
+            "count": 1,
+            "created": repr(now),
+            "updated": repr(now),
+            "turn": "",
+        }
+        if title:
+            meta["title"] = title
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_meta_key(sid), mapping=meta)
+            pipe.rpush(_messages_key(sid), welcome_message.to_json())
+            pipe.zadd(_index_key(uid), {sid: now * 1000})
+            pipe.set(_user_key(uid), "1", ex=self.index_ttl)
+            self._refresh_ttls(pipe, uid, sid)
+            await pipe.execute()
+        return Conversation(
+            id=sid, user_id=uid, title=title, preview=meta["preview"], role=role,
+            message_count=1, created=now, updated=now,
+        )
+
+    async def get_conversation(self, sid: str) -> Conversation | None:
+        data = await self.redis.hgetall(_meta_key(sid))
+        return Conversation.from_hash(sid, data) if data else None
+
+    async def list_conversations(
+        self, uid: str, *, limit: int = 20, before: float | None = None
+    ) -> tuple[list[Conversation], float | None]:
+        """Newest activity first; `before` is the exclusive score cursor of the previous page."""
+        top = f"({before}" if before is not None else "+inf"
+        ids_scores = await self.redis.zrevrangebyscore(
+            _index_key(uid), top, "-inf", start=0, num=limit + 1, withscores=True
+        )
+        has_more = len(ids_scores) > limit
+        ids_scores = ids_scores[:limit]
+        conversations = await self._load_conversations(uid, [sid for sid, _ in ids_scores])
+        next_cursor = ids_scores[-1][1] if has_more and ids_scores else None
+        return conversations, next_cursor
+
+    async def _load_conversations(self, uid: str, sids: list[str]) -> list[Conversation]:
+        if not sids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(_meta_key(sid))
+            rows = await pipe.execute()
+        found, missing = [], []
+        for sid, data in zip(sids, rows):
+            if data and data.get("user_id") == uid:
+                found.append(Conversation.from_hash(sid, data))
+            else:
+                missing.append(sid)
+        if missing:
+            await self.redis.zrem(_index_key(uid), *missing)
+        return found
+
+    async def search_conversations(self, uid: str, query: str, *, limit: int = 20) -> list[Conversation]:
+        """Case-insensitive match on title, preview and message text of the user's recent conversations.
+
+        Redis has no full-text index without modules, so this scans the newest
+        SEARCH_SCAN_LIMIT conversations' metadata and then the messages of those
+        whose metadata did not match, stopping once `limit` matches are found.
+        """
+        needle = query.casefold().strip()
+        if not needle:
+            return []
+        sids = await self.redis.zrevrange(_index_key(uid), 0, SEARCH_SCAN_LIMIT - 1)
+        conversations = await self._load_conversations(uid, sids)
+        matches: list[Conversation] = []
+        rest: list[Conversation] = []
+        for conversation in conversations:
+            if needle in conversation.title.casefold() or needle in conversation.preview.casefold():
+                matches.append(conversation)
+            else:
+                rest.append(conversation)
+        batch = 50
+        for start in range(0, len(rest), batch):
+            if len(matches) >= limit:
+                break
+            chunk = rest[start : start + batch]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for conversation in chunk:
+                    pipe.lrange(_messages_key(conversation.id), 0, -1)
+                rows = await pipe.execute()
+            for conversation, raw_messages in zip(chunk, rows):
+                if any(needle in orjson.loads(raw)["content"].casefold() for raw in raw_messages):
+                    matches.append(conversation)
+        order = {c.id: i for i, c in enumerate(conversations)}
+        matches.sort(key=lambda c: order[c.id])
+        return matches[:limit]
+
+    async def update_conversation(self, conversation: Conversation, *, title: str | None, role: str | None) -> None:
+        fields: dict[str, str] = {}
+        if title is not None:
+            fields["title"] = title
+        if role is not None:
+            fields["role"] = role
+        if fields:
+            await self.redis.hset(_meta_key(conversation.id), mapping=fields)
+
+    async def delete_conversation(self, conversation: Conversation) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_meta_key(conversation.id), _messages_key(conversation.id))
+            pipe.zrem(_index_key(conversation.user_id), conversation.id)
+            await pipe.execute()
+
+    async def restore_conversation(self, conversation: Conversation, messages: list[Message]) -> None:
+        """Put a deleted conversation back (undo), with its metadata and messages."""
+        meta = {
+            "user_id": conversation.user_id, "title": conversation.title, "preview": conversation.preview,
+            "role": conversation.role, "count": conversation.message_count,
+            "created": repr(conversation.created), "updated": repr(conversation.updated), "turn": "",
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_meta_key(conversation.id), _messages_key(conversation.id))
+            pipe.hset(_meta_key(conversation.id), mapping=meta)
+            if messages:
+                pipe.rpush(_messages_key(conversation.id), *[m.to_json() for m in messages])
+            pipe.zadd(_index_key(conversation.user_id), {conversation.id: conversation.updated * 1000})
+            self._refresh_ttls(pipe, conversation.user_id, conversation.id)
+            await pipe.execute()
+
+    # messages -----------------------------------------------------------
+
+    async def all_messages(self, sid: str) -> list[Message]:
+        return [Message.from_json(raw) for raw in await self.redis.lrange(_messages_key(sid), 0, -1)]
+
+    async def message_page(self, sid: str, *, limit: int, before: int | None) -> tuple[list[Message], int, int]:
+        """A page of messages ending just before list index `before` (default: the end).
+
+        Returns (messages, index of the first returned message, total). Two commands
+        whatever the history length.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(_messages_key(sid))
+            if before is None:
+                pipe.lrange(_messages_key(sid), -limit, -1)
+            else:
+                pipe.lrange(_messages_key(sid), max(0, before - limit), before - 1 if before > 0 else -1)
+            total, raw = await pipe.execute()
+        if before is not None and before <= 0:
+            raw = []
+        messages = [Message.from_json(item) for item in raw]
+        end = total if before is None else min(before, total)
+        return messages, max(0, end - len(messages)), total
+
+    # turns --------------------------------------------------------------
+
+    async def begin_turn(
+        self,
+        conversation: Conversation,
+        *,
+        turn_id: str,
+        text: str,
+        role: str,
+        context_messages: int,
+        rate_limit: int,
+    ) -> TurnStart:
+        """Lock the conversation, count the rate limit, save the user message, read the context.
+
+        Two round trips whatever the history length: a pipeline that takes the lock
+        and counts the rate, then one MULTI that writes the message and reads back
+        the last `context_messages` messages (LRANGE -N -1, never the whole list).
+        """
+        sid, uid = conversation.id, conversation.user_id
+        minute = int(time.time() // 60)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(_lock_key(sid), turn_id, nx=True, ex=self.turn_timeout)
+            pipe.incr(_rate_key(uid, minute))
+            pipe.expire(_rate_key(uid, minute), 90)
+            locked, count, _ = await pipe.execute()
+        if not locked:
+            raise TurnRunning()
+        if rate_limit and count > rate_limit:
+            await self.redis.delete(_lock_key(sid))
+            raise RateLimited()
+
+        now = time.time()
+        message = Message(id=new_message_id(), role="user", content=text, ts=now_iso())
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(_messages_key(sid), message.to_json())
+                pipe.hsetnx(_meta_key(sid), "title", make_title(text))
+                pipe.hset(
+                    _meta_key(sid),
+                    mapping={"preview": make_preview(text), "role": role, "updated": repr(now), "turn": turn_id},
+                )
+                pipe.hincrby(_meta_key(sid), "count", 1)
+                pipe.zadd(_index_key(uid), {sid: now * 1000})
+                pipe.hset(
+                    _turn_key(turn_id),
+                    mapping={"session_id": sid, "user_id": uid, "status": "running", "message_id": ""},
+                )
+                pipe.expire(_turn_key(turn_id), TURN_RETENTION_SECONDS)
+                self._refresh_ttls(pipe, uid, sid)
+                pipe.lrange(_messages_key(sid), -context_messages, -1)
+                results = await pipe.execute()
+        except BaseException:
+            await self.redis.delete(_lock_key(sid))
+            raise
+        context = [Message.from_json(raw) for raw in results[-1]]
+        return TurnStart(user_message=message, context=context)
+
+    async def finish_turn(
+        self,
+        conversation: Conversation,
+        *,
+        turn_id: str,
+        reply: Message | None,
+        final_event: TurnEvent,
+    ) -> None:
+        """Save the reply, close the event stream and release the lock, in one MULTI."""
+        sid, uid = conversation.id, conversation.user_id
+        now = time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if reply is not None:
+                pipe.rpush(_messages_key(sid), reply.to_json())
+                pipe.hincrby(_meta_key(sid), "count", 1)
+                pipe.hset(_meta_key(sid), mapping={"preview": make_preview(reply.content), "updated": repr(now)})
+                pipe.zadd(_index_key(uid), {sid: now * 1000})
+            pipe.hset(_meta_key(sid), "turn", "")
+            pipe.hset(
+                _turn_key(turn_id),
+                mapping={"status": reply.status if reply else "error", "message_id": reply.id if reply else ""},
+            )
+            pipe.xadd(
+                _events_key(turn_id), _event_fields(final_event), id=f"0-{final_event.seq}",
+                maxlen=STREAM_MAXLEN, approximate=True,
+            )
+            pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS)
+            pipe.delete(_lock_key(sid))
+            self._refresh_ttls(pipe, uid, sid)
+            await pipe.execute()
+
+    async def append_events(self, batch: Iterable[tuple[str, TurnEvent]]) -> None:
+        """Write chunk events of many turns in one pipeline (not a transaction: order per key holds)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for turn_id, event in batch:
+                pipe.xadd(
+                    _events_key(turn_id), _event_fields(event), id=f"0-{event.seq}",
+                    maxlen=STREAM_MAXLEN, approximate=True,
+                )
+                pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS * 2)
+            await pipe.execute()
+
+    async def get_turn(self, turn_id: str) -> TurnInfo | None:
+        data = await self.redis.hgetall(_turn_key(turn_id))
+        if not data:
+            return None
+        return TurnInfo(
+            id=turn_id, session_id=data.get("session_id", ""), user_id=data.get("user_id", ""),
+            status=data.get("status", "running"), message_id=data.get("message_id", ""),
+        )
+
+    async def read_events(self, turn_id: str, after: int, *, block_ms: int | None = None) -> list[TurnEvent]:
+        """Events after `after`; with `block_ms`, wait that long for new ones (XREAD BLOCK)."""
+        key = _events_key(turn_id)
+        if block_ms is None:
+            rows = await self.redis.xrange(key, min=f"(0-{after}", max="+")
+        else:
+            reply = await self.redis.xread({key: f"0-{after}"}, block=block_ms, count=1000)
+            rows = reply[0][1] if reply else []
+        return [_parse_event(entry_id, fields) for entry_id, fields in rows]
+
+    async def find_message(self, sid: str, message_id: str) -> Message | None:
+        """The saved reply of a finished turn (it is near the end of the list)."""
+        for raw in reversed(await self.redis.lrange(_messages_key(sid), -50, -1)):
+            message = Message.from_json(raw)
+            if message.id == message_id:
+                return message
+        return None
+
+    async def request_cancel(self, turn_id: str) -> None:
+        await self.redis.publish(CANCEL_CHANNEL, turn_id)
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        """Turn ids whose cancellation any worker published."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(CANCEL_CHANNEL)
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield message["data"]
+        finally:
+            await pubsub.aclose()
+
+    async def lock_holder(self, sid: str) -> str | None:
+        """The id of the turn that holds the conversation's lock, if any."""
+        return await self.redis.get(_lock_key(sid))
+
+
+def _event_fields(event: TurnEvent) -> dict[str, str]:
+    fields = {"t": event.type, "c": event.content}
+    if event.message_id:
+        fields["m"] = event.message_id
+    return fields
+
+
+def _parse_event(entry_id: str, fields: dict[str, str]) -> TurnEvent:
+    return TurnEvent(
+        seq=int(entry_id.split("-", 1)[1]), type=fields.get("t", "chunk"),
+        content=fields.get("c", ""), message_id=fields.get("m", ""),
+    )
+
