@@ -230,17 +230,29 @@ class Store:
         return Conversation.from_hash(sid, data) if data else None
 
     async def list_conversations(
-        self, uid: str, *, limit: int = 20, before: float | None = None
-    ) -> tuple[list[Conversation], float | None]:
-        """Newest activity first; `before` is the exclusive score cursor of the previous page."""
-        top = f"({before}" if before is not None else "+inf"
-        ids_scores = await self.redis.zrevrangebyscore(
-            _index_key(uid), top, "-inf", start=0, num=limit + 1, withscores=True
-        )
-        has_more = len(ids_scores) > limit
-        ids_scores = ids_scores[:limit]
-        conversations = await self._load_conversations(uid, [sid for sid, _ in ids_scores])
-        next_cursor = ids_scores[-1][1] if has_more and ids_scores else None
+        self, uid: str, *, limit: int = 20, cursor: tuple[float, str] | None = None
+    ) -> tuple[list[Conversation], tuple[float, str] | None]:
+        """Newest activity first. The cursor is the (score, id) of the previous page's last item,
+        so sessions that share an activity time are neither skipped nor repeated."""
+        key = _index_key(uid)
+        if cursor is None:
+            rows = await self.redis.zrevrange(key, 0, limit, withscores=True)
+        else:
+            score, last_id = cursor
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcount(key, score, score)
+                pipe.zrevrangebyscore(key, score, "-inf", start=0, num=limit + 2, withscores=True)
+                ties, rows = await pipe.execute()
+            if ties > 1:
+                rows = await self.redis.zrevrangebyscore(
+                    key, score, "-inf", start=0, num=limit + 1 + ties, withscores=True
+                )
+            # equal scores come in descending member order: the page goes on after last_id
+            rows = [(sid, s) for sid, s in rows if s < score or sid < last_id][: limit + 1]
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        conversations = await self._load_conversations(uid, [sid for sid, _ in rows])
+        next_cursor = (rows[-1][1], rows[-1][0]) if has_more and rows else None
         return conversations, next_cursor
 
     async def _load_conversations(self, uid: str, sids: list[str]) -> list[Conversation]:

@@ -20,6 +20,21 @@ from ..schemas import (
 router = APIRouter()
 
 
+def parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """`{score}_{session_id}` from a previous page's next_cursor."""
+    if not cursor:
+        return None
+    score, _, session_id = cursor.partition("_")
+    try:
+        return float(score), check_id(session_id)
+    except ValueError:
+        raise InvalidId() from None
+
+
+def format_cursor(cursor: tuple[float, str] | None) -> str | None:
+    return f"{cursor[0]!r}_{cursor[1]}" if cursor else None
+
+
 # the seed's API ---------------------------------------------------------------
 
 @router.post("/chat/start", response_model=StartOut, tags=["seed"])
@@ -65,15 +80,8 @@ async def list_sessions(
     if q and q.strip():
         found = await store.search_conversations(user, q, limit=limit)
         return SessionPage(items=[SessionOut.of(c) for c in found], next_cursor=None)
-    try:
-        before = float(cursor) if cursor else None
-    except ValueError:
-        raise InvalidId() from None
-    conversations, next_cursor = await store.list_conversations(user, limit=limit, before=before)
-    return SessionPage(
-        items=[SessionOut.of(c) for c in conversations],
-        next_cursor=repr(next_cursor) if next_cursor is not None else None,
-    )
+    conversations, next_cursor = await store.list_conversations(user, limit=limit, cursor=parse_cursor(cursor))
+    return SessionPage(items=[SessionOut.of(c) for c in conversations], next_cursor=format_cursor(next_cursor))
 
 
 @router.post("/api/sessions", response_model=SessionOut, status_code=201, tags=["sessions"])
