@@ -259,7 +259,11 @@ def app_server(
 def demo_app_server(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AppServer]:
-    app = _start_app(tmp_path_factory.mktemp("demo-data"), {"REDIS_URL": redis_server.url})
+    # An empty key, not an absent one: the app also reads a developer's .env, whose key would
+    # otherwise switch the demo app to a real provider.
+    app = _start_app(
+        tmp_path_factory.mktemp("demo-data"), {"REDIS_URL": redis_server.url, "OPENAI_API_KEY": ""}
+    )
     try:
         yield app
     finally:

@@ -429,7 +429,7 @@ class ThreadedFakeUpstream:
         return self.server.chat_requests(containing)
 
     def reset(self) -> None:
-        self._loop.call_soon_threadsafe(self.server.reset)
+        self.server.reset()  # deque.clear is atomic; done on return, unlike a scheduled call
 
 
 def start_in_thread(**options: Any) -> ThreadedFakeUpstream:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import redis
@@ -77,8 +78,17 @@ def test_session_describes_its_conversation_after_a_turn(client: httpx.Client) -
     assert shown["updated_at"] >= shown["created_at"]
 
 
+def created_apart(client: httpx.Client, count: int) -> list[dict]:
+    """Sessions created a few milliseconds apart, so "newest first" has one right answer."""
+    sessions = []
+    for _ in range(count):
+        sessions.append(create_session(client))
+        time.sleep(0.005)
+    return sessions
+
+
 def test_sessions_are_listed_by_latest_activity(client: httpx.Client) -> None:
-    first, second, third = (create_session(client) for _ in range(3))
+    first, second, third = created_apart(client, 3)
     api_turn(client, first["id"], "bring me to the top")
 
     listing = client.get("/api/sessions").json()
@@ -88,21 +98,41 @@ def test_sessions_are_listed_by_latest_activity(client: httpx.Client) -> None:
 
 
 def test_session_list_pages_with_a_cursor(client: httpx.Client) -> None:
-    created = [create_session(client)["id"] for _ in range(5)]
+    created = [session["id"] for session in created_apart(client, 5)]
+
+    seen = all_session_ids(client, page_size=2)
+
+    assert seen == list(reversed(created))
+
+
+def test_paging_never_skips_sessions_with_the_same_activity_time(
+    client: httpx.Client, redis_client: redis.Redis
+) -> None:
+    chat = start_chat(client)
+    created = [chat["session_id"]] + [create_session(client)["id"] for _ in range(4)]
+    # sessions touched in the same millisecond (a burst, an import) share an activity score
+    index = f"chat:user:{chat['user_id']}:sessions"
+    score = redis_client.zscore(index, created[-1])
+    redis_client.zadd(index, dict.fromkeys(created, score))
+
+    seen = all_session_ids(client, page_size=2)
+
+    assert sorted(seen) == sorted(created), "every session appears exactly once"
+
+
+def all_session_ids(client: httpx.Client, page_size: int) -> list[str]:
+    """Follow next_cursor from the first page to the last."""
     seen: list[str] = []
     cursor = None
-
-    for _ in range(5):
-        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+    for _ in range(20):
+        params = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
         page = client.get("/api/sessions", params=params).json()
-        assert len(page["items"]) <= 2
+        assert len(page["items"]) <= page_size
         seen += [item["id"] for item in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
-            break
-
-    assert cursor is None
-    assert seen == list(reversed(created))
+            return seen
+    raise AssertionError(f"next_cursor never ran out; seen {seen}")
 
 
 def test_renaming_and_changing_the_role_are_remembered(client: httpx.Client) -> None:

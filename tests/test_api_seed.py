@@ -142,16 +142,24 @@ def test_unacceptable_message_is_refused_and_not_stored(
     assert history_of(client, chat)["total"] == 1
 
 
-def test_message_of_exactly_1000_chars_is_accepted(client: httpx.Client) -> None:
+@pytest.mark.parametrize("letter", ["y", "字"], ids=["ascii", "chinese"])
+def test_message_of_exactly_1000_chars_is_accepted(client: httpx.Client, letter: str) -> None:
     chat = start_chat(client)
-    message = unique("long") + " " + "y" * 1000
-    message = message[:1000]
+    message = (unique("long") + " " + letter * 1000)[:1000]
 
     turn = stream_turn(client, chat, message)
 
     assert turn.status == 200 and turn.ended
     assert turn.reply["last"] == expected_last_tag(message)
     assert history_of(client, chat)["messages"][1]["content"] == message
+
+
+def test_1001_chinese_characters_are_refused(client: httpx.Client) -> None:
+    chat = start_chat(client)
+
+    turn = stream_turn(client, chat, "字" * 1001)
+
+    assert turn.status == 400
 
 
 def test_unknown_role_is_refused_in_chinese_by_default(client: httpx.Client) -> None:

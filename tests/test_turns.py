@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import redis
 
 from tests.conftest import (
     SYSTEM_PROMPTS,
@@ -226,3 +229,58 @@ def test_cancelled_turn_keeps_the_partial_reply_as_interrupted(client: httpx.Cli
     assert full.startswith(reply["content"]) and len(reply["content"]) < len(full)
     assert client.get(f"/api/sessions/{session['id']}").json()["running_turn_id"] is None
     assert api_turn(client, session["id"], "carry on").ended
+
+
+def test_simultaneous_turns_in_one_session_let_exactly_one_through(client: httpx.Client) -> None:
+    session = create_session(client)
+    barrier = threading.Barrier(6)
+
+    def post(n: int) -> httpx.Response:
+        barrier.wait()
+        return post_turn(client, session["id"], f"racer {n} {SLOW}")
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        responses = list(pool.map(post, range(6)))
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [202] + [409] * 5
+    winner = next(r for r in responses if r.status_code == 202).json()
+    client.post(f"/api/turns/{winner['turn_id']}/cancel")
+    wait_until(lambda: client.get(f"/api/sessions/{session['id']}").json()["running_turn_id"] is None)
+    users = [m for m in messages_of(client, session["id"])["items"] if m["role"] == "user"]
+    assert len(users) == 1
+
+
+def test_session_deleted_during_a_turn_stays_deleted(
+    client: httpx.Client, redis_client: redis.Redis
+) -> None:
+    chat = start_chat(client)
+    sid = chat["session_id"]
+    accepted = post_turn(client, sid, "[[tokens:20]] [[delay:20]] delete me meanwhile").json()
+
+    deleted = client.delete(f"/api/sessions/{sid}")
+    read_events(client, accepted["events_url"])  # the turn ends, whichever way
+    time.sleep(0.3)
+
+    assert deleted.status_code == 204
+    assert client.get(f"/api/sessions/{sid}").status_code == 404
+    assert sid not in {item["id"] for item in client.get("/api/sessions").json()["items"]}
+    history = client.get("/chat/history", params={"user_id": chat["user_id"], "session_id": sid})
+    assert history.status_code == 404
+    # nothing of it is left behind in Redis to live forever
+    leftovers = [k for k in redis_client.keys(f"chat:session:{sid}*") if redis_client.ttl(k) == -1]
+    assert leftovers == []
+
+
+def test_a_conversation_in_use_does_not_expire(
+    client: httpx.Client, redis_client: redis.Redis
+) -> None:
+    chat = start_chat(client)
+    stream_turn(client, chat, "first")
+    messages_key = f"chat:session:{chat['session_id']}:messages"
+    redis_client.expire(messages_key, 60)  # as if the last visit was almost 7 days ago
+
+    stream_turn(client, chat, "back again")
+
+    assert redis_client.ttl(messages_key) > 7 * 86400 - 120
+    assert [m["content"] for m in history_of(client, chat)["messages"]][-2] == "back again"
