@@ -401,3 +401,14 @@ class TurnManager:
                    TurnEvent(seq=2, type="end", message_id=message.id)]
         elif after == 0:
             yield [TurnEvent(seq=1, type="end")]
+
+    async def progress(self, turn_id: str) -> tuple[str, int, bool]:
+        """What a page rendered now shows of a reply: its text so far, the last seq, and whether it ended.
+
+        A reader that then follows from that seq sees each chunk exactly once.
+        """
+        run = self.runs.get(turn_id)
+        events = list(run.events) if run is not None else await self.store.read_events(turn_id, 0)
+        text = "".join(event.content for event in events if event.type == "chunk")
+        last = events[-1] if events else None
+        return text, last.seq if last else 0, bool(last and last.type in TERMINAL)

@@ -9,6 +9,7 @@ Keys (all prefixed `chat:`):
     turn:{tid}                     HASH turn state (session_id, user_id, status, message_id)
     turn:{tid}:events              STREAM of reply events, ids `0-{seq}`, capped, expires after the turn
     rate:{uid}:{minute}            fixed-window turn counter
+    trash:{sid}                    JSON copy of a conversation deleted from the web UI, kept briefly for undo
     cancel                         pub/sub channel: turn ids to cancel, on whichever worker runs them
 """
 
@@ -65,6 +66,10 @@ def _events_key(tid: str) -> str:
 
 def _rate_key(uid: str, minute: int) -> str:
     return f"{PREFIX}rate:{uid}:{minute}"
+
+
+def _trash_key(sid: str) -> str:
+    return f"{PREFIX}trash:{sid}"
 
 
 def now_iso() -> str:
@@ -505,6 +510,39 @@ class Store:
     async def lock_holder(self, sid: str) -> str | None:
         """The id of the turn that holds the conversation's lock, if any."""
         return await self.redis.get(_lock_key(sid))
+
+    # undoable deletion (web UI) ----------------------------------------
+
+    async def delete_undoably(self, conversation: Conversation, *, keep_seconds: int) -> None:
+        """Delete a conversation but keep a copy for `keep_seconds`, so an undo can put it back."""
+        messages = await self.redis.lrange(_messages_key(conversation.id), 0, -1)
+        copy = orjson.dumps({
+            "meta": {
+                "user_id": conversation.user_id, "title": conversation.title, "preview": conversation.preview,
+                "role": conversation.role, "count": conversation.message_count,
+                "created": repr(conversation.created), "updated": repr(conversation.updated),
+            },
+            "messages": messages,
+        })
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(_trash_key(conversation.id), copy, ex=keep_seconds)
+            pipe.delete(_meta_key(conversation.id), _messages_key(conversation.id))
+            pipe.zrem(_index_key(conversation.user_id), conversation.id)
+            await pipe.execute()
+
+    async def undo_delete(self, uid: str, sid: str) -> Conversation | None:
+        """Put back a conversation deleted with `delete_undoably`; None when the copy is gone or not uid's."""
+        raw = await self.redis.get(_trash_key(sid))
+        if raw is None:
+            return None
+        copy = orjson.loads(raw)
+        if copy["meta"].get("user_id") != uid:
+            return None
+        conversation = Conversation.from_hash(sid, copy["meta"])
+        messages = [Message.from_json(item) for item in copy["messages"]]
+        await self.restore_conversation(conversation, messages)
+        await self.redis.delete(_trash_key(sid))
+        return conversation
 
 
 def _event_fields(event: TurnEvent) -> dict[str, str]:

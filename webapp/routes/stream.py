@@ -1,7 +1,8 @@
-"""Server-Sent Events: the seed's /chat/stream and the resumable /api/turns/{id}/events."""
+"""Server-Sent Events: the seed's /chat/stream, the resumable /api/turns/{id}/events, and the web UI's stream."""
 
 from __future__ import annotations
 
+import html
 from typing import AsyncIterator, Callable
 
 import orjson
@@ -9,10 +10,12 @@ from fastapi import APIRouter, Header, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from ..chat import TurnManager
-from ..deps import CurrentUser, LangDep, SeedUser, StoreDep, TurnsDep, check_id, load_owned
+from ..deps import CurrentUser, LangDep, OwnedConversation, SeedUser, StoreDep, TurnsDep, check_id, load_owned
 from ..errors import InvalidId, TurnNotFound
+from ..i18n import Lang, t
+from ..render import render_fragment
 from ..roles import get_role
-from ..store import TurnEvent, TurnInfo
+from ..store import Conversation, TurnEvent, TurnInfo
 
 router = APIRouter(tags=["turns"])
 
@@ -131,3 +134,72 @@ async def api_turn_events(
     if turn is None:
         return Response(status_code=204)
     return event_stream(turns, turn, seq)
+
+
+# the web UI's stream: HTML for htmx's SSE extension -------------------------------
+
+async def turn_end_fragment(turns: TurnManager, conversation: Conversation, turn_id: str,
+                            final: TurnEvent | None, lang: Lang) -> str:
+    """The bubble that replaces the streaming one: the saved reply, or what went wrong, with Retry."""
+    info = await turns.store.get_turn(turn_id) if turn_id else None
+    message_id = (final.message_id if final else "") or (info.message_id if info else "")
+    messages, _, _ = await turns.store.message_page(conversation.id, limit=4, before=None)
+    reply = next((m for m in messages if message_id and m.id == message_id), None)
+    last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+    retry_text = last_user.content if last_user else ""
+    if final is not None and final.type == "error":
+        error_text = final.content
+    elif reply is None:
+        error_text = t("ui.stopped" if final is not None else "ui.no_reply", lang)
+    else:
+        error_text = ""
+    return render_fragment(
+        "partials/turn_done.html", lang, conv=conversation, turn_id=turn_id, reply=reply, error_text=error_text,
+        retry_text=retry_text, retry_for=reply.id if reply else "", no_reply_text=retry_text,
+    )
+
+
+async def html_turn_events(
+    turns: TurnManager, conversation: Conversation, turn: TurnInfo | None, after: int, lang: Lang
+) -> AsyncIterator[ServerSentEvent]:
+    """`chunk` events carry escaped text to append; one `done` event carries the final bubble."""
+    metrics = turns.metrics
+    metrics.active_streams.inc()
+    try:
+        final: TurnEvent | None = None
+        last_id = f"{turn.id}:{after}" if turn else None
+        if turn is not None:
+            async for batch in turns.follow(turn, after):
+                for event in merged(batch):
+                    last_id = f"{turn.id}:{event.seq}"
+                    if event.type == "chunk":
+                        yield ServerSentEvent(event="chunk", data=html.escape(event.content, quote=False), id=last_id)
+                    else:
+                        final = event
+        fragment = await turn_end_fragment(turns, conversation, turn.id if turn else "", final, lang)
+        yield ServerSentEvent(event="done", data=fragment, id=last_id)
+    finally:
+        metrics.active_streams.dec()
+
+
+@router.get("/c/{session_id}/turns/{turn_id}/events", include_in_schema=False)
+async def conversation_turn_events(
+    conversation: OwnedConversation,
+    turn_id: str,
+    user: CurrentUser,
+    turns: TurnsDep,
+    lang: LangDep,
+    after: int = 0,
+    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+) -> Response:
+    """The web UI's view of a turn (htmx SSE extension); resumes after `after` or Last-Event-ID."""
+    _, seq = parse_last_event_id(last_event_id)
+    try:
+        turn: TurnInfo | None = await turns.turn_for(check_id(turn_id), user)
+    except (TurnNotFound, InvalidId):
+        turn = None
+    if turn is not None and turn.session_id != conversation.id:
+        turn = None
+    return EventSourceResponse(
+        html_turn_events(turns, conversation, turn, max(seq, after), lang), ping=PING_SECONDS, headers=STREAM_HEADERS
+    )

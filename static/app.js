@@ -1,0 +1,420 @@
+/* The few things HTML and htmx attributes cannot do on their own: the composer's
+ * Enter-to-send and counter, keyboard shortcuts, focus after swaps, copy buttons,
+ * the confirm and help dialogs, toasts and local times. No build step. */
+(function () {
+  "use strict";
+
+  const $ = (selector, root) => (root || document).querySelector(selector);
+  const $$ = (selector, root) => Array.from((root || document).querySelectorAll(selector));
+  const coarsePointer = window.matchMedia("(pointer: coarse)");
+
+  // ------------------------------------------------------------ composer
+
+  const composer = () => $("#composer");
+  const input = () => $("#composer-input");
+  const length = (text) => Array.from(text).length; // code points, as the server counts
+
+  function syncComposer() {
+    const form = composer();
+    const box = input();
+    if (!form || !box) return;
+    const max = Number(form.dataset.max);
+    const count = length(box.value);
+    const over = count - max;
+    const counter = $("#char-count");
+    if (counter) {
+      counter.textContent = `${count} / ${max}` + (over > 0 ? " · " + counter.dataset.overText.replace("{n}", over) : "");
+      counter.classList.toggle("is-over", over > 0);
+    }
+    const send = $(".round-btn--send", form);
+    if (send) send.disabled = !box.value.trim() || over > 0;
+    box.style.height = "auto";
+    box.style.height = box.scrollHeight + 2 + "px";
+  }
+
+  function focusComposer() {
+    closeDrawer();
+    const box = input();
+    if (box) box.focus();
+  }
+
+  const draftKey = () => {
+    const main = $("#main[data-conversation]");
+    return main ? "draft:" + main.dataset.conversation : null;
+  };
+
+  function saveDraft() {
+    const key = draftKey();
+    const box = input();
+    if (!key || !box) return;
+    try {
+      if (box.value) sessionStorage.setItem(key, box.value);
+      else sessionStorage.removeItem(key);
+    } catch (_) { /* storage may be disabled; drafts are a nicety */ }
+  }
+
+  function restoreDraft() {
+    const key = draftKey();
+    const box = input();
+    if (!key || !box || box.value) return;
+    try {
+      box.value = sessionStorage.getItem(key) || "";
+    } catch (_) { /* see saveDraft */ }
+  }
+
+  document.addEventListener("input", (event) => {
+    if (event.target.id === "composer-input") {
+      syncComposer();
+      saveDraft();
+    }
+  });
+
+  // Enter sends, Shift+Enter is a new line; an IME composing Chinese keeps its Enter.
+  document.addEventListener("keydown", (event) => {
+    if (event.target.id !== "composer-input" || event.key !== "Enter") return;
+    if (event.shiftKey || event.altKey || event.ctrlKey || event.metaKey) return;
+    if (event.isComposing || event.keyCode === 229 || coarsePointer.matches) return;
+    event.preventDefault();
+    const send = $(".round-btn--send", composer());
+    if (send && !send.disabled) composer().requestSubmit(send);
+  });
+
+  document.addEventListener("htmx:afterRequest", (event) => {
+    const elt = event.detail.elt;
+    if (elt && elt.id === "composer" && event.detail.successful) {
+      input().value = "";
+      saveDraft();
+      syncComposer();
+    }
+    if (event.detail.successful && elt && elt.closest && elt.closest("#composer, .retry, .suggestions")) {
+      const scroller = $("#scroller");
+      if (scroller) scroller.scrollTop = 0; // column-reverse: 0 is the newest message
+    }
+  });
+
+  // ------------------------------------------------------------ sidebar and drawer
+
+  const results = () => $$("#session-list .session__link");
+  const drawer = () => $("#drawer-toggle");
+
+  function closeDrawer() {
+    if (drawer()) drawer().checked = false;
+  }
+
+  function markActive() {
+    const match = location.pathname.match(/^\/c\/([0-9a-f-]{36})/);
+    for (const item of $$("#session-list .session")) {
+      const on = !!match && item.id === "conv-" + match[1];
+      item.classList.toggle("is-active", on);
+      const link = $(".session__link", item);
+      if (!link) continue;
+      if (on) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+  }
+
+  function openSibling(step) {
+    const links = results();
+    if (!links.length) return;
+    const current = links.findIndex((link) => link.getAttribute("aria-current") === "page");
+    const next = current === -1 ? 0 : current + step;
+    if (next < 0 || next >= links.length) return;
+    links.forEach((link) => link.removeAttribute("aria-current"));
+    links[next].setAttribute("aria-current", "page"); // at once, so a held key keeps moving
+    links[next].scrollIntoView({ block: "nearest" });
+    links[next].click();
+  }
+
+  function focusSearch() {
+    const search = $("#search");
+    if (!search) return;
+    if (window.getComputedStyle($("#sidebar")).visibility === "hidden" && drawer()) drawer().checked = true;
+    search.focus();
+    search.select();
+  }
+
+  function focusResult(index) {
+    const links = results();
+    if (!links.length) return;
+    const link = links[Math.max(0, Math.min(index, links.length - 1))];
+    link.focus();
+    link.scrollIntoView({ block: "nearest" });
+  }
+
+  // ------------------------------------------------------------ keyboard
+
+  function inTextField(element) {
+    if (!element || !element.closest) return false;
+    const field = element.closest("input, textarea, select, [contenteditable=''], [contenteditable='true']");
+    return !!field && !["checkbox", "radio", "button", "submit"].includes(field.type);
+  }
+
+  function toggleHelp() {
+    const help = $("#help");
+    if (!help) return;
+    if (help.open) help.close();
+    else help.showModal();
+  }
+
+  document.addEventListener("keydown", (event) => {
+    const { key, target } = event;
+    const ctrl = event.ctrlKey || event.metaKey;
+
+    if (event.altKey && !ctrl && (key === "ArrowDown" || key === "ArrowUp")) {
+      event.preventDefault();
+      openSibling(key === "ArrowDown" ? 1 : -1);
+      return;
+    }
+    if (ctrl && !event.altKey && !event.shiftKey && key.toLowerCase() === "k") {
+      event.preventDefault();
+      focusSearch();
+      return;
+    }
+    if (ctrl && (key === "/" || key === "?")) {
+      event.preventDefault();
+      toggleHelp();
+      return;
+    }
+    if (ctrl && event.shiftKey && key.toLowerCase() === "o") {
+      event.preventDefault(); // the new-chat form's hx-trigger sends the request
+      return;
+    }
+    if (key === "Escape" && event.shiftKey) {
+      event.preventDefault();
+      focusComposer();
+      return;
+    }
+    if (document.querySelector("dialog[open]")) return;
+    if (key === "Escape") {
+      const menu = $("details.menu[open]");
+      if (menu) {
+        menu.open = false;
+        $("summary", menu).focus();
+        return;
+      }
+      if (drawer() && drawer().checked && !target.closest("#sidebar")) {
+        closeDrawer();
+        return;
+      }
+    }
+    if (!inTextField(target) && !ctrl && !event.altKey) {
+      if (key === "/") {
+        event.preventDefault();
+        focusSearch();
+        return;
+      }
+      if (key === "?") {
+        event.preventDefault();
+        toggleHelp();
+        return;
+      }
+    }
+    if (target.id === "search") {
+      if (key === "ArrowDown") {
+        event.preventDefault();
+        focusResult(0);
+      } else if (key === "Enter") {
+        event.preventDefault();
+        if (results()[0]) results()[0].click();
+      } else if (key === "Escape") {
+        event.preventDefault();
+        focusComposer();
+      }
+      return;
+    }
+    if (target.classList && target.classList.contains("session__link")) {
+      const index = results().indexOf(target);
+      if (key === "ArrowDown" || key === "j") {
+        event.preventDefault();
+        focusResult(index + 1);
+      } else if (key === "ArrowUp" || key === "k") {
+        event.preventDefault();
+        if (index <= 0) focusSearch();
+        else focusResult(index - 1);
+      } else if (key === "Escape") {
+        event.preventDefault();
+        focusComposer();
+      }
+    }
+  });
+
+  // labels that act as buttons (the drawer's open/close) answer Enter and Space too
+  document.addEventListener("keydown", (event) => {
+    const label = event.target.closest && event.target.closest("label[role=button]");
+    if (label && (event.key === "Enter" || event.key === " ")) {
+      event.preventDefault();
+      label.click();
+    }
+  });
+
+  // ------------------------------------------------------------ focus after swaps
+
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    const { xhr, target } = event.detail;
+    if (xhr && xhr.status >= 400) {
+      // our HTML errors are toasts the server retargets into #toasts; anything else gets a generic one
+      if (xhr.getResponseHeader("HX-Retarget")) event.detail.shouldSwap = true;
+      else showToast(document.body.dataset.networkError);
+      return;
+    }
+    const active = document.activeElement;
+    const item = target && target.closest && target.closest(".session");
+    if (!item || !active || !item.contains(active)) return;
+    const id = item.id;
+    const neighbour = item.nextElementSibling || item.previousElementSibling;
+    setTimeout(() => {
+      if (document.activeElement && document.activeElement !== document.body) return; // autofocus won
+      const again = document.getElementById(id);
+      const link = (again && $(".session__link", again)) || (neighbour && $(".session__link", neighbour));
+      if (link) link.focus();
+      else focusComposer();
+    });
+  });
+
+  document.addEventListener("htmx:oobAfterSwap", () => {
+    if (document.activeElement === document.body && !coarsePointer.matches) focusComposer();
+  });
+
+  document.addEventListener("htmx:sendError", () => showToast(document.body.dataset.networkError));
+
+  document.addEventListener("htmx:afterSettle", (event) => {
+    const elt = event.detail.elt;
+    localTimes(elt);
+    startToasts();
+    markActive();
+    if (elt && elt.id === "main") {
+      closeDrawer();
+      restoreDraft();
+      syncComposer();
+    }
+  });
+
+  document.addEventListener("htmx:historyRestore", () => {
+    markActive();
+    restoreDraft();
+    syncComposer();
+  });
+
+  // ------------------------------------------------------------ streaming
+
+  // Keep `after` in the stream URL current: if the extension has to reconnect from
+  // scratch it resumes after the last chunk shown instead of repeating the reply.
+  document.addEventListener("htmx:sseBeforeMessage", (event) => {
+    const message = event.detail;
+    const source = event.target.closest && event.target.closest("[sse-connect]");
+    if (source && message && message.lastEventId) {
+      const seq = message.lastEventId.split(":").pop();
+      source.setAttribute("sse-connect", source.getAttribute("sse-connect").replace(/after=\d+/, "after=" + seq));
+    }
+    if (message && message.type === "done") {
+      setTimeout(() => htmx.trigger(document.body, "sessions-changed"), 50);
+    }
+  });
+
+  // ------------------------------------------------------------ copy
+
+  async function copyText(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (_) {
+      // http:// on a LAN address has no clipboard API: fall back to a selection
+      const area = document.createElement("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.style.position = "fixed";
+      area.style.opacity = "0";
+      document.body.appendChild(area);
+      area.select();
+      document.execCommand("copy");
+      area.remove();
+    }
+  }
+
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("[data-copy], [data-copy-message]");
+    if (!button) return;
+    const source = button.hasAttribute("data-copy")
+      ? $("pre", button.closest(".code"))
+      : $(".msg__body", button.closest(".msg"));
+    if (!source) return;
+    await copyText(source.innerText.replace(/\n$/, ""));
+    const label = button.hasAttribute("data-copy") ? button.textContent : null;
+    button.classList.add("is-copied");
+    if (label !== null) button.textContent = document.body.dataset.copied;
+    setTimeout(() => {
+      button.classList.remove("is-copied");
+      if (label !== null) button.textContent = label;
+    }, 1500);
+  });
+
+  // ------------------------------------------------------------ dialogs
+
+  document.addEventListener("click", (event) => {
+    if (event.target.closest("[data-open-help]")) toggleHelp();
+    const dialog = event.target.closest("dialog");
+    if (dialog && event.target === dialog) dialog.close(); // a click on the backdrop
+    const menu = $("details.menu[open]");
+    if (menu && !menu.contains(event.target)) menu.open = false;
+  });
+
+  document.addEventListener("htmx:confirm", (event) => {
+    if (!event.detail.question) return;
+    event.preventDefault();
+    const dialog = $("#confirm");
+    $("#confirm-text").textContent = event.detail.question;
+    dialog.returnValue = "";
+    dialog.addEventListener("close", () => {
+      if (dialog.returnValue === "ok") event.detail.issueRequest(true);
+    }, { once: true });
+    dialog.showModal();
+  });
+
+  // ------------------------------------------------------------ toasts
+
+  function showToast(text) {
+    const template = $("#toast-template");
+    if (!template || !text) return;
+    const toast = template.content.firstElementChild.cloneNode(true);
+    $(".toast__text", toast).textContent = text;
+    $("#toasts").appendChild(toast);
+    startToasts();
+  }
+
+  function startToasts() {
+    for (const toast of $$("#toasts .toast:not([data-timer])")) {
+      toast.dataset.timer = "1";
+      const wait = $(".toast__action", toast) ? 10000 : 5000;
+      setTimeout(() => toast.remove(), wait);
+    }
+  }
+
+  document.addEventListener("click", (event) => {
+    const close = event.target.closest("[data-dismiss]");
+    if (close) close.closest(".toast").remove();
+  });
+
+  // ------------------------------------------------------------ local times
+
+  function localTimes(root) {
+    for (const time of $$("time[data-local-time]", root && root.querySelectorAll ? root : document)) {
+      const moment = new Date(time.getAttribute("datetime"));
+      if (Number.isNaN(moment.getTime())) continue;
+      time.textContent = moment.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      time.title = moment.toLocaleString();
+    }
+  }
+
+  // ------------------------------------------------------------ start
+
+  function start() {
+    document.documentElement.classList.add("js");
+    restoreDraft();
+    syncComposer();
+    localTimes(document);
+    startToasts();
+    markActive();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
