@@ -77,12 +77,17 @@ class TurnRun:
     first_token_at: float | None = None
     last_emit: float = 0.0
     flush_handle: asyncio.TimerHandle | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def publish(self, event: TurnEvent) -> None:
+        """Append an event and wake the readers waiting for one (a future per waiting reader,
+        not an Event per publish: most events find exactly one reader, or none)."""
         self.events.append(event)
-        changed, self.changed = self.changed, asyncio.Event()
-        changed.set()
+        if self.waiters:
+            for waiter in self.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self.waiters.clear()
 
     def next_seq(self) -> int:
         return len(self.events) + 1
@@ -100,7 +105,9 @@ class TurnRun:
             elif self.finished:
                 return
             else:
-                await self.changed.wait()
+                waiter = asyncio.get_running_loop().create_future()
+                self.waiters.append(waiter)
+                await waiter
 
 
 class EventWriter:

@@ -66,6 +66,10 @@ class IdentityMiddleware:
         token = read_cookie(scope["headers"], COOKIE_NAME)
         state["identity"] = self.signer.unsign(token) if token else None
         state["new_identity"] = None
+        if state["identity"]:
+            # a known caller never gets a new cookie: skip the send wrapper (it runs per SSE event)
+            await self.app(scope, receive, send)
+            return
         secure = scope.get("scheme") == "https"
 
         async def send_with_cookie(message: Message) -> None:

@@ -6,8 +6,9 @@ import asyncio
 import logging
 from typing import AsyncIterator, Protocol
 
+import aiohttp
 import httpx2
-import openai
+import orjson
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from .config import Settings
@@ -40,58 +41,78 @@ class Provider(Protocol):
 
 
 class OpenAIProvider:
-    """Streams chat completions from any OpenAI-compatible API through one shared AsyncOpenAI.
+    """Streams chat completions from any OpenAI-compatible API.
 
-    The client uses the SDK's aiohttp transport: with hundreds of concurrent streams
-    httpx's pool costs several times more (see the bench README).
+    The reply stream is read with one shared aiohttp session and parsed with orjson:
+    under load, the openai SDK's request building (param transforms, httpx2 layers)
+    and a Timeout reschedule per token were the app's largest costs (bench/README.md).
+    The SDK's AsyncOpenAI client is kept for everything else (model listing, readiness).
     """
 
     name = "openai"
+    retry_statuses = frozenset({429, 500, 502, 503, 504})
 
     def __init__(self, settings: Settings) -> None:
         self.model = settings.openai_model
         self.token_timeout = settings.openai_timeout
+        self.base_url = (settings.openai_base_url or "https://api.openai.com/v1").rstrip("/")
         self.client = AsyncOpenAI(
             api_key=settings.openai_api_key,
-            base_url=settings.openai_base_url or None,
+            base_url=self.base_url,
             max_retries=1,
             timeout=httpx2.Timeout(settings.openai_timeout, connect=10.0),
-            http_client=DefaultAioHttpClient(
-                timeout=httpx2.Timeout(settings.openai_timeout, connect=10.0),
-                limits=httpx2.Limits(max_connections=5000, max_keepalive_connections=1000),
-            ),
+            http_client=DefaultAioHttpClient(timeout=httpx2.Timeout(settings.openai_timeout, connect=10.0)),
+        )
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=None, connect=10.0),
+            headers={
+                "Authorization": f"Bearer {settings.openai_api_key}",
+                "Content-Type": "application/json",
+                "Accept": "text/event-stream",
+            },
         )
 
     async def stream(self, messages: ChatMessages, *, role_name: str, lang: Lang) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        watch = _IdleWatch(loop, task, self.token_timeout)
+        body = orjson.dumps({"model": self.model, "messages": messages, "stream": True})
+        url = self.base_url + "/chat/completions"
         try:
-            async with asyncio.timeout(self.token_timeout) as deadline:
-                response = await self.client.chat.completions.create(
-                    model=self.model, messages=messages, stream=True  # type: ignore[arg-type]
-                )
-                async for chunk in response:
-                    if chunk.choices:
-                        text = chunk.choices[0].delta.content
-                        if text:
-                            yield text
-                    # the deadline is per token, not per reply: a long answer is fine, a stall is not
-                    deadline.reschedule(asyncio.get_running_loop().time() + self.token_timeout)
-        except (asyncio.TimeoutError, openai.APITimeoutError):
-            raise UpstreamError("error.upstream_timeout") from None
-        except openai.AuthenticationError:
-            raise UpstreamError("error.upstream_auth") from None
-        except openai.RateLimitError:
-            raise UpstreamError("error.upstream_rate") from None
-        except openai.APIStatusError as exc:
-            log.warning("upstream status %s", exc.status_code)
-            raise UpstreamError() from None
-        except (openai.APIError, OSError, ValueError) as exc:
-            log.warning("upstream failed: %s", type(exc).__name__)
-            raise UpstreamError() from None
-        except Exception as exc:  # aiohttp payload errors and the like surface raw mid-stream
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            for attempt in (1, 2):
+                try:
+                    async with self.session.post(url, data=body) as response:
+                        if response.status != 200:
+                            if attempt == 1 and response.status in self.retry_statuses:
+                                await asyncio.sleep(0.3)
+                                continue
+                            raise UpstreamError(_status_key(response.status))
+                        async for line in response.content:
+                            watch.touch()
+                            text = delta_text(line)
+                            if text:
+                                yield text
+                            elif text is None:
+                                return
+                        return
+                except aiohttp.ClientConnectionError:
+                    if attempt == 1 and not watch.touched:
+                        await asyncio.sleep(0.3)
+                        continue
+                    raise
+        except asyncio.CancelledError:
+            if watch.fired and task is not None:
+                task.uncancel()
+                raise UpstreamError("error.upstream_timeout") from None
+            raise
+        except UpstreamError:
+            raise
+        except Exception as exc:  # connection resets and payload errors surface raw mid-stream
             log.warning("upstream stream broke: %s", type(exc).__name__)
             raise UpstreamError() from None
+        finally:
+            watch.stop()
 
     async def ping(self) -> bool:
         try:
@@ -101,7 +122,50 @@ class OpenAIProvider:
             return False
 
     async def aclose(self) -> None:
+        await self.session.close()
         await self.client.close()
+
+
+class _IdleWatch:
+    """Cancels a task when no token arrived for `timeout` seconds.
+
+    One timer per reply that re-arms itself only when it fires: touching it per
+    token is an attribute write, not a timer reschedule.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task | None, timeout: float) -> None:
+        self.loop, self.task, self.timeout = loop, task, timeout
+        self.last = loop.time()
+        self.touched = False
+        self.fired = False
+        self.handle: asyncio.TimerHandle | None = loop.call_at(self.last + timeout, self._check)
+
+    def touch(self) -> None:
+        self.last = self.loop.time()
+        self.touched = True
+
+    def _check(self) -> None:
+        idle = self.loop.time() - self.last
+        if idle >= self.timeout and self.task is not None:
+            self.fired = True
+            self.handle = None
+            self.task.cancel()
+        else:
+            self.handle = self.loop.call_at(self.last + self.timeout, self._check)
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+def _status_key(status: int) -> str:
+    if status in (401, 403):
+        return "error.upstream_auth"
+    if status == 429:
+        return "error.upstream_rate"
+    log.warning("upstream status %s", status)
+    return "error.upstream"
 
 
 class DemoProvider:
@@ -144,6 +208,26 @@ def _demo_pieces(text: str, size: int = 3) -> list[str]:
     if current:
         pieces.append(current)
     return pieces
+
+
+def delta_text(line: bytes) -> str | None:
+    """The text of one SSE line of a chat.completion.chunk stream; None at `[DONE]`."""
+    if not line.startswith(b"data:"):
+        return ""
+    payload = line[5:].strip()
+    if payload == b"[DONE]":
+        return None
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return ""
+    if isinstance(data, dict) and data.get("error"):
+        log.warning("upstream sent an error event")
+        raise UpstreamError()
+    try:
+        return data["choices"][0]["delta"].get("content") or ""
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return ""
 
 
 def create_provider(settings: Settings) -> Provider:

@@ -463,7 +463,8 @@ class Store:
                     _events_key(turn_id), _event_fields(event), id=f"0-{event.seq}",
                     maxlen=STREAM_MAXLEN, approximate=True,
                 )
-                pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS * 2)
+                if event.seq == 1:  # later events need no EXPIRE of their own: finish_turn sets the last one
+                    pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS + self.turn_timeout)
             await pipe.execute()
 
     async def get_turn(self, turn_id: str) -> TurnInfo | None:
