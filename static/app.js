@@ -101,10 +101,14 @@
     if (drawer()) drawer().checked = false;
   }
 
+  // the conversation being opened by Alt+Arrow, before its URL is pushed: a held key keeps moving
+  let opening = null;
+
   function markActive() {
     const match = location.pathname.match(/^\/c\/([0-9a-f-]{36})/);
+    const current = opening || (match && match[1]);
     for (const item of $$("#session-list .session")) {
-      const on = !!match && item.id === "conv-" + match[1];
+      const on = !!current && item.id === "conv-" + current;
       item.classList.toggle("is-active", on);
       const link = $(".session__link", item);
       if (!link) continue;
@@ -119,8 +123,8 @@
     const current = links.findIndex((link) => link.getAttribute("aria-current") === "page");
     const next = current === -1 ? 0 : current + step;
     if (next < 0 || next >= links.length) return;
-    links.forEach((link) => link.removeAttribute("aria-current"));
-    links[next].setAttribute("aria-current", "page"); // at once, so a held key keeps moving
+    opening = links[next].closest(".session").id.slice("conv-".length);
+    markActive();
     links[next].scrollIntoView({ block: "nearest" });
     links[next].click();
   }
@@ -249,6 +253,12 @@
 
   // ------------------------------------------------------------ focus after swaps
 
+  // Chromium may keep a removed element as activeElement until the next frame
+  const focusLost = () => {
+    const active = document.activeElement;
+    return !active || active === document.body || !active.isConnected;
+  };
+
   document.addEventListener("htmx:beforeSwap", (event) => {
     const { xhr, target } = event.detail;
     if (xhr && xhr.status >= 400) {
@@ -263,7 +273,7 @@
     const id = item.id;
     const neighbour = item.nextElementSibling || item.previousElementSibling;
     setTimeout(() => {
-      if (document.activeElement && document.activeElement !== document.body) return; // autofocus won
+      if (!focusLost()) return; // autofocus won
       const again = document.getElementById(id);
       const link = (again && $(".session__link", again)) || (neighbour && $(".session__link", neighbour));
       if (link) link.focus();
@@ -272,13 +282,21 @@
   });
 
   document.addEventListener("htmx:oobAfterSwap", () => {
-    if (document.activeElement === document.body && !coarsePointer.matches) focusComposer();
+    if (focusLost() && !coarsePointer.matches) focusComposer();
   });
 
-  document.addEventListener("htmx:sendError", () => showToast(document.body.dataset.networkError));
+  document.addEventListener("htmx:sendError", () => {
+    opening = null;
+    showToast(document.body.dataset.networkError);
+  });
+  document.addEventListener("htmx:responseError", () => { opening = null; });
+
+  // a sidebar rendered while the user moved on is corrected at once, not after settling
+  document.addEventListener("htmx:afterSwap", markActive);
 
   document.addEventListener("htmx:afterSettle", (event) => {
     const elt = event.detail.elt;
+    if (elt && elt.id === "main") opening = null;
     localTimes(elt);
     startToasts();
     markActive();

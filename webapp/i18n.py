@@ -101,7 +101,11 @@ CATALOG: dict[str, dict[Lang, str]] = {
     "ui.ai": {"zh": "AI", "en": "AI"},
     "ui.messages": {"zh": "消息", "en": "Messages"},
     "ui.message_label": {"zh": "输入消息", "en": "Message"},
-    "ui.composer_placeholder": {"zh": "输入消息，Enter 发送，Shift+Enter 换行", "en": "Message the AI — Enter to send, Shift+Enter for a new line"},
+    "ui.composer_placeholder": {"zh": "输入消息…", "en": "Send a message…"},
+    "ui.composer_hint": {
+        "zh": "Enter 发送 · Shift+Enter 换行 · ? 快捷键",
+        "en": "Enter to send · Shift+Enter for a new line · ? for shortcuts",
+    },
     "ui.send": {"zh": "发送", "en": "Send"},
     "ui.stop": {"zh": "停止生成", "en": "Stop generating"},
     "ui.stopped": {"zh": "已停止生成", "en": "Stopped"},

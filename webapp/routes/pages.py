@@ -22,9 +22,9 @@ from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 
 from ..chat import TurnManager
-from ..deps import CurrentUser, LangDep, OwnedConversation, StoreDep, TurnsDep, check_id, get_lang
+from ..deps import CurrentUser, LangDep, OwnedConversation, StoreDep, TurnsDep, check_id
 from ..errors import ChatError, EmptyTitle, TurnNotFound
-from ..i18n import LANG_COOKIE, Lang, t
+from ..i18n import LANG_COOKIE, Lang, pick_lang, t
 from ..render import templates, ui_context
 from ..roles import BUILTIN_ROLES, DEFAULT_ROLE, Role, get_role
 from ..store import Conversation, Message, Store, make_title
@@ -88,7 +88,7 @@ def render(request: Request, name: str, lang: Lang, *, status: int = 200, header
 
 def error_response(request: Request, key: str, status: int, params: dict[str, object] | None = None) -> Response:
     """A toast for HTMX (retargeted into #toasts), an error page otherwise."""
-    lang = get_lang(request)
+    lang = pick_lang(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
     text = t(key, lang, **(params or {}))
     if is_htmx(request):
         return render(request, "partials/toast.html", lang, status=status, text=text, kind="error",

@@ -1,0 +1,394 @@
+"""Pages and HTMX partials over real HTTP, read with BeautifulSoup: structure, escaping, ids."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+from bs4 import BeautifulSoup
+
+from tests.conftest import SYSTEM_PROMPTS, create_session, iter_sse, unique, wait_until
+from tests.fake_upstream import expected_reply
+
+HX = {"HX-Request": "true"}
+EN = {"Accept-Language": "en-US,en;q=0.9"}
+XSS = "<script>alert('x')</script>"
+
+
+def soup(response: httpx.Response) -> BeautifulSoup:
+    return BeautifulSoup(response.text, "html.parser")
+
+
+def open_home(client: httpx.Client) -> tuple[str, BeautifulSoup]:
+    """GET / as a new user: redirected to a conversation of their own."""
+    response = client.get("/", follow_redirects=True)
+    assert response.status_code == 200
+    assert response.history and response.history[0].status_code == 303
+    return response.url.path.rsplit("/", 1)[1], soup(response)
+
+
+def ids_are_unique(page: BeautifulSoup) -> None:
+    counts = Counter(tag["id"] for tag in page.find_all(id=True))
+    assert [i for i, n in counts.items() if n > 1] == []
+
+
+def send_hx(client: httpx.Client, session_id: str, text: str) -> httpx.Response:
+    response = client.post(f"/c/{session_id}/messages", data={"message": text}, headers={**HX, **EN})
+    assert response.status_code == 200, response.text
+    return response
+
+
+def follow_html_stream(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> list[Any]:
+    with client.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return list(iter_sse(response))
+
+
+def add_message(redis_client: redis.Redis, session_id: str, role: str, content: str, status: str = "complete") -> None:
+    """Put a message straight into a conversation (e.g. Markdown a model might write)."""
+    message = {"id": "m_" + unique("x")[2:], "role": role, "content": content,
+               "ts": "2025-01-02T03:04:05.000+00:00", "status": status}
+    redis_client.rpush(f"chat:session:{session_id}:messages", orjson.dumps(message))
+    redis_client.hincrby(f"chat:session:{session_id}", "count", 1)
+
+
+@pytest.fixture
+def browser_client(make_client: Callable[..., httpx.Client]) -> httpx.Client:
+    return make_client(headers=EN)
+
+
+# full page vs partial -------------------------------------------------------------------
+
+def test_full_page_for_a_normal_request_and_the_fragment_for_htmx(browser_client: httpx.Client) -> None:
+    session_id, page = open_home(browser_client)
+    assert page.html["lang"] == "en"
+    assert page.find("nav", id="sidebar") and page.find("main", id="main")
+    assert page.find("main", id="main")["data-conversation"] == session_id
+    scripts = [tag["src"] for tag in page.find_all("script")]
+    assert scripts[0].startswith("/static/vendor/htmx-2.") and scripts[1].startswith("/static/vendor/sse-2.")
+    assert all(src.startswith("/static/") for src in scripts)  # no CDN
+    assert all(link["href"].startswith("/static/") for link in page.find_all("link", href=True))
+    ids_are_unique(page)
+
+    fragment = browser_client.get(f"/c/{session_id}", headers=HX)
+    assert fragment.status_code == 200 and fragment.headers["vary"] == "HX-Request"
+    partial = soup(fragment)
+    assert partial.find("html") is None and partial.find("nav") is None
+    assert [tag.name for tag in partial.find_all(recursive=False)] == ["title", "main"]
+    main = partial.find("main", id="main")
+    assert main.find(id="message-list") and main.find("form", id="composer")
+    assert main.find(id="role-selector")
+    # a history restore asks for the whole page again
+    restore = soup(browser_client.get(f"/c/{session_id}", headers={**HX, "HX-History-Restore-Request": "true"}))
+    assert restore.find("nav", id="sidebar")
+
+
+def test_landmarks_labels_and_live_region(browser_client: httpx.Client) -> None:
+    session_id, page = open_home(browser_client)
+    assert page.find("nav")["aria-label"] and page.find("main")["aria-labelledby"] == f"title-{session_id}"
+    textarea = page.find("textarea", id="composer-input")
+    assert page.find("label", attrs={"for": "composer-input"}).get_text(strip=True) == "Message"
+    assert textarea.has_attr("autofocus") and textarea["name"] == "message"
+    assert page.find("label", attrs={"for": "search"})
+    assert page.find(id="toasts")["aria-live"] == "polite"
+    assert page.find("dialog", id="help") and page.find("dialog", id="confirm")
+    for button in page.find_all("button"):
+        assert button.get_text(strip=True) or button.get("aria-label"), button
+
+
+# sending and streaming -------------------------------------------------------------------
+
+def test_send_returns_user_bubble_and_a_streaming_bubble_wired_to_sse(browser_client: httpx.Client) -> None:
+    session_id, _ = open_home(browser_client)
+    text = f"{unique('send')} {XSS}"
+    response = send_hx(browser_client, session_id, text)
+    assert response.headers["hx-trigger"] == "sessions-changed"
+    fragment = soup(response)
+    user = fragment.select_one("article.msg--user")
+    assert user["id"].startswith("msg-m_")
+    assert user.select_one(".msg__body").get_text() == text
+    assert "<script>" not in response.text and "&lt;script&gt;" in response.text
+
+    streaming = fragment.select_one("article.msg--streaming")
+    turn_id = streaming["id"].removeprefix("turn-")
+    assert streaming["hx-ext"] == "sse"
+    assert streaming["sse-connect"] == f"/c/{session_id}/turns/{turn_id}/events?after=0"
+    assert streaming["sse-swap"] == "done" and streaming["sse-close"] == "done"
+    assert streaming["hx-swap"] == "outerHTML"
+    body = streaming.select_one(".msg__stream")
+    assert body["sse-swap"] == "chunk" and body["hx-swap"] == "beforeend" and body["aria-live"] == "polite"
+    assert streaming.select_one(".typing")  # until the first chunk
+    # out-of-band: the composer shows Stop, the header the new title, and the suggestions go
+    actions = fragment.find(id="composer-actions")
+    assert actions["hx-swap-oob"] == "true" and actions.select_one(".round-btn--stop")["hx-post"] == f"/c/{session_id}/stop"
+    assert fragment.find(id=f"title-{session_id}").get_text(strip=True).startswith("send-")
+    assert fragment.find(id="suggestions")["hx-swap-oob"] == "delete"
+
+    events = follow_html_stream(browser_client, streaming["sse-connect"])
+    assert [e.event for e in events[:-1]] == ["chunk"] * (len(events) - 1) and events[-1].event == "done"
+    assert all(e.id and e.id.startswith(f"{turn_id}:") for e in events)
+    streamed = "".join(e.data for e in events[:-1])
+    assert "&lt;script&gt;" in streamed and "<script" not in streamed  # chunks are escaped text
+    done = BeautifulSoup(events[-1].data, "html.parser")
+    final = done.select_one("article.msg--assistant")
+    assert final["id"].startswith("msg-m_") and "msg--streaming" not in final["class"]
+    expected = expected_reply(2, SYSTEM_PROMPTS["assistant"], text, 12)
+    assert " ".join(final.select_one(".msg__body").get_text().split()) == " ".join(expected.split())
+    assert done.find(id="composer-actions")["hx-swap-oob"] == "true"
+    assert done.select_one("#composer-actions .round-btn--send")
+
+
+def test_stream_resumes_after_the_last_event_without_repeating(browser_client: httpx.Client) -> None:
+    session_id, _ = open_home(browser_client)
+    text = f"{unique('resume')} [[tokens:30]] [[delay:20]]"
+    url = soup(send_hx(browser_client, session_id, text)).select_one(".msg--streaming")["sse-connect"]
+    events = follow_html_stream(browser_client, url)
+    chunks = [e for e in events if e.event == "chunk"]
+    middle = chunks[len(chunks) // 2]
+    rest = follow_html_stream(browser_client, url, headers={"Last-Event-ID": middle.id})
+    seen = "".join(e.data for e in chunks[: len(chunks) // 2 + 1]) + "".join(e.data for e in rest if e.event == "chunk")
+    assert seen == "".join(e.data for e in chunks)
+    assert rest[-1].event == "done"
+
+
+def test_page_of_a_running_reply_shows_its_text_and_refreshes_only_without_js(browser_client: httpx.Client) -> None:
+    session_id, _ = open_home(browser_client)
+    send_hx(browser_client, session_id, f"{unique('running')} [[tokens:80]] [[delay:30]]")
+
+    def partly_written() -> BeautifulSoup | None:
+        page = soup(browser_client.get(f"/c/{session_id}"))
+        stream = page.select_one(".msg--streaming .msg__stream")
+        return page if stream is not None and len(stream.get_text()) > 10 else None
+
+    page = wait_until(partly_written, timeout=10)
+    streaming = page.select_one(".msg--streaming")
+    after = int(streaming["sse-connect"].rsplit("after=", 1)[1])
+    assert after > 0  # the stream picks up after what the page already shows
+    refresh = page.find("meta", attrs={"http-equiv": "refresh"})
+    assert refresh is not None and refresh.parent.name == "noscript"
+    assert page.select_one("#composer-actions .round-btn--stop")
+    # the stop form works without JS too
+    stop = browser_client.post(f"/c/{session_id}/stop")
+    assert stop.status_code == 303 and stop.headers["location"] == f"/c/{session_id}"
+    page = wait_until(lambda: (p := soup(browser_client.get(f"/c/{session_id}"))).select_one(".msg--interrupted") and p)
+    assert page.find("meta", attrs={"http-equiv": "refresh"}) is None
+    assert page.select_one("#composer-actions .round-btn--send")
+
+
+def test_plain_form_post_redirects_and_errors_keep_the_text(browser_client: httpx.Client) -> None:
+    session_id, _ = open_home(browser_client)
+    response = browser_client.post(f"/c/{session_id}/messages", data={"message": "line one\r\nline two"})
+    assert response.status_code == 303 and response.headers["location"] == f"/c/{session_id}"
+    too_long = "长" * 1001
+    response = browser_client.post(f"/c/{session_id}/messages", data={"message": too_long})
+    assert response.status_code == 400
+    page = soup(response)
+    assert "1000" in page.select_one(".composer__error").get_text()
+    assert page.find("textarea", id="composer-input").get_text() == too_long
+    # HTMX gets a toast, retargeted, and the composer keeps its text (nothing is swapped into it)
+    response = browser_client.post(f"/c/{session_id}/messages", data={"message": "   "}, headers=HX)
+    assert response.status_code == 400
+    assert response.headers["hx-retarget"] == "#toasts" and response.headers["hx-reswap"] == "beforeend"
+    assert soup(response).select_one(".toast--error").get_text(strip=True) == "The message cannot be empty"
+
+
+# markdown and escaping --------------------------------------------------------------------
+
+def test_assistant_markdown_is_rendered_and_sanitized(browser_client: httpx.Client, redis_client: redis.Redis) -> None:
+    session_id, _ = open_home(browser_client)
+    add_message(redis_client, session_id, "user", "show me **markdown** " + XSS)
+    add_message(redis_client, session_id, "assistant", (
+        "# Title\n\n- one\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+        "```python\nprint('<hi>')\n```\n\n[site](https://example.com) [bad](javascript:alert(1)) "
+        "![img](https://tracker.example/p.png)\n\n" + XSS + ' <img src=x onerror="alert(1)">'
+    ))
+    page = soup(browser_client.get(f"/c/{session_id}"))
+    user, reply = page.select("article.msg--user")[-1], page.select("article.msg--assistant")[-1]
+    assert user.select_one(".msg__body").get_text() == "show me **markdown** " + XSS  # user text never rendered
+    assert user.find("strong") is None and user.find("script") is None
+    prose = reply.select_one(".prose")
+    assert prose.find("h1").get_text() == "Title" and len(prose.select("ul > li")) == 2
+    assert prose.select_one(".table-wrap > table th").get_text() == "a"
+    code = prose.select_one(".code")
+    assert code.select_one(".code__lang").get_text() == "python"
+    assert code.select_one("button.code__copy[data-copy]")
+    assert code.select_one("pre code").get_text() == "print('<hi>')\n"
+    assert code.select_one("pre code span")  # Pygments tokens
+    link = prose.find("a", string="site")
+    assert link["href"] == "https://example.com" and link["target"] == "_blank"
+    assert set(link["rel"]) == {"noopener", "noreferrer", "nofollow"}
+    assert all(not (a.get("href") or "").startswith("javascript:") for a in prose.find_all("a"))
+    assert prose.find("img") is None and prose.find("script") is None
+    assert not any(attr.startswith("on") for tag in prose.find_all(True) for attr in tag.attrs)
+    assert XSS in prose.get_text()  # shown as text
+
+
+def test_titles_are_escaped_everywhere(browser_client: httpx.Client) -> None:
+    session_id, _ = open_home(browser_client)
+    response = browser_client.post(f"/c/{session_id}/title", data={"title": XSS}, headers={**HX, "HX-Current-URL": f"http://x/c/{session_id}"})
+    assert response.status_code == 200
+    assert "<script>" not in response.text
+    fragment = soup(response)
+    assert fragment.select_one(f"#conv-{session_id} .session__title").get_text() == XSS
+    assert fragment.find(id=f"title-{session_id}")["hx-swap-oob"] == "true"  # the open header follows
+    page_html = browser_client.get(f"/c/{session_id}").text
+    assert "<script>alert" not in page_html
+    page = BeautifulSoup(page_html, "html.parser")
+    assert page.title.get_text().startswith(XSS)
+    assert page.find(id=f"title-{session_id}").get_text() == XSS
+    assert f"Delete “{XSS}”?" in page.select_one(f"#conv-{session_id} form[hx-confirm]")["hx-confirm"]
+
+
+# sidebar -----------------------------------------------------------------------------------
+
+def test_sidebar_is_newest_first_and_paginates(make_client: Callable[..., httpx.Client]) -> None:
+    client = make_client(headers=EN)
+    created = [create_session(client)["id"] for _ in range(33)]
+    for session_id in created[:3]:  # activity moves a conversation to the top
+        client.post(f"/c/{session_id}/messages", data={"message": f"hello {session_id[:8]}"})
+        time.sleep(0.01)
+    wait_until(lambda: not any(s["running_turn_id"] for s in client.get("/api/sessions").json()["items"]))
+    first = soup(client.get("/sidebar", headers=HX))
+    items = first.select("ul#session-list > li.session")
+    assert len(items) == 30
+    assert [li["id"] for li in items[:3]] == [f"conv-{sid}" for sid in reversed(created[:3])]
+    more = first.select_one("li.sessions__more")
+    assert more["hx-trigger"] == "intersect once" and "cursor=" in more["hx-get"]
+    assert more.find("a")["href"].startswith("/")  # without JS it is a link
+    rest = soup(client.get(more["hx-get"], headers=HX))
+    assert rest.find("ul") is None  # the next page is just more items for the same list
+    later = rest.select("li.session")
+    assert len(later) == 3 and rest.select_one("li.sessions__more") is None
+    every = [li["id"] for li in items + later]
+    assert len(set(every)) == 33
+    item = items[0]
+    assert item.select_one("a.session__link")["hx-push-url"] == "true"
+    assert item.select_one(".session__time").get_text() == "just now"
+    assert item.select_one(".session__title").get_text() == f"hello {created[2][:8]}"
+
+
+def test_search_finds_titles_and_message_text(make_client: Callable[..., httpx.Client]) -> None:
+    client = make_client(headers=EN)
+    marker = unique("needle")
+    with_text = create_session(client)["id"]
+    client.post(f"/c/{with_text}/messages", data={"message": f"something about {marker} here"})
+    titled = create_session(client)["id"]
+    client.post(f"/c/{titled}/title", data={"title": f"Title {marker.upper()}"})
+    create_session(client)
+    found = soup(client.get("/sidebar", params={"q": marker}, headers=HX))
+    assert {li["id"] for li in found.select("li.session")} == {f"conv-{with_text}", f"conv-{titled}"}
+    assert found.select_one("li.sessions__more") is None
+    nothing = soup(client.get("/sidebar", params={"q": "zzz-" + marker}, headers=HX))
+    assert nothing.select_one(".sessions__empty").get_text(strip=True).startswith("No conversations match")
+    # without JS the search is a GET of the page itself
+    page = soup(client.get(f"/c/{titled}", params={"q": marker}))
+    assert len(page.select("#session-list li.session")) == 2 and page.find("input", id="search")["value"] == marker
+
+
+def test_rename_inline_and_delete_with_undo(browser_client: httpx.Client) -> None:
+    session_id, _ = open_home(browser_client)
+    edit = soup(browser_client.get(f"/c/{session_id}/title/edit", headers=HX))
+    field = edit.select_one(f"li#conv-{session_id} form.rename input[name=title]")
+    assert field.has_attr("autofocus") and field["hx-trigger"] == "keydown[key=='Escape']"
+    empty = browser_client.post(f"/c/{session_id}/title", data={"title": "  "}, headers=HX)
+    assert empty.status_code == 400 and "title cannot be empty" in empty.text
+    browser_client.post(f"/c/{session_id}/title", data={"title": "  Kept   title "})
+    assert browser_client.get(f"/api/sessions/{session_id}").json()["title"] == "Kept title"
+
+    deleted = browser_client.post(f"/c/{session_id}/delete", headers={**HX, "HX-Current-URL": f"http://x/c/{session_id}"})
+    assert deleted.status_code == 200
+    fragment = soup(deleted)
+    toast = fragment.find(attrs={"hx-swap-oob": "beforeend:#toasts"}).select_one(".toast")
+    assert "Deleted “Kept title”" in toast.get_text()
+    undo = toast.select_one("form")["hx-post"]
+    assert undo == f"/c/{session_id}/restore"
+    location = orjson.loads(deleted.headers["hx-location"])  # the open conversation was deleted: open another
+    assert location["target"] == "#main" and location["path"].startswith("/c/") and location["path"] != f"/c/{session_id}"
+    assert browser_client.get(f"/api/sessions/{session_id}").status_code == 404
+
+    restored = browser_client.post(undo, headers=HX)
+    assert restored.status_code == 200 and restored.headers["hx-trigger"] == "sessions-changed"
+    assert "Restored" in restored.text
+    assert browser_client.get(f"/api/sessions/{session_id}").json()["title"] == "Kept title"
+    again = browser_client.post(undo, headers=HX)
+    assert again.status_code == 410 and again.headers["hx-retarget"] == "#toasts"
+
+
+def test_others_cannot_touch_a_conversation(make_client: Callable[..., httpx.Client]) -> None:
+    owner, stranger = make_client(headers=EN), make_client(headers=EN)
+    session_id, _ = open_home(owner)
+    page = stranger.get(f"/c/{session_id}")
+    assert page.status_code == 404
+    assert soup(page).select_one(".error-card h1").get_text() == "Something went wrong"
+    assert "Conversation not found" in page.text
+    for path in ("delete", "title", "role", "messages", "stop"):
+        assert stranger.post(f"/c/{session_id}/{path}", data={"title": "x", "role": "teacher", "message": "x"}).status_code == 404
+    owner.post(f"/c/{session_id}/delete")
+    assert stranger.post(f"/c/{session_id}/restore").status_code == 410
+    assert stranger.get("/c/not-an-id").status_code == 400
+
+
+# roles, language, history -------------------------------------------------------------------
+
+def test_role_selector_lists_three_roles_and_switches(browser_client: httpx.Client) -> None:
+    session_id, page = open_home(browser_client)
+    options = page.select("#role-selector button.role-option")
+    assert [b["value"] for b in options] == ["assistant", "teacher", "programmer"]
+    assert [b["aria-pressed"] for b in options] == ["true", "false", "false"]
+    assert "AI老师" in options[1].get_text() and "AI Teacher" in options[1].get_text()
+    assert options[2].select_one(".role-option__desc").get_text() == "Expert programming advice and solutions"
+    fragment = soup(browser_client.post(f"/c/{session_id}/role", data={"role": "programmer"}, headers=HX))
+    assert fragment.select_one("#role-selector #role-programmer")["aria-pressed"] == "true"
+    assert browser_client.get(f"/api/sessions/{session_id}").json()["role"] == "programmer"
+    bad = browser_client.post(f"/c/{session_id}/role", data={"role": "pirate"}, headers=HX)
+    assert bad.status_code == 400 and "Unsupported AI role" in bad.text
+
+
+def test_language_from_accept_language_and_a_remembered_switch(make_client: Callable[..., httpx.Client]) -> None:
+    client = make_client(headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+    session_id, page = open_home(client)
+    assert page.html["lang"] == "zh-CN" and page.select_one(".btn--new").get_text(strip=True).startswith("新对话")
+    switch = client.post("/lang", data={"lang": "en", "next": f"/c/{session_id}"})
+    assert switch.status_code == 303 and switch.headers["location"] == f"/c/{session_id}"
+    assert "lang=en" in switch.headers["set-cookie"]
+    page = soup(client.get(f"/c/{session_id}"))
+    assert page.html["lang"] == "en" and page.select_one(".btn--new").get_text(strip=True).startswith("New chat")
+    # the welcome stored in Chinese reads in English for an English reader
+    assert "How can I help you?" in page.select_one("#message-list .msg--assistant .msg__body").get_text()
+    assert client.post("/lang", data={"lang": "zh", "next": "//evil.example"}).headers["location"] == "/"
+
+
+def test_long_history_loads_latest_page_first_then_older(browser_client: httpx.Client, redis_client: redis.Redis) -> None:
+    session_id, _ = open_home(browser_client)
+    for n in range(1, 46):
+        add_message(redis_client, session_id, "user" if n % 2 else "assistant", f"message {n}")
+    page = soup(browser_client.get(f"/c/{session_id}"))
+    bodies = [b.get_text(strip=True) for b in page.select("#message-list article .msg__body")]
+    assert len(bodies) == 30 and bodies[-1] == "message 45" and bodies[0] == "message 16"
+    older = page.select_one("#message-list > .older")
+    assert older["hx-trigger"] == "intersect once" and older["hx-swap"] == "outerHTML"
+    assert older.find("a")["href"] == f"/c/{session_id}?before=16"
+    fragment = soup(browser_client.get(older["hx-get"], headers=HX))
+    bodies = [b.get_text(strip=True) for b in fragment.select("article .msg__body")]
+    assert len(bodies) == 16 and bodies[-1] == "message 15" and fragment.select_one(".older") is None
+    ids_are_unique(page)
+
+
+def test_error_reply_and_unanswered_message_offer_retry(browser_client: httpx.Client) -> None:
+    session_id, _ = open_home(browser_client)
+    text = f"{unique('fail')} [[fail:500]]"
+    url = soup(send_hx(browser_client, session_id, text)).select_one(".msg--streaming")["sse-connect"]
+    done = BeautifulSoup(follow_html_stream(browser_client, url)[-1].data, "html.parser")
+    bubble = done.select_one("article.msg--error")
+    assert "The AI service is unavailable" in bubble.select_one(".msg__error").get_text()
+    assert bubble.select_one("form.retry input[name=message]")["value"] == text
+    assert bubble.select_one("form.retry")["hx-post"] == f"/c/{session_id}/messages"
+    page = soup(browser_client.get(f"/c/{session_id}"))  # after a reload the Retry is still there
+    assert page.select_one("#message-list form.retry input[name=message]")["value"] == text

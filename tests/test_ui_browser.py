@@ -1,0 +1,361 @@
+"""The web UI in a real headless Chromium: what a person sees and does, keyboard included."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tests.conftest import SYSTEM_PROMPTS, AppServer, unique
+from tests.fake_upstream import expected_reply, expected_sys_tag
+from tests.ui_fixtures import artifacts, browser, conversation_id, cookie_client, open_page, send, wait_count, wait_focus, wait_reply_done  # noqa: F401
+
+SLOW = "[[tokens:40]] [[delay:30]]"  # ~1.2 s of visible streaming
+
+
+def stream_lengths(page: Any, timeout: float = 15.0) -> list[int]:
+    """Lengths of the streaming bubble's text, sampled until the bubble is replaced by the final one."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        length = page.evaluate(
+            "() => { const s = document.querySelector('.msg--streaming .msg__stream'); return s ? s.textContent.length : -1 }"
+        )
+        if length < 0:
+            return seen
+        if not seen or seen[-1] != length:
+            seen.append(length)
+        time.sleep(0.03)
+    raise AssertionError(f"the reply did not finish within {timeout} s (lengths seen: {seen})")
+
+
+def last_reply(page: Any) -> str:
+    """The newest reply as rendered; whitespace collapsed, as HTML shows Markdown text."""
+    return " ".join(page.locator("#message-list .msg--assistant .msg__body").last.inner_text().split())
+
+
+def shown(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_three_messages_stream_and_text_grows_before_the_end(open_page: Callable[..., Any], artifacts: Path) -> None:
+    page = open_page()
+    for turn, ctx in ((1, 2), (2, 4), (3, 6)):
+        message = f"{unique('turn')} number {turn} {SLOW}"
+        send(page, message)
+        page.wait_for_selector(".msg--streaming")
+        if turn == 1:
+            page.wait_for_function("() => document.querySelector('.msg--streaming .msg__stream')?.textContent.length > 20")
+            page.screenshot(path=str(artifacts / "chat-streaming.png"))
+        lengths = stream_lengths(page)
+        growing = [n for n in lengths if n > 0]
+        assert len(set(growing)) >= 3, f"turn {turn}: text did not grow while streaming: {lengths}"
+        assert page.locator("#composer-input").input_value() == ""
+        assert last_reply(page) == shown(expected_reply(ctx, SYSTEM_PROMPTS["assistant"], message, 40))
+    assert page.locator("#message-list .msg--user").count() == 3
+    assert page.locator(".round-btn--send").count() == 1 and page.locator(".round-btn--stop").count() == 0
+    assert not page.errors
+    page.screenshot(path=str(artifacts / "chat-light.png"))
+
+
+def test_chat_in_dark_mode(open_page: Callable[..., Any], artifacts: Path) -> None:
+    page = open_page(color_scheme="dark", lang="zh")
+    send(page, "你好！请用 **Markdown** 回答 <b>不是标签</b>")
+    wait_reply_done(page)
+    background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(27, 28, 32)"
+    assert page.locator("html").get_attribute("lang") == "zh-CN"
+    assert page.locator("#composer-input").get_attribute("placeholder") == "输入消息…"
+    page.screenshot(path=str(artifacts / "chat-dark.png"))
+
+
+def test_switching_role_changes_the_system_prompt_of_the_next_reply(open_page: Callable[..., Any]) -> None:
+    page = open_page()
+    page.click("#role-button")
+    page.click("#role-programmer")
+    page.wait_for_selector("#role-button:has-text('Programmer')")
+    assert page.locator("#role-programmer").get_attribute("aria-pressed") == "true"
+    send(page, unique("role"))
+    wait_reply_done(page)
+    assert f"sys={expected_sys_tag(SYSTEM_PROMPTS['programmer'])}" in last_reply(page)
+
+    page.click("#role-button")
+    page.click("#role-teacher")
+    page.wait_for_selector("#role-button:has-text('AI Teacher')")
+    page.reload()  # the conversation remembers its role
+    assert "AI Teacher" in page.locator("#role-button").inner_text()
+    send(page, unique("role"))
+    wait_reply_done(page)
+    assert f"sys={expected_sys_tag(SYSTEM_PROMPTS['teacher'])}" in last_reply(page)
+
+
+def test_create_rename_delete_undo_and_search_conversations(
+    open_page: Callable[..., Any], artifacts: Path
+) -> None:
+    page = open_page()
+    topics = ["apples", "bananas", "cherries"]
+    for topic in topics:
+        send(page, f"Tell me about {topic}")
+        wait_reply_done(page)
+        page.click("#new-chat")
+        page.wait_for_selector("#message-list .suggestions")
+    sidebar = page.locator("#session-list .session")
+    wait_count(page, "#session-list .session", 4)  # three chats plus the new, empty one
+    # pressing "New chat" again while the newest is still empty opens that one instead of piling up empties
+    page.click("#new-chat")
+    page.wait_for_timeout(300)
+    assert sidebar.count() == 4
+    titles = page.locator("#session-list .session__title").all_inner_texts()
+    assert titles[1:] == [f"Tell me about {t}" for t in reversed(topics)]  # newest activity first
+
+    # rename inline
+    item = page.locator("#session-list .session", has_text="bananas")
+    item_id = item.get_attribute("id")
+    item.hover()
+    item.locator("a[title='Rename']").click()
+    wait_focus(page, f"#{item_id} .rename__input")  # the field has the focus, its text selected
+    field = page.locator(".rename__input")
+    field.fill("Yellow fruit <script>")
+    field.press("Enter")
+    page.wait_for_selector("#session-list .session__title:text-is('Yellow fruit <script>')")
+    wait_focus(page, f"#{item_id} .session__link")
+    # Esc cancels a rename
+    item = page.locator("#session-list .session", has_text="apples")
+    item_id = item.get_attribute("id")
+    item.hover()
+    item.locator("a[title='Rename']").click()
+    wait_focus(page, f"#{item_id} .rename__input")
+    page.locator(".rename__input").fill("not kept")
+    page.locator(".rename__input").press("Escape")
+    page.wait_for_selector(".rename__input", state="detached")
+    wait_focus(page, f"#{item_id} .session__link")
+    assert "not kept" not in page.locator("#session-list").inner_text()
+
+    # delete with the confirm dialog, then undo from the toast
+    item = page.locator("#session-list .session", has_text="cherries")
+    item.hover()
+    item.locator("button[title='Delete']").click()
+    page.wait_for_selector("#confirm[open]")
+    assert "cherries" in page.locator("#confirm-text").inner_text()
+    page.click("#confirm button[value='ok']")
+    page.wait_for_selector("#session-list .session:has-text('cherries')", state="detached")
+    toast = page.locator("#toasts .toast", has_text="Deleted")
+    toast.wait_for()
+    toast.locator("button", has_text="Undo").click()
+    page.wait_for_selector("#session-list .session:has-text('cherries')")
+
+    # search titles and content
+    page.fill("#search", "yellow")
+    wait_count(page, "#session-list .session", 1)
+    assert page.locator("#session-list .session__title").inner_text() == "Yellow fruit <script>"
+    page.fill("#search", "about cherr")  # content of a message
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#session-list .session__title')].map(e => e.textContent).join() === 'Tell me about cherries'"
+    )
+    page.fill("#search", "durian")
+    page.wait_for_selector("#session-list .sessions__empty")
+    page.fill("#search", "e")
+    wait_count(page, "#session-list .session", 3)
+    page.screenshot(path=str(artifacts / "sidebar-search.png"))
+    assert not page.errors
+
+
+def test_every_keyboard_shortcut(open_page: Callable[..., Any], artifacts: Path) -> None:
+    page = open_page()
+    ids = []
+    for topic in ("one", "two", "three"):
+        send(page, f"Topic {topic}")
+        wait_reply_done(page)
+        ids.append(conversation_id(page))
+        page.keyboard.press("Control+Shift+O")  # new conversation
+        page.wait_for_selector("#message-list .suggestions")
+        assert conversation_id(page) != ids[-1]
+    empty = conversation_id(page)
+    order = [empty, *reversed(ids)]  # the sidebar, newest activity first
+
+    wait_focus(page, "#composer-input")
+
+    # Alt+ArrowDown / Alt+ArrowUp walk the sidebar, even while typing
+    page.locator("#composer-input").type("draft")
+    page.keyboard.press("Alt+ArrowDown")
+    page.wait_for_url(f"**/c/{order[1]}")
+    page.keyboard.press("Alt+ArrowDown")
+    page.wait_for_url(f"**/c/{order[2]}")
+    page.keyboard.press("Alt+ArrowUp")
+    page.wait_for_url(f"**/c/{order[1]}")
+    page.wait_for_selector(f"#conv-{order[1]}[class~='is-active']")
+
+    # Ctrl+K and / focus the search; arrows and j/k move through results; Enter opens; Esc goes back
+    page.keyboard.press("Control+k")
+    wait_focus(page, "#search")
+    page.keyboard.press("Escape")
+    wait_focus(page, "#composer-input")
+    page.locator("#scroller").click()
+    page.keyboard.press("/")
+    wait_focus(page, "#search")
+    page.keyboard.press("ArrowDown")
+    wait_focus(page, f"#conv-{order[0]} .session__link")
+    page.keyboard.press("j")
+    page.keyboard.press("ArrowDown")
+    wait_focus(page, f"#conv-{order[2]} .session__link")
+    page.keyboard.press("k")
+    wait_focus(page, f"#conv-{order[1]} .session__link")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/c/{order[2]}")
+    wait_focus(page, "#composer-input")  # an opened conversation is ready for typing
+    page.keyboard.press("Control+k")
+    page.keyboard.press("ArrowDown")
+    wait_focus(page, f"#conv-{order[0]} .session__link")
+    page.keyboard.press("Escape")
+    wait_focus(page, "#composer-input")
+
+    # Shift+Esc focuses the composer from anywhere
+    page.locator("#search").focus()
+    page.keyboard.press("Shift+Escape")
+    wait_focus(page, "#composer-input")
+
+    # Enter sends, Shift+Enter is a new line; Esc stops a streaming reply
+    box = page.locator("#composer-input")
+    box.type("first line")
+    box.press("Shift+Enter")
+    box.type(f"second line [[tokens:200]] [[delay:40]]")
+    assert box.input_value().count("\n") == 1
+    box.press("Enter")
+    page.wait_for_selector(".round-btn--stop")
+    page.wait_for_function("() => document.querySelector('.msg--streaming .msg__stream')?.textContent.length > 10")
+    page.keyboard.press("Escape")
+    wait_reply_done(page)
+    assert page.locator("#message-list .msg--user .msg__body").last.inner_text() == "first line\nsecond line [[tokens:200]] [[delay:40]]"
+    assert page.locator("#message-list .msg--interrupted").count() == 1
+    assert "Stopped" in page.locator("#message-list .msg").last.inner_text()
+    assert page.locator(".round-btn--send").count() == 1
+
+    # ? and Ctrl+/ open the help dialog listing the shortcuts
+    page.locator("#scroller").click()
+    page.keyboard.press("?")
+    page.wait_for_selector("#help[open]")
+    assert "Ctrl" in page.locator("#help").inner_text()
+    page.screenshot(path=str(artifacts / "help-dialog.png"))
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#help:not([open])", state="attached")
+    box.focus()
+    page.keyboard.press("Control+/")
+    page.wait_for_selector("#help[open]")
+    page.keyboard.press("Control+/")
+    page.wait_for_selector("#help:not([open])", state="attached")
+    assert not page.errors
+
+
+def test_reload_mid_stream_resumes_the_reply(open_page: Callable[..., Any], app_server: AppServer) -> None:
+    page = open_page()
+    message = f"{unique('reload')} [[tokens:60]] [[delay:30]]"
+    send(page, message)
+    page.wait_for_function("() => document.querySelector('.msg--streaming .msg__stream')?.textContent.length > 30")
+    page.reload()
+    # the page shows what was written so far at once, then keeps streaming
+    page.wait_for_selector(".msg--streaming")
+    assert page.locator(".msg--streaming .msg__stream").inner_text().startswith("ctx=2")
+    assert page.locator(".round-btn--stop").count() == 1
+    lengths = stream_lengths(page)
+    assert len(set(lengths)) >= 2, lengths
+    assert last_reply(page) == shown(expected_reply(2, SYSTEM_PROMPTS["assistant"], message, 60))
+    # a second reload shows the saved reply, once
+    page.reload()
+    assert page.locator("#message-list .msg--assistant").count() == 2
+    assert not page.errors
+
+
+def test_error_reply_offers_retry_and_keeps_the_message(open_page: Callable[..., Any]) -> None:
+    page = open_page()
+    send(page, "please fail [[fail:500]]")
+    wait_reply_done(page)
+    error = page.locator("#message-list .msg--error")
+    assert error.count() == 1
+    assert "unavailable" in error.inner_text()
+    assert page.locator("#message-list .msg--user .msg__body").last.inner_text() == "please fail [[fail:500]]"
+    error.locator("button", has_text="Retry").click()
+    wait_count(page, "#message-list .msg--user", 2)
+    wait_reply_done(page)
+    assert page.locator("#message-list .msg--error .retry").count() == 1  # only the newest keeps a Retry
+
+
+def test_counter_and_limit_keep_what_was_typed(open_page: Callable[..., Any]) -> None:
+    page = open_page()
+    box = page.locator("#composer-input")
+    box.fill("汉字" * 300)
+    assert page.locator("#char-count").inner_text().startswith("600 / 1000")
+    box.fill("x" * 1001)
+    counter = page.locator("#char-count")
+    assert "over" in counter.inner_text() and "is-over" in counter.get_attribute("class")
+    assert page.locator(".round-btn--send").is_disabled()
+    box.press("Enter")
+    assert page.locator("#message-list .msg--user").count() == 0
+    assert box.input_value() == "x" * 1001
+
+
+def test_phone_viewport_uses_a_drawer(open_page: Callable[..., Any], artifacts: Path) -> None:
+    page = open_page(viewport={"width": 360, "height": 740}, has_touch=True, is_mobile=True)
+    page.locator("#composer-input").fill("Hello from a phone")
+    page.locator(".round-btn--send").tap()  # on a phone Enter is a new line; the button sends
+    page.wait_for_selector("#message-list .msg--user")
+    wait_reply_done(page)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
+    assert not page.locator("#sidebar").is_visible()
+    page.screenshot(path=str(artifacts / "phone-chat.png"))
+    page.click(".chat__menu")
+    page.wait_for_function("() => getComputedStyle(document.querySelector('#sidebar')).transform === 'none'")
+    page.wait_for_timeout(250)
+    assert page.locator("#sidebar").is_visible()
+    page.screenshot(path=str(artifacts / "phone-drawer.png"))
+    first = conversation_id(page)
+    page.click("#new-chat")
+    page.wait_for_selector("#message-list .suggestions")
+    page.wait_for_function("() => getComputedStyle(document.querySelector('#sidebar')).visibility === 'hidden'")
+    page.click(".chat__menu")
+    page.locator(f"#conv-{first} .session__link").click()
+    page.wait_for_url(f"**/c/{first}")
+    assert page.locator("#message-list .msg--user .msg__body").inner_text() == "Hello from a phone"
+
+
+def test_works_without_javascript(browser: Any, app_server: AppServer, artifacts: Path) -> None:
+    context = browser.new_context(
+        base_url=app_server.base_url, java_script_enabled=False, viewport={"width": 1024, "height": 720},
+        extra_http_headers={"Accept-Language": "en"},
+    )
+    try:
+        page = context.new_page()
+        page.goto("/")
+        first = conversation_id(page)
+        message = f"{unique('nojs')} [[tokens:40]] [[delay:40]]"
+        page.fill("#composer-input", message)
+        page.click(".round-btn--send")
+        page.wait_for_url(f"**/c/{first}")  # POST, then 303 back to the conversation
+        page.wait_for_selector(".msg--streaming")
+        assert "refreshes itself" in page.locator(".msg--streaming").inner_text()
+        page.screenshot(path=str(artifacts / "no-js-streaming.png"))
+        # the page refreshes itself until the reply is complete
+        page.wait_for_selector(".msg--streaming", state="detached", timeout=15_000)
+        assert last_reply(page) == shown(expected_reply(2, SYSTEM_PROMPTS["assistant"], message, 40))
+        assert page.locator(".msg__note:has-text('refreshes')").count() == 0
+
+        # new conversation, role switch and sidebar links are plain forms and links
+        page.click("#new-chat")
+        page.wait_for_selector("#message-list .suggestions")
+        second = conversation_id(page)
+        assert second != first
+        page.click("#role-button")
+        page.click("#role-teacher")
+        page.wait_for_url(f"**/c/{second}")
+        assert "AI Teacher" in page.locator("#role-button").inner_text()
+        page.click(f"#conv-{first} .session__link")
+        page.wait_for_url(f"**/c/{first}")
+        assert page.locator("#message-list .msg--user").count() == 1
+        # a message that is too long comes back with the text still in the box
+        page.fill("#composer-input", "y" * 1001)
+        page.click(".round-btn--send")
+        assert "1000" in page.locator(".composer__error").inner_text()
+        assert page.locator("#composer-input").input_value() == "y" * 1001
+        page.screenshot(path=str(artifacts / "no-js.png"))
+    finally:
+        context.close()
