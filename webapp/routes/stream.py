@@ -8,6 +8,7 @@ from typing import AsyncIterator, Callable
 import orjson
 from fastapi import APIRouter, Header, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Message, Send
 
 from ..chat import TurnManager
 from ..deps import CurrentUser, LangDep, OwnedConversation, SeedUser, StoreDep, TurnsDep, check_id, load_owned
@@ -70,15 +71,28 @@ async def turn_events(
         metrics.active_streams.dec()
 
 
+class TurnEventResponse(EventSourceResponse):
+    """EventSourceResponse without a per-event cancel scope when no send timeout is set.
+
+    sse-starlette wraps every send in `anyio.move_on_after(None)`; with hundreds of
+    streams that scope was a visible share of the app's CPU (bench/README.md).
+    A stalled client only holds its own reader: the turn itself never waits on it.
+    """
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        if self.send_timeout is None:
+            await send(message)
+        else:
+            await super()._send_with_timeout(send, message)
+
+
 def event_stream(turns: TurnManager, turn: TurnInfo, after: int) -> EventSourceResponse:
     session_id = turn.session_id
 
     def encode(event: TurnEvent) -> str:
         return orjson.dumps(seed_payload(event, session_id)).decode()
 
-    return EventSourceResponse(
-        turn_events(turns, turn, after, encode), ping=PING_SECONDS, headers=STREAM_HEADERS
-    )
+    return TurnEventResponse(turn_events(turns, turn, after, encode), ping=PING_SECONDS, headers=STREAM_HEADERS)
 
 
 async def resumable_turn(turns: TurnManager, user: str, turn_id: str, after: int) -> TurnInfo | None:
