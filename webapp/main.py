@@ -26,7 +26,7 @@ from .errors import ChatError
 from .i18n import LANG_COOKIE, pick_lang, t
 from .identity import IdentityMiddleware
 from .llm import create_provider
-from .metrics import Metrics
+from .metrics import Metrics, RequestMetricsMiddleware
 from .routes import api, pages, stream
 from .store import Store
 
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.add_middleware(IdentityMiddleware, secret=settings.secret_key)
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
 
     @app.exception_handler(ChatError)
     async def chat_error(request: Request, exc: ChatError) -> Response:

@@ -1,0 +1,175 @@
+"""Running the app as a user and an operator would: embedded Redis, settings, probes, metrics, workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    REPO_ROOT, AppServer, _start_app, _stop_app, create_session, messages_of, post_turn,
+    read_sse, start_chat, stream_turn, unique, wait_until,
+)
+
+
+def test_health_and_readiness_probes(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz?upstream=1")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "checks": {"redis": True, "upstream": True}}
+
+
+def test_metrics_count_turns_requests_and_latency(client: httpx.Client) -> None:
+    chat = start_chat(client)
+    turn = stream_turn(client, chat, unique("metrics"))
+    assert turn.ended
+    text = client.get("/metrics").text
+    assert 'chat_turns_total{status="complete"}' in text
+    assert "chat_time_to_first_token_seconds_bucket" in text
+    assert "chat_turn_duration_seconds_count" in text
+    assert 'chat_http_requests_total{method="POST",status="200"}' in text
+    assert "chat_active_streams" in text
+    assert unique("never") not in text  # no message contents
+
+
+def test_metrics_token_protects_the_endpoint(redis_server, tmp_path: Path) -> None:
+    app = _start_app(tmp_path, {"REDIS_URL": redis_server.url, "OPENAI_API_KEY": "", "METRICS_TOKEN": "s3cret"})
+    try:
+        assert httpx.get(f"{app.base_url}/metrics").status_code == 401
+        ok = httpx.get(f"{app.base_url}/metrics", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and "chat_turns" in ok.text
+    finally:
+        _stop_app(app)
+
+
+def test_invalid_setting_fails_at_start_with_one_line_naming_it(tmp_path: Path) -> None:
+    env = {**os.environ, "PORT": "99999", "DATA_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "webapp"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "PORT" in lines[0]
+
+
+def _start_embedded(data_dir: Path) -> AppServer:
+    """`python -m webapp` with no REDIS_URL: the app starts its own redis-server."""
+    env_without_redis = {"REDIS_URL": "", "OPENAI_API_KEY": ""}
+    return _start_app(data_dir, env_without_redis)
+
+
+def test_embedded_redis_keeps_conversations_across_restarts(tmp_path: Path) -> None:
+    app = _start_embedded(tmp_path)
+    socket_path = tmp_path / "redis" / "redis.sock"
+    try:
+        assert socket_path.exists()
+        with httpx.Client(base_url=app.base_url, timeout=30) as client:
+            chat = start_chat(client)
+            turn = stream_turn(client, chat, "remember me")
+            assert turn.ended and "演示" in turn.text
+            cookies = dict(client.cookies)
+    finally:
+        _stop_app(app)
+    # stopped with the app, its AOF on disk
+    assert not socket_path.exists() or not _redis_running(tmp_path)
+    assert (tmp_path / "redis" / "appendonlydir").exists() or (tmp_path / "redis" / "appendonly.aof").exists()
+
+    app = _start_embedded(tmp_path)
+    try:
+        with httpx.Client(base_url=app.base_url, timeout=30, cookies=cookies) as client:
+            history = client.get("/chat/history", params={"session_id": chat["session_id"]}).json()
+        assert [m["role"] for m in history["messages"]] == ["assistant", "user", "assistant"]
+        assert history["messages"][1]["content"] == "remember me"
+    finally:
+        _stop_app(app)
+
+
+def _redis_running(data_dir: Path) -> bool:
+    pid_file = data_dir / "redis" / "redis.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+        return True
+    except (ProcessLookupError, ValueError):
+        return False
+
+
+def test_embedded_redis_left_behind_by_a_crash_is_replaced(tmp_path: Path) -> None:
+    app = _start_embedded(tmp_path)
+    pid = int((tmp_path / "redis" / "redis.pid").read_text())
+    app.process.send_signal(signal.SIGKILL)  # a crash: nobody stops the redis-server
+    app.process.wait()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pytest.skip("the orphan redis-server did not survive the crash")
+    app = _start_embedded(tmp_path)
+    try:
+        assert httpx.get(f"{app.base_url}/healthz").status_code == 200
+        wait_until(lambda: not _pid_alive(pid), timeout=10)
+    finally:
+        _stop_app(app)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it is gone for our purposes
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower() and Path(f"/proc/{pid}").exists()
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def two_workers(redis_server, upstream, tmp_path_factory: pytest.TempPathFactory):
+    app = _start_app(
+        tmp_path_factory.mktemp("workers"),
+        {
+            "REDIS_URL": redis_server.url,
+            "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": upstream.base_url,
+            "WEB_CONCURRENCY": "2",
+        },
+    )
+    yield app
+    _stop_app(app)
+
+
+def test_a_turn_can_be_followed_and_cancelled_from_any_worker(two_workers: AppServer) -> None:
+    with httpx.Client(base_url=two_workers.base_url, timeout=30) as client:
+        session = create_session(client)
+        text = unique("workers") + " [[tokens:80]] [[delay:25]]"
+        started = post_turn(client, session["id"], text).json()
+        # fresh connections land on either worker; each must see the whole reply
+        replies = set()
+        for _ in range(4):
+            with httpx.Client(base_url=two_workers.base_url, timeout=30, cookies=client.cookies) as other:
+                with other.stream("GET", started["events_url"]) as response:
+                    events = read_sse(response)
+            assert events[-1]["data"]["type"] == "end"
+            replies.add("".join(e["data"].get("content", "") for e in events if e["data"]["type"] == "chunk"))
+        assert len(replies) == 1 and replies.pop().startswith("ctx=2")
+
+        started = post_turn(client, session["id"], unique("stop") + " [[tokens:200]] [[delay:30]]").json()
+        time.sleep(0.3)
+        for _ in range(3):  # whichever worker answers, the turn stops
+            with httpx.Client(base_url=two_workers.base_url, timeout=30, cookies=client.cookies) as other:
+                assert other.post(f"/api/turns/{started['turn_id']}/cancel").status_code == 202
+
+        def saved() -> dict | None:
+            items = messages_of(client, session["id"])["items"]
+            return items[-1] if items[-1]["role"] == "assistant" and len(items) == 5 else None
+
+        last = wait_until(saved, timeout=10)
+        assert last["status"] == "interrupted"
+        assert last["content"].startswith("ctx=4") and " t190" not in last["content"]
