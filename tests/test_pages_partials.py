@@ -15,10 +15,16 @@ from bs4 import BeautifulSoup
 
 from tests.conftest import SYSTEM_PROMPTS, create_session, iter_sse, unique, wait_until
 from tests.fake_upstream import expected_reply
+from tests.ui_fixtures import add_message
 
 HX = {"HX-Request": "true"}
 EN = {"Accept-Language": "en-US,en;q=0.9"}
 XSS = "<script>alert('x')</script>"
+
+
+def on_page(session_id: str) -> dict[str, str]:
+    """Headers of an HTMX request made from the page of `session_id`."""
+    return {**HX, "HX-Current-URL": f"http://testserver/c/{session_id}"}
 
 
 def soup(response: httpx.Response) -> BeautifulSoup:
@@ -49,14 +55,6 @@ def follow_html_stream(client: httpx.Client, url: str, headers: dict[str, str] |
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         return list(iter_sse(response))
-
-
-def add_message(redis_client: redis.Redis, session_id: str, role: str, content: str, status: str = "complete") -> None:
-    """Put a message straight into a conversation (e.g. Markdown a model might write)."""
-    message = {"id": "m_" + unique("x")[2:], "role": role, "content": content,
-               "ts": "2025-01-02T03:04:05.000+00:00", "status": status}
-    redis_client.rpush(f"chat:session:{session_id}:messages", orjson.dumps(message))
-    redis_client.hincrby(f"chat:session:{session_id}", "count", 1)
 
 
 @pytest.fixture
@@ -127,7 +125,8 @@ def test_send_returns_user_bubble_and_a_streaming_bubble_wired_to_sse(browser_cl
     assert streaming.select_one(".typing")  # until the first chunk
     # out-of-band: the composer shows Stop, the header the new title, and the suggestions go
     actions = fragment.find(id="composer-actions")
-    assert actions["hx-swap-oob"] == "true" and actions.select_one(".round-btn--stop")["hx-post"] == f"/c/{session_id}/stop"
+    assert actions["hx-swap-oob"] == "true"
+    assert actions.select_one(".round-btn--stop")["hx-post"] == f"/c/{session_id}/stop"
     assert fragment.find(id=f"title-{session_id}").get_text(strip=True).startswith("send-")
     assert fragment.find(id="suggestions")["hx-swap-oob"] == "delete"
 
@@ -232,7 +231,7 @@ def test_assistant_markdown_is_rendered_and_sanitized(browser_client: httpx.Clie
 
 def test_titles_are_escaped_everywhere(browser_client: httpx.Client) -> None:
     session_id, _ = open_home(browser_client)
-    response = browser_client.post(f"/c/{session_id}/title", data={"title": XSS}, headers={**HX, "HX-Current-URL": f"http://x/c/{session_id}"})
+    response = browser_client.post(f"/c/{session_id}/title", data={"title": XSS}, headers=on_page(session_id))
     assert response.status_code == 200
     assert "<script>" not in response.text
     fragment = soup(response)
@@ -302,7 +301,7 @@ def test_rename_inline_and_delete_with_undo(browser_client: httpx.Client) -> Non
     browser_client.post(f"/c/{session_id}/title", data={"title": "  Kept   title "})
     assert browser_client.get(f"/api/sessions/{session_id}").json()["title"] == "Kept title"
 
-    deleted = browser_client.post(f"/c/{session_id}/delete", headers={**HX, "HX-Current-URL": f"http://x/c/{session_id}"})
+    deleted = browser_client.post(f"/c/{session_id}/delete", headers=on_page(session_id))
     assert deleted.status_code == 200
     fragment = soup(deleted)
     toast = fragment.find(attrs={"hx-swap-oob": "beforeend:#toasts"}).select_one(".toast")
@@ -310,7 +309,7 @@ def test_rename_inline_and_delete_with_undo(browser_client: httpx.Client) -> Non
     undo = toast.select_one("form")["hx-post"]
     assert undo == f"/c/{session_id}/restore"
     location = orjson.loads(deleted.headers["hx-location"])  # the open conversation was deleted: open another
-    assert location["target"] == "#main" and location["path"].startswith("/c/") and location["path"] != f"/c/{session_id}"
+    assert location["target"] == "#main" and location["path"] not in ("/", f"/c/{session_id}")
     assert browser_client.get(f"/api/sessions/{session_id}").status_code == 404
 
     restored = browser_client.post(undo, headers=HX)
@@ -328,8 +327,9 @@ def test_others_cannot_touch_a_conversation(make_client: Callable[..., httpx.Cli
     assert page.status_code == 404
     assert soup(page).select_one(".error-card h1").get_text() == "Something went wrong"
     assert "Conversation not found" in page.text
+    form = {"title": "x", "role": "teacher", "message": "x"}
     for path in ("delete", "title", "role", "messages", "stop"):
-        assert stranger.post(f"/c/{session_id}/{path}", data={"title": "x", "role": "teacher", "message": "x"}).status_code == 404
+        assert stranger.post(f"/c/{session_id}/{path}", data=form).status_code == 404
     owner.post(f"/c/{session_id}/delete")
     assert stranger.post(f"/c/{session_id}/restore").status_code == 410
     assert stranger.get("/c/not-an-id").status_code == 400
@@ -365,7 +365,9 @@ def test_language_from_accept_language_and_a_remembered_switch(make_client: Call
     assert client.post("/lang", data={"lang": "zh", "next": "//evil.example"}).headers["location"] == "/"
 
 
-def test_long_history_loads_latest_page_first_then_older(browser_client: httpx.Client, redis_client: redis.Redis) -> None:
+def test_long_history_loads_latest_page_first_then_older(
+    browser_client: httpx.Client, redis_client: redis.Redis
+) -> None:
     session_id, _ = open_home(browser_client)
     for n in range(1, 46):
         add_message(redis_client, session_id, "user" if n % 2 else "assistant", f"message {n}")

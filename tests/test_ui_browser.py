@@ -8,7 +8,9 @@ from typing import Any, Callable
 
 from tests.conftest import SYSTEM_PROMPTS, AppServer, unique
 from tests.fake_upstream import expected_reply, expected_sys_tag
-from tests.ui_fixtures import artifacts, browser, conversation_id, cookie_client, open_page, send, wait_count, wait_focus, wait_reply_done  # noqa: F401
+from tests.ui_fixtures import (  # noqa: F401  (fixtures are used by name)
+    add_message, artifacts, browser, conversation_id, open_page, send, wait_count, wait_focus, wait_reply_done,
+)
 
 SLOW = "[[tokens:40]] [[delay:30]]"  # ~1.2 s of visible streaming
 
@@ -19,7 +21,7 @@ def stream_lengths(page: Any, timeout: float = 15.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         length = page.evaluate(
-            "() => { const s = document.querySelector('.msg--streaming .msg__stream'); return s ? s.textContent.length : -1 }"
+            "() => document.querySelector('.msg--streaming .msg__stream')?.textContent.length ?? -1"
         )
         if length < 0:
             return seen
@@ -58,14 +60,49 @@ def test_three_messages_stream_and_text_grows_before_the_end(open_page: Callable
     page.screenshot(path=str(artifacts / "chat-light.png"))
 
 
-def test_chat_in_dark_mode(open_page: Callable[..., Any], artifacts: Path) -> None:
-    page = open_page(color_scheme="dark", lang="zh")
-    send(page, "你好！请用 **Markdown** 回答 <b>不是标签</b>")
+MARKDOWN_REPLY = """Here is a **short** answer with `inline code`:
+
+## Steps
+
+1. Install the package
+2. Run it
+
+| Language | Typing |
+|---|---|
+| Python | dynamic |
+| Rust | static |
+
+```python
+def greet(name: str) -> str:
+    return f"Hello, {name}!"
+```
+
+> Read [the docs](https://docs.python.org/3/) for more."""
+
+
+def test_markdown_reply_with_code_copy_in_light_and_dark(
+    open_page: Callable[..., Any], redis_client: Any, artifacts: Path
+) -> None:
+    page = open_page(lang="zh")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    send(page, "用 Markdown 演示一下 <b>不是标签</b>")
     wait_reply_done(page)
-    background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
-    assert background == "rgb(27, 28, 32)"
+    add_message(redis_client, conversation_id(page), "user", "Show me some Markdown")
+    add_message(redis_client, conversation_id(page), "assistant", MARKDOWN_REPLY)
+    page.reload()
+    reply = page.locator("#message-list .msg--assistant").last
+    assert reply.locator("h2").inner_text() == "Steps"
+    assert reply.locator("table tr").count() == 3
+    assert reply.locator(".code .code__lang").inner_text() == "python"
+    assert "<b>" in page.locator("#message-list .msg--user .msg__body").first.inner_text()  # shown, not applied
+    reply.locator(".code__copy").click()
+    assert page.evaluate("() => navigator.clipboard.readText()") == 'def greet(name: str) -> str:\n    return f"Hello, {name}!"'
+    assert reply.locator(".code__copy").inner_text() == "已复制"
     assert page.locator("html").get_attribute("lang") == "zh-CN"
     assert page.locator("#composer-input").get_attribute("placeholder") == "输入消息…"
+    page.screenshot(path=str(artifacts / "chat-markdown-light.png"))
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate("() => getComputedStyle(document.body).backgroundColor") == "rgb(27, 28, 32)"
     page.screenshot(path=str(artifacts / "chat-dark.png"))
 
 
@@ -184,6 +221,7 @@ def test_every_keyboard_shortcut(open_page: Callable[..., Any], artifacts: Path)
     page.keyboard.press("Alt+ArrowUp")
     page.wait_for_url(f"**/c/{order[1]}")
     page.wait_for_selector(f"#conv-{order[1]}[class~='is-active']")
+    wait_focus(page, "#composer-input")  # focus follows to the opened conversation's composer
 
     # Ctrl+K and / focus the search; arrows and j/k move through results; Enter opens; Esc goes back
     page.keyboard.press("Control+k")
@@ -244,6 +282,35 @@ def test_every_keyboard_shortcut(open_page: Callable[..., Any], artifacts: Path)
     page.wait_for_selector("#help[open]")
     page.keyboard.press("Control+/")
     page.wait_for_selector("#help:not([open])", state="attached")
+    assert not page.errors
+
+
+def test_conversation_urls_are_bookmarkable_and_back_forward_work(open_page: Callable[..., Any]) -> None:
+    page = open_page()
+    send(page, "First conversation")
+    wait_reply_done(page)
+    first = conversation_id(page)
+    page.click("#new-chat")
+    page.wait_for_selector("#message-list .suggestions")
+    send(page, "Second conversation")
+    wait_reply_done(page)
+    second = conversation_id(page)
+    assert page.title().startswith("Second conversation")
+    page.click(f"#conv-{first} .session__link")
+    page.wait_for_url(f"**/c/{first}")
+    assert page.title().startswith("First conversation")  # the fragment carries the title
+    assert page.locator(f"#conv-{first}").get_attribute("class").split() == ["session", "is-active"]
+    page.go_back()
+    page.wait_for_url(f"**/c/{second}")
+    page.wait_for_selector("#message-list .msg--user:has-text('Second conversation')")
+    page.go_forward()
+    page.wait_for_url(f"**/c/{first}")
+    page.wait_for_selector("#message-list .msg--user:has-text('First conversation')")
+    assert page.locator("#session-list .session.is-active").get_attribute("id") == f"conv-{first}"
+    # a bookmark opens the conversation directly
+    other = page.context.new_page()
+    other.goto(f"/c/{second}")
+    assert other.locator("#message-list .msg--user .msg__body").inner_text() == "Second conversation"
     assert not page.errors
 
 

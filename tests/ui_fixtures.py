@@ -14,12 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import orjson
 import pytest
+import redis
 
-from tests.conftest import REPO_ROOT, AppServer
-
-playwright_api = pytest.importorskip("playwright.sync_api")
+from tests.conftest import REPO_ROOT, AppServer, unique
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -39,6 +38,7 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
+    playwright_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)")
     with playwright_api.sync_playwright() as playwright:
@@ -93,12 +93,6 @@ def wait_reply_done(page: Any, timeout: float = 15_000) -> None:
     page.wait_for_selector(".msg--streaming", state="detached", timeout=timeout)
 
 
-def cookie_client(page: Any, base_url: str) -> httpx.Client:
-    """An HTTP client that is the same user as the browser page (its identity cookie)."""
-    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
-    return httpx.Client(base_url=base_url, cookies=cookies, timeout=30)
-
-
 def wait_count(page: Any, selector: str, count: int) -> None:
     page.wait_for_function(
         "([selector, count]) => document.querySelectorAll(selector).length === count", arg=[selector, count]
@@ -111,3 +105,11 @@ def wait_focus(page: Any, selector: str) -> None:
         "selector => { const el = document.activeElement; return !!el && el.isConnected && el.matches(selector) }",
         arg=selector,
     )
+
+
+def add_message(redis_client: redis.Redis, session_id: str, role: str, content: str, status: str = "complete") -> None:
+    """Put a message straight into a conversation (e.g. Markdown a model might write)."""
+    message = {"id": "m_" + unique("x")[2:], "role": role, "content": content,
+               "ts": "2025-01-02T03:04:05.000+00:00", "status": status}
+    redis_client.rpush(f"chat:session:{session_id}:messages", orjson.dumps(message))
+    redis_client.hincrby(f"chat:session:{session_id}", "count", 1)
