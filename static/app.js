@@ -32,6 +32,11 @@
     box.style.height = box.scrollHeight + 2 + "px";
   }
 
+  // autofocus suits a keyboard; on a phone it would pop the on-screen keyboard on every page
+  function keepKeyboardDown() {
+    if (coarsePointer.matches && document.activeElement === input()) input().blur();
+  }
+
   function focusComposer() {
     closeDrawer();
     const box = input();
@@ -304,6 +309,7 @@
       closeDrawer();
       restoreDraft();
       syncComposer();
+      keepKeyboardDown();
     }
   });
 
@@ -426,6 +432,7 @@
 
   function start() {
     document.documentElement.classList.add("js");
+    keepKeyboardDown();
     restoreDraft();
     syncComposer();
     localTimes(document);

@@ -314,6 +314,29 @@ def test_conversation_urls_are_bookmarkable_and_back_forward_work(open_page: Cal
     assert not page.errors
 
 
+def test_long_history_shows_the_latest_page_and_loads_older_on_scroll_up(
+    open_page: Callable[..., Any], redis_client: Any
+) -> None:
+    page = open_page()
+    session_id = conversation_id(page)
+    for n in range(1, 61):
+        add_message(redis_client, session_id, "user" if n % 2 else "assistant", f"message {n}")
+    page.reload()
+    articles = page.locator("#message-list article")
+    assert articles.count() == 30
+    assert articles.last.inner_text().endswith("message 60")
+    assert page.locator("#message-list article:has-text('message 59')").is_visible()  # opened at the newest
+    top = page.locator("#message-list article").first
+    top_text = top.locator(".msg__body").inner_text()
+    page.evaluate("() => { const s = document.querySelector('#scroller'); s.scrollTop = -s.scrollHeight }")
+    wait_count(page, "#message-list article", 60)
+    assert page.locator("#message-list article .msg__body").nth(30).inner_text() == top_text
+    assert page.locator(f"#message-list article:has-text('{top_text}')").is_visible()  # the view did not jump
+    page.evaluate("() => { const s = document.querySelector('#scroller'); s.scrollTop = -s.scrollHeight }")
+    wait_count(page, "#message-list article", 61)  # the welcome message, the very first
+    assert page.locator("#message-list .older").count() == 0
+
+
 def test_reload_mid_stream_resumes_the_reply(open_page: Callable[..., Any], app_server: AppServer) -> None:
     page = open_page()
     message = f"{unique('reload')} [[tokens:60]] [[delay:30]]"
