@@ -320,6 +320,28 @@ def test_rename_inline_and_delete_with_undo(browser_client: httpx.Client) -> Non
     assert again.status_code == 410 and again.headers["hx-retarget"] == "#toasts"
 
 
+def test_rename_and_delete_work_without_javascript(browser_client: httpx.Client) -> None:
+    first, _ = open_home(browser_client)
+    browser_client.post(f"/c/{first}/messages", data={"message": "keep me"})
+    second = browser_client.post("/c").headers["location"].rsplit("/", 1)[1]
+    page = soup(browser_client.get(f"/c/{first}/title/edit"))  # the page, with that item as a form
+    form = page.select_one(f"#session-list li#conv-{first} form.rename")
+    assert form["method"] == "post" and form["action"] == f"/c/{first}/title"
+    renamed = browser_client.post(form["action"], data={"title": "Renamed without JS"})
+    assert renamed.status_code == 303 and renamed.headers["location"] == f"/c/{first}"
+
+    deleted = browser_client.post(f"/c/{first}/delete", headers={"Referer": f"http://testserver/c/{second}"})
+    assert deleted.status_code == 303 and deleted.headers["location"] == f"/c/{second}?deleted={first}"
+    page = soup(browser_client.get(deleted.headers["location"]))
+    toast = page.select_one("#toasts .toast")
+    assert "Conversation deleted" in toast.get_text()
+    undo = toast.select_one("form")
+    assert undo["method"] == "post" and undo["action"] == f"/c/{first}/restore"
+    restored = browser_client.post(undo["action"])
+    assert restored.status_code == 303 and restored.headers["location"] == f"/c/{first}"
+    assert soup(browser_client.get(f"/c/{first}")).find(id=f"title-{first}").get_text() == "Renamed without JS"
+
+
 def test_others_cannot_touch_a_conversation(make_client: Callable[..., httpx.Client]) -> None:
     owner, stranger = make_client(headers=EN), make_client(headers=EN)
     session_id, _ = open_home(owner)

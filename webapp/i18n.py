@@ -87,6 +87,7 @@ CATALOG: dict[str, dict[Lang, str]] = {
         "en": "Delete “{title}”? All of its messages will be deleted.",
     },
     "ui.deleted": {"zh": "已删除“{title}”", "en": "Deleted “{title}”"},
+    "ui.deleted_plain": {"zh": "对话已删除", "en": "Conversation deleted"},
     "ui.undo": {"zh": "撤销", "en": "Undo"},
     "ui.restored": {"zh": "已恢复“{title}”", "en": "Restored “{title}”"},
     "ui.restore_expired": {"zh": "已无法撤销删除", "en": "This deletion can no longer be undone"},

@@ -37,7 +37,8 @@ SESSION_PAGE = 30
 UNDO_SECONDS = 600
 REFRESH_SECONDS = 2
 LANG_COOKIE_MAX_AGE = 400 * 86400
-CONVERSATION_PATH = re.compile(r"/c/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+CONVERSATION_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+CONVERSATION_PATH = re.compile(rf"/c/({CONVERSATION_ID})")
 LOCAL_PAGE = re.compile(r"/(?:c/[0-9a-f-]{36})?")
 
 
@@ -180,7 +181,8 @@ async def last_user_message(store: Store, session_id: str) -> Message | None:
 async def render_conversation(
     request: Request, conversation: Conversation, user: str, store: Store, turns: TurnManager, lang: Lang,
     *, before: int | None = None, query: str = "", cursor: str | None = None, editing_id: str = "",
-    draft: str = "", form_error: str = "", status: int = 200, headers: dict[str, str] | None = None,
+    draft: str = "", form_error: str = "", deleted: str | None = None, status: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     """The conversation pane for HTMX, the whole page (with the sidebar) otherwise."""
     settings = request.app.state.settings
@@ -191,18 +193,20 @@ async def render_conversation(
         return render(request, "partials/conversation.html", lang, status=status, headers=headers, partial=True,
                       **values)
     values.update(await sidebar_view(store, user, query, cursor))
-    values.update(editing_id=editing_id, refresh_seconds=REFRESH_SECONDS if values["streaming"] else 0)
+    values.update(editing_id=editing_id, refresh_seconds=REFRESH_SECONDS if values["streaming"] else 0,
+                  deleted_id=deleted)
     return render(request, "chat.html", lang, status=status, headers=headers, **values)
 
 
 # pages ------------------------------------------------------------------------------
 
 @router.get("/")
-async def home(user: CurrentUser, store: StoreDep) -> Response:
+async def home(user: CurrentUser, store: StoreDep,
+               deleted: Annotated[str | None, Query(pattern=CONVERSATION_ID)] = None) -> Response:
     """The most recent conversation, or a new one."""
     recent, _ = await store.list_conversations(user, limit=1)
     conversation = recent[0] if recent else await store.create_conversation(user, DEFAULT_ROLE, t("welcome", "zh"))
-    return see_other(f"/c/{conversation.id}")
+    return see_other(f"/c/{conversation.id}" + (f"?deleted={deleted}" if deleted else ""))
 
 
 @router.get("/c/{session_id}")
@@ -210,9 +214,11 @@ async def conversation_page(
     request: Request, conversation: OwnedConversation, user: CurrentUser, store: StoreDep, turns: TurnsDep,
     lang: LangDep, before: Annotated[int | None, Query(ge=0)] = None,
     q: Annotated[str, Query(max_length=200)] = "", cursor: str | None = None,
+    deleted: Annotated[str | None, Query(pattern=CONVERSATION_ID)] = None,
 ) -> Response:
+    """`deleted` (set after a delete without JavaScript) shows the Undo toast that HTMX would have."""
     return await render_conversation(request, conversation, user, store, turns, lang,
-                                     before=before, query=q, cursor=cursor)
+                                     before=before, query=q, cursor=cursor, deleted=deleted)
 
 
 @router.post("/c")
@@ -343,7 +349,8 @@ async def delete(request: Request, conversation: OwnedConversation, user: Curren
             await turns.cancel(await turns.turn_for(conversation.running_turn_id, user))
     await store.delete_undoably(conversation, keep_seconds=UNDO_SECONDS)
     if not is_htmx(request):
-        return see_other(local_referer(request, avoid=conversation.id))
+        back = local_referer(request, avoid=conversation.id)
+        return see_other(f"{back}?deleted={conversation.id}" if back != "/" else f"/?deleted={conversation.id}")
     headers: dict[str, str] = {}
     if active_id(request) == conversation.id:
         recent, _ = await store.list_conversations(user, limit=1)
