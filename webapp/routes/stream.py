@@ -214,6 +214,6 @@ async def conversation_turn_events(
         turn = None
     if turn is not None and turn.session_id != conversation.id:
         turn = None
-    return EventSourceResponse(
+    return TurnEventResponse(
         html_turn_events(turns, conversation, turn, max(seq, after), lang), ping=PING_SECONDS, headers=STREAM_HEADERS
     )
