@@ -273,6 +273,11 @@
       return;
     }
     const active = document.activeElement;
+    const toast = target && target.closest && target.closest(".toast");
+    if (toast && toast.contains(active)) {
+      setTimeout(() => { if (focusLost()) focusComposer(); }); // Undo pressed: back to typing
+      return;
+    }
     const item = target && target.closest && target.closest(".session");
     if (!item || !active || !item.contains(active)) return;
     const id = item.id;

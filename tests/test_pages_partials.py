@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 import redis
 from bs4 import BeautifulSoup
@@ -308,8 +307,12 @@ def test_rename_inline_and_delete_with_undo(browser_client: httpx.Client) -> Non
     assert "Deleted “Kept title”" in toast.get_text()
     undo = toast.select_one("form")["hx-post"]
     assert undo == f"/c/{session_id}/restore"
-    location = orjson.loads(deleted.headers["hx-location"])  # the open conversation was deleted: open another
-    assert location["target"] == "#main" and location["path"] not in ("/", f"/c/{session_id}")
+    # the open conversation was deleted: another one opens, out of band, with its URL pushed
+    following = fragment.find("main", id="main")
+    assert following["hx-swap-oob"] == "true" and following["data-conversation"] != session_id
+    assert deleted.headers["hx-push-url"] == f"/c/{following['data-conversation']}"
+    assert following.select_one("#composer-actions")  # not itself out of band
+    assert not following.select("[hx-swap-oob]")
     assert browser_client.get(f"/api/sessions/{session_id}").status_code == 404
 
     restored = browser_client.post(undo, headers=HX)

@@ -181,6 +181,16 @@ def test_create_rename_delete_undo_and_search_conversations(
     toast.locator("button", has_text="Undo").click()
     page.wait_for_selector("#session-list .session:has-text('cherries')")
 
+    # deleting the open conversation opens another and still offers Undo
+    open_id = conversation_id(page)
+    page.locator(f"#conv-{open_id}").hover()
+    page.locator(f"#conv-{open_id} button[title='Delete']").click()
+    page.click("#confirm button[value='ok']")
+    page.wait_for_function("id => !location.pathname.endsWith(id)", arg=open_id)
+    page.locator("#toasts .toast", has_text="Deleted").locator("button", has_text="Undo").click()
+    page.wait_for_selector(f"#conv-{open_id}")
+    wait_focus(page, "#composer-input")
+
     # search titles and content
     page.fill("#search", "yellow")
     wait_count(page, "#session-list .session", 1)

@@ -8,7 +8,6 @@ Errors of these routes are HTML too (see `HTMLRoute`), never the API's JSON.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from contextlib import suppress
@@ -178,6 +177,16 @@ async def last_user_message(store: Store, session_id: str) -> Message | None:
     return next((m for m in reversed(messages) if m.role == "user"), None)
 
 
+async def pane_view(request: Request, store: Store, turns: TurnManager, conversation: Conversation,
+                    before: int | None = None) -> dict[str, Any]:
+    """Everything the conversation pane (header, messages, composer) shows."""
+    settings = request.app.state.settings
+    values = await conversation_view(store, turns, conversation, before)
+    values.update(max_chars=settings.max_message_chars, demo=settings.demo_mode, draft="", form_error="",
+                  active_id=conversation.id, current_path=f"/c/{conversation.id}")
+    return values
+
+
 async def render_conversation(
     request: Request, conversation: Conversation, user: str, store: Store, turns: TurnManager, lang: Lang,
     *, before: int | None = None, query: str = "", cursor: str | None = None, editing_id: str = "",
@@ -185,10 +194,8 @@ async def render_conversation(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """The conversation pane for HTMX, the whole page (with the sidebar) otherwise."""
-    settings = request.app.state.settings
-    values = await conversation_view(store, turns, conversation, before)
-    values.update(max_chars=settings.max_message_chars, demo=settings.demo_mode, draft=draft,
-                  form_error=form_error, active_id=conversation.id, current_path=f"/c/{conversation.id}")
+    values = await pane_view(request, store, turns, conversation, before)
+    values.update(draft=draft, form_error=form_error)
     if is_htmx(request):
         return render(request, "partials/conversation.html", lang, status=status, headers=headers, partial=True,
                       **values)
@@ -351,14 +358,15 @@ async def delete(request: Request, conversation: OwnedConversation, user: Curren
     if not is_htmx(request):
         back = local_referer(request, avoid=conversation.id)
         return see_other(f"{back}?deleted={conversation.id}" if back != "/" else f"/?deleted={conversation.id}")
+    title = conversation.title or t("ui.untitled", lang)
+    values: dict[str, Any] = {"text": t("ui.deleted", lang, title=title), "undo_url": f"/c/{conversation.id}/restore"}
     headers: dict[str, str] = {}
-    if active_id(request) == conversation.id:
+    if active_id(request) == conversation.id:  # the open one: open the next, out of band
         recent, _ = await store.list_conversations(user, limit=1)
         following = recent[0] if recent else await fresh_conversation(store, user)
-        headers["HX-Location"] = json.dumps({"path": f"/c/{following.id}", "target": "#main", "swap": "outerHTML"})
-    title = conversation.title or t("ui.untitled", lang)
-    return render(request, "partials/deleted.html", lang, headers=headers,
-                  text=t("ui.deleted", lang, title=title), undo_url=f"/c/{conversation.id}/restore")
+        values.update(await pane_view(request, store, turns, following), following=following)
+        headers = {"HX-Push-Url": f"/c/{following.id}", "HX-Trigger-After-Settle": "sessions-changed"}
+    return render(request, "partials/deleted.html", lang, headers=headers, **values)
 
 
 @router.post("/c/{session_id}/restore")
