@@ -173,3 +173,12 @@ def test_a_turn_can_be_followed_and_cancelled_from_any_worker(two_workers: AppSe
         last = wait_until(saved, timeout=10)
         assert last["status"] == "interrupted"
         assert last["content"].startswith("ctx=4") and " t190" not in last["content"]
+
+
+def test_unknown_page_is_an_html_page_for_browsers_and_json_for_api_clients(client: httpx.Client) -> None:
+    page = client.get("/no-such-page", headers={"Accept": "text/html", "Accept-Language": "en"})
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Page not found" in page.text and 'href="/"' in page.text
+    api = client.get("/api/no-such-thing", headers={"Accept-Language": "en"})
+    assert api.status_code == 404 and api.json() == {"detail": "Page not found"}

@@ -117,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         key = {404: "error.not_found", 500: "error.internal"}.get(exc.status_code)
+        if key and pages.wants_html(request):
+            return pages.error_response(request, key, exc.status_code)
         detail = t(key, _lang_of(request)) if key else exc.detail
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 

@@ -86,6 +86,14 @@ def render(request: Request, name: str, lang: Lang, *, status: int = 200, header
     return response
 
 
+def wants_html(request: Request) -> bool:
+    """A browser navigating (not an API client): errors come back as a page, not JSON."""
+    path = request.url.path
+    if path.startswith(("/api/", "/chat/", "/static/")):
+        return False
+    return is_htmx(request) or "text/html" in request.headers.get("accept", "")
+
+
 def error_response(request: Request, key: str, status: int, params: dict[str, object] | None = None) -> Response:
     """A toast for HTMX (retargeted into #toasts), an error page otherwise."""
     lang = pick_lang(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
