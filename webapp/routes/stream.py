@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
+from datetime import datetime, timezone
 from typing import AsyncIterator, Callable
 
 import orjson
 from fastapi import APIRouter, Header, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..chat import TurnManager
 from ..deps import CurrentUser, LangDep, OwnedConversation, SeedUser, StoreDep, TurnsDep, check_id, load_owned
@@ -72,11 +74,13 @@ async def turn_events(
 
 
 class TurnEventResponse(EventSourceResponse):
-    """EventSourceResponse without a per-event cancel scope when no send timeout is set.
+    """sse-starlette's EventSourceResponse with a leaner per-connection machinery.
 
-    sse-starlette wraps every send in `anyio.move_on_after(None)`; with hundreds of
-    streams that scope was a visible share of the app's CPU (bench/README.md).
-    A stalled client only holds its own reader: the turn itself never waits on it.
+    The stock response runs each stream in an anyio task group of four tasks and wraps
+    every send in a cancel scope; with hundreds of streams both were a visible share
+    of the app's CPU (bench/README.md). Here the stream runs in the request's own task,
+    one watcher task ends it on client disconnect or server shutdown, and one task
+    sends the keep-alive pings. Event encoding and framing stay sse-starlette's.
     """
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
@@ -84,6 +88,60 @@ class TurnEventResponse(EventSourceResponse):
             await send(message)
         else:
             await super()._send_with_timeout(send, message)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "HEAD" or self.data_sender_callable:
+            await super().__call__(scope, receive, send)
+            return
+        streamer = asyncio.current_task()
+        assert streamer is not None
+        stopped = False
+
+        def stop(_: object = None) -> None:
+            nonlocal stopped
+            if self.active:
+                stopped = True
+                self.active = False
+                streamer.cancel()
+
+        watcher = asyncio.ensure_future(self._until_disconnect_or_exit(receive))
+        watcher.add_done_callback(stop)
+        pinger = asyncio.ensure_future(self._keep_alive(send)) if self._ping_interval > 0 else None
+        try:
+            await self._stream_response(send)
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
+            streamer.uncancel()
+        finally:
+            watcher.remove_done_callback(stop)
+            watcher.cancel()
+            if pinger is not None:
+                pinger.cancel()
+        if self.background is not None:
+            await self.background()
+
+    async def _until_disconnect_or_exit(self, receive: Receive) -> None:
+        exit_signal = asyncio.ensure_future(self._listen_for_exit_signal())
+        try:
+            while True:
+                receiving = asyncio.ensure_future(receive())
+                done, _ = await asyncio.wait({receiving, exit_signal}, return_when=asyncio.FIRST_COMPLETED)
+                if exit_signal in done:
+                    receiving.cancel()
+                    return
+                if receiving.result()["type"] == "http.disconnect":
+                    return
+        finally:
+            exit_signal.cancel()
+
+    async def _keep_alive(self, send: Send) -> None:
+        while True:
+            await asyncio.sleep(self._ping_interval)
+            if not self.active:
+                return
+            ping = ServerSentEvent(comment=f"ping - {datetime.now(timezone.utc)}", sep=self.sep)
+            await send({"type": "http.response.body", "body": ping.encode(), "more_body": True})
 
 
 def event_stream(turns: TurnManager, turn: TurnInfo, after: int) -> EventSourceResponse:
