@@ -182,3 +182,23 @@ def test_unknown_page_is_an_html_page_for_browsers_and_json_for_api_clients(clie
     assert "Page not found" in page.text and 'href="/"' in page.text
     api = client.get("/api/no-such-thing", headers={"Accept-Language": "en"})
     assert api.status_code == 404 and api.json() == {"detail": "Page not found"}
+
+
+def test_resuming_from_any_event_on_any_worker_gives_the_rest_exactly_once(two_workers: AppServer) -> None:
+    """Stream entries batch several chunks; a resume inside one must still start at the right chunk."""
+    with httpx.Client(base_url=two_workers.base_url, timeout=30) as client:
+        session = create_session(client)
+        started = post_turn(client, session["id"], unique("resume") + " [[tokens:60]] [[delay:15]]").json()
+        with client.stream("GET", started["events_url"]) as response:
+            full = read_sse(response)
+        chunks = [e for e in full if e["data"]["type"] == "chunk"]
+        whole = "".join(e["data"]["content"] for e in chunks)
+        assert len(chunks) >= 3
+        for cut in (chunks[0], chunks[len(chunks) // 2], chunks[-2]):
+            seen = "".join(e["data"]["content"] for e in chunks[: chunks.index(cut) + 1])
+            for _ in range(2):  # fresh connections: either worker
+                with httpx.Client(base_url=two_workers.base_url, timeout=30, cookies=client.cookies) as other:
+                    with other.stream("GET", started["events_url"], headers={"Last-Event-ID": cut["id"]}) as resp:
+                        rest = read_sse(resp)
+                assert rest[-1]["data"]["type"] == "end"
+                assert seen + "".join(e["data"].get("content", "") for e in rest if e["data"]["type"] == "chunk") == whole

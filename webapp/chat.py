@@ -111,65 +111,74 @@ class TurnRun:
 
 
 class EventWriter:
-    """Writes chunk events of all turns to Redis in one pipeline per flush.
+    """Writes the chunk events of all running turns to Redis, batched in time.
 
-    Events queue while a flush is in flight, so under load each round trip carries
-    many events; when idle, an event is written at once.
+    Every `interval` seconds one pipeline carries one stream entry per turn with the
+    chunks since the last flush. Readers on this worker never wait for it (they are
+    fed from memory); readers on another worker, or resuming, see the reply at that
+    granularity. A turn's last chunks go out with its final event (`take`).
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, interval: float) -> None:
         self.store = store
-        self.queue: list[tuple[str, TurnEvent]] = []
-        self.enqueued = 0
-        self.written = 0
+        self.interval = interval
+        self.pending: dict[str, list[TurnEvent]] = {}
         self.wakeup = asyncio.Event()
-        self.progress = asyncio.Event()
+        self.inflight: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="event-writer")
 
     def add(self, turn_id: str, event: TurnEvent) -> None:
-        self.queue.append((turn_id, event))
-        self.enqueued += 1
-        self.wakeup.set()
+        events = self.pending.get(turn_id)
+        if events is None:
+            self.pending[turn_id] = [event]
+            self.wakeup.set()
+        else:
+            events.append(event)
 
-    async def drain(self) -> None:
-        """Wait until everything queued so far is in Redis."""
-        target = self.enqueued
-        while self.written < target:
-            progress = self.progress
-            await progress.wait()
+    async def take(self, turn_id: str) -> list[TurnEvent]:
+        """The turn's unwritten events, once any write of its earlier ones has finished."""
+        events = self.pending.pop(turn_id, [])
+        if self.inflight is not None and not self.inflight.done():
+            await asyncio.shield(self.inflight)
+            # a failed write puts its events back: they come first
+            events = self.pending.pop(turn_id, []) + events
+        return events
 
     async def _run(self) -> None:
-        backoff = 0.05
+        backoff = self.interval
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
-            if not self.queue:
+            await asyncio.sleep(self.interval)
+            if not self.pending:
                 continue
-            batch, self.queue = self.queue, []
+            batch, self.pending = self.pending, {}
+            self.inflight = asyncio.get_running_loop().create_future()
             try:
-                await self.store.append_events(batch)
+                await self.store.append_events(batch.items())
+                backoff = self.interval
             except RedisError as exc:
                 log.warning("event write failed (%s), retrying", type(exc).__name__)
-                self.queue = batch + self.queue
+                for turn_id, events in batch.items():
+                    self.pending[turn_id] = events + self.pending.get(turn_id, [])
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 self.wakeup.set()
-                continue
-            backoff = 0.05
-            self.written += len(batch)
-            progress, self.progress = self.progress, asyncio.Event()
-            progress.set()
+            finally:
+                self.inflight.set_result(None)
 
     async def aclose(self) -> None:
         if self.task:
-            try:
-                await asyncio.wait_for(self.drain(), timeout=5)
-            except asyncio.TimeoutError:
-                log.error("event writer could not drain before shutdown")
             self.task.cancel()
+        if self.pending:
+            try:
+                await self.store.append_events(self.pending.items())
+            except RedisError:
+                log.error("event writer could not flush before shutdown")
+            self.pending = {}
 
 
 class TurnManager:
@@ -181,7 +190,7 @@ class TurnManager:
         self.settings = settings
         self.metrics = metrics
         self.runs: dict[str, TurnRun] = {}
-        self.writer = EventWriter(store)
+        self.writer = EventWriter(store, settings.stream_flush_ms / 1000)
         self.coalesce = settings.stream_coalesce_ms / 1000
         self._cancel_listener: asyncio.Task[None] | None = None
 
@@ -298,10 +307,13 @@ class TurnManager:
         """Save the reply; a Redis outage is retried, not lost, for as long as a turn may run."""
         deadline = time.monotonic() + self.settings.turn_timeout_seconds
         backoff = 0.1
+        unwritten: list[TurnEvent] | None = None
         while True:
             try:
-                await self.writer.drain()
-                await self.store.finish_turn(run.conversation, turn_id=run.id, reply=reply, final_event=final)
+                unwritten = await self.writer.take(run.id) if unwritten is None else unwritten
+                await self.store.finish_turn(
+                    run.conversation, turn_id=run.id, reply=reply, final_event=final, unwritten=unwritten
+                )
                 return
             except RedisError as exc:
                 self.metrics.redis_error()

@@ -431,8 +431,9 @@ class Store:
         turn_id: str,
         reply: Message | None,
         final_event: TurnEvent,
+        unwritten: list[TurnEvent] | None = None,
     ) -> None:
-        """Save the reply, close the event stream and release the lock, in one MULTI."""
+        """Save the reply, write the stream's last chunks and final event, release the lock: one MULTI."""
         sid, uid = conversation.id, conversation.user_id
         now = time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -446,6 +447,11 @@ class Store:
                 _turn_key(turn_id),
                 mapping={"status": reply.status if reply else "error", "message_id": reply.id if reply else ""},
             )
+            if unwritten:
+                pipe.xadd(
+                    _events_key(turn_id), _entry_fields(unwritten), id=f"0-{unwritten[-1].seq}",
+                    maxlen=STREAM_MAXLEN, approximate=True,
+                )
             pipe.xadd(
                 _events_key(turn_id), _event_fields(final_event), id=f"0-{final_event.seq}",
                 maxlen=STREAM_MAXLEN, approximate=True,
@@ -455,17 +461,26 @@ class Store:
             self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
 
-    async def append_events(self, batch: Iterable[tuple[str, TurnEvent]]) -> None:
-        """Write chunk events of many turns in one pipeline (not a transaction: order per key holds)."""
+    async def append_events(self, batch: Iterable[tuple[str, list[TurnEvent]]]) -> None:
+        """Write the chunk events of many turns in one pipeline, one stream entry per turn.
+
+        Consecutive chunks of a turn share an entry whose id is the last seq; its `f`
+        (first seq) and `n` (lengths) let a reader resuming mid-entry take just the
+        chunks it lacks. Not a transaction: the order per key holds, and one bad
+        entry must not fail the others.
+        """
         async with self.redis.pipeline(transaction=False) as pipe:
-            for turn_id, event in batch:
+            for turn_id, events in batch:
                 pipe.xadd(
-                    _events_key(turn_id), _event_fields(event), id=f"0-{event.seq}",
+                    _events_key(turn_id), _entry_fields(events), id=f"0-{events[-1].seq}",
                     maxlen=STREAM_MAXLEN, approximate=True,
                 )
-                if event.seq == 1:  # later events need no EXPIRE of their own: finish_turn sets the last one
+                if events[0].seq == 1:  # later entries need no EXPIRE of their own: finish_turn sets the last one
                     pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS + self.turn_timeout)
-            await pipe.execute()
+            results = await pipe.execute(raise_on_error=False)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise errors[0]
 
     async def get_turn(self, turn_id: str) -> TurnInfo | None:
         data = await self.redis.hgetall(_turn_key(turn_id))
@@ -484,7 +499,7 @@ class Store:
         else:
             reply = await self.redis.xread({key: f"0-{after}"}, block=block_ms, count=1000)
             rows = reply[0][1] if reply else []
-        return [_parse_event(entry_id, fields) for entry_id, fields in rows]
+        return [event for entry_id, fields in rows for event in _parse_entry(entry_id, fields) if event.seq > after]
 
     async def find_message(self, sid: str, message_id: str) -> Message | None:
         """The saved reply of a finished turn (it is near the end of the list)."""
@@ -553,9 +568,25 @@ def _event_fields(event: TurnEvent) -> dict[str, str]:
     return fields
 
 
-def _parse_event(entry_id: str, fields: dict[str, str]) -> TurnEvent:
-    return TurnEvent(
-        seq=int(entry_id.split("-", 1)[1]), type=fields.get("t", "chunk"),
-        content=fields.get("c", ""), message_id=fields.get("m", ""),
-    )
+def _entry_fields(events: list[TurnEvent]) -> dict[str, str]:
+    """One stream entry for consecutive events of a turn (chunks), or for a single event."""
+    if len(events) == 1:
+        return _event_fields(events[0])
+    return {
+        "t": "chunk",
+        "c": "".join(e.content for e in events),
+        "f": str(events[0].seq),
+        "n": ",".join(str(len(e.content)) for e in events),
+    }
 
+
+def _parse_entry(entry_id: str, fields: dict[str, str]) -> list[TurnEvent]:
+    last = int(entry_id.split("-", 1)[1])
+    if "n" not in fields:
+        return [TurnEvent(seq=last, type=fields.get("t", "chunk"), content=fields.get("c", ""),
+                          message_id=fields.get("m", ""))]
+    content, first, events, offset = fields.get("c", ""), int(fields["f"]), [], 0
+    for index, size in enumerate(int(n) for n in fields["n"].split(",")):
+        events.append(TurnEvent(seq=first + index, type="chunk", content=content[offset : offset + size]))
+        offset += size
+    return events
