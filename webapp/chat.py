@@ -23,7 +23,7 @@ from .errors import EmptyMessage, MessageTooLong, TurnNotFound
 from .i18n import Lang, t
 from .llm import Provider, UpstreamError
 from .metrics import Metrics
-from .roles import Role
+from .roles import Role, get_role
 from .store import Conversation, Message, Store, TurnEvent, TurnInfo, new_id, new_message_id, now_iso
 
 log = logging.getLogger("webapp.chat")
@@ -212,19 +212,27 @@ class TurnManager:
 
     # starting -----------------------------------------------------------
 
-    async def start_turn(self, conversation: Conversation, text: str | None, role: Role, lang: Lang) -> TurnRun:
+    async def start_turn(
+        self, session_id: str, user_id: str, text: str | None, role: Role | None, lang: Lang
+    ) -> TurnRun:
+        """Save the user's message and start generating; `role` None keeps the conversation's role.
+
+        Ownership is checked in the same round trip that takes the lock (404 for a
+        conversation that is not the user's), so a turn costs no separate lookup.
+        """
         text = validate_message(text, self.settings.max_message_chars)
         turn_id = new_id()
         started = await self.store.begin_turn(
-            conversation,
+            session_id,
+            user_id,
             turn_id=turn_id,
             text=text,
-            role=role.id,
+            role=role.id if role else None,
             context_messages=self.settings.context_messages,
             rate_limit=self.settings.rate_limit_per_minute,
         )
-        conversation.role = role.id
-        conversation.running_turn_id = turn_id
+        conversation = started.conversation
+        role = role or get_role(conversation.role)
         messages = build_context(role, started.context, self.settings.context_chars)
         run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang)
         self.runs[turn_id] = run

@@ -26,7 +26,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .errors import RateLimited, TurnRunning
+from .errors import RateLimited, SessionNotFound, TurnRunning
 
 PREFIX = "chat:"
 CANCEL_CHANNEL = PREFIX + "cancel"
@@ -157,8 +157,9 @@ class TurnInfo:
 
 @dataclass
 class TurnStart:
-    """What starting a turn wrote and read back: the saved user message and the context window."""
+    """What starting a turn wrote and read back: the conversation, the saved user message, the context."""
 
+    conversation: Conversation
     user_message: Message
     context: list[Message] = field(default_factory=list)
 
@@ -371,44 +372,61 @@ class Store:
 
     async def begin_turn(
         self,
-        conversation: Conversation,
+        session_id: str,
+        user_id: str,
         *,
         turn_id: str,
         text: str,
-        role: str,
+        role: str | None,
         context_messages: int,
         rate_limit: int,
     ) -> TurnStart:
-        """Lock the conversation, count the rate limit, save the user message, read the context.
+        """Check ownership, lock the conversation, count the rate, save the user message, read the context.
 
-        Two round trips whatever the history length: a pipeline that takes the lock
-        and counts the rate, then one MULTI that writes the message and reads back
-        the last `context_messages` messages (LRANGE -N -1, never the whole list).
+        Two round trips whatever the history length: a pipeline that reads the
+        metadata, takes the lock and counts the rate, then one MULTI that writes the
+        message and reads back the last `context_messages` messages (LRANGE -N -1).
+        `role` None keeps the conversation's role.
         """
-        sid, uid = conversation.id, conversation.user_id
+        sid, uid = session_id, user_id
         minute = int(time.time() // 60)
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(_meta_key(sid))
             pipe.set(_lock_key(sid), turn_id, nx=True, ex=self.turn_timeout)
-            pipe.incr(_rate_key(uid, minute))
-            pipe.expire(_rate_key(uid, minute), 90)
-            locked, count, _ = await pipe.execute()
+            if rate_limit:
+                pipe.incr(_rate_key(uid, minute))
+                pipe.expire(_rate_key(uid, minute), 90)
+            meta, locked, *rate = await pipe.execute()
+        if not meta or meta.get("user_id") != uid:
+            if locked:
+                await self.redis.delete(_lock_key(sid))
+            raise SessionNotFound()
         if not locked:
             raise TurnRunning()
-        if rate_limit and count > rate_limit:
+        if rate_limit and rate[0] > rate_limit:
             await self.redis.delete(_lock_key(sid))
             raise RateLimited()
 
+        conversation = Conversation.from_hash(sid, meta)
         now = time.time()
         message = Message(id=new_message_id(), role="user", content=text, ts=now_iso())
+        conversation.role = role or conversation.role
+        conversation.title = conversation.title or make_title(text)
+        conversation.preview = make_preview(text)
+        conversation.message_count += 1
+        conversation.updated = now
+        conversation.running_turn_id = turn_id
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.rpush(_messages_key(sid), message.to_json())
-                pipe.hsetnx(_meta_key(sid), "title", make_title(text))
+                # one HSET: the lock makes this the only writer of count while the turn starts
                 pipe.hset(
                     _meta_key(sid),
-                    mapping={"preview": make_preview(text), "role": role, "updated": repr(now), "turn": turn_id},
+                    mapping={
+                        "title": conversation.title, "preview": conversation.preview, "role": conversation.role,
+                        "count": conversation.message_count, "updated": repr(now), "turn": turn_id,
+                    },
                 )
-                pipe.hincrby(_meta_key(sid), "count", 1)
                 pipe.zadd(_index_key(uid), {sid: now * 1000})
                 pipe.hset(
                     _turn_key(turn_id),
@@ -422,7 +440,7 @@ class Store:
             await self.redis.delete(_lock_key(sid))
             raise
         context = [Message.from_json(raw) for raw in results[-1]]
-        return TurnStart(user_message=message, context=context)
+        return TurnStart(conversation=conversation, user_message=message, context=context)
 
     async def finish_turn(
         self,
@@ -440,9 +458,12 @@ class Store:
             if reply is not None:
                 pipe.rpush(_messages_key(sid), reply.to_json())
                 pipe.hincrby(_meta_key(sid), "count", 1)
-                pipe.hset(_meta_key(sid), mapping={"preview": make_preview(reply.content), "updated": repr(now)})
+                pipe.hset(
+                    _meta_key(sid), mapping={"preview": make_preview(reply.content), "updated": repr(now), "turn": ""}
+                )
                 pipe.zadd(_index_key(uid), {sid: now * 1000})
-            pipe.hset(_meta_key(sid), "turn", "")
+            else:
+                pipe.hset(_meta_key(sid), "turn", "")
             pipe.hset(
                 _turn_key(turn_id),
                 mapping={"status": reply.status if reply else "error", "message_id": reply.id if reply else ""},

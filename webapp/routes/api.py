@@ -134,7 +134,7 @@ async def create_turn(
     conversation: OwnedConversation, body: TurnIn, turns: TurnsDep, lang: LangDep, request: Request
 ) -> TurnOut:
     role = get_role(body.role or conversation.role)
-    run = await turns.start_turn(conversation, body.message, role, lang)
+    run = await turns.start_turn(conversation.id, conversation.user_id, body.message, role, lang)
     return TurnOut(turn_id=run.id, events_url=str(request.url_for("turn_events", turn_id=run.id).path))
 
 

@@ -26,7 +26,7 @@ from ..errors import ChatError, EmptyTitle, TurnNotFound
 from ..i18n import LANG_COOKIE, Lang, pick_lang, t
 from ..render import templates, ui_context
 from ..roles import BUILTIN_ROLES, DEFAULT_ROLE, Role, get_role
-from ..store import Conversation, Message, Store, make_title
+from ..store import Conversation, Message, Store
 from .api import format_cursor, parse_cursor
 
 log = logging.getLogger("webapp.pages")
@@ -286,7 +286,7 @@ async def send_message(request: Request, conversation: OwnedConversation, user: 
     text = message.replace("\r\n", "\n")  # browsers send textarea newlines as CRLF
     was_empty = conversation.message_count <= 1 and not conversation.title
     try:
-        run = await turns.start_turn(conversation, text, role_of(conversation), lang)
+        run = await turns.start_turn(conversation.id, user, text, role_of(conversation), lang)
     except ChatError as exc:
         if is_htmx(request):
             raise
@@ -294,7 +294,7 @@ async def send_message(request: Request, conversation: OwnedConversation, user: 
                                          form_error=t(exc.key, lang, **exc.params), status=exc.status)
     if not is_htmx(request):
         return see_other(f"/c/{conversation.id}")
-    conversation.title = conversation.title or make_title(text)
+    conversation = run.conversation
     return render(
         request, "partials/turn_started.html", lang, headers={"HX-Trigger": "sessions-changed"},
         conv=conversation, user_message=await last_user_message(store, conversation.id), was_empty=was_empty,

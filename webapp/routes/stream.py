@@ -175,10 +175,10 @@ async def chat_stream(
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
 ) -> Response:
     """A reconnect carrying Last-Event-ID resumes the running turn instead of sending the message twice."""
-    conversation = await load_owned(store, session_id, user)
     resume_id, after = parse_last_event_id(last_event_id)
     if resume_id:
         # a reconnect never sends the message again: resume, or tell EventSource to stop (204)
+        conversation = await load_owned(store, session_id, user)
         try:
             turn = await resumable_turn(turns, user, check_id(resume_id), after)
         except (TurnNotFound, InvalidId):
@@ -186,8 +186,9 @@ async def chat_stream(
         if turn is None or turn.session_id != conversation.id:
             return Response(status_code=204)
         return event_stream(turns, turn, after)
-    run = await turns.start_turn(conversation, message, get_role(role), lang)
-    turn = TurnInfo(id=run.id, session_id=conversation.id, user_id=user, status="running")
+    # the ownership check rides in the same Redis round trip that takes the turn's lock
+    run = await turns.start_turn(check_id(session_id), user, message, get_role(role), lang)
+    turn = TurnInfo(id=run.id, session_id=run.conversation.id, user_id=user, status="running")
     return event_stream(turns, turn, 0)
 
 
