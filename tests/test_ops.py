@@ -202,3 +202,28 @@ def test_resuming_from_any_event_on_any_worker_gives_the_rest_exactly_once(two_w
                         rest = read_sse(resp)
                 assert rest[-1]["data"]["type"] == "end"
                 assert seen + "".join(e["data"].get("content", "") for e in rest if e["data"]["type"] == "chunk") == whole
+
+
+def test_stopping_the_server_mid_reply_keeps_what_was_written(redis_server, upstream, tmp_path: Path) -> None:
+    settings = {"REDIS_URL": redis_server.url, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": upstream.base_url}
+    app = _start_app(tmp_path, settings)
+    with httpx.Client(base_url=app.base_url, timeout=30) as client:
+        session = create_session(client)
+        started = post_turn(client, session["id"], unique("shutdown") + " [[tokens:400]] [[delay:30]]").json()
+        with client.stream("GET", started["events_url"]) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:") and "ctx=" in line:
+                    break
+            stopping = time.monotonic()
+            app.process.send_signal(signal.SIGTERM)
+            app.process.wait(timeout=15)
+        cookies = dict(client.cookies)
+    assert time.monotonic() - stopping < 8, "open streams must not hold the shutdown"
+    app = _start_app(tmp_path, settings)
+    try:
+        with httpx.Client(base_url=app.base_url, timeout=30, cookies=cookies) as client:
+            items = messages_of(client, session["id"])["items"]
+        assert [m["role"] for m in items] == ["assistant", "user", "assistant"]
+        assert items[-1]["status"] == "interrupted" and items[-1]["content"].startswith("ctx=2")
+    finally:
+        _stop_app(app)

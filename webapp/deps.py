@@ -57,8 +57,8 @@ async def _resolve_user(request: Request, store: Store, claimed: str | None) -> 
         request.state.new_identity = claimed
         request.state.identity = claimed
         return claimed
+    # 96 random bits nobody can guess: claimed by the first write (create_conversation), not here
     identity = "u_" + secrets.token_hex(12)
-    await store.claim_user(identity)
     request.state.new_identity = identity
     request.state.identity = identity
     return identity

@@ -73,75 +73,114 @@ async def turn_events(
         metrics.active_streams.dec()
 
 
+class OpenStreams:
+    """This worker's open event streams: one ticker pings the idle ones and ends all at shutdown.
+
+    One task per worker instead of a ping task and a shutdown watcher per stream.
+    """
+
+    def __init__(self) -> None:
+        self.streams: set[TurnEventResponse] = set()
+        self.tick = 1.0
+        self.task: asyncio.Future[None] | None = None
+
+    def add(self, stream: "TurnEventResponse") -> None:
+        self.streams.add(stream)
+        self.tick = min(self.tick, stream.ping_interval / 2)
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._run())
+
+    def discard(self, stream: "TurnEventResponse") -> None:
+        self.streams.discard(stream)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        exit_signal = asyncio.ensure_future(EventSourceResponse._listen_for_exit_signal())
+        try:
+            while True:
+                done, _ = await asyncio.wait({exit_signal}, timeout=self.tick)
+                if done:
+                    for stream in list(self.streams):
+                        stream.stop()
+                    return
+                now = loop.time()
+                for stream in list(self.streams):
+                    if stream.active and now - stream.last_send >= stream.ping_interval:
+                        stream.last_send = now
+                        asyncio.ensure_future(stream.send_ping())
+        finally:
+            exit_signal.cancel()
+
+
+OPEN_STREAMS = OpenStreams()
+
+
 class TurnEventResponse(EventSourceResponse):
     """sse-starlette's EventSourceResponse with a leaner per-connection machinery.
 
     The stock response runs each stream in an anyio task group of four tasks and wraps
     every send in a cancel scope; with hundreds of streams both were a visible share
     of the app's CPU (bench/README.md). Here the stream runs in the request's own task,
-    one watcher task ends it on client disconnect or server shutdown, and one task
-    sends the keep-alive pings. Event encoding and framing stay sse-starlette's.
+    one small task per stream watches for the client leaving, and one task per worker
+    (OpenStreams) sends keep-alive pings and ends streams at shutdown. Event encoding
+    and framing stay sse-starlette's.
     """
 
+    last_send = 0.0
+    _streamer: asyncio.Task[None] | None = None
+    _stopped = False
+    _send: Send | None = None
+
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        self.last_send = asyncio.get_running_loop().time()
         if self.send_timeout is None:
             await send(message)
         else:
             await super()._send_with_timeout(send, message)
 
+    def stop(self, _: object = None) -> None:
+        """End the stream (client gone, or server shutting down)."""
+        if self.active and self._streamer is not None:
+            self._stopped = True
+            self.active = False
+            self._streamer.cancel()
+
+    async def send_ping(self) -> None:
+        if self.active and self._send is not None:
+            ping = ServerSentEvent(comment=f"ping - {datetime.now(timezone.utc)}", sep=self.sep)
+            try:
+                await self._send({"type": "http.response.body", "body": ping.encode(), "more_body": True})
+            except Exception:
+                self.stop()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "HEAD" or self.data_sender_callable:
             await super().__call__(scope, receive, send)
             return
-        streamer = asyncio.current_task()
-        assert streamer is not None
-        stopped = False
-
-        def stop(_: object = None) -> None:
-            nonlocal stopped
-            if self.active:
-                stopped = True
-                self.active = False
-                streamer.cancel()
-
-        watcher = asyncio.ensure_future(self._until_disconnect_or_exit(receive))
-        watcher.add_done_callback(stop)
-        pinger = asyncio.ensure_future(self._keep_alive(send)) if self._ping_interval > 0 else None
+        self._streamer = asyncio.current_task()
+        self._send = send
+        self.last_send = asyncio.get_running_loop().time()
+        watcher = asyncio.ensure_future(self._until_disconnect(receive))
+        watcher.add_done_callback(self.stop)
+        if self._ping_interval > 0:
+            OPEN_STREAMS.add(self)
         try:
             await self._stream_response(send)
         except asyncio.CancelledError:
-            if not stopped:
+            if not self._stopped:
                 raise
-            streamer.uncancel()
+            self._streamer.uncancel()
         finally:
-            watcher.remove_done_callback(stop)
+            OPEN_STREAMS.discard(self)
+            watcher.remove_done_callback(self.stop)
             watcher.cancel()
-            if pinger is not None:
-                pinger.cancel()
         if self.background is not None:
             await self.background()
 
-    async def _until_disconnect_or_exit(self, receive: Receive) -> None:
-        exit_signal = asyncio.ensure_future(self._listen_for_exit_signal())
-        try:
-            while True:
-                receiving = asyncio.ensure_future(receive())
-                done, _ = await asyncio.wait({receiving, exit_signal}, return_when=asyncio.FIRST_COMPLETED)
-                if exit_signal in done:
-                    receiving.cancel()
-                    return
-                if receiving.result()["type"] == "http.disconnect":
-                    return
-        finally:
-            exit_signal.cancel()
-
-    async def _keep_alive(self, send: Send) -> None:
-        while True:
-            await asyncio.sleep(self._ping_interval)
-            if not self.active:
-                return
-            ping = ServerSentEvent(comment=f"ping - {datetime.now(timezone.utc)}", sep=self.sep)
-            await send({"type": "http.response.body", "body": ping.encode(), "more_body": True})
+    @staticmethod
+    async def _until_disconnect(receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
 
 def event_stream(turns: TurnManager, turn: TurnInfo, after: int) -> EventSourceResponse:
