@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     openai_model: str = "gpt-4o-mini"
     openai_timeout: float = Field(60.0, gt=0, description="seconds to wait for the next token")
     redis_url: str = ""
+    redis_max_connections: int = Field(64, ge=2, le=10000, description="pool size for commands (per worker)")
     redis_socket_timeout: float = Field(0, ge=0, description="seconds per Redis command; 0 = none")
     data_dir: Path = Path("./data")
     host: str = "0.0.0.0"

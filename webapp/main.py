@@ -6,13 +6,13 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -34,25 +34,38 @@ ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("webapp")
 
 
-def create_redis(settings: Settings) -> Redis:
-    """One pool for the process; commands retry through a short Redis restart.
+def create_redis(settings: Settings, *, bounded: bool) -> Redis:
+    """A client with its own pool; commands retry through a short Redis restart.
+
+    The `bounded` pool (requests and turns) blocks for a free connection instead of
+    opening hundreds when hundreds of turns start at once: commands take well under
+    a millisecond, and each new connection costs a handshake. Blocking reads (XREAD
+    BLOCK, pub/sub) use an unbounded pool so they never starve it.
 
     No per-command socket timeout by default: redis-py's default (5 s) wraps every
     read in asyncio.timeout and every write in asyncio.wait_for, which cost ~20% of
     the app's CPU at 500 streams; a dead server is still noticed through the closed
     socket, keepalive and the health check.
     """
-    return Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        health_check_interval=30,
-        socket_connect_timeout=5,
-        socket_timeout=settings.redis_socket_timeout or None,
+    retry_options: dict[str, Any] = {
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    connection_options: dict[str, Any] = {
+        "decode_responses": True,
+        "health_check_interval": 30,
+        "socket_connect_timeout": 5,
+        "socket_timeout": settings.redis_socket_timeout or None,
         **({} if settings.redis_url.startswith("unix://") else {"socket_keepalive": True}),
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        max_connections=10000,
-    )
+        **retry_options,
+    }
+    if bounded:
+        pool: ConnectionPool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections, timeout=30, **connection_options
+        )
+    else:
+        pool = ConnectionPool.from_url(settings.redis_url, **connection_options)
+    return Redis(connection_pool=pool, **retry_options)
 
 
 def _lang_of(request: Request) -> str:
@@ -64,10 +77,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = create_redis(settings)
+        redis = create_redis(settings, bounded=True)
+        blocking_redis = create_redis(settings, bounded=False)
         provider = create_provider(settings)
         store = Store(
             redis,
+            blocking_redis=blocking_redis,
             conversation_ttl=settings.conversation_ttl,
             index_ttl=settings.index_ttl,
             turn_timeout=settings.turn_timeout_seconds,
@@ -85,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await turns.aclose()
             await provider.aclose()
             await redis.aclose()
+            await blocking_redis.aclose()
 
     app = FastAPI(
         title="Chat server",

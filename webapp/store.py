@@ -178,8 +178,18 @@ def make_preview(text: str, limit: int = 50) -> str:
 class Store:
     """Typed operations over one redis.asyncio client (decode_responses=True)."""
 
-    def __init__(self, redis: Redis, *, conversation_ttl: int, index_ttl: int, turn_timeout: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        conversation_ttl: int,
+        index_ttl: int,
+        turn_timeout: int,
+        blocking_redis: Redis | None = None,
+    ) -> None:
         self.redis = redis
+        # blocking reads (XREAD BLOCK, pub/sub) hold a connection for long: their own pool
+        self.blocking_redis = blocking_redis or redis
         self.conversation_ttl = conversation_ttl
         self.index_ttl = index_ttl
         self.turn_timeout = turn_timeout
@@ -518,7 +528,7 @@ class Store:
         if block_ms is None:
             rows = await self.redis.xrange(key, min=f"(0-{after}", max="+")
         else:
-            reply = await self.redis.xread({key: f"0-{after}"}, block=block_ms, count=1000)
+            reply = await self.blocking_redis.xread({key: f"0-{after}"}, block=block_ms, count=1000)
             rows = reply[0][1] if reply else []
         return [event for entry_id, fields in rows for event in _parse_entry(entry_id, fields) if event.seq > after]
 
@@ -535,7 +545,7 @@ class Store:
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         """Turn ids whose cancellation any worker published."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.blocking_redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(CANCEL_CHANNEL)
             async for message in pubsub.listen():
