@@ -227,3 +227,33 @@ def test_stopping_the_server_mid_reply_keeps_what_was_written(redis_server, upst
         assert items[-1]["status"] == "interrupted" and items[-1]["content"].startswith("ctx=2")
     finally:
         _stop_app(app)
+
+
+def test_a_reply_longer_than_the_turn_timeout_is_stopped_and_kept(redis_server, upstream, tmp_path: Path) -> None:
+    app = _start_app(tmp_path, {
+        "REDIS_URL": redis_server.url, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": upstream.base_url,
+        "TURN_TIMEOUT_SECONDS": "10",
+    })
+    try:
+        with httpx.Client(base_url=app.base_url, timeout=30, headers={"Accept-Language": "en"}) as client:
+            session = create_session(client)
+            started = post_turn(client, session["id"], unique("long") + " [[tokens:2000]] [[delay:10]]").json()
+            with client.stream("GET", started["events_url"]) as response:
+                events = read_sse(response)
+            assert events[-1]["data"] == {"type": "error", "content": "The reply took too long and was stopped (what it wrote is kept)"}
+            last = messages_of(client, session["id"])["items"][-1]
+            assert last["role"] == "assistant" and last["status"] == "error" and last["content"].startswith("ctx=2")
+            # the conversation is free again
+            assert post_turn(client, session["id"], "next").status_code == 202
+    finally:
+        _stop_app(app)
+
+
+def test_logs_have_a_line_per_request_and_per_turn_but_no_message_text(app_server: AppServer, client: httpx.Client) -> None:
+    secret = unique("private-words")
+    chat = start_chat(client)
+    assert stream_turn(client, chat, secret).ended
+    log = wait_until(lambda: app_server.log() if "path=/chat/stream status=200" in app_server.log() else None)
+    assert "method=GET path=/chat/stream status=200" in log
+    assert "status=complete" in log and "ttft_ms=" in log and "total_ms=" in log
+    assert secret not in log

@@ -131,6 +131,7 @@ def serve(settings: Settings) -> None:
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "*"),
         log_level=settings.log_level,
+        access_log=False,  # the app logs requests itself, without query strings (they carry messages)
         timeout_graceful_shutdown=10,
         loop="auto",
         http="auto",

@@ -245,8 +245,14 @@ class TurnManager:
     async def _generate(self, run: TurnRun, messages: list[dict[str, str]]) -> None:
         status, error_key = "complete", ""
         try:
-            async for delta in self.provider.stream(messages, role_name=run.role.name(run.lang), lang=run.lang):
-                self._add_text(run, delta)
+            # the conversation's lock lasts TURN_TIMEOUT_SECONDS: the reply must end before it does
+            async with asyncio.timeout(max(1, self.settings.turn_timeout_seconds - 5)):
+                async for delta in self.provider.stream(
+                    messages, role_name=run.role.name(run.lang), lang=run.lang
+                ):
+                    self._add_text(run, delta)
+        except TimeoutError:
+            status, error_key = "error", "error.reply_too_long"
         except asyncio.CancelledError:
             status = "interrupted"
             error_key = "" if run.cancel_reason == "user" else "error.interrupted"

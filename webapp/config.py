@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     metrics_token: str = ""
     metrics_enabled: bool = True
     log_level: str = "info"
+    access_log: bool = True
     stream_coalesce_ms: int = Field(40, ge=0, le=1000)
     stream_flush_ms: int = Field(100, ge=1, le=2000, description="how often reply chunks are written to Redis")
     turn_timeout_seconds: int = Field(600, ge=10)

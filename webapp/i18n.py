@@ -45,6 +45,10 @@ CATALOG: dict[str, dict[Lang, str]] = {
         "zh": "AI服务繁忙（请求受限），请稍后重试",
         "en": "The AI service is rate limiting requests, please try again",
     },
+    "error.reply_too_long": {
+        "zh": "回复时间过长，已停止（已保留目前的内容）",
+        "en": "The reply took too long and was stopped (what it wrote is kept)",
+    },
     "error.interrupted": {"zh": "回复已中断", "en": "The reply was interrupted"},
     "error.invalid_input": {"zh": "请求参数无效", "en": "Invalid request"},
     "error.title_empty": {"zh": "标题不能为空", "en": "The title cannot be empty"},

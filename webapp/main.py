@@ -26,7 +26,8 @@ from .errors import ChatError
 from .i18n import LANG_COOKIE, pick_lang, t
 from .identity import IdentityMiddleware
 from .llm import create_provider
-from .metrics import Metrics, RequestMetricsMiddleware
+from .access import AccessMiddleware
+from .metrics import Metrics
 from .routes import api, pages, stream
 from .store import Store
 
@@ -72,8 +73,16 @@ def _lang_of(request: Request) -> str:
     return pick_lang(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
 
 
+def configure_logging(level: str) -> None:
+    """key=value lines on stderr; also in uvicorn's worker processes, which start unconfigured."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("webapp").setLevel(level.upper())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -111,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.add_middleware(IdentityMiddleware, secret=settings.secret_key)
-    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(AccessMiddleware, metrics=app.state.metrics, log_requests=settings.access_log)
 
     @app.exception_handler(ChatError)
     async def chat_error(request: Request, exc: ChatError) -> Response:
