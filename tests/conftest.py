@@ -193,7 +193,7 @@ def _start_app(data_dir: Path, settings: dict[str, str]) -> AppServer:
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "DATA_DIR": str(data_dir),
-            "SECRET_KEY": "test-secret",
+            "SECRET_KEY": "test-secret-for-the-test-suite-only",
             "OPENAI_TIMEOUT": str(OPENAI_TIMEOUT_SECONDS),
             "RATE_LIMIT_PER_MINUTE": "1000",
             "PYTHONUNBUFFERED": "1",

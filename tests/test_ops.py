@@ -257,3 +257,22 @@ def test_logs_have_a_line_per_request_and_per_turn_but_no_message_text(app_serve
     assert "method=GET path=/chat/stream status=200" in log
     assert "status=complete" in log and "ttft_ms=" in log and "total_ms=" in log
     assert secret not in log
+
+
+def test_an_empty_secret_key_file_is_refused_not_used(tmp_path: Path) -> None:
+    (tmp_path / "secret_key").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    env.update({"DATA_DIR": str(tmp_path), "REDIS_URL": "unix:///nowhere.sock"})
+    result = subprocess.run(
+        [sys.executable, "-m", "webapp"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("Invalid value for SECRET_KEY")
+
+
+def test_a_generated_secret_key_is_kept_across_starts(tmp_path: Path) -> None:
+    from webapp.config import _secret_from_data_dir
+
+    first = _secret_from_data_dir(tmp_path)
+    assert len(first) >= 32 and _secret_from_data_dir(tmp_path) == first
+    assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]

@@ -284,3 +284,33 @@ def test_a_conversation_in_use_does_not_expire(
 
     assert redis_client.ttl(messages_key) > 7 * 86400 - 120
     assert [m["content"] for m in history_of(client, chat)["messages"]][-2] == "back again"
+
+
+def test_deleting_a_conversation_stops_its_reply_and_leaves_nothing_behind(client, redis_client) -> None:
+    from tests.conftest import create_session, post_turn, unique, wait_until
+
+    session = create_session(client)
+    started = post_turn(client, session["id"], unique("bye") + " [[tokens:300]] [[delay:20]]").json()
+    time.sleep(0.3)
+    assert client.delete(f"/api/sessions/{session['id']}").status_code == 204
+    turn_key = f"chat:turn:{started['turn_id']}"
+    wait_until(lambda: redis_client.hget(turn_key, "status") == "interrupted", timeout=5)
+    assert not redis_client.exists(f"chat:session:{session['id']}")
+    assert not redis_client.exists(f"chat:session:{session['id']}:messages")
+    assert client.get(f"/api/sessions/{session['id']}").status_code == 404
+
+
+def test_a_seed_turn_without_a_role_keeps_the_conversations_role(client) -> None:
+    from tests.conftest import create_session, unique
+    from tests.fake_upstream import expected_sys_tag
+    from webapp.roles import get_role
+
+    session = create_session(client, role="teacher")
+    with client.stream(
+        "GET", "/chat/stream", params={"session_id": session["id"], "message": unique("role")}
+    ) as response:
+        text = "".join(
+            line[5:].strip() for line in response.iter_lines() if line.startswith("data:") and '"chunk"' in line
+        )
+    assert expected_sys_tag(get_role("teacher").system_prompt) in text
+    assert client.get(f"/api/sessions/{session['id']}").json()["role"] == "teacher"

@@ -129,7 +129,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         workers=settings.web_concurrency,
         proxy_headers=True,
-        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "*"),
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         log_level=settings.log_level,
         access_log=False,  # the app logs requests itself, without query strings (they carry messages)
         timeout_graceful_shutdown=10,

@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Settings
 from .errors import EmptyMessage, MessageTooLong, TurnNotFound
@@ -160,7 +162,7 @@ class EventWriter:
             try:
                 await self.store.append_events(batch.items())
                 backoff = self.interval
-            except RedisError as exc:
+            except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("event write failed (%s), retrying", type(exc).__name__)
                 for turn_id, events in batch.items():
                     self.pending[turn_id] = events + self.pending.get(turn_id, [])
@@ -318,25 +320,49 @@ class TurnManager:
         )
 
     async def _save(self, run: TurnRun, reply: Message | None, final: TurnEvent) -> None:
-        """Save the reply; a Redis outage is retried, not lost, for as long as a turn may run."""
+        """Save the reply; a Redis outage is retried for as long as a turn may run.
+
+        Only connection failures are retried, and a retry first asks whether the
+        previous attempt was applied after all (its reply lost on the way back), so
+        a reply is never saved twice. A conversation deleted while its reply was
+        generating gets only the final event, not a new history.
+        """
         deadline = time.monotonic() + self.settings.turn_timeout_seconds
         backoff = 0.1
         unwritten: list[TurnEvent] | None = None
+        # only a cancelled turn can have lost its conversation (deleting one stops its reply)
+        exists = not run.cancel_reason or await self._conversation_exists(run)
+        attempt = 0
         while True:
+            attempt += 1
             try:
                 unwritten = await self.writer.take(run.id) if unwritten is None else unwritten
+                if attempt > 1 and await self.store.turn_saved(run.id):
+                    return
                 await self.store.finish_turn(
-                    run.conversation, turn_id=run.id, reply=reply, final_event=final, unwritten=unwritten
+                    run.conversation, turn_id=run.id, reply=reply, final_event=final, unwritten=unwritten,
+                    conversation_exists=exists,
                 )
                 return
-            except RedisError as exc:
+            except (RedisConnectionError, RedisTimeoutError) as exc:
                 self.metrics.redis_error()
                 if time.monotonic() > deadline:
-                    log.error("turn %s: reply could not be saved: %s", run.id, type(exc).__name__)
+                    log.error("turn %s: reply lost, Redis unreachable for %ss: %s", run.id,
+                              self.settings.turn_timeout_seconds, type(exc).__name__)
                     return
                 log.warning("turn %s: saving failed (%s), retrying", run.id, type(exc).__name__)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+            except RedisError as exc:  # a command refused: retrying would not help
+                self.metrics.redis_error()
+                log.error("turn %s: saving failed: %s", run.id, exc)
+                return
+
+    async def _conversation_exists(self, run: TurnRun) -> bool:
+        try:
+            return await self.store.get_conversation(run.conversation.id) is not None
+        except RedisError:
+            return True
 
     # cancelling ---------------------------------------------------------
 
@@ -351,6 +377,14 @@ class TurnManager:
             self._cancel_run(run, "user")
         elif turn.status == "running":
             await self.store.request_cancel(turn.id)
+
+    async def stop_reply(self, conversation: Conversation) -> None:
+        """Stop the conversation's running reply, if any (what it wrote is kept)."""
+        if conversation.running_turn_id:
+            try:
+                await self.cancel(await self.turn_for(conversation.running_turn_id, conversation.user_id))
+            except TurnNotFound:
+                pass
 
     async def _listen_for_cancels(self) -> None:
         """Cancel requests for turns that run on this worker, published by any worker."""
@@ -414,6 +448,8 @@ class TurnManager:
         conversation = await self.store.get_conversation(turn.session_id)
         if conversation is None:
             return None
+        if not await self.store.claim_recovery(turn.id):
+            return await self.store.get_turn(turn.id)  # another reader is saving it
         events = await self.store.read_events(turn.id, 0)
         if events and events[-1].type in TERMINAL:
             return await self.store.get_turn(turn.id)
@@ -422,7 +458,8 @@ class TurnManager:
         if content:
             reply = Message(id=new_message_id(), role="assistant", content=content, ts=now_iso(), status="interrupted")
         final = TurnEvent(seq=len(events) + 1, type="error", content=t("error.interrupted"))
-        await self.store.finish_turn(conversation, turn_id=turn.id, reply=reply, final_event=final)
+        # the lock is no longer this turn's (that is how it was found orphaned): leave it alone
+        await self.store.finish_turn(conversation, turn_id=turn.id, reply=reply, final_event=final, release_lock=False)
         log.warning("turn %s: its worker is gone; saved %d chars as interrupted", turn.id, len(content))
         return await self.store.get_turn(turn.id)
 

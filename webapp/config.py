@@ -6,6 +6,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,7 +37,8 @@ class Settings(BaseSettings):
     secret_key: str = ""
     metrics_token: str = ""
     metrics_enabled: bool = True
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    forwarded_allow_ips: str = Field("127.0.0.1", description="proxies trusted for X-Forwarded-*; '*' on a PaaS")
     access_log: bool = True
     stream_coalesce_ms: int = Field(40, ge=0, le=1000)
     stream_flush_ms: int = Field(100, ge=1, le=2000, description="how often reply chunks are written to Redis")
@@ -74,17 +76,36 @@ class SettingsError(Exception):
     """A setting has an invalid value; the message is one line naming the variable."""
 
 
+MIN_SECRET_CHARS = 16
+
+
 def _secret_from_data_dir(data_dir: Path) -> str:
-    """Generate the signing key once and keep it, so cookies survive restarts."""
+    """Generate the signing key once and keep it, so cookies survive restarts.
+
+    Written to a temporary file and renamed into place, so no reader (another
+    worker, a run after a crash) can ever see a half-written or empty key.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "secret_key"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        key = secrets.token_urlsafe(48)
-        handle.write(key)
+    if not path.exists():
+        temporary = data_dir / f".secret_key.{os.getpid()}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)  # fails if another process won the race: use its key
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink(missing_ok=True)
+    key = path.read_text().strip()
+    if len(key) < MIN_SECRET_CHARS:
+        raise SettingsError(
+            f"Invalid value for SECRET_KEY: {path} holds fewer than {MIN_SECRET_CHARS} characters; "
+            "delete the file to have a new key generated"
+        )
     return key
 
 
@@ -98,6 +119,8 @@ def load_settings() -> Settings:
         raise SettingsError(f"Invalid value for {name}: {first['msg']}") from None
     if not settings.secret_key:
         settings.secret_key = _secret_from_data_dir(settings.data_dir)
+    elif len(settings.secret_key) < MIN_SECRET_CHARS:
+        raise SettingsError(f"Invalid value for SECRET_KEY: use at least {MIN_SECRET_CHARS} characters")
     return settings
 
 

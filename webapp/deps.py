@@ -29,8 +29,13 @@ async def get_turns(request: Request) -> TurnManager:
     return request.app.state.turns
 
 
-async def get_lang(request: Request) -> Lang:
+def lang_of(request: Request) -> Lang:
+    """The remembered switch (cookie), else Accept-Language, else Chinese."""
     return pick_lang(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
+
+
+async def get_lang(request: Request) -> Lang:
+    return lang_of(request)
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

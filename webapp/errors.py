@@ -62,7 +62,3 @@ class RateLimited(ChatError):
     status = 429
     key = "error.rate_limited"
 
-
-class StorageUnavailable(ChatError):
-    status = 503
-    key = "error.storage"

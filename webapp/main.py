@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .chat import TurnManager
 from .config import Settings, get_settings
 from .errors import ChatError
-from .i18n import LANG_COOKIE, pick_lang, t
+from .deps import lang_of
+from .i18n import t
 from .identity import IdentityMiddleware
 from .llm import create_provider
 from .access import AccessMiddleware
@@ -67,10 +68,6 @@ def create_redis(settings: Settings, *, bounded: bool) -> Redis:
     else:
         pool = ConnectionPool.from_url(settings.redis_url, **connection_options)
     return Redis(connection_pool=pool, **retry_options)
-
-
-def _lang_of(request: Request) -> str:
-    return pick_lang(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
 
 
 def configure_logging(level: str) -> None:
@@ -124,19 +121,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ChatError)
     async def chat_error(request: Request, exc: ChatError) -> Response:
-        return JSONResponse({"detail": t(exc.key, _lang_of(request), **exc.params)}, status_code=exc.status)
+        return JSONResponse({"detail": t(exc.key, lang_of(request), **exc.params)}, status_code=exc.status)
 
     @app.exception_handler(RedisError)
     async def storage_error(request: Request, exc: RedisError) -> Response:
         app.state.metrics.redis_error()
         log.error("redis error on %s: %s", request.url.path, type(exc).__name__)
-        return JSONResponse({"detail": t("error.storage", _lang_of(request))}, status_code=503)
+        return JSONResponse({"detail": t("error.storage", lang_of(request))}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
-        detail = t("error.invalid_input", _lang_of(request)) + (f": {where}" if where else "")
+        detail = t("error.invalid_input", lang_of(request)) + (f": {where}" if where else "")
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -144,7 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         key = {404: "error.not_found", 500: "error.internal"}.get(exc.status_code)
         if key and pages.wants_html(request):
             return pages.error_response(request, key, exc.status_code)
-        detail = t(key, _lang_of(request)) if key else exc.detail
+        detail = t(key, lang_of(request)) if key else exc.detail
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/healthz", tags=["ops"])
@@ -166,7 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics(request: Request) -> Response:
         if not settings.metrics_enabled:
             return PlainTextResponse("metrics are disabled", status_code=404)
-        if settings.metrics_token and request.headers.get("authorization") != f"Bearer {settings.metrics_token}":
+        given = request.headers.get("authorization", "").encode()
+        if settings.metrics_token and not hmac.compare_digest(given, f"Bearer {settings.metrics_token}".encode()):
             return PlainTextResponse("unauthorized", status_code=401)
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 

@@ -15,6 +15,7 @@ Keys (all prefixed `chat:`):
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 import uuid
@@ -24,9 +25,13 @@ from typing import Any, AsyncIterator, Iterable
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import RateLimited, SessionNotFound, TurnRunning
+
+log = logging.getLogger("webapp.store")
 
 PREFIX = "chat:"
 CANCEL_CHANNEL = PREFIX + "cancel"
@@ -307,6 +312,9 @@ class Store:
                 matches.append(conversation)
             else:
                 rest.append(conversation)
+        # stored JSON keeps non-ASCII as is (orjson), so most needles can be looked for in the raw
+        # text and only the candidates parsed; needles with JSON-escaped characters are parsed always
+        raw_match = not any(char in needle for char in '"\\') and needle.isprintable()
         batch = 50
         for start in range(0, len(rest), batch):
             if len(matches) >= limit:
@@ -317,7 +325,7 @@ class Store:
                     pipe.lrange(_messages_key(conversation.id), 0, -1)
                 rows = await pipe.execute()
             for conversation, raw_messages in zip(chunk, rows):
-                if any(needle in orjson.loads(raw)["content"].casefold() for raw in raw_messages):
+                if any(_message_contains(raw, needle, raw_match) for raw in raw_messages):
                     matches.append(conversation)
         order = {c.id: i for i, c in enumerate(conversations)}
         matches.sort(key=lambda c: order[c.id])
@@ -460,19 +468,21 @@ class Store:
         reply: Message | None,
         final_event: TurnEvent,
         unwritten: list[TurnEvent] | None = None,
+        release_lock: bool = True,
+        conversation_exists: bool = True,
     ) -> None:
         """Save the reply, write the stream's last chunks and final event, release the lock: one MULTI."""
         sid, uid = conversation.id, conversation.user_id
         now = time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
-            if reply is not None:
+            if reply is not None and conversation_exists:
                 pipe.rpush(_messages_key(sid), reply.to_json())
                 pipe.hincrby(_meta_key(sid), "count", 1)
                 pipe.hset(
                     _meta_key(sid), mapping={"preview": make_preview(reply.content), "updated": repr(now), "turn": ""}
                 )
                 pipe.zadd(_index_key(uid), {sid: now * 1000})
-            else:
+            elif conversation_exists:
                 pipe.hset(_meta_key(sid), "turn", "")
             pipe.hset(
                 _turn_key(turn_id),
@@ -488,8 +498,10 @@ class Store:
                 maxlen=STREAM_MAXLEN, approximate=True,
             )
             pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS)
-            pipe.delete(_lock_key(sid))
-            self._refresh_ttls(pipe, uid, sid)
+            if release_lock:
+                pipe.delete(_lock_key(sid))
+            if conversation_exists:
+                self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
 
     async def append_events(self, batch: Iterable[tuple[str, list[TurnEvent]]]) -> None:
@@ -511,7 +523,19 @@ class Store:
             results = await pipe.execute(raise_on_error=False)
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
-            raise errors[0]
+            connection = [e for e in errors if isinstance(e, (RedisConnectionError, RedisTimeoutError))]
+            if connection:
+                raise connection[0]
+            # "ID equal or smaller": a resent pipeline whose first run was applied; the entries are there
+            log.warning("event write refused: %s", errors[0])
+
+    async def turn_saved(self, turn_id: str) -> bool:
+        """Whether the turn's end is already saved (a save whose reply was lost on the way back)."""
+        return await self.redis.hget(_turn_key(turn_id), "status") not in (None, "running")
+
+    async def claim_recovery(self, turn_id: str) -> bool:
+        """One reader saves an orphaned turn; the others wait for its result."""
+        return bool(await self.redis.set(_turn_key(turn_id) + ":recovery", "1", nx=True, ex=60))
 
     async def get_turn(self, turn_id: str) -> TurnInfo | None:
         data = await self.redis.hgetall(_turn_key(turn_id))
@@ -597,6 +621,12 @@ def _event_fields(event: TurnEvent) -> dict[str, str]:
     if event.message_id:
         fields["m"] = event.message_id
     return fields
+
+
+def _message_contains(raw: str, needle: str, raw_match: bool) -> bool:
+    if raw_match and needle not in raw.casefold():
+        return False
+    return needle in orjson.loads(raw)["content"].casefold()
 
 
 def _entry_fields(events: list[TurnEvent]) -> dict[str, str]:

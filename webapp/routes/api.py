@@ -111,7 +111,9 @@ async def update_session(conversation: OwnedConversation, body: SessionPatch, st
 
 
 @router.delete("/api/sessions/{session_id}", status_code=204, tags=["sessions"])
-async def delete_session(conversation: OwnedConversation, store: StoreDep) -> Response:
+async def delete_session(conversation: OwnedConversation, store: StoreDep, turns: TurnsDep) -> Response:
+    """Delete a conversation; a reply still being written is stopped first."""
+    await turns.stop_reply(conversation)
     await store.delete_conversation(conversation)
     return Response(status_code=204)
 

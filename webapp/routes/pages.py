@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from contextlib import suppress
 from typing import Annotated, Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -21,9 +20,9 @@ from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 
 from ..chat import TurnManager
-from ..deps import CurrentUser, LangDep, OwnedConversation, StoreDep, TurnsDep, check_id
-from ..errors import ChatError, EmptyTitle, TurnNotFound
-from ..i18n import LANG_COOKIE, Lang, pick_lang, t
+from ..deps import CurrentUser, LangDep, OwnedConversation, StoreDep, TurnsDep, check_id, lang_of
+from ..errors import ChatError, EmptyTitle
+from ..i18n import LANG_COOKIE, Lang, t
 from ..render import templates, ui_context
 from ..roles import BUILTIN_ROLES, DEFAULT_ROLE, Role, get_role
 from ..store import Conversation, Message, Store
@@ -96,7 +95,7 @@ def wants_html(request: Request) -> bool:
 
 def error_response(request: Request, key: str, status: int, params: dict[str, object] | None = None) -> Response:
     """A toast for HTMX (retargeted into #toasts), an error page otherwise."""
-    lang = pick_lang(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
+    lang = lang_of(request)
     text = t(key, lang, **(params or {}))
     if is_htmx(request):
         return render(request, "partials/toast.html", lang, status=status, text=text, kind="error",
@@ -306,9 +305,7 @@ async def send_message(request: Request, conversation: OwnedConversation, user: 
 async def stop_reply(request: Request, conversation: OwnedConversation, user: CurrentUser,
                      turns: TurnsDep) -> Response:
     """Stop the reply being written; what it has so far is kept."""
-    if conversation.running_turn_id:
-        with suppress(TurnNotFound):
-            await turns.cancel(await turns.turn_for(conversation.running_turn_id, user))
+    await turns.stop_reply(conversation)
     return Response(status_code=204) if is_htmx(request) else see_other(f"/c/{conversation.id}")
 
 
@@ -359,9 +356,7 @@ async def rename(request: Request, conversation: OwnedConversation, store: Store
 async def delete(request: Request, conversation: OwnedConversation, user: CurrentUser, store: StoreDep,
                  turns: TurnsDep, lang: LangDep) -> Response:
     """Delete, keeping a copy for the undo toast; leaving the open conversation opens the next one."""
-    if conversation.running_turn_id:
-        with suppress(TurnNotFound):
-            await turns.cancel(await turns.turn_for(conversation.running_turn_id, user))
+    await turns.stop_reply(conversation)
     await store.delete_undoably(conversation, keep_seconds=UNDO_SECONDS)
     if not is_htmx(request):
         back = local_referer(request, avoid=conversation.id)

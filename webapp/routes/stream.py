@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import AsyncIterator, Callable
 
 import orjson
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Query, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Message, Receive, Scope, Send
 
@@ -210,7 +210,7 @@ async def chat_stream(
     lang: LangDep,
     session_id: str,
     message: str | None = None,
-    role: str = "assistant",
+    role: str | None = Query(None, description="assistant, teacher or programmer; omitted keeps the conversation's"),
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
 ) -> Response:
     """A reconnect carrying Last-Event-ID resumes the running turn instead of sending the message twice."""
@@ -226,7 +226,7 @@ async def chat_stream(
             return Response(status_code=204)
         return event_stream(turns, turn, after)
     # the ownership check rides in the same Redis round trip that takes the turn's lock
-    run = await turns.start_turn(check_id(session_id), user, message, get_role(role), lang)
+    run = await turns.start_turn(check_id(session_id), user, message, get_role(role) if role else None, lang)
     turn = TurnInfo(id=run.id, session_id=run.conversation.id, user_id=user, status="running")
     return event_stream(turns, turn, 0)
 
