@@ -10,50 +10,24 @@ app and the load generator::
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fake_upstream import FakeUpstream  # noqa: E402
+from tests.fake_upstream import main as fake_upstream_main  # noqa: E402
 
 BENCH_TTFT_MS = 100.0
 BENCH_TOKEN_DELAY_MS = 20.0
 BENCH_TOKENS = 50
 
 
-async def serve(args: argparse.Namespace) -> None:
-    server = FakeUpstream(
-        args.host, args.port, ttft_ms=args.ttft_ms, token_delay_ms=args.token_delay_ms,
-        tokens=args.tokens, max_records=args.max_records,
-    )
-    await server.start()
-    print(f"fake upstream listening on {server.base_url}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await server.stop()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description="fake OpenAI-compatible model for the benchmarks")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9000)
-    parser.add_argument("--ttft-ms", type=float, default=BENCH_TTFT_MS, help="delay before the first token")
-    parser.add_argument("--token-delay-ms", type=float, default=BENCH_TOKEN_DELAY_MS, help="delay between tokens")
-    parser.add_argument("--tokens", type=int, default=BENCH_TOKENS, help="tokens per reply, header included")
-    parser.add_argument("--max-records", type=int, default=100, help="requests kept for GET /_requests")
-    args = parser.parse_args()
-    try:
-        from uvloop import run
-    except ImportError:  # the stdlib loop works, it is only slower
-        run = asyncio.run
-    try:
-        run(serve(args))
-    except KeyboardInterrupt:
-        pass
+    fake_upstream_main(
+        description="fake OpenAI-compatible model for the benchmarks",
+        ttft_ms=BENCH_TTFT_MS, token_delay_ms=BENCH_TOKEN_DELAY_MS, tokens=BENCH_TOKENS,
+        max_records=100, use_uvloop=True,
+    )
 
 
 if __name__ == "__main__":

@@ -458,22 +458,34 @@ async def _serve(args: argparse.Namespace) -> None:
         await server.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(
+    *,
+    description: str | None = None,
+    ttft_ms: float = 10.0,
+    token_delay_ms: float = 5.0,
+    tokens: int = 12,
+    max_records: int = 10_000,
+    use_uvloop: bool = False,
+) -> None:
+    """The command line; the benchmarks call it with their own defaults (bench/fake_upstream.py)."""
+    parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
-    parser.add_argument("--ttft-ms", type=float, default=10.0, help="delay before the first token")
-    parser.add_argument("--token-delay-ms", type=float, default=5.0, help="delay between tokens")
-    parser.add_argument("--tokens", type=int, default=12, help="tokens per reply, header included")
+    parser.add_argument("--ttft-ms", type=float, default=ttft_ms, help="delay before the first token")
+    parser.add_argument("--token-delay-ms", type=float, default=token_delay_ms, help="delay between tokens")
+    parser.add_argument("--tokens", type=int, default=tokens, help="tokens per reply, header included")
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument(
-        "--max-records", type=int, default=10_000, help="requests kept for GET /_requests"
-    )
+    parser.add_argument("--max-records", type=int, default=max_records, help="requests kept for GET /_requests")
+    run = asyncio.run
+    if use_uvloop:
+        try:
+            from uvloop import run  # type: ignore[no-redef]
+        except ImportError:  # the stdlib loop works, it is only slower
+            pass
     try:
-        asyncio.run(_serve(parser.parse_args()))
+        run(_serve(parser.parse_args()))
     except KeyboardInterrupt:
         pass
-
 
 if __name__ == "__main__":
     main()
