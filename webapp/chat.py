@@ -69,6 +69,7 @@ class TurnRun:
     conversation: Conversation
     role: Role
     lang: Lang
+    user_message: Message
     events: list[TurnEvent] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
@@ -236,7 +237,7 @@ class TurnManager:
         conversation = started.conversation
         role = role or get_role(conversation.role)
         messages = build_context(role, started.context, self.settings.context_chars)
-        run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang)
+        run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang, user_message=started.user_message)
         self.runs[turn_id] = run
         run.task = asyncio.create_task(self._generate(run, messages), name=f"turn-{turn_id}")
         self.metrics.turn_started()

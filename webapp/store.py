@@ -126,6 +126,13 @@ class Conversation:
     updated: float
     running_turn_id: str | None = None
 
+    def to_hash(self) -> dict[str, str | int]:
+        """The metadata hash as stored (the running turn is not part of a copy)."""
+        return {
+            "user_id": self.user_id, "title": self.title, "preview": self.preview, "role": self.role,
+            "count": self.message_count, "created": repr(self.created), "updated": repr(self.updated), "turn": "",
+        }
+
     @classmethod
     def from_hash(cls, sid: str, data: dict[str, str]) -> "Conversation":
         return cls(
@@ -173,6 +180,11 @@ def make_title(text: str, limit: int = 40) -> str:
     """First user message, whitespace collapsed and trimmed to `limit` chars."""
     title = " ".join(text.split())
     return title if len(title) <= limit else title[: limit - 1] + "…"
+
+
+def clean_title(text: str, limit: int = 200) -> str:
+    """A title a user typed: whitespace collapsed (no newlines), at most `limit` chars; may be empty."""
+    return " ".join(text.split())[:limit]
 
 
 def make_preview(text: str, limit: int = 50) -> str:
@@ -223,28 +235,18 @@ class Store:
         sid = new_id()
         now = time.time()
         welcome_message = Message(id=new_message_id(), role="assistant", content=welcome, ts=now_iso())
-        meta = {
-            "user_id": uid,
-            "preview": make_preview(welcome),
-            "role": role,
-            "count": 1,
-            "created": repr(now),
-            "updated": repr(now),
-            "turn": "",
-        }
-        if title:
-            meta["title"] = title
+        conversation = Conversation(
+            id=sid, user_id=uid, title=title, preview=make_preview(welcome), role=role,
+            message_count=1, created=now, updated=now,
+        )
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_meta_key(sid), mapping=meta)
+            pipe.hset(_meta_key(sid), mapping=conversation.to_hash())
             pipe.rpush(_messages_key(sid), welcome_message.to_json())
             pipe.zadd(_index_key(uid), {sid: now * 1000})
             pipe.set(_user_key(uid), "1", ex=self.index_ttl)
             self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
-        return Conversation(
-            id=sid, user_id=uid, title=title, preview=meta["preview"], role=role,
-            message_count=1, created=now, updated=now,
-        )
+        return conversation
 
     async def get_conversation(self, sid: str) -> Conversation | None:
         data = await self.redis.hgetall(_meta_key(sid))
@@ -348,14 +350,9 @@ class Store:
 
     async def restore_conversation(self, conversation: Conversation, messages: list[Message]) -> None:
         """Put a deleted conversation back (undo), with its metadata and messages."""
-        meta = {
-            "user_id": conversation.user_id, "title": conversation.title, "preview": conversation.preview,
-            "role": conversation.role, "count": conversation.message_count,
-            "created": repr(conversation.created), "updated": repr(conversation.updated), "turn": "",
-        }
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(_meta_key(conversation.id), _messages_key(conversation.id))
-            pipe.hset(_meta_key(conversation.id), mapping=meta)
+            pipe.hset(_meta_key(conversation.id), mapping=conversation.to_hash())
             if messages:
                 pipe.rpush(_messages_key(conversation.id), *[m.to_json() for m in messages])
             pipe.zadd(_index_key(conversation.user_id), {conversation.id: conversation.updated * 1000})
@@ -588,11 +585,7 @@ class Store:
         """Delete a conversation but keep a copy for `keep_seconds`, so an undo can put it back."""
         messages = await self.redis.lrange(_messages_key(conversation.id), 0, -1)
         copy = orjson.dumps({
-            "meta": {
-                "user_id": conversation.user_id, "title": conversation.title, "preview": conversation.preview,
-                "role": conversation.role, "count": conversation.message_count,
-                "created": repr(conversation.created), "updated": repr(conversation.updated),
-            },
+            "meta": conversation.to_hash(),
             "messages": messages,
         })
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -12,6 +12,7 @@ from ..deps import (
 from ..errors import EmptyTitle, InvalidId
 from ..i18n import t
 from ..roles import BUILTIN_ROLES, get_role
+from ..store import clean_title
 from ..schemas import (
     HistoryMessage, HistoryOut, MessageOut, MessagePage, RoleOut, SessionIn, SessionOut, SessionPage,
     SessionPatch, StartOut, TurnIn, TurnOut,
@@ -88,7 +89,7 @@ async def list_sessions(
 async def create_session(user: CurrentUser, store: StoreDep, body: SessionIn | None = None) -> SessionOut:
     body = body or SessionIn()
     role = get_role(body.role)
-    title = (body.title or "").strip()
+    title = clean_title(body.title or "")
     conversation = await store.create_conversation(user, role.id, t("welcome", "zh"), title=title)
     return SessionOut.of(conversation)
 
@@ -100,7 +101,7 @@ async def get_session(conversation: OwnedConversation) -> SessionOut:
 
 @router.patch("/api/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
 async def update_session(conversation: OwnedConversation, body: SessionPatch, store: StoreDep) -> SessionOut:
-    title = body.title.strip() if body.title is not None else None
+    title = clean_title(body.title) if body.title is not None else None
     if title is not None and not title:
         raise EmptyTitle()
     role = get_role(body.role).id if body.role is not None else None

@@ -25,7 +25,7 @@ from ..errors import ChatError, EmptyTitle
 from ..i18n import LANG_COOKIE, Lang, t
 from ..render import templates, ui_context
 from ..roles import BUILTIN_ROLES, DEFAULT_ROLE, Role, get_role
-from ..store import Conversation, Message, Store
+from ..store import Conversation, Store, clean_title
 from .api import format_cursor, parse_cursor
 
 log = logging.getLogger("webapp.pages")
@@ -179,11 +179,6 @@ async def fresh_conversation(store: Store, user: str) -> Conversation:
     return await store.create_conversation(user, DEFAULT_ROLE, t("welcome", "zh"))
 
 
-async def last_user_message(store: Store, session_id: str) -> Message | None:
-    messages, _, _ = await store.message_page(session_id, limit=3, before=None)
-    return next((m for m in reversed(messages) if m.role == "user"), None)
-
-
 async def pane_view(request: Request, store: Store, turns: TurnManager, conversation: Conversation,
                     before: int | None = None) -> dict[str, Any]:
     """Everything the conversation pane (header, messages, composer) shows."""
@@ -296,7 +291,7 @@ async def send_message(request: Request, conversation: OwnedConversation, user: 
     conversation = run.conversation
     return render(
         request, "partials/turn_started.html", lang, headers={"HX-Trigger": "sessions-changed"},
-        conv=conversation, user_message=await last_user_message(store, conversation.id), was_empty=was_empty,
+        conv=conversation, user_message=run.user_message, was_empty=was_empty,
         streaming={"turn_id": run.id, "after": 0, "text": ""},
     )
 
@@ -341,7 +336,7 @@ async def edit_title(request: Request, conversation: OwnedConversation, user: Cu
 @router.post("/c/{session_id}/title")
 async def rename(request: Request, conversation: OwnedConversation, store: StoreDep, lang: LangDep,
                  title: FormText = "") -> Response:
-    clean = " ".join(title.split())[:200]
+    clean = clean_title(title)
     if not clean:
         raise EmptyTitle()
     await store.update_conversation(conversation, title=clean, role=None)
