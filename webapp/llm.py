@@ -9,6 +9,7 @@ from typing import AsyncIterator, Protocol
 import aiohttp
 import httpx2
 import orjson
+import yarl
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from .config import Settings
@@ -63,8 +64,10 @@ class OpenAIProvider:
             timeout=httpx2.Timeout(settings.openai_timeout, connect=10.0),
             http_client=DefaultAioHttpClient(timeout=httpx2.Timeout(settings.openai_timeout, connect=10.0)),
         )
+        self.completions_url = yarl.URL(self.base_url + "/chat/completions")  # parsed once, not per reply
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API needs no cookies; skip the jar's work per response
             timeout=aiohttp.ClientTimeout(total=None, connect=10.0),
             headers={
                 "Authorization": f"Bearer {settings.openai_api_key}",
@@ -78,23 +81,26 @@ class OpenAIProvider:
         task = asyncio.current_task()
         watch = _IdleWatch(loop, task, self.token_timeout)
         body = orjson.dumps({"model": self.model, "messages": messages, "stream": True})
-        url = self.base_url + "/chat/completions"
         try:
             for attempt in (1, 2):
                 try:
-                    async with self.session.post(url, data=body) as response:
+                    async with self.session.post(self.completions_url, data=body) as response:
                         if response.status != 200:
                             if attempt == 1 and response.status in self.retry_statuses:
                                 await asyncio.sleep(0.3)
                                 continue
                             raise UpstreamError(_status_key(response.status))
-                        async for line in response.content:
+                        # whatever arrived, split into lines here: one await per packet, not per line
+                        buffer = b""
+                        async for data in response.content.iter_any():
                             watch.touch()
-                            text = delta_text(line)
-                            if text:
-                                yield text
-                            elif text is None:
-                                return
+                            *lines, buffer = (buffer + data).split(b"\n")
+                            for line in lines:
+                                text = delta_text(line)
+                                if text:
+                                    yield text
+                                elif text is None:
+                                    return
                         return
                 except aiohttp.ClientConnectionError:
                     if attempt == 1 and not watch.touched:

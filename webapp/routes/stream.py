@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Message, Receive, Scope, Send
 
 from ..chat import TurnManager
-from ..deps import CurrentUser, LangDep, OwnedConversation, SeedUser, StoreDep, TurnsDep, check_id, load_owned
+from ..deps import CurrentUser, LangDep, OwnedConversation, SeedUser, TurnsDep, check_id, load_owned
 from ..errors import InvalidId, TurnNotFound
 from ..i18n import Lang, t
 from ..render import render_fragment
@@ -205,7 +205,6 @@ async def resumable_turn(turns: TurnManager, user: str, turn_id: str, after: int
 @router.get("/chat/stream", summary="Send a message and stream the reply (the seed's API)")
 async def chat_stream(
     user: SeedUser,
-    store: StoreDep,
     turns: TurnsDep,
     lang: LangDep,
     session_id: str,
@@ -217,7 +216,7 @@ async def chat_stream(
     resume_id, after = parse_last_event_id(last_event_id)
     if resume_id:
         # a reconnect never sends the message again: resume, or tell EventSource to stop (204)
-        conversation = await load_owned(store, session_id, user)
+        conversation = await load_owned(turns.store, session_id, user)
         try:
             turn = await resumable_turn(turns, user, check_id(resume_id), after)
         except (TurnNotFound, InvalidId):
