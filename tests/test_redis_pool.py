@@ -1,0 +1,113 @@
+"""LeanConnectionPool against a real redis-server: the cap, waiting, timeouts, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tests.conftest import RedisServer
+from webapp.redis_pool import LeanConnectionPool
+
+
+def run_with_client(
+    redis_server: RedisServer, body: Callable[[Redis, LeanConnectionPool], Awaitable[Any]], **pool_options: Any
+) -> Any:
+    async def main() -> Any:
+        pool = LeanConnectionPool.from_url(redis_server.url, decode_responses=True, **pool_options)
+        client = Redis(connection_pool=pool)
+        try:
+            return await body(client, pool)
+        finally:
+            await client.aclose()
+            await pool.disconnect()
+
+    return asyncio.run(main())
+
+
+def test_many_callers_share_the_capped_connections(redis_server: RedisServer) -> None:
+    async def body(client: Redis, pool: LeanConnectionPool) -> None:
+        key = "pool-test:counter"
+        await client.delete(key)
+
+        async def one(index: int) -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.set(f"pool-test:item:{index}", index, ex=30)
+                await pipe.execute()
+            assert await client.get(f"pool-test:item:{index}") == str(index)
+
+        await asyncio.gather(*(one(i) for i in range(300)))
+        assert await client.get(key) == "300"
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 4
+        assert not pool._in_use_connections
+
+    run_with_client(redis_server, body, max_connections=4)
+
+
+def test_a_caller_past_the_cap_waits_and_then_times_out(redis_server: RedisServer) -> None:
+    async def body(client: Redis, pool: LeanConnectionPool) -> None:
+        held = await pool.get_connection()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RedisConnectionError, match="No Redis connection available"):
+            await client.ping()
+        assert 0.15 <= asyncio.get_running_loop().time() - started < 2
+        # a returned connection goes to the next caller
+        waiting = asyncio.ensure_future(client.ping())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await pool.release(held)
+        assert await asyncio.wait_for(waiting, 2) is True
+
+    run_with_client(redis_server, body, max_connections=1, wait_timeout=0.2)
+
+
+def test_a_cancelled_waiter_passes_its_turn_on(redis_server: RedisServer) -> None:
+    async def body(client: Redis, pool: LeanConnectionPool) -> None:
+        held = await pool.get_connection()
+        first = asyncio.ensure_future(client.ping())
+        second = asyncio.ensure_future(client.ping())
+        await asyncio.sleep(0.05)
+        # the connection comes back and wakes `first`, which is cancelled before it runs
+        await pool.release(held)
+        first.cancel()
+        assert await asyncio.wait_for(second, 2) is True
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert not pool._in_use_connections
+
+    run_with_client(redis_server, body, max_connections=1, wait_timeout=5)
+
+
+def test_a_connection_left_mid_reply_is_not_handed_out_dirty(redis_server: RedisServer) -> None:
+    async def body(client: Redis, pool: LeanConnectionPool) -> None:
+        await client.set("pool-test:dirty", "value")
+        await client.set("pool-test:other", "someone else's reply")
+        connection = await pool.get_connection()
+        # a command whose reply is never read, then the connection goes back
+        await connection.send_command("GET", "pool-test:other")
+        await asyncio.sleep(0.05)
+        await pool.release(connection)
+        assert await client.get("pool-test:dirty") == "value"
+        assert await client.ping() is True
+
+    run_with_client(redis_server, body, max_connections=1)
+
+
+@pytest.mark.redis_restart
+def test_commands_survive_a_redis_restart(redis_server: RedisServer) -> None:
+    async def body(client: Redis, pool: LeanConnectionPool) -> None:
+        await client.set("pool-test:before", "1")
+        redis_server.restart()
+        await client.set("pool-test:after", "2")  # the first command after the restart reconnects
+        assert await client.get("pool-test:after") == "2"
+
+    run_with_client(
+        redis_server, body, max_connections=2,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=5), retry_on_error=[RedisConnectionError],
+    )
