@@ -7,18 +7,13 @@ import hmac
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import Redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .chat import TurnManager
@@ -30,46 +25,12 @@ from .identity import IdentityMiddleware
 from .llm import create_provider
 from .access import AccessMiddleware
 from .metrics import Metrics
-from .redis_pool import LeanConnectionPool
+from .redis_client import create_redis
 from .routes import api, pages, stream
 from .store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("webapp")
-BLOCKING_READERS_MAX = 10_000  # followers on other workers and pub/sub listeners, one connection each
-
-
-def create_redis(settings: Settings, *, bounded: bool) -> Redis:
-    """A client with its own pool; commands retry through a short Redis restart.
-
-    The `bounded` pool (requests and turns) makes a caller wait for a free connection
-    instead of opening hundreds when hundreds of turns start at once: commands take
-    well under a millisecond, and each new connection costs a handshake. Blocking
-    reads (XREAD BLOCK, pub/sub) hold a connection for seconds, so they use a pool of
-    their own with a far higher cap (redis-py's default is 100) and never starve it.
-    Both are LeanConnectionPool: redis-py's own pools cost a fifth of a round trip.
-
-    No per-command socket timeout by default: redis-py's default (5 s) wraps every
-    read in asyncio.timeout and every write in asyncio.wait_for, which cost ~20% of
-    the app's CPU at 500 streams; a dead server is still noticed through the closed
-    socket, keepalive and the health check.
-    """
-    retry_options: dict[str, Any] = {
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-    }
-    pool = LeanConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections if bounded else BLOCKING_READERS_MAX,
-        wait_timeout=30,
-        decode_responses=True,
-        health_check_interval=30,
-        socket_connect_timeout=5,
-        socket_timeout=settings.redis_socket_timeout or None,
-        **({} if settings.redis_url.startswith("unix://") else {"socket_keepalive": True}),
-        **retry_options,
-    )
-    return Redis(connection_pool=pool, **retry_options)
 
 
 def tune_garbage_collection() -> None:

@@ -1,4 +1,4 @@
-"""LeanConnectionPool against a real redis-server: the cap, waiting, timeouts, cancellation."""
+"""webapp.redis_client against a real redis-server: the pool's cap, waiting, timeouts, cancellation; packing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.conftest import RedisServer
-from webapp.redis_pool import LeanConnectionPool
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from redis.exceptions import DataError
+
+from webapp.redis_client import LeanConnectionPool, with_hiredis_packing
 
 
 def run_with_client(
@@ -111,3 +114,45 @@ def test_commands_survive_a_redis_restart(redis_server: RedisServer) -> None:
         redis_server, body, max_connections=2,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=5), retry_on_error=[RedisConnectionError],
     )
+
+
+PACKED_COMMANDS: list[tuple[object, ...]] = [
+    ("RPUSH", "chat:session:x:messages", '{"content": "你好, é and \\u0000"}'),
+    ("HSET", "chat:session:x", "count", 7, "updated", 1764088000.123456, "title", ""),
+    ("ZADD", "chat:user:u:sessions", 1764088000123.456, "x"),
+    ("SET", "k", b"\x00\xff binary", "EX", 90, "NX"),
+    ("XADD", "s", "MAXLEN", "~", 1000, "*", "f", "1", "n", "a\nb"),
+    ("CONFIG GET", "maxmemory"),
+    ("SET", "k", memoryview(b"view")),
+    ("SET", "k", -0.0),
+]
+
+
+def test_hiredis_packing_is_byte_for_byte_redis_py(redis_server: RedisServer) -> None:
+    ours = with_hiredis_packing(UnixDomainSocketConnection)(path=str(redis_server.socket_path))
+    theirs = UnixDomainSocketConnection(path=str(redis_server.socket_path))
+    assert type(ours).__name__ == "HiredisUnixDomainSocketConnection"
+    for command in PACKED_COMMANDS:
+        assert b"".join(ours.pack_command(*command)) == b"".join(theirs.pack_command(*command)), command
+    assert b"".join(ours.pack_commands(PACKED_COMMANDS)) == b"".join(theirs.pack_commands(PACKED_COMMANDS))
+    with pytest.raises(DataError):
+        ours.pack_command("SET", "k", True)
+    assert with_hiredis_packing(Connection).__name__ == "HiredisConnection"
+    assert with_hiredis_packing(with_hiredis_packing(Connection)) is with_hiredis_packing(Connection)
+
+
+def test_the_pool_packs_with_hiredis_and_round_trips_unicode(redis_server: RedisServer) -> None:
+    async def body(client: Redis, pool: LeanConnectionPool) -> None:
+        connection = await pool.get_connection()
+        assert type(connection).__name__ == "HiredisUnixDomainSocketConnection"
+        await pool.release(connection)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.set("pool-test:unicode", "多轮对话 ✓")
+            pipe.zadd("pool-test:z", {"a": 1764088000123.456})
+            pipe.get("pool-test:unicode")
+            pipe.zscore("pool-test:z", "a")
+            _, _, text, score = await pipe.execute()
+        assert text == "多轮对话 ✓"
+        assert score == 1764088000123.456
+
+    run_with_client(redis_server, body, max_connections=2)
