@@ -70,3 +70,19 @@ def test_a_client_that_leaves_stops_the_stream_and_runs_its_cleanup(sse_app: str
     started = time.monotonic()
     wait_until(lambda: "b" in cleaned_up, timeout=3)
     assert time.monotonic() - started < 3
+
+
+def test_hand_framed_json_events_match_sse_starlette() -> None:
+    import orjson
+
+    from webapp.routes.stream import json_event_frame
+
+    for payload in (
+        {"content": "第一行\n第二行\r\n\"quoted\" </script>", "type": "chunk"},
+        {"type": "end", "session_id": "0b3f6a4e-6f1e-4a59-9c53-8f3f1f8a1d2e"},
+        {"content": "", "type": "chunk"},
+    ):
+        data = orjson.dumps(payload)
+        framed = json_event_frame("turn-id:7", data)
+        assert framed == ServerSentEvent(data=data.decode(), id="turn-id:7").encode()
+        assert framed.count(b"\r\n") == 3  # id line, one data line, blank line

