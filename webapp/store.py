@@ -38,6 +38,7 @@ CANCEL_CHANNEL = PREFIX + "cancel"
 STREAM_MAXLEN = 20000
 STREAM_RETENTION_SECONDS = 3600
 TURN_RETENTION_SECONDS = 86400
+FOLLOWER_WAKE_TTL_SECONDS = 60  # a worker that is gone leaves nothing behind for long
 SEARCH_SCAN_LIMIT = 2000
 
 
@@ -67,6 +68,10 @@ def _turn_key(tid: str) -> str:
 
 def _events_key(tid: str) -> str:
     return f"{PREFIX}turn:{tid}:events"
+
+
+def _follower_wake_key(worker_id: str) -> str:
+    return f"{PREFIX}follower:{worker_id}:wake"
 
 
 def _rate_key(uid: str, minute: int) -> str:
@@ -543,15 +548,42 @@ class Store:
             status=data.get("status", "running"), message_id=data.get("message_id", ""),
         )
 
-    async def read_events(self, turn_id: str, after: int, *, block_ms: int | None = None) -> list[TurnEvent]:
-        """Events after `after`; with `block_ms`, wait that long for new ones (XREAD BLOCK)."""
-        key = _events_key(turn_id)
-        if block_ms is None:
-            rows = await self.redis.xrange(key, min=f"(0-{after}", max="+")
-        else:
-            reply = await self.blocking_redis.xread({key: f"0-{after}"}, block=block_ms, count=1000)
-            rows = reply[0][1] if reply else []
+    async def read_events(self, turn_id: str, after: int) -> list[TurnEvent]:
+        """The turn's events after seq `after`, as its stream holds them now."""
+        rows = await self.redis.xrange(_events_key(turn_id), min=f"(0-{after}", max="+")
         return [event for entry_id, fields in rows for event in _parse_entry(entry_id, fields) if event.seq > after]
+
+    async def read_turn_streams(
+        self, positions: dict[str, int], *, worker_id: str, wake_seen: str, block_ms: int
+    ) -> tuple[dict[str, list[TurnEvent]], str]:
+        """One XREAD BLOCK over many turns' event streams and a worker's wake-up stream.
+
+        `positions` maps turn id -> the last seq already had. Returns the new events per
+        turn, and the id of the newest wake-up seen (to pass back next time).
+        """
+        wake_key = _follower_wake_key(worker_id)
+        turn_of_key = {_events_key(turn_id): turn_id for turn_id in positions}
+        streams = {wake_key: wake_seen, **{key: f"0-{positions[turn_id]}" for key, turn_id in turn_of_key.items()}}
+        reply = await self.blocking_redis.xread(streams, block=block_ms, count=1000)
+        events: dict[str, list[TurnEvent]] = {}
+        for key, rows in reply or []:
+            if key == wake_key:
+                wake_seen = rows[-1][0]
+                continue
+            turn_id = turn_of_key[key]
+            after = positions[turn_id]
+            events[turn_id] = [
+                event for entry_id, fields in rows for event in _parse_entry(entry_id, fields) if event.seq > after
+            ]
+        return events, wake_seen
+
+    async def wake_follower(self, worker_id: str) -> None:
+        """End a worker's blocking XREAD now, so that it starts over with a new stream in it."""
+        key = _follower_wake_key(worker_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"w": "1"}, maxlen=1, approximate=False)
+            pipe.expire(key, FOLLOWER_WAKE_TTL_SECONDS)
+            await pipe.execute()
 
     async def find_message(self, sid: str, message_id: str) -> Message | None:
         """The saved reply of a finished turn (it is near the end of the list)."""
