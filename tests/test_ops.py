@@ -18,11 +18,16 @@ from tests.conftest import (
 )
 
 
-def test_health_and_readiness_probes(client: httpx.Client) -> None:
+def test_health_and_readiness_probes(client: httpx.Client, upstream) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    ready = client.get("/readyz?upstream=1")
-    assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "checks": {"redis": True, "upstream": True}}
+    asked_before = len([r for r in upstream.server.requests if r["path"] == "/v1/models"])
+    for _ in range(5):  # probes are unauthenticated: they must not each call the model's API
+        ready = client.get("/readyz?upstream=1")
+        assert ready.status_code == 200
+        assert ready.json() == {"ready": True, "checks": {"redis": True, "upstream": True}}
+    asked = len([r for r in upstream.server.requests if r["path"] == "/v1/models"]) - asked_before
+    assert asked <= 1
+    assert client.get("/readyz").json() == {"ready": True, "checks": {"redis": True}}
 
 
 def test_metrics_count_turns_requests_and_latency(client: httpx.Client) -> None:

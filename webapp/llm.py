@@ -18,6 +18,7 @@ from .i18n import Lang, t
 log = logging.getLogger("webapp.llm")
 
 ChatMessages = list[dict[str, str]]
+PING_CACHE_SECONDS = 10.0
 
 
 class UpstreamError(Exception):
@@ -65,6 +66,8 @@ class OpenAIProvider:
             http_client=DefaultAioHttpClient(timeout=httpx2.Timeout(settings.openai_timeout, connect=10.0)),
         )
         self.completions_url = yarl.URL(self.base_url + "/chat/completions")  # parsed once, not per reply
+        self._ping: asyncio.Future[bool] | None = None
+        self._ping_at = 0.0
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
             cookie_jar=aiohttp.DummyCookieJar(),  # an API needs no cookies; skip the jar's work per response
@@ -121,6 +124,19 @@ class OpenAIProvider:
             watch.stop()
 
     async def ping(self) -> bool:
+        """Whether the model endpoint answers: asked at most once per PING_CACHE_SECONDS.
+
+        /readyz is unauthenticated and probes can come often: however many ask, one
+        call at a time reaches the (possibly paid) API, and its answer is shared.
+        """
+        loop = asyncio.get_running_loop()
+        stale = loop.time() - self._ping_at >= PING_CACHE_SECONDS
+        if self._ping is None or (self._ping.done() and stale):
+            self._ping_at = loop.time()
+            self._ping = asyncio.ensure_future(self._check_models())
+        return await asyncio.shield(self._ping)
+
+    async def _check_models(self) -> bool:
         try:
             await asyncio.wait_for(self.client.models.list(), timeout=5)
             return True
