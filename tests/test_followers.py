@@ -1,19 +1,83 @@
 """Readers of a turn that generates on another app process follow it through Redis,
-all of them through one blocking XREAD per process."""
+all of them through one blocking XREAD per process (webapp.followers)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import httpx
 import pytest
 import redis
+from redis.asyncio import Redis
 
 from tests.conftest import (
-    AppServer, _start_app, _stop_app, create_session, messages_of, post_turn, read_sse, unique, wait_until,
+    AppServer, RedisServer, _start_app, _stop_app, create_session, messages_of, post_turn, read_sse, unique,
+    wait_until,
 )
+from webapp.followers import StreamFollower, Subscription
+from webapp.store import Store, TurnEvent, new_id
+
+
+def chunks(first: int, last: int) -> list[TurnEvent]:
+    return [TurnEvent(seq=seq, type="chunk", content=f"c{seq} ") for seq in range(first, last + 1)]
+
+
+def run_with_store(redis_server: RedisServer, body: Callable[[Store], Awaitable[None]]) -> None:
+    async def main() -> None:
+        client = Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            await body(Store(client, conversation_ttl=600, index_ttl=600, turn_timeout=60))
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_subscription_that_joins_behind_gets_no_gap(redis_server: RedisServer) -> None:
+    """Events an XREAD read from seq 3 must not reach a reader at seq 1: it would miss 2 and 3."""
+
+    async def body(store: Store) -> None:
+        follower = StreamFollower(store)
+        ahead, behind = Subscription(3), Subscription(1)
+        follower.subscriptions["t"] = {ahead, behind}
+        follower.deliver({"t": 3}, {"t": chunks(4, 5)})
+        assert [e.seq for e in ahead.pending] == [4, 5]
+        assert behind.pending == [] and behind.position == 1
+
+    run_with_store(redis_server, body)
+
+
+def test_readers_joining_at_different_places_each_get_every_event_once(redis_server: RedisServer) -> None:
+    async def body(store: Store) -> None:
+        follower = StreamFollower(store, block_ms=300)
+        turn_id = new_id()
+        await store.append_events([(turn_id, chunks(1, 3))])
+        ahead = await follower.subscribe(turn_id, 3)
+        await asyncio.sleep(0.1)  # the follower now blocks in XREAD from seq 3
+        behind = await follower.subscribe(turn_id, 1)
+        await store.append_events([(turn_id, chunks(4, 4))])
+        await store.append_events([(turn_id, [TurnEvent(seq=5, type="end", message_id="m")])])
+
+        async def read_all(subscription: Subscription) -> list[int]:
+            seqs: list[int] = []
+            while not seqs or seqs[-1] != 5:
+                batch = await subscription.next(2)
+                assert batch, "no events within 2 s"
+                seqs += [event.seq for event in batch]
+            return seqs
+
+        assert await read_all(ahead) == [4, 5]
+        assert await read_all(behind) == [2, 3, 4, 5]
+        follower.unsubscribe(turn_id, ahead)
+        follower.unsubscribe(turn_id, behind)
+        assert follower.task is not None
+        await asyncio.wait_for(follower.task, 2)  # nobody left to follow: the task ends
+        await follower.aclose()
+
+    run_with_store(redis_server, body)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +128,7 @@ def test_many_readers_on_another_process_share_one_blocking_read(
             thread.join(timeout=30)
 
         assert most_blocked == 1, f"{most_blocked} blocking XREADs for {readers} readers on one process"
+        wait_until(lambda: blocked_xreads(redis_client) == 0, timeout=8)  # and none once they are done
         saved = messages_of(client, session["id"])["items"][-1]
         assert saved["role"] == "assistant" and saved["content"].startswith("ctx=2")
         for events in results:

@@ -7,14 +7,13 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-
-from tests.conftest import RedisServer
-from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
+from tests.conftest import RedisServer
 from webapp.redis_client import LeanConnectionPool, with_hiredis_packing
 
 
@@ -87,6 +86,38 @@ def test_a_cancelled_waiter_passes_its_turn_on(redis_server: RedisServer) -> Non
     run_with_client(redis_server, body, max_connections=1, wait_timeout=5)
 
 
+def test_a_returned_connection_goes_to_the_waiter_not_to_a_later_caller(redis_server: RedisServer) -> None:
+    async def body(client: Redis, pool: LeanConnectionPool) -> None:
+        held = await pool.get_connection()
+        waiting = asyncio.ensure_future(pool.get_connection())
+        await asyncio.sleep(0.05)
+        await pool.release(held)
+        late = asyncio.ensure_future(pool.get_connection())  # arrives after the release
+        got = await asyncio.wait_for(waiting, 2)
+        assert got is held
+        await asyncio.sleep(0.05)
+        assert not late.done()  # still capped at one: it waits its turn
+        await pool.release(got)
+        assert await asyncio.wait_for(late, 2) is held
+        await pool.release(held)
+
+    run_with_client(redis_server, body, max_connections=1, wait_timeout=5)
+
+
+def test_releasing_twice_does_not_share_a_connection(redis_server: RedisServer) -> None:
+    async def body(client: Redis, pool: LeanConnectionPool) -> None:
+        connection = await pool.get_connection()
+        await pool.release(connection)
+        await pool.release(connection)
+        first = await pool.get_connection()
+        second = await pool.get_connection()
+        assert first is not second
+        await pool.release(first)
+        await pool.release(second)
+
+    run_with_client(redis_server, body, max_connections=4)
+
+
 def test_a_connection_left_mid_reply_is_not_handed_out_dirty(redis_server: RedisServer) -> None:
     async def body(client: Redis, pool: LeanConnectionPool) -> None:
         await client.set("pool-test:dirty", "value")
@@ -124,6 +155,7 @@ PACKED_COMMANDS: list[tuple[object, ...]] = [
     ("XADD", "s", "MAXLEN", "~", 1000, "*", "f", "1", "n", "a\nb"),
     ("CONFIG GET", "maxmemory"),
     ("SET", "k", memoryview(b"view")),
+    ("SET", "k", bytearray(b"array")),
     ("SET", "k", -0.0),
 ]
 

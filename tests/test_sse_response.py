@@ -8,6 +8,7 @@ import time
 from typing import AsyncIterator, Iterator
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 from sse_starlette import ServerSentEvent
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tests.conftest import free_port, wait_until
-from webapp.routes.stream import TurnEventResponse
+from webapp.routes.stream import TurnEventResponse, json_event_frame
 
 cleaned_up: list[str] = []
 
@@ -73,10 +74,6 @@ def test_a_client_that_leaves_stops_the_stream_and_runs_its_cleanup(sse_app: str
 
 
 def test_hand_framed_json_events_match_sse_starlette() -> None:
-    import orjson
-
-    from webapp.routes.stream import json_event_frame
-
     for payload in (
         {"content": "第一行\n第二行\r\n\"quoted\" </script>", "type": "chunk"},
         {"type": "end", "session_id": "0b3f6a4e-6f1e-4a59-9c53-8f3f1f8a1d2e"},

@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Settings
 from .errors import EmptyMessage, MessageTooLong, TurnNotFound
+from .followers import REMOTE_BLOCK_MS, StreamFollower, Subscription
 from .i18n import Lang, t
 from .llm import Provider, UpstreamError
 from .metrics import Metrics
@@ -31,7 +32,6 @@ from .store import Conversation, Message, Store, TurnEvent, TurnInfo, new_id, ne
 log = logging.getLogger("webapp.chat")
 
 TERMINAL = ("end", "error")
-REMOTE_BLOCK_MS = 5000
 
 
 def validate_message(text: str | None, max_chars: int) -> str:
@@ -182,95 +182,6 @@ class EventWriter:
             except RedisError:
                 log.error("event writer could not flush before shutdown")
             self.pending = {}
-
-
-class Subscription:
-    """One reader's place in a turn followed through Redis: events past `position` wait here."""
-
-    def __init__(self, position: int) -> None:
-        self.position = position
-        self.pending: list[TurnEvent] = []
-        self.waiter: asyncio.Future[None] | None = None
-
-    def feed(self, events: list[TurnEvent]) -> None:
-        fresh = [event for event in events if event.seq > self.position]
-        if fresh:
-            self.pending.extend(fresh)
-            self.position = fresh[-1].seq
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result(None)
-
-    async def next(self, timeout: float) -> list[TurnEvent]:
-        """The events that came since the last call; waits up to `timeout` seconds for one."""
-        if not self.pending:
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait({self.waiter}, timeout=timeout)
-            finally:
-                self.waiter.cancel()
-                self.waiter = None
-        events, self.pending = self.pending, []
-        return events
-
-
-class StreamFollower:
-    """Follows turns that generate on other workers: one XREAD BLOCK for all of this worker's readers.
-
-    A reader of a turn running elsewhere (or one resuming) subscribes with the last seq
-    it has. One task blocks in a single XREAD over every subscribed turn's stream plus
-    this worker's wake-up stream, and hands each subscription the events past its
-    position. Subscribing posts a wake-up, so that XREAD starts over with the new stream
-    in it. One Redis connection per worker, however many readers follow from Redis.
-    """
-
-    def __init__(self, store: Store, block_ms: int = REMOTE_BLOCK_MS) -> None:
-        self.store = store
-        self.block_ms = block_ms
-        self.worker_id = new_id()
-        self.subscriptions: dict[str, set[Subscription]] = {}
-        self.task: asyncio.Task[None] | None = None
-
-    async def subscribe(self, turn_id: str, after: int) -> Subscription:
-        subscription = Subscription(after)
-        self.subscriptions.setdefault(turn_id, set()).add(subscription)
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="stream-follower")
-        else:
-            await self.store.wake_follower(self.worker_id)
-        return subscription
-
-    def unsubscribe(self, turn_id: str, subscription: Subscription) -> None:
-        subscriptions = self.subscriptions.get(turn_id)
-        if subscriptions is not None:
-            subscriptions.discard(subscription)
-            if not subscriptions:
-                del self.subscriptions[turn_id]
-
-    async def _run(self) -> None:
-        wake_seen = "0-0"
-        backoff = 0.1
-        while self.subscriptions:
-            positions = {
-                turn_id: min(subscription.position for subscription in subscriptions)
-                for turn_id, subscriptions in self.subscriptions.items()
-            }
-            try:
-                events, wake_seen = await self.store.read_turn_streams(
-                    positions, worker_id=self.worker_id, wake_seen=wake_seen, block_ms=self.block_ms
-                )
-                backoff = 0.1
-            except RedisError as exc:
-                log.warning("following turns from Redis failed (%s), retrying", type(exc).__name__)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            for turn_id, turn_events in events.items():
-                for subscription in list(self.subscriptions.get(turn_id, ())):
-                    subscription.feed(turn_events)
-
-    async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
 
 
 class TurnManager:
@@ -537,10 +448,10 @@ class TurnManager:
                         if await self.store.lock_holder(info.session_id) != turn.id:
                             info = await self._recover_orphan(info)
                     if info is None or info.status != "running":
-                        if subscription is not None:
-                            events = await self.store.read_events(turn.id, after)  # its last events, if any
-                            if events:
-                                continue
+                        # its last events (or the interruption a recovery just wrote), else the saved reply
+                        events = await self.store.read_events(turn.id, after)
+                        if events:
+                            continue
                         async for batch in self._replay_from_history(info or turn, after):
                             yield batch
                         return

@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("webapp")
 
 
+_gc_tuned = False
+
+
 def tune_garbage_collection() -> None:
     """Keep the collector's pauses short while hundreds of streams allocate.
 
@@ -42,7 +45,13 @@ def tune_garbage_collection() -> None:
     allocations) a 500-stream run spent ~15% of the app's CPU in the collector; a
     young generation of 50,000 lets most short-lived objects die by reference
     counting first, for ~3% (bench/README.md). Cycles are still collected, only less often.
+    Once per process: the app's own objects exist by then, and a second app in the same
+    process (tests) must not freeze the first one's garbage.
     """
+    global _gc_tuned
+    if _gc_tuned:
+        return
+    _gc_tuned = True
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)

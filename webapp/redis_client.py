@@ -17,7 +17,8 @@ same instant, redis-py 8 spends more of a round trip on those steps than on the 
   already uses hiredis's C packer when hiredis is installed; connections here do the
   same, byte for byte (about 8x faster for a turn's MULTI).
 
-Connections, reply parsing, retries and health checks stay redis-py's.
+Connections, reply parsing, retries and health checks stay redis-py's. The app speaks
+RESP2 (redis-py's default), so no server push messages are expected on idle connections.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ try:
 except ImportError:  # hiredis is in requirements.txt; without it redis-py packs in Python
     hiredis_pack_command = None
 
-BLOCKING_READERS_MAX = 10_000  # followers on other workers and pub/sub listeners hold one connection each
+BLOCKING_CONNECTIONS_MAX = 100  # the worker's stream follower and cancel listener each hold one
 
 
 class HiredisPacking:
@@ -55,8 +56,14 @@ class HiredisPacking:
             args = (*args[0].split(), *args[1:])
         try:
             return [hiredis_pack_command(args)]
-        except TypeError as exc:  # e.g. a bool or None argument, which redis-py refuses too
-            raise DataError(f"Invalid input of type {exc}") from None
+        except TypeError:
+            pass
+        # bytearray (redis-py sends its bytes); bool or None are refused, as redis-py does
+        args = tuple(bytes(arg) if isinstance(arg, (bytearray, memoryview)) else arg for arg in args)
+        try:
+            return [hiredis_pack_command(args)]
+        except TypeError as exc:
+            raise DataError(f"Invalid input: {exc}") from None
 
     def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
         return [b"".join(self.pack_command(*command)[0] for command in commands)]
@@ -77,24 +84,29 @@ def with_hiredis_packing(connection_class: type[AbstractConnection]) -> type[Abs
 
 
 class LeanConnectionPool(ConnectionPool):
-    """At most `max_connections` open; a caller past the cap waits up to `wait_timeout` seconds."""
+    """At most `max_connections` open; a caller past the cap waits up to `wait_timeout` seconds.
+
+    A returned connection goes straight to the longest waiter (it never counts as idle
+    in between), so a caller arriving later cannot take it and waiters are served in order.
+    """
 
     def __init__(
         self, *, connection_class: type[AbstractConnection] = Connection, wait_timeout: float = 30.0, **kwargs: Any
     ) -> None:
-        super().__init__(connection_class=with_hiredis_packing(connection_class), **kwargs)
+        default_encoding = kwargs.get("encoding", "utf-8") == "utf-8" and kwargs.get("encoding_errors", "strict") == "strict"
+        if default_encoding:  # hiredis packs str as strict UTF-8
+            connection_class = with_hiredis_packing(connection_class)
+        super().__init__(connection_class=connection_class, **kwargs)
         self.wait_timeout = wait_timeout
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[AbstractConnection]] = deque()
 
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> AbstractConnection:
-        while True:
-            if self._available_connections:
-                connection = self._available_connections.pop()
-                break
-            if len(self._in_use_connections) < self.max_connections:
-                connection = self.make_connection()
-                break
-            await self._wait_for_release()
+        if self._available_connections:
+            connection = self._available_connections.pop()
+        elif len(self._in_use_connections) < self.max_connections:
+            connection = self.make_connection()
+        else:
+            connection = await self._wait_for_release()
         self._in_use_connections.add(connection)
         try:
             if not connection.is_connected:
@@ -108,34 +120,39 @@ class LeanConnectionPool(ConnectionPool):
             raise
         return connection
 
-    async def _wait_for_release(self) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def _wait_for_release(self) -> AbstractConnection:
+        waiter: asyncio.Future[AbstractConnection] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
             async with asyncio.timeout(self.wait_timeout):
-                await waiter
+                return await waiter
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
-                self._wake_one()  # woken but leaving: the returned connection goes to the next waiter
+                self._pass_on(waiter.result())  # handed a connection but leaving: the next waiter gets it
             else:
-                waiter.cancel()  # release() skips it
+                waiter.cancel()  # _pass_on() skips it
             if isinstance(exc, TimeoutError):
                 raise RedisConnectionError("No Redis connection available.") from None
             raise
 
-    def _wake_one(self) -> None:
+    def _pass_on(self, connection: AbstractConnection) -> None:
+        """A connection its user is done with: to the longest waiter (still in use), else idle."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(connection)
                 return
+        self._in_use_connections.discard(connection)
+        self._available_connections.append(connection)
 
     async def release(self, connection: AbstractConnection) -> None:
-        self._in_use_connections.discard(connection)
-        if connection.should_reconnect():
-            await connection.disconnect()
-        self._available_connections.append(connection)
-        self._wake_one()
+        if connection not in self._in_use_connections:
+            return  # already returned: a second idle copy would let two callers share one socket
+        try:
+            if connection.should_reconnect():
+                await connection.disconnect()
+        finally:
+            self._pass_on(connection)
 
 
 def create_redis(settings: Settings, *, bounded: bool) -> Redis:
@@ -144,8 +161,8 @@ def create_redis(settings: Settings, *, bounded: bool) -> Redis:
     The `bounded` pool (requests and turns) makes a caller wait for a free connection
     instead of opening hundreds when hundreds of turns start at once: commands take
     well under a millisecond, and each new connection costs a handshake. Blocking
-    reads (XREAD BLOCK, pub/sub) hold a connection for seconds, so they use a pool of
-    their own with a far higher cap (redis-py's default is 100) and never starve it.
+    reads (the stream follower's XREAD BLOCK, the cancel listener's pub/sub) hold a
+    connection for seconds, so they use a pool of their own and never starve it.
 
     No per-command socket timeout by default: redis-py's default (5 s) wraps every
     read in asyncio.timeout and every write in asyncio.wait_for, which cost ~20% of
@@ -158,7 +175,7 @@ def create_redis(settings: Settings, *, bounded: bool) -> Redis:
     }
     pool = LeanConnectionPool.from_url(
         settings.redis_url,
-        max_connections=settings.redis_max_connections if bounded else BLOCKING_READERS_MAX,
+        max_connections=settings.redis_max_connections if bounded else BLOCKING_CONNECTIONS_MAX,
         wait_timeout=30,
         decode_responses=True,
         health_check_interval=30,
