@@ -7,6 +7,7 @@ cookie jar) and look at the upstream's request log to see the context the app se
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -15,9 +16,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,25 @@ def free_port() -> int:
 def unique(label: str = "m") -> str:
     """A marker to put in a message, so a test finds its own upstream requests."""
     return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """asyncio.run(main()) in a thread of its own: the browser tests leave Playwright's loop
+    running in the main thread, and tests that restart Redis run after them."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = asyncio.run(main())
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:

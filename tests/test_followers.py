@@ -14,8 +14,8 @@ import redis
 from redis.asyncio import Redis
 
 from tests.conftest import (
-    AppServer, RedisServer, _start_app, _stop_app, create_session, messages_of, post_turn, read_sse, unique,
-    wait_until,
+    AppServer, RedisServer, _start_app, _stop_app, create_session, messages_of, post_turn, read_sse, run_async,
+    unique, wait_until,
 )
 from webapp.followers import StreamFollower, Subscription
 from webapp.store import Store, TurnEvent, new_id
@@ -33,7 +33,7 @@ def run_with_store(redis_server: RedisServer, body: Callable[[Store], Awaitable[
         finally:
             await client.aclose()
 
-    asyncio.run(main())
+    run_async(main)
 
 
 def test_a_subscription_that_joins_behind_gets_no_gap(redis_server: RedisServer) -> None:

@@ -13,7 +13,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, run_async
 from webapp.redis_client import LeanConnectionPool, with_hiredis_packing
 
 
@@ -29,7 +29,7 @@ def run_with_client(
             await client.aclose()
             await pool.disconnect()
 
-    return asyncio.run(main())
+    return run_async(main)
 
 
 def test_many_callers_share_the_capped_connections(redis_server: RedisServer) -> None:
