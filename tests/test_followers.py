@@ -166,3 +166,30 @@ def test_a_reader_joining_late_gets_the_whole_reply_and_then_the_rest(
 
     assert first[-1]["data"]["type"] == "end" and late[-1]["data"]["type"] == "end"
     assert text(first) == text(late) == saved and saved.startswith("ctx=2")
+
+
+@pytest.mark.redis_restart
+def test_the_follower_keeps_following_through_a_redis_restart(redis_server: RedisServer) -> None:
+    async def body(store: Store) -> None:
+        follower = StreamFollower(store, block_ms=300)
+        turn_id = new_id()
+        await store.append_events([(turn_id, chunks(1, 2))])
+        subscription = await follower.subscribe(turn_id, 2)
+        await asyncio.sleep(0.1)  # blocked in XREAD
+        await asyncio.to_thread(redis_server.restart)  # the XREAD's connection drops; data is gone
+        for attempt in range(50):  # the app's own client retries through a restart the same way
+            try:
+                await store.append_events([(turn_id, chunks(3, 4))])
+                break
+            except redis.exceptions.ConnectionError:
+                await asyncio.sleep(0.1)
+        seqs: list[int] = []
+        while len(seqs) < 2:
+            batch = await subscription.next(5)
+            assert batch, "the follower stopped delivering after the restart"
+            seqs += [event.seq for event in batch]
+        assert seqs == [3, 4]
+        follower.unsubscribe(turn_id, subscription)
+        await follower.aclose()
+
+    run_with_store(redis_server, body)
