@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from webapp.__main__ import stop_process
+
 # the event loop's own frames: inclusive time is counted only below the last of them,
 # where it says something about what the app does (every stack has what is above)
 _LOOP_FRAMES = (
@@ -57,14 +59,7 @@ class PySpy:
 
     def stop(self) -> None:
         """Ctrl-C makes py-spy write what it sampled."""
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, signal.SIGINT, timeout=60)
 
 
 def _split_frame(frame: str) -> tuple[str, str]:

@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from webapp.__main__ import stop_process
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -197,15 +199,6 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def _stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @dataclass
@@ -242,7 +235,7 @@ class FakeModel:
         return self
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process, timeout=20)
 
 
 @dataclass
@@ -311,7 +304,7 @@ class App:
 
     def stop(self) -> None:
         # SIGTERM: the app saves running replies and stops its embedded Redis itself
-        _stop(self.process)
+        stop_process(self.process, timeout=20)
         if self.redis_pid and Path(f"/proc/{self.redis_pid}").exists():
             try:
                 os.kill(self.redis_pid, signal.SIGTERM)

