@@ -551,7 +551,7 @@ class Store:
     async def read_events(self, turn_id: str, after: int) -> list[TurnEvent]:
         """The turn's events after seq `after`, as its stream holds them now."""
         rows = await self.redis.xrange(_events_key(turn_id), min=f"(0-{after}", max="+")
-        return [event for entry_id, fields in rows for event in _parse_entry(entry_id, fields) if event.seq > after]
+        return _events_after(rows, after)
 
     async def read_turn_streams(
         self, positions: dict[str, int], *, worker_id: str, wake_seen: str, block_ms: int
@@ -571,10 +571,7 @@ class Store:
                 wake_seen = rows[-1][0]
                 continue
             turn_id = turn_of_key[key]
-            after = positions[turn_id]
-            events[turn_id] = [
-                event for entry_id, fields in rows for event in _parse_entry(entry_id, fields) if event.seq > after
-            ]
+            events[turn_id] = _events_after(rows, positions[turn_id])
         return events, wake_seen
 
     async def wake_follower(self, worker_id: str) -> None:
@@ -664,6 +661,11 @@ def _entry_fields(events: list[TurnEvent]) -> dict[str, str]:
         "f": str(events[0].seq),
         "n": ",".join(str(len(e.content)) for e in events),
     }
+
+
+def _events_after(rows: list[tuple[str, dict[str, str]]], after: int) -> list[TurnEvent]:
+    """The events of stream entries past seq `after` (an entry may start before it)."""
+    return [event for entry_id, fields in rows for event in _parse_entry(entry_id, fields) if event.seq > after]
 
 
 def _parse_entry(entry_id: str, fields: dict[str, str]) -> list[TurnEvent]:
