@@ -21,7 +21,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 import orjson
