@@ -304,6 +304,17 @@
   // a sidebar rendered while the user moved on is corrected at once, not after settling
   document.addEventListener("htmx:afterSwap", markActive);
 
+  // An opened conversation's composer takes the focus as it is swapped in. htmx would
+  // apply its autofocus only when it settles (20 ms later), taking the focus back from a
+  // search box the user reached in between (Alt+Arrow, then Ctrl+K at once).
+  document.addEventListener("htmx:afterSwap", (event) => {
+    const elt = event.detail.elt;
+    const box = elt && elt.id === "main" ? $("#composer-input[autofocus]", elt) : null;
+    if (!box) return;
+    box.removeAttribute("autofocus");
+    if (!coarsePointer.matches) box.focus();
+  });
+
   document.addEventListener("htmx:afterSettle", (event) => {
     const elt = event.detail.elt;
     if (elt && elt.id === "main") opening = null;

@@ -258,6 +258,16 @@ def test_every_keyboard_shortcut(open_page: Callable[..., Any], artifacts: Path)
     page.keyboard.press("Escape")
     wait_focus(page, "#composer-input")
 
+    # the search reached as a conversation opens keeps the focus (htmx settles 20 ms after the swap)
+    page.keyboard.press("Alt+ArrowUp")
+    page.wait_for_url(f"**/c/{order[1]}")
+    page.keyboard.press("Control+k")
+    page.wait_for_timeout(100)
+    wait_focus(page, "#search")
+    page.keyboard.press("Alt+ArrowDown")
+    page.wait_for_url(f"**/c/{order[2]}")
+    wait_focus(page, "#composer-input")
+
     # Shift+Esc focuses the composer from anywhere
     page.locator("#search").focus()
     page.keyboard.press("Shift+Escape")
