@@ -33,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.fake_upstream import BENCH_TOKEN_DELAY_MS, BENCH_TOKENS, BENCH_TTFT_MS  # noqa: E402
 from bench.load import SSEData, percentile  # noqa: E402
 from bench.servers import REPO_ROOT, App, FakeModel, Workdir, export_revision, git_revision  # noqa: E402
-from webapp.store import Conversation, Message, Store, make_preview, new_id, new_message_id, now_iso  # noqa: E402
+from webapp.models import Conversation, Message, new_id, new_message_id, now_iso  # noqa: E402
+from webapp.store import Store  # noqa: E402
+from webapp.titles import make_preview  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (10, 100, 10_000)  # messages in the measured conversations

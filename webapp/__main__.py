@@ -14,6 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from .config import Settings, SettingsError, load_settings
+from .processes import stop_process
 
 log = logging.getLogger("webapp")
 
@@ -44,18 +45,6 @@ def _socket_answers(path: Path) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def stop_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
-    """Ask a child process to stop with `sig`; kill it if it has not after `timeout` seconds."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 class EmbeddedRedis:

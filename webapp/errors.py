@@ -1,4 +1,9 @@
-"""Domain errors: raised in the core, turned into a status and a localized message in one handler."""
+"""Domain errors: raised in the core, turned into a status and a localized message in one handler.
+
+Every error a user can be shown is a class here: `status` is the HTTP status, `key`
+the i18n catalog key, and keyword arguments fill the message's placeholders.
+`webapp/error_handlers.py` renders them, as JSON for the API and HTML for pages.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +39,10 @@ class InvalidUserId(ChatError):
     key = "error.invalid_user_id"
 
 
+class InvalidCursor(ChatError):
+    key = "error.invalid_cursor"
+
+
 class EmptyTitle(ChatError):
     key = "error.title_empty"
 
@@ -58,7 +67,11 @@ class TurnRunning(ChatError):
     key = "error.turn_running"
 
 
+class UndoExpired(ChatError):
+    status = 410
+    key = "ui.restore_expired"
+
+
 class RateLimited(ChatError):
     status = 429
     key = "error.rate_limited"
-

@@ -15,7 +15,8 @@ import logging
 
 from redis.exceptions import RedisError
 
-from .store import Store, TurnEvent, new_id
+from .models import TurnEvent, new_id
+from .store import Store
 
 log = logging.getLogger("webapp.followers")
 

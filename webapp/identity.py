@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
 from http.cookies import SimpleCookie
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 COOKIE_NAME = "chat_uid"
 COOKIE_MAX_AGE = 400 * 86400
-USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+from .ids import USER_ID_PATTERN
 
 
 class Signer:

@@ -10,24 +10,21 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from redis.exceptions import RedisError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .chat import TurnManager
+from .access import AccessMiddleware
 from .config import Settings, get_settings
-from .errors import ChatError
-from .deps import lang_of
-from .i18n import t
+from .conversations import Conversations
+from .error_handlers import install_error_handlers
 from .identity import IdentityMiddleware
 from .llm import create_provider
-from .access import AccessMiddleware
 from .metrics import Metrics
 from .redis_client import create_redis
 from .routes import api, pages, stream
 from .store import Store
+from .turn_reader import TurnReader
+from .turn_writer import TurnWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("webapp")
@@ -80,9 +77,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             index_ttl=settings.index_ttl,
             turn_timeout=settings.turn_timeout_seconds,
         )
-        turns = TurnManager(store, provider, settings, app.state.metrics)
-        app.state.store, app.state.provider, app.state.turns = store, provider, turns
-        turns.start()
+        writer = TurnWriter(store, provider, settings, app.state.metrics)
+        reader = TurnReader(store, writer.local_run, app.state.metrics)
+        app.state.store, app.state.provider = store, provider
+        app.state.turn_writer, app.state.turn_reader = writer, reader
+        app.state.conversations = Conversations(store, writer, reader)
+        writer.start()
         tune_garbage_collection()
         log.info(
             "ready: model=%s provider=%s redis=%s", provider.model, provider.name,
@@ -91,7 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await turns.aclose()
+            await writer.aclose()
+            await reader.aclose()
             await provider.aclose()
             await redis.aclose()
             await blocking_redis.aclose()
@@ -107,30 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(IdentityMiddleware, secret=settings.secret_key)
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics, log_requests=settings.access_log)
 
-    @app.exception_handler(ChatError)
-    async def chat_error(request: Request, exc: ChatError) -> Response:
-        return JSONResponse({"detail": t(exc.key, lang_of(request), **exc.params)}, status_code=exc.status)
-
-    @app.exception_handler(RedisError)
-    async def storage_error(request: Request, exc: RedisError) -> Response:
-        app.state.metrics.redis_error()
-        log.error("redis error on %s: %s", request.url.path, type(exc).__name__)
-        return JSONResponse({"detail": t("error.storage", lang_of(request))}, status_code=503)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
-        detail = t("error.invalid_input", lang_of(request)) + (f": {where}" if where else "")
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        key = {404: "error.not_found", 500: "error.internal"}.get(exc.status_code)
-        if key and pages.wants_html(request):
-            return pages.error_response(request, key, exc.status_code)
-        detail = t(key, lang_of(request)) if key else exc.detail
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+    install_error_handlers(app, app.state.metrics)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz(request: Request) -> Response:

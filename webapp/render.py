@@ -23,7 +23,8 @@ from pygments.lexers import get_lexer_by_name
 from pygments.util import ClassNotFound
 
 from .i18n import Lang, t
-from .store import make_preview
+from .models import WELCOME
+from .titles import make_preview
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -185,15 +186,12 @@ def ui_context(lang: Lang, **values: Any) -> dict[str, Any]:
         return t(key, lang, **params)
 
     def display_text(message: Any) -> str:
-        # the stored welcome is the seed's Chinese text; English readers get it in English
-        if message.role == "assistant" and message.content == t("welcome", "zh"):
-            return t("welcome", lang)
-        return message.content
+        # the stored welcome is the seed's Chinese text; every reader gets it in their language
+        return t("welcome", lang) if message.kind == WELCOME else message.content
 
     def display_preview(conversation: Any) -> str:
-        if conversation.preview == make_preview(t("welcome", "zh")):
-            return make_preview(t("welcome", lang))
-        return conversation.preview
+        # a conversation with nothing but its welcome previews the welcome, in the reader's language
+        return make_preview(t("welcome", lang)) if conversation.message_count <= 1 else conversation.preview
 
     return {
         "lang": lang, "_": translate, "display_text": display_text, "display_preview": display_preview,

@@ -62,3 +62,8 @@ def get_role(role_id: str | None) -> Role:
     if role is None:
         raise UnknownRole()
     return role
+
+
+def role_or_default(role_id: str | None) -> Role:
+    """The role a conversation has stored; one no longer known falls back to the default."""
+    return BUILTIN_ROLES.get(role_id or DEFAULT_ROLE) or BUILTIN_ROLES[DEFAULT_ROLE]

@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 
-from .store import Conversation, Message
+from .models import Conversation, Message
+from .roles import Role
 
 
 def _iso(epoch: float) -> str:
@@ -102,3 +103,8 @@ class RoleOut(BaseModel):
     name_en: str
     description_zh: str
     description_en: str
+
+    @classmethod
+    def of(cls, role: Role) -> "RoleOut":
+        return cls(id=role.id, name_zh=role.name_zh, name_en=role.name_en,
+                   description_zh=role.description_zh, description_en=role.description_en)

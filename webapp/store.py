@@ -1,5 +1,9 @@
 """Every Redis key and command of the app. Nothing else touches Redis; nothing here knows HTTP.
 
+The store knows keys, commands and which writes must be atomic; it holds no policy:
+what a title or preview says, whether a rate is over its limit, or which conversation
+to reuse is decided by the core (conversations.py, turn_writer.py) and handed in.
+
 Keys (all prefixed `chat:`):
     user:{uid}                     claim marker of an identity (string, index TTL)
     user:{uid}:sessions            ZSET session_id -> last activity (ms), index TTL
@@ -16,11 +20,7 @@ Keys (all prefixed `chat:`):
 from __future__ import annotations
 
 import logging
-import secrets
 import time
-import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Iterable
 
 import orjson
@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import RateLimited, SessionNotFound, TurnRunning
+from .models import Conversation, Message, TurnEvent, TurnInfo, TurnLock
 
 log = logging.getLogger("webapp.store")
 
@@ -82,121 +82,6 @@ def _trash_key(sid: str) -> str:
     return f"{PREFIX}trash:{sid}"
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def new_message_id() -> str:
-    return "m_" + secrets.token_hex(8)
-
-
-@dataclass
-class Message:
-    id: str
-    role: str  # "user" | "assistant"
-    content: str
-    ts: str
-    status: str = "complete"  # complete | error | interrupted
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {"id": self.id, "role": self.role, "content": self.content, "ts": self.ts, "status": self.status}
-        )
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> "Message":
-        data = orjson.loads(raw)
-        return cls(
-            id=data.get("id", ""),
-            role=data.get("role", "assistant"),
-            content=data.get("content", ""),
-            ts=data.get("ts") or data.get("timestamp", ""),
-            status=data.get("status", "complete"),
-        )
-
-
-@dataclass
-class Conversation:
-    id: str
-    user_id: str
-    title: str
-    preview: str
-    role: str
-    message_count: int
-    created: float
-    updated: float
-    running_turn_id: str | None = None
-
-    def to_hash(self) -> dict[str, str | int]:
-        """The metadata hash as stored (the running turn is not part of a copy)."""
-        return {
-            "user_id": self.user_id, "title": self.title, "preview": self.preview, "role": self.role,
-            "count": self.message_count, "created": repr(self.created), "updated": repr(self.updated), "turn": "",
-        }
-
-    @classmethod
-    def from_hash(cls, sid: str, data: dict[str, str]) -> "Conversation":
-        return cls(
-            id=sid,
-            user_id=data.get("user_id", ""),
-            title=data.get("title", ""),
-            preview=data.get("preview", ""),
-            role=data.get("role", "assistant"),
-            message_count=int(data.get("count", 0) or 0),
-            created=float(data.get("created", 0) or 0),
-            updated=float(data.get("updated", 0) or 0),
-            running_turn_id=data.get("turn") or None,
-        )
-
-
-@dataclass
-class TurnEvent:
-    """One event of a reply: `chunk` (text), `end` or `error` (message id / error text)."""
-
-    seq: int
-    type: str
-    content: str = ""
-    message_id: str = ""
-
-
-@dataclass
-class TurnInfo:
-    id: str
-    session_id: str
-    user_id: str
-    status: str  # running | complete | error | interrupted
-    message_id: str = ""
-
-
-@dataclass
-class TurnStart:
-    """What starting a turn wrote and read back: the conversation, the saved user message, the context."""
-
-    conversation: Conversation
-    user_message: Message
-    context: list[Message] = field(default_factory=list)
-
-
-def make_title(text: str, limit: int = 40) -> str:
-    """First user message, whitespace collapsed and trimmed to `limit` chars."""
-    title = " ".join(text.split())
-    return title if len(title) <= limit else title[: limit - 1] + "…"
-
-
-def clean_title(text: str, limit: int = 200) -> str:
-    """A title a user typed: whitespace collapsed (no newlines), at most `limit` chars; may be empty."""
-    return " ".join(text.split())[:limit]
-
-
-def make_preview(text: str, limit: int = 50) -> str:
-    preview = " ".join(text.split())
-    return preview[:limit]
-
-
 class Store:
     """Typed operations over one redis.asyncio client (decode_responses=True)."""
 
@@ -236,22 +121,16 @@ class Store:
         pipe.expire(_index_key(uid), self.index_ttl)
         pipe.expire(_user_key(uid), self.index_ttl)
 
-    async def create_conversation(self, uid: str, role: str, welcome: str, title: str = "") -> Conversation:
-        sid = new_id()
-        now = time.time()
-        welcome_message = Message(id=new_message_id(), role="assistant", content=welcome, ts=now_iso())
-        conversation = Conversation(
-            id=sid, user_id=uid, title=title, preview=make_preview(welcome), role=role,
-            message_count=1, created=now, updated=now,
-        )
+    async def create_conversation(self, conversation: Conversation, first_message: Message) -> None:
+        """Write a new conversation with its first message, and list it in its owner's index."""
+        sid, uid = conversation.id, conversation.user_id
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(_meta_key(sid), mapping=conversation.to_hash())
-            pipe.rpush(_messages_key(sid), welcome_message.to_json())
-            pipe.zadd(_index_key(uid), {sid: now * 1000})
+            pipe.rpush(_messages_key(sid), first_message.to_json())
+            pipe.zadd(_index_key(uid), {sid: conversation.updated * 1000})
             pipe.set(_user_key(uid), "1", ex=self.index_ttl)
             self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
-        return conversation
 
     async def get_conversation(self, sid: str) -> Conversation | None:
         data = await self.redis.hgetall(_meta_key(sid))
@@ -390,77 +269,54 @@ class Store:
 
     # turns --------------------------------------------------------------
 
-    async def begin_turn(
-        self,
-        session_id: str,
-        user_id: str,
-        *,
-        turn_id: str,
-        text: str,
-        role: str | None,
-        context_messages: int,
-        rate_limit: int,
-    ) -> TurnStart:
-        """Check ownership, lock the conversation, count the rate, save the user message, read the context.
+    async def lock_turn(self, sid: str, *, turn_id: str, rate_of: tuple[str, int] | None) -> TurnLock:
+        """Read the metadata, take the conversation's turn lock and count a rate: one round trip.
 
-        Two round trips whatever the history length: a pipeline that reads the
-        metadata, takes the lock and counts the rate, then one MULTI that writes the
-        message and reads back the last `context_messages` messages (LRANGE -N -1).
-        `role` None keeps the conversation's role.
+        `rate_of` is (user id, window number): the window's counter is incremented and
+        kept for 90 s. Whether the caller may go on is the core's decision; it gives the
+        lock back with release_lock() when not.
         """
-        sid, uid = session_id, user_id
-        minute = int(time.time() // 60)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(_meta_key(sid))
             pipe.set(_lock_key(sid), turn_id, nx=True, ex=self.turn_timeout)
-            if rate_limit:
-                pipe.incr(_rate_key(uid, minute))
-                pipe.expire(_rate_key(uid, minute), 90)
+            if rate_of is not None:
+                pipe.incr(_rate_key(*rate_of))
+                pipe.expire(_rate_key(*rate_of), 90)
             meta, locked, *rate = await pipe.execute()
-        if not meta or meta.get("user_id") != uid:
-            if locked:
-                await self.redis.delete(_lock_key(sid))
-            raise SessionNotFound()
-        if not locked:
-            raise TurnRunning()
-        if rate_limit and rate[0] > rate_limit:
-            await self.redis.delete(_lock_key(sid))
-            raise RateLimited()
+        return TurnLock(meta=meta, locked=bool(locked), rate_count=rate[0] if rate else None)
 
-        conversation = Conversation.from_hash(sid, meta)
-        now = time.time()
-        message = Message(id=new_message_id(), role="user", content=text, ts=now_iso())
-        conversation.role = role or conversation.role
-        conversation.title = conversation.title or make_title(text)
-        conversation.preview = make_preview(text)
-        conversation.message_count += 1
-        conversation.updated = now
-        conversation.running_turn_id = turn_id
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.rpush(_messages_key(sid), message.to_json())
-                # one HSET: the lock makes this the only writer of count while the turn starts
-                pipe.hset(
-                    _meta_key(sid),
-                    mapping={
-                        "title": conversation.title, "preview": conversation.preview, "role": conversation.role,
-                        "count": conversation.message_count, "updated": repr(now), "turn": turn_id,
-                    },
-                )
-                pipe.zadd(_index_key(uid), {sid: now * 1000})
-                pipe.hset(
-                    _turn_key(turn_id),
-                    mapping={"session_id": sid, "user_id": uid, "status": "running", "message_id": ""},
-                )
-                pipe.expire(_turn_key(turn_id), TURN_RETENTION_SECONDS)
-                self._refresh_ttls(pipe, uid, sid)
-                pipe.lrange(_messages_key(sid), -context_messages, -1)
-                results = await pipe.execute()
-        except BaseException:
-            await self.redis.delete(_lock_key(sid))
-            raise
-        context = [Message.from_json(raw) for raw in results[-1]]
-        return TurnStart(conversation=conversation, user_message=message, context=context)
+    async def release_lock(self, sid: str) -> None:
+        await self.redis.delete(_lock_key(sid))
+
+    async def save_turn_start(
+        self, conversation: Conversation, message: Message, *, turn_id: str, context_messages: int
+    ) -> list[Message]:
+        """Save the user message and the turn's state, and read the context window back: one MULTI.
+
+        `conversation` already carries what the turn changes (title, preview, role, count,
+        updated); the lock makes this the only writer of its count while the turn starts.
+        The window is the last `context_messages` messages (LRANGE -N -1), whatever the length.
+        """
+        sid, uid = conversation.id, conversation.user_id
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(_messages_key(sid), message.to_json())
+            pipe.hset(
+                _meta_key(sid),
+                mapping={
+                    "title": conversation.title, "preview": conversation.preview, "role": conversation.role,
+                    "count": conversation.message_count, "updated": repr(conversation.updated), "turn": turn_id,
+                },
+            )
+            pipe.zadd(_index_key(uid), {sid: conversation.updated * 1000})
+            pipe.hset(
+                _turn_key(turn_id),
+                mapping={"session_id": sid, "user_id": uid, "status": "running", "message_id": ""},
+            )
+            pipe.expire(_turn_key(turn_id), TURN_RETENTION_SECONDS)
+            self._refresh_ttls(pipe, uid, sid)
+            pipe.lrange(_messages_key(sid), -context_messages, -1)
+            results = await pipe.execute()
+        return [Message.from_json(raw) for raw in results[-1]]
 
     async def finish_turn(
         self,
@@ -468,12 +324,16 @@ class Store:
         *,
         turn_id: str,
         reply: Message | None,
+        preview: str = "",
         final_event: TurnEvent,
         unwritten: list[TurnEvent] | None = None,
         release_lock: bool = True,
         conversation_exists: bool = True,
     ) -> None:
-        """Save the reply, write the stream's last chunks and final event, release the lock: one MULTI."""
+        """Save the reply, write the stream's last chunks and final event, release the lock: one MULTI.
+
+        `preview` is what the session list shows for the conversation once `reply` is saved.
+        """
         sid, uid = conversation.id, conversation.user_id
         now = time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -481,7 +341,7 @@ class Store:
                 pipe.rpush(_messages_key(sid), reply.to_json())
                 pipe.hincrby(_meta_key(sid), "count", 1)
                 pipe.hset(
-                    _meta_key(sid), mapping={"preview": make_preview(reply.content), "updated": repr(now), "turn": ""}
+                    _meta_key(sid), mapping={"preview": preview, "updated": repr(now), "turn": ""}
                 )
                 pipe.zadd(_index_key(uid), {sid: now * 1000})
             elif conversation_exists:

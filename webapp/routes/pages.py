@@ -1,260 +1,134 @@
 """HTML pages and their HTMX partials.
 
 Every route renders from the same templates: the whole page for a normal request,
-just the fragment for an HTMX request (`HX-Request`). Forms post plainly and get a
-303 back, so the app also works with JavaScript off; HTMX only makes it smoother.
-Errors of these routes are HTML too (see `HTMLRoute`), never the API's JSON.
+just the fragment for an HTMX request; `htmx.View` decides which. Forms post plainly
+and get a 303 back, so the app also works with JavaScript off. Errors of these routes
+are HTML too: the routes are tagged PAGE_TAG, which the one error handler reads.
+A route reads its input, calls one thing in the core (conversations.py, the turn
+writer) and renders; the rules live there.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-from typing import Annotated, Any, Awaitable, Callable
-from urllib.parse import urlsplit
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import RedirectResponse
-from fastapi.routing import APIRoute
-from redis.exceptions import RedisError
+from fastapi import APIRouter, Form, Query, Response
 
-from ..chat import TurnManager
-from ..deps import CurrentUser, LangDep, OwnedConversation, StoreDep, TurnsDep, check_id, lang_of
-from ..errors import ChatError, EmptyTitle
-from ..i18n import LANG_COOKIE, Lang, t
-from ..render import templates, ui_context
-from ..roles import BUILTIN_ROLES, DEFAULT_ROLE, Role, get_role
-from ..store import Conversation, Store, clean_title
-from .api import format_cursor, parse_cursor
-
-log = logging.getLogger("webapp.pages")
+from ..conversations import SEARCH_LIMIT, ConversationList, Conversations, ConversationView
+from ..deps import ConversationsDep, CurrentUser, OwnedConversation, WriterDep
+from ..error_handlers import PAGE_TAG
+from ..errors import ChatError
+from ..htmx import ViewDep, View, local_path, see_other
+from ..i18n import LANG_COOKIE, t
+from ..ids import UUID_PATTERN
+from ..models import Conversation
+from ..roles import BUILTIN_ROLES, role_or_default
 
 MESSAGE_PAGE = 30
-SESSION_PAGE = 30
-UNDO_SECONDS = 600
-REFRESH_SECONDS = 2
+REFRESH_SECONDS = 2  # a page without JavaScript reloads itself this often while a reply is written
 LANG_COOKIE_MAX_AGE = 400 * 86400
-CONVERSATION_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-CONVERSATION_PATH = re.compile(rf"/c/({CONVERSATION_ID})")
-LOCAL_PAGE = re.compile(r"/(?:c/[0-9a-f-]{36})?")
+MAX_LIST_INDEX = 10**9
 
-
-class UndoExpired(ChatError):
-    status = 410
-    key = "ui.restore_expired"
-
-
-# request helpers ----------------------------------------------------------------
-
-def is_htmx(request: Request) -> bool:
-    """An HTMX request wants a fragment; a history restore wants the whole page."""
-    return request.headers.get("hx-request") == "true" and request.headers.get("hx-history-restore-request") != "true"
-
-
-def current_path(request: Request) -> str:
-    """The page the user is on: an HTMX request names it in HX-Current-URL."""
-    if is_htmx(request) and request.headers.get("hx-current-url"):
-        return urlsplit(request.headers["hx-current-url"]).path or "/"
-    return request.url.path
-
-
-def active_id(request: Request) -> str | None:
-    match = CONVERSATION_PATH.match(current_path(request))
-    return match.group(1) if match else None
-
-
-def see_other(path: str) -> Response:
-    return RedirectResponse(path, status_code=303)
-
-
-def local_referer(request: Request, avoid: str = "") -> str:
-    """Where a form without JavaScript came from, if it is one of our pages (and not `avoid`)."""
-    path = urlsplit(request.headers.get("referer", "")).path
-    if LOCAL_PAGE.fullmatch(path) and (not avoid or avoid not in path):
-        return path
-    return "/"
-
-
-def render(request: Request, name: str, lang: Lang, *, status: int = 200, headers: dict[str, str] | None = None,
-           **values: Any) -> Response:
-    response = templates.TemplateResponse(request, name, ui_context(lang, **values), status_code=status,
-                                          headers=headers)
-    response.headers["Vary"] = "HX-Request"
-    response.headers["Cache-Control"] = "private, no-cache"
-    return response
-
-
-def wants_html(request: Request) -> bool:
-    """A browser navigating (not an API client): errors come back as a page, not JSON."""
-    path = request.url.path
-    if path.startswith(("/api/", "/chat/", "/static/")):
-        return False
-    return is_htmx(request) or "text/html" in request.headers.get("accept", "")
-
-
-def error_response(request: Request, key: str, status: int, params: dict[str, object] | None = None) -> Response:
-    """A toast for HTMX (retargeted into #toasts), an error page otherwise."""
-    lang = lang_of(request)
-    text = t(key, lang, **(params or {}))
-    if is_htmx(request):
-        return render(request, "partials/toast.html", lang, status=status, text=text, kind="error",
-                      headers={"HX-Retarget": "#toasts", "HX-Reswap": "beforeend"})
-    return render(request, "error.html", lang, status=status, message=text)
-
-
-class HTMLRoute(APIRoute):
-    """Domain, validation and storage errors of a page route come back as HTML."""
-
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ChatError as exc:
-                return error_response(request, exc.key, exc.status, exc.params)
-            except RequestValidationError:
-                return error_response(request, "error.invalid_input", 422)
-            except RedisError as exc:
-                request.app.state.metrics.redis_error()
-                log.error("redis error on %s: %s", request.url.path, type(exc).__name__)
-                return error_response(request, "error.storage", 503)
-
-        return handle
-
-
-router = APIRouter(include_in_schema=False, route_class=HTMLRoute)
+router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
 
 FormText = Annotated[str, Form()]
+Query200 = Annotated[str, Query(max_length=200)]
+DeletedId = Annotated[str | None, Query(pattern=UUID_PATTERN)]
+Before = Annotated[int | None, Query(ge=0, le=MAX_LIST_INDEX)]
 
 
-# views: what a template needs, read from the store ---------------------------------
+# what templates get ------------------------------------------------------------------
 
-def role_of(conversation: Conversation) -> Role:
-    return BUILTIN_ROLES.get(conversation.role) or BUILTIN_ROLES[DEFAULT_ROLE]
-
-
-async def conversation_view(store: Store, turns: TurnManager, conversation: Conversation,
-                            before: int | None = None) -> dict[str, Any]:
-    """The latest page of messages (or the page before `before`), and the reply still being written."""
-    messages, first_index, _ = await store.message_page(conversation.id, limit=MESSAGE_PAGE, before=before)
-    streaming = None
-    if conversation.running_turn_id and before is None:
-        text, seq, finished = await turns.progress(conversation.running_turn_id)
-        if finished:  # it ended between reading the metadata and now: show the saved reply
-            conversation = await store.get_conversation(conversation.id) or conversation
-            messages, first_index, _ = await store.message_page(conversation.id, limit=MESSAGE_PAGE)
-        else:
-            streaming = {"turn_id": conversation.running_turn_id, "after": seq, "text": text}
-    no_reply_text, retry_text, retry_for = "", "", ""
-    if before is None and streaming is None and messages:
-        last = messages[-1]
-        if last.role == "user":
-            no_reply_text = last.content
-        elif last.status != "complete" and len(messages) > 1 and messages[-2].role == "user":
-            retry_text, retry_for = messages[-2].content, last.id
+def pane_values(pane: ConversationView, *, max_chars: int, demo: bool) -> dict[str, Any]:
+    """Everything the conversation pane (header, messages, composer) shows, as template values."""
     return {
-        "conv": conversation, "role": role_of(conversation), "roles": list(BUILTIN_ROLES.values()),
-        "messages": messages, "first_index": first_index, "streaming": streaming,
-        "no_reply_text": no_reply_text, "retry_text": retry_text, "retry_for": retry_for,
-        "is_empty": before is None and streaming is None and not any(m.role == "user" for m in messages),
+        "conv": pane.conversation, "role": pane.role, "roles": list(BUILTIN_ROLES.values()),
+        "messages": pane.messages, "first_index": pane.first_index, "streaming": pane.streaming,
+        "no_reply_text": pane.no_reply_text, "retry_text": pane.retry_text, "retry_for": pane.retry_for,
+        "is_empty": pane.is_empty, "max_chars": max_chars, "demo": demo, "draft": "", "form_error": "",
+        "active_id": pane.conversation.id, "current_path": f"/c/{pane.conversation.id}",
     }
 
 
-async def sidebar_view(store: Store, user: str, query: str, cursor: str | None) -> dict[str, Any]:
-    """Conversations newest-activity first, a page at a time, or those matching `query`."""
-    if query.strip():
-        sessions = await store.search_conversations(user, query, limit=SESSION_PAGE)
-        return {"sessions": sessions, "next_cursor": None, "query": query, "cursor": None}
-    sessions, next_cursor = await store.list_conversations(user, limit=SESSION_PAGE, cursor=parse_cursor(cursor))
-    return {"sessions": sessions, "next_cursor": format_cursor(next_cursor), "query": "", "cursor": cursor}
+def list_values(found: ConversationList) -> dict[str, Any]:
+    return {"sessions": found.items, "next_cursor": found.next_cursor, "query": found.query, "cursor": found.cursor}
 
 
-async def fresh_conversation(store: Store, user: str) -> Conversation:
-    """A new conversation, unless the newest one is still untouched: then that one (no piles of empties)."""
-    recent, _ = await store.list_conversations(user, limit=1)
-    if recent and recent[0].message_count <= 1 and not recent[0].running_turn_id and not recent[0].title:
-        return recent[0]
-    return await store.create_conversation(user, DEFAULT_ROLE, t("welcome", "zh"))
-
-
-async def pane_view(request: Request, store: Store, turns: TurnManager, conversation: Conversation,
-                    before: int | None = None) -> dict[str, Any]:
-    """Everything the conversation pane (header, messages, composer) shows."""
-    settings = request.app.state.settings
-    values = await conversation_view(store, turns, conversation, before)
-    values.update(max_chars=settings.max_message_chars, demo=settings.demo_mode, draft="", form_error="",
-                  active_id=conversation.id, current_path=f"/c/{conversation.id}")
-    return values
+async def conversation_pane(view: View, conversations: Conversations, conversation: Conversation,
+                            before: int | None = None) -> dict[str, Any]:
+    settings = view.request.app.state.settings
+    pane = await conversations.view(conversation, limit=MESSAGE_PAGE, before=before)
+    return pane_values(pane, max_chars=settings.max_message_chars, demo=settings.demo_mode)
 
 
 async def render_conversation(
-    request: Request, conversation: Conversation, user: str, store: Store, turns: TurnManager, lang: Lang,
-    *, before: int | None = None, query: str = "", cursor: str | None = None, editing_id: str = "",
+    view: View, conversations: Conversations, conversation: Conversation, user: str, *,
+    before: int | None = None, query: str = "", cursor: str | None = None, editing_id: str = "",
     draft: str = "", form_error: str = "", deleted: str | None = None, status: int = 200,
     headers: dict[str, str] | None = None,
 ) -> Response:
     """The conversation pane for HTMX, the whole page (with the sidebar) otherwise."""
-    values = await pane_view(request, store, turns, conversation, before)
+    values = await conversation_pane(view, conversations, conversation, before)
     values.update(draft=draft, form_error=form_error)
-    if is_htmx(request):
-        return render(request, "partials/conversation.html", lang, status=status, headers=headers, partial=True,
-                      **values)
-    values.update(await sidebar_view(store, user, query, cursor))
-    values.update(editing_id=editing_id, refresh_seconds=REFRESH_SECONDS if values["streaming"] else 0,
-                  deleted_id=deleted)
-    return render(request, "chat.html", lang, status=status, headers=headers, **values)
+
+    async def whole_page() -> dict[str, Any]:
+        found = await conversations.browse(user, query=query, cursor=cursor, limit=SEARCH_LIMIT)
+        return {**list_values(found), "editing_id": editing_id, "deleted_id": deleted,
+                "refresh_seconds": REFRESH_SECONDS if values["streaming"] else 0}
+
+    return await view.fragment_or_page("partials/conversation.html", "chat.html", values,
+                                       page_values=whole_page, status=status, headers=headers)
 
 
 # pages ------------------------------------------------------------------------------
 
 @router.get("/")
-async def home(user: CurrentUser, store: StoreDep,
-               deleted: Annotated[str | None, Query(pattern=CONVERSATION_ID)] = None) -> Response:
+async def home(user: CurrentUser, conversations: ConversationsDep, deleted: DeletedId = None) -> Response:
     """The most recent conversation, or a new one."""
-    recent, _ = await store.list_conversations(user, limit=1)
-    conversation = recent[0] if recent else await store.create_conversation(user, DEFAULT_ROLE, t("welcome", "zh"))
+    conversation = await conversations.latest_or_new(user)
     return see_other(f"/c/{conversation.id}" + (f"?deleted={deleted}" if deleted else ""))
 
 
 @router.get("/c/{session_id}")
 async def conversation_page(
-    request: Request, conversation: OwnedConversation, user: CurrentUser, store: StoreDep, turns: TurnsDep,
-    lang: LangDep, before: Annotated[int | None, Query(ge=0)] = None,
-    q: Annotated[str, Query(max_length=200)] = "", cursor: str | None = None,
-    deleted: Annotated[str | None, Query(pattern=CONVERSATION_ID)] = None,
+    view: ViewDep, conversation: OwnedConversation, user: CurrentUser, conversations: ConversationsDep,
+    before: Before = None, q: Query200 = "", cursor: str | None = None, deleted: DeletedId = None,
 ) -> Response:
     """`deleted` (set after a delete without JavaScript) shows the Undo toast that HTMX would have."""
-    return await render_conversation(request, conversation, user, store, turns, lang,
-                                     before=before, query=q, cursor=cursor, deleted=deleted)
+    return await render_conversation(view, conversations, conversation, user, before=before, query=q,
+                                     cursor=cursor, deleted=deleted)
 
 
 @router.post("/c")
-async def new_conversation(request: Request, user: CurrentUser, store: StoreDep, turns: TurnsDep,
-                           lang: LangDep) -> Response:
-    conversation = await fresh_conversation(store, user)
-    if not is_htmx(request):
-        return see_other(f"/c/{conversation.id}")
+async def new_conversation(view: ViewDep, user: CurrentUser, conversations: ConversationsDep) -> Response:
+    conversation = await conversations.fresh(user)
+
+    async def values() -> dict[str, Any]:
+        return {**await conversation_pane(view, conversations, conversation), "partial": True}
+
     headers = {"HX-Push-Url": f"/c/{conversation.id}", "HX-Trigger-After-Settle": "sessions-changed"}
-    return await render_conversation(request, conversation, user, store, turns, lang, headers=headers)
+    return await view.fragment_or_redirect("partials/conversation.html", f"/c/{conversation.id}", values,
+                                           headers=headers)
 
 
 @router.get("/sidebar")
-async def sidebar(request: Request, user: CurrentUser, store: StoreDep, lang: LangDep,
-                  q: Annotated[str, Query(max_length=200)] = "", cursor: str | None = None) -> Response:
+async def sidebar(view: ViewDep, user: CurrentUser, conversations: ConversationsDep, q: Query200 = "",
+                  cursor: str | None = None) -> Response:
     """The session list (first page or search results), or the next page of it after `cursor`."""
-    if not is_htmx(request):
-        return see_other("/")
-    values = await sidebar_view(store, user, q, cursor)
-    name = "partials/session_items.html" if cursor and not q.strip() else "partials/session_list.html"
-    return render(request, name, lang, active_id=active_id(request), current_path=current_path(request), **values)
+    more = bool(cursor and not q.strip())
+
+    async def values() -> dict[str, Any]:
+        found = await conversations.browse(user, query=q, cursor=cursor, limit=SEARCH_LIMIT)
+        return {**list_values(found), "active_id": view.active_id, "current_path": view.current_path}
+
+    name = "partials/session_items.html" if more else "partials/session_list.html"
+    return await view.fragment_or_redirect(name, "/", values)
 
 
 @router.post("/lang")
 async def switch_language(lang: FormText = "", next: FormText = "/") -> Response:
     """Remember the language switch in a cookie; `next` may only be one of our pages."""
-    response = see_other(next if LOCAL_PAGE.fullmatch(next) else "/")
+    response = see_other(local_path(next))
     if lang in ("zh", "en"):
         response.set_cookie(LANG_COOKIE, lang, max_age=LANG_COOKIE_MAX_AGE, httponly=True, samesite="lax")
     return response
@@ -263,118 +137,104 @@ async def switch_language(lang: FormText = "", next: FormText = "/") -> Response
 # a conversation's messages ----------------------------------------------------------
 
 @router.get("/c/{session_id}/messages")
-async def older_messages(request: Request, conversation: OwnedConversation, store: StoreDep, lang: LangDep,
-                         before: Annotated[int, Query(ge=0)]) -> Response:
+async def older_messages(view: ViewDep, conversation: OwnedConversation, conversations: ConversationsDep,
+                         before: Annotated[int, Query(ge=0, le=MAX_LIST_INDEX)]) -> Response:
     """The page of messages before list index `before` (scrolling up)."""
-    if not is_htmx(request):
-        return see_other(f"/c/{conversation.id}?before={before}")
-    messages, first_index, _ = await store.message_page(conversation.id, limit=MESSAGE_PAGE, before=before)
-    return render(request, "partials/message_page.html", lang, conv=conversation, messages=messages,
-                  first_index=first_index)
+
+    async def values() -> dict[str, Any]:
+        messages, first_index, _ = await conversations.message_page(conversation, limit=MESSAGE_PAGE, before=before)
+        return {"conv": conversation, "messages": messages, "first_index": first_index}
+
+    return await view.fragment_or_redirect("partials/message_page.html", f"/c/{conversation.id}?before={before}",
+                                           values)
 
 
 @router.post("/c/{session_id}/messages")
-async def send_message(request: Request, conversation: OwnedConversation, user: CurrentUser, store: StoreDep,
-                       turns: TurnsDep, lang: LangDep, message: FormText = "") -> Response:
+async def send_message(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
+                       conversations: ConversationsDep, writer: WriterDep, message: FormText = "") -> Response:
     """Start a turn: the user's bubble plus a reply bubble that streams (or, without JS, a redirect)."""
     text = message.replace("\r\n", "\n")  # browsers send textarea newlines as CRLF
-    was_empty = conversation.message_count <= 1 and not conversation.title
+    was_empty = conversation.untouched
     try:
-        run = await turns.start_turn(conversation.id, user, text, role_of(conversation), lang)
+        run = await writer.start_turn(conversation.id, user, text, None, view.lang)
     except ChatError as exc:
-        if is_htmx(request):
-            raise
-        return await render_conversation(request, conversation, user, store, turns, lang, draft=text,
-                                         form_error=t(exc.key, lang, **exc.params), status=exc.status)
-    if not is_htmx(request):
-        return see_other(f"/c/{conversation.id}")
-    conversation = run.conversation
-    return render(
-        request, "partials/turn_started.html", lang, headers={"HX-Trigger": "sessions-changed"},
-        conv=conversation, user_message=run.user_message, was_empty=was_empty,
-        streaming={"turn_id": run.id, "after": 0, "text": ""},
+        return await view.form_error(exc, lambda error_text, status: render_conversation(
+            view, conversations, conversation, user, draft=text, form_error=error_text, status=status))
+    return await view.fragment_or_redirect(
+        "partials/turn_started.html", f"/c/{conversation.id}",
+        {"conv": run.conversation, "user_message": run.user_message, "was_empty": was_empty,
+         "streaming": {"turn_id": run.id, "after": 0, "text": ""}},
+        headers={"HX-Trigger": "sessions-changed"},
     )
 
 
 @router.post("/c/{session_id}/stop")
-async def stop_reply(request: Request, conversation: OwnedConversation, user: CurrentUser,
-                     turns: TurnsDep) -> Response:
+async def stop_reply(view: ViewDep, conversation: OwnedConversation, writer: WriterDep) -> Response:
     """Stop the reply being written; what it has so far is kept."""
-    await turns.stop_reply(conversation)
-    return Response(status_code=204) if is_htmx(request) else see_other(f"/c/{conversation.id}")
+    await writer.stop_reply(conversation)
+    return view.no_content_or_redirect(f"/c/{conversation.id}")
 
 
 @router.post("/c/{session_id}/role")
-async def switch_role(request: Request, conversation: OwnedConversation, store: StoreDep, lang: LangDep,
+async def switch_role(view: ViewDep, conversation: OwnedConversation, conversations: ConversationsDep,
                       role: FormText = "") -> Response:
-    chosen = get_role(role)
-    await store.update_conversation(conversation, title=None, role=chosen.id)
-    conversation.role = chosen.id
-    if not is_htmx(request):
-        return see_other(f"/c/{conversation.id}")
-    return render(request, "partials/role_selector.html", lang, conv=conversation, role=chosen,
-                  roles=list(BUILTIN_ROLES.values()))
+    conversation = await conversations.update(conversation, role_id=role)
+    pane = {"conv": conversation, "role": role_or_default(conversation.role), "roles": list(BUILTIN_ROLES.values())}
+    return await view.fragment_or_redirect("partials/role_selector.html", f"/c/{conversation.id}", pane)
 
 
 # the sidebar's items: rename, delete, undo --------------------------------------------
 
 @router.get("/c/{session_id}/item")
-async def session_item(request: Request, conversation: OwnedConversation, lang: LangDep) -> Response:
-    return render(request, "partials/session_item.html", lang, c=conversation, active_id=active_id(request))
+async def session_item(view: ViewDep, conversation: OwnedConversation) -> Response:
+    return view.render("partials/session_item.html", c=conversation, active_id=view.active_id)
 
 
 @router.get("/c/{session_id}/title/edit")
-async def edit_title(request: Request, conversation: OwnedConversation, user: CurrentUser, store: StoreDep,
-                     turns: TurnsDep, lang: LangDep) -> Response:
+async def edit_title(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
+                     conversations: ConversationsDep) -> Response:
     """The item as an inline rename form (without JS: the page with that form in its sidebar)."""
-    if is_htmx(request):
-        return render(request, "partials/session_item_edit.html", lang, c=conversation,
-                      active_id=active_id(request))
-    return await render_conversation(request, conversation, user, store, turns, lang, editing_id=conversation.id)
+    return await view.fragment_or(
+        "partials/session_item_edit.html", {"c": conversation, "active_id": view.active_id},
+        lambda: render_conversation(view, conversations, conversation, user, editing_id=conversation.id),
+    )
 
 
 @router.post("/c/{session_id}/title")
-async def rename(request: Request, conversation: OwnedConversation, store: StoreDep, lang: LangDep,
+async def rename(view: ViewDep, conversation: OwnedConversation, conversations: ConversationsDep,
                  title: FormText = "") -> Response:
-    clean = clean_title(title)
-    if not clean:
-        raise EmptyTitle()
-    await store.update_conversation(conversation, title=clean, role=None)
-    conversation.title = clean
-    if not is_htmx(request):
-        return see_other(f"/c/{conversation.id}")
-    return render(request, "partials/renamed.html", lang, c=conversation, conv=conversation,
-                  active_id=active_id(request))
+    conversation = await conversations.update(conversation, title=title)
+    return await view.fragment_or_redirect(
+        "partials/renamed.html", f"/c/{conversation.id}",
+        {"c": conversation, "conv": conversation, "active_id": view.active_id},
+    )
 
 
 @router.post("/c/{session_id}/delete")
-async def delete(request: Request, conversation: OwnedConversation, user: CurrentUser, store: StoreDep,
-                 turns: TurnsDep, lang: LangDep) -> Response:
+async def delete(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
+                 conversations: ConversationsDep) -> Response:
     """Delete, keeping a copy for the undo toast; leaving the open conversation opens the next one."""
-    await turns.stop_reply(conversation)
-    await store.delete_undoably(conversation, keep_seconds=UNDO_SECONDS)
-    if not is_htmx(request):
-        back = local_referer(request, avoid=conversation.id)
-        return see_other(f"{back}?deleted={conversation.id}" if back != "/" else f"/?deleted={conversation.id}")
-    title = conversation.title or t("ui.untitled", lang)
-    values: dict[str, Any] = {"text": t("ui.deleted", lang, title=title), "undo_url": f"/c/{conversation.id}/restore"}
+    await conversations.delete_undoably(conversation)
+    title = conversation.title or t("ui.untitled", view.lang)
     headers: dict[str, str] = {}
-    if active_id(request) == conversation.id:  # the open one: open the next, out of band
-        recent, _ = await store.list_conversations(user, limit=1)
-        following = recent[0] if recent else await fresh_conversation(store, user)
-        values.update(await pane_view(request, store, turns, following), following=following)
-        headers = {"HX-Push-Url": f"/c/{following.id}", "HX-Trigger-After-Settle": "sessions-changed"}
-    return render(request, "partials/deleted.html", lang, headers=headers, **values)
+
+    async def values() -> dict[str, Any]:
+        shown: dict[str, Any] = {"text": t("ui.deleted", view.lang, title=title),
+                                 "undo_url": f"/c/{conversation.id}/restore"}
+        if view.active_id == conversation.id:  # the open one: open the next, out of band
+            following = await conversations.after_deleting(user)
+            shown.update(await conversation_pane(view, conversations, following), following=following)
+            headers.update({"HX-Push-Url": f"/c/{following.id}", "HX-Trigger-After-Settle": "sessions-changed"})
+        return shown
+
+    back = view.referer(avoid=conversation.id)
+    return await view.fragment_or_redirect("partials/deleted.html", f"{back}?deleted={conversation.id}", values,
+                                           headers=headers)
 
 
 @router.post("/c/{session_id}/restore")
-async def undo_delete(request: Request, session_id: str, user: CurrentUser, store: StoreDep,
-                      lang: LangDep) -> Response:
-    conversation = await store.undo_delete(user, check_id(session_id))
-    if conversation is None:
-        raise UndoExpired()
-    if not is_htmx(request):
-        return see_other(f"/c/{conversation.id}")
-    title = conversation.title or t("ui.untitled", lang)
-    return render(request, "partials/toast.html", lang, headers={"HX-Trigger": "sessions-changed"},
-                  text=t("ui.restored", lang, title=title))
+async def undo_delete(view: ViewDep, session_id: str, user: CurrentUser, conversations: ConversationsDep) -> Response:
+    conversation = await conversations.undo_delete(user, session_id)
+    text = t("ui.restored", view.lang, title=conversation.title or t("ui.untitled", view.lang))
+    return await view.fragment_or_redirect("partials/toast.html", f"/c/{conversation.id}", {"text": text},
+                                           headers={"HX-Trigger": "sessions-changed"})

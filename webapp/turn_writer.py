@@ -1,11 +1,15 @@
-"""A turn: the context window, the generation task, and the event stream readers follow.
+"""The writer of a turn: start it, generate the reply, save it, cancel it.
 
 Generation runs as a server-side task that does not depend on any HTTP connection.
-Its events are kept in memory for readers on this worker (no Redis round trip per
-reader per chunk) and written to a per-turn Redis Stream in pipelined batches, so a
-reader on another worker, or one resuming with Last-Event-ID after a reload, can
-follow the same reply. When the turn ends the whole reply is saved to the history in
-the same MULTI that writes the final event, so `end` always means "saved".
+Its events are kept in memory for readers on this worker (turn_reader.py follows them
+with no Redis round trip per reader per chunk) and written to a per-turn Redis Stream
+in pipelined batches, so a reader on another worker, or one resuming with
+Last-Event-ID after a reload, can follow the same reply. When the turn ends the whole
+reply is saved to the history in the same MULTI that writes the final event, so `end`
+always means "saved".
+
+The rules of starting a turn live here, not in the store: ownership, one reply at a
+time per conversation, the rate limit, the title a first message gives, the preview.
 """
 
 from __future__ import annotations
@@ -21,44 +25,19 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Settings
-from .errors import EmptyMessage, MessageTooLong, TurnNotFound
-from .followers import REMOTE_BLOCK_MS, StreamFollower, Subscription
+from .context import build_context, validate_message
+from .errors import RateLimited, SessionNotFound, TurnRunning
 from .i18n import Lang, t
 from .llm import Provider, UpstreamError
 from .metrics import Metrics
-from .roles import Role, get_role
-from .store import Conversation, Message, Store, TurnEvent, TurnInfo, new_id, new_message_id, now_iso
+from .models import TERMINAL, Conversation, Message, TurnEvent, TurnInfo, new_id, new_message_id, now_iso
+from .roles import Role, get_role, role_or_default
+from .store import Store
+from .titles import make_preview, make_title
 
-log = logging.getLogger("webapp.chat")
+log = logging.getLogger("webapp.turns")
 
-TERMINAL = ("end", "error")
-
-
-def validate_message(text: str | None, max_chars: int) -> str:
-    """The message as it will be saved, or a domain error: empty, or too long."""
-    if text is None or not text.strip():
-        raise EmptyMessage()
-    if len(text) > max_chars:
-        raise MessageTooLong(limit=max_chars)
-    return text
-
-
-def build_context(role: Role, window: list[Message], budget_chars: int) -> list[dict[str, str]]:
-    """System prompt + the window, trimmed oldest-first to the char budget; the newest message always stays."""
-    kept: list[Message] = []
-    used = 0
-    for index, message in enumerate(reversed(window)):
-        if not message.content:
-            continue
-        size = len(message.content)
-        if index > 0 and used + size > budget_chars:
-            break
-        kept.append(message)
-        used += size
-    kept.reverse()
-    return [{"role": "system", "content": role.system_prompt}] + [
-        {"role": m.role, "content": m.content} for m in kept
-    ]
+RATE_WINDOW_SECONDS = 60
 
 
 @dataclass
@@ -184,8 +163,8 @@ class EventWriter:
             self.pending = {}
 
 
-class TurnManager:
-    """Starts turns, runs their generation tasks and serves their events to readers."""
+class TurnWriter:
+    """Starts turns, runs their generation tasks, saves their replies and cancels them."""
 
     def __init__(self, store: Store, provider: Provider, settings: Settings, metrics: Metrics) -> None:
         self.store = store
@@ -193,13 +172,12 @@ class TurnManager:
         self.settings = settings
         self.metrics = metrics
         self.runs: dict[str, TurnRun] = {}
-        self.writer = EventWriter(store, settings.stream_flush_ms / 1000)
-        self.follower = StreamFollower(store)
+        self.stream_writer = EventWriter(store, settings.stream_flush_ms / 1000)
         self.coalesce = settings.stream_coalesce_ms / 1000
         self._cancel_listener: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.writer.start()
+        self.stream_writer.start()
         self._cancel_listener = asyncio.create_task(self._listen_for_cancels(), name="cancel-listener")
 
     async def aclose(self) -> None:
@@ -212,34 +190,57 @@ class TurnManager:
         tasks = [run.task for run in runs if run.task]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
-        await self.writer.aclose()
-        await self.follower.aclose()
+        await self.stream_writer.aclose()
+
+    def local_run(self, turn_id: str) -> TurnRun | None:
+        """The turn if it generates on this worker (its events are in memory)."""
+        return self.runs.get(turn_id)
 
     # starting -----------------------------------------------------------
 
     async def start_turn(
-        self, session_id: str, user_id: str, text: str | None, role: Role | None, lang: Lang
+        self, session_id: str, user_id: str, text: str | None, role_id: str | None, lang: Lang
     ) -> TurnRun:
-        """Save the user's message and start generating; `role` None keeps the conversation's role.
+        """Save the user's message and start generating; `role_id` None keeps the conversation's role.
 
-        Ownership is checked in the same round trip that takes the lock (404 for a
-        conversation that is not the user's), so a turn costs no separate lookup.
+        Ownership is checked in the same round trip that takes the lock and counts the
+        rate (404 for a conversation that is not the user's), so a turn costs no
+        separate lookup: two round trips whatever the history length.
         """
         text = validate_message(text, self.settings.max_message_chars)
+        requested = get_role(role_id) if role_id else None
         turn_id = new_id()
-        started = await self.store.begin_turn(
-            session_id,
-            user_id,
-            turn_id=turn_id,
-            text=text,
-            role=role.id if role else None,
-            context_messages=self.settings.context_messages,
-            rate_limit=self.settings.rate_limit_per_minute,
-        )
-        conversation = started.conversation
-        role = role or get_role(conversation.role)
-        messages = build_context(role, started.context, self.settings.context_chars)
-        run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang, user_message=started.user_message)
+        limit = self.settings.rate_limit_per_minute
+        window = int(time.time() // RATE_WINDOW_SECONDS)
+        lock = await self.store.lock_turn(session_id, turn_id=turn_id, rate_of=(user_id, window) if limit else None)
+        if not lock.meta or lock.meta.get("user_id") != user_id:
+            if lock.locked:
+                await self.store.release_lock(session_id)
+            raise SessionNotFound()
+        if not lock.locked:
+            raise TurnRunning()
+        if lock.rate_count is not None and lock.rate_count > limit:
+            await self.store.release_lock(session_id)
+            raise RateLimited()
+
+        conversation = Conversation.from_hash(session_id, lock.meta)
+        role = requested or role_or_default(conversation.role)
+        message = Message(id=new_message_id(), role="user", content=text, ts=now_iso())
+        conversation.role = role.id
+        conversation.title = conversation.title or make_title(text)
+        conversation.preview = make_preview(text)
+        conversation.message_count += 1
+        conversation.updated = time.time()
+        conversation.running_turn_id = turn_id
+        try:
+            context = await self.store.save_turn_start(
+                conversation, message, turn_id=turn_id, context_messages=self.settings.context_messages
+            )
+        except BaseException:
+            await self.store.release_lock(session_id)
+            raise
+        messages = build_context(role, context, self.settings.context_chars)
+        run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang, user_message=message)
         self.runs[turn_id] = run
         run.task = asyncio.create_task(self._generate(run, messages), name=f"turn-{turn_id}")
         self.metrics.turn_started()
@@ -295,7 +296,7 @@ class TurnManager:
         run.pending.clear()
         run.last_emit = asyncio.get_running_loop().time()
         run.publish(event)
-        self.writer.add(run.id, event)
+        self.stream_writer.add(run.id, event)
 
     async def _finish(self, run: TurnRun, status: str, error_key: str) -> None:
         if run.flush_handle is not None:
@@ -339,12 +340,12 @@ class TurnManager:
         while True:
             attempt += 1
             try:
-                unwritten = await self.writer.take(run.id) if unwritten is None else unwritten
+                unwritten = await self.stream_writer.take(run.id) if unwritten is None else unwritten
                 if attempt > 1 and await self.store.turn_saved(run.id):
                     return
                 await self.store.finish_turn(
-                    run.conversation, turn_id=run.id, reply=reply, final_event=final, unwritten=unwritten,
-                    conversation_exists=exists,
+                    run.conversation, turn_id=run.id, reply=reply, preview=make_preview(reply.content) if reply else "",
+                    final_event=final, unwritten=unwritten, conversation_exists=exists,
                 )
                 return
             except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -375,6 +376,7 @@ class TurnManager:
             run.task.cancel()
 
     async def cancel(self, turn: TurnInfo) -> None:
+        """Stop a turn the caller owns, on whichever worker it runs; what it wrote is kept."""
         run = self.runs.get(turn.id)
         if run is not None:
             self._cancel_run(run, "user")
@@ -383,11 +385,10 @@ class TurnManager:
 
     async def stop_reply(self, conversation: Conversation) -> None:
         """Stop the conversation's running reply, if any (what it wrote is kept)."""
-        if conversation.running_turn_id:
-            try:
-                await self.cancel(await self.turn_for(conversation.running_turn_id, conversation.user_id))
-            except TurnNotFound:
-                pass
+        turn_id = conversation.running_turn_id
+        if turn_id:
+            await self.cancel(TurnInfo(id=turn_id, session_id=conversation.id, user_id=conversation.user_id,
+                                       status="running"))
 
     async def _listen_for_cancels(self) -> None:
         """Cancel requests for turns that run on this worker, published by any worker."""
@@ -401,104 +402,3 @@ class TurnManager:
                 raise
             except RedisError:
                 await asyncio.sleep(1)
-
-    # reading ------------------------------------------------------------
-
-    async def turn_for(self, turn_id: str, user_id: str) -> TurnInfo:
-        """The turn if the user owns it; 404 otherwise (never reveal another user's turn)."""
-        run = self.runs.get(turn_id)
-        if run is not None:
-            if run.conversation.user_id != user_id:
-                raise TurnNotFound()
-            return TurnInfo(id=run.id, session_id=run.conversation.id, user_id=user_id, status="running")
-        info = await self.store.get_turn(turn_id)
-        if info is None or info.user_id != user_id:
-            raise TurnNotFound()
-        return info
-
-    async def follow(self, turn: TurnInfo, after: int = 0) -> AsyncIterator[list[TurnEvent]]:
-        """Batches of the turn's events after seq `after`, until its end or error event."""
-        run = self.runs.get(turn.id)
-        if run is not None:
-            async for batch in run.follow(after):
-                yield batch
-            return
-        async for batch in self._follow_stored(turn, after):
-            yield batch
-
-    async def _follow_stored(self, turn: TurnInfo, after: int) -> AsyncIterator[list[TurnEvent]]:
-        """Follow a turn through its Redis Stream: it runs on another worker, or already ended.
-
-        What the stream holds now is read at once; then the worker's StreamFollower
-        brings the rest. A turn silent for REMOTE_BLOCK_MS is checked: ended (its stream
-        expired: replay the saved reply), or orphaned by a worker that died (save it).
-        """
-        events = await self.store.read_events(turn.id, after)
-        subscription: Subscription | None = None
-        try:
-            while True:
-                if events:
-                    yield events
-                    after = events[-1].seq
-                    if events[-1].type in TERMINAL:
-                        return
-                else:
-                    info = await self.store.get_turn(turn.id)
-                    if info is not None and info.status == "running" and turn.id not in self.runs:
-                        if await self.store.lock_holder(info.session_id) != turn.id:
-                            info = await self._recover_orphan(info)
-                    if info is None or info.status != "running":
-                        # its last events (or the interruption a recovery just wrote), else the saved reply
-                        events = await self.store.read_events(turn.id, after)
-                        if events:
-                            continue
-                        async for batch in self._replay_from_history(info or turn, after):
-                            yield batch
-                        return
-                if subscription is None:
-                    subscription = await self.follower.subscribe(turn.id, after)
-                # (a direct read above may have run ahead of the subscription)
-                events = [event for event in await subscription.next(REMOTE_BLOCK_MS / 1000) if event.seq > after]
-        finally:
-            if subscription is not None:
-                self.follower.unsubscribe(turn.id, subscription)
-
-    async def _recover_orphan(self, turn: TurnInfo) -> TurnInfo | None:
-        """A turn whose worker died: save what its event stream holds as an interrupted reply."""
-        conversation = await self.store.get_conversation(turn.session_id)
-        if conversation is None:
-            return None
-        if not await self.store.claim_recovery(turn.id):
-            return await self.store.get_turn(turn.id)  # another reader is saving it
-        events = await self.store.read_events(turn.id, 0)
-        if events and events[-1].type in TERMINAL:
-            return await self.store.get_turn(turn.id)
-        content = "".join(e.content for e in events if e.type == "chunk")
-        reply = None
-        if content:
-            reply = Message(id=new_message_id(), role="assistant", content=content, ts=now_iso(), status="interrupted")
-        final = TurnEvent(seq=len(events) + 1, type="error", content=t("error.interrupted"))
-        # the lock is no longer this turn's (that is how it was found orphaned): leave it alone
-        await self.store.finish_turn(conversation, turn_id=turn.id, reply=reply, final_event=final, release_lock=False)
-        log.warning("turn %s: its worker is gone; saved %d chars as interrupted", turn.id, len(content))
-        return await self.store.get_turn(turn.id)
-
-    async def _replay_from_history(self, turn: TurnInfo, after: int) -> AsyncIterator[list[TurnEvent]]:
-        """The event stream has expired: rebuild the reply from the saved message."""
-        message = await self.store.find_message(turn.session_id, turn.message_id) if turn.message_id else None
-        if after == 0 and message is not None:
-            yield [TurnEvent(seq=1, type="chunk", content=message.content),
-                   TurnEvent(seq=2, type="end", message_id=message.id)]
-        elif after == 0:
-            yield [TurnEvent(seq=1, type="end")]
-
-    async def progress(self, turn_id: str) -> tuple[str, int, bool]:
-        """What a page rendered now shows of a reply: its text so far, the last seq, and whether it ended.
-
-        A reader that then follows from that seq sees each chunk exactly once.
-        """
-        run = self.runs.get(turn_id)
-        events = list(run.events) if run is not None else await self.store.read_events(turn_id, 0)
-        text = "".join(event.content for event in events if event.type == "chunk")
-        last = events[-1] if events else None
-        return text, last.seq if last else 0, bool(last and last.type in TERMINAL)

@@ -1,0 +1,221 @@
+"""Conversations: the one home of their rules, for pages, the JSON API and the seed API alike.
+
+Routes read their input, call one method here, and render what it returns. The rules:
+every conversation starts with the welcome message; "new chat" reuses the newest
+conversation while it is untouched (no piles of empty ones); only the owner ever sees
+a conversation (someone else's looks exactly like a missing one); a deleted
+conversation stops its reply first; what a conversation pane offers after a reply
+(nothing, Retry, or "send again" when no reply came) follows from its last messages.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .errors import EmptyTitle, SessionNotFound, UndoExpired
+from .ids import check_id
+from .i18n import t
+from .models import WELCOME, Conversation, Message, TurnEvent, new_id, new_message_id, now_iso
+from .pagination import format_cursor, parse_cursor
+from .roles import Role, get_role, role_or_default
+from .store import Store
+from .titles import clean_title, make_preview
+from .turn_reader import TurnReader
+from .turn_writer import TurnWriter
+
+UNDO_SECONDS = 600  # how long a deleted conversation can be put back
+SEARCH_LIMIT = 30
+
+
+@dataclass
+class Streaming:
+    """A reply still being written when a page is rendered: follow it from `after`."""
+
+    turn_id: str
+    after: int
+    text: str
+
+
+@dataclass
+class ConversationView:
+    """What a conversation pane shows: a page of messages, the reply being written, what to offer."""
+
+    conversation: Conversation
+    role: Role
+    messages: list[Message]
+    first_index: int
+    streaming: Streaming | None = None
+    no_reply_text: str = ""  # the last message got no reply: offer to send it again
+    retry_text: str = ""  # the last reply failed or was stopped: offer Retry with this text
+    retry_for: str = ""  # ...for this reply
+    is_empty: bool = False  # nothing written by the user yet: the page shows suggestions
+
+
+@dataclass
+class TurnOutcome:
+    """How a finished turn ends in the page: its saved reply, or what went wrong, with Retry."""
+
+    reply: Message | None
+    error_text: str
+    retry_text: str
+
+
+@dataclass
+class ConversationList:
+    """A page of the session list, or search results (then no further pages)."""
+
+    items: list[Conversation]
+    next_cursor: str | None = None
+    query: str = ""
+    cursor: str | None = None
+
+
+def mark_welcome(messages: list[Message], first_index: int) -> list[Message]:
+    """Data written before messages carried their kind: a conversation's first message is its welcome."""
+    if first_index == 0 and messages and messages[0].role == "assistant" and not messages[0].kind:
+        messages[0].kind = WELCOME
+    return messages
+
+
+class Conversations:
+    """Create, find, change and delete a user's conversations; build what their pages show."""
+
+    def __init__(self, store: Store, writer: TurnWriter, reader: TurnReader) -> None:
+        self.store = store
+        self.writer = writer
+        self.reader = reader
+
+    # finding ------------------------------------------------------------
+
+    async def owned(self, session_id: str, user_id: str) -> Conversation:
+        """The conversation if the user owns it; 404 for an unknown one and someone else's alike."""
+        conversation = await self.store.get_conversation(check_id(session_id))
+        if conversation is None or conversation.user_id != user_id:
+            raise SessionNotFound()
+        return conversation
+
+    async def browse(self, user_id: str, *, query: str = "", cursor: str | None = None,
+                     limit: int = SEARCH_LIMIT) -> ConversationList:
+        """Newest activity first, a page at a time after `cursor`; or those matching `query`."""
+        if query.strip():
+            found = await self.store.search_conversations(user_id, query, limit=limit)
+            return ConversationList(items=found, query=query)
+        items, next_cursor = await self.store.list_conversations(user_id, limit=limit, cursor=parse_cursor(cursor))
+        return ConversationList(items=items, next_cursor=format_cursor(next_cursor), cursor=cursor)
+
+    async def latest(self, user_id: str) -> Conversation | None:
+        recent, _ = await self.store.list_conversations(user_id, limit=1)
+        return recent[0] if recent else None
+
+    async def message_page(self, conversation: Conversation, *, limit: int,
+                           before: int | None = None) -> tuple[list[Message], int, int]:
+        """Messages ending just before list index `before` (default: the newest): (messages, first index, total)."""
+        messages, first_index, total = await self.store.message_page(conversation.id, limit=limit, before=before)
+        return mark_welcome(messages, first_index), first_index, total
+
+    async def history(self, conversation: Conversation) -> list[Message]:
+        """Every message, oldest first (the seed's /chat/history)."""
+        return mark_welcome(await self.store.all_messages(conversation.id), 0)
+
+    # creating -----------------------------------------------------------
+
+    async def create(self, user_id: str, *, role_id: str | None = None, title: str = "") -> Conversation:
+        """A new conversation with its welcome message (stored in the seed's Chinese, shown in the reader's language)."""
+        role = get_role(role_id)
+        now = time.time()
+        welcome = Message(id=new_message_id(), role="assistant", content=t("welcome", "zh"), ts=now_iso(),
+                          kind=WELCOME)
+        conversation = Conversation(
+            id=new_id(), user_id=user_id, title=clean_title(title), preview=make_preview(welcome.content),
+            role=role.id, message_count=1, created=now, updated=now,
+        )
+        await self.store.create_conversation(conversation, welcome)
+        return conversation
+
+    async def latest_or_new(self, user_id: str) -> Conversation:
+        """What the home page opens: the most recent conversation, or a new one."""
+        return await self.latest(user_id) or await self.create(user_id)
+
+    async def fresh(self, user_id: str) -> Conversation:
+        """"New chat": a new conversation, unless the newest one is still untouched; then that one."""
+        latest = await self.latest(user_id)
+        if latest is not None and latest.untouched:
+            return latest
+        return await self.create(user_id)
+
+    # changing -----------------------------------------------------------
+
+    async def update(self, conversation: Conversation, *, title: str | None = None,
+                     role_id: str | None = None) -> Conversation:
+        """Rename and/or switch the role; a title that is empty once cleaned is refused."""
+        clean = clean_title(title) if title is not None else None
+        if clean is not None and not clean:
+            raise EmptyTitle()
+        role = get_role(role_id).id if role_id is not None else None
+        await self.store.update_conversation(conversation, title=clean, role=role)
+        if clean is not None:
+            conversation.title = clean
+        if role is not None:
+            conversation.role = role
+        return conversation
+
+    async def delete(self, conversation: Conversation) -> None:
+        """Delete for good; a reply still being written is stopped first."""
+        await self.writer.stop_reply(conversation)
+        await self.store.delete_conversation(conversation)
+
+    async def delete_undoably(self, conversation: Conversation) -> None:
+        """Delete, keeping a copy for UNDO_SECONDS so the web UI's Undo can put it back."""
+        await self.writer.stop_reply(conversation)
+        await self.store.delete_undoably(conversation, keep_seconds=UNDO_SECONDS)
+
+    async def undo_delete(self, user_id: str, session_id: str) -> Conversation:
+        conversation = await self.store.undo_delete(user_id, check_id(session_id))
+        if conversation is None:
+            raise UndoExpired()
+        return conversation
+
+    async def after_deleting(self, user_id: str) -> Conversation:
+        """What opens when the open conversation was deleted: the next most recent, or a fresh one."""
+        return await self.latest_or_new(user_id)
+
+    # what pages show ----------------------------------------------------
+
+    async def view(self, conversation: Conversation, *, limit: int, before: int | None = None) -> ConversationView:
+        """The latest page of messages (or the page before `before`), the reply still being written,
+        and what to offer after the last message."""
+        messages, first_index, _ = await self.message_page(conversation, limit=limit, before=before)
+        streaming = None
+        if conversation.running_turn_id and before is None:
+            text, seq, finished = await self.reader.progress(conversation.running_turn_id)
+            if finished:  # it ended between reading the metadata and now: show the saved reply
+                conversation = await self.store.get_conversation(conversation.id) or conversation
+                messages, first_index, _ = await self.message_page(conversation, limit=limit)
+            else:
+                streaming = Streaming(turn_id=conversation.running_turn_id, after=seq, text=text)
+        view = ConversationView(conversation=conversation, role=role_or_default(conversation.role),
+                                messages=messages, first_index=first_index, streaming=streaming)
+        view.is_empty = before is None and streaming is None and not any(m.role == "user" for m in messages)
+        if before is None and streaming is None and messages:
+            last = messages[-1]
+            if last.role == "user":
+                view.no_reply_text = last.content
+            elif last.status != "complete" and len(messages) > 1 and messages[-2].role == "user":
+                view.retry_text, view.retry_for = messages[-2].content, last.id
+        return view
+
+    async def turn_outcome(self, conversation: Conversation, turn_id: str, final: TurnEvent | None,
+                           lang: str) -> TurnOutcome:
+        """The bubble that replaces a streaming one: the saved reply, or the error (or "stopped") with Retry."""
+        message_id = await self.reader.saved_reply_id(turn_id, final)
+        messages, _, _ = await self.store.message_page(conversation.id, limit=4, before=None)
+        reply = next((m for m in messages if message_id and m.id == message_id), None)
+        last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+        if final is not None and final.type == "error":
+            error_text = final.content
+        elif reply is None:
+            error_text = t("ui.stopped" if final is not None else "ui.no_reply", lang)  # type: ignore[arg-type]
+        else:
+            error_text = ""
+        return TurnOutcome(reply=reply, error_text=error_text, retry_text=last_user.content if last_user else "")

@@ -1,0 +1,135 @@
+"""The records the app stores and passes around: plain dataclasses, no Redis, no HTTP.
+
+store.py reads and writes them; the core (conversations, turn writer and reader)
+decides what goes in them; templates and API schemas get them as they are.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import orjson
+
+WELCOME = "welcome"  # Message.kind of a conversation's first message
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def new_message_id() -> str:
+    return "m_" + secrets.token_hex(8)
+
+
+@dataclass
+class Message:
+    id: str
+    role: str  # "user" | "assistant"
+    content: str
+    ts: str
+    status: str = "complete"  # complete | error | interrupted
+    kind: str = ""  # "welcome": the greeting a conversation starts with, shown in the reader's language
+
+    def to_json(self) -> bytes:
+        data = {"id": self.id, "role": self.role, "content": self.content, "ts": self.ts, "status": self.status}
+        if self.kind:
+            data["k"] = self.kind
+        return orjson.dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "Message":
+        data = orjson.loads(raw)
+        return cls(
+            id=data.get("id", ""),
+            role=data.get("role", "assistant"),
+            content=data.get("content", ""),
+            ts=data.get("ts") or data.get("timestamp", ""),
+            status=data.get("status", "complete"),
+            kind=data.get("k", ""),
+        )
+
+
+@dataclass
+class Conversation:
+    id: str
+    user_id: str
+    title: str
+    preview: str
+    role: str
+    message_count: int
+    created: float
+    updated: float
+    running_turn_id: str | None = None
+
+    @property
+    def untouched(self) -> bool:
+        """Only its welcome message, no title, no reply being written: nothing a user made yet."""
+        return self.message_count <= 1 and not self.title and not self.running_turn_id
+
+    def to_hash(self) -> dict[str, str | int]:
+        """The metadata hash as stored (the running turn is not part of a copy)."""
+        return {
+            "user_id": self.user_id, "title": self.title, "preview": self.preview, "role": self.role,
+            "count": self.message_count, "created": repr(self.created), "updated": repr(self.updated), "turn": "",
+        }
+
+    @classmethod
+    def from_hash(cls, sid: str, data: dict[str, str]) -> "Conversation":
+        return cls(
+            id=sid,
+            user_id=data.get("user_id", ""),
+            title=data.get("title", ""),
+            preview=data.get("preview", ""),
+            role=data.get("role", "assistant"),
+            message_count=int(data.get("count", 0) or 0),
+            created=float(data.get("created", 0) or 0),
+            updated=float(data.get("updated", 0) or 0),
+            running_turn_id=data.get("turn") or None,
+        )
+
+
+@dataclass
+class TurnEvent:
+    """One event of a reply: `chunk` (text), `end` or `error` (message id / error text)."""
+
+    seq: int
+    type: str
+    content: str = ""
+    message_id: str = ""
+
+
+TERMINAL = ("end", "error")
+
+
+@dataclass
+class TurnInfo:
+    id: str
+    session_id: str
+    user_id: str
+    status: str  # running | complete | error | interrupted
+    message_id: str = ""
+
+
+@dataclass
+class TurnLock:
+    """What taking a conversation's turn lock read in the same round trip."""
+
+    meta: dict[str, str]
+    locked: bool
+    rate_count: int | None  # turns counted in this window, when counting
+
+
+@dataclass
+class TurnStart:
+    """What starting a turn wrote and read back: the conversation, the saved user message, the context."""
+
+    conversation: Conversation
+    user_message: Message
+    context: list[Message] = field(default_factory=list)
