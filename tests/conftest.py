@@ -46,13 +46,31 @@ DEFAULT_TOKENS = 12  # the fake upstream's default reply length, header tokens i
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "redis_restart: restarts redis-server (data is lost); runs after everything else"
+        "markers", "redis_restart: restarts redis-server (data is lost); runs after the other tiers"
     )
+    config.addinivalue_line("markers", "fresh_setup: sets the project up in a new, empty environment; runs last")
+
+
+TIERS = ("unit (in-process)", "real processes", "browser", "Redis restarts", "fresh set-up")
+
+
+def tier_of(item: pytest.Item) -> int:
+    """Fast in-process tests first, so a broken rule fails in seconds; then real processes, the
+    browser, the tests that restart Redis (they wipe its data) and the fresh set-up check."""
+    path = Path(str(item.fspath))
+    if "unit" in path.parent.parts[-1:]:
+        return 0
+    if item.get_closest_marker("fresh_setup"):
+        return 4
+    if item.get_closest_marker("redis_restart"):
+        return 3
+    if path.name == "test_ui_browser.py":
+        return 2
+    return 1
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that restart Redis wipe its data, so they run last."""
-    items.sort(key=lambda item: item.get_closest_marker("redis_restart") is not None)
+    items.sort(key=tier_of)  # stable: the order within a tier stays the files' own
 
 
 def free_port() -> int:

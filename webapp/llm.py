@@ -7,10 +7,9 @@ import logging
 from typing import AsyncIterator, Protocol
 
 import aiohttp
-import httpx2
 import orjson
 import yarl
-from openai import AsyncOpenAI, DefaultAioHttpClient
+from openai import AsyncOpenAI, DefaultAioHttpClient, Timeout
 
 from .config import Settings
 from .i18n import Lang, t
@@ -62,8 +61,8 @@ class OpenAIProvider:
             api_key=settings.openai_api_key,
             base_url=self.base_url,
             max_retries=1,
-            timeout=httpx2.Timeout(settings.openai_timeout, connect=10.0),
-            http_client=DefaultAioHttpClient(timeout=httpx2.Timeout(settings.openai_timeout, connect=10.0)),
+            timeout=Timeout(settings.openai_timeout, connect=10.0),
+            http_client=DefaultAioHttpClient(timeout=Timeout(settings.openai_timeout, connect=10.0)),
         )
         self.completions_url = yarl.URL(self.base_url + "/chat/completions")  # parsed once, not per reply
         self._ping: asyncio.Future[bool] | None = None
