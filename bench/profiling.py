@@ -97,7 +97,8 @@ def _short(frame: str, repo_root: Path) -> str:
 # where the time of a turn goes, as the app's code calls it; a sample counts in every
 # bucket whose marker is on its stack (buckets overlap: nested ones are indented)
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
-    ("TurnManager._generate (model call + relay, webapp/chat.py)", ("TurnManager._generate (",)),
+    ("TurnWriter._generate (model call + relay, webapp/turn_writer.py)",
+     ("TurnWriter._generate (", "TurnManager._generate (")),
     ("  OpenAIProvider.stream (webapp/llm.py)", ("OpenAIProvider.stream (",)),
     ("    openai SDK, request: AsyncCompletions.create", ("AsyncCompletions.create (",)),
     ("      openai SDK, request body transform (async_transform)", ("async_transform (",)),
@@ -105,7 +106,7 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
      ("BaseClient._process_response_data (",)),
     ("    openai SDK, SSE decoding (SSEDecoder, iter_bytes)", ("SSEDecoder.", "_SSELineDecoder.", "iter_bytes")),
 
-    ("  TurnManager._finish (save the reply)", ("TurnManager._finish (",)),
+    ("  TurnWriter._finish (save the reply)", ("TurnWriter._finish (", "TurnManager._finish (")),
     ("HTTP client to the model, anywhere (httpx2 + aiohttp)", ("(httpx2/", "(aiohttp/")),
     ("HTTP request handling (uvicorn -> FastAPI -> route)", ("RequestResponseCycle.run_asgi (",)),
     ("  FastAPI dependency solving (solve_dependencies)", ("solve_dependencies (",)),
@@ -113,11 +114,13 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("  FastAPI telemetry checks (NativeTelemetry.enabled: os.environ per request)", ("NativeTelemetry.",)),
     ("  SSE out: sse-starlette EventSourceResponse", ("(sse_starlette/",)),
     ("    uvicorn writes (RequestResponseCycle.send)", ("RequestResponseCycle.send (",)),
-    ("  routes/stream.py turn_events + TurnRun.follow", ("turn_events (webapp/", "TurnRun.follow (")),
+    ("  routes/stream.py json_events + TurnReader.follow", ("json_events (webapp/", "turn_events (webapp/",
+                                                           "TurnReader.follow (", "TurnRun.follow (")),
     ("asyncio.timeout anywhere (a per-token deadline; redis-py wraps every read in one)", ("(asyncio/timeouts.py",)),
     ("Redis client, all (redis-py)", ("(redis/",)),
     ("  opening Redis connections (AbstractConnection.connect)", ("AbstractConnection.connect (",)),
-    ("  Store.begin_turn", ("Store.begin_turn (",)),
+    ("  Store.lock_turn + save_turn_start (was begin_turn)",
+     ("Store.lock_turn (", "Store.save_turn_start (", "Store.begin_turn (")),
     ("  Store.append_events (EventWriter batches)", ("Store.append_events (",)),
     ("  Store.finish_turn", ("Store.finish_turn (",)),
     ("  Store.create_conversation (/chat/start)", ("Store.create_conversation (",)),

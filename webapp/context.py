@@ -24,11 +24,11 @@ def build_context(role: Role, window: list[Message], budget_chars: int) -> list[
     """System prompt + the window, trimmed oldest-first to the char budget; the newest message always stays."""
     kept: list[Message] = []
     used = 0
-    for index, message in enumerate(reversed(window)):
+    for message in reversed(window):
         if not message.content:
             continue
         size = len(message.content)
-        if index > 0 and used + size > budget_chars:
+        if kept and used + size > budget_chars:
             break
         kept.append(message)
         used += size

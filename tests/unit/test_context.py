@@ -1,0 +1,87 @@
+"""What a user may send and what the model is sent with a turn (webapp/context.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from webapp.context import build_context, validate_message
+from webapp.errors import EmptyMessage, MessageTooLong
+from webapp.models import Message
+from webapp.roles import BUILTIN_ROLES, Role
+
+ROLE: Role = BUILTIN_ROLES["assistant"]
+
+
+def message(content: str, role: str = "user") -> Message:
+    return Message(id=f"m_{content[:8]}", role=role, content=content, ts="2024-01-01T00:00:00.000+00:00")
+
+
+@pytest.mark.parametrize("text", [None, "", " ", "\n\t  \r\n", "\u3000"])
+def test_a_missing_empty_or_blank_message_is_refused_as_empty(text: str | None) -> None:
+    with pytest.raises(EmptyMessage):
+        validate_message(text, 100)
+
+
+def test_a_message_over_the_limit_is_refused_naming_the_limit() -> None:
+    with pytest.raises(MessageTooLong) as caught:
+        validate_message("x" * 11, 10)
+    assert caught.value.params == {"limit": 10}
+    assert caught.value.status == 400
+
+
+def test_a_message_exactly_at_the_limit_is_accepted_as_typed() -> None:
+    text = " " + "x" * 8 + "\n"
+    assert validate_message(text, 10) == text
+
+
+def test_the_limit_counts_chinese_characters_not_bytes() -> None:
+    text = "你好世界" * 5  # 20 characters, 60 bytes in UTF-8
+    assert validate_message(text, 20) == text
+    with pytest.raises(MessageTooLong):
+        validate_message(text + "！", 20)
+
+
+def test_context_starts_with_the_roles_system_prompt() -> None:
+    context = build_context(ROLE, [message("hello"), message("hi there", "assistant")], 1000)
+    assert context == [
+        {"role": "system", "content": ROLE.system_prompt},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi there"},
+    ]
+
+
+def test_context_window_drops_oldest_first_but_keeps_the_newest_message() -> None:
+    window = [message("a" * 10), message("b" * 10, "assistant"), message("c" * 10), message("d" * 10, "assistant")]
+    context = build_context(ROLE, window, 25)
+    assert [m["content"] for m in context[1:]] == ["c" * 10, "d" * 10]
+
+
+def test_context_stops_at_the_first_message_over_budget_even_if_an_older_one_would_fit() -> None:
+    window = [message("old"), message("x" * 50, "assistant"), message("new")]
+    context = build_context(ROLE, window, 20)
+    assert [m["content"] for m in context[1:]] == ["new"]
+
+
+def test_the_newest_message_is_sent_even_when_it_alone_exceeds_the_budget() -> None:
+    window = [message("earlier"), message("n" * 500)]
+    context = build_context(ROLE, window, 100)
+    assert context[0]["role"] == "system"
+    assert [m["content"] for m in context[1:]] == ["n" * 500]
+
+
+def test_messages_with_no_content_are_left_out_of_the_context() -> None:
+    window = [message("question"), message("", "assistant"), message("again")]
+    context = build_context(ROLE, window, 1000)
+    assert [m["content"] for m in context[1:]] == ["question", "again"]
+
+
+def test_the_budget_counts_characters_of_chinese_text() -> None:
+    window = [message("旧" * 10), message("新" * 10)]
+    assert len(build_context(ROLE, window, 20)) == 3
+    assert len(build_context(ROLE, window, 19)) == 2
+
+
+def test_the_newest_message_with_text_is_kept_when_an_empty_failed_reply_ends_the_window() -> None:
+    # a failed reply saved with no text must not use up the "newest always stays" exception
+    window = [message("x" * 50), message("", "assistant")]
+    assert [m["content"] for m in build_context(ROLE, window, 20)[1:]] == ["x" * 50]

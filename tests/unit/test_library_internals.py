@@ -1,0 +1,49 @@
+"""The library private parts the app relies on are still there, and pinned where they were tested.
+
+A failure here after an upgrade names each changed part (webapp/library_internals.py):
+update the override, then its pin in requirements.txt.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from webapp.library_internals import OVERRIDES, Override, problems
+
+REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements.txt"
+COMPATIBLE_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*~=\s*([0-9][0-9.]*)")
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def compatible_pins() -> dict[str, str]:
+    """Each `name~=version` line of requirements.txt, by normalized distribution name."""
+    pins: dict[str, str] = {}
+    for line in REQUIREMENTS.read_text().splitlines():
+        match = COMPATIBLE_PIN.match(line)
+        if match:
+            pins[normalized(match.group(1))] = match.group(2)
+    return pins
+
+
+def test_every_private_part_the_app_relies_on_is_still_there() -> None:
+    found = problems()
+    assert found == [], "library internals changed:\n  " + "\n  ".join(found)
+
+
+@pytest.mark.parametrize("override", OVERRIDES, ids=lambda override: override.library)
+def test_each_override_is_pinned_to_the_release_series_it_was_tested_with(override: Override) -> None:
+    pins = compatible_pins()
+    pin = pins.get(normalized(override.library))
+    assert pin is not None, f"{override.library} has no ~= pin in requirements.txt ({override.where})"
+    # `~=8.1.0` allows 8.1.*: the series is the pin without its last component
+    series = pin.rsplit(".", 1)[0]
+    assert series == override.tested, (
+        f"requirements.txt pins {override.library}~={pin} (series {series}.*), "
+        f"but {override.where} was tested with {override.tested}.*"
+    )
