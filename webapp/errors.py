@@ -52,6 +52,20 @@ class ForbiddenUser(ChatError):
     key = "error.forbidden_user"
 
 
+class CrossSiteRequest(ChatError):
+    """A state-changing request that another site's page made the browser send."""
+
+    status = 403
+    key = "error.cross_site"
+
+
+class BadCsrfToken(ChatError):
+    """A web UI form or HTMX request without its identity's token (or with another's)."""
+
+    status = 403
+    key = "error.csrf"
+
+
 class SessionNotFound(ChatError):
     status = 404
     key = "error.session_not_found"

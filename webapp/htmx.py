@@ -20,6 +20,7 @@ from .errors import ChatError
 from .i18n import LANG_COOKIE, Lang, pick_lang, t
 from .ids import UUID_PATTERN
 from .render import templates, ui_context
+from .security import request_token
 
 CONVERSATION_PATH = re.compile(rf"/c/({UUID_PATTERN})")
 LOCAL_PAGE = re.compile(rf"/(?:c/{UUID_PATTERN})?")
@@ -82,6 +83,7 @@ class View:
     def render(self, name: str, *, status: int = 200, headers: dict[str, str] | None = None,
                **values: Any) -> Response:
         """`name` rendered, whoever asks (a page, or a fragment both kinds of request get)."""
+        values.setdefault("csrf_token", request_token(self.request))
         response = templates.TemplateResponse(self.request, name, ui_context(self.lang, **values),
                                               status_code=status, headers=headers)
         response.headers["Vary"] = "HX-Request"

@@ -26,6 +26,14 @@ CATALOG: dict[str, dict[Lang, str]] = {
     "error.forbidden_user": {"zh": "无权访问该用户的数据", "en": "You cannot access this user's data"},
     "error.invalid_user_id": {"zh": "无效的用户ID", "en": "Invalid user id"},
     "error.invalid_id": {"zh": "无效的ID", "en": "Invalid id"},
+    "error.cross_site": {
+        "zh": "已拒绝来自其他网站的请求",
+        "en": "A request from another site was refused",
+    },
+    "error.csrf": {
+        "zh": "页面已过期，请刷新后重试",
+        "en": "This page has expired; reload it and try again",
+    },
     "error.invalid_cursor": {"zh": "无效的分页游标", "en": "Invalid page cursor"},
     "error.turn_running": {
         "zh": "该会话正在生成回复，请稍候",

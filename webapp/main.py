@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -22,6 +22,7 @@ from .llm import create_provider
 from .metrics import Metrics
 from .redis_client import create_redis
 from .routes import api, pages, stream
+from .security import SecurityHeadersMiddleware, refuse_cross_site, require_csrf_token
 from .store import Store
 from .turn_reader import TurnReader
 from .turn_writer import TurnWriter
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.add_middleware(IdentityMiddleware, secret=settings.secret_key)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics, log_requests=settings.access_log)
 
     install_error_handlers(app, app.state.metrics)
@@ -134,8 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return PlainTextResponse("unauthorized", status_code=401)
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.include_router(api.router)
-    app.include_router(stream.router)
-    app.include_router(pages.router)
+    same_origin = [Depends(refuse_cross_site)]
+    app.include_router(api.router, dependencies=same_origin)
+    app.include_router(stream.router, dependencies=same_origin)
+    app.include_router(pages.router, dependencies=[*same_origin, Depends(require_csrf_token)])
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app

@@ -6,7 +6,7 @@ import html
 from typing import AsyncIterator, Callable
 
 import orjson
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import ServerSentEvent
 
 from ..conversations import Conversations
@@ -16,6 +16,7 @@ from ..i18n import Lang
 from ..ids import check_id
 from ..models import Conversation, TurnEvent, TurnInfo
 from ..render import render_fragment
+from ..security import request_token
 from ..sse import json_event_frame, merged, parse_last_event_id, seed_payload, stream_response
 from ..turn_reader import TurnReader
 
@@ -82,7 +83,7 @@ async def api_turn_events(
 
 async def html_events(
     reader: TurnReader, conversations: Conversations, conversation: Conversation, turn: TurnInfo | None,
-    after: int, lang: Lang,
+    after: int, lang: Lang, csrf_token: str,
 ) -> AsyncIterator[ServerSentEvent]:
     """`chunk` events carry escaped text to append; one `done` event carries the final bubble."""
     final: TurnEvent | None = None
@@ -101,12 +102,14 @@ async def html_events(
         "partials/turn_done.html", lang, conv=conversation, turn_id=turn_id, reply=outcome.reply,
         error_text=outcome.error_text, retry_text=outcome.retry_text,
         retry_for=outcome.reply.id if outcome.reply else "", no_reply_text=outcome.retry_text,
+        csrf_token=csrf_token,
     )
     yield ServerSentEvent(event="done", data=fragment, id=last_id)
 
 
 @router.get("/c/{session_id}/turns/{turn_id}/events", include_in_schema=False)
 async def conversation_turn_events(
+    request: Request,
     conversation: OwnedConversation,
     turn_id: str,
     user: CurrentUser,
@@ -126,4 +129,5 @@ async def conversation_turn_events(
         turn: TurnInfo | None = await reader.owned_turn(check_id(turn_id), user, session_id=conversation.id)
     except (TurnNotFound, InvalidId):
         turn = None
-    return stream_response(html_events(reader, conversations, conversation, turn, max(seq, after), lang))
+    return stream_response(html_events(reader, conversations, conversation, turn, max(seq, after), lang,
+                                       request_token(request)))

@@ -1,0 +1,163 @@
+"""Cross-site requests, CSRF tokens and security headers, over real HTTP.
+
+Every state-changing route is tried the way an attacker's page would make a browser send
+it (a foreign Origin, a cross-site or same-site Sec-Fetch-Site), and the web UI's routes
+also without their token and with another identity's. Each refusal must change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from bs4 import BeautifulSoup
+
+from tests.conftest import create_session, messages_of, page_token, start_chat, unique
+
+HX = {"HX-Request": "true"}
+
+
+@dataclass
+class Route:
+    method: str
+    path: str  # `{sid}` is a conversation of the caller's, `{tid}` one of its turns
+    page: bool  # a web UI route: it needs the page's token too
+    form: dict[str, str] | None = None
+    json: dict[str, Any] | None = None
+    params: dict[str, str] | None = None
+
+
+ROUTES = [
+    Route("POST", "/c", page=True),
+    Route("POST", "/lang", page=True, form={"lang": "en", "next": "/"}),
+    Route("POST", "/c/{sid}/messages", page=True, form={"message": "hi from a forged form"}),
+    Route("POST", "/c/{sid}/stop", page=True),
+    Route("POST", "/c/{sid}/role", page=True, form={"role": "teacher"}),
+    Route("POST", "/c/{sid}/title", page=True, form={"title": "forged title"}),
+    Route("POST", "/c/{sid}/delete", page=True),
+    Route("POST", "/c/{sid}/restore", page=True),
+    Route("POST", "/chat/start", page=False),
+    Route("GET", "/chat/stream", page=False, params={"session_id": "{sid}", "message": "forged turn"}),
+    Route("POST", "/api/sessions", page=False, json={}),
+    Route("PATCH", "/api/sessions/{sid}", page=False, json={"title": "forged title"}),
+    Route("DELETE", "/api/sessions/{sid}", page=False),
+    Route("POST", "/api/sessions/{sid}/turns", page=False, json={"message": "forged turn"}),
+    Route("POST", "/api/turns/{tid}/cancel", page=False),
+]
+FOREIGN = [
+    ("foreign Origin", {"Origin": "https://evil.example"}),
+    ("Origin null (sandboxed frame)", {"Origin": "null"}),
+    ("cross-site Sec-Fetch-Site", {"Sec-Fetch-Site": "cross-site"}),
+    ("same-site Sec-Fetch-Site (a sibling subdomain)", {"Sec-Fetch-Site": "same-site"}),
+]
+
+
+def send(client: httpx.Client, route: Route, sid: str, tid: str, headers: dict[str, str]) -> httpx.Response:
+    params = {k: v.format(sid=sid) for k, v in (route.params or {}).items()} or None
+    return client.request(route.method, route.path.format(sid=sid, tid=tid), data=route.form, json=route.json,
+                          params=params, headers=headers)
+
+
+def state_of(client: httpx.Client, sid: str) -> tuple[int, str, str]:
+    """What a forged request could change: the message count, the title, the role."""
+    session = client.get(f"/api/sessions/{sid}")
+    assert session.status_code == 200, "a refused request deleted the conversation"
+    body = session.json()
+    return messages_of(client, sid)["total"], body["title"], body["role"]
+
+
+@pytest.fixture
+def victim(make_client: Callable[..., httpx.Client]) -> tuple[httpx.Client, str, str]:
+    """A user with a conversation and a finished turn, who never sends the page's token by itself."""
+    client = make_client(page_token=False)
+    sid = create_session(client)["id"]
+    turn = client.post(f"/api/sessions/{sid}/turns", json={"message": unique("first")})
+    assert turn.status_code == 202
+    with client.stream("GET", turn.json()["events_url"]) as events:
+        events.read()
+    return client, sid, turn.json()["turn_id"]
+
+
+def test_state_changing_requests_from_another_site_are_refused_and_change_nothing(victim: Any) -> None:
+    client, sid, tid = victim
+    before = state_of(client, sid)
+    tried = refused = 0
+    for route in ROUTES:
+        for label, headers in FOREIGN:
+            tried += 1
+            response = send(client, route, sid, tid, {**headers, "X-CSRF-Token": page_token(client)})
+            assert response.status_code == 403, f"{route.method} {route.path} with {label}: {response.status_code}"
+            assert "another site" in response.text or "其他网站" in response.text
+            refused += 1
+    assert state_of(client, sid) == before
+    print(f"cross-site: {refused} of {tried} forged requests refused")
+
+
+def test_web_ui_routes_refuse_a_missing_or_foreign_token_and_change_nothing(
+    victim: Any, make_client: Callable[..., httpx.Client]
+) -> None:
+    client, sid, tid = victim
+    other = make_client()
+    start_chat(other)
+    before = state_of(client, sid)
+    for route in [r for r in ROUTES if r.page]:
+        for label, headers in (("no token", {}), ("another identity's token", {"X-CSRF-Token": page_token(other)}),
+                               ("a made-up token", {"X-CSRF-Token": "0" * 32})):
+            for mode in ({}, HX):
+                response = send(client, route, sid, tid, {**headers, **mode})
+                assert response.status_code == 403, f"{route.path} with {label}: {response.status_code}"
+                if mode:
+                    assert response.headers.get("HX-Retarget") == "#toasts"  # shown as a toast
+    assert state_of(client, sid) == before
+
+
+def test_web_ui_form_posts_with_the_pages_token_work_without_javascript(
+    make_client: Callable[..., httpx.Client],
+) -> None:
+    client = make_client(page_token=False)
+    page = BeautifulSoup(client.get("/", follow_redirects=True).text, "html.parser")
+    sid = page.select_one("#main")["data-conversation"]
+    meta = page.select_one('meta[name="csrf-token"]')["content"]
+    forms = page.select('form[method="post"]')
+    assert forms and all(f.select_one('input[name="csrf_token"]')["value"] == meta for f in forms)
+    rename = client.post(f"/c/{sid}/title", data={"title": "Typed by hand", "csrf_token": meta})
+    assert rename.status_code == 303
+    assert client.get(f"/api/sessions/{sid}").json()["title"] == "Typed by hand"
+    # the same token in the header, as app.js sends it with every htmx request
+    assert client.post(f"/c/{sid}/title", data={"title": "By htmx"}, headers={**HX, "X-CSRF-Token": meta}).is_success
+
+
+def test_api_clients_without_a_browser_origin_still_work(make_client: Callable[..., httpx.Client]) -> None:
+    # the seed page and scripts send no Origin of another site: nothing changes for them
+    client = make_client(page_token=False)
+    chat = start_chat(client, headers={"Origin": str(client.base_url).rstrip("/")})
+    assert chat["session_id"]
+    same_site = client.post("/api/sessions", json={}, headers={"Sec-Fetch-Site": "same-origin"})
+    assert same_site.status_code == 201
+
+
+def test_every_response_carries_the_security_headers(client: httpx.Client) -> None:
+    page = client.get("/", follow_redirects=True)
+    api = client.get("/api/roles")
+    missing = client.get("/no-such-page", headers={"Accept": "text/html"})
+    for response in (page, api, missing):
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-eval" not in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["referrer-policy"] == "same-origin"
+
+
+def test_pages_have_no_inline_script_and_nothing_htmx_would_eval(client: httpx.Client) -> None:
+    page = BeautifulSoup(client.get("/", follow_redirects=True).text, "html.parser")
+    assert all(script.get("src", "").startswith("/static/") for script in page.find_all("script"))
+    for tag in page.find_all(True):
+        handlers = [a for a in tag.attrs if a.startswith(("on", "hx-on", "hx-vars")) or a == "hx-vals"]
+        assert handlers == [], f"<{tag.name}> has {handlers}"
+        assert "[" not in tag.get("hx-trigger", ""), f"an eval'd trigger filter on <{tag.name}>"
+    config = page.select_one('meta[name="htmx-config"]')["content"]
+    assert '"allowEval": false' in config

@@ -1,0 +1,110 @@
+"""A safe default on the open internet: security headers on every response, and CSRF defences.
+
+Cross-site request forgery is refused twice over:
+- every state-changing request (POST/PUT/PATCH/DELETE, and the seed's GET /chat/stream that
+  starts a turn) whose `Sec-Fetch-Site` says it came from another site, or whose `Origin` is
+  not this one, gets 403 — browsers send these headers and a page cannot forge them;
+- the web UI's own forms and HTMX requests also carry a token bound to the caller's identity
+  (a hidden `csrf_token` field; app.js sends it as an `X-CSRF-Token` header), for browsers
+  that send neither header.
+API clients (scripts, the seed page's fetch) send no Origin from another site, so they pass.
+
+The Content-Security-Policy allows only this origin's scripts: no inline script, no eval
+(htmx runs with `allowEval: false`; its keyboard triggers are custom events app.js fires).
+Styles may be inline: sanitized Markdown tables carry `text-align` styles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import BadCsrfToken, CrossSiteRequest
+
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+FOREIGN_SITES = frozenset({"cross-site", "same-site"})
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class SecurityHeadersMiddleware:
+    """Adds SECURITY_HEADERS to every response (plain ASGI: streamed responses pass straight through)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def token_for(identity: str, secret: str) -> str:
+    """The CSRF token of an identity: an HMAC only this server can make, stable for the identity."""
+    return hmac.new(secret.encode(), b"csrf:" + identity.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def request_token(request: Request) -> str:
+    """The token the pages of this request carry ("" before the caller has an identity)."""
+    identity = request.state.identity if hasattr(request.state, "identity") else None
+    return token_for(identity, request.app.state.settings.secret_key) if identity else ""
+
+
+def own_origin(request: Request) -> str:
+    return f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+
+async def refuse_cross_site(request: Request) -> None:
+    """403 for a state-changing request another site's page made the browser send."""
+    if request.method not in UNSAFE_METHODS and request.url.path != "/chat/stream":
+        return
+    headers = request.headers
+    if headers.get("sec-fetch-site") in FOREIGN_SITES:
+        raise CrossSiteRequest()
+    origin = headers.get("origin")
+    if origin is not None and origin != own_origin(request):
+        raise CrossSiteRequest()
+
+
+async def require_csrf_token(request: Request) -> None:
+    """A state-changing request of the web UI carries its identity's token (header or form field)."""
+    if request.method not in UNSAFE_METHODS:
+        return
+    given = request.headers.get(CSRF_HEADER)
+    if given is None and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        form = await request.form()  # parsed once: the route's Form() fields reuse it
+        value = form.get(CSRF_FIELD)
+        given = value if isinstance(value, str) else None
+    expected = request_token(request)
+    if not given or not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise BadCsrfToken()
+
+
+SameOrigin = Annotated[None, Depends(refuse_cross_site)]
+CsrfToken = Annotated[None, Depends(require_csrf_token)]
