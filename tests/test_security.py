@@ -161,3 +161,26 @@ def test_pages_have_no_inline_script_and_nothing_htmx_would_eval(client: httpx.C
         assert "[" not in tag.get("hx-trigger", ""), f"an eval'd trigger filter on <{tag.name}>"
     config = page.select_one('meta[name="htmx-config"]')["content"]
     assert '"allowEval": false' in config
+
+
+@pytest.mark.parametrize("body", ['{"message": "\\ud800"}', '{"message": "a\\udfffb"}'])
+def test_a_lone_surrogate_in_json_is_a_clear_400_and_the_conversation_stays_usable(
+    client: httpx.Client, body: str
+) -> None:
+    sid = create_session(client)["id"]
+    response = client.post(f"/api/sessions/{sid}/turns", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "invalid characters" in response.json()["detail"] or "无效字符" in response.json()["detail"]
+    title = client.patch(f"/api/sessions/{sid}", content='{"title": "\\ud800"}',
+                         headers={"content-type": "application/json"})
+    assert title.status_code in (400, 422)  # refused, with a message naming the field or the text
+    # nothing was locked or stored: the next real turn goes through
+    assert client.post(f"/api/sessions/{sid}/turns", json={"message": unique("after")}).status_code == 202
+
+
+def test_malformed_cursor_and_out_of_range_index_are_4xx_not_storage_errors(client: httpx.Client) -> None:
+    sid = create_session(client)["id"]
+    for path in (f"/api/sessions?cursor=nan_{sid}", "/api/sessions?cursor=1.5_not-an-id", "/api/sessions?cursor=x",
+                 f"/api/sessions/{sid}/messages?before=99999999999999999999"):
+        response = client.get(path)
+        assert 400 <= response.status_code < 500, (path, response.status_code, response.text)

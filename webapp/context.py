@@ -6,18 +6,27 @@ window and its char budget) are tested in-process in milliseconds (tests/unit/).
 
 from __future__ import annotations
 
-from .errors import EmptyMessage, MessageTooLong
+from .errors import EmptyMessage, MessageTooLong, UndecodableText
 from .models import Message
 from .roles import Role
 
 
+def check_text(text: str) -> str:
+    """`text` if it is valid Unicode; JSON can carry lone surrogates ("\\ud800") that no store can keep."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UndecodableText() from None
+    return text
+
+
 def validate_message(text: str | None, max_chars: int) -> str:
-    """The message as it will be saved, or a domain error: empty, or too long."""
+    """The message as it will be saved, or a domain error: empty, too long, or not valid Unicode."""
     if text is None or not text.strip():
         raise EmptyMessage()
     if len(text) > max_chars:
         raise MessageTooLong(limit=max_chars)
-    return text
+    return check_text(text)
 
 
 def build_context(role: Role, window: list[Message], budget_chars: int) -> list[dict[str, str]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from .context import check_text
 from .errors import EmptyTitle, SessionNotFound, UndoExpired
 from .ids import check_id
 from .i18n import t
@@ -127,7 +128,7 @@ class Conversations:
         welcome = Message(id=new_message_id(), role="assistant", content=t("welcome", "zh"), ts=now_iso(),
                           kind=WELCOME)
         conversation = Conversation(
-            id=new_id(), user_id=user_id, title=clean_title(title), preview=make_preview(welcome.content),
+            id=new_id(), user_id=user_id, title=clean_title(check_text(title)), preview=make_preview(welcome.content),
             role=role.id, message_count=1, created=now, updated=now,
         )
         await self.store.create_conversation(conversation, welcome)
@@ -149,7 +150,7 @@ class Conversations:
     async def update(self, conversation: Conversation, *, title: str | None = None,
                      role_id: str | None = None) -> Conversation:
         """Rename and/or switch the role; a title that is empty once cleaned is refused."""
-        clean = clean_title(title) if title is not None else None
+        clean = clean_title(check_text(title)) if title is not None else None
         if clean is not None and not clean:
             raise EmptyTitle()
         role = get_role(role_id).id if role_id is not None else None

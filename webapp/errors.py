@@ -27,6 +27,12 @@ class MessageTooLong(ChatError):
     key = "error.message_too_long"
 
 
+class UndecodableText(ChatError):
+    """Text that is not valid Unicode (a lone surrogate such as "\\ud800" in JSON): it cannot be stored."""
+
+    key = "error.invalid_text"
+
+
 class UnknownRole(ChatError):
     key = "error.unknown_role"
 

@@ -34,6 +34,10 @@ CATALOG: dict[str, dict[Lang, str]] = {
         "zh": "页面已过期，请刷新后重试",
         "en": "This page has expired; reload it and try again",
     },
+    "error.invalid_text": {
+        "zh": "文本包含无效字符（如孤立的代理项），无法保存",
+        "en": "The text contains invalid characters (such as a lone surrogate) and cannot be saved",
+    },
     "error.invalid_cursor": {"zh": "无效的分页游标", "en": "Invalid page cursor"},
     "error.turn_running": {
         "zh": "该会话正在生成回复，请稍候",

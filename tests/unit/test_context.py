@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.context import build_context, validate_message
-from webapp.errors import EmptyMessage, MessageTooLong
+from webapp.context import build_context, check_text, validate_message
+from webapp.errors import EmptyMessage, MessageTooLong, UndecodableText
 from webapp.models import Message
 from webapp.roles import BUILTIN_ROLES, Role
 
@@ -85,3 +85,15 @@ def test_the_newest_message_with_text_is_kept_when_an_empty_failed_reply_ends_th
     # a failed reply saved with no text must not use up the "newest always stays" exception
     window = [message("x" * 50), message("", "assistant")]
     assert [m["content"] for m in build_context(ROLE, window, 20)[1:]] == ["x" * 50]
+
+
+@pytest.mark.parametrize("text", ["\ud800", "a\udfffb", "ok \ud83d"])
+def test_text_that_is_not_valid_unicode_is_refused_with_a_clear_error(text: str) -> None:
+    with pytest.raises(UndecodableText):
+        validate_message(text, 1000)
+    with pytest.raises(UndecodableText):
+        check_text(text)
+
+
+def test_valid_unicode_including_emoji_and_rtl_passes() -> None:
+    assert check_text("😀 שלום \u200b 你好") == "😀 שלום \u200b 你好"
