@@ -280,6 +280,8 @@ class App:
                 "DATA_DIR": str(self.data_dir),
                 "WEB_CONCURRENCY": "1",
                 "RATE_LIMIT_PER_MINUTE": "0",
+                "TURNS_PER_IP_PER_MINUTE": "0",
+                "NEW_IDENTITIES_PER_IP_PER_HOUR": "0",
                 "OPENAI_API_KEY": "bench",
                 "OPENAI_BASE_URL": f"{self.upstream_url}/v1",
                 "PYTHONUNBUFFERED": "1",

@@ -231,6 +231,10 @@ def _start_app(data_dir: Path, settings: dict[str, str]) -> AppServer:
             "SECRET_KEY": TEST_SECRET_KEY,
             "OPENAI_TIMEOUT": str(OPENAI_TIMEOUT_SECONDS),
             "RATE_LIMIT_PER_MINUTE": "1000",
+            "TURNS_PER_IP_PER_MINUTE": "0",  # every test client is 127.0.0.1: tests of limits turn them on
+            "NEW_IDENTITIES_PER_IP_PER_HOUR": "0",
+            "SIGN_INS_PER_IP_PER_MINUTE": "0",
+            "SIGNUPS_PER_IP_PER_HOUR": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )

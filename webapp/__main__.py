@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import signal
@@ -123,8 +124,7 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         workers=settings.web_concurrency,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
+        proxy_headers=False,  # the app applies FORWARDED_ALLOW_IPS itself (webapp/peers.py)
         log_level=settings.log_level,
         access_log=False,  # the app logs requests itself, without query strings (they carry messages)
         timeout_graceful_shutdown=10,
@@ -137,6 +137,58 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def read_new_password() -> str:
+    """From stdin when piped (scripts), else asked twice without echo."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise SystemExit("The passwords differ.")
+    return first
+
+
+def create_user(settings: Settings, username: str) -> int:
+    """`python -m webapp create-user NAME`: an account, also when sign-up is closed (ALLOW_SIGNUP=false)."""
+    import asyncio
+
+    from .accounts import Accounts
+    from .errors import ChatError
+    from .i18n import t
+    from .limits import Limits
+    from .redis_client import create_redis
+    from .store import Store
+
+    password = read_new_password()
+    embedded: EmbeddedRedis | None = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        if _socket_answers(embedded.socket):  # the app is running: use its Redis
+            settings.redis_url, embedded = embedded.url, None
+        else:
+            embedded.start()
+            settings.redis_url = embedded.url
+
+    async def run() -> int:
+        redis = create_redis(settings, bounded=True)
+        try:
+            store = Store(redis, conversation_ttl=settings.conversation_ttl, index_ttl=settings.index_ttl,
+                          turn_timeout=settings.turn_timeout_seconds)
+            uid = await Accounts(store, settings, Limits(store)).create_user(username, password)
+        except ChatError as exc:
+            print(t(exc.key, "en", **exc.params), file=sys.stderr)
+            return 1
+        finally:
+            await redis.aclose()
+        print(f"created {username} ({uid})")
+        return 0
+
+    try:
+        return asyncio.run(run())
+    finally:
+        if embedded:
+            embedded.stop()
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -144,6 +196,12 @@ def main() -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if sys.argv[1:2] == ["create-user"]:
+        if len(sys.argv) != 3:
+            print("usage: python -m webapp create-user USERNAME   (the password is read from stdin or asked)",
+                  file=sys.stderr)
+            return 2
+        return create_user(settings, sys.argv[2])
     # workers re-read the environment: hand them the generated key and the embedded Redis
     os.environ["SECRET_KEY"] = settings.secret_key
     embedded: EmbeddedRedis | None = None

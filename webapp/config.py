@@ -43,6 +43,24 @@ class Settings(BaseSettings):
     stream_coalesce_ms: int = Field(40, ge=0, le=1000)
     stream_flush_ms: int = Field(100, ge=1, le=2000, description="how often reply chunks are written to Redis")
     turn_timeout_seconds: int = Field(600, ge=10)
+    # who a caller is: anonymous cookies (zero set-up), accounts (sign-in), or a trusted SSO proxy's header
+    auth: Literal["anonymous", "accounts", "proxy"] = "anonymous"
+    allow_signup: bool = Field(True, description="accounts mode: anyone may create an account (else create-user)")
+    proxy_user_header: str = Field("Remote-User", description="AUTH=proxy: the header carrying the user name")
+    seed_api: Literal["auto", "on", "token", "off"] = Field(
+        "auto", description="the tutorial's /chat API: on, token-only, off; auto = on when anonymous, else token"
+    )
+    session_days: int = Field(30, ge=1, description="accounts mode: how long a sign-in lasts")
+    # limits (0 = off), counted in Redis across workers and hosts
+    turns_per_ip_per_minute: int = Field(60, ge=0)
+    new_identities_per_ip_per_hour: int = Field(30, ge=0)
+    sign_ins_per_ip_per_minute: int = Field(10, ge=0)
+    sign_ins_per_account_per_minute: int = Field(5, ge=0)
+    signups_per_ip_per_hour: int = Field(5, ge=0)
+    max_conversations_per_user: int = Field(2000, ge=0)
+    max_streams_per_user: int = Field(20, ge=0, description="open SSE connections per identity, per worker")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body accepted")
+    readyz_token: str = Field("", description="when set, /readyz?upstream=1 needs Authorization: Bearer <token>")
 
     @field_validator("redis_url")
     @classmethod
@@ -57,6 +75,13 @@ class Settings(BaseSettings):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @property
+    def seed_api_mode(self) -> str:
+        """on, token or off: what `auto` means for this AUTH."""
+        if self.seed_api != "auto":
+            return self.seed_api
+        return "on" if self.auth == "anonymous" else "token"
 
     @property
     def demo_mode(self) -> bool:

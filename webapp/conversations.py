@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from .context import check_text
-from .errors import EmptyTitle, SessionNotFound, UndoExpired
+from .errors import EmptyTitle, SessionNotFound, TooManyConversations, UndoExpired
 from .ids import check_id
 from .i18n import t
 from .models import WELCOME, Conversation, Message, TurnEvent, new_id, new_message_id, now_iso
@@ -82,10 +82,11 @@ def mark_welcome(messages: list[Message], first_index: int) -> list[Message]:
 class Conversations:
     """Create, find, change and delete a user's conversations; build what their pages show."""
 
-    def __init__(self, store: Store, writer: TurnWriter, reader: TurnReader) -> None:
+    def __init__(self, store: Store, writer: TurnWriter, reader: TurnReader, max_per_user: int = 0) -> None:
         self.store = store
         self.writer = writer
         self.reader = reader
+        self.max_per_user = max_per_user
 
     # finding ------------------------------------------------------------
 
@@ -124,6 +125,8 @@ class Conversations:
     async def create(self, user_id: str, *, role_id: str | None = None, title: str = "") -> Conversation:
         """A new conversation with its welcome message (stored in the seed's Chinese, shown in the reader's language)."""
         role = get_role(role_id)
+        if self.max_per_user and await self.store.count_conversations(user_id) >= self.max_per_user:
+            raise TooManyConversations(limit=self.max_per_user)
         now = time.time()
         welcome = Message(id=new_message_id(), role="assistant", content=t("welcome", "zh"), ts=now_iso(),
                           kind=WELCOME)

@@ -13,8 +13,9 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
+from .accounts import Accounts
 from .conversations import Conversations
-from .errors import ForbiddenUser
+from .errors import BadToken, ForbiddenUser, SeedApiOff, SignInRequired
 from .htmx import lang_of
 from .i18n import Lang
 from .ids import check_user_id
@@ -36,6 +37,10 @@ async def get_reader(request: Request) -> TurnReader:
     return request.app.state.turn_reader
 
 
+async def get_accounts(request: Request) -> Accounts:
+    return request.app.state.accounts
+
+
 async def get_lang(request: Request) -> Lang:
     return lang_of(request)
 
@@ -44,28 +49,74 @@ ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
 WriterDep = Annotated[TurnWriter, Depends(get_writer)]
 ReaderDep = Annotated[TurnReader, Depends(get_reader)]
 LangDep = Annotated[Lang, Depends(get_lang)]
+AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 
 
-async def _resolve_user(request: Request, claimed: str | None) -> str:
-    """The caller's identity: the signed cookie, or a new one (claiming `claimed` if nobody holds it).
+SIGNIN_COOKIE = "chat_signin"
 
-    A `user_id` that differs from the cookie, or that another identity already holds,
-    is refused with 403 and reveals nothing else.
+
+def client_ip(request: Request) -> str:
+    """The caller's address (a trusted proxy's X-Forwarded-For already applied)."""
+    return request.client.host if request.client else ""
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+async def _resolve_user(request: Request, claimed: str | None, *, creating: bool = False) -> str:
+    """Who is calling: an API token, a sign-in, a trusted proxy's user, or an anonymous cookie.
+
+    Anonymous mode: the signed cookie, or a new identity (claiming `claimed`, a seed client's
+    user_id, if nobody holds it) — but only a request that creates something makes one, and
+    new identities are limited per IP. A `user_id` that differs from the caller, or that
+    another identity already holds, is refused with 403 and reveals nothing else.
     """
     if claimed is not None:
         check_user_id(claimed)
-    identity: str | None = request.state.identity
+    app = request.app.state
+    settings = app.settings
+    token = bearer_token(request)
+    identity: str | None
+    if token is not None:
+        identity = await app.accounts.user_of_token(token) if token else None
+        if identity is None:
+            raise BadToken()
+    elif settings.auth == "accounts":
+        identity = await app.accounts.user_of_signin(request.cookies.get(SIGNIN_COOKIE, ""))
+        if identity is None:
+            raise SignInRequired()
+    elif settings.auth == "proxy":
+        name = request.headers.get(settings.proxy_user_header)
+        if not name or request.state.peer not in app.trusted_proxies:
+            raise SignInRequired()
+        identity = await app.accounts.proxy_user(name.strip())
+    else:
+        identity = request.state.identity
     if identity:
         if claimed and claimed != identity:
             raise ForbiddenUser()
+        request.state.identity = identity
         return identity
     if claimed:
-        store: Store = request.app.state.store
+        store: Store = app.store
+        if not creating:
+            # reading needs no identity: nothing is claimed, and nothing of anyone's is found
+            if await store.identity_exists(claimed):
+                raise ForbiddenUser()
+            return claimed
+        await app.limits.hit((app.new_identity_limit, client_ip(request)))
         if not await store.claim_user(claimed):
             raise ForbiddenUser()
         request.state.new_identity = claimed
         request.state.identity = claimed
         return claimed
+    if creating:
+        await app.limits.hit((app.new_identity_limit, client_ip(request)))
     # 96 random bits nobody can guess: claimed by the first write (create_conversation), not here
     identity = "u_" + secrets.token_hex(12)
     request.state.new_identity = identity
@@ -77,15 +128,44 @@ async def current_user(request: Request) -> str:
     return await _resolve_user(request, None)
 
 
+async def creating_user(request: Request) -> str:
+    """The caller of a request that creates something: a new anonymous identity counts per IP."""
+    return await _resolve_user(request, None, creating=True)
+
+
+def _seed_mode(request: Request) -> None:
+    mode = request.app.state.settings.seed_api_mode
+    if mode == "off":
+        raise SeedApiOff()
+    if mode == "token" and not bearer_token(request):
+        raise BadToken()
+
+
 async def seed_user(
     request: Request,
     user_id: Annotated[str | None, Query(description="the caller's own id (the seed API names it)")] = None,
 ) -> str:
+    _seed_mode(request)
     return await _resolve_user(request, user_id or None)
 
 
+async def seed_creator(
+    request: Request,
+    user_id: Annotated[str | None, Query(description="the caller's own id (the seed API names it)")] = None,
+) -> str:
+    _seed_mode(request)
+    return await _resolve_user(request, user_id or None, creating=True)
+
+
 CurrentUser = Annotated[str, Depends(current_user)]
+CreatingUser = Annotated[str, Depends(creating_user)]
 SeedUser = Annotated[str, Depends(seed_user)]
+SeedCreator = Annotated[str, Depends(seed_creator)]
+async def get_client_ip(request: Request) -> str:
+    return client_ip(request)
+
+
+ClientIp = Annotated[str, Depends(get_client_ip)]
 
 
 async def owned_conversation(

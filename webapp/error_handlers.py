@@ -9,14 +9,15 @@ an error page otherwise); the JSON and SSE APIs get `{"detail": ...}`.
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import ChatError
+from .errors import ChatError, RateLimited, SignInRequired
 from .htmx import View, is_htmx, lang_of
 from .i18n import t
 from .metrics import Metrics
@@ -48,7 +49,17 @@ def error_response(request: Request, key: str, status: int, params: dict[str, ob
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(ChatError)
     async def domain_error(request: Request, exc: ChatError) -> Response:
-        return error_response(request, exc.key, exc.status, exc.params)
+        if isinstance(exc, SignInRequired) and wants_html(request):
+            # a page of someone not signed in: the sign-in page, then back here
+            target = "/login?next=" + quote(View(request).current_path)
+            if is_htmx(request):
+                return Response(status_code=204, headers={"HX-Redirect": target})
+            return RedirectResponse(target, status_code=303)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        response = error_response(request, exc.key, exc.status, exc.params, headers=headers)
+        if headers:
+            response.headers.update(headers)
+        return response
 
     @app.exception_handler(RedisError)
     async def storage_error(request: Request, exc: RedisError) -> Response:

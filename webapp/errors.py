@@ -93,5 +93,69 @@ class UndoExpired(ChatError):
 
 
 class RateLimited(ChatError):
+    """Too many of something in a window; `retry_after` seconds until the window ends."""
+
     status = 429
     key = "error.rate_limited"
+
+    def __init__(self, retry_after: int = 60, **params: object) -> None:
+        super().__init__(**params)
+        self.retry_after = retry_after
+
+
+class InvalidUsername(ChatError):
+    key = "error.invalid_username"
+
+
+class WeakPassword(ChatError):
+    key = "error.weak_password"
+
+
+class SignInRequired(ChatError):
+    status = 401
+    key = "error.sign_in_required"
+
+
+class BadCredentials(ChatError):
+    status = 401
+    key = "error.bad_credentials"
+
+
+class BadToken(ChatError):
+    status = 401
+    key = "error.bad_token"
+
+
+class SignupClosed(ChatError):
+    status = 403
+    key = "error.signup_closed"
+
+
+class SeedApiOff(ChatError):
+    status = 404
+    key = "error.seed_api_off"
+
+
+class TokenNotFound(ChatError):
+    status = 404
+    key = "error.token_not_found"
+
+
+class UsernameTaken(ChatError):
+    status = 409
+    key = "error.username_taken"
+
+
+class TooManyConversations(ChatError):
+    status = 409
+    key = "error.too_many_conversations"
+
+
+class RequestTooLarge(ChatError):
+    status = 413
+    key = "error.request_too_large"
+
+
+class TooManyStreams(ChatError):
+    status = 429
+    key = "error.too_many_streams"

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
-from .errors import ChatError
+from .errors import ChatError, RateLimited
 from .i18n import LANG_COOKIE, Lang, pick_lang, t
 from .ids import UUID_PATTERN
 from .render import templates, ui_context
@@ -84,6 +84,8 @@ class View:
                **values: Any) -> Response:
         """`name` rendered, whoever asks (a page, or a fragment both kinds of request get)."""
         values.setdefault("csrf_token", request_token(self.request))
+        settings = getattr(self.request.app.state, "settings", None)  # absent in apps built by unit tests
+        values.setdefault("auth_mode", settings.auth if settings else "anonymous")
         response = templates.TemplateResponse(self.request, name, ui_context(self.lang, **values),
                                               status_code=status, headers=headers)
         response.headers["Vary"] = "HX-Request"
@@ -129,7 +131,10 @@ class View:
         JavaScript, `page` renders the form again with the message, keeping what was typed."""
         if self.fragment:
             raise error
-        return await page(t(error.key, self.lang, **error.params), error.status)
+        response = await page(t(error.key, self.lang, **error.params), error.status)
+        if isinstance(error, RateLimited):
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
 
     def error(self, key: str, status: int, params: dict[str, object] | None = None) -> Response:
         """A toast for HTMX (retargeted into #toasts), an error page otherwise."""

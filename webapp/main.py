@@ -13,16 +13,21 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
 from .access import AccessMiddleware
+from .accounts import Accounts
 from .config import Settings, get_settings
 from .conversations import Conversations
 from .error_handlers import install_error_handlers
 from .identity import IdentityMiddleware
 from .llm import create_provider
+from .limits import Limit, Limits
 from .metrics import Metrics
+from .peers import RecordPeer, TrustedProxies
 from .redis_client import create_redis
-from .routes import api, pages, stream
-from .security import SecurityHeadersMiddleware, refuse_cross_site, require_csrf_token
+from .routes import api, auth, pages, stream
+from .security import BodyLimitMiddleware, SecurityHeadersMiddleware, refuse_cross_site, require_csrf_token
 from .store import Store
 from .turn_reader import TurnReader
 from .turn_writer import TurnWriter
@@ -55,6 +60,11 @@ def tune_garbage_collection() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def bearer_matches(request: Request, token: str) -> bool:
+    given = request.headers.get("authorization", "").encode()
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
 def configure_logging(level: str) -> None:
     """key=value lines on stderr; also in uvicorn's worker processes, which start unconfigured."""
     if not logging.getLogger().handlers:
@@ -79,10 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             turn_timeout=settings.turn_timeout_seconds,
         )
         writer = TurnWriter(store, provider, settings, app.state.metrics)
-        reader = TurnReader(store, writer.local_run, app.state.metrics)
-        app.state.store, app.state.provider = store, provider
+        reader = TurnReader(store, writer.local_run, app.state.metrics, settings.max_streams_per_user)
+        limits = Limits(store)
+        app.state.store, app.state.provider, app.state.limits = store, provider, limits
         app.state.turn_writer, app.state.turn_reader = writer, reader
-        app.state.conversations = Conversations(store, writer, reader)
+        app.state.conversations = Conversations(store, writer, reader, settings.max_conversations_per_user)
+        app.state.accounts = Accounts(store, settings, limits)
         writer.start()
         tune_garbage_collection()
         log.info(
@@ -106,9 +118,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.trusted_proxies = TrustedProxies(settings.forwarded_allow_ips)
+    app.state.new_identity_limit = Limit("identities-ip", settings.new_identities_per_ip_per_hour, 3600)
     app.add_middleware(IdentityMiddleware, secret=settings.secret_key)
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics, log_requests=settings.access_log)
+    # outermost: note the socket's peer, then apply a trusted proxy's X-Forwarded-For/-Proto
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    app.add_middleware(RecordPeer)
 
     install_error_handlers(app, app.state.metrics)
 
@@ -120,7 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["ops"])
     async def readyz(request: Request, upstream: bool = False) -> Response:
-        """Readiness: Redis, and with `?upstream=1` the model endpoint too."""
+        """Readiness: Redis, and with `?upstream=1` the model endpoint too (READYZ_TOKEN may guard that)."""
+        if upstream and settings.readyz_token and not bearer_matches(request, settings.readyz_token):
+            return PlainTextResponse("unauthorized", status_code=401)
         checks = {"redis": await request.app.state.store.ping()}
         if upstream:
             checks["upstream"] = await request.app.state.provider.ping()
@@ -131,14 +151,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics(request: Request) -> Response:
         if not settings.metrics_enabled:
             return PlainTextResponse("metrics are disabled", status_code=404)
-        given = request.headers.get("authorization", "").encode()
-        if settings.metrics_token and not hmac.compare_digest(given, f"Bearer {settings.metrics_token}".encode()):
+        if settings.metrics_token and not bearer_matches(request, settings.metrics_token):
             return PlainTextResponse("unauthorized", status_code=401)
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     same_origin = [Depends(refuse_cross_site)]
     app.include_router(api.router, dependencies=same_origin)
     app.include_router(stream.router, dependencies=same_origin)
+    app.include_router(auth.router, dependencies=same_origin)  # before a sign-in there is no token to check
     app.include_router(pages.router, dependencies=[*same_origin, Depends(require_csrf_token)])
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app

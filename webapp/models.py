@@ -123,7 +123,7 @@ class TurnLock:
 
     meta: dict[str, str]
     locked: bool
-    rate_count: int | None  # turns counted in this window, when counting
+    counts: list[int]  # each limit's count in its window, this turn included
 
 
 @dataclass

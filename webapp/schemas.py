@@ -108,3 +108,22 @@ class RoleOut(BaseModel):
     def of(cls, role: Role) -> "RoleOut":
         return cls(id=role.id, name_zh=role.name_zh, name_en=role.name_en,
                    description_zh=role.description_zh, description_en=role.description_en)
+
+
+class TokenIn(BaseModel):
+    name: str = Field("API token", max_length=100)
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    created_at: str
+
+    @classmethod
+    def of(cls, token: dict[str, object]) -> "TokenOut":
+        return cls(id=str(token["id"]), name=str(token["name"]), created_at=_iso(float(token["created"] or 0)))
+
+
+class NewTokenOut(BaseModel):
+    id: str
+    token: str = Field(description="shown once: the server keeps only its hash")

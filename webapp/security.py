@@ -23,7 +23,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import BadCsrfToken, CrossSiteRequest
+from .errors import BadCsrfToken, CrossSiteRequest, RequestTooLarge
 
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
@@ -63,6 +63,42 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+class BodyLimitMiddleware:
+    """413 for a request body over `max_bytes`: by its Content-Length at once, else as it arrives."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise RequestTooLarge()
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from .error_handlers import error_response  # the one error path renders it
+
+        request = Request(scope, receive)
+        response = error_response(request, RequestTooLarge.key, RequestTooLarge.status)
+        await response(scope, receive, send)
+
+
 def token_for(identity: str, secret: str) -> str:
     """The CSRF token of an identity: an HMAC only this server can make, stable for the identity."""
     return hmac.new(secret.encode(), b"csrf:" + identity.encode(), hashlib.sha256).hexdigest()[:32]
@@ -70,8 +106,9 @@ def token_for(identity: str, secret: str) -> str:
 
 def request_token(request: Request) -> str:
     """The token the pages of this request carry ("" before the caller has an identity)."""
-    identity = request.state.identity if hasattr(request.state, "identity") else None
-    return token_for(identity, request.app.state.settings.secret_key) if identity else ""
+    identity = getattr(request.state, "identity", None)
+    settings = getattr(request.app.state, "settings", None)
+    return token_for(identity, settings.secret_key) if identity and settings else ""
 
 
 def own_origin(request: Request) -> str:

@@ -12,9 +12,15 @@ Keys (all prefixed `chat:`):
     session:{sid}:lock             the running turn's id while a reply is generated (one per conversation)
     turn:{tid}                     HASH turn state (session_id, user_id, status, message_id)
     turn:{tid}:events              STREAM of reply events, ids `0-{seq}`, capped, expires after the turn
-    rate:{uid}:{minute}            fixed-window turn counter
     trash:{sid}                    JSON copy of a conversation deleted from the web UI, kept briefly for undo
     cancel                         pub/sub channel: turn ids to cancel, on whichever worker runs them
+    limit:{name}:{key}:{window}    fixed-window counter of a limit (per IP, per account...), expires after its window
+    account:{uid}                  HASH an account (username, password hash, created); no TTL
+    account:name:{username}        the uid of a username (lower case); no TTL
+    signin:{sha256}                HASH a sign-in (uid, created), by the hash of its cookie; session TTL
+    user:{uid}:signins             SET the sign-in hashes of a user (sign out everywhere)
+    token:{sha256}                 the uid of a personal API token, by the hash of the token; no TTL
+    user:{uid}:tokens              HASH token id -> JSON {name, created, hash} of a user's tokens
 """
 
 from __future__ import annotations
@@ -74,12 +80,36 @@ def _follower_wake_key(worker_id: str) -> str:
     return f"{PREFIX}follower:{worker_id}:wake"
 
 
-def _rate_key(uid: str, minute: int) -> str:
-    return f"{PREFIX}rate:{uid}:{minute}"
-
-
 def _trash_key(sid: str) -> str:
     return f"{PREFIX}trash:{sid}"
+
+
+def _limit_key(name: str, key: str, window: int) -> str:
+    return f"{PREFIX}limit:{name}:{key}:{window}"
+
+
+def _account_key(uid: str) -> str:
+    return f"{PREFIX}account:{uid}"
+
+
+def _account_name_key(username: str) -> str:
+    return f"{PREFIX}account:name:{username.lower()}"
+
+
+def _signin_key(digest: str) -> str:
+    return f"{PREFIX}signin:{digest}"
+
+
+def _signins_key(uid: str) -> str:
+    return f"{PREFIX}user:{uid}:signins"
+
+
+def _token_key(digest: str) -> str:
+    return f"{PREFIX}token:{digest}"
+
+
+def _tokens_key(uid: str) -> str:
+    return f"{PREFIX}user:{uid}:tokens"
 
 
 class Store:
@@ -112,6 +142,125 @@ class Store:
     async def claim_user(self, uid: str) -> bool:
         """Claim an identity that nobody holds yet; False when it is already someone's."""
         return bool(await self.redis.set(_user_key(uid), "1", nx=True, ex=self.index_ttl))
+
+    async def identity_exists(self, uid: str) -> bool:
+        """Whether an identity has been claimed (or still has data)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(_user_key(uid))
+            pipe.exists(_index_key(uid))
+            claimed, indexed = await pipe.execute()
+        return bool(claimed or indexed)
+
+    async def count_conversations(self, uid: str) -> int:
+        return int(await self.redis.zcard(_index_key(uid)))
+
+    async def move_conversations(self, from_uid: str, to_uid: str) -> int:
+        """Give every conversation of `from_uid` to `to_uid` (an anonymous history claimed at sign-in)."""
+        rows = await self.redis.zrange(_index_key(from_uid), 0, -1, withscores=True)
+        for start in range(0, len(rows), 200):
+            chunk = rows[start : start + 200]
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for sid, score in chunk:
+                    pipe.hset(_meta_key(sid), "user_id", to_uid)
+                    pipe.zadd(_index_key(to_uid), {sid: score})
+                    pipe.zrem(_index_key(from_uid), sid)
+                pipe.expire(_index_key(to_uid), self.index_ttl)
+                await pipe.execute()
+        return len(rows)
+
+    # limits -------------------------------------------------------------
+
+    async def count_hits(self, hits: list[tuple[str, str, int, int]]) -> list[int]:
+        """Count one hit in each (limit name, key, window number, window seconds): one round trip.
+
+        Returns each window's count including this hit; whether that is too many is the caller's call.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, key, window, seconds in hits:
+                pipe.incr(_limit_key(name, key, window))
+                pipe.expire(_limit_key(name, key, window), seconds + 30)
+            results = await pipe.execute()
+        return [int(count) for count in results[0::2]]
+
+    # accounts -----------------------------------------------------------
+
+    async def create_account(self, uid: str, username: str, password_hash: str) -> bool:
+        """A new account; False when the username is taken (case-insensitively)."""
+        if not await self.redis.set(_account_name_key(username), uid, nx=True):
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_account_key(uid), mapping={"username": username, "password": password_hash,
+                                                  "created": repr(time.time())})
+            pipe.set(_user_key(uid), "1")  # the account's identity is never free to claim
+            await pipe.execute()
+        return True
+
+    async def account_by_name(self, username: str) -> tuple[str, dict[str, str]] | None:
+        """(uid, account fields) of a username, or None."""
+        uid = await self.redis.get(_account_name_key(username))
+        if uid is None:
+            return None
+        data = await self.redis.hgetall(_account_key(uid))
+        return (uid, data) if data else None
+
+    async def account(self, uid: str) -> dict[str, str] | None:
+        return await self.redis.hgetall(_account_key(uid)) or None
+
+    async def set_password(self, uid: str, password_hash: str) -> None:
+        await self.redis.hset(_account_key(uid), "password", password_hash)
+
+    async def add_signin(self, uid: str, digest: str, ttl: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_signin_key(digest), mapping={"uid": uid, "created": repr(time.time())})
+            pipe.expire(_signin_key(digest), ttl)
+            pipe.sadd(_signins_key(uid), digest)
+            pipe.expire(_signins_key(uid), ttl)
+            await pipe.execute()
+
+    async def signin_user(self, digest: str) -> str | None:
+        return await self.redis.hget(_signin_key(digest), "uid")
+
+    async def remove_signin(self, digest: str) -> None:
+        uid = await self.redis.hget(_signin_key(digest), "uid")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_signin_key(digest))
+            if uid:
+                pipe.srem(_signins_key(uid), digest)
+            await pipe.execute()
+
+    async def remove_all_signins(self, uid: str) -> int:
+        digests = await self.redis.smembers(_signins_key(uid))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for digest in digests:
+                pipe.delete(_signin_key(digest))
+            pipe.delete(_signins_key(uid))
+            await pipe.execute()
+        return len(digests)
+
+    async def add_token(self, uid: str, token_id: str, digest: str, name: str) -> None:
+        record = orjson.dumps({"name": name, "created": time.time(), "hash": digest})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(_token_key(digest), uid)
+            pipe.hset(_tokens_key(uid), token_id, record)
+            await pipe.execute()
+
+    async def token_user(self, digest: str) -> str | None:
+        return await self.redis.get(_token_key(digest))
+
+    async def list_tokens(self, uid: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = await self.redis.hgetall(_tokens_key(uid))
+        return sorted(((token_id, orjson.loads(raw)) for token_id, raw in rows.items()),
+                      key=lambda row: row[1].get("created", 0))
+
+    async def remove_token(self, uid: str, token_id: str) -> bool:
+        raw = await self.redis.hget(_tokens_key(uid), token_id)
+        if raw is None:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_token_key(orjson.loads(raw)["hash"]))
+            pipe.hdel(_tokens_key(uid), token_id)
+            await pipe.execute()
+        return True
 
     # conversations ------------------------------------------------------
 
@@ -269,21 +418,21 @@ class Store:
 
     # turns --------------------------------------------------------------
 
-    async def lock_turn(self, sid: str, *, turn_id: str, rate_of: tuple[str, int] | None) -> TurnLock:
-        """Read the metadata, take the conversation's turn lock and count a rate: one round trip.
+    async def lock_turn(self, sid: str, *, turn_id: str, hits: list[tuple[str, str, int, int]]) -> TurnLock:
+        """Read the metadata, take the conversation's turn lock and count limits: one round trip.
 
-        `rate_of` is (user id, window number): the window's counter is incremented and
-        kept for 90 s. Whether the caller may go on is the core's decision; it gives the
-        lock back with release_lock() when not.
+        `hits` are (limit name, key, window number, window seconds) counters to increment,
+        as in count_hits(). Whether the caller may go on is the core's decision; it gives
+        the lock back with release_lock() when not.
         """
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(_meta_key(sid))
             pipe.set(_lock_key(sid), turn_id, nx=True, ex=self.turn_timeout)
-            if rate_of is not None:
-                pipe.incr(_rate_key(*rate_of))
-                pipe.expire(_rate_key(*rate_of), 90)
-            meta, locked, *rate = await pipe.execute()
-        return TurnLock(meta=meta, locked=bool(locked), rate_count=rate[0] if rate else None)
+            for name, key, window, seconds in hits:
+                pipe.incr(_limit_key(name, key, window))
+                pipe.expire(_limit_key(name, key, window), seconds + 30)
+            meta, locked, *counts = await pipe.execute()
+        return TurnLock(meta=meta, locked=bool(locked), counts=[int(c) for c in counts[0::2]])
 
     async def release_lock(self, sid: str) -> None:
         await self.redis.delete(_lock_key(sid))

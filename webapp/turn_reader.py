@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import AsyncIterator, Callable
 
-from .errors import TurnNotFound
+from .errors import TooManyStreams, TurnNotFound
 from .followers import REMOTE_BLOCK_MS, StreamFollower, Subscription
 from .i18n import t
 from .metrics import Metrics
@@ -29,11 +29,19 @@ log = logging.getLogger("webapp.turns")
 class TurnReader:
     """Serves a turn's events to any number of readers, from any event id."""
 
-    def __init__(self, store: Store, local_run: Callable[[str], TurnRun | None], metrics: Metrics) -> None:
+    def __init__(self, store: Store, local_run: Callable[[str], TurnRun | None], metrics: Metrics,
+                 max_streams_per_user: int = 0) -> None:
         self.store = store
         self.local_run = local_run
         self.metrics = metrics
         self.follower = StreamFollower(store)
+        self.max_streams_per_user = max_streams_per_user
+        self.open_streams: dict[str, int] = {}  # per user, on this worker
+
+    def check_stream_slot(self, user_id: str) -> None:
+        """Refuse one more open stream for a user who has MAX_STREAMS_PER_USER open on this worker."""
+        if self.max_streams_per_user and self.open_streams.get(user_id, 0) >= self.max_streams_per_user:
+            raise TooManyStreams()
 
     async def aclose(self) -> None:
         await self.follower.aclose()
@@ -64,6 +72,7 @@ class TurnReader:
     async def follow(self, turn: TurnInfo, after: int = 0) -> AsyncIterator[list[TurnEvent]]:
         """Batches of the turn's events after seq `after`, until its end or error event."""
         self.metrics.active_streams.inc()
+        self.open_streams[turn.user_id] = self.open_streams.get(turn.user_id, 0) + 1
         try:
             run = self.local_run(turn.id)
             if run is not None:
@@ -74,6 +83,9 @@ class TurnReader:
                 yield batch
         finally:
             self.metrics.active_streams.dec()
+            left = self.open_streams.pop(turn.user_id, 1) - 1
+            if left > 0:
+                self.open_streams[turn.user_id] = left
 
     async def _follow_stored(self, turn: TurnInfo, after: int) -> AsyncIterator[list[TurnEvent]]:
         """Follow a turn through its Redis Stream: it runs on another worker, or already ended.

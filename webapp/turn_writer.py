@@ -28,6 +28,7 @@ from .config import Settings
 from .context import build_context, validate_message
 from .errors import RateLimited, SessionNotFound, TurnRunning
 from .i18n import Lang, t
+from .limits import Limit
 from .llm import Provider, UpstreamError
 from .metrics import Metrics
 from .models import TERMINAL, Conversation, Message, TurnEvent, TurnInfo, new_id, new_message_id, now_iso
@@ -174,6 +175,8 @@ class TurnWriter:
         self.runs: dict[str, TurnRun] = {}
         self.stream_writer = EventWriter(store, settings.stream_flush_ms / 1000)
         self.coalesce = settings.stream_coalesce_ms / 1000
+        self.turns_per_user = Limit("turns-user", settings.rate_limit_per_minute, RATE_WINDOW_SECONDS)
+        self.turns_per_ip = Limit("turns-ip", settings.turns_per_ip_per_minute, RATE_WINDOW_SECONDS)
         self._cancel_listener: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -199,7 +202,8 @@ class TurnWriter:
     # starting -----------------------------------------------------------
 
     async def start_turn(
-        self, session_id: str, user_id: str, text: str | None, role_id: str | None, lang: Lang
+        self, session_id: str, user_id: str, text: str | None, role_id: str | None, lang: Lang,
+        client_ip: str = "",
     ) -> TurnRun:
         """Save the user's message and start generating; `role_id` None keeps the conversation's role.
 
@@ -210,18 +214,21 @@ class TurnWriter:
         text = validate_message(text, self.settings.max_message_chars)
         requested = get_role(role_id) if role_id else None
         turn_id = new_id()
-        limit = self.settings.rate_limit_per_minute
-        window = int(time.time() // RATE_WINDOW_SECONDS)
-        lock = await self.store.lock_turn(session_id, turn_id=turn_id, rate_of=(user_id, window) if limit else None)
+        now = time.time()
+        limits = [(limit, key) for limit, key in ((self.turns_per_user, user_id), (self.turns_per_ip, client_ip))
+                  if limit.per_window and key]
+        hits = [(limit.name, key, int(now // limit.window_seconds), limit.window_seconds) for limit, key in limits]
+        lock = await self.store.lock_turn(session_id, turn_id=turn_id, hits=hits)
         if not lock.meta or lock.meta.get("user_id") != user_id:
             if lock.locked:
                 await self.store.release_lock(session_id)
             raise SessionNotFound()
         if not lock.locked:
             raise TurnRunning()
-        if lock.rate_count is not None and lock.rate_count > limit:
-            await self.store.release_lock(session_id)
-            raise RateLimited()
+        for (limit, _), count in zip(limits, lock.counts):
+            if count > limit.per_window:
+                await self.store.release_lock(session_id)
+                raise RateLimited(retry_after=int(limit.window_seconds - now % limit.window_seconds) + 1)
 
         conversation = Conversation.from_hash(session_id, lock.meta)
         role = requested or role_or_default(conversation.role)

@@ -6,13 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from ..deps import ConversationsDep, CurrentUser, LangDep, OwnedConversation, ReaderDep, SeedUser, WriterDep
+from ..deps import (
+    AccountsDep, ClientIp, ConversationsDep, CreatingUser, CurrentUser, LangDep, OwnedConversation, ReaderDep,
+    SeedCreator, SeedUser, WriterDep,
+)
 from ..i18n import t
 from ..ids import check_id
 from ..roles import BUILTIN_ROLES
 from ..schemas import (
     HistoryMessage, HistoryOut, MessageOut, MessagePage, RoleOut, SessionIn, SessionOut, SessionPage,
-    SessionPatch, StartOut, TurnIn, TurnOut,
+    SessionPatch, StartOut, TokenIn, TokenOut, NewTokenOut, TurnIn, TurnOut,
 )
 
 router = APIRouter()
@@ -23,7 +26,7 @@ MAX_LIST_INDEX = 10**9  # far past any conversation, well inside Redis's integer
 # the seed's API ---------------------------------------------------------------
 
 @router.post("/chat/start", response_model=StartOut, tags=["seed"])
-async def start_chat(user: SeedUser, conversations: ConversationsDep, lang: LangDep) -> StartOut:
+async def start_chat(user: SeedCreator, conversations: ConversationsDep, lang: LangDep) -> StartOut:
     """Create a conversation; the stored welcome message is the seed's (Chinese)."""
     conversation = await conversations.create(user)
     return StartOut(session_id=conversation.id, user_id=user, message=t("session_created", lang),
@@ -61,7 +64,7 @@ async def list_sessions(
 
 
 @router.post("/api/sessions", response_model=SessionOut, status_code=201, tags=["sessions"])
-async def create_session(user: CurrentUser, conversations: ConversationsDep,
+async def create_session(user: CreatingUser, conversations: ConversationsDep,
                          body: SessionIn | None = None) -> SessionOut:
     body = body or SessionIn()
     return SessionOut.of(await conversations.create(user, role_id=body.role, title=body.title or ""))
@@ -100,9 +103,9 @@ async def list_messages(
 
 @router.post("/api/sessions/{session_id}/turns", response_model=TurnOut, status_code=202, tags=["turns"])
 async def create_turn(
-    conversation: OwnedConversation, body: TurnIn, writer: WriterDep, lang: LangDep, request: Request
+    conversation: OwnedConversation, body: TurnIn, writer: WriterDep, lang: LangDep, request: Request, ip: ClientIp
 ) -> TurnOut:
-    run = await writer.start_turn(conversation.id, conversation.user_id, body.message, body.role, lang)
+    run = await writer.start_turn(conversation.id, conversation.user_id, body.message, body.role, lang, ip)
     return TurnOut(turn_id=run.id, events_url=str(request.url_for("turn_events", turn_id=run.id).path))
 
 
@@ -111,3 +114,23 @@ async def cancel_turn(turn_id: str, user: CurrentUser, reader: ReaderDep, writer
     turn = await reader.owned_turn(check_id(turn_id), user)
     await writer.cancel(turn)
     return {"turn_id": turn.id, "status": "cancelling" if turn.status == "running" else turn.status}
+
+
+# personal API tokens ------------------------------------------------------------
+
+@router.get("/api/tokens", response_model=list[TokenOut], tags=["tokens"])
+async def list_tokens(user: CurrentUser, accounts: AccountsDep) -> list[TokenOut]:
+    return [TokenOut.of(token) for token in await accounts.tokens(user)]
+
+
+@router.post("/api/tokens", response_model=NewTokenOut, status_code=201, tags=["tokens"])
+async def create_token(user: CreatingUser, accounts: AccountsDep, body: TokenIn | None = None) -> NewTokenOut:
+    """A token for `Authorization: Bearer`; the token is in this answer only, the server keeps its hash."""
+    token_id, token = await accounts.create_token(user, (body or TokenIn()).name)
+    return NewTokenOut(id=token_id, token=token)
+
+
+@router.delete("/api/tokens/{token_id}", status_code=204, tags=["tokens"])
+async def revoke_token(token_id: str, user: CurrentUser, accounts: AccountsDep) -> Response:
+    await accounts.revoke_token(user, token_id)
+    return Response(status_code=204)

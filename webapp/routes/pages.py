@@ -15,7 +15,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Query, Response
 
 from ..conversations import SEARCH_LIMIT, ConversationList, Conversations, ConversationView
-from ..deps import ConversationsDep, CurrentUser, OwnedConversation, WriterDep
+from ..accounts import Accounts
+from ..deps import AccountsDep, ClientIp, ConversationsDep, CreatingUser, CurrentUser, OwnedConversation, WriterDep
 from ..error_handlers import PAGE_TAG
 from ..errors import ChatError
 from ..htmx import ViewDep, View, local_path, see_other
@@ -83,7 +84,7 @@ async def render_conversation(
 # pages ------------------------------------------------------------------------------
 
 @router.get("/")
-async def home(user: CurrentUser, conversations: ConversationsDep, deleted: DeletedId = None) -> Response:
+async def home(user: CreatingUser, conversations: ConversationsDep, deleted: DeletedId = None) -> Response:
     """The most recent conversation, or a new one."""
     conversation = await conversations.latest_or_new(user)
     return see_other(f"/c/{conversation.id}" + (f"?deleted={deleted}" if deleted else ""))
@@ -100,7 +101,7 @@ async def conversation_page(
 
 
 @router.post("/c")
-async def new_conversation(view: ViewDep, user: CurrentUser, conversations: ConversationsDep) -> Response:
+async def new_conversation(view: ViewDep, user: CreatingUser, conversations: ConversationsDep) -> Response:
     conversation = await conversations.fresh(user)
 
     async def values() -> dict[str, Any]:
@@ -151,12 +152,13 @@ async def older_messages(view: ViewDep, conversation: OwnedConversation, convers
 
 @router.post("/c/{session_id}/messages")
 async def send_message(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
-                       conversations: ConversationsDep, writer: WriterDep, message: FormText = "") -> Response:
+                       conversations: ConversationsDep, writer: WriterDep, ip: ClientIp,
+                       message: FormText = "") -> Response:
     """Start a turn: the user's bubble plus a reply bubble that streams (or, without JS, a redirect)."""
     text = message.replace("\r\n", "\n")  # browsers send textarea newlines as CRLF
     was_empty = conversation.untouched
     try:
-        run = await writer.start_turn(conversation.id, user, text, None, view.lang)
+        run = await writer.start_turn(conversation.id, user, text, None, view.lang, ip)
     except ChatError as exc:
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, draft=text, form_error=error_text, status=status))
@@ -238,3 +240,32 @@ async def undo_delete(view: ViewDep, session_id: str, user: CurrentUser, convers
     text = t("ui.restored", view.lang, title=conversation.title or t("ui.untitled", view.lang))
     return await view.fragment_or_redirect("partials/toast.html", f"/c/{conversation.id}", {"text": text},
                                            headers={"HX-Trigger": "sessions-changed"})
+
+
+# settings: personal API tokens ------------------------------------------------------
+
+async def settings_page(view: View, user: str, accounts: Accounts, new_token: str = "",
+                        status: int = 200) -> Response:
+    mode = view.request.app.state.settings.auth
+    username = await accounts.username_of(user) if mode != "anonymous" else ""
+    return view.render("settings.html", status=status, tokens=await accounts.tokens(user), new_token=new_token,
+                       username=username, accounts=mode == "accounts")
+
+
+@router.get("/settings")
+async def settings(view: ViewDep, user: CurrentUser, accounts: AccountsDep) -> Response:
+    return await settings_page(view, user, accounts)
+
+
+@router.post("/settings/tokens")
+async def create_token(view: ViewDep, user: CreatingUser, accounts: AccountsDep,
+                       name: FormText = "API token") -> Response:
+    """The new token is on this page only (the server keeps its hash); reloading does not show it again."""
+    _, token = await accounts.create_token(user, name or "API token")
+    return await settings_page(view, user, accounts, new_token=token, status=201)
+
+
+@router.post("/settings/tokens/{token_id}/revoke")
+async def revoke_token(token_id: str, user: CurrentUser, accounts: AccountsDep) -> Response:
+    await accounts.revoke_token(user, token_id)
+    return see_other("/settings")

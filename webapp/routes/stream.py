@@ -10,7 +10,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import ServerSentEvent
 
 from ..conversations import Conversations
-from ..deps import ConversationsDep, CurrentUser, LangDep, OwnedConversation, ReaderDep, SeedUser, WriterDep
+from ..deps import (
+    ClientIp, ConversationsDep, CurrentUser, LangDep, OwnedConversation, ReaderDep, SeedUser, WriterDep,
+)
 from ..errors import InvalidId, TurnNotFound
 from ..i18n import Lang
 from ..ids import check_id
@@ -39,12 +41,14 @@ async def chat_stream(
     reader: ReaderDep,
     conversations: ConversationsDep,
     lang: LangDep,
+    ip: ClientIp,
     session_id: str,
     message: str | None = None,
     role: str | None = Query(None, description="assistant, teacher or programmer; omitted keeps the conversation's"),
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
 ) -> Response:
     """A reconnect carrying Last-Event-ID resumes the running turn instead of sending the message twice."""
+    reader.check_stream_slot(user)
     resume_id, after = parse_last_event_id(last_event_id)
     if resume_id:
         # a reconnect never sends the message again: resume, or tell EventSource to stop (204)
@@ -57,7 +61,7 @@ async def chat_stream(
             return Response(status_code=204)
         return stream_response(json_events(reader, turn, after))
     # the ownership check rides in the same Redis round trip that takes the turn's lock
-    run = await writer.start_turn(check_id(session_id), user, message, role, lang)
+    run = await writer.start_turn(check_id(session_id), user, message, role, lang, ip)
     turn = TurnInfo(id=run.id, session_id=run.conversation.id, user_id=user, status="running")
     return stream_response(json_events(reader, turn, 0))
 
@@ -70,6 +74,7 @@ async def api_turn_events(
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
     after: int | None = None,
 ) -> Response:
+    reader.check_stream_slot(user)
     _, seq = parse_last_event_id(last_event_id)
     if after is not None:
         seq = max(seq, after)
@@ -124,6 +129,7 @@ async def conversation_turn_events(
     A turn that is not this conversation's (or not a turn) still gets a stream: its
     `done` event shows the conversation's last state, so the page never hangs.
     """
+    reader.check_stream_slot(user)
     _, seq = parse_last_event_id(last_event_id)
     try:
         turn: TurnInfo | None = await reader.owned_turn(check_id(turn_id), user, session_id=conversation.id)

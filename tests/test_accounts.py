@@ -1,0 +1,395 @@
+"""Accounts, sign-ins, API tokens, trusted-proxy sign-in, the seed API's modes, and the limits.
+
+Each mode runs as its own app process (`python -m webapp` with AUTH=...) on the shared
+redis-server. Tests that count per client IP speak through X-Forwarded-For from 127.0.0.1
+(a trusted proxy), each with an address of its own, so their windows never meet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from bs4 import BeautifulSoup
+
+from tests.conftest import (
+    REPO_ROOT, TEST_SECRET_KEY, AppServer, RedisServer, _start_app, _stop_app, create_session, read_events,
+    start_chat, unique,
+)
+from tests.fake_upstream import ThreadedFakeUpstream
+
+PASSWORD = "correct horse battery"
+API_KEY = "sk-test-never-shown-3141592653"
+_addresses = itertools.count(1)
+
+
+def new_ip() -> dict[str, str]:
+    """Headers of a request relayed by the trusted proxy (127.0.0.1) for a client address of its own."""
+    n = next(_addresses)
+    return {"X-Forwarded-For": f"198.51.{n // 250}.{n % 250 + 1}"}
+
+
+def start(redis_server: RedisServer, upstream: ThreadedFakeUpstream, tmp_path_factory: pytest.TempPathFactory,
+          **settings: str) -> AppServer:
+    return _start_app(tmp_path_factory.mktemp("app"), {
+        "REDIS_URL": redis_server.url, "OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": upstream.base_url,
+        "OPENAI_MODEL": "fake-model", **settings,
+    })
+
+
+@pytest.fixture(scope="module")
+def accounts_app(redis_server: RedisServer, upstream: ThreadedFakeUpstream,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    app = start(redis_server, upstream, tmp_path_factory, AUTH="accounts", SIGN_INS_PER_IP_PER_MINUTE="100",
+                SIGN_INS_PER_ACCOUNT_PER_MINUTE="5", SIGNUPS_PER_IP_PER_HOUR="3")
+    yield app
+    _stop_app(app)
+
+
+@pytest.fixture(scope="module")
+def limited_app(redis_server: RedisServer, upstream: ThreadedFakeUpstream,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    app = start(redis_server, upstream, tmp_path_factory, NEW_IDENTITIES_PER_IP_PER_HOUR="3",
+                TURNS_PER_IP_PER_MINUTE="4", MAX_CONVERSATIONS_PER_USER="3", MAX_STREAMS_PER_USER="2",
+                MAX_BODY_BYTES="20000", READYZ_TOKEN="ops-token-for-tests")
+    yield app
+    _stop_app(app)
+
+
+@pytest.fixture
+def make(request: pytest.FixtureRequest) -> Iterator[Callable[..., httpx.Client]]:
+    clients: list[httpx.Client] = []
+
+    def make_(app: AppServer, **options: Any) -> httpx.Client:
+        options.setdefault("timeout", 30)
+        client = httpx.Client(base_url=app.base_url, **options)
+        clients.append(client)
+        return client
+
+    yield make_
+    for client in clients:
+        client.close()
+
+
+def sign_up(client: httpx.Client, username: str | None = None, **headers: str) -> str:
+    username = username or unique("user")[:32]
+    response = client.post("/signup", data={"username": username, "password": PASSWORD, "next": "/"},
+                           headers=headers)
+    assert response.status_code == 303, response.text
+    assert "chat_signin" in response.cookies
+    return username
+
+
+def page_token_of(client: httpx.Client) -> str:
+    page = BeautifulSoup(client.get("/", follow_redirects=True).text, "html.parser")
+    return page.select_one('meta[name="csrf-token"]')["content"]
+
+
+# ------------------------------------------------------------------ accounts
+
+
+def test_pages_and_api_need_a_sign_in_in_accounts_mode(accounts_app: AppServer, make: Any) -> None:
+    client = make(accounts_app)
+    page = client.get("/c/00000000-0000-4000-8000-000000000000")
+    assert page.status_code == 303 and page.headers["location"].startswith("/login?next=")
+    htmx = client.get("/", headers={"HX-Request": "true", "Accept": "text/html"})
+    assert htmx.status_code == 204 and htmx.headers["HX-Redirect"] == "/login?next=/"
+    api = client.get("/api/sessions")
+    assert api.status_code == 401 and api.json()["detail"]
+    login = BeautifulSoup(client.get("/login").text, "html.parser")
+    assert login.select_one('form[action="/login"] input[name="username"]')
+    assert login.select_one('input[name="password"][type="password"]')
+
+
+def test_sign_up_sign_in_and_sign_out(accounts_app: AppServer, make: Any) -> None:
+    first = make(accounts_app)
+    username = sign_up(first, **new_ip())
+    session_id = create_session(first)["id"]
+    assert first.get(f"/api/sessions/{session_id}").status_code == 200
+
+    second = make(accounts_app)  # another device
+    wrong = second.post("/login", data={"username": username, "password": "not the password"})
+    assert wrong.status_code == 401
+    form = BeautifulSoup(wrong.text, "html.parser")
+    assert form.select_one('input[name="username"]')["value"] == username  # kept
+    assert form.select_one('[role="alert"]').get_text(strip=True) in ("Wrong username or password", "用户名或密码错误")
+    right = second.post("/login", data={"username": username.upper(), "password": PASSWORD, "next": "/c/x"})
+    assert right.status_code == 303 and right.headers["location"] == "/"  # next is only ever one of our pages
+    assert [s["id"] for s in second.get("/api/sessions").json()["items"]] == [session_id]
+
+    out = second.post("/logout")
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    assert second.get("/api/sessions").status_code == 401
+    assert first.get("/api/sessions").status_code == 200  # only that browser
+
+
+def test_a_taken_username_and_a_short_password_are_refused(accounts_app: AppServer, make: Any) -> None:
+    client = make(accounts_app)
+    username = sign_up(client, **new_ip())
+    other = make(accounts_app)
+    taken = other.post("/signup", data={"username": username.swapcase(), "password": PASSWORD}, headers=new_ip())
+    assert taken.status_code == 409
+    short = other.post("/signup", data={"username": unique("u")[:30], "password": "short"}, headers=new_ip())
+    assert short.status_code == 400
+    bad_name = other.post("/signup", data={"username": "<b>x</b>", "password": PASSWORD}, headers=new_ip())
+    assert bad_name.status_code == 400 and "<b>x</b>" not in bad_name.text.replace("&lt;b&gt;", "")
+
+
+def test_sign_out_everywhere_ends_every_sign_in(accounts_app: AppServer, make: Any) -> None:
+    laptop, phone = make(accounts_app), make(accounts_app)
+    username = sign_up(laptop, **new_ip())
+    assert phone.post("/login", data={"username": username, "password": PASSWORD}).status_code == 303
+    token = page_token_of(laptop)
+    settings = BeautifulSoup(laptop.get("/settings").text, "html.parser")
+    assert settings.select_one('form[action="/logout"] input[name="everywhere"]')
+    assert laptop.post("/logout", data={"everywhere": "1", "csrf_token": token}).status_code == 303
+    assert phone.get("/api/sessions").status_code == 401
+    assert laptop.get("/api/sessions").status_code == 401
+
+
+def test_the_anonymous_history_is_claimed_at_sign_up(
+    app_server: AppServer, accounts_app: AppServer, make: Any
+) -> None:
+    # the same browser, first on the anonymous app, then signing up once accounts are on
+    anonymous = make(app_server)
+    chat = start_chat(anonymous)
+    account = make(accounts_app)
+    account.cookies.set("chat_uid", anonymous.cookies["chat_uid"])
+    sign_up(account, **new_ip())
+    assert chat["session_id"] in [s["id"] for s in account.get("/api/sessions").json()["items"]]
+    history = account.get(f"/api/sessions/{chat['session_id']}/messages").json()
+    assert history["total"] == 1
+
+
+def test_brute_force_sign_in_hits_the_per_account_limit(accounts_app: AppServer, make: Any) -> None:
+    owner = make(accounts_app)
+    username = sign_up(owner, **new_ip())
+    attacker = make(accounts_app)
+    statuses = [attacker.post("/login", data={"username": username, "password": f"guess-{n:04d}"},
+                              headers=new_ip()).status_code for n in range(7)]
+    assert statuses[:5] == [401] * 5 and statuses[5:] == [429, 429]
+    limited = attacker.post("/login", data={"username": username, "password": PASSWORD}, headers=new_ip())
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0  # even the right password
+
+
+def test_sign_ups_per_ip_are_limited(accounts_app: AppServer, make: Any) -> None:
+    ip = new_ip()
+    statuses = [make(accounts_app).post("/signup", data={"username": unique("s")[:30], "password": PASSWORD},
+                                        headers=ip).status_code for _ in range(4)]
+    assert statuses == [303, 303, 303, 429]
+
+
+def test_invite_only_with_create_user(
+    redis_server: RedisServer, upstream: ThreadedFakeUpstream, tmp_path_factory: pytest.TempPathFactory,
+    make: Any,
+) -> None:
+    app = start(redis_server, upstream, tmp_path_factory, AUTH="accounts", ALLOW_SIGNUP="false")
+    try:
+        client = make(app)
+        assert client.post("/signup", data={"username": unique("x")[:30], "password": PASSWORD}).status_code == 403
+        username = unique("invited")[:30]
+        env = {**os.environ, "REDIS_URL": redis_server.url, "SECRET_KEY": TEST_SECRET_KEY,
+               "DATA_DIR": str(tmp_path_factory.mktemp("cli"))}
+        made = subprocess.run([sys.executable, "-m", "webapp", "create-user", username], input=PASSWORD + "\n",
+                              capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60)
+        assert made.returncode == 0, made.stderr
+        again = subprocess.run([sys.executable, "-m", "webapp", "create-user", username], input=PASSWORD + "\n",
+                               capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60)
+        assert again.returncode == 1 and "taken" in again.stderr
+        assert client.post("/login", data={"username": username, "password": PASSWORD}).status_code == 303
+        assert client.get("/api/sessions").status_code == 200
+    finally:
+        _stop_app(app)
+
+
+# ------------------------------------------------------------------ API tokens
+
+
+def test_api_tokens_are_shown_once_work_on_api_and_sse_and_can_be_revoked(
+    app_server: AppServer, make: Any
+) -> None:
+    owner = make(app_server)
+    session_id = create_session(owner)["id"]
+    created = owner.post("/api/tokens", json={"name": "my script"})
+    assert created.status_code == 201
+    token_id, token = created.json()["id"], created.json()["token"]
+    listed = owner.get("/api/tokens").json()
+    assert [t["id"] for t in listed] == [token_id] and "token" not in listed[0]
+
+    script = make(app_server, headers={"Authorization": f"Bearer {token}"})  # no cookie at all
+    assert session_id in [s["id"] for s in script.get("/api/sessions").json()["items"]]
+    turn = script.post(f"/api/sessions/{session_id}/turns", json={"message": unique("by token")})
+    assert turn.status_code == 202
+    events = read_events(script, turn.json()["events_url"])
+    assert events.ended
+    assert "set-cookie" not in turn.headers  # a token caller gets no identity cookie
+
+    stranger = make(app_server)
+    create_session(stranger)
+    assert stranger.delete(f"/api/tokens/{token_id}").status_code == 404  # someone else's token
+    assert owner.delete(f"/api/tokens/{token_id}").status_code == 204
+    revoked = script.get("/api/sessions")
+    assert revoked.status_code == 401
+    assert make(app_server, headers={"Authorization": "Bearer chat_made-up"}).get("/api/sessions").status_code == 401
+
+
+def test_a_token_reaches_only_its_own_users_data(app_server: AppServer, make: Any) -> None:
+    alice, bob = make(app_server), make(app_server)
+    alice_session = create_session(alice)["id"]
+    create_session(bob)
+    bob_token = bob.post("/api/tokens", json={}).json()["token"]
+    as_bob = make(app_server, headers={"Authorization": f"Bearer {bob_token}"})
+    for method, path in (("GET", f"/api/sessions/{alice_session}"), ("GET", f"/api/sessions/{alice_session}/messages"),
+                         ("PATCH", f"/api/sessions/{alice_session}"), ("DELETE", f"/api/sessions/{alice_session}")):
+        response = as_bob.request(method, path, json={"title": "x"} if method == "PATCH" else None)
+        assert response.status_code == 404, (method, path, response.status_code)
+    assert alice.get(f"/api/sessions/{alice_session}").status_code == 200
+
+
+def test_tokens_are_created_and_revoked_in_the_settings_page_without_javascript(
+    app_server: AppServer, make: Any
+) -> None:
+    client = make(app_server)
+    token = page_token_of(client)
+    created = client.post("/settings/tokens", data={"name": "<i>ci</i>", "csrf_token": token})
+    assert created.status_code == 201
+    page = BeautifulSoup(created.text, "html.parser")
+    secret = page.select_one("#new-token").get_text(strip=True)
+    assert secret.startswith("chat_") and "<i>ci</i>" in page.select_one(".tokens__name").get_text()
+    assert secret not in client.get("/settings").text  # shown once
+    form = page.select_one(".tokens__item form")
+    assert client.post(form["action"], data={"csrf_token": token}).status_code == 303
+    assert make(app_server, headers={"Authorization": f"Bearer {secret}"}).get("/api/sessions").status_code == 401
+
+
+def test_the_seed_api_is_token_only_in_accounts_mode(accounts_app: AppServer, make: Any) -> None:
+    client = make(accounts_app)
+    sign_up(client, **new_ip())
+    token = client.post("/api/tokens", json={}).json()["token"]
+    seed = make(accounts_app)
+    assert seed.post("/chat/start").status_code == 401
+    as_script = make(accounts_app, headers={"Authorization": f"Bearer {token}"})
+    chat = start_chat(as_script)
+    assert as_script.post("/chat/start", params={"user_id": "someone-else"}).status_code == 403
+    assert chat["session_id"] in [s["id"] for s in client.get("/api/sessions").json()["items"]]
+
+
+# ------------------------------------------------------------------ a trusted SSO proxy
+
+
+def test_proxy_mode_trusts_the_user_header_only_from_a_trusted_proxy(
+    redis_server: RedisServer, upstream: ThreadedFakeUpstream, tmp_path_factory: pytest.TempPathFactory,
+    make: Any,
+) -> None:
+    trusted = start(redis_server, upstream, tmp_path_factory, AUTH="proxy", FORWARDED_ALLOW_IPS="127.0.0.1")
+    untrusted = start(redis_server, upstream, tmp_path_factory, AUTH="proxy", FORWARDED_ALLOW_IPS="10.9.9.9")
+    try:
+        name = unique("sso")[:30]
+        alice = make(trusted, headers={"Remote-User": name})
+        session_id = create_session(alice)["id"]
+        again = make(trusted, headers={"Remote-User": name})  # another device, the same person
+        assert session_id in [s["id"] for s in again.get("/api/sessions").json()["items"]]
+        assert make(trusted).get("/api/sessions").status_code == 401
+        forged = make(untrusted, headers={"Remote-User": name})
+        assert forged.get("/api/sessions").status_code == 401
+    finally:
+        _stop_app(trusted)
+        _stop_app(untrusted)
+
+
+# ------------------------------------------------------------------ limits
+
+
+def test_new_identities_and_turns_per_ip_are_limited(limited_app: AppServer, make: Any) -> None:
+    ip = new_ip()
+    statuses = [make(limited_app).post("/api/sessions", json={}, headers=ip).status_code for _ in range(4)]
+    assert statuses == [201, 201, 201, 429]
+
+    client = make(limited_app)
+    turn_ip = new_ip()
+    session_id = create_session(client)["id"]
+    results = []
+    for n in range(5):
+        response = client.post(f"/api/sessions/{session_id}/turns", json={"message": f"n{n}"}, headers=turn_ip)
+        results.append(response.status_code)
+        if response.status_code == 202:
+            read_events(client, response.json()["events_url"])
+    assert results == [202, 202, 202, 202, 429]
+
+
+def test_reading_with_a_user_id_claims_nothing(limited_app: AppServer, make: Any) -> None:
+    name = unique("bob")
+    looked = make(limited_app).get("/chat/history", params={"user_id": name, "session_id": "0" * 8 + "-0000-4000-8000-" + "0" * 12},
+                                   headers=new_ip())
+    assert looked.status_code == 404
+    assert "set-cookie" not in looked.headers
+    chat = start_chat(make(limited_app), user_id=name, headers=new_ip())  # the name is still free
+    assert chat["user_id"] == name
+
+
+def test_a_429_in_the_web_ui_keeps_the_typed_text(limited_app: AppServer, make: Any) -> None:
+    client = make(limited_app)
+    ip = new_ip()
+    home = client.get("/", headers=ip, follow_redirects=True)
+    session_id = home.url.path.rsplit("/", 1)[1]
+    token = BeautifulSoup(home.text, "html.parser").select_one('meta[name="csrf-token"]')["content"]
+    for n in range(4):
+        sent = client.post(f"/c/{session_id}/messages", data={"message": f"m{n}", "csrf_token": token}, headers=ip)
+        assert sent.status_code == 303
+        for _ in range(100):
+            if client.get(f"/api/sessions/{session_id}").json()["running_turn_id"] is None:
+                break
+            time.sleep(0.05)
+    typed = "please keep what I typed"
+    refused = client.post(f"/c/{session_id}/messages", data={"message": typed, "csrf_token": token}, headers=ip)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    page = BeautifulSoup(refused.text, "html.parser")
+    assert page.select_one("#composer-input").get_text() == typed
+    assert page.select_one(".composer__error")
+    toast = client.post(f"/c/{session_id}/messages", data={"message": typed},
+                        headers={**ip, "HX-Request": "true", "X-CSRF-Token": token})
+    assert toast.status_code == 429 and toast.headers["HX-Retarget"] == "#toasts"
+
+
+def test_abuse_limits_are_clear_errors(limited_app: AppServer, make: Any) -> None:
+    client = make(limited_app)
+    ids = [create_session(client)["id"] for _ in range(3)]
+    fourth = client.post("/api/sessions", json={})
+    assert fourth.status_code == 409 and "3" in fourth.json()["detail"]
+    big = client.post(f"/api/sessions/{ids[0]}/turns", content=b'{"message": "' + b"x" * 30000 + b'"}',
+                      headers={"content-type": "application/json"})
+    assert big.status_code == 413
+    streams = []
+    try:
+        for session_id in ids[:2]:
+            turn = client.post(f"/api/sessions/{session_id}/turns", json={"message": "slow [[tokens:80]] [[delay:50]]"})
+            stream = client.stream("GET", turn.json()["events_url"])
+            streams.append(stream)
+            stream.__enter__()
+        third = client.post(f"/api/sessions/{ids[2]}/turns", json={"message": "one more"})
+        refused = client.get(third.json()["events_url"])
+        assert refused.status_code == 429
+    finally:
+        for stream in streams:
+            stream.__exit__(None, None, None)
+
+
+def test_ops_endpoints_can_be_token_protected_and_the_api_key_never_shows(
+    limited_app: AppServer, make: Any
+) -> None:
+    client = make(limited_app)
+    assert client.get("/readyz?upstream=1").status_code == 401
+    assert client.get("/readyz?upstream=1", headers={"Authorization": "Bearer ops-token-for-tests"}).status_code == 200
+    assert client.get("/readyz").status_code == 200
+    chat = start_chat(client, headers=new_ip())
+    failed = client.get("/chat/stream", params={"user_id": chat["user_id"], "session_id": chat["session_id"],
+                                                "message": "fail please [[fail:401]]"})
+    seen = failed.text + client.get("/metrics").text + client.get("/", follow_redirects=True).text + limited_app.log()
+    assert API_KEY not in seen

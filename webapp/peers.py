@@ -1,0 +1,52 @@
+"""Who is on the other end of the socket, and who they speak for.
+
+uvicorn's ProxyHeadersMiddleware replaces the client address with the one a trusted proxy
+names in X-Forwarded-For; the app does that itself (the same middleware, `FORWARDED_ALLOW_IPS`)
+so that it can first note the socket's own peer: AUTH=proxy trusts the user-name header
+only when that peer is a trusted proxy, whatever X-Forwarded-For says.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+class RecordPeer:
+    """Puts the socket's peer address in `scope["state"]["peer"]`, before any proxy rewriting."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            client = scope.get("client")
+            scope.setdefault("state", {})["peer"] = client[0] if client else ""
+        await self.app(scope, receive, send)
+
+
+class TrustedProxies:
+    """FORWARDED_ALLOW_IPS as a matcher: addresses, networks, or '*'."""
+
+    def __init__(self, spec: str) -> None:
+        parts = [part.strip() for part in spec.split(",") if part.strip()]
+        self.any = "*" in parts
+        self.networks = []
+        self.names = set()
+        for part in parts:
+            try:
+                self.networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                self.names.add(part)  # e.g. a unix socket path
+
+    def __contains__(self, host: str) -> bool:
+        if self.any:
+            return True
+        if host in self.names:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
