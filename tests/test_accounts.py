@@ -24,6 +24,7 @@ from tests.conftest import (
     start_chat, unique,
 )
 from tests.fake_upstream import ThreadedFakeUpstream
+from tests.ui_fixtures import browser  # noqa: F401  (a fixture, used by name)
 
 PASSWORD = "correct horse battery"
 API_KEY = "sk-test-never-shown-3141592653"
@@ -393,3 +394,48 @@ def test_ops_endpoints_can_be_token_protected_and_the_api_key_never_shows(
                                                 "message": "fail please [[fail:401]]"})
     seen = failed.text + client.get("/metrics").text + client.get("/", follow_redirects=True).text + limited_app.log()
     assert API_KEY not in seen
+
+
+@pytest.mark.parametrize("javascript", [False, True])
+def test_sign_up_and_chat_in_chromium(browser: Any, accounts_app: AppServer, javascript: bool) -> None:
+    context = browser.new_context(base_url=accounts_app.base_url, java_script_enabled=javascript,
+                                  extra_http_headers={"Accept-Language": "en-US,en", **new_ip()})
+    csp_reports: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("console", lambda message: "Content Security Policy" in message.text
+                and csp_reports.append(message.text))
+        page.goto("/")
+        assert page.url.endswith("/login?next=/")
+        page.click("text=Create an account")
+        page.fill("#username", unique("web")[:30])
+        page.fill("#password", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/c/*")
+        page.fill("#composer-input", "hello from a signed-in browser")
+        if javascript:
+            page.press("#composer-input", "Enter")
+            page.wait_for_selector(".msg--assistant:not(.msg--streaming) >> nth=1", timeout=15_000)
+        else:
+            page.click(".round-btn--send")
+            page.wait_for_selector(".msg--user", timeout=15_000)
+        assert "hello from a signed-in browser" in page.inner_text("#message-list")
+        page.click("text=Sign out")
+        page.wait_for_url("**/login")
+    finally:
+        context.close()
+    assert csp_reports == []
+
+
+def test_page_forms_of_a_signed_in_user_need_that_sign_ins_token(accounts_app: AppServer, make: Any) -> None:
+    client, other = make(accounts_app), make(accounts_app)
+    sign_up(client, **new_ip())
+    sign_up(other, **new_ip())
+    session_id = create_session(client)["id"]
+    mine, theirs = page_token_of(client), page_token_of(other)
+    assert mine != theirs
+    for token in ("", theirs):
+        refused = client.post(f"/c/{session_id}/title", data={"title": "forged", "csrf_token": token})
+        assert refused.status_code == 403
+    assert client.post(f"/c/{session_id}/title", data={"title": "mine", "csrf_token": mine}).status_code == 303
+    assert client.get(f"/api/sessions/{session_id}").json()["title"] == "mine"

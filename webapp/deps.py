@@ -19,6 +19,7 @@ from .errors import BadToken, ForbiddenUser, SeedApiOff, SignInRequired
 from .htmx import lang_of
 from .i18n import Lang
 from .ids import check_user_id
+from .security import SIGNIN_COOKIE
 from .models import Conversation
 from .store import Store
 from .turn_reader import TurnReader
@@ -51,8 +52,6 @@ ReaderDep = Annotated[TurnReader, Depends(get_reader)]
 LangDep = Annotated[Lang, Depends(get_lang)]
 AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 
-
-SIGNIN_COOKIE = "chat_signin"
 
 
 def client_ip(request: Request) -> str:

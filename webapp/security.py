@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import BadCsrfToken, CrossSiteRequest, RequestTooLarge
 
+SIGNIN_COOKIE = "chat_signin"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -104,11 +105,25 @@ def token_for(identity: str, secret: str) -> str:
     return hmac.new(secret.encode(), b"csrf:" + identity.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def csrf_subject(request: Request) -> str:
+    """What a CSRF token is bound to, readable before any Redis lookup: the sign-in cookie
+    (accounts), the proxy's user header (proxy), or the anonymous identity (its cookie, or the
+    one this request just made)."""
+    settings = getattr(request.app.state, "settings", None)
+    if settings is None:
+        return ""
+    if settings.auth == "accounts":
+        return "signin:" + request.cookies.get(SIGNIN_COOKIE, "") if request.cookies.get(SIGNIN_COOKIE) else ""
+    if settings.auth == "proxy":
+        name = request.headers.get(settings.proxy_user_header, "")
+        return "proxy:" + name if name else ""
+    return getattr(request.state, "identity", None) or ""
+
+
 def request_token(request: Request) -> str:
     """The token the pages of this request carry ("" before the caller has an identity)."""
-    identity = getattr(request.state, "identity", None)
-    settings = getattr(request.app.state, "settings", None)
-    return token_for(identity, settings.secret_key) if identity and settings else ""
+    subject = csrf_subject(request)
+    return token_for(subject, request.app.state.settings.secret_key) if subject else ""
 
 
 def own_origin(request: Request) -> str:
@@ -129,8 +144,8 @@ async def refuse_cross_site(request: Request) -> None:
 
 async def require_csrf_token(request: Request) -> None:
     """A state-changing request of the web UI carries its identity's token (header or form field)."""
-    if request.method not in UNSAFE_METHODS:
-        return
+    if request.method not in UNSAFE_METHODS or request.headers.get("authorization"):
+        return  # a page cannot make a browser send an Authorization header: token callers need none
     given = request.headers.get(CSRF_HEADER)
     if given is None and request.headers.get("content-type", "").startswith(
         ("application/x-www-form-urlencoded", "multipart/form-data")
