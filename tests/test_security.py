@@ -184,3 +184,16 @@ def test_malformed_cursor_and_out_of_range_index_are_4xx_not_storage_errors(clie
                  f"/api/sessions/{sid}/messages?before=99999999999999999999"):
         response = client.get(path)
         assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
+
+
+def test_cookies_are_secure_behind_an_https_proxy(make_client: Callable[..., httpx.Client]) -> None:
+    # 127.0.0.1 is a trusted proxy in the tests: its X-Forwarded-Proto says the user is on https
+    client = make_client()
+    https = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+    first = client.get("/", headers=https)
+    assert "Secure" in first.headers["set-cookie"] and "HttpOnly" in first.headers["set-cookie"]
+    plain = make_client()
+    assert "Secure" not in plain.get("/").headers["set-cookie"]
+    # (the secure cookie is not sent back over the tests' plain http: switch with the plain one)
+    switch = plain.post("/lang", data={"lang": "en", "next": "/"}, headers=https)
+    assert "Secure" in switch.headers["set-cookie"]

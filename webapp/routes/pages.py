@@ -127,11 +127,12 @@ async def sidebar(view: ViewDep, user: CurrentUser, conversations: Conversations
 
 
 @router.post("/lang")
-async def switch_language(lang: FormText = "", next: FormText = "/") -> Response:
+async def switch_language(view: ViewDep, lang: FormText = "", next: FormText = "/") -> Response:
     """Remember the language switch in a cookie; `next` may only be one of our pages."""
     response = see_other(local_path(next))
     if lang in ("zh", "en"):
-        response.set_cookie(LANG_COOKIE, lang, max_age=LANG_COOKIE_MAX_AGE, httponly=True, samesite="lax")
+        response.set_cookie(LANG_COOKIE, lang, max_age=LANG_COOKIE_MAX_AGE, httponly=True, samesite="lax",
+                            secure=view.request.url.scheme == "https")
     return response
 
 
