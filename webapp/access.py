@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,8 +40,11 @@ class AccessMiddleware:
                 self.metrics.requests.labels(method, str(status)).inc()
             elif kind == "http.response.body" and not message.get("more_body", False) and self.log_requests:
                 client = scope.get("client")
+                path = scope["path"]
+                if not path.isprintable():  # a decoded %0a must not start a forged log line
+                    path = quote(path, safe="/:@!$&'()*+,;=-._~")
                 log.info(
-                    "method=%s path=%s status=%s ms=%.0f client=%s", method, scope["path"], status,
+                    "method=%s path=%s status=%s ms=%.0f client=%s", method, path, status,
                     (time.perf_counter() - started) * 1000, client[0] if client else "-",
                 )
             await send(message)

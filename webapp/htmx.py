@@ -43,6 +43,14 @@ def see_other(path: str) -> Response:
     return RedirectResponse(path, status_code=303)
 
 
+def url_path(url: str) -> str:
+    """The path of a URL a client sent in a header ("/" when it is not one, e.g. `http://[::1`)."""
+    try:
+        return urlsplit(url).path or "/"
+    except ValueError:
+        return "/"
+
+
 def local_path(path: str, fallback: str = "/") -> str:
     """`path` if it is one of our pages (never an open redirect), else `fallback`."""
     return path if LOCAL_PAGE.fullmatch(path) else fallback
@@ -62,7 +70,7 @@ class View:
     def current_path(self) -> str:
         """The page the user is on: an HTMX request names it in HX-Current-URL."""
         if self.fragment and self.request.headers.get("hx-current-url"):
-            return urlsplit(self.request.headers["hx-current-url"]).path or "/"
+            return url_path(self.request.headers["hx-current-url"])
         return self.request.url.path
 
     @property
@@ -73,7 +81,7 @@ class View:
 
     def referer(self, avoid: str = "") -> str:
         """Where a form without JavaScript came from, if it is one of our pages (and not `avoid`)."""
-        path = urlsplit(self.request.headers.get("referer", "")).path
+        path = url_path(self.request.headers.get("referer", ""))
         if LOCAL_PAGE.fullmatch(path) and (not avoid or avoid not in path):
             return path
         return "/"

@@ -27,7 +27,9 @@ from .metrics import Metrics
 from .peers import RecordPeer, TrustedProxies
 from .redis_client import create_redis
 from .routes import api, auth, pages, stream
-from .security import BodyLimitMiddleware, SecurityHeadersMiddleware, refuse_cross_site, require_csrf_token
+from .security import (
+    InputGuardMiddleware, SecurityHeadersMiddleware, refuse_cross_site, require_csrf_token,
+)
 from .store import Store
 from .turn_reader import TurnReader
 from .turn_writer import TurnWriter
@@ -122,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.new_identity_limit = Limit("identities-ip", settings.new_identities_per_ip_per_hour, 3600)
     app.add_middleware(IdentityMiddleware, secret=settings.secret_key)
     app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InputGuardMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics, log_requests=settings.access_log)
     # outermost: note the socket's peer, then apply a trusted proxy's X-Forwarded-For/-Proto
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)

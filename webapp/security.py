@@ -19,14 +19,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 from typing import Annotated
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Depends, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import BadCsrfToken, CrossSiteRequest, RequestTooLarge
+from .errors import BadCsrfToken, ChatError, CrossSiteRequest, RequestTooLarge, UndecodableText
 
 SIGNIN_COOKIE = "chat_signin"
 CSRF_HEADER = "x-csrf-token"
+FORM_TYPE = b"application/x-www-form-urlencoded"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 FOREIGN_SITES = frozenset({"cross-site", "same-site"})
@@ -64,21 +66,39 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-class BodyLimitMiddleware:
-    """413 for a request body over `max_bytes`: by its Content-Length at once, else as it arrives."""
+class InputGuardMiddleware:
+    """Bodies over `max_bytes` get 413; a query string or form body that is not UTF-8 gets 400.
+
+    Starlette decodes undecodable form and query bytes into replacement characters (or
+    Latin-1), which would be stored silently damaged, so they are checked here, on the
+    raw bytes, before any route parses them. Form bodies are small (they are capped):
+    they are read whole, checked and handed on; other bodies stream through, counted.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["query_string"] and not _decodes(scope["query_string"]):
+            await self._refuse(scope, receive, send, UndecodableText)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        content_type = b""
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, RequestTooLarge)
                 return
+            if name == b"content-type":
+                content_type = value
+        if content_type.startswith(FORM_TYPE):
+            await self._form(scope, receive, send)
+            return
         received = 0
 
         async def counting_receive() -> Message:
@@ -92,12 +112,46 @@ class BodyLimitMiddleware:
 
         await self.app(scope, counting_receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _form(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._refuse(scope, receive, send, RequestTooLarge)
+                return
+            if not message.get("more_body", False):
+                break
+        if not _decodes(body):
+            await self._refuse(scope, receive, send, UndecodableText)
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: type[ChatError]) -> None:
         from .error_handlers import error_response  # the one error path renders it
 
-        request = Request(scope, receive)
-        response = error_response(request, RequestTooLarge.key, RequestTooLarge.status)
+        response = error_response(Request(scope, receive), error.key, error.status)
         await response(scope, receive, send)
+
+
+def _decodes(raw: bytes) -> bool:
+    """Whether percent-decoded `raw` (a query string or form body) is UTF-8."""
+    try:
+        unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def token_for(identity: str, secret: str) -> str:

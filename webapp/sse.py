@@ -21,13 +21,19 @@ PING_SECONDS = 15
 STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
 
 
+MAX_SEQ = 10**9  # far past any reply's last event, well inside a Redis stream id
+
+
 def parse_last_event_id(value: str | None) -> tuple[str | None, int]:
-    """`{turn_id}:{seq}` (or a bare seq) -> (turn_id, seq); anything else means 'from the start'."""
+    """`{turn_id}:{seq}` (or a bare seq) -> (turn_id, seq); anything else means 'from the start'.
+
+    A seq past MAX_SEQ means "after everything": it never reaches Redis as an invalid stream id.
+    """
     if not value:
         return None, 0
     turn_id, _, seq = value.strip().rpartition(":")
     try:
-        return (turn_id or None), max(0, int(seq))
+        return (turn_id or None), min(MAX_SEQ, max(0, int(seq)))
     except ValueError:
         return None, 0
 

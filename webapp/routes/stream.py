@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from typing import AsyncIterator, Callable
+from typing import Annotated, AsyncIterator, Callable
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -19,7 +19,7 @@ from ..ids import check_id
 from ..models import Conversation, TurnEvent, TurnInfo
 from ..render import render_fragment
 from ..security import request_token
-from ..sse import json_event_frame, merged, parse_last_event_id, seed_payload, stream_response
+from ..sse import MAX_SEQ, json_event_frame, merged, parse_last_event_id, seed_payload, stream_response
 from ..turn_reader import TurnReader
 
 router = APIRouter(tags=["turns"])
@@ -72,7 +72,7 @@ async def api_turn_events(
     user: CurrentUser,
     reader: ReaderDep,
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-    after: int | None = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
 ) -> Response:
     reader.check_stream_slot(user)
     _, seq = parse_last_event_id(last_event_id)
@@ -121,7 +121,7 @@ async def conversation_turn_events(
     reader: ReaderDep,
     conversations: ConversationsDep,
     lang: LangDep,
-    after: int = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
 ) -> Response:
     """The web UI's view of a turn (htmx SSE extension); resumes after `after` or Last-Event-ID.
