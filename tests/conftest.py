@@ -67,7 +67,7 @@ def tier_of(item: pytest.Item) -> int:
         return 4
     if item.get_closest_marker("redis_restart"):
         return 3
-    if path.name == "test_ui_browser.py":
+    if path.name in ("test_ui_browser.py", "test_xss_browser.py"):
         return 2
     return 1
 

@@ -8,7 +8,9 @@ context window the app built without looking inside the app.
 
 Directives in the last user message change the behaviour of that one request:
 ``[[fail:500]]``, ``[[fail:429]]``, ``[[stall]]``, ``[[stall_after:N]]``, ``[[drop:N]]``,
-``[[tokens:N]]``, ``[[delay:MS]]``, ``[[ttft:MS]]``.
+``[[tokens:N]]``, ``[[delay:MS]]``, ``[[ttft:MS]]``. ``[[echo]]`` makes the reply the last user
+message itself (directives removed, trimmed), streamed in pieces of ECHO_PIECE characters: a test
+chooses what the model says, e.g. Markdown or hostile text.
 
 Run it alone for a benchmark::
 
@@ -46,8 +48,9 @@ except ImportError:  # pragma: no cover - orjson is in the test requirements
 DEFAULT_MODEL = "fake-model"
 HEADER_TOKENS = 3  # "ctx=..", " sys=..", " last=.." are the first three tokens
 STALL_SECONDS = 120.0
+ECHO_PIECE = 8  # characters per streamed token of an echoed reply
 
-_DIRECTIVE = re.compile(r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft)(?::(\d+))?\]\]")
+_DIRECTIVE = re.compile(r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft|echo)(?::(\d+))?\]\]")
 _REPLY = re.compile(r"^ctx=(\d+) sys=(\S+) last=(.*?)((?: t\d+)*)$", re.DOTALL)
 
 
@@ -71,6 +74,12 @@ def reply_tokens(ctx: int, sys_tag: str, last_tag: str, tokens: int) -> list[str
     header = [f"ctx={ctx}", f" sys={sys_tag}", f" last={last_tag}"]
     filler = [f" t{i}" for i in range(1, max(0, tokens - HEADER_TOKENS) + 1)]
     return header + filler
+
+
+def echo_tokens(message: str) -> list[str]:
+    """The tokens of an ``[[echo]]`` reply: the message without its directives, trimmed, in pieces."""
+    text = _DIRECTIVE.sub("", message).strip()
+    return [text[start : start + ECHO_PIECE] for start in range(0, len(text), ECHO_PIECE)]
 
 
 def expected_reply(ctx: int, system_prompt: str | None, last_message: str, tokens: int) -> str:
@@ -111,6 +120,7 @@ class Behaviour:
     stall: bool = False
     stall_after: int | None = None
     drop_after: int | None = None
+    echo: bool = False
 
     def with_directives(self, text: str) -> Behaviour:
         changes: dict[str, Any] = {}
@@ -130,6 +140,8 @@ class Behaviour:
                 changes["token_delay_ms"] = float(number)
             elif name == "ttft" and number is not None:
                 changes["ttft_ms"] = float(number)
+            elif name == "echo":
+                changes["echo"] = True
         return replace(self, **changes)
 
 
@@ -296,9 +308,12 @@ class FakeUpstream:
                 status=status, body=_dumps(error), content_type="application/json", headers=headers
             )
 
-        tokens = reply_tokens(
-            len(non_system), expected_sys_tag(system), expected_last_tag(last_user), behaviour.tokens
-        )
+        if behaviour.echo:
+            tokens = echo_tokens(last_user)
+        else:
+            tokens = reply_tokens(
+                len(non_system), expected_sys_tag(system), expected_last_tag(last_user), behaviour.tokens
+            )
         completion_id = f"chatcmpl-fake-{next(self._ids)}"
         created = int(time.time())
         if not body.get("stream"):
