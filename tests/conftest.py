@@ -519,3 +519,9 @@ def history_of(client: httpx.Client, chat: dict[str, Any]) -> dict[str, Any]:
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+# One Chromium for the whole session, shared by every browser test: a module importing the
+# fixture itself would start a second Playwright, which fails. (Imported last: ui_fixtures
+# imports this module's helpers.)
+from tests.ui_fixtures import artifacts, browser, open_page  # noqa: E402, F401  (fixtures, used by name)

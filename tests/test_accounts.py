@@ -24,7 +24,6 @@ from tests.conftest import (
     start_chat, unique,
 )
 from tests.fake_upstream import ThreadedFakeUpstream
-from tests.ui_fixtures import browser  # noqa: F401  (a fixture, used by name)
 
 PASSWORD = "correct horse battery"
 API_KEY = "sk-test-never-shown-3141592653"

@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 from tests.conftest import SYSTEM_PROMPTS, AppServer, unique
 from tests.fake_upstream import expected_reply, expected_sys_tag
-from tests.ui_fixtures import (  # noqa: F401  (fixtures are used by name)
-    add_message, artifacts, browser, conversation_id, open_page, send, wait_count, wait_focus, wait_reply_done,
+from tests.ui_fixtures import (
+    add_message, conversation_id, send, wait_count, wait_focus, wait_reply_done,
 )
 
 SLOW = "[[tokens:40]] [[delay:30]]"  # ~1.2 s of visible streaming
