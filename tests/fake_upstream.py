@@ -8,7 +8,8 @@ context window the app built without looking inside the app.
 
 Directives in the last user message change the behaviour of that one request:
 ``[[fail:500]]``, ``[[fail:429]]``, ``[[stall]]``, ``[[stall_after:N]]``, ``[[drop:N]]``,
-``[[tokens:N]]``, ``[[delay:MS]]``, ``[[ttft:MS]]``. ``[[echo]]`` makes the reply the last user
+``[[tokens:N]]``, ``[[delay:MS]]``, ``[[ttft:MS]]``; with ``[[once]]`` a failure directive applies
+only the first time that message is seen, so a Retry succeeds. ``[[echo]]`` makes the reply the last user
 message itself (directives removed, trimmed), streamed in pieces of ECHO_PIECE characters: a test
 chooses what the model says, e.g. Markdown or hostile text.
 
@@ -50,7 +51,7 @@ HEADER_TOKENS = 3  # "ctx=..", " sys=..", " last=.." are the first three tokens
 STALL_SECONDS = 120.0
 ECHO_PIECE = 8  # characters per streamed token of an echoed reply
 
-_DIRECTIVE = re.compile(r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft|echo)(?::(\d+))?\]\]")
+_DIRECTIVE = re.compile(r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft|echo|once)(?::(\d+))?\]\]")
 _REPLY = re.compile(r"^ctx=(\d+) sys=(\S+) last=(.*?)((?: t\d+)*)$", re.DOTALL)
 
 
@@ -121,6 +122,7 @@ class Behaviour:
     stall_after: int | None = None
     drop_after: int | None = None
     echo: bool = False
+    once: bool = False  # misbehave only the first time this message is seen (then a Retry works)
 
     def with_directives(self, text: str) -> Behaviour:
         changes: dict[str, Any] = {}
@@ -142,6 +144,8 @@ class Behaviour:
                 changes["ttft_ms"] = float(number)
             elif name == "echo":
                 changes["echo"] = True
+            elif name == "once":
+                changes["once"] = True
         return replace(self, **changes)
 
 
@@ -178,6 +182,7 @@ class FakeUpstream:
         self.port = port
         self.model = model
         self.defaults = Behaviour(ttft_ms=ttft_ms, token_delay_ms=token_delay_ms, tokens=tokens)
+        self.seen_once: set[str] = set()
         self._records: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_records)
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -297,6 +302,10 @@ class FakeUpstream:
             (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
         )
         behaviour = self.defaults.with_directives(last_user)
+        if behaviour.once:
+            if last_user in self.seen_once:
+                behaviour = replace(behaviour, fail=None, stall=False, stall_after=None, drop_after=None)
+            self.seen_once.add(last_user)
         model = body.get("model") or self.model
 
         if behaviour.fail is not None:

@@ -9,7 +9,10 @@ import time
 import httpx
 import pytest
 
+import redis
+
 from tests.conftest import (
+    iter_sse,
     OPENAI_TIMEOUT_SECONDS,
     Turn,
     api_turn,
@@ -125,3 +128,31 @@ def test_failed_turn_through_the_resource_api_ends_with_an_error_event(
 
     assert_shows_a_clean_error(turn)
     assert client.get(f"/api/sessions/{session['id']}").json()["running_turn_id"] is None
+
+
+def test_a_reply_that_cannot_be_saved_sends_error_not_end_and_unlocks(
+    client: httpx.Client, redis_client: redis.Redis
+) -> None:
+    """Redis refusing writes (maxmemory with noeviction) while a reply is written: the reader is
+    never told `end` for text that is not in the history; the user's message stays; Retry works."""
+    session_id = create_session(client)["id"]
+    turn = client.post(f"/api/sessions/{session_id}/turns", json={"message": "keep me [[tokens:40]] [[delay:40]]"})
+    assert turn.status_code == 202
+    policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
+    try:
+        with client.stream("GET", turn.json()["events_url"]) as response:
+            events = []
+            for event in iter_sse(response):
+                events.append(event)
+                if len(events) == 2:  # the reply is under way: now Redis is full
+                    redis_client.config_set("maxmemory-policy", "noeviction")
+                    redis_client.config_set("maxmemory", "1")
+    finally:
+        redis_client.config_set("maxmemory", "0")
+        redis_client.config_set("maxmemory-policy", policy)
+    assert events[-1].type == "error" and not any(e.type == "end" for e in events)
+    assert "saved" in events[-1].data["content"] or "保存" in events[-1].data["content"]
+    history = messages_of(client, session_id)["items"]
+    assert [m["content"] for m in history if m["role"] == "user"] == ["keep me [[tokens:40]] [[delay:40]]"]
+    retry = client.post(f"/api/sessions/{session_id}/turns", json={"message": "again"})
+    assert retry.status_code == 202  # not locked

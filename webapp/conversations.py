@@ -11,10 +11,10 @@ conversation stops its reply first; what a conversation pane offers after a repl
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .context import check_text
-from .errors import EmptyTitle, SessionNotFound, TooManyConversations, UndoExpired
+from .errors import EmptyTitle, MessageNotFound, NoSuchVersion, SessionNotFound, TooManyConversations, TurnRunning, UndoExpired
 from .ids import check_id
 from .i18n import t
 from .models import WELCOME, Conversation, Message, TurnEvent, new_id, new_message_id, now_iso
@@ -24,6 +24,7 @@ from .store import Store
 from .titles import clean_title, make_preview
 from .turn_reader import TurnReader
 from .turn_writer import TurnWriter
+from .versions import parse_label, switch
 
 UNDO_SECONDS = 600  # how long a deleted conversation can be put back
 SEARCH_LIMIT = 30
@@ -51,6 +52,7 @@ class ConversationView:
     retry_text: str = ""  # the last reply failed or was stopped: offer Retry with this text
     retry_for: str = ""  # ...for this reply
     is_empty: bool = False  # nothing written by the user yet: the page shows suggestions
+    versions: dict[int, tuple[int, int]] = field(default_factory=dict)  # list index -> (shown, count)
 
 
 @dataclass
@@ -60,6 +62,8 @@ class TurnOutcome:
     reply: Message | None
     error_text: str
     retry_text: str
+    reply_index: int = 0
+    versions: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,6 +101,13 @@ class Conversations:
             raise SessionNotFound()
         return conversation
 
+    async def of_message(self, message_id: str, user_id: str) -> Conversation:
+        """The conversation of a user message, if the user owns it; 404 otherwise."""
+        session_id = await self.store.session_of_message(message_id) if message_id.startswith("m_") else None
+        if session_id is None:
+            raise MessageNotFound()
+        return await self.owned(session_id, user_id)
+
     async def browse(self, user_id: str, *, query: str = "", cursor: str | None = None,
                      limit: int = SEARCH_LIMIT) -> ConversationList:
         """Newest activity first, a page at a time after `cursor`; or those matching `query`."""
@@ -109,6 +120,35 @@ class Conversations:
     async def latest(self, user_id: str) -> Conversation | None:
         recent, _ = await self.store.list_conversations(user_id, limit=1)
         return recent[0] if recent else None
+
+    async def versions_of(self, conversation: Conversation) -> dict[int, tuple[int, int]]:
+        """(shown, count) by list index, where a message has versions."""
+        return {index: parse_label(label) for index, label in (await self.store.version_labels(conversation.id)).items()}
+
+    async def switch_version(self, conversation: Conversation, index: int, version: int) -> Conversation:
+        """Show version `version` (1-based) of the message at list `index`; later turns see that branch."""
+        lock = await self.store.lock_turn(conversation.id, turn_id="switch-" + new_id(), hits=[])
+        if not lock.meta or lock.meta.get("user_id") != conversation.user_id:
+            if lock.locked:
+                await self.store.release_lock(conversation.id)
+            raise SessionNotFound()
+        if not lock.locked:
+            raise TurnRunning()
+        try:
+            state = await self.store.read_branch(conversation.id, index)
+            if index not in state.forks:
+                raise NoSuchVersion()
+            try:
+                change = switch(state, version - 1)
+            except IndexError:
+                raise NoSuchVersion() from None
+            if change is not None:
+                last = Message.from_json(change.messages[-1]) if change.messages else \
+                    await self.store.message_at(conversation.id, index - 1)
+                await self.store.write_branch(conversation, change, preview=make_preview(last.content) if last else "")
+        finally:
+            await self.store.release_lock(conversation.id)
+        return await self.store.get_conversation(conversation.id) or conversation
 
     async def message_page(self, conversation: Conversation, *, limit: int,
                            before: int | None = None) -> tuple[list[Message], int, int]:
@@ -199,7 +239,8 @@ class Conversations:
             else:
                 streaming = Streaming(turn_id=conversation.running_turn_id, after=seq, text=text)
         view = ConversationView(conversation=conversation, role=role_or_default(conversation.role),
-                                messages=messages, first_index=first_index, streaming=streaming)
+                                messages=messages, first_index=first_index, streaming=streaming,
+                                versions=await self.versions_of(conversation))
         view.is_empty = before is None and streaming is None and not any(m.role == "user" for m in messages)
         if before is None and streaming is None and messages:
             last = messages[-1]
@@ -213,7 +254,7 @@ class Conversations:
                            lang: str) -> TurnOutcome:
         """The bubble that replaces a streaming one: the saved reply, or the error (or "stopped") with Retry."""
         message_id = await self.reader.saved_reply_id(turn_id, final)
-        messages, _, _ = await self.store.message_page(conversation.id, limit=4, before=None)
+        messages, first_index, _ = await self.store.message_page(conversation.id, limit=4, before=None)
         reply = next((m for m in messages if message_id and m.id == message_id), None)
         last_user = next((m for m in reversed(messages) if m.role == "user"), None)
         if final is not None and final.type == "error":
@@ -222,4 +263,6 @@ class Conversations:
             error_text = t("ui.stopped" if final is not None else "ui.no_reply", lang)  # type: ignore[arg-type]
         else:
             error_text = ""
-        return TurnOutcome(reply=reply, error_text=error_text, retry_text=last_user.content if last_user else "")
+        reply_index = first_index + messages.index(reply) if reply is not None else 0
+        return TurnOutcome(reply=reply, error_text=error_text, retry_text=last_user.content if last_user else "",
+                           reply_index=reply_index, versions=await self.versions_of(conversation))

@@ -82,6 +82,23 @@ class TurnNotFound(ChatError):
     key = "error.turn_not_found"
 
 
+class MessageNotFound(ChatError):
+    status = 404
+    key = "error.message_not_found"
+
+
+class NothingToRegenerate(ChatError):
+    """Only the last reply (or a message left without one) can be answered again."""
+
+    status = 409
+    key = "error.nothing_to_regenerate"
+
+
+class NoSuchVersion(ChatError):
+    status = 404
+    key = "error.no_such_version"
+
+
 class TurnRunning(ChatError):
     status = 409
     key = "error.turn_running"

@@ -83,6 +83,16 @@ CATALOG: dict[str, dict[Lang, str]] = {
         "zh": "回复时间过长，已停止（已保留目前的内容）",
         "en": "The reply took too long and was stopped (what it wrote is kept)",
     },
+    "error.save_failed": {
+        "zh": "回复未能保存（存储服务异常），你的消息已保留，请重试",
+        "en": "The reply could not be saved (storage trouble); your message is kept, please retry",
+    },
+    "error.message_not_found": {"zh": "消息不存在", "en": "Message not found"},
+    "error.nothing_to_regenerate": {
+        "zh": "只能重新生成最后一条回复",
+        "en": "Only the last reply can be regenerated",
+    },
+    "error.no_such_version": {"zh": "该版本不存在", "en": "No such version"},
     "error.interrupted": {"zh": "回复已中断", "en": "The reply was interrupted"},
     "error.invalid_input": {"zh": "请求参数无效", "en": "Invalid request"},
     "error.title_empty": {"zh": "标题不能为空", "en": "The title cannot be empty"},

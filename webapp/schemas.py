@@ -74,10 +74,22 @@ class MessageOut(BaseModel):
     content: str
     ts: str
     status: str
+    index: int = Field(0, description="list index in the active branch")
+    version: int = Field(1, description="which version of this message is shown (1-based)")
+    versions: int = Field(1, description="how many versions it has (regenerated replies, edited messages)")
 
     @classmethod
-    def of(cls, message: Message) -> "MessageOut":
-        return cls(id=message.id, role=message.role, content=message.content, ts=message.ts, status=message.status)
+    def of(cls, message: Message, index: int = 0, version: tuple[int, int] = (1, 1)) -> "MessageOut":
+        return cls(id=message.id, role=message.role, content=message.content, ts=message.ts, status=message.status,
+                   index=index, version=version[0], versions=version[1])
+
+
+class MessageEdit(BaseModel):
+    content: str
+
+
+class VersionIn(BaseModel):
+    version: int = Field(ge=1, le=10000)
 
 
 class MessagePage(BaseModel):

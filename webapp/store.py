@@ -10,6 +10,10 @@ Keys (all prefixed `chat:`):
     session:{sid}                  HASH metadata (user_id, title, preview, role, count, created, updated, turn)
     session:{sid}:messages         LIST of JSON messages, RPUSH (chronological), conversation TTL
     session:{sid}:lock             the running turn's id while a reply is generated (one per conversation)
+    session:{sid}:versions         HASH list index -> "shown/count" where a message has versions, conversation TTL
+    session:{sid}:forks            HASH list index -> JSON of the versions kept aside there (versions.py), conversation TTL
+    message:{mid}                  the session id of a user message (edit by message id), conversation TTL
+    request:{uid}:{rid}            the turn a client request id started (a repeated request starts none), 10 min
     turn:{tid}                     HASH turn state (session_id, user_id, status, message_id)
     turn:{tid}:events              STREAM of reply events, ids `0-{seq}`, capped, expires after the turn
     trash:{sid}                    JSON copy of a conversation deleted from the web UI, kept briefly for undo
@@ -36,6 +40,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .models import Conversation, Message, TurnEvent, TurnInfo, TurnLock
+from .versions import BranchChange, BranchState
 
 log = logging.getLogger("webapp.store")
 
@@ -62,6 +67,22 @@ def _meta_key(sid: str) -> str:
 
 def _messages_key(sid: str) -> str:
     return f"{PREFIX}session:{sid}:messages"
+
+
+def _versions_key(sid: str) -> str:
+    return f"{PREFIX}session:{sid}:versions"
+
+
+def _forks_key(sid: str) -> str:
+    return f"{PREFIX}session:{sid}:forks"
+
+
+def _message_key(mid: str) -> str:
+    return f"{PREFIX}message:{mid}"
+
+
+def _request_key(uid: str, request_id: str) -> str:
+    return f"{PREFIX}request:{uid}:{request_id}"
 
 
 def _lock_key(sid: str) -> str:
@@ -266,6 +287,8 @@ class Store:
 
     def _refresh_ttls(self, pipe: Any, uid: str, sid: str) -> None:
         pipe.expire(_messages_key(sid), self.conversation_ttl)
+        pipe.expire(_versions_key(sid), self.conversation_ttl)
+        pipe.expire(_forks_key(sid), self.conversation_ttl)
         pipe.expire(_meta_key(sid), self.index_ttl)
         pipe.expire(_index_key(uid), self.index_ttl)
         pipe.expire(_user_key(uid), self.index_ttl)
@@ -376,16 +399,23 @@ class Store:
             await self.redis.hset(_meta_key(conversation.id), mapping=fields)
 
     async def delete_conversation(self, conversation: Conversation) -> None:
+        sid = conversation.id
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_meta_key(conversation.id), _messages_key(conversation.id))
-            pipe.zrem(_index_key(conversation.user_id), conversation.id)
+            pipe.delete(_meta_key(sid), _messages_key(sid), _versions_key(sid), _forks_key(sid))
+            pipe.zrem(_index_key(conversation.user_id), sid)
             await pipe.execute()
 
-    async def restore_conversation(self, conversation: Conversation, messages: list[Message]) -> None:
-        """Put a deleted conversation back (undo), with its metadata and messages."""
+    async def restore_conversation(self, conversation: Conversation, messages: list[Message],
+                                   versions: dict[str, str] | None = None, forks: dict[str, str] | None = None) -> None:
+        """Put a deleted conversation back (undo), with its metadata, messages and versions."""
+        sid = conversation.id
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_meta_key(conversation.id), _messages_key(conversation.id))
+            pipe.delete(_meta_key(sid), _messages_key(sid), _versions_key(sid), _forks_key(sid))
             pipe.hset(_meta_key(conversation.id), mapping=conversation.to_hash())
+            if versions:
+                pipe.hset(_versions_key(sid), mapping=versions)
+            if forks:
+                pipe.hset(_forks_key(sid), mapping=forks)
             if messages:
                 pipe.rpush(_messages_key(conversation.id), *[m.to_json() for m in messages])
             pipe.zadd(_index_key(conversation.user_id), {conversation.id: conversation.updated * 1000})
@@ -416,6 +446,74 @@ class Store:
         end = total if before is None else min(before, total)
         return messages, max(0, end - len(messages)), total
 
+    async def version_labels(self, sid: str) -> dict[int, str]:
+        """"shown/count" by list index, where a message has versions (a small hash)."""
+        return {int(index): label for index, label in (await self.redis.hgetall(_versions_key(sid))).items()}
+
+    async def read_branch(self, sid: str, index: int) -> BranchState:
+        """The active branch from list `index` on, with the version bookkeeping at and after it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(_messages_key(sid), index, -1)
+            pipe.hgetall(_versions_key(sid))
+            messages, labels = await pipe.execute()
+        versions = {int(j): label for j, label in labels.items() if int(j) >= index}
+        forks: dict[int, str] = {}
+        if versions:
+            indices = sorted(versions)
+            rows = await self.redis.hmget(_forks_key(sid), [str(j) for j in indices])
+            forks = {j: raw for j, raw in zip(indices, rows) if raw is not None}
+        return BranchState(index=index, messages=messages, forks=forks, versions=versions)
+
+    async def write_branch(self, conversation: Conversation, change: BranchChange, *, preview: str) -> None:
+        """Replace the active branch from `change.index` on, with its version bookkeeping: one MULTI."""
+        sid, uid = conversation.id, conversation.user_id
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.ltrim(_messages_key(sid), 0, change.index - 1)
+            if change.messages:
+                pipe.rpush(_messages_key(sid), *change.messages)
+            if change.forks_del:
+                pipe.hdel(_forks_key(sid), *[str(j) for j in change.forks_del])
+            if change.forks_set:
+                pipe.hset(_forks_key(sid), mapping={str(j): raw for j, raw in change.forks_set.items()})
+            if change.versions_del:
+                pipe.hdel(_versions_key(sid), *[str(j) for j in change.versions_del])
+            if change.versions_set:
+                pipe.hset(_versions_key(sid), mapping={str(j): v for j, v in change.versions_set.items()})
+            pipe.hset(_meta_key(sid), mapping={"count": change.index + len(change.messages), "preview": preview})
+            self._refresh_ttls(pipe, uid, sid)
+            await pipe.execute()
+
+    async def message_at(self, sid: str, index: int) -> Message | None:
+        raw = await self.redis.lindex(_messages_key(sid), index)
+        return Message.from_json(raw) if raw else None
+
+    async def session_of_message(self, mid: str) -> str | None:
+        return await self.redis.get(_message_key(mid))
+
+    async def find_message_index(self, sid: str, mid: str, *, chunk: int = 200) -> int | None:
+        """The list index of a message of the active branch, searched from the newest."""
+        total = await self.redis.llen(_messages_key(sid))
+        end = total
+        while end > 0:
+            start = max(0, end - chunk)
+            rows = await self.redis.lrange(_messages_key(sid), start, end - 1)
+            for offset in range(len(rows) - 1, -1, -1):
+                if f'"id":"{mid}"' in rows[offset]:
+                    return start + offset
+            end = start
+        return None
+
+    async def claim_request(self, uid: str, request_id: str, turn_id: str) -> str | None:
+        """Record that a client request starts `turn_id`; the turn id of an earlier identical request, if any."""
+        key = _request_key(uid, request_id)
+        if await self.redis.set(key, turn_id, nx=True, ex=600):
+            return None
+        return await self.redis.get(key) or None
+
+    async def forget_request(self, uid: str, request_id: str) -> None:
+        """A request that started nothing (refused): the same id may try again."""
+        await self.redis.delete(_request_key(uid, request_id))
+
     # turns --------------------------------------------------------------
 
     async def lock_turn(self, sid: str, *, turn_id: str, hits: list[tuple[str, str, int, int]]) -> TurnLock:
@@ -438,17 +536,20 @@ class Store:
         await self.redis.delete(_lock_key(sid))
 
     async def save_turn_start(
-        self, conversation: Conversation, message: Message, *, turn_id: str, context_messages: int
+        self, conversation: Conversation, message: Message | None, *, turn_id: str, context_messages: int
     ) -> list[Message]:
         """Save the user message and the turn's state, and read the context window back: one MULTI.
 
         `conversation` already carries what the turn changes (title, preview, role, count,
         updated); the lock makes this the only writer of its count while the turn starts.
         The window is the last `context_messages` messages (LRANGE -N -1), whatever the length.
+        A user message is also indexed by its id (editing it by id needs its conversation).
         """
         sid, uid = conversation.id, conversation.user_id
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(_messages_key(sid), message.to_json())
+            if message is not None:  # None: a retry or a regenerated reply answers the message already there
+                pipe.rpush(_messages_key(sid), message.to_json())
+                pipe.set(_message_key(message.id), sid, ex=self.conversation_ttl)
             pipe.hset(
                 _meta_key(sid),
                 mapping={
@@ -514,6 +615,15 @@ class Store:
             if conversation_exists:
                 self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
+
+    async def abandon_turn(self, sid: str, turn_id: str) -> None:
+        """A turn whose save failed: its state says error and the lock goes (DEL and HSET of a
+        small field still work where a full Redis refuses larger writes)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(_lock_key(sid))
+            pipe.hset(_turn_key(turn_id), "status", "error")
+            pipe.hset(_meta_key(sid), "turn", "")
+            await pipe.execute(raise_on_error=False)
 
     async def append_events(self, batch: Iterable[tuple[str, list[TurnEvent]]]) -> None:
         """Write the chunk events of many turns in one pipeline, one stream entry per turn.
@@ -621,14 +731,16 @@ class Store:
 
     async def delete_undoably(self, conversation: Conversation, *, keep_seconds: int) -> None:
         """Delete a conversation but keep a copy for `keep_seconds`, so an undo can put it back."""
-        messages = await self.redis.lrange(_messages_key(conversation.id), 0, -1)
-        copy = orjson.dumps({
-            "meta": conversation.to_hash(),
-            "messages": messages,
-        })
+        sid = conversation.id
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(_messages_key(sid), 0, -1)
+            pipe.hgetall(_versions_key(sid))
+            pipe.hgetall(_forks_key(sid))
+            messages, versions, forks = await pipe.execute()
+        copy = orjson.dumps({"meta": conversation.to_hash(), "messages": messages, "versions": versions, "forks": forks})
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(_trash_key(conversation.id), copy, ex=keep_seconds)
-            pipe.delete(_meta_key(conversation.id), _messages_key(conversation.id))
+            pipe.delete(_meta_key(sid), _messages_key(sid), _versions_key(sid), _forks_key(sid))
             pipe.zrem(_index_key(conversation.user_id), conversation.id)
             await pipe.execute()
 
@@ -642,7 +754,7 @@ class Store:
             return None
         conversation = Conversation.from_hash(sid, copy["meta"])
         messages = [Message.from_json(item) for item in copy["messages"]]
-        await self.restore_conversation(conversation, messages)
+        await self.restore_conversation(conversation, messages, copy.get("versions"), copy.get("forks"))
         await self.redis.delete(_trash_key(sid))
         return conversation
 

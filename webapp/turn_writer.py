@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -26,19 +26,36 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Settings
 from .context import build_context, validate_message
-from .errors import RateLimited, SessionNotFound, TurnRunning
+from .errors import MessageNotFound, NothingToRegenerate, RateLimited, SessionNotFound, TurnRunning
 from .i18n import Lang, t
 from .limits import Limit
 from .llm import Provider, UpstreamError
 from .metrics import Metrics
-from .models import TERMINAL, Conversation, Message, TurnEvent, TurnInfo, new_id, new_message_id, now_iso
+from .models import (
+    TERMINAL, WELCOME, Conversation, Message, TurnEvent, TurnInfo, new_id, new_message_id, now_iso,
+)
 from .roles import Role, get_role, role_or_default
 from .store import Store
 from .titles import make_preview, make_title
+from .versions import BranchState, fork
 
 log = logging.getLogger("webapp.turns")
 
 RATE_WINDOW_SECONDS = 60
+
+# what a start does, decided under the lock: (list index to fork at, or None; the new user message, or None)
+Plan = Callable[[Conversation, "BranchState | None"], tuple["int | None", "str | None"]]
+
+
+@dataclass
+class Started:
+    """A turn a request started (or, for a repeated request id, the one it started before)."""
+
+    id: str
+    conversation: Conversation
+    user_message: Message | None  # the message this request stored; None for a retry or a repeat
+    duplicate: bool = False
+    run: "TurnRun | None" = None
 
 
 @dataclass
@@ -203,8 +220,8 @@ class TurnWriter:
 
     async def start_turn(
         self, session_id: str, user_id: str, text: str | None, role_id: str | None, lang: Lang,
-        client_ip: str = "",
-    ) -> TurnRun:
+        client_ip: str = "", *, request_id: str | None = None,
+    ) -> Started:
         """Save the user's message and start generating; `role_id` None keeps the conversation's role.
 
         Ownership is checked in the same round trip that takes the lock and counts the
@@ -213,7 +230,89 @@ class TurnWriter:
         """
         text = validate_message(text, self.settings.max_message_chars)
         requested = get_role(role_id) if role_id else None
+        return await self._start(session_id, user_id, lang, client_ip, request_id, requested,
+                                 lambda conversation, state: (None, text))
+
+    async def regenerate(self, session_id: str, user_id: str, lang: Lang, client_ip: str = "", *,
+                         request_id: str | None = None, reply_id: str | None = None) -> Started:
+        """A new reply to the last user message; the reply it replaces (if any) stays as a version.
+
+        Also the Retry after an error: when no reply was saved, the same message is answered
+        again, never stored twice. `reply_id` (when given) must be the last reply.
+        """
+        return await self._start(session_id, user_id, lang, client_ip, request_id, None,
+                                 self._regenerate_plan(reply_id), fork_last=True)
+
+    async def edit(self, session_id: str, user_id: str, message_id: str, text: str | None, lang: Lang,
+                   client_ip: str = "", *, request_id: str | None = None) -> Started:
+        """Edit and resend a user message: its old version and everything after it stay as a version."""
+        text = validate_message(text, self.settings.max_message_chars)
+        index = await self.store.find_message_index(session_id, message_id)
+        if index is None:
+            raise MessageNotFound()
+
+        def plan(conversation: Conversation, state: BranchState | None) -> tuple[int | None, str | None]:
+            assert state is not None
+            if not state.messages or Message.from_json(state.messages[0]).id != message_id:
+                raise MessageNotFound()  # the branch changed since it was found
+            if Message.from_json(state.messages[0]).role != "user":
+                raise MessageNotFound()
+            return index, text
+
+        return await self._start(session_id, user_id, lang, client_ip, request_id, None, plan, fork_at=index)
+
+    def _regenerate_plan(self, reply_id: str | None) -> Plan:
+        def plan(conversation: Conversation, state: BranchState | None) -> tuple[int | None, str | None]:
+            assert state is not None
+            last = Message.from_json(state.messages[-1]) if state.messages else None
+            if last is None or last.kind == WELCOME:
+                raise NothingToRegenerate()
+            if last.role == "user":  # no reply was saved: answer the same message again
+                if reply_id:
+                    raise NothingToRegenerate()
+                return None, None
+            if reply_id and last.id != reply_id:
+                raise NothingToRegenerate()  # only the last reply can be regenerated
+            if len(state.messages) < 2 or Message.from_json(state.messages[-2]).role != "user":
+                raise NothingToRegenerate()
+            return state.index + len(state.messages) - 1, None
+        return plan
+
+    async def _start(
+        self, session_id: str, user_id: str, lang: Lang, client_ip: str, request_id: str | None,
+        requested: Role | None, plan: Plan, *, fork_at: int | None = None, fork_last: bool = False,
+    ) -> Started:
         turn_id = new_id()
+        if request_id:
+            earlier = await self.store.claim_request(user_id, request_id, turn_id)
+            if earlier is not None:
+                return await self._duplicate(session_id, earlier)
+        try:
+            return await self._start_locked(session_id, user_id, lang, client_ip, requested, plan, turn_id,
+                                            fork_at=fork_at, fork_last=fork_last)
+        except BaseException:
+            if request_id:
+                await self.store.forget_request(user_id, request_id)
+            raise
+
+    async def _duplicate(self, session_id: str, turn_id: str) -> Started:
+        """A request already made: the turn it started (once that exists), and nothing new."""
+        for _ in range(50):
+            info = await self.store.get_turn(turn_id)
+            if info is not None:
+                if info.session_id != session_id:
+                    raise SessionNotFound()
+                conversation = await self.store.get_conversation(session_id)
+                if conversation is None:
+                    raise SessionNotFound()
+                return Started(id=turn_id, conversation=conversation, user_message=None, duplicate=True)
+            await asyncio.sleep(0.1)
+        raise TurnRunning()
+
+    async def _start_locked(
+        self, session_id: str, user_id: str, lang: Lang, client_ip: str, requested: Role | None, plan: Plan,
+        turn_id: str, *, fork_at: int | None, fork_last: bool,
+    ) -> Started:
         now = time.time()
         limits = [(limit, key) for limit, key in ((self.turns_per_user, user_id), (self.turns_per_ip, client_ip))
                   if limit.per_window and key]
@@ -225,33 +324,46 @@ class TurnWriter:
             raise SessionNotFound()
         if not lock.locked:
             raise TurnRunning()
-        for (limit, _), count in zip(limits, lock.counts):
-            if count > limit.per_window:
-                await self.store.release_lock(session_id)
-                raise RateLimited(retry_after=int(limit.window_seconds - now % limit.window_seconds) + 1)
-
-        conversation = Conversation.from_hash(session_id, lock.meta)
-        role = requested or role_or_default(conversation.role)
-        message = Message(id=new_message_id(), role="user", content=text, ts=now_iso())
-        conversation.role = role.id
-        conversation.title = conversation.title or make_title(text)
-        conversation.preview = make_preview(text)
-        conversation.message_count += 1
-        conversation.updated = time.time()
-        conversation.running_turn_id = turn_id
         try:
+            for (limit, _), count in zip(limits, lock.counts):
+                if count > limit.per_window:
+                    raise RateLimited(retry_after=int(limit.window_seconds - now % limit.window_seconds) + 1)
+            conversation = Conversation.from_hash(session_id, lock.meta)
+            state = None
+            if fork_last:  # the last two messages decide what a regenerate does
+                state = await self.store.read_branch(session_id, max(0, conversation.message_count - 2))
+            elif fork_at is not None:
+                state = await self.store.read_branch(session_id, fork_at)
+            fork_index, text = plan(conversation, state)
+            if fork_index is not None:
+                branch = state if state is not None and state.index == fork_index else \
+                    await self.store.read_branch(session_id, fork_index)
+                before = await self.store.message_at(session_id, fork_index - 1) if fork_index > 0 else None
+                await self.store.write_branch(conversation, fork(branch),
+                                              preview=make_preview(before.content) if before else "")
+                conversation.message_count = fork_index
+            role = requested or role_or_default(conversation.role)
+            message = Message(id=new_message_id(), role="user", content=text, ts=now_iso()) if text else None
+            conversation.role = role.id
+            if message is not None:
+                conversation.title = conversation.title or make_title(message.content)
+                conversation.preview = make_preview(message.content)
+                conversation.message_count += 1
+            conversation.updated = time.time()
+            conversation.running_turn_id = turn_id
             context = await self.store.save_turn_start(
                 conversation, message, turn_id=turn_id, context_messages=self.settings.context_messages
             )
         except BaseException:
             await self.store.release_lock(session_id)
             raise
+        user_message = message or next((m for m in reversed(context) if m.role == "user"), None)
         messages = build_context(role, context, self.settings.context_chars)
-        run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang, user_message=message)
+        run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang, user_message=user_message)
         self.runs[turn_id] = run
         run.task = asyncio.create_task(self._generate(run, messages), name=f"turn-{turn_id}")
         self.metrics.turn_started()
-        return run
+        return Started(id=turn_id, conversation=conversation, user_message=message, run=run)
 
     # generating ---------------------------------------------------------
 
@@ -317,7 +429,12 @@ class TurnWriter:
             final = TurnEvent(seq=run.next_seq(), type="error", content=t(error_key, run.lang))
         else:
             final = TurnEvent(seq=run.next_seq(), type="end", message_id=reply.id if reply else "")
-        await self._save(run, reply, final)
+        if not await self._save(run, reply, final):
+            # never `end` for text that is not in the history: the reader is told, the user
+            # message stays, and the conversation is unlocked so Retry works
+            final = TurnEvent(seq=final.seq, type="error", content=t("error.save_failed", run.lang))
+            status = "error"
+            await self._release_after_failed_save(run)
         run.finished = True
         run.publish(final)
         self.runs.pop(run.id, None)
@@ -330,8 +447,8 @@ class TurnWriter:
             f"{ttft * 1000:.0f}" if ttft is not None else "-", duration * 1000, len(content), final.seq,
         )
 
-    async def _save(self, run: TurnRun, reply: Message | None, final: TurnEvent) -> None:
-        """Save the reply; a Redis outage is retried for as long as a turn may run.
+    async def _save(self, run: TurnRun, reply: Message | None, final: TurnEvent) -> bool:
+        """Save the reply; a Redis outage is retried for as long as a turn may run. False: not saved.
 
         Only connection failures are retried, and a retry first asks whether the
         previous attempt was applied after all (its reply lost on the way back), so
@@ -349,25 +466,32 @@ class TurnWriter:
             try:
                 unwritten = await self.stream_writer.take(run.id) if unwritten is None else unwritten
                 if attempt > 1 and await self.store.turn_saved(run.id):
-                    return
+                    return True
                 await self.store.finish_turn(
                     run.conversation, turn_id=run.id, reply=reply, preview=make_preview(reply.content) if reply else "",
                     final_event=final, unwritten=unwritten, conversation_exists=exists,
                 )
-                return
+                return True
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 self.metrics.redis_error()
                 if time.monotonic() > deadline:
                     log.error("turn %s: reply lost, Redis unreachable for %ss: %s", run.id,
                               self.settings.turn_timeout_seconds, type(exc).__name__)
-                    return
+                    return False
                 log.warning("turn %s: saving failed (%s), retrying", run.id, type(exc).__name__)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except RedisError as exc:  # a command refused: retrying would not help
                 self.metrics.redis_error()
                 log.error("turn %s: saving failed: %s", run.id, exc)
-                return
+                return False
+
+    async def _release_after_failed_save(self, run: TurnRun) -> None:
+        """Best effort (Redis may be refusing writes): mark the turn failed, unlock the conversation."""
+        try:
+            await self.store.abandon_turn(run.conversation.id, run.id)
+        except RedisError as exc:
+            log.error("turn %s: could not release the conversation after a failed save: %s", run.id, exc)
 
     async def _conversation_exists(self, run: TurnRun) -> bool:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from ..deps import (
     AccountsDep, ClientIp, ConversationsDep, CreatingUser, CurrentUser, LangDep, OwnedConversation, ReaderDep,
@@ -15,12 +15,14 @@ from ..ids import check_id
 from ..roles import BUILTIN_ROLES
 from ..schemas import (
     HistoryMessage, HistoryOut, MessageOut, MessagePage, RoleOut, SessionIn, SessionOut, SessionPage,
-    SessionPatch, StartOut, TokenIn, TokenOut, NewTokenOut, TurnIn, TurnOut,
+    MessageEdit, NewTokenOut, SessionPatch, StartOut, TokenIn, TokenOut, TurnIn, TurnOut, VersionIn,
 )
 
 router = APIRouter()
 
 MAX_LIST_INDEX = 10**9  # far past any conversation, well inside Redis's integer range
+RequestId = Annotated[str | None, Header(alias="Idempotency-Key", max_length=100,
+                                         description="a client request id: a repeat starts nothing new")]
 
 
 # the seed's API ---------------------------------------------------------------
@@ -95,18 +97,58 @@ async def list_messages(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: Annotated[int | None, Query(ge=0, le=MAX_LIST_INDEX)] = None,
 ) -> MessagePage:
+    """The active branch, a page at a time; each message says which of its versions it is."""
     messages, first_index, total = await conversations.message_page(conversation, limit=limit, before=before)
+    versions = await conversations.versions_of(conversation)
     return MessagePage(
-        items=[MessageOut.of(m) for m in messages], total=total, has_more=first_index > 0, first_index=first_index
+        items=[MessageOut.of(m, first_index + n, versions.get(first_index + n, (1, 1)))
+               for n, m in enumerate(messages)],
+        total=total, has_more=first_index > 0, first_index=first_index,
     )
+
+
+@router.post("/api/sessions/{session_id}/messages/{index}/version", response_model=SessionOut,
+             tags=["sessions"])
+async def choose_version(conversation: OwnedConversation, index: Annotated[int, Path(ge=1, le=MAX_LIST_INDEX)],
+                         body: VersionIn, conversations: ConversationsDep) -> SessionOut:
+    """Show version `version` (1-based) of the message at list `index`; later turns see that branch."""
+    return SessionOut.of(await conversations.switch_version(conversation, index, body.version))
+
+
+def turn_out(request: Request, turn_id: str) -> TurnOut:
+    return TurnOut(turn_id=turn_id, events_url=str(request.url_for("turn_events", turn_id=turn_id).path))
 
 
 @router.post("/api/sessions/{session_id}/turns", response_model=TurnOut, status_code=202, tags=["turns"])
 async def create_turn(
-    conversation: OwnedConversation, body: TurnIn, writer: WriterDep, lang: LangDep, request: Request, ip: ClientIp
+    conversation: OwnedConversation, body: TurnIn, writer: WriterDep, lang: LangDep, request: Request, ip: ClientIp,
+    request_id: RequestId = None,
 ) -> TurnOut:
-    run = await writer.start_turn(conversation.id, conversation.user_id, body.message, body.role, lang, ip)
-    return TurnOut(turn_id=run.id, events_url=str(request.url_for("turn_events", turn_id=run.id).path))
+    """Send a message. With an `Idempotency-Key`, a repeated request starts nothing and answers the same turn."""
+    started = await writer.start_turn(conversation.id, conversation.user_id, body.message, body.role, lang, ip,
+                                      request_id=request_id)
+    return turn_out(request, started.id)
+
+
+@router.post("/api/turns/{turn_id}/regenerate", response_model=TurnOut, status_code=202, tags=["turns"])
+async def regenerate(turn_id: str, user: CurrentUser, reader: ReaderDep, writer: WriterDep, lang: LangDep,
+                     request: Request, ip: ClientIp, request_id: RequestId = None) -> TurnOut:
+    """A new reply in place of this turn's (the last); the earlier reply stays as a version.
+    After a failed turn that saved no reply, the same message is answered again (Retry)."""
+    turn = await reader.owned_turn(check_id(turn_id), user)
+    started = await writer.regenerate(turn.session_id, user, lang, ip, request_id=request_id,
+                                      reply_id=turn.message_id or None)
+    return turn_out(request, started.id)
+
+
+@router.patch("/api/messages/{message_id}", response_model=TurnOut, status_code=202, tags=["turns"])
+async def edit_message(message_id: Annotated[str, Path(max_length=40)], body: MessageEdit, user: CurrentUser,
+                       conversations: ConversationsDep, writer: WriterDep, lang: LangDep, request: Request,
+                       ip: ClientIp, request_id: RequestId = None) -> TurnOut:
+    """Edit a user message and resend it: the old version and what followed it stay reachable."""
+    conversation = await conversations.of_message(message_id, user)
+    started = await writer.edit(conversation.id, user, message_id, body.content, lang, ip, request_id=request_id)
+    return turn_out(request, started.id)
 
 
 @router.post("/api/turns/{turn_id}/cancel", status_code=202, tags=["turns"])
