@@ -90,6 +90,9 @@
       input().value = "";
       saveDraft();
       syncComposer();
+      // the next message is a new request: a repeat of this one's id would start nothing
+      const rid = $('input[name="request_id"]', elt);
+      if (rid) rid.value = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
     }
     if (event.detail.successful && elt && elt.closest && elt.closest("#composer, .retry, .suggestions")) {
       const scroller = $("#scroller");
@@ -173,6 +176,38 @@
     if (help.open) help.close();
     else help.showModal();
   }
+
+  // Message controls from the keyboard: ↑ in an empty message box edits your last message,
+  // Alt+R regenerates the last reply, [ and ] flip the versions of the last message that has them.
+  document.addEventListener("keydown", (event) => {
+    const { key, target } = event;
+    if (key === "ArrowUp" && target.id === "composer-input" && !target.value && !event.altKey && !event.ctrlKey
+        && !event.metaKey && !event.shiftKey) {
+      const edits = $$("#message-list .msg--user .msg__edit");
+      if (edits.length) {
+        event.preventDefault();
+        edits[edits.length - 1].click();
+      }
+      return;
+    }
+    if (event.altKey && !event.ctrlKey && !event.metaKey && (key === "r" || key === "R" || event.code === "KeyR")) {
+      const regen = $$("#message-list > article.msg--assistant:last-of-type .msg__regen button")[0];
+      if (regen) {
+        event.preventDefault();
+        regen.click();
+      }
+      return;
+    }
+    if ((key === "[" || key === "]") && !inTextField(target) && !event.ctrlKey && !event.metaKey && !event.altKey) {
+      const groups = $$("#message-list .versions");
+      const last = groups[groups.length - 1];
+      const button = last && $(key === "[" ? ".versions__prev" : ".versions__next", last);
+      if (button && !button.disabled) {
+        event.preventDefault();
+        button.click();
+      }
+    }
+  });
 
   // Keyboard shortcuts that send a request fire custom events the elements' hx-trigger listens
   // for: htmx's own key filters (`keydown[...]`) would need eval, which the CSP forbids.
@@ -394,8 +429,15 @@
   }
 
   document.addEventListener("click", async (event) => {
-    const button = event.target.closest("[data-copy], [data-copy-message]");
+    const button = event.target.closest("[data-copy], [data-copy-message], [data-copy-source]");
     if (!button) return;
+    if (button.hasAttribute("data-copy-source")) {
+      const template = $("template.msg__source", button.closest(".msg"));
+      if (template) await copyText(template.content.textContent);
+      button.classList.add("is-copied");
+      setTimeout(() => button.classList.remove("is-copied"), 1500);
+      return;
+    }
     const source = button.hasAttribute("data-copy")
       ? $("pre", button.closest(".code"))
       : $(".msg__body", button.closest(".msg"));

@@ -415,7 +415,14 @@ def test_error_reply_and_unanswered_message_offer_retry(browser_client: httpx.Cl
     done = BeautifulSoup(follow_html_stream(browser_client, url)[-1].data, "html.parser")
     bubble = done.select_one("article.msg--error")
     assert "The AI service is unavailable" in bubble.select_one(".msg__error").get_text()
-    assert bubble.select_one("form.retry input[name=message]")["value"] == text
-    assert bubble.select_one("form.retry")["hx-post"] == f"/c/{session_id}/messages"
+    # Retry answers the same message again (it is never sent, nor stored, twice)
+    assert bubble.select_one("form.retry")["hx-post"] == f"/c/{session_id}/regenerate"
+    assert bubble.select_one("form.retry input[name=message]") is None
+    assert bubble.select_one("form.retry input[name=request_id]")["value"]
     page = soup(browser_client.get(f"/c/{session_id}"))  # after a reload the Retry is still there
-    assert page.select_one("#message-list form.retry input[name=message]")["value"] == text
+    retry = page.select_one("#message-list form.retry")
+    assert retry["action"] == f"/c/{session_id}/regenerate"
+    again = browser_client.post(retry["action"], data={"request_id": retry.select_one("input[name=request_id]")["value"]})
+    assert again.status_code == 303
+    users = [m for m in browser_client.get(f"/api/sessions/{session_id}/messages").json()["items"] if m["role"] == "user"]
+    assert [m["content"] for m in users] == [text]

@@ -378,16 +378,21 @@ def test_reload_mid_stream_resumes_the_reply(open_page: Callable[..., Any], app_
 
 def test_error_reply_offers_retry_and_keeps_the_message(open_page: Callable[..., Any]) -> None:
     page = open_page()
-    send(page, "please fail [[fail:500]]")
+    text = f"{unique('please fail')} [[fail:400]] [[once]]"  # fails the first time only
+    send(page, text)
     wait_reply_done(page)
     error = page.locator("#message-list .msg--error")
     assert error.count() == 1
     assert "unavailable" in error.inner_text()
-    assert page.locator("#message-list .msg--user .msg__body").last.inner_text() == "please fail [[fail:500]]"
+    assert page.locator("#message-list .msg--user .msg__body").last.inner_text() == text
     error.locator("button", has_text="Retry").click()
-    wait_count(page, "#message-list .msg--user", 2)
+    page.wait_for_selector("#message-list .msg--assistant:not(.msg--error):not(.msg--streaming) >> nth=1")
     wait_reply_done(page)
-    assert page.locator("#message-list .msg--error .retry").count() == 1  # only the newest keeps a Retry
+    # the same message answered again: not sent, nor stored, a second time
+    assert page.locator("#message-list .msg--user").count() == 1
+    assert page.locator("#message-list .msg--error").count() == 0
+    page.reload()
+    assert page.locator("#message-list .msg--user").count() == 1
 
 
 def test_counter_and_limit_keep_what_was_typed(open_page: Callable[..., Any]) -> None:

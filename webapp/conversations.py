@@ -150,6 +150,13 @@ class Conversations:
             await self.store.release_lock(conversation.id)
         return await self.store.get_conversation(conversation.id) or conversation
 
+    async def user_message_at(self, conversation: Conversation, index: int) -> Message:
+        """The user message at list `index` of the active branch (what an edit form starts from)."""
+        message = await self.store.message_at(conversation.id, index)
+        if message is None or message.role != "user":
+            raise MessageNotFound()
+        return message
+
     async def message_page(self, conversation: Conversation, *, limit: int,
                            before: int | None = None) -> tuple[list[Message], int, int]:
         """Messages ending just before list index `before` (default: the newest): (messages, first index, total)."""

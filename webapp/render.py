@@ -8,6 +8,7 @@ never rendered as Markdown; templates escape it.
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -179,6 +180,11 @@ def _asset_version() -> str:
 ASSET_VERSION = _asset_version()
 
 
+def new_request_id() -> str:
+    """A form's request id: posting the same form twice (a double click, a resent form) starts one turn."""
+    return secrets.token_hex(8)
+
+
 def ui_context(lang: Lang, **values: Any) -> dict[str, Any]:
     """What every template gets: the language, its translator, and helpers for message text."""
 
@@ -195,7 +201,7 @@ def ui_context(lang: Lang, **values: Any) -> dict[str, Any]:
 
     return {
         "lang": lang, "_": translate, "display_text": display_text, "display_preview": display_preview,
-        "asset_version": ASSET_VERSION, **values,
+        "asset_version": ASSET_VERSION, "request_id": new_request_id, **values,
     }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Response
+from fastapi import APIRouter, Form, Path, Query, Response
 
 from ..conversations import SEARCH_LIMIT, ConversationList, Conversations, ConversationView
 from ..accounts import Accounts
@@ -33,6 +33,8 @@ MAX_LIST_INDEX = 10**9
 router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
 
 FormText = Annotated[str, Form()]
+RequestIdField = Annotated[str, Form(max_length=100)]
+MessageIndex = Annotated[int, Path(ge=1, le=10**9)]
 Query200 = Annotated[str, Query(max_length=200)]
 DeletedId = Annotated[str | None, Query(pattern=UUID_PATTERN)]
 Before = Annotated[int | None, Query(ge=0, le=MAX_LIST_INDEX)]
@@ -46,7 +48,7 @@ def pane_values(pane: ConversationView, *, max_chars: int, demo: bool) -> dict[s
         "conv": pane.conversation, "role": pane.role, "roles": list(BUILTIN_ROLES.values()),
         "messages": pane.messages, "first_index": pane.first_index, "streaming": pane.streaming,
         "no_reply_text": pane.no_reply_text, "retry_text": pane.retry_text, "retry_for": pane.retry_for,
-        "is_empty": pane.is_empty, "max_chars": max_chars, "demo": demo, "draft": "", "form_error": "",
+        "is_empty": pane.is_empty, "versions": pane.versions, "max_chars": max_chars, "demo": demo, "draft": "", "form_error": "",
         "active_id": pane.conversation.id, "current_path": f"/c/{pane.conversation.id}",
     }
 
@@ -66,11 +68,14 @@ async def render_conversation(
     view: View, conversations: Conversations, conversation: Conversation, user: str, *,
     before: int | None = None, query: str = "", cursor: str | None = None, editing_id: str = "",
     draft: str = "", form_error: str = "", deleted: str | None = None, status: int = 200,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None, editing_index: int | None = None, edit_text: str = "",
+    edit_error: str = "",
 ) -> Response:
     """The conversation pane for HTMX, the whole page (with the sidebar) otherwise."""
     values = await conversation_pane(view, conversations, conversation, before)
-    values.update(draft=draft, form_error=form_error)
+    values.update(draft=draft, form_error=form_error, edit_text=edit_text, edit_error=edit_error)
+    if editing_index is not None:
+        values["editing_index"] = editing_index
 
     async def whole_page() -> dict[str, Any]:
         found = await conversations.browse(user, query=query, cursor=cursor, limit=SEARCH_LIMIT)
@@ -154,21 +159,84 @@ async def older_messages(view: ViewDep, conversation: OwnedConversation, convers
 @router.post("/c/{session_id}/messages")
 async def send_message(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
                        conversations: ConversationsDep, writer: WriterDep, ip: ClientIp,
-                       message: FormText = "") -> Response:
+                       message: FormText = "", request_id: RequestIdField = "") -> Response:
     """Start a turn: the user's bubble plus a reply bubble that streams (or, without JS, a redirect)."""
     text = message.replace("\r\n", "\n")  # browsers send textarea newlines as CRLF
     was_empty = conversation.untouched
     try:
-        run = await writer.start_turn(conversation.id, user, text, None, view.lang, ip)
+        run = await writer.start_turn(conversation.id, user, text, None, view.lang, ip, request_id=request_id or None)
     except ChatError as exc:
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, draft=text, form_error=error_text, status=status))
+    if run.duplicate:  # the same form again (a double click, a resent form): nothing new to show
+        return view.no_content_or_redirect(f"/c/{conversation.id}")
     return await view.fragment_or_redirect(
         "partials/turn_started.html", f"/c/{conversation.id}",
         {"conv": run.conversation, "user_message": run.user_message, "was_empty": was_empty,
          "streaming": {"turn_id": run.id, "after": 0, "text": ""}},
         headers={"HX-Trigger": "sessions-changed"},
     )
+
+
+async def pane_after(view: View, conversations: Conversations, conversation: Conversation,
+                     headers: dict[str, str] | None = None) -> Response:
+    """After a change to the messages: the pane again (HTMX), or back to the page (no JavaScript)."""
+    async def values() -> dict[str, Any]:
+        fresh = await conversations.owned(conversation.id, conversation.user_id)
+        return {**await conversation_pane(view, conversations, fresh), "partial": True}
+
+    return await view.fragment_or_redirect("partials/conversation.html", f"/c/{conversation.id}", values,
+                                           headers=headers)
+
+
+@router.post("/c/{session_id}/regenerate")
+async def regenerate(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
+                     conversations: ConversationsDep, writer: WriterDep, ip: ClientIp,
+                     request_id: RequestIdField = "") -> Response:
+    """A new reply to the last message (the earlier one stays as a version); also Retry after an error."""
+    try:
+        await writer.regenerate(conversation.id, user, view.lang, ip, request_id=request_id or None)
+    except ChatError as exc:
+        return await view.form_error(exc, lambda error_text, status: render_conversation(
+            view, conversations, conversation, user, form_error=error_text, status=status))
+    return await pane_after(view, conversations, conversation, {"HX-Trigger": "sessions-changed"})
+
+
+@router.get("/c/{session_id}/messages/{index}/edit")
+async def edit_message_form(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
+                            conversations: ConversationsDep, index: MessageIndex) -> Response:
+    """A user message as a form to edit and resend (without JS: the page with that form in place)."""
+    message = await conversations.user_message_at(conversation, index)
+    settings = view.request.app.state.settings
+    return await view.fragment_or(
+        "partials/message_edit.html",
+        {"conv": conversation, "m": message, "idx": index, "max_chars": settings.max_message_chars},
+        lambda: render_conversation(view, conversations, conversation, user, editing_index=index),
+    )
+
+
+@router.post("/c/{session_id}/messages/{index}/edit")
+async def edit_message(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
+                       conversations: ConversationsDep, writer: WriterDep, ip: ClientIp, index: MessageIndex,
+                       message: FormText = "", message_id: FormText = "",
+                       request_id: RequestIdField = "") -> Response:
+    """Save the edited text as a new version of the message and send it; what followed stays a version."""
+    text = message.replace("\r\n", "\n")
+    try:
+        await writer.edit(conversation.id, user, message_id, text, view.lang, ip, request_id=request_id or None)
+    except ChatError as exc:
+        return await view.form_error(exc, lambda error_text, status: render_conversation(
+            view, conversations, conversation, user, editing_index=index, edit_text=text, edit_error=error_text,
+            status=status))
+    return await pane_after(view, conversations, conversation, {"HX-Trigger": "sessions-changed"})
+
+
+@router.post("/c/{session_id}/messages/{index}/version")
+async def choose_version(view: ViewDep, conversation: OwnedConversation, conversations: ConversationsDep,
+                         index: MessageIndex, to: Annotated[int, Form(ge=1, le=10000)]) -> Response:
+    """Show another version of the message at `index`; later turns see that branch."""
+    conversation = await conversations.switch_version(conversation, index, to)
+    return await pane_after(view, conversations, conversation)
 
 
 @router.post("/c/{session_id}/stop")
