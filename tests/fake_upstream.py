@@ -9,7 +9,8 @@ context window the app built without looking inside the app.
 Directives in the last user message change the behaviour of that one request:
 ``[[fail:500]]``, ``[[fail:429]]``, ``[[stall]]``, ``[[stall_after:N]]``, ``[[drop:N]]``,
 ``[[tokens:N]]``, ``[[delay:MS]]``, ``[[ttft:MS]]``; with ``[[once]]`` a failure directive applies
-only the first time that message is seen, so a Retry succeeds. ``[[echo]]`` makes the reply the last user
+only the first time that message is seen, so a Retry succeeds; ``[[vary]]`` ends the reply with
+the request's number, so a regenerated answer differs. ``[[echo]]`` makes the reply the last user
 message itself (directives removed, trimmed), streamed in pieces of ECHO_PIECE characters: a test
 chooses what the model says, e.g. Markdown or hostile text.
 
@@ -51,8 +52,8 @@ HEADER_TOKENS = 3  # "ctx=..", " sys=..", " last=.." are the first three tokens
 STALL_SECONDS = 120.0
 ECHO_PIECE = 8  # characters per streamed token of an echoed reply
 
-_DIRECTIVE = re.compile(r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft|echo|once)(?::(\d+))?\]\]")
-_REPLY = re.compile(r"^ctx=(\d+) sys=(\S+) last=(.*?)((?: t\d+)*)$", re.DOTALL)
+_DIRECTIVE = re.compile(r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft|echo|once|vary)(?::(\d+))?\]\]")
+_REPLY = re.compile(r"^ctx=(\d+) sys=(\S+) last=(.*?)((?: t\d+)*)(?: v\d+)?$", re.DOTALL)
 
 
 # ---------------------------------------------------------------- reply encoding
@@ -123,6 +124,7 @@ class Behaviour:
     drop_after: int | None = None
     echo: bool = False
     once: bool = False  # misbehave only the first time this message is seen (then a Retry works)
+    vary: bool = False  # end the reply with the request's number, so two answers to one context differ
 
     def with_directives(self, text: str) -> Behaviour:
         changes: dict[str, Any] = {}
@@ -146,6 +148,8 @@ class Behaviour:
                 changes["echo"] = True
             elif name == "once":
                 changes["once"] = True
+            elif name == "vary":
+                changes["vary"] = True
         return replace(self, **changes)
 
 
@@ -183,6 +187,7 @@ class FakeUpstream:
         self.model = model
         self.defaults = Behaviour(ttft_ms=ttft_ms, token_delay_ms=token_delay_ms, tokens=tokens)
         self.seen_once: set[str] = set()
+        self.requests_served = 0
         self._records: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_records)
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -323,6 +328,9 @@ class FakeUpstream:
             tokens = reply_tokens(
                 len(non_system), expected_sys_tag(system), expected_last_tag(last_user), behaviour.tokens
             )
+        self.requests_served += 1
+        if behaviour.vary:
+            tokens = tokens + [f" v{self.requests_served}"]
         completion_id = f"chatcmpl-fake-{next(self._ids)}"
         created = int(time.time())
         if not body.get("stream"):
