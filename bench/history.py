@@ -97,8 +97,25 @@ async def seed(store: Store, uid: str, conversations: int) -> dict[str, Any]:
         specs.append((conversation, messages))
     batch = 100
     for start in range(0, len(specs), batch):
-        await asyncio.gather(*(store.restore_conversation(c, m) for c, m in specs[start : start + batch]))
+        await asyncio.gather(*(store.restore_conversation(c, m, *versions_of(c, m) if c.id in measured.values()
+                                                          else (None, None))
+                               for c, m in specs[start : start + batch]))
     return {"seconds": round(time.perf_counter() - started, 2), "conversations": measured}
+
+
+def versions_of(conversation: Conversation, messages: list[Message]) -> tuple[dict[str, str], dict[str, str]]:
+    """Three versions of a few replies (regenerated when each was the last): the first, one in the
+    middle and the newest, as the app stores them (versions.py), so pages and turns pay for them."""
+    labels: dict[str, str] = {}
+    forks: dict[str, str] = {}
+    for index in sorted({1, (len(messages) // 2) | 1, len(messages) - 1}):
+        if index >= len(messages) or messages[index].role != "assistant":
+            continue
+        older = [{"messages": [seeded_message(index, f" (version {n})").to_json().decode()], "forks": {},
+                  "versions": {}} for n in (1, 2)]
+        forks[str(index)] = orjson.dumps({"active": 2, "tails": [*older, None]}).decode()
+        labels[str(index)] = "3/3"
+    return labels, forks
 
 
 # ---------------------------------------------------------------- timing requests

@@ -164,3 +164,51 @@ def test_a_turns_redis_cost_stays_the_same_with_versions(client: httpx.Client, r
     follow(client, client.post(f"/api/turns/{first['turn_id']}/regenerate"))
     assert redis_client.hlen(f"chat:session:{sid}:forks") == 1
     assert redis_client.llen(f"chat:session:{sid}:messages") == 3
+
+
+def test_stop_regenerate_and_edit_from_two_tabs_leave_one_consistent_history(
+    make_client: Callable[..., httpx.Client],
+) -> None:
+    one = make_client()
+    sid = create_session(one)["id"]
+    two = make_client(cookies=one.cookies)
+    first = send(one, sid, "slow start [[tokens:60]] [[delay:20]]")
+    question = branch(one, sid)[1]
+    # tab one regenerates a slow reply; tab two stops it, then edits the question, while tab one
+    # tries to regenerate again: whatever interleaving, one reply per active turn, nothing orphaned
+    slow = one.post(f"/api/turns/{first['turn_id']}/regenerate")
+    assert slow.status_code == 202
+    assert two.post(f"/api/turns/{slow.json()['turn_id']}/cancel").status_code == 202
+    read_events(one, slow.json()["events_url"])
+    answers: list[httpx.Response] = []
+
+    def edit() -> None:
+        answers.append(two.patch(f"/api/messages/{question['id']}", json={"content": "slow start, edited"}))
+
+    def regenerate() -> None:
+        answers.append(one.post(f"/api/turns/{slow.json()['turn_id']}/regenerate"))
+
+    threads = [threading.Thread(target=edit), threading.Thread(target=regenerate)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.status_code for a in answers) in ([202, 409], [202, 202])
+    for answer in answers:
+        if answer.status_code == 202:
+            read_events(one, answer.json()["events_url"])
+    items = branch(one, sid)
+    roles = [m["role"] for m in items]
+    assert roles == ["assistant", "user", "assistant"], roles  # one reply for the active turn
+    # every version of the question and of the reply is reachable and whole
+    for index in (1, 2):
+        count = items[index]["versions"]
+        for version in range(1, count + 1) if count > 1 else ():
+            moved = one.post(f"/api/sessions/{sid}/messages/{index}/version", json={"version": version})
+            assert moved.status_code == 200
+            shown = branch(one, sid)
+            assert shown[index]["version"] == version and [m["role"] for m in shown][:2] == ["assistant", "user"]
+        items = branch(one, sid)
+        assert [m["role"] for m in items][:2] == ["assistant", "user"]
+    history = one.get("/chat/history", params={"session_id": sid}).json()
+    assert [m["role"] for m in history["messages"]] == [m["role"] for m in branch(one, sid)]  # the seed's flat list
