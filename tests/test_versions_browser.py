@@ -115,3 +115,21 @@ def test_regenerate_and_edit_without_javascript(browser: Any, app_server: AppSer
         assert page.locator("#message-list .msg--user .versions__label").inner_text() == "2/2"
     finally:
         context.close()
+
+
+def test_copy_a_whole_message_as_text_or_markdown(browser: Any, app_server: AppServer) -> None:
+    context = browser.new_context(base_url=app_server.base_url, extra_http_headers={"Accept-Language": "en-US,en"})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=app_server.base_url)
+    try:
+        page = context.new_page()
+        page.goto("/")
+        send(page, "**bold** and `code` [[echo]]")
+        wait_reply_done(page)
+        reply = page.locator("#message-list > article.msg--assistant").last
+        reply.hover()
+        reply.locator("[data-copy-source]").click()
+        assert page.evaluate("navigator.clipboard.readText()") == "**bold** and `code`"
+        reply.locator("[data-copy-message]").click()
+        assert page.evaluate("navigator.clipboard.readText()") == "bold and code"
+    finally:
+        context.close()

@@ -28,7 +28,7 @@ from .peers import RecordPeer, TrustedProxies
 from .redis_client import create_redis
 from .routes import api, auth, pages, stream
 from .security import (
-    InputGuardMiddleware, SecurityHeadersMiddleware, refuse_cross_site, require_csrf_token,
+    InputGuardMiddleware, SecurityHeadersMiddleware, require_csrf_token,
 )
 from .store import Store
 from .turn_reader import TurnReader
@@ -157,10 +157,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return PlainTextResponse("unauthorized", status_code=401)
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    same_origin = [Depends(refuse_cross_site)]
-    app.include_router(api.router, dependencies=same_origin)
-    app.include_router(stream.router, dependencies=same_origin)
-    app.include_router(auth.router, dependencies=same_origin)  # before a sign-in there is no token to check
-    app.include_router(pages.router, dependencies=[*same_origin, Depends(require_csrf_token)])
+    # cross-site requests are refused by InputGuardMiddleware, for every route
+    app.include_router(api.router)
+    app.include_router(stream.router)
+    app.include_router(auth.router)  # before a sign-in there is no CSRF token to check
+    app.include_router(pages.router, dependencies=[Depends(require_csrf_token)])
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app

@@ -285,10 +285,11 @@ class Store:
 
     # conversations ------------------------------------------------------
 
-    def _refresh_ttls(self, pipe: Any, uid: str, sid: str) -> None:
+    def _refresh_ttls(self, pipe: Any, uid: str, sid: str, *, versions: bool = True) -> None:
         pipe.expire(_messages_key(sid), self.conversation_ttl)
-        pipe.expire(_versions_key(sid), self.conversation_ttl)
-        pipe.expire(_forks_key(sid), self.conversation_ttl)
+        if versions:  # a turn refreshes them once, when it ends (they live as long as the messages)
+            pipe.expire(_versions_key(sid), self.conversation_ttl)
+            pipe.expire(_forks_key(sid), self.conversation_ttl)
         pipe.expire(_meta_key(sid), self.index_ttl)
         pipe.expire(_index_key(uid), self.index_ttl)
         pipe.expire(_user_key(uid), self.index_ttl)
@@ -563,7 +564,7 @@ class Store:
                 mapping={"session_id": sid, "user_id": uid, "status": "running", "message_id": ""},
             )
             pipe.expire(_turn_key(turn_id), TURN_RETENTION_SECONDS)
-            self._refresh_ttls(pipe, uid, sid)
+            self._refresh_ttls(pipe, uid, sid, versions=False)
             pipe.lrange(_messages_key(sid), -context_messages, -1)
             results = await pipe.execute()
         return [Message.from_json(raw) for raw in results[-1]]

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from ..deps import (
-    AccountsDep, ClientIp, ConversationsDep, CreatingUser, CurrentUser, LangDep, OwnedConversation, ReaderDep,
-    SeedCreator, SeedUser, WriterDep,
+    AccountsDep, ConversationsDep, CreatingUser, CurrentUser, LangDep, OwnedConversation, ReaderDep,
+    SeedCreator, SeedUser, WriterDep, client_ip,
 )
 from ..i18n import t
 from ..ids import check_id
@@ -121,22 +121,22 @@ def turn_out(request: Request, turn_id: str) -> TurnOut:
 
 @router.post("/api/sessions/{session_id}/turns", response_model=TurnOut, status_code=202, tags=["turns"])
 async def create_turn(
-    conversation: OwnedConversation, body: TurnIn, writer: WriterDep, lang: LangDep, request: Request, ip: ClientIp,
+    conversation: OwnedConversation, body: TurnIn, writer: WriterDep, lang: LangDep, request: Request,
     request_id: RequestId = None,
 ) -> TurnOut:
     """Send a message. With an `Idempotency-Key`, a repeated request starts nothing and answers the same turn."""
-    started = await writer.start_turn(conversation.id, conversation.user_id, body.message, body.role, lang, ip,
+    started = await writer.start_turn(conversation.id, conversation.user_id, body.message, body.role, lang, client_ip(request),
                                       request_id=request_id)
     return turn_out(request, started.id)
 
 
 @router.post("/api/turns/{turn_id}/regenerate", response_model=TurnOut, status_code=202, tags=["turns"])
 async def regenerate(turn_id: str, user: CurrentUser, reader: ReaderDep, writer: WriterDep, lang: LangDep,
-                     request: Request, ip: ClientIp, request_id: RequestId = None) -> TurnOut:
+                     request: Request, request_id: RequestId = None) -> TurnOut:
     """A new reply in place of this turn's (the last); the earlier reply stays as a version.
     After a failed turn that saved no reply, the same message is answered again (Retry)."""
     turn = await reader.owned_turn(check_id(turn_id), user)
-    started = await writer.regenerate(turn.session_id, user, lang, ip, request_id=request_id,
+    started = await writer.regenerate(turn.session_id, user, lang, client_ip(request), request_id=request_id,
                                       reply_id=turn.message_id or None)
     return turn_out(request, started.id)
 
@@ -144,10 +144,11 @@ async def regenerate(turn_id: str, user: CurrentUser, reader: ReaderDep, writer:
 @router.patch("/api/messages/{message_id}", response_model=TurnOut, status_code=202, tags=["turns"])
 async def edit_message(message_id: Annotated[str, Path(max_length=40)], body: MessageEdit, user: CurrentUser,
                        conversations: ConversationsDep, writer: WriterDep, lang: LangDep, request: Request,
-                       ip: ClientIp, request_id: RequestId = None) -> TurnOut:
+                        request_id: RequestId = None) -> TurnOut:
     """Edit a user message and resend it: the old version and what followed it stay reachable."""
     conversation = await conversations.of_message(message_id, user)
-    started = await writer.edit(conversation.id, user, message_id, body.content, lang, ip, request_id=request_id)
+    started = await writer.edit(conversation.id, user, message_id, body.content, lang, client_ip(request),
+                                request_id=request_id)
     return turn_out(request, started.id)
 
 

@@ -16,7 +16,9 @@ from fastapi import APIRouter, Form, Path, Query, Response
 
 from ..conversations import SEARCH_LIMIT, ConversationList, Conversations, ConversationView
 from ..accounts import Accounts
-from ..deps import AccountsDep, ClientIp, ConversationsDep, CreatingUser, CurrentUser, OwnedConversation, WriterDep
+from ..deps import (
+    AccountsDep, ConversationsDep, CreatingUser, CurrentUser, OwnedConversation, WriterDep, client_ip,
+)
 from ..error_handlers import PAGE_TAG
 from ..errors import ChatError
 from ..htmx import ViewDep, View, local_path, see_other
@@ -158,13 +160,13 @@ async def older_messages(view: ViewDep, conversation: OwnedConversation, convers
 
 @router.post("/c/{session_id}/messages")
 async def send_message(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
-                       conversations: ConversationsDep, writer: WriterDep, ip: ClientIp,
+                       conversations: ConversationsDep, writer: WriterDep,
                        message: FormText = "", request_id: RequestIdField = "") -> Response:
     """Start a turn: the user's bubble plus a reply bubble that streams (or, without JS, a redirect)."""
     text = message.replace("\r\n", "\n")  # browsers send textarea newlines as CRLF
     was_empty = conversation.untouched
     try:
-        run = await writer.start_turn(conversation.id, user, text, None, view.lang, ip, request_id=request_id or None)
+        run = await writer.start_turn(conversation.id, user, text, None, view.lang, client_ip(view.request), request_id=request_id or None)
     except ChatError as exc:
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, draft=text, form_error=error_text, status=status))
@@ -191,11 +193,11 @@ async def pane_after(view: View, conversations: Conversations, conversation: Con
 
 @router.post("/c/{session_id}/regenerate")
 async def regenerate(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
-                     conversations: ConversationsDep, writer: WriterDep, ip: ClientIp,
+                     conversations: ConversationsDep, writer: WriterDep,
                      request_id: RequestIdField = "") -> Response:
     """A new reply to the last message (the earlier one stays as a version); also Retry after an error."""
     try:
-        await writer.regenerate(conversation.id, user, view.lang, ip, request_id=request_id or None)
+        await writer.regenerate(conversation.id, user, view.lang, client_ip(view.request), request_id=request_id or None)
     except ChatError as exc:
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, form_error=error_text, status=status))
@@ -217,13 +219,13 @@ async def edit_message_form(view: ViewDep, conversation: OwnedConversation, user
 
 @router.post("/c/{session_id}/messages/{index}/edit")
 async def edit_message(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
-                       conversations: ConversationsDep, writer: WriterDep, ip: ClientIp, index: MessageIndex,
+                       conversations: ConversationsDep, writer: WriterDep, index: MessageIndex,
                        message: FormText = "", message_id: FormText = "",
                        request_id: RequestIdField = "") -> Response:
     """Save the edited text as a new version of the message and send it; what followed stays a version."""
     text = message.replace("\r\n", "\n")
     try:
-        await writer.edit(conversation.id, user, message_id, text, view.lang, ip, request_id=request_id or None)
+        await writer.edit(conversation.id, user, message_id, text, view.lang, client_ip(view.request), request_id=request_id or None)
     except ChatError as exc:
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, editing_index=index, edit_text=text, edit_error=error_text,

@@ -11,7 +11,7 @@ from sse_starlette import ServerSentEvent
 
 from ..conversations import Conversations
 from ..deps import (
-    ClientIp, ConversationsDep, CurrentUser, LangDep, OwnedConversation, ReaderDep, SeedUser, WriterDep,
+    ConversationsDep, CurrentUser, LangDep, OwnedConversation, ReaderDep, SeedUser, WriterDep, client_ip,
 )
 from ..errors import InvalidId, TurnNotFound
 from ..i18n import Lang
@@ -36,12 +36,12 @@ async def json_events(reader: TurnReader, turn: TurnInfo, after: int) -> AsyncIt
 
 @router.get("/chat/stream", summary="Send a message and stream the reply (the seed's API)")
 async def chat_stream(
+    request: Request,
     user: SeedUser,
     writer: WriterDep,
     reader: ReaderDep,
     conversations: ConversationsDep,
     lang: LangDep,
-    ip: ClientIp,
     session_id: str,
     message: str | None = None,
     role: str | None = Query(None, description="assistant, teacher or programmer; omitted keeps the conversation's"),
@@ -61,7 +61,7 @@ async def chat_stream(
             return Response(status_code=204)
         return stream_response(json_events(reader, turn, after))
     # the ownership check rides in the same Redis round trip that takes the turn's lock
-    run = await writer.start_turn(check_id(session_id), user, message, role, lang, ip)
+    run = await writer.start_turn(check_id(session_id), user, message, role, lang, client_ip(request))
     turn = TurnInfo(id=run.id, session_id=run.conversation.id, user_id=user, status="running")
     return stream_response(json_events(reader, turn, 0))
 
