@@ -438,3 +438,21 @@ def test_page_forms_of_a_signed_in_user_need_that_sign_ins_token(accounts_app: A
         assert refused.status_code == 403
     assert client.post(f"/c/{session_id}/title", data={"title": "mine", "csrf_token": mine}).status_code == 303
     assert client.get(f"/api/sessions/{session_id}").json()["title"] == "mine"
+
+
+def test_a_token_of_an_anonymous_identity_is_no_key_to_an_accounts_instance(
+    app_server: AppServer, accounts_app: AppServer, make: Any,
+) -> None:
+    anonymous = make(app_server)
+    create_session(anonymous)
+    token = anonymous.post("/api/tokens", json={}).json()["token"]
+    assert make(app_server, headers={"Authorization": f"Bearer {token}"}).get("/api/sessions").status_code == 200
+    assert make(accounts_app, headers={"Authorization": f"Bearer {token}"}).get("/api/sessions").status_code == 401
+
+
+def test_proxy_mode_refuses_to_trust_every_address(tmp_path: Any) -> None:
+    env = {**os.environ, "AUTH": "proxy", "FORWARDED_ALLOW_IPS": "*", "DATA_DIR": str(tmp_path),
+           "SECRET_KEY": TEST_SECRET_KEY, "REDIS_URL": "redis://127.0.0.1:1"}
+    started = subprocess.run([sys.executable, "-m", "webapp"], capture_output=True, text=True, cwd=REPO_ROOT,
+                             env=env, timeout=60)
+    assert started.returncode == 2 and "FORWARDED_ALLOW_IPS" in started.stderr

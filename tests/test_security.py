@@ -202,3 +202,25 @@ def test_cookies_are_secure_behind_an_https_proxy(make_client: Callable[..., htt
     # (the secure cookie is not sent back over the tests' plain http: switch with the plain one)
     switch = plain.post("/lang", data={"lang": "en", "next": "/"}, headers=https)
     assert "Secure" in switch.headers["set-cookie"]
+
+
+def test_a_proxys_basic_credentials_are_ignored_and_bypass_no_csrf_check(
+    make_client: Callable[..., httpx.Client],
+) -> None:
+    # behind nginx auth_basic every browser request carries `Authorization: Basic ...`
+    client = make_client(page_token=False, headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    page = client.get("/", follow_redirects=True)
+    assert page.status_code == 200
+    sid = page.url.path.rsplit("/", 1)[1]
+    assert client.get("/api/sessions").status_code == 200
+    assert client.post(f"/c/{sid}/title", data={"title": "forged"}).status_code == 403  # still needs the token
+
+
+def test_a_same_origin_request_passes_behind_a_proxy_that_rewrites_host(client: httpx.Client) -> None:
+    # nginx's proxy_pass sends Host: 127.0.0.1:8000 while the browser's Origin names the public site
+    session = client.post("/api/sessions", json={}, headers={"Origin": "https://chat.example.com",
+                                                              "Sec-Fetch-Site": "same-origin"})
+    assert session.status_code == 201
+    forwarded = client.post("/api/sessions", json={}, headers={"Origin": "https://chat.example.com",
+                                                                "X-Forwarded-Host": "chat.example.com"})
+    assert forwarded.status_code == 201

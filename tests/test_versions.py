@@ -212,3 +212,31 @@ def test_stop_regenerate_and_edit_from_two_tabs_leave_one_consistent_history(
         assert [m["role"] for m in items][:2] == ["assistant", "user"]
     history = one.get("/chat/history", params={"session_id": sid}).json()
     assert [m["role"] for m in history["messages"]] == [m["role"] for m in branch(one, sid)]  # the seed's flat list
+
+
+def test_a_repeated_edit_answers_the_first_turn(client: httpx.Client) -> None:
+    sid = create_session(client)["id"]
+    send(client, sid, "edit me")
+    question = branch(client, sid)[1]
+    key = {"Idempotency-Key": unique("edit")}
+    first = client.patch(f"/api/messages/{question['id']}", json={"content": "edited"}, headers=key)
+    again = client.patch(f"/api/messages/{question['id']}", json={"content": "edited"}, headers=key)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["turn_id"] == again.json()["turn_id"]
+    read_events(client, first.json()["events_url"])
+    assert [m["content"] for m in branch(client, sid) if m["role"] == "user"] == ["edited"]
+
+
+def test_regenerate_works_after_the_messages_expired_before_the_metadata(
+    client: httpx.Client, redis_client: redis.Redis
+) -> None:
+    # messages live 7 days, the conversation's metadata 30: its stored count can be ahead of the list
+    sid = create_session(client)["id"]
+    send(client, sid, "long ago")
+    redis_client.delete(f"chat:session:{sid}:messages")
+    fresh = send(client, sid, "back again")
+    assert parse_reply(fresh["text"])["ctx"] == 1
+    again = follow(client, client.post(f"/api/turns/{fresh['turn_id']}/regenerate"))
+    assert again.ended
+    items = branch(client, sid)
+    assert [m["role"] for m in items] == ["user", "assistant"] and items[-1]["versions"] == 2

@@ -28,6 +28,7 @@ from .limits import Limit, Limits
 from .store import Store
 
 USERNAME = re.compile(r"[A-Za-z0-9_.\-]{3,32}")
+PROXY_USERNAME = re.compile(r"[A-Za-z0-9_.@+\-]{1,64}")  # SSO proxies often send e-mail addresses
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 TOKEN_PREFIX = "chat_"
@@ -121,7 +122,7 @@ class Accounts:
 
     async def proxy_user(self, username: str) -> str:
         """The account of a name a trusted SSO proxy vouched for, made (without a password) on first sight."""
-        if not USERNAME.fullmatch(username):
+        if not PROXY_USERNAME.fullmatch(username):
             raise InvalidUsername()
         found = await self.store.account_by_name(username)
         if found:

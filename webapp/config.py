@@ -142,6 +142,11 @@ def load_settings() -> Settings:
         first = exc.errors()[0]
         name = str(first["loc"][0]).upper() if first["loc"] else "setting"
         raise SettingsError(f"Invalid value for {name}: {first['msg']}") from None
+    if settings.auth == "proxy" and "*" in settings.forwarded_allow_ips.replace(" ", "").split(","):
+        raise SettingsError(
+            "Invalid value for FORWARDED_ALLOW_IPS: AUTH=proxy needs the proxy's own addresses, not '*' "
+            "(anyone could then name any user)"
+        )
     if not settings.secret_key:
         settings.secret_key = _secret_from_data_dir(settings.data_dir)
     elif len(settings.secret_key) < MIN_SECRET_CHARS:

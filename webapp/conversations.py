@@ -14,7 +14,10 @@ import time
 from dataclasses import dataclass, field
 
 from .context import check_text
-from .errors import EmptyTitle, MessageNotFound, NoSuchVersion, SessionNotFound, TooManyConversations, TurnRunning, UndoExpired
+from .errors import (
+    EmptyTitle, MessageNotFound, NoSuchVersion, SessionNotFound, TooManyConversations, TurnRunning, UndoExpired,
+    VersionLimit,
+)
 from .ids import check_id
 from .i18n import t
 from .models import WELCOME, Conversation, Message, TurnEvent, new_id, new_message_id, now_iso
@@ -24,7 +27,7 @@ from .store import Store
 from .titles import clean_title, make_preview
 from .turn_reader import TurnReader
 from .turn_writer import TurnWriter
-from .versions import parse_label, switch
+from .versions import TooManyVersions, parse_label, switch
 
 UNDO_SECONDS = 600  # how long a deleted conversation can be put back
 SEARCH_LIMIT = 30
@@ -52,6 +55,7 @@ class ConversationView:
     retry_text: str = ""  # the last reply failed or was stopped: offer Retry with this text
     retry_for: str = ""  # ...for this reply
     is_empty: bool = False  # nothing written by the user yet: the page shows suggestions
+    latest: bool = True  # the newest page (not one scrolled back to)
     versions: dict[int, tuple[int, int]] = field(default_factory=dict)  # list index -> (shown, count)
 
 
@@ -142,6 +146,8 @@ class Conversations:
                 change = switch(state, version - 1)
             except IndexError:
                 raise NoSuchVersion() from None
+            except TooManyVersions:
+                raise VersionLimit() from None
             if change is not None:
                 last = Message.from_json(change.messages[-1]) if change.messages else \
                     await self.store.message_at(conversation.id, index - 1)
@@ -247,7 +253,7 @@ class Conversations:
                 streaming = Streaming(turn_id=conversation.running_turn_id, after=seq, text=text)
         view = ConversationView(conversation=conversation, role=role_or_default(conversation.role),
                                 messages=messages, first_index=first_index, streaming=streaming,
-                                versions=await self.versions_of(conversation))
+                                versions=await self.versions_of(conversation), latest=before is None)
         view.is_empty = before is None and streaming is None and not any(m.role == "user" for m in messages)
         if before is None and streaming is None and messages:
             last = messages[-1]

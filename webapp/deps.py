@@ -59,12 +59,21 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+def trusted_proxy_user(request: Request) -> str:
+    """AUTH=proxy: the user a trusted proxy names; "" when the header is missing or the peer untrusted."""
+    settings = request.app.state.settings
+    name = request.headers.get(settings.proxy_user_header, "").strip()
+    return name if name and request.state.peer in request.app.state.trusted_proxies else ""
+
+
 def bearer_token(request: Request) -> str | None:
+    """The token of `Authorization: Bearer ...`; None for no header or another scheme (a proxy's
+    Basic credentials are none of the app's business)."""
     header = request.headers.get("authorization")
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 async def _resolve_user(request: Request, claimed: str | None, *, creating: bool = False) -> str:
@@ -83,15 +92,15 @@ async def _resolve_user(request: Request, claimed: str | None, *, creating: bool
     identity: str | None
     if token is not None:
         identity = await app.accounts.user_of_token(token) if token else None
-        if identity is None:
-            raise BadToken()
+        if identity is None or (settings.auth != "anonymous" and not identity.startswith("a_")):
+            raise BadToken()  # (a token of an anonymous identity is no key to an accounts instance)
     elif settings.auth == "accounts":
         identity = await app.accounts.user_of_signin(request.cookies.get(SIGNIN_COOKIE, ""))
         if identity is None:
             raise SignInRequired()
     elif settings.auth == "proxy":
-        name = request.headers.get(settings.proxy_user_header)
-        if not name or request.state.peer not in app.trusted_proxies:
+        name = trusted_proxy_user(request)
+        if not name:
             raise SignInRequired()
         identity = await app.accounts.proxy_user(name.strip())
     else:

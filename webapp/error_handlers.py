@@ -46,10 +46,16 @@ def error_response(request: Request, key: str, status: int, params: dict[str, ob
     return JSONResponse({"detail": t(key, lang_of(request), **(params or {}))}, status_code=status, headers=headers)
 
 
+def _has_sign_in_page(request: Request) -> bool:
+    """Only accounts mode has one; behind an SSO proxy a missing user is a plain 401 (no redirect loop)."""
+    settings = getattr(request.app.state, "settings", None)
+    return settings is not None and settings.auth == "accounts"
+
+
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(ChatError)
     async def domain_error(request: Request, exc: ChatError) -> Response:
-        if isinstance(exc, SignInRequired) and wants_html(request):
+        if isinstance(exc, SignInRequired) and wants_html(request) and _has_sign_in_page(request):
             # a page of someone not signed in: the sign-in page, then back here
             target = "/login?next=" + quote(View(request).current_path)
             if is_htmx(request):

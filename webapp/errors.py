@@ -94,6 +94,13 @@ class NothingToRegenerate(ChatError):
     key = "error.nothing_to_regenerate"
 
 
+class VersionLimit(ChatError):
+    """A message already has as many versions (or as much kept aside) as one may."""
+
+    status = 409
+    key = "error.version_limit"
+
+
 class NoSuchVersion(ChatError):
     status = 404
     key = "error.no_such_version"

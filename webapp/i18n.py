@@ -92,6 +92,10 @@ CATALOG: dict[str, dict[Lang, str]] = {
         "zh": "只能重新生成最后一条回复",
         "en": "Only the last reply can be regenerated",
     },
+    "error.version_limit": {
+        "zh": "这条消息的版本已达上限",
+        "en": "This message has as many versions as it can keep",
+    },
     "error.no_such_version": {"zh": "该版本不存在", "en": "No such version"},
     "error.interrupted": {"zh": "回复已中断", "en": "The reply was interrupted"},
     "error.invalid_input": {"zh": "请求参数无效", "en": "Invalid request"},

@@ -123,8 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.trusted_proxies = TrustedProxies(settings.forwarded_allow_ips)
     app.state.new_identity_limit = Limit("identities-ip", settings.new_identities_per_ip_per_hour, 3600)
     app.add_middleware(IdentityMiddleware, secret=settings.secret_key)
-    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(InputGuardMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)  # outside the guard: its refusals carry the headers too
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics, log_requests=settings.access_log)
     # outermost: note the socket's peer, then apply a trusted proxy's X-Forwarded-For/-Proto
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)

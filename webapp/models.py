@@ -123,6 +123,7 @@ class TurnLock:
 
     meta: dict[str, str]
     locked: bool
+    length: int  # messages in the active branch (the truth where the stored count drifted)
     counts: list[int]  # each limit's count in its window, this turn included
 
 

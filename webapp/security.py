@@ -155,20 +155,26 @@ def _cross_site(scope: Scope) -> bool:
     Checked here rather than as a route dependency: every state-changing request pays it, and a
     middleware check costs a fraction of FastAPI's dependency solving.
     """
-    origin = host = None
+    origin = host = forwarded_host = None
     for name, value in scope["headers"]:
         if name == b"sec-fetch-site":
             if value in (b"cross-site", b"same-site"):
                 return True
+            if value in (b"same-origin", b"none"):
+                return False  # the browser says so: no need to match Origin against a rewritten Host
         elif name == b"origin":
             origin = value.decode("latin-1")
         elif name == b"host":
             host = value.decode("latin-1")
+        elif name == b"x-forwarded-host":
+            forwarded_host = value.decode("latin-1")
     if origin is None:
         return False
+    if origin == "null":
+        return True
     # the host only: behind a TLS proxy that is not in FORWARDED_ALLOW_IPS the app sees http while
     # the browser says https; what matters is that the page was this site's
-    return origin == "null" or origin.partition("://")[2] != (host or "")
+    return origin.partition("://")[2] not in (host or "", forwarded_host or "")
 
 
 def _decodes(raw: bytes) -> bool:
@@ -195,8 +201,9 @@ def csrf_subject(request: Request) -> str:
     if settings.auth == "accounts":
         return "signin:" + request.cookies.get(SIGNIN_COOKIE, "") if request.cookies.get(SIGNIN_COOKIE) else ""
     if settings.auth == "proxy":
-        name = request.headers.get(settings.proxy_user_header, "")
-        return "proxy:" + name if name else ""
+        peer = getattr(request.state, "peer", "")
+        name = request.headers.get(settings.proxy_user_header, "").strip()
+        return "proxy:" + name if name and peer in request.app.state.trusted_proxies else ""
     return getattr(request.state, "identity", None) or ""
 
 
@@ -208,8 +215,8 @@ def request_token(request: Request) -> str:
 
 async def require_csrf_token(request: Request) -> None:
     """A state-changing request of the web UI carries its identity's token (header or form field)."""
-    if request.method not in UNSAFE_METHODS or request.headers.get("authorization"):
-        return  # a page cannot make a browser send an Authorization header: token callers need none
+    if request.method not in UNSAFE_METHODS or request.headers.get("authorization", "")[:7].lower() == "bearer ":
+        return  # a page cannot make a browser send a Bearer token (it may resend Basic credentials)
     given = request.headers.get(CSRF_HEADER)
     if given is None and request.headers.get("content-type", "").startswith(
         ("application/x-www-form-urlencoded", "multipart/form-data")

@@ -527,11 +527,12 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(_meta_key(sid))
             pipe.set(_lock_key(sid), turn_id, nx=True, ex=self.turn_timeout)
+            pipe.llen(_messages_key(sid))
             for name, key, window, seconds in hits:
                 pipe.incr(_limit_key(name, key, window))
                 pipe.expire(_limit_key(name, key, window), seconds + 30)
-            meta, locked, *counts = await pipe.execute()
-        return TurnLock(meta=meta, locked=bool(locked), counts=[int(c) for c in counts[0::2]])
+            meta, locked, length, *counts = await pipe.execute()
+        return TurnLock(meta=meta, locked=bool(locked), length=int(length), counts=[int(c) for c in counts[0::2]])
 
     async def release_lock(self, sid: str) -> None:
         await self.redis.delete(_lock_key(sid))
@@ -617,10 +618,12 @@ class Store:
                 self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
 
-    async def abandon_turn(self, sid: str, turn_id: str) -> None:
-        """A turn whose save failed: its state says error and the lock goes (DEL and HSET of a
-        small field still work where a full Redis refuses larger writes)."""
+    async def abandon_turn(self, sid: str, turn_id: str, final_event: TurnEvent) -> None:
+        """A turn whose save failed: its state says error, readers elsewhere get the error event, the
+        lock goes. Each command on its own: where a full Redis refuses some, the others still apply."""
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(_events_key(turn_id), _event_fields(final_event), id=f"0-{final_event.seq}")
+            pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS)
             pipe.delete(_lock_key(sid))
             pipe.hset(_turn_key(turn_id), "status", "error")
             pipe.hset(_meta_key(sid), "turn", "")

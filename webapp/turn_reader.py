@@ -149,11 +149,13 @@ class TurnReader:
     async def _replay_from_history(self, turn: TurnInfo, after: int) -> AsyncIterator[list[TurnEvent]]:
         """The event stream has expired: rebuild the reply from the saved message."""
         message = await self.store.find_message(turn.session_id, turn.message_id) if turn.message_id else None
+        failed = turn.status == "error" or (message is not None and message.status == "error")
         if after == 0 and message is not None:
-            yield [TurnEvent(seq=1, type="chunk", content=message.content),
-                   TurnEvent(seq=2, type="end", message_id=message.id)]
+            final = TurnEvent(seq=2, type="error", content=t("error.upstream")) if failed else \
+                TurnEvent(seq=2, type="end", message_id=message.id)
+            yield [TurnEvent(seq=1, type="chunk", content=message.content), final]
         elif after == 0:
-            yield [TurnEvent(seq=1, type="end")]
+            yield [TurnEvent(seq=1, type="error", content=t("error.upstream")) if failed else TurnEvent(seq=1, type="end")]
 
     # what a page shows --------------------------------------------------
 

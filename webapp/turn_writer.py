@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -26,7 +26,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Settings
 from .context import build_context, validate_message
-from .errors import MessageNotFound, NothingToRegenerate, RateLimited, SessionNotFound, TurnRunning
+from .errors import (
+    MessageNotFound, NothingToRegenerate, RateLimited, SessionNotFound, TurnRunning, VersionLimit,
+)
 from .i18n import Lang, t
 from .limits import Limit
 from .llm import Provider, UpstreamError
@@ -37,7 +39,7 @@ from .models import (
 from .roles import Role, get_role, role_or_default
 from .store import Store
 from .titles import make_preview, make_title
-from .versions import BranchState, fork
+from .versions import BranchState, TooManyVersions, fork
 
 log = logging.getLogger("webapp.turns")
 
@@ -247,19 +249,23 @@ class TurnWriter:
                    client_ip: str = "", *, request_id: str | None = None) -> Started:
         """Edit and resend a user message: its old version and everything after it stay as a version."""
         text = validate_message(text, self.settings.max_message_chars)
-        index = await self.store.find_message_index(session_id, message_id)
-        if index is None:
-            raise MessageNotFound()
+
+        async def locate() -> int:
+            # under the lock, after the request id is claimed: a repeat answers the first turn
+            index = await self.store.find_message_index(session_id, message_id)
+            if index is None:
+                raise MessageNotFound()
+            return index
 
         def plan(conversation: Conversation, state: BranchState | None) -> tuple[int | None, str | None]:
             assert state is not None
             if not state.messages or Message.from_json(state.messages[0]).id != message_id:
-                raise MessageNotFound()  # the branch changed since it was found
+                raise MessageNotFound()
             if Message.from_json(state.messages[0]).role != "user":
                 raise MessageNotFound()
-            return index, text
+            return state.index, text
 
-        return await self._start(session_id, user_id, lang, client_ip, request_id, None, plan, fork_at=index)
+        return await self._start(session_id, user_id, lang, client_ip, request_id, None, plan, locate=locate)
 
     def _regenerate_plan(self, reply_id: str | None) -> Plan:
         def plan(conversation: Conversation, state: BranchState | None) -> tuple[int | None, str | None]:
@@ -280,7 +286,8 @@ class TurnWriter:
 
     async def _start(
         self, session_id: str, user_id: str, lang: Lang, client_ip: str, request_id: str | None,
-        requested: Role | None, plan: Plan, *, fork_at: int | None = None, fork_last: bool = False,
+        requested: Role | None, plan: Plan, *, locate: Callable[[], Awaitable[int]] | None = None,
+        fork_last: bool = False,
     ) -> Started:
         turn_id = new_id()
         if request_id:
@@ -289,7 +296,7 @@ class TurnWriter:
                 return await self._duplicate(session_id, earlier)
         try:
             return await self._start_locked(session_id, user_id, lang, client_ip, requested, plan, turn_id,
-                                            fork_at=fork_at, fork_last=fork_last)
+                                            locate=locate, fork_last=fork_last)
         except BaseException:
             if request_id:
                 await self.store.forget_request(user_id, request_id)
@@ -311,7 +318,7 @@ class TurnWriter:
 
     async def _start_locked(
         self, session_id: str, user_id: str, lang: Lang, client_ip: str, requested: Role | None, plan: Plan,
-        turn_id: str, *, fork_at: int | None, fork_last: bool,
+        turn_id: str, *, locate: Callable[[], Awaitable[int]] | None, fork_last: bool,
     ) -> Started:
         now = time.time()
         limits = [(limit, key) for limit, key in ((self.turns_per_user, user_id), (self.turns_per_ip, client_ip))
@@ -329,18 +336,23 @@ class TurnWriter:
                 if count > limit.per_window:
                     raise RateLimited(retry_after=int(limit.window_seconds - now % limit.window_seconds) + 1)
             conversation = Conversation.from_hash(session_id, lock.meta)
+            conversation.message_count = lock.length  # (messages expire before the metadata does)
             state = None
             if fork_last:  # the last two messages decide what a regenerate does
                 state = await self.store.read_branch(session_id, max(0, conversation.message_count - 2))
-            elif fork_at is not None:
-                state = await self.store.read_branch(session_id, fork_at)
+            elif locate is not None:
+                state = await self.store.read_branch(session_id, await locate())
             fork_index, text = plan(conversation, state)
             if fork_index is not None:
                 branch = state if state is not None and state.index == fork_index else \
                     await self.store.read_branch(session_id, fork_index)
                 before = await self.store.message_at(session_id, fork_index - 1) if fork_index > 0 else None
-                await self.store.write_branch(conversation, fork(branch),
-                                              preview=make_preview(before.content) if before else "")
+                try:
+                    change = fork(branch)
+                except TooManyVersions:
+                    raise VersionLimit() from None
+                conversation.preview = make_preview(before.content) if before else ""
+                await self.store.write_branch(conversation, change, preview=conversation.preview)
                 conversation.message_count = fork_index
             role = requested or role_or_default(conversation.role)
             message = Message(id=new_message_id(), role="user", content=text, ts=now_iso()) if text else None
@@ -434,7 +446,7 @@ class TurnWriter:
             # message stays, and the conversation is unlocked so Retry works
             final = TurnEvent(seq=final.seq, type="error", content=t("error.save_failed", run.lang))
             status = "error"
-            await self._release_after_failed_save(run)
+            await self._release_after_failed_save(run, final)
         run.finished = True
         run.publish(final)
         self.runs.pop(run.id, None)
@@ -486,10 +498,10 @@ class TurnWriter:
                 log.error("turn %s: saving failed: %s", run.id, exc)
                 return False
 
-    async def _release_after_failed_save(self, run: TurnRun) -> None:
+    async def _release_after_failed_save(self, run: TurnRun, final: TurnEvent) -> None:
         """Best effort (Redis may be refusing writes): mark the turn failed, unlock the conversation."""
         try:
-            await self.store.abandon_turn(run.conversation.id, run.id)
+            await self.store.abandon_turn(run.conversation.id, run.id, final)
         except RedisError as exc:
             log.error("turn %s: could not release the conversation after a failed save: %s", run.id, exc)
 

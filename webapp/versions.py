@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 
 import orjson
 
-Tail = dict  # {"messages": [raw message JSON...], "forks": {index: fork JSON}, "versions": {index: "a/c"}}
+Tail = dict  # {"messages": [message objects], "forks": {index: fork object}, "versions": {index: "a/c"}}
+
+MAX_VERSIONS = 50  # versions of one message
+MAX_FORK_BYTES = 4_000_000  # one message's versions, all their tails included
+
+
+class TooManyVersions(Exception):
+    """A fork would exceed MAX_VERSIONS or MAX_FORK_BYTES."""
 
 
 @dataclass
@@ -53,12 +60,28 @@ def parse_label(label: str) -> tuple[int, int]:
 
 
 def _stash(state: BranchState) -> Tail:
+    """The active tail as plain objects: stored once as JSON, never JSON inside a JSON string
+    (whose escaping would double with every fork nested in another)."""
     after = state.index
     return {
-        "messages": state.messages,
-        "forks": {str(j): f for j, f in state.forks.items() if j > after},
+        "messages": [orjson.loads(raw) for raw in state.messages],
+        "forks": {str(j): orjson.loads(f) for j, f in state.forks.items() if j > after},
         "versions": {str(j): v for j, v in state.versions.items() if j > after},
     }
+
+
+def _raw(item: object) -> str:
+    """A stored message or fork back as the JSON string Redis keeps (older data kept strings)."""
+    return item if isinstance(item, str) else orjson.dumps(item).decode()
+
+
+def _dump_fork(active: int, tails: list[Tail | None]) -> str:
+    if len(tails) > MAX_VERSIONS:
+        raise TooManyVersions()
+    raw = orjson.dumps({"active": active, "tails": tails}).decode()
+    if len(raw) > MAX_FORK_BYTES:
+        raise TooManyVersions()
+    return raw
 
 
 def fork(state: BranchState) -> BranchChange:
@@ -78,7 +101,7 @@ def fork(state: BranchState) -> BranchChange:
     later = [j for j in set(state.forks) | set(state.versions) if j > state.index]
     return BranchChange(
         index=state.index, messages=[],
-        forks_set={state.index: orjson.dumps({"active": active, "tails": tails}).decode()},
+        forks_set={state.index: _dump_fork(active, tails)},
         forks_del=sorted(j for j in later if j in state.forks),
         versions_set={state.index: version_label(active, len(tails))},
         versions_del=sorted(j for j in later if j in state.versions),
@@ -98,12 +121,12 @@ def switch(state: BranchState, to: int) -> BranchChange | None:
     tails[to] = None
     assert chosen is not None
     later = [j for j in set(state.forks) | set(state.versions) if j > state.index]
-    forks_set = {int(j): f for j, f in chosen["forks"].items()}
-    forks_set[state.index] = orjson.dumps({"active": to, "tails": tails}).decode()
+    forks_set = {int(j): _raw(f) for j, f in chosen["forks"].items()}
+    forks_set[state.index] = _dump_fork(to, tails)
     versions_set = {int(j): v for j, v in chosen["versions"].items()}
     versions_set[state.index] = version_label(to, len(tails))
     return BranchChange(
-        index=state.index, messages=list(chosen["messages"]),
+        index=state.index, messages=[_raw(m) for m in chosen["messages"]],
         forks_set=forks_set, forks_del=sorted(j for j in later if j in state.forks and j not in forks_set),
         versions_set=versions_set,
         versions_del=sorted(j for j in later if j in state.versions and j not in versions_set),

@@ -50,7 +50,8 @@ def pane_values(pane: ConversationView, *, max_chars: int, demo: bool) -> dict[s
         "conv": pane.conversation, "role": pane.role, "roles": list(BUILTIN_ROLES.values()),
         "messages": pane.messages, "first_index": pane.first_index, "streaming": pane.streaming,
         "no_reply_text": pane.no_reply_text, "retry_text": pane.retry_text, "retry_for": pane.retry_for,
-        "is_empty": pane.is_empty, "versions": pane.versions, "max_chars": max_chars, "demo": demo, "draft": "", "form_error": "",
+        "is_empty": pane.is_empty, "versions": pane.versions, "max_chars": max_chars,
+        "last_index": pane.first_index + len(pane.messages) - 1 if pane.latest else -1, "demo": demo, "draft": "", "form_error": "",
         "active_id": pane.conversation.id, "current_path": f"/c/{pane.conversation.id}",
     }
 
@@ -152,7 +153,8 @@ async def older_messages(view: ViewDep, conversation: OwnedConversation, convers
 
     async def values() -> dict[str, Any]:
         messages, first_index, _ = await conversations.message_page(conversation, limit=MESSAGE_PAGE, before=before)
-        return {"conv": conversation, "messages": messages, "first_index": first_index}
+        return {"conv": conversation, "messages": messages, "first_index": first_index,
+                "versions": await conversations.versions_of(conversation)}
 
     return await view.fragment_or_redirect("partials/message_page.html", f"/c/{conversation.id}?before={before}",
                                            values)
@@ -213,7 +215,8 @@ async def edit_message_form(view: ViewDep, conversation: OwnedConversation, user
     return await view.fragment_or(
         "partials/message_edit.html",
         {"conv": conversation, "m": message, "idx": index, "max_chars": settings.max_message_chars},
-        lambda: render_conversation(view, conversations, conversation, user, editing_index=index),
+        lambda: render_conversation(view, conversations, conversation, user, editing_index=index,
+                                    before=index + 1 if index + 1 < conversation.message_count else None),
     )
 
 
@@ -229,7 +232,7 @@ async def edit_message(view: ViewDep, conversation: OwnedConversation, user: Cur
     except ChatError as exc:
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, editing_index=index, edit_text=text, edit_error=error_text,
-            status=status))
+            status=status, before=index + 1 if index + 1 < conversation.message_count else None))
     return await pane_after(view, conversations, conversation, {"HX-Trigger": "sessions-changed"})
 
 

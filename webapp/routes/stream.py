@@ -107,7 +107,8 @@ async def html_events(
         "partials/turn_done.html", lang, conv=conversation, turn_id=turn_id, reply=outcome.reply,
         error_text=outcome.error_text, retry_text=outcome.retry_text,
         retry_for=outcome.reply.id if outcome.reply else "", no_reply_text=outcome.retry_text,
-        reply_index=outcome.reply_index, versions=outcome.versions, csrf_token=csrf_token,
+        reply_index=outcome.reply_index, last_index=outcome.reply_index, versions=outcome.versions,
+        csrf_token=csrf_token,
     )
     yield ServerSentEvent(event="done", data=fragment, id=last_id)
 
