@@ -131,10 +131,11 @@ class Conversations:
 
     async def switch_version(self, conversation: Conversation, index: int, version: int) -> Conversation:
         """Show version `version` (1-based) of the message at list `index`; later turns see that branch."""
-        lock = await self.store.lock_turn(conversation.id, turn_id="switch-" + new_id(), hits=[])
+        holder = "switch-" + new_id()
+        lock = await self.store.lock_turn(conversation.id, turn_id=holder, hits=[])
         if not lock.meta or lock.meta.get("user_id") != conversation.user_id:
             if lock.locked:
-                await self.store.release_lock(conversation.id)
+                await self.store.release_lock(conversation.id, holder)
             raise SessionNotFound()
         if not lock.locked:
             raise TurnRunning()
@@ -153,7 +154,7 @@ class Conversations:
                     await self.store.message_at(conversation.id, index - 1)
                 await self.store.write_branch(conversation, change, preview=make_preview(last.content) if last else "")
         finally:
-            await self.store.release_lock(conversation.id)
+            await self.store.release_lock(conversation.id, holder)
         return await self.store.get_conversation(conversation.id) or conversation
 
     async def user_message_at(self, conversation: Conversation, index: int) -> Message:

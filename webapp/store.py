@@ -85,6 +85,11 @@ def _request_key(uid: str, request_id: str) -> str:
     return f"{PREFIX}request:{uid}:{request_id}"
 
 
+# Give a conversation's lock back only if it is still the holder's: a save retried after its
+# lock expired must not drop the lock another turn has taken since.
+RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
 def _lock_key(sid: str) -> str:
     return f"{PREFIX}session:{sid}:lock"
 
@@ -534,8 +539,9 @@ class Store:
             meta, locked, length, *counts = await pipe.execute()
         return TurnLock(meta=meta, locked=bool(locked), length=int(length), counts=[int(c) for c in counts[0::2]])
 
-    async def release_lock(self, sid: str) -> None:
-        await self.redis.delete(_lock_key(sid))
+    async def release_lock(self, sid: str, holder: str) -> None:
+        """Give the lock back, if `holder` (a turn id) still holds it."""
+        await self.redis.eval(RELEASE_LOCK, 1, _lock_key(sid), holder)
 
     async def save_turn_start(
         self, conversation: Conversation, message: Message | None, *, turn_id: str, context_messages: int
@@ -613,7 +619,7 @@ class Store:
             )
             pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS)
             if release_lock:
-                pipe.delete(_lock_key(sid))
+                pipe.eval(RELEASE_LOCK, 1, _lock_key(sid), turn_id)
             if conversation_exists:
                 self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
@@ -624,7 +630,7 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xadd(_events_key(turn_id), _event_fields(final_event), id=f"0-{final_event.seq}")
             pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS)
-            pipe.delete(_lock_key(sid))
+            pipe.eval(RELEASE_LOCK, 1, _lock_key(sid), turn_id)
             pipe.hset(_turn_key(turn_id), "status", "error")
             pipe.hset(_meta_key(sid), "turn", "")
             await pipe.execute(raise_on_error=False)

@@ -327,7 +327,7 @@ class TurnWriter:
         lock = await self.store.lock_turn(session_id, turn_id=turn_id, hits=hits)
         if not lock.meta or lock.meta.get("user_id") != user_id:
             if lock.locked:
-                await self.store.release_lock(session_id)
+                await self.store.release_lock(session_id, turn_id)
             raise SessionNotFound()
         if not lock.locked:
             raise TurnRunning()
@@ -367,7 +367,7 @@ class TurnWriter:
                 conversation, message, turn_id=turn_id, context_messages=self.settings.context_messages
             )
         except BaseException:
-            await self.store.release_lock(session_id)
+            await self.store.release_lock(session_id, turn_id)
             raise
         user_message = message or next((m for m in reversed(context) if m.role == "user"), None)
         messages = build_context(role, context, self.settings.context_chars)

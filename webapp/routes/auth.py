@@ -7,7 +7,7 @@ sign-in attempts are rate limited per IP and per account (accounts.py).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Awaitable, Callable
 
 from fastapi import APIRouter, Form, Request, Response
 
@@ -51,16 +51,23 @@ async def login_page(view: ViewDep, next: str = "/") -> Response:
     return auth_page(view, "/login", next=next)
 
 
-@router.post("/login")
-async def login(view: ViewDep, accounts: AccountsDep, ip: ClientIp, username: FormText = "",
-                password: FormText = "", next: FormText = "/") -> Response:
+async def attempt(view: View, action: str, sign: Callable[[], Awaitable[str]], username: str,
+                  next: str) -> Response:
+    """A sign-in or sign-up: on success the cookie and back to `next`; else the form again, with the error."""
     if view.request.app.state.settings.auth != "accounts":
         return see_other("/")
     try:
-        cookie = await accounts.sign_in(username, password, ip=ip, anonymous_uid=view.request.state.identity)
+        cookie = await sign()
     except ChatError as exc:
-        return auth_page(view, "/login", next=next, username=username, error=exc)
+        return auth_page(view, action, next=next, username=username, error=exc)
     return signed_in(view.request, cookie, next)
+
+
+@router.post("/login")
+async def login(view: ViewDep, accounts: AccountsDep, ip: ClientIp, username: FormText = "",
+                password: FormText = "", next: FormText = "/") -> Response:
+    return await attempt(view, "/login", lambda: accounts.sign_in(
+        username, password, ip=ip, anonymous_uid=view.request.state.identity), username, next)
 
 
 @router.get("/signup")
@@ -76,13 +83,8 @@ async def signup_page(view: ViewDep, next: str = "/") -> Response:
 @router.post("/signup")
 async def signup(view: ViewDep, accounts: AccountsDep, ip: ClientIp, username: FormText = "",
                  password: FormText = "", next: FormText = "/") -> Response:
-    if view.request.app.state.settings.auth != "accounts":
-        return see_other("/")
-    try:
-        cookie = await accounts.sign_up(username, password, ip=ip, anonymous_uid=view.request.state.identity)
-    except ChatError as exc:
-        return auth_page(view, "/signup", next=next, username=username, error=exc)
-    return signed_in(view.request, cookie, next)
+    return await attempt(view, "/signup", lambda: accounts.sign_up(
+        username, password, ip=ip, anonymous_uid=view.request.state.identity), username, next)
 
 
 @router.post("/logout")
