@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .context import check_text
 from .errors import (
-    EmptyTitle, MessageNotFound, NoSuchVersion, SessionNotFound, TooManyConversations, TurnRunning, UndoExpired,
+    EmptyTitle, MessageNotFound, NoSuchVersion, SessionNotFound, TooManyConversations, UndoExpired,
     VersionLimit,
 )
 from .ids import check_id
@@ -132,13 +132,7 @@ class Conversations:
     async def switch_version(self, conversation: Conversation, index: int, version: int) -> Conversation:
         """Show version `version` (1-based) of the message at list `index`; later turns see that branch."""
         holder = "switch-" + new_id()
-        lock = await self.store.lock_turn(conversation.id, turn_id=holder, hits=[])
-        if not lock.meta or lock.meta.get("user_id") != conversation.user_id:
-            if lock.locked:
-                await self.store.release_lock(conversation.id, holder)
-            raise SessionNotFound()
-        if not lock.locked:
-            raise TurnRunning()
+        await self.writer.lock_conversation(conversation.id, conversation.user_id, holder)
         try:
             state = await self.store.read_branch(conversation.id, index)
             if index not in state.forks:

@@ -19,7 +19,8 @@ from .errors import BadToken, ForbiddenUser, SeedApiOff, SignInRequired
 from .htmx import lang_of
 from .i18n import Lang
 from .ids import check_user_id
-from .security import SIGNIN_COOKIE
+from .peers import trusted_proxy_user
+from .security import SIGNIN_COOKIE, bearer_token
 from .models import Conversation
 from .store import Store
 from .turn_reader import TurnReader
@@ -53,27 +54,9 @@ LangDep = Annotated[Lang, Depends(get_lang)]
 AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 
 
-
 def client_ip(request: Request) -> str:
     """The caller's address (a trusted proxy's X-Forwarded-For already applied)."""
     return request.client.host if request.client else ""
-
-
-def trusted_proxy_user(request: Request) -> str:
-    """AUTH=proxy: the user a trusted proxy names; "" when the header is missing or the peer untrusted."""
-    settings = request.app.state.settings
-    name = request.headers.get(settings.proxy_user_header, "").strip()
-    return name if name and request.state.peer in request.app.state.trusted_proxies else ""
-
-
-def bearer_token(request: Request) -> str | None:
-    """The token of `Authorization: Bearer ...`; None for no header or another scheme (a proxy's
-    Basic credentials are none of the app's business)."""
-    header = request.headers.get("authorization")
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
 
 
 async def _resolve_user(request: Request, claimed: str | None, *, creating: bool = False) -> str:
@@ -102,7 +85,7 @@ async def _resolve_user(request: Request, claimed: str | None, *, creating: bool
         name = trusted_proxy_user(request)
         if not name:
             raise SignInRequired()
-        identity = await app.accounts.proxy_user(name.strip())
+        identity = await app.accounts.proxy_user(name)
     else:
         identity = request.state.identity
     if identity:
@@ -169,11 +152,13 @@ CurrentUser = Annotated[str, Depends(current_user)]
 CreatingUser = Annotated[str, Depends(creating_user)]
 SeedUser = Annotated[str, Depends(seed_user)]
 SeedCreator = Annotated[str, Depends(seed_creator)]
+
+
 async def get_client_ip(request: Request) -> str:
     return client_ip(request)
 
 
-ClientIp = Annotated[str, Depends(get_client_ip)]
+ClientIp = Annotated[str, Depends(get_client_ip)]  # (hot routes read client_ip(request): a dependency costs more)
 
 
 async def owned_conversation(

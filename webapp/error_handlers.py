@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import ChatError, RateLimited, SignInRequired
+from .errors import ChatError, SignInRequired
 from .htmx import View, is_htmx, lang_of
 from .i18n import t
 from .metrics import Metrics
@@ -42,8 +42,11 @@ def wants_html(request: Request) -> bool:
 def error_response(request: Request, key: str, status: int, params: dict[str, object] | None = None,
                    headers: dict[str, str] | None = None) -> Response:
     if wants_html(request):
-        return View(request).error(key, status, params)
-    return JSONResponse({"detail": t(key, lang_of(request), **(params or {}))}, status_code=status, headers=headers)
+        response = View(request).error(key, status, params)
+    else:
+        response = JSONResponse({"detail": t(key, lang_of(request), **(params or {}))}, status_code=status)
+    response.headers.update(headers or {})
+    return response
 
 
 def _has_sign_in_page(request: Request) -> bool:
@@ -61,11 +64,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             if is_htmx(request):
                 return Response(status_code=204, headers={"HX-Redirect": target})
             return RedirectResponse(target, status_code=303)
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-        response = error_response(request, exc.key, exc.status, exc.params, headers=headers)
-        if headers:
-            response.headers.update(headers)
-        return response
+        return error_response(request, exc.key, exc.status, exc.params, headers=exc.headers)
 
     @app.exception_handler(RedisError)
     async def storage_error(request: Request, exc: RedisError) -> Response:

@@ -18,6 +18,11 @@ class ChatError(Exception):
         super().__init__(self.key)
         self.params = params
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers this error asks for, whatever form (JSON, page, toast) it is shown in."""
+        return {}
+
 
 class EmptyMessage(ChatError):
     key = "error.message_empty"
@@ -125,6 +130,10 @@ class RateLimited(ChatError):
     def __init__(self, retry_after: int = 60, **params: object) -> None:
         super().__init__(**params)
         self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class InvalidUsername(ChatError):

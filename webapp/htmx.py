@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
-from .errors import ChatError, RateLimited
+from .errors import ChatError
 from .i18n import LANG_COOKIE, Lang, pick_lang, t
 from .ids import UUID_PATTERN
 from .render import templates, ui_context
@@ -140,8 +140,7 @@ class View:
         if self.fragment:
             raise error
         response = await page(t(error.key, self.lang, **error.params), error.status)
-        if isinstance(error, RateLimited):
-            response.headers["Retry-After"] = str(error.retry_after)
+        response.headers.update(error.headers)
         return response
 
     def error(self, key: str, status: int, params: dict[str, object] | None = None) -> Response:

@@ -11,6 +11,9 @@ from .ids import ID_PATTERN
 
 Cursor = tuple[float, str]
 
+MAX_INDEX = 10**9  # the largest list position or event seq taken from a client: far past any
+                   # conversation or reply, well inside Redis's integer range
+
 
 def parse_cursor(cursor: str | None) -> Cursor | None:
     """The (score, id) a `next_cursor` stands for; InvalidCursor for anything else."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
@@ -50,3 +51,10 @@ class TrustedProxies:
         except ValueError:
             return False
         return any(address in network for network in self.networks)
+
+
+def trusted_proxy_user(request: Request) -> str:
+    """AUTH=proxy: the user a trusted proxy names; "" when the header is missing or the peer untrusted."""
+    settings = request.app.state.settings
+    name = request.headers.get(settings.proxy_user_header, "").strip()
+    return name if name and getattr(request.state, "peer", "") in request.app.state.trusted_proxies else ""

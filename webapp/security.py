@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Annotated
 from urllib.parse import unquote_to_bytes
 
-from fastapi import Depends, Request
+from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import BadCsrfToken, ChatError, CrossSiteRequest, RequestTooLarge, UndecodableText
+from .peers import trusted_proxy_user
 
 SIGNIN_COOKIE = "chat_signin"
 CSRF_HEADER = "x-csrf-token"
 FORM_TYPE = b"application/x-www-form-urlencoded"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-FOREIGN_SITES = frozenset({"cross-site", "same-site"})
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -186,6 +185,16 @@ def _decodes(raw: bytes) -> bool:
     return True
 
 
+def bearer_token(request: Request) -> str | None:
+    """The token of `Authorization: Bearer ...`; None for no header or another scheme (a proxy's
+    Basic credentials are none of the app's business)."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 def token_for(identity: str, secret: str) -> str:
     """The CSRF token of an identity: an HMAC only this server can make, stable for the identity."""
     return hmac.new(secret.encode(), b"csrf:" + identity.encode(), hashlib.sha256).hexdigest()[:32]
@@ -201,9 +210,8 @@ def csrf_subject(request: Request) -> str:
     if settings.auth == "accounts":
         return "signin:" + request.cookies.get(SIGNIN_COOKIE, "") if request.cookies.get(SIGNIN_COOKIE) else ""
     if settings.auth == "proxy":
-        peer = getattr(request.state, "peer", "")
-        name = request.headers.get(settings.proxy_user_header, "").strip()
-        return "proxy:" + name if name and peer in request.app.state.trusted_proxies else ""
+        name = trusted_proxy_user(request)
+        return "proxy:" + name if name else ""
     return getattr(request.state, "identity", None) or ""
 
 
@@ -215,11 +223,11 @@ def request_token(request: Request) -> str:
 
 async def require_csrf_token(request: Request) -> None:
     """A state-changing request of the web UI carries its identity's token (header or form field)."""
-    if request.method not in UNSAFE_METHODS or request.headers.get("authorization", "")[:7].lower() == "bearer ":
+    if request.method not in UNSAFE_METHODS or bearer_token(request) is not None:
         return  # a page cannot make a browser send a Bearer token (it may resend Basic credentials)
     given = request.headers.get(CSRF_HEADER)
     if given is None and request.headers.get("content-type", "").startswith(
-        ("application/x-www-form-urlencoded", "multipart/form-data")
+        (FORM_TYPE.decode(), "multipart/form-data")
     ):
         form = await request.form()  # parsed once: the route's Form() fields reuse it
         value = form.get(CSRF_FIELD)
@@ -228,5 +236,3 @@ async def require_csrf_token(request: Request) -> None:
     if not given or not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         raise BadCsrfToken()
 
-
-CsrfToken = Annotated[None, Depends(require_csrf_token)]

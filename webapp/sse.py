@@ -16,12 +16,13 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Message, Receive, Scope, Send
 
 from .models import TurnEvent
+from .pagination import MAX_INDEX
 
 PING_SECONDS = 15
 STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
 
 
-MAX_SEQ = 10**9  # far past any reply's last event, well inside a Redis stream id
+MAX_SEQ = MAX_INDEX  # far past any reply's last event, well inside a Redis stream id
 
 
 def parse_last_event_id(value: str | None) -> tuple[str | None, int]:

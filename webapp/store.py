@@ -202,9 +202,7 @@ class Store:
         Returns each window's count including this hit; whether that is too many is the caller's call.
         """
         async with self.redis.pipeline(transaction=False) as pipe:
-            for name, key, window, seconds in hits:
-                pipe.incr(_limit_key(name, key, window))
-                pipe.expire(_limit_key(name, key, window), seconds + 30)
+            _count_hits(pipe, hits)
             results = await pipe.execute()
         return [int(count) for count in results[0::2]]
 
@@ -533,9 +531,7 @@ class Store:
             pipe.hgetall(_meta_key(sid))
             pipe.set(_lock_key(sid), turn_id, nx=True, ex=self.turn_timeout)
             pipe.llen(_messages_key(sid))
-            for name, key, window, seconds in hits:
-                pipe.incr(_limit_key(name, key, window))
-                pipe.expire(_limit_key(name, key, window), seconds + 30)
+            _count_hits(pipe, hits)
             meta, locked, length, *counts = await pipe.execute()
         return TurnLock(meta=meta, locked=bool(locked), length=int(length), counts=[int(c) for c in counts[0::2]])
 
@@ -767,6 +763,14 @@ class Store:
         await self.restore_conversation(conversation, messages, copy.get("versions"), copy.get("forks"))
         await self.redis.delete(_trash_key(sid))
         return conversation
+
+
+def _count_hits(pipe: Any, hits: list[tuple[str, str, int, int]]) -> None:
+    """INCR each (limit name, key, window number, window seconds) counter; it expires with its window.
+    Each adds two replies to the pipeline: the count, then the EXPIRE's."""
+    for name, key, window, seconds in hits:
+        pipe.incr(_limit_key(name, key, window))
+        pipe.expire(_limit_key(name, key, window), seconds + 30)
 
 
 def _event_fields(event: TurnEvent) -> dict[str, str]:

@@ -27,14 +27,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .config import Settings
 from .context import build_context, validate_message
 from .errors import (
-    MessageNotFound, NothingToRegenerate, RateLimited, SessionNotFound, TurnRunning, VersionLimit,
+    MessageNotFound, NothingToRegenerate, SessionNotFound, TurnRunning, VersionLimit,
 )
 from .i18n import Lang, t
-from .limits import Limit
+from .limits import Limit, active, refuse_if_over
 from .llm import Provider, UpstreamError
 from .metrics import Metrics
 from .models import (
-    TERMINAL, WELCOME, Conversation, Message, TurnEvent, TurnInfo, new_id, new_message_id, now_iso,
+    TERMINAL, WELCOME, Conversation, Message, TurnEvent, TurnInfo, TurnLock, new_id, new_message_id, now_iso,
 )
 from .roles import Role, get_role, role_or_default
 from .store import Store
@@ -57,7 +57,6 @@ class Started:
     conversation: Conversation
     user_message: Message | None  # the message this request stored; None for a retry or a repeat
     duplicate: bool = False
-    run: "TurnRun | None" = None
 
 
 @dataclass
@@ -220,6 +219,20 @@ class TurnWriter:
 
     # starting -----------------------------------------------------------
 
+    async def lock_conversation(self, session_id: str, user_id: str, holder: str, *,
+                                hits: list[tuple[str, str, int, int]] | None = None) -> TurnLock:
+        """Take the conversation's lock for `holder` (a turn, or a version switch), checking ownership in the
+        same round trip: 404 for a conversation that is not the user's, 409 while another holds it.
+        The caller gives it back with store.release_lock(session_id, holder)."""
+        lock = await self.store.lock_turn(session_id, turn_id=holder, hits=hits or [])
+        if not lock.meta or lock.meta.get("user_id") != user_id:
+            if lock.locked:
+                await self.store.release_lock(session_id, holder)
+            raise SessionNotFound()
+        if not lock.locked:
+            raise TurnRunning()
+        return lock
+
     async def start_turn(
         self, session_id: str, user_id: str, text: str | None, role_id: str | None, lang: Lang,
         client_ip: str = "", *, request_id: str | None = None,
@@ -259,9 +272,8 @@ class TurnWriter:
 
         def plan(conversation: Conversation, state: BranchState | None) -> tuple[int | None, str | None]:
             assert state is not None
-            if not state.messages or Message.from_json(state.messages[0]).id != message_id:
-                raise MessageNotFound()
-            if Message.from_json(state.messages[0]).role != "user":
+            edited = state.message(state.index)
+            if edited is None or edited.id != message_id or edited.role != "user":
                 raise MessageNotFound()
             return state.index, text
 
@@ -321,20 +333,11 @@ class TurnWriter:
         turn_id: str, *, locate: Callable[[], Awaitable[int]] | None, fork_last: bool,
     ) -> Started:
         now = time.time()
-        limits = [(limit, key) for limit, key in ((self.turns_per_user, user_id), (self.turns_per_ip, client_ip))
-                  if limit.per_window and key]
-        hits = [(limit.name, key, int(now // limit.window_seconds), limit.window_seconds) for limit, key in limits]
-        lock = await self.store.lock_turn(session_id, turn_id=turn_id, hits=hits)
-        if not lock.meta or lock.meta.get("user_id") != user_id:
-            if lock.locked:
-                await self.store.release_lock(session_id, turn_id)
-            raise SessionNotFound()
-        if not lock.locked:
-            raise TurnRunning()
+        checks = active((self.turns_per_user, user_id), (self.turns_per_ip, client_ip))
+        lock = await self.lock_conversation(session_id, user_id, turn_id,
+                                            hits=[limit.counter(key, now) for limit, key in checks])
         try:
-            for (limit, _), count in zip(limits, lock.counts):
-                if count > limit.per_window:
-                    raise RateLimited(retry_after=int(limit.window_seconds - now % limit.window_seconds) + 1)
+            refuse_if_over(checks, lock.counts, now)
             conversation = Conversation.from_hash(session_id, lock.meta)
             conversation.message_count = lock.length  # (messages expire before the metadata does)
             state = None
@@ -344,11 +347,10 @@ class TurnWriter:
                 state = await self.store.read_branch(session_id, await locate())
             fork_index, text = plan(conversation, state)
             if fork_index is not None:
-                branch = state if state is not None and state.index == fork_index else \
-                    await self.store.read_branch(session_id, fork_index)
-                before = await self.store.message_at(session_id, fork_index - 1) if fork_index > 0 else None
+                assert state is not None  # a plan forks only where the state it was given reaches
+                before = state.message(fork_index - 1) or await self.store.message_at(session_id, fork_index - 1)
                 try:
-                    change = fork(branch)
+                    change = fork(state.from_index(fork_index))
                 except TooManyVersions:
                     raise VersionLimit() from None
                 conversation.preview = make_preview(before.content) if before else ""
@@ -375,7 +377,7 @@ class TurnWriter:
         self.runs[turn_id] = run
         run.task = asyncio.create_task(self._generate(run, messages), name=f"turn-{turn_id}")
         self.metrics.turn_started()
-        return Started(id=turn_id, conversation=conversation, user_message=message, run=run)
+        return Started(id=turn_id, conversation=conversation, user_message=message)
 
     # generating ---------------------------------------------------------
 

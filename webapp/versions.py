@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from .models import Message
+
 Tail = dict  # {"messages": [message objects], "forks": {index: fork object}, "versions": {index: "a/c"}}
 
 MAX_VERSIONS = 50  # versions of one message
@@ -35,6 +37,17 @@ class BranchState:
     messages: list[str]  # raw JSON of the messages at index, index+1, ...
     forks: dict[int, str] = field(default_factory=dict)  # fork JSON at index and after
     versions: dict[int, str] = field(default_factory=dict)  # "active/count" at index and after
+
+    def message(self, index: int) -> "Message | None":
+        """The message at list `index`, if this state reaches it."""
+        offset = index - self.index
+        return Message.from_json(self.messages[offset]) if 0 <= offset < len(self.messages) else None
+
+    def from_index(self, index: int) -> "BranchState":
+        """The same branch from a later `index` on (no second read from Redis)."""
+        return BranchState(index=index, messages=self.messages[index - self.index:],
+                           forks={j: f for j, f in self.forks.items() if j >= index},
+                           versions={j: v for j, v in self.versions.items() if j >= index})
 
 
 @dataclass

@@ -12,6 +12,7 @@ from ..deps import (
 )
 from ..i18n import t
 from ..ids import check_id
+from ..pagination import MAX_INDEX
 from ..roles import BUILTIN_ROLES
 from ..schemas import (
     HistoryMessage, HistoryOut, MessageOut, MessagePage, RoleOut, SessionIn, SessionOut, SessionPage,
@@ -20,7 +21,6 @@ from ..schemas import (
 
 router = APIRouter()
 
-MAX_LIST_INDEX = 10**9  # far past any conversation, well inside Redis's integer range
 RequestId = Annotated[str | None, Header(alias="Idempotency-Key", max_length=100,
                                          description="a client request id: a repeat starts nothing new")]
 
@@ -95,7 +95,7 @@ async def list_messages(
     conversation: OwnedConversation,
     conversations: ConversationsDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    before: Annotated[int | None, Query(ge=0, le=MAX_LIST_INDEX)] = None,
+    before: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
 ) -> MessagePage:
     """The active branch, a page at a time; each message says which of its versions it is."""
     messages, first_index, total = await conversations.message_page(conversation, limit=limit, before=before)
@@ -109,7 +109,7 @@ async def list_messages(
 
 @router.post("/api/sessions/{session_id}/messages/{index}/version", response_model=SessionOut,
              tags=["sessions"])
-async def choose_version(conversation: OwnedConversation, index: Annotated[int, Path(ge=1, le=MAX_LIST_INDEX)],
+async def choose_version(conversation: OwnedConversation, index: Annotated[int, Path(ge=1, le=MAX_INDEX)],
                          body: VersionIn, conversations: ConversationsDep) -> SessionOut:
     """Show version `version` (1-based) of the message at list `index`; later turns see that branch."""
     return SessionOut.of(await conversations.switch_version(conversation, index, body.version))

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Form, Request, Response
 
 from ..deps import SIGNIN_COOKIE, AccountsDep, ClientIp
 from ..error_handlers import PAGE_TAG
-from ..errors import ChatError, RateLimited
+from ..errors import ChatError
 from ..htmx import ViewDep, View, local_path, see_other
 from ..i18n import t
 
@@ -31,8 +31,7 @@ def auth_page(view: View, action: str, *, next: str = "/", username: str = "", e
         username=username, error=t(error.key, view.lang, **error.params) if error else "", notice=notice,
         allow_signup=settings.allow_signup,
     )
-    if isinstance(error, RateLimited):
-        response.headers["Retry-After"] = str(error.retry_after)
+    response.headers.update(error.headers if error else {})
     return response
 
 

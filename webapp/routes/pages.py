@@ -25,21 +25,21 @@ from ..htmx import ViewDep, View, local_path, see_other
 from ..i18n import LANG_COOKIE, t
 from ..ids import UUID_PATTERN
 from ..models import Conversation
+from ..pagination import MAX_INDEX
 from ..roles import BUILTIN_ROLES, role_or_default
 
 MESSAGE_PAGE = 30
 REFRESH_SECONDS = 2  # a page without JavaScript reloads itself this often while a reply is written
 LANG_COOKIE_MAX_AGE = 400 * 86400
-MAX_LIST_INDEX = 10**9
 
 router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
 
 FormText = Annotated[str, Form()]
 RequestIdField = Annotated[str, Form(max_length=100)]
-MessageIndex = Annotated[int, Path(ge=1, le=10**9)]
+MessageIndex = Annotated[int, Path(ge=1, le=MAX_INDEX)]
 Query200 = Annotated[str, Query(max_length=200)]
 DeletedId = Annotated[str | None, Query(pattern=UUID_PATTERN)]
-Before = Annotated[int | None, Query(ge=0, le=MAX_LIST_INDEX)]
+Before = Annotated[int | None, Query(ge=0, le=MAX_INDEX)]
 
 
 # what templates get ------------------------------------------------------------------
@@ -148,7 +148,7 @@ async def switch_language(view: ViewDep, lang: FormText = "", next: FormText = "
 
 @router.get("/c/{session_id}/messages")
 async def older_messages(view: ViewDep, conversation: OwnedConversation, conversations: ConversationsDep,
-                         before: Annotated[int, Query(ge=0, le=MAX_LIST_INDEX)]) -> Response:
+                         before: Annotated[int, Query(ge=0, le=MAX_INDEX)]) -> Response:
     """The page of messages before list index `before` (scrolling up)."""
 
     async def values() -> dict[str, Any]:
