@@ -6,7 +6,9 @@ one (`ctx=N ... last=...`), so every test can check that the model saw exactly t
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +16,11 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import create_session, messages_of, parse_reply, read_events, unique
+from tests.conftest import (
+    RedisServer, _start_app, _stop_app, create_session, iter_sse, messages_of, page_token, parse_reply, read_events,
+    unique,
+)
+from tests.fake_upstream import ThreadedFakeUpstream
 
 
 def send(client: httpx.Client, session_id: str, text: str, **headers: str) -> dict[str, Any]:
@@ -240,3 +246,64 @@ def test_regenerate_works_after_the_messages_expired_before_the_metadata(
     assert again.ended
     items = branch(client, sid)
     assert [m["role"] for m in items] == ["user", "assistant"] and items[-1]["versions"] == 2
+
+
+def test_another_users_ids_reach_no_version_control(make_client: Callable[..., httpx.Client]) -> None:
+    owner, stranger = make_client(), make_client()
+    sid = create_session(owner)["id"]
+    first = send(owner, sid, "mine alone")
+    follow(owner, owner.post(f"/api/turns/{first['turn_id']}/regenerate"))
+    before = branch(owner, sid)
+    question = before[1]
+    create_session(stranger)
+    token = page_token(stranger)
+    tries = [
+        stranger.post(f"/api/turns/{first['turn_id']}/regenerate"),
+        stranger.patch(f"/api/messages/{question['id']}", json={"content": "taken over"}),
+        stranger.post(f"/api/sessions/{sid}/messages/2/version", json={"version": 1}),
+        stranger.post(f"/c/{sid}/regenerate", headers={"X-CSRF-Token": token}),
+        stranger.get(f"/c/{sid}/messages/1/edit"),
+        stranger.post(f"/c/{sid}/messages/1/edit", data={"message": "taken over", "message_id": question["id"]},
+                      headers={"X-CSRF-Token": token}),
+        stranger.post(f"/c/{sid}/messages/2/version", data={"to": "1"}, headers={"X-CSRF-Token": token}),
+    ]
+    assert [t.status_code for t in tries] == [404] * len(tries)
+    assert all("mine alone" not in t.text for t in tries)
+    assert branch(owner, sid) == before
+
+
+def test_a_regenerate_killed_mid_reply_keeps_both_versions(
+    redis_server: RedisServer, upstream: ThreadedFakeUpstream, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """SIGKILL of the host mid-regenerate: once its lock lapses, a reader on another host saves what
+    was streamed as an interrupted version 2; version 1 stays reachable; the conversation is usable."""
+    settings = {"REDIS_URL": redis_server.url, "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
+                "TURN_TIMEOUT_SECONDS": "10", "STREAM_FLUSH_MS": "50"}
+    doomed = _start_app(tmp_path_factory.mktemp("doomed"), settings)
+    try:
+        client = httpx.Client(base_url=doomed.base_url, timeout=30)
+        sid = create_session(client)["id"]
+        first = send(client, sid, "kill the second answer [[tokens:200]] [[delay:30]]")
+        turn = client.post(f"/api/turns/{first['turn_id']}/regenerate",
+                           headers={"Idempotency-Key": unique("k")})
+        with client.stream("GET", turn.json()["events_url"]) as events:
+            for seen, _ in enumerate(iter_sse(events)):
+                if seen == 5:
+                    break
+        time.sleep(0.2)  # (one flush of the stream)
+        doomed.process.send_signal(signal.SIGKILL)
+        doomed.process.wait()
+    finally:
+        _stop_app(doomed)
+    survivor = _start_app(tmp_path_factory.mktemp("survivor"), settings)
+    try:
+        other = httpx.Client(base_url=survivor.base_url, timeout=60, cookies=client.cookies)
+        recovered = read_events(other, turn.json()["events_url"])
+        assert recovered.errors and not recovered.ended
+        items = branch(other, sid)
+        assert items[-1]["status"] == "interrupted" and (items[-1]["version"], items[-1]["versions"]) == (2, 2)
+        assert other.post(f"/api/sessions/{sid}/messages/2/version", json={"version": 1}).status_code == 200
+        assert branch(other, sid)[-1]["content"] == first["text"]
+        assert send(other, sid, "still usable")["ended"]
+    finally:
+        _stop_app(survivor)
