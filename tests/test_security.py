@@ -44,6 +44,12 @@ ROUTES = [
     Route("POST", "/login", page=False, form={"username": "someone", "password": "a password"}),
     Route("POST", "/signup", page=False, form={"username": "someone", "password": "a password"}),
     Route("POST", "/logout", page=False),
+    Route("POST", "/c/{sid}/regenerate", page=True),
+    Route("POST", "/c/{sid}/messages/1/edit", page=True, form={"message": "forged edit", "message_id": "m_0"}),
+    Route("POST", "/c/{sid}/messages/2/version", page=True, form={"to": "1"}),
+    Route("POST", "/api/turns/{tid}/regenerate", page=False),
+    Route("PATCH", "/api/messages/m_0000000000000000", page=False, json={"content": "forged edit"}),
+    Route("POST", "/api/sessions/{sid}/messages/2/version", page=False, json={"version": 1}),
     Route("POST", "/chat/start", page=False),
     Route("GET", "/chat/stream", page=False, params={"session_id": "{sid}", "message": "forged turn"}),
     Route("POST", "/api/sessions", page=False, json={}),
@@ -99,6 +105,7 @@ def test_state_changing_requests_from_another_site_are_refused_and_change_nothin
             refused += 1
     assert state_of(client, sid) == before
     print(f"cross-site: {refused} of {tried} forged requests refused")
+    assert tried == 4 * len(ROUTES)
 
 
 def test_web_ui_routes_refuse_a_missing_or_foreign_token_and_change_nothing(
