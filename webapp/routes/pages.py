@@ -42,6 +42,16 @@ DeletedId = Annotated[str | None, Query(pattern=UUID_PATTERN)]
 Before = Annotated[int | None, Query(ge=0, le=MAX_INDEX)]
 
 
+def typed(text: str) -> str:
+    """Text from a textarea as the user typed it: browsers send its newlines as CRLF."""
+    return text.replace("\r\n", "\n")
+
+
+def page_ending_at(conversation: Conversation, index: int) -> int | None:
+    """The `before` of the page whose last message is at `index` (None: the newest page)."""
+    return index + 1 if index + 1 < conversation.message_count else None
+
+
 # what templates get ------------------------------------------------------------------
 
 def pane_values(pane: ConversationView, *, max_chars: int, demo: bool) -> dict[str, Any]:
@@ -165,10 +175,11 @@ async def send_message(view: ViewDep, conversation: OwnedConversation, user: Cur
                        conversations: ConversationsDep, writer: WriterDep,
                        message: FormText = "", request_id: RequestIdField = "") -> Response:
     """Start a turn: the user's bubble plus a reply bubble that streams (or, without JS, a redirect)."""
-    text = message.replace("\r\n", "\n")  # browsers send textarea newlines as CRLF
+    text = typed(message)
     was_empty = conversation.untouched
     try:
-        run = await writer.start_turn(conversation.id, user, text, None, view.lang, client_ip(view.request), request_id=request_id or None)
+        run = await writer.start_turn(conversation.id, user, text, None, view.lang, client_ip(view.request),
+                                      request_id=request_id or None)
     except ChatError as exc:
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, draft=text, form_error=error_text, status=status))
@@ -199,7 +210,8 @@ async def regenerate(view: ViewDep, conversation: OwnedConversation, user: Curre
                      request_id: RequestIdField = "") -> Response:
     """A new reply to the last message (the earlier one stays as a version); also Retry after an error."""
     try:
-        await writer.regenerate(conversation.id, user, view.lang, client_ip(view.request), request_id=request_id or None)
+        await writer.regenerate(conversation.id, user, view.lang, client_ip(view.request),
+                                request_id=request_id or None)
     except ChatError as exc:
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, form_error=error_text, status=status))
@@ -216,7 +228,7 @@ async def edit_message_form(view: ViewDep, conversation: OwnedConversation, user
         "partials/message_edit.html",
         {"conv": conversation, "m": message, "idx": index, "max_chars": settings.max_message_chars},
         lambda: render_conversation(view, conversations, conversation, user, editing_index=index,
-                                    before=index + 1 if index + 1 < conversation.message_count else None),
+                                    before=page_ending_at(conversation, index)),
     )
 
 
@@ -226,13 +238,14 @@ async def edit_message(view: ViewDep, conversation: OwnedConversation, user: Cur
                        message: FormText = "", message_id: FormText = "",
                        request_id: RequestIdField = "") -> Response:
     """Save the edited text as a new version of the message and send it; what followed stays a version."""
-    text = message.replace("\r\n", "\n")
+    text = typed(message)
     try:
-        await writer.edit(conversation.id, user, message_id, text, view.lang, client_ip(view.request), request_id=request_id or None)
+        await writer.edit(conversation.id, user, message_id, text, view.lang, client_ip(view.request),
+                          request_id=request_id or None)
     except ChatError as exc:
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, editing_index=index, edit_text=text, edit_error=error_text,
-            status=status, before=index + 1 if index + 1 < conversation.message_count else None))
+            status=status, before=page_ending_at(conversation, index)))
     return await pane_after(view, conversations, conversation, {"HX-Trigger": "sessions-changed"})
 
 
