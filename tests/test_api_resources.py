@@ -9,6 +9,7 @@ import httpx
 import redis
 
 from tests.conftest import (
+    KEYS,
     WELCOME,
     api_turn,
     create_session,
@@ -111,7 +112,7 @@ def test_paging_never_skips_sessions_with_the_same_activity_time(
     chat = start_chat(client)
     created = [chat["session_id"]] + [create_session(client)["id"] for _ in range(4)]
     # sessions touched in the same millisecond (a burst, an import) share an activity score
-    index = f"chat:user:{chat['user_id']}:sessions"
+    index = KEYS.index(chat["user_id"])
     score = redis_client.zscore(index, created[-1])
     redis_client.zadd(index, dict.fromkeys(created, score))
 
@@ -235,14 +236,14 @@ def test_conversation_keys_expire_after_7_and_30_days(
     turn = stream_turn(client, chat, "keep me a week")
     sid, uid = chat["session_id"], chat["user_id"]
 
-    messages_ttl = redis_client.ttl(f"chat:session:{sid}:messages")
-    index_ttl = redis_client.ttl(f"chat:user:{uid}:sessions")
-    meta_ttl = redis_client.ttl(f"chat:session:{sid}")
+    messages_ttl = redis_client.ttl(KEYS.messages(uid, sid))
+    index_ttl = redis_client.ttl(KEYS.index(uid))
+    meta_ttl = redis_client.ttl(KEYS.meta(uid, sid))
 
     assert 7 * DAY - 120 <= messages_ttl <= 7 * DAY
     assert 30 * DAY - 120 <= index_ttl <= 30 * DAY
     assert 30 * DAY - 120 <= meta_ttl <= 30 * DAY
-    stored = [json.loads(raw) for raw in redis_client.lrange(f"chat:session:{sid}:messages", 0, -1)]
+    stored = [json.loads(raw) for raw in redis_client.lrange(KEYS.messages(uid, sid), 0, -1)]
     fields = {"id", "role", "content", "ts", "status"}
     assert [set(m) for m in stored] == [fields | {"k"}, fields, fields]  # the welcome says it is one
     assert stored[0]["k"] == "welcome"

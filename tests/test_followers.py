@@ -18,6 +18,7 @@ from tests.conftest import (
     unique, wait_until,
 )
 from webapp.followers import StreamFollower, Subscription
+from webapp.keys import TurnRef
 from webapp.models import TurnEvent, new_id
 from webapp.store import Store
 
@@ -53,8 +54,9 @@ def test_a_subscription_that_joins_behind_gets_no_gap(redis_server: RedisServer)
     async def body(store: Store) -> None:
         follower = StreamFollower(store)
         ahead, behind = Subscription(3), Subscription(1)
-        follower.subscriptions["t"] = {ahead, behind}
-        follower.deliver({"t": 3}, {"t": chunks(4, 5)})
+        turn = TurnRef("u_test", "t")
+        follower.subscriptions[turn] = {ahead, behind}
+        follower.deliver({turn: 3}, {turn: chunks(4, 5)})
         assert [e.seq for e in ahead.pending] == [4, 5]
         assert behind.pending == [] and behind.position == 1
 
@@ -64,7 +66,7 @@ def test_a_subscription_that_joins_behind_gets_no_gap(redis_server: RedisServer)
 def test_readers_joining_at_different_places_each_get_every_event_once(redis_server: RedisServer) -> None:
     async def body(store: Store) -> None:
         follower = StreamFollower(store, block_ms=300)
-        turn_id = new_id()
+        turn_id = TurnRef("u_test", new_id())
         await store.append_events([(turn_id, chunks(1, 3))])
         ahead = await follower.subscribe(turn_id, 3)
         await asyncio.sleep(0.1)  # the follower now blocks in XREAD from seq 3
@@ -175,7 +177,7 @@ def test_a_reader_joining_late_gets_the_whole_reply_and_then_the_rest(
 def test_the_follower_keeps_following_through_a_redis_restart(redis_server: RedisServer) -> None:
     async def body(store: Store) -> None:
         follower = StreamFollower(store, block_ms=300)
-        turn_id = new_id()
+        turn_id = TurnRef("u_test", new_id())
         await store.append_events([(turn_id, chunks(1, 2))])
         subscription = await follower.subscribe(turn_id, 2)
         await asyncio.sleep(0.1)  # blocked in XREAD

@@ -11,14 +11,14 @@ from webapp.store import Store
 def test_a_late_release_leaves_the_lock_another_turn_has_taken(redis_server: RedisServer) -> None:
     async def body(store: Store) -> None:
         sid = new_id()
-        first = await store.lock_turn(sid, turn_id="turn-a", hits=[])
+        first = await store.lock_turn("u_test", sid, turn_id="turn-a", hits=[])
         assert first.locked
-        await store.redis.delete(f"chat:session:{sid}:lock")  # turn-a's lock expired...
-        second = await store.lock_turn(sid, turn_id="turn-b", hits=[])
+        await store.redis.delete(store.keys.lock("u_test", sid))  # turn-a's lock expired...
+        second = await store.lock_turn("u_test", sid, turn_id="turn-b", hits=[])
         assert second.locked  # ...and turn-b took the conversation
-        await store.release_lock(sid, "turn-a")  # turn-a's late release
-        assert await store.lock_holder(sid) == "turn-b"
-        await store.release_lock(sid, "turn-b")
-        assert await store.lock_holder(sid) is None
+        await store.release_lock("u_test", sid, "turn-a")  # turn-a's late release
+        assert await store.lock_holder("u_test", sid) == "turn-b"
+        await store.release_lock("u_test", sid, "turn-b")
+        assert await store.lock_holder("u_test", sid) is None
 
     run_with_store(redis_server, body)

@@ -10,6 +10,7 @@ import httpx
 import redis
 
 from tests.conftest import (
+    KEYS, TurnRef, owner_of,
     SYSTEM_PROMPTS,
     WELCOME,
     api_turn,
@@ -268,7 +269,7 @@ def test_session_deleted_during_a_turn_stays_deleted(
     history = client.get("/chat/history", params={"user_id": chat["user_id"], "session_id": sid})
     assert history.status_code == 404
     # nothing of it is left behind in Redis to live forever
-    leftovers = [k for k in redis_client.keys(f"chat:session:{sid}*") if redis_client.ttl(k) == -1]
+    leftovers = [k for k in redis_client.keys(f"{KEYS.owner(chat['user_id'])}:*{sid}*") if redis_client.ttl(k) == -1]
     assert leftovers == []
 
 
@@ -277,7 +278,7 @@ def test_a_conversation_in_use_does_not_expire(
 ) -> None:
     chat = start_chat(client)
     stream_turn(client, chat, "first")
-    messages_key = f"chat:session:{chat['session_id']}:messages"
+    messages_key = KEYS.messages(chat["user_id"], chat["session_id"])
     redis_client.expire(messages_key, 60)  # as if the last visit was almost 7 days ago
 
     stream_turn(client, chat, "back again")
@@ -293,10 +294,11 @@ def test_deleting_a_conversation_stops_its_reply_and_leaves_nothing_behind(clien
     started = post_turn(client, session["id"], unique("bye") + " [[tokens:300]] [[delay:20]]").json()
     time.sleep(0.3)
     assert client.delete(f"/api/sessions/{session['id']}").status_code == 204
-    turn_key = f"chat:turn:{started['turn_id']}"
+    uid = owner_of(redis_client, session["id"])
+    turn_key = KEYS.turn(TurnRef(uid, started["turn_id"]))
     wait_until(lambda: redis_client.hget(turn_key, "status") == "interrupted", timeout=5)
-    assert not redis_client.exists(f"chat:session:{session['id']}")
-    assert not redis_client.exists(f"chat:session:{session['id']}:messages")
+    assert not redis_client.exists(KEYS.meta(uid, session["id"]))
+    assert not redis_client.exists(KEYS.messages(uid, session["id"]))
     assert client.get(f"/api/sessions/{session['id']}").status_code == 404
 
 

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.conftest import (
+    KEYS, owner_of,
     RedisServer, _start_app, _stop_app, create_session, iter_sse, messages_of, page_token, parse_reply, read_events,
     unique,
 )
@@ -168,8 +169,9 @@ def test_a_turns_redis_cost_stays_the_same_with_versions(client: httpx.Client, r
     sid = create_session(client)["id"]
     first = send(client, sid, "cost")
     follow(client, client.post(f"/api/turns/{first['turn_id']}/regenerate"))
-    assert redis_client.hlen(f"chat:session:{sid}:forks") == 1
-    assert redis_client.llen(f"chat:session:{sid}:messages") == 3
+    uid = owner_of(redis_client, sid)
+    assert redis_client.hlen(KEYS.forks(uid, sid)) == 1
+    assert redis_client.llen(KEYS.messages(uid, sid)) == 3
 
 
 def test_stop_regenerate_and_edit_from_two_tabs_leave_one_consistent_history(
@@ -239,7 +241,7 @@ def test_regenerate_works_after_the_messages_expired_before_the_metadata(
     # messages live 7 days, the conversation's metadata 30: its stored count can be ahead of the list
     sid = create_session(client)["id"]
     send(client, sid, "long ago")
-    redis_client.delete(f"chat:session:{sid}:messages")
+    redis_client.delete(KEYS.messages(owner_of(redis_client, sid), sid))
     fresh = send(client, sid, "back again")
     assert parse_reply(fresh["text"])["ctx"] == 1
     again = follow(client, client.post(f"/api/turns/{fresh['turn_id']}/regenerate"))

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis
 
-from tests.conftest import REPO_ROOT, AppServer, unique
+from tests.conftest import KEYS, REPO_ROOT, AppServer, owner_of, unique
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -116,5 +116,6 @@ def add_message(redis_client: redis.Redis, session_id: str, role: str, content: 
     """Put a message straight into a conversation (e.g. Markdown a model might write)."""
     message = {"id": "m_" + unique("x")[2:], "role": role, "content": content,
                "ts": "2025-01-02T03:04:05.000+00:00", "status": status}
-    redis_client.rpush(f"chat:session:{session_id}:messages", orjson.dumps(message))
-    redis_client.hincrby(f"chat:session:{session_id}", "count", 1)
+    uid = owner_of(redis_client, session_id)
+    redis_client.rpush(KEYS.messages(uid, session_id), orjson.dumps(message))
+    redis_client.hincrby(KEYS.meta(uid, session_id), "count", 1)

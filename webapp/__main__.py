@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import logging
 import os
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +58,8 @@ class EmbeddedRedis:
         self.socket = self.dir / "redis.sock"
         self.pidfile = self.dir / "redis.pid"
         self.process: subprocess.Popen[bytes] | None = None
+        self.stopping = threading.Event()
+        self.restarts = 0
 
     @property
     def url(self) -> str:
@@ -112,9 +116,57 @@ class EmbeddedRedis:
             time.sleep(0.05)
         log.info("embedded redis-server on %s (AOF in %s)", self.socket, self.dir)
 
+    def supervise(self, poll_seconds: float = 0.2) -> None:
+        """Restart the server from its AOF whenever it exits without being asked to (OOM killer, a
+        crash, a stray kill): the app's clients reconnect by themselves, nobody has to restart the app."""
+        def watch() -> None:
+            while not self.stopping.wait(poll_seconds):
+                process = self.process
+                if process is None or process.poll() is None:
+                    continue
+                if self.stopping.is_set():
+                    return
+                self.restarts += 1
+                log.error("embedded redis-server exited (code %s); restarting it from its AOF", process.returncode)
+                try:
+                    self.start()
+                except SystemExit as exc:
+                    log.error("restarting the embedded redis-server failed: %s", exc)
+                    self.stopping.wait(1)
+
+        threading.Thread(target=watch, name="redis-supervisor", daemon=True).start()
+
     def stop(self) -> None:
+        self.stopping.set()
         stop_process(self.process)
         self.process = None
+
+
+async def preflight(settings: Settings) -> str:
+    """One line saying why the app must not start on this Redis (a policy that evicts accounts and
+    conversations), or "". An unreachable Redis is not a reason: the app starts and /readyz says so."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from .main import RedisRefused, check_redis
+    from .redis_client import create_redis, detect_cluster
+    from .store import Store
+
+    try:
+        cluster = await detect_cluster(settings)
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        log.warning("Redis is not reachable yet (%s)", exc)
+        return ""
+    redis = create_redis(settings, bounded=True, cluster=cluster)
+    try:
+        await check_redis(Store(redis, conversation_ttl=1, index_ttl=1, turn_timeout=1, cluster=cluster), settings)
+    except RedisRefused as exc:
+        return str(exc)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("Redis is not reachable yet (%s)", exc)
+    finally:
+        await redis.aclose()
+    return ""
 
 
 def serve(settings: Settings) -> None:
@@ -208,7 +260,15 @@ def main() -> int:
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.data_dir)
         embedded.start()
+        embedded.supervise()
         os.environ["REDIS_URL"] = embedded.url
+        settings.redis_url = embedded.url
+    problem = asyncio.run(preflight(settings))
+    if problem:
+        print(problem, file=sys.stderr)
+        if embedded:
+            embedded.stop()
+        return 2
     if settings.demo_mode:
         log.warning("OPENAI_API_KEY is not set: replies come from the offline demo model")
     # SIGTERM (PaaS stop) shuts down like Ctrl-C, so the embedded Redis is stopped below

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from functools import lru_cache
@@ -22,6 +23,13 @@ class Settings(BaseSettings):
     openai_model: str = "gpt-4o-mini"
     openai_timeout: float = Field(60.0, gt=0, description="seconds to wait for the next token")
     redis_url: str = ""
+    redis_cluster: bool | None = Field(None, description="REDIS_URL names a Cluster node; unset: ask the server")
+    redis_sentinels: str = Field("", description="host:port,... of Redis Sentinels (or a redis+sentinel:// URL)")
+    redis_sentinel_master: str = Field("mymaster", description="the master name the sentinels watch")
+    redis_prefix: str = Field("chat:", pattern=r"^[A-Za-z0-9_.:-]{1,40}$", description="start of every key")
+    allow_evicting_redis: bool = Field(
+        False, description="start even when Redis may evict keys without a TTL (allkeys-*): data can vanish"
+    )
     redis_max_connections: int = Field(64, ge=2, le=10000, description="pool size for commands (per worker)")
     redis_socket_timeout: float = Field(0, ge=0, description="seconds per Redis command; 0 = none")
     data_dir: Path = Path("./data")
@@ -43,6 +51,9 @@ class Settings(BaseSettings):
     stream_coalesce_ms: int = Field(40, ge=0, le=1000)
     stream_flush_ms: int = Field(100, ge=1, le=2000, description="how often reply chunks are written to Redis")
     turn_timeout_seconds: int = Field(600, ge=10)
+    turn_lease_seconds: float = Field(
+        5.0, ge=1, le=60, description="a killed host's turns are saved as interrupted this long after it stopped"
+    )
     # who a caller is: anonymous cookies (zero set-up), accounts (sign-in), or a trusted SSO proxy's header
     auth: Literal["anonymous", "accounts", "proxy"] = "anonymous"
     allow_signup: bool = Field(True, description="accounts mode: anyone may create an account (else create-user)")
@@ -58,6 +69,7 @@ class Settings(BaseSettings):
     sign_ins_per_account_per_minute: int = Field(5, ge=0)
     signups_per_ip_per_hour: int = Field(5, ge=0)
     max_conversations_per_user: int = Field(2000, ge=0)
+    max_messages_per_conversation: int = Field(2000, ge=0, description="a full conversation refuses new turns")
     max_streams_per_user: int = Field(20, ge=0, description="open SSE connections per identity, per worker")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body accepted")
     readyz_token: str = Field("", description="when set, /readyz?upstream=1 needs Authorization: Bearer <token>")
@@ -65,8 +77,8 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if value and not value.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         return value
 
     @field_validator("openai_base_url")
@@ -148,6 +160,12 @@ def load_settings() -> Settings:
             "(anyone could then name any user)"
         )
     if not settings.secret_key:
+        if settings.redis_url:  # a shared Redis suggests several hosts; each would make its own key
+            logging.getLogger("webapp").warning(
+                "SECRET_KEY is not set: this host signs cookies with a key of its own (in %s), which other "
+                "hosts on the same Redis will not accept; set the same SECRET_KEY on every host",
+                settings.data_dir / "secret_key",
+            )
         settings.secret_key = _secret_from_data_dir(settings.data_dir)
     elif len(settings.secret_key) < MIN_SECRET_CHARS:
         raise SettingsError(f"Invalid value for SECRET_KEY: use at least {MIN_SECRET_CHARS} characters")

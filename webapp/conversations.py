@@ -100,14 +100,14 @@ class Conversations:
 
     async def owned(self, session_id: str, user_id: str) -> Conversation:
         """The conversation if the user owns it; 404 for an unknown one and someone else's alike."""
-        conversation = await self.store.get_conversation(check_id(session_id))
-        if conversation is None or conversation.user_id != user_id:
+        conversation = await self.store.get_conversation(user_id, check_id(session_id))
+        if conversation is None:
             raise SessionNotFound()
         return conversation
 
     async def of_message(self, message_id: str, user_id: str) -> Conversation:
         """The conversation of a user message, if the user owns it; 404 otherwise."""
-        session_id = await self.store.session_of_message(message_id) if message_id.startswith("m_") else None
+        session_id = await self.store.session_of_message(user_id, message_id) if message_id.startswith("m_") else None
         if session_id is None:
             raise MessageNotFound()
         return await self.owned(session_id, user_id)
@@ -127,14 +127,14 @@ class Conversations:
 
     async def versions_of(self, conversation: Conversation) -> dict[int, tuple[int, int]]:
         """(shown, count) by list index, where a message has versions."""
-        return {index: parse_label(label) for index, label in (await self.store.version_labels(conversation.id)).items()}
+        return {index: parse_label(label) for index, label in (await self.store.version_labels(conversation)).items()}
 
     async def switch_version(self, conversation: Conversation, index: int, version: int) -> Conversation:
         """Show version `version` (1-based) of the message at list `index`; later turns see that branch."""
         holder = "switch-" + new_id()
         await self.writer.lock_conversation(conversation.id, conversation.user_id, holder)
         try:
-            state = await self.store.read_branch(conversation.id, index)
+            state = await self.store.read_branch(conversation, index)
             if index not in state.forks:
                 raise NoSuchVersion()
             try:
@@ -145,15 +145,15 @@ class Conversations:
                 raise VersionLimit() from None
             if change is not None:
                 last = Message.from_json(change.messages[-1]) if change.messages else \
-                    await self.store.message_at(conversation.id, index - 1)
+                    await self.store.message_at(conversation, index - 1)
                 await self.store.write_branch(conversation, change, preview=make_preview(last.content) if last else "")
         finally:
-            await self.store.release_lock(conversation.id, holder)
-        return await self.store.get_conversation(conversation.id) or conversation
+            await self.store.release_lock(conversation.user_id, conversation.id, holder)
+        return await self.store.get_conversation(conversation.user_id, conversation.id) or conversation
 
     async def user_message_at(self, conversation: Conversation, index: int) -> Message:
         """The user message at list `index` of the active branch (what an edit form starts from)."""
-        message = await self.store.message_at(conversation.id, index)
+        message = await self.store.message_at(conversation, index)
         if message is None or message.role != "user":
             raise MessageNotFound()
         return message
@@ -161,12 +161,12 @@ class Conversations:
     async def message_page(self, conversation: Conversation, *, limit: int,
                            before: int | None = None) -> tuple[list[Message], int, int]:
         """Messages ending just before list index `before` (default: the newest): (messages, first index, total)."""
-        messages, first_index, total = await self.store.message_page(conversation.id, limit=limit, before=before)
+        messages, first_index, total = await self.store.message_page(conversation, limit=limit, before=before)
         return mark_welcome(messages, first_index), first_index, total
 
     async def history(self, conversation: Conversation) -> list[Message]:
         """Every message, oldest first (the seed's /chat/history)."""
-        return mark_welcome(await self.store.all_messages(conversation.id), 0)
+        return mark_welcome(await self.store.all_messages(conversation), 0)
 
     # creating -----------------------------------------------------------
 
@@ -240,9 +240,9 @@ class Conversations:
         messages, first_index, _ = await self.message_page(conversation, limit=limit, before=before)
         streaming = None
         if conversation.running_turn_id and before is None:
-            text, seq, finished = await self.reader.progress(conversation.running_turn_id)
+            text, seq, finished = await self.reader.progress(conversation.user_id, conversation.running_turn_id)
             if finished:  # it ended between reading the metadata and now: show the saved reply
-                conversation = await self.store.get_conversation(conversation.id) or conversation
+                conversation = await self.store.get_conversation(conversation.user_id, conversation.id) or conversation
                 messages, first_index, _ = await self.message_page(conversation, limit=limit)
             else:
                 streaming = Streaming(turn_id=conversation.running_turn_id, after=seq, text=text)
@@ -261,8 +261,8 @@ class Conversations:
     async def turn_outcome(self, conversation: Conversation, turn_id: str, final: TurnEvent | None,
                            lang: str) -> TurnOutcome:
         """The bubble that replaces a streaming one: the saved reply, or the error (or "stopped") with Retry."""
-        message_id = await self.reader.saved_reply_id(turn_id, final)
-        messages, first_index, _ = await self.store.message_page(conversation.id, limit=4, before=None)
+        message_id = await self.reader.saved_reply_id(conversation.user_id, turn_id, final)
+        messages, first_index, _ = await self.store.message_page(conversation, limit=4, before=None)
         reply = next((m for m in messages if message_id and m.id == message_id), None)
         last_user = next((m for m in reversed(messages) if m.role == "user"), None)
         if final is not None and final.type == "error":

@@ -184,6 +184,13 @@ class TooManyConversations(ChatError):
     key = "error.too_many_conversations"
 
 
+class ConversationFull(ChatError):
+    """MAX_MESSAGES_PER_CONVERSATION reached: a new conversation goes on (nothing is trimmed)."""
+
+    status = 409
+    key = "error.conversation_full"
+
+
 class RequestTooLarge(ChatError):
     status = 413
     key = "error.request_too_large"

@@ -1,4 +1,4 @@
-"""Following turns that generate on another worker: one XREAD BLOCK per worker for all readers.
+"""Following turns that generate on another worker: one Redis connection per worker for all readers.
 
 A reader whose turn runs on this worker is fed from memory (chat.TurnRun). A reader of
 a turn running elsewhere, or one resuming after a reload, reads the turn's Redis Stream
@@ -6,15 +6,24 @@ instead. Rather than a blocking XREAD (and a Redis connection) per such reader, 
 worker runs one task that blocks in a single XREAD over every followed turn's stream
 plus the worker's own wake-up stream, and hands each reader the events past its place.
 A reader that joins posts a wake-up, so that XREAD starts over with its stream in it.
+
+On a Redis Cluster the streams live in many slots, and one XREAD may not span them. There
+(ClusterFollower) the writer announces each flushed entry on the turn's pub/sub channel;
+the worker's one pub/sub connection hears it, and one pipeline of XRANGEs reads every
+announced turn from its readers' place. A message lost while a connection is replaced
+costs at most a second: every followed turn is also read once a second regardless.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Any
 
 from redis.exceptions import RedisError
 
+from .keys import TurnRef
 from .models import TurnEvent, new_id
 from .store import Store
 
@@ -60,12 +69,12 @@ class StreamFollower:
         self.store = store
         self.block_ms = block_ms
         self.worker_id = new_id()
-        self.subscriptions: dict[str, set[Subscription]] = {}
+        self.subscriptions: dict[TurnRef, set[Subscription]] = {}
         self.task: asyncio.Task[None] | None = None
         self.closed = False
 
-    async def subscribe(self, turn_id: str, after: int) -> Subscription:
-        """Follow `turn_id` from seq `after`; pair with unsubscribe()."""
+    async def subscribe(self, turn_id: TurnRef, after: int) -> Subscription:
+        """Follow a turn from seq `after`; pair with unsubscribe()."""
         subscription = Subscription(after)
         self.subscriptions.setdefault(turn_id, set()).add(subscription)
         if self.closed:
@@ -82,14 +91,14 @@ class StreamFollower:
             raise
         return subscription
 
-    def unsubscribe(self, turn_id: str, subscription: Subscription) -> None:
+    def unsubscribe(self, turn_id: TurnRef, subscription: Subscription) -> None:
         subscriptions = self.subscriptions.get(turn_id)
         if subscriptions is not None:
             subscriptions.discard(subscription)
             if not subscriptions:
                 del self.subscriptions[turn_id]
 
-    def deliver(self, positions: dict[str, int], events: dict[str, list[TurnEvent]]) -> None:
+    def deliver(self, positions: dict[TurnRef, int], events: dict[TurnRef, list[TurnEvent]]) -> None:
         """Hand each subscription the events an XREAD read from `positions` brought.
 
         A subscription that joined while that XREAD ran, at a place before the one read
@@ -135,3 +144,128 @@ class StreamFollower:
                 await self.task
             except asyncio.CancelledError:
                 pass
+
+
+class ClusterFollower(StreamFollower):
+    """Redis Cluster: wake-ups over pub/sub (one connection per worker), reads by pipelined XRANGE."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.pubsub: Any = None
+        self.channels: dict[str, TurnRef] = {}
+        self.dirty: set[TurnRef] = set()
+        self.woken = asyncio.Event()
+        self.listener: asyncio.Task[None] | None = None
+
+    async def subscribe(self, turn_id: TurnRef, after: int) -> Subscription:
+        subscription = Subscription(after)
+        self.subscriptions.setdefault(turn_id, set()).add(subscription)
+        if self.closed:
+            return subscription
+        channel = self.store.wake_channel(turn_id)
+        try:
+            if channel not in self.channels:
+                self.channels[channel] = turn_id
+                if self.pubsub is None:
+                    self.pubsub = self.store.wake_pubsub()
+                await self.pubsub.subscribe(channel)
+                if self.listener is None or self.listener.done():
+                    self.listener = asyncio.create_task(self._listen(), name="stream-follower-wakeups")
+        except RedisError as exc:  # the once-a-second read still follows it
+            log.warning("could not subscribe to a turn's wake-ups (%s)", type(exc).__name__)
+        except BaseException:
+            self.unsubscribe(turn_id, subscription)
+            raise
+        self.dirty.add(turn_id)  # events written before the subscription took effect
+        self.woken.set()
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="stream-follower")
+        return subscription
+
+    def unsubscribe(self, turn_id: TurnRef, subscription: Subscription) -> None:
+        super().unsubscribe(turn_id, subscription)
+        if turn_id not in self.subscriptions:
+            channel = self.store.wake_channel(turn_id)
+            if self.channels.pop(channel, None) is not None and self.pubsub is not None and not self.closed:
+                asyncio.get_running_loop().create_task(self._unsubscribe(channel))
+
+    async def _unsubscribe(self, channel: str) -> None:
+        try:
+            if channel not in self.channels:
+                await self.pubsub.unsubscribe(channel)
+        except RedisError:
+            pass
+
+    async def _listen(self) -> None:
+        """Mark the turns whose wake-up channel spoke; the reading loop does the rest."""
+        while self.channels and not self.closed:
+            try:
+                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=self.POLL_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the connection is replaced on the next call; reads go on meanwhile
+                log.warning("turn wake-ups failed (%s), retrying", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            if message and message.get("type") == "message":
+                ref = self.channels.get(message["channel"])
+                if ref is not None:
+                    self.dirty.add(ref)
+                    self.woken.set()
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        last_poll = time.monotonic()
+        while self.subscriptions:
+            now = time.monotonic()
+            if now - last_poll >= self.POLL_SECONDS:
+                self.dirty.update(self.subscriptions)
+                last_poll = now
+            dirty, self.dirty = self.dirty, set()
+            positions = {
+                ref: min(subscription.position for subscription in self.subscriptions[ref])
+                for ref in dirty if ref in self.subscriptions
+            }
+            if positions:
+                try:
+                    events = await self.store.read_many_events(positions)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("following turns from Redis failed (%s), retrying", type(exc).__name__)
+                    self.dirty.update(positions)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.1
+                self.deliver(positions, events)
+            if not self.dirty:
+                self.woken.clear()
+                try:
+                    await asyncio.wait_for(self.woken.wait(), timeout=self.POLL_SECONDS)
+                except TimeoutError:
+                    pass
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.listener is not None:
+            self.listener.cancel()
+            try:
+                await self.listener
+            except asyncio.CancelledError:
+                pass
+        if self.pubsub is not None:
+            try:
+                await self.pubsub.aclose()
+            except RedisError:
+                pass
+
+
+
+
+
+def make_follower(store: Store) -> StreamFollower:
+    """One blocking XREAD on one Redis (or Sentinel's master); pub/sub wake-ups on a Cluster."""
+    return ClusterFollower(store) if store.cluster else StreamFollower(store)

@@ -50,6 +50,10 @@ CATALOG: dict[str, dict[Lang, str]] = {
     "error.seed_api_off": {"zh": "该接口已关闭", "en": "This API is turned off"},
     "error.token_not_found": {"zh": "令牌不存在", "en": "Token not found"},
     "error.username_taken": {"zh": "该用户名已被使用", "en": "This username is taken"},
+    "error.conversation_full": {
+        "zh": "这个对话已有 {limit} 条消息，达到上限。请开始新对话。",
+        "en": "This conversation has reached its limit of {limit} messages. Start a new chat to go on.",
+    },
     "error.too_many_conversations": {
         "zh": "对话数量已达上限（{limit}），请先删除一些对话",
         "en": "You have reached the limit of {limit} conversations; delete some first",

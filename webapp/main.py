@@ -5,11 +5,15 @@ from __future__ import annotations
 import gc
 import hmac
 import logging
+import os
+import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -25,7 +29,9 @@ from .llm import create_provider
 from .limits import Limit, Limits
 from .metrics import Metrics
 from .peers import RecordPeer, TrustedProxies
-from .redis_client import create_redis
+from .leases import LeaseKeeper
+from .migrate import migrate_layout
+from .redis_client import create_redis, detect_cluster
 from .routes import api, auth, pages, stream
 from .security import (
     InputGuardMiddleware, SecurityHeadersMiddleware, require_csrf_token,
@@ -35,6 +41,7 @@ from .turn_reader import TurnReader
 from .turn_writer import TurnWriter
 
 ROOT = Path(__file__).resolve().parent.parent
+HOST_ID = f"{socket.gethostname()}:{os.getpid()}"  # /readyz's own key: hosts never share one
 log = logging.getLogger("webapp")
 
 
@@ -62,6 +69,28 @@ def tune_garbage_collection() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+class RedisRefused(RuntimeError):
+    """Redis is configured in a way that loses data; the message is one line saying what to change."""
+
+
+EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+
+
+async def check_redis(store: Store, settings: Settings) -> None:
+    """Refuse a Redis that may evict keys without a TTL (accounts, conversations being written),
+    unless ALLOW_EVICTING_REDIS accepts the risk; warn about volatile-* (conversations have TTLs)."""
+    policies = await store.eviction_policies()
+    evicting = sorted(policy for policy in policies if policy in EVICTING_POLICIES)
+    if evicting and not settings.allow_evicting_redis:
+        raise RedisRefused(
+            f"Redis maxmemory-policy is {evicting[0]}: it may delete accounts and conversations when full. "
+            "Set it to noeviction (recommended), or ALLOW_EVICTING_REDIS=true to accept the risk"
+        )
+    if evicting or any(policy.startswith("volatile-") for policy in policies):
+        log.warning("Redis maxmemory-policy is %s: when Redis is full it deletes conversations before they "
+                    "expire; noeviction is recommended", ",".join(sorted(policies)))
+
+
 def bearer_matches(request: Request, token: str) -> bool:
     given = request.headers.get("authorization", "").encode()
     return hmac.compare_digest(given, f"Bearer {token}".encode())
@@ -80,33 +109,55 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = create_redis(settings, bounded=True)
-        blocking_redis = create_redis(settings, bounded=False)
-        provider = create_provider(settings)
+        try:
+            cluster = await detect_cluster(settings)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.error("Redis is not reachable (%s); set REDIS_CLUSTER if it is a Cluster", exc)
+            cluster = False
+        redis = create_redis(settings, bounded=True, cluster=cluster)
+        blocking_redis = create_redis(settings, bounded=False, cluster=cluster)
         store = Store(
             redis,
             blocking_redis=blocking_redis,
             conversation_ttl=settings.conversation_ttl,
             index_ttl=settings.index_ttl,
             turn_timeout=settings.turn_timeout_seconds,
+            lease_ms=int(settings.turn_lease_seconds * 1000),
+            prefix=settings.redis_prefix,
+            cluster=cluster,
         )
+        try:
+            await check_redis(store, settings)
+            await migrate_layout(store)
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # started before Redis: /readyz tells
+            log.error("Redis is not reachable (%s); the key layout check runs at the next start", exc)
+        except BaseException:
+            await redis.aclose()
+            await blocking_redis.aclose()
+            raise
+        provider = create_provider(settings)
         writer = TurnWriter(store, provider, settings, app.state.metrics)
-        reader = TurnReader(store, writer.local_run, app.state.metrics, settings.max_streams_per_user)
+        reader = TurnReader(store, writer.local_run, app.state.metrics, settings.max_streams_per_user,
+                            recovery=writer.recovery)
+        leases = LeaseKeeper(store, writer.recovery, writer.held_leases, writer.lease_lost)
+        writer.ended = leases.turn_ended
         limits = Limits(store)
         app.state.store, app.state.provider, app.state.limits = store, provider, limits
         app.state.turn_writer, app.state.turn_reader = writer, reader
         app.state.conversations = Conversations(store, writer, reader, settings.max_conversations_per_user)
         app.state.accounts = Accounts(store, settings, limits)
         writer.start()
+        leases.start()
         tune_garbage_collection()
         log.info(
-            "ready: model=%s provider=%s redis=%s", provider.model, provider.name,
-            settings.redis_url.split("@")[-1],
+            "ready: model=%s provider=%s redis=%s%s", provider.model, provider.name,
+            settings.redis_url.split("@")[-1] or settings.redis_sentinels, " (cluster)" if cluster else "",
         )
         try:
             yield
         finally:
             await writer.aclose()
+            await leases.aclose()
             await reader.aclose()
             await provider.aclose()
             await redis.aclose()
@@ -143,7 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Readiness: Redis, and with `?upstream=1` the model endpoint too (READYZ_TOKEN may guard that)."""
         if upstream and settings.readyz_token and not bearer_matches(request, settings.readyz_token):
             return PlainTextResponse("unauthorized", status_code=401)
-        checks = {"redis": await request.app.state.store.ping()}
+        checks = {"redis": await request.app.state.store.check_write(HOST_ID)}
         if upstream:
             checks["upstream"] = await request.app.state.provider.ping()
         ok = all(checks.values())

@@ -18,7 +18,13 @@ same instant, redis-py 8 spends more of a round trip on those steps than on the 
   same, byte for byte (about 8x faster for a turn's MULTI).
 
 Connections, reply parsing, retries and health checks stay redis-py's. The app speaks
-RESP2 (redis-py's default), so no server push messages are expected on idle connections.
+RESP2, pinned (`protocol=2`): redis-py 8 would otherwise negotiate RESP3 with HELLO 3,
+whose replies (maps, push messages on idle connections) the code is not written for.
+
+Past one Redis: `redis+sentinel://` (or REDIS_SENTINELS) gives a client that asks the
+sentinels for the current master and follows a failover; a Redis Cluster (REDIS_CLUSTER,
+or found by asking the server) gives redis-py's cluster client. Both use redis-py's own
+pools: the lean pool above is for the one-Redis hot path.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ import asyncio
 from collections import deque
 from typing import Any, Iterable
 
-from redis.asyncio import ConnectionPool, Redis
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.sentinel import Sentinel
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -155,7 +164,82 @@ class LeanConnectionPool(ConnectionPool):
             self._pass_on(connection)
 
 
-def create_redis(settings: Settings, *, bounded: bool) -> Redis:
+PROTOCOL = 2  # RESP2: see the module docstring
+
+
+def _retry_options() -> dict[str, Any]:
+    return {
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
+def sentinel_target(settings: Settings) -> tuple[list[tuple[str, int]], str, dict[str, Any]] | None:
+    """(sentinel addresses, master name, connection options) when Redis is reached through Sentinel.
+
+    `redis+sentinel://[:password@]host:port[,host:port...]/master-name[/db]`, or
+    REDIS_SENTINELS=host:port,... with REDIS_SENTINEL_MASTER.
+    """
+    url = settings.redis_url
+    options: dict[str, Any] = {}
+    if url.startswith("redis+sentinel://"):
+        parts = urlsplit(url.replace("redis+sentinel://", "http://", 1))
+        hosts = parts.netloc.rsplit("@", 1)[-1]
+        if "@" in parts.netloc:
+            user, _, password = parts.netloc.rsplit("@", 1)[0].partition(":")
+            options["password"] = unquote(password) or None
+            options["username"] = unquote(user) or None
+        path = [piece for piece in parts.path.split("/") if piece]
+        master = path[0] if path else settings.redis_sentinel_master
+        if len(path) > 1:
+            options["db"] = int(path[1])
+    elif settings.redis_sentinels:
+        hosts, master = settings.redis_sentinels, settings.redis_sentinel_master
+    else:
+        return None
+    addresses = []
+    for host in hosts.split(","):
+        name, _, port = host.strip().rpartition(":")
+        addresses.append((name or host.strip(), int(port or 26379)))
+    return addresses, master, options
+
+
+async def detect_cluster(settings: Settings) -> bool:
+    """Whether REDIS_URL names a node of a Redis Cluster (REDIS_CLUSTER unset: ask the server)."""
+    if settings.redis_cluster is not None:
+        return settings.redis_cluster
+    if sentinel_target(settings) is not None or settings.redis_url.startswith("unix://"):
+        return False
+    client = Redis.from_url(settings.redis_url, protocol=PROTOCOL, decode_responses=True,
+                            socket_connect_timeout=5, **_retry_options())
+    try:
+        info = await client.info("cluster")
+        return str(info.get("cluster_enabled", 0)) == "1"
+    finally:
+        await client.aclose()
+
+
+def create_redis(settings: Settings, *, bounded: bool, cluster: bool = False) -> Any:
+    """A client for commands (`bounded`) or for blocking reads: one Redis, Sentinel or a Cluster."""
+    size = settings.redis_max_connections if bounded else BLOCKING_CONNECTIONS_MAX
+    common: dict[str, Any] = {
+        "decode_responses": True, "protocol": PROTOCOL, "socket_connect_timeout": 5,
+        "socket_timeout": settings.redis_socket_timeout or None, "health_check_interval": 30,
+    }
+    if cluster:
+        return RedisCluster.from_url(settings.redis_url, max_connections=size, socket_keepalive=True,
+                                     **common, **_retry_options())
+    target = sentinel_target(settings)
+    if target is not None:
+        addresses, master, options = target
+        sentinel = Sentinel(addresses, sentinel_kwargs={"socket_connect_timeout": 5, "protocol": PROTOCOL,
+                                                        "password": options.get("password")},
+                            **options, **_retry_options())
+        return sentinel.master_for(master, max_connections=size, **common)
+    return create_single_redis(settings, bounded=bounded)
+
+
+def create_single_redis(settings: Settings, *, bounded: bool) -> Redis:
     """A client with its own pool; commands retry through a short Redis restart.
 
     The `bounded` pool (requests and turns) makes a caller wait for a free connection
@@ -169,15 +253,13 @@ def create_redis(settings: Settings, *, bounded: bool) -> Redis:
     the app's CPU at 500 streams; a dead server is still noticed through the closed
     socket, keepalive and the health check.
     """
-    retry_options: dict[str, Any] = {
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-    }
+    retry_options = _retry_options()
     pool = LeanConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections if bounded else BLOCKING_CONNECTIONS_MAX,
         wait_timeout=30,
         decode_responses=True,
+        protocol=PROTOCOL,
         health_check_interval=30,
         socket_connect_timeout=5,
         socket_timeout=settings.redis_socket_timeout or None,

@@ -4,27 +4,36 @@ The store knows keys, commands and which writes must be atomic; it holds no poli
 what a title or preview says, whether a rate is over its limit, or which conversation
 to reuse is decided by the core (conversations.py, turn_writer.py) and handed in.
 
-Keys (all prefixed `chat:`):
-    user:{uid}                     claim marker of an identity (string, index TTL)
-    user:{uid}:sessions            ZSET session_id -> last activity (ms), index TTL
-    session:{sid}                  HASH metadata (user_id, title, preview, role, count, created, updated, turn)
-    session:{sid}:messages         LIST of JSON messages, RPUSH (chronological), conversation TTL
-    session:{sid}:lock             the running turn's id while a reply is generated (one per conversation)
-    session:{sid}:versions         HASH list index -> "shown/count" where a message has versions, conversation TTL
-    session:{sid}:forks            HASH list index -> JSON of the versions kept aside there (versions.py), conversation TTL
-    message:{mid}                  the session id of a user message (edit by message id), conversation TTL
-    request:{uid}:{rid}            the turn a client request id started (a repeated request starts none), 10 min
-    turn:{tid}                     HASH turn state (session_id, user_id, status, message_id)
-    turn:{tid}:events              STREAM of reply events, ids `0-{seq}`, capped, expires after the turn
-    trash:{sid}                    JSON copy of a conversation deleted from the web UI, kept briefly for undo
-    cancel                         pub/sub channel: turn ids to cancel, on whichever worker runs them
-    limit:{name}:{key}:{window}    fixed-window counter of a limit (per IP, per account...), expires after its window
-    account:{uid}                  HASH an account (username, password hash, created); no TTL
-    account:name:{username}        the uid of a username (lower case); no TTL
-    signin:{sha256}                HASH a sign-in (uid, created), by the hash of its cookie; session TTL
-    user:{uid}:signins             SET the sign-in hashes of a user (sign out everywhere)
-    token:{sha256}                 the uid of a personal API token, by the hash of the token; no TTL
-    user:{uid}:tokens              HASH token id -> JSON {name, created, hash} of a user's tokens
+Keys (all under REDIS_PREFIX, default `chat:`). `{uid}` is a Redis Cluster hash tag:
+everything of one identity lives in one slot, so every MULTI and script touches one
+slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names them all):
+
+    {uid}:claim                        claim marker of an identity (string, index TTL)
+    {uid}:sessions                     ZSET session_id -> last activity (ms), index TTL
+    {uid}:s:{sid}                      HASH metadata (user_id, title, preview, role, count, created, updated, turn)
+    {uid}:s:{sid}:messages             LIST of JSON messages, RPUSH (chronological), conversation TTL
+    {uid}:s:{sid}:lock                 the running turn's id: a lease its writer keeps renewing (a few seconds)
+    {uid}:s:{sid}:versions             HASH list index -> "shown/count" where a message has versions
+    {uid}:s:{sid}:forks                HASH list index -> JSON of the versions kept aside there (versions.py)
+    {uid}:m:{mid}                      the session id of a user message (edit by message id), conversation TTL
+    {uid}:request:{rid}                the turn a client request id started (a repeated request starts none), 10 min
+    {uid}:t:{tid}                      HASH turn state (session_id, user_id, status, message_id)
+    {uid}:t:{tid}:events               STREAM of reply events, ids `0-{seq}`, capped, expires after the turn
+    {uid}:t:{tid}:recovery             the one host saving an orphaned turn, 60 s
+    {uid}:trash:{sid}                  JSON copy of a conversation deleted from the web UI, kept briefly for undo
+    {uid}:account                      HASH an account (username, password hash, created); no TTL
+    {uid}:signins                      SET the sign-in hashes of a user (sign out everywhere)
+    {uid}:tokens                       HASH token id -> JSON {name, created, hash} of a user's tokens
+    limit:{name}:{key}:{window}        fixed-window counter of a limit (key hash-tagged), expires after its window
+    account:name:{username}            the uid of a username (lower case); no TTL
+    signin:{sha256}                    HASH a sign-in (uid, created), by the hash of its cookie; session TTL
+    token:{sha256}                     the uid of a personal API token, by the hash of the token; no TTL
+    turns:running                      ZSET "uid/tid" -> lease deadline (ms) of every generating turn
+    follower:{worker}:wake             STREAM a worker's follower wake-up (one Redis only)
+    layout                             the key layout version (a one-off migration at start, migrate.py)
+    readyz:{host}                      /readyz's keyed write, 10 s
+    cancel                             pub/sub channel: turn ids to cancel, on whichever worker runs them
+    wake:{tid}                         pub/sub channel (Cluster only): new events of a turn
 """
 
 from __future__ import annotations
@@ -34,121 +43,51 @@ import time
 from typing import Any, AsyncIterator, Iterable
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .keys import Keys, TurnRef
 from .models import Conversation, Message, TurnEvent, TurnInfo, TurnLock
 from .versions import BranchChange, BranchState
 
 log = logging.getLogger("webapp.store")
 
-PREFIX = "chat:"
-CANCEL_CHANNEL = PREFIX + "cancel"
 STREAM_MAXLEN = 20000
 STREAM_RETENTION_SECONDS = 3600
 TURN_RETENTION_SECONDS = 86400
 FOLLOWER_WAKE_TTL_SECONDS = 60  # a worker that is gone leaves nothing behind for long
 SEARCH_SCAN_LIMIT = 2000
 
-
-def _user_key(uid: str) -> str:
-    return f"{PREFIX}user:{uid}"
-
-
-def _index_key(uid: str) -> str:
-    return f"{PREFIX}user:{uid}:sessions"
-
-
-def _meta_key(sid: str) -> str:
-    return f"{PREFIX}session:{sid}"
-
-
-def _messages_key(sid: str) -> str:
-    return f"{PREFIX}session:{sid}:messages"
-
-
-def _versions_key(sid: str) -> str:
-    return f"{PREFIX}session:{sid}:versions"
-
-
-def _forks_key(sid: str) -> str:
-    return f"{PREFIX}session:{sid}:forks"
-
-
-def _message_key(mid: str) -> str:
-    return f"{PREFIX}message:{mid}"
-
-
-def _request_key(uid: str, request_id: str) -> str:
-    return f"{PREFIX}request:{uid}:{request_id}"
-
-
 # Give a conversation's lock back only if it is still the holder's: a save retried after its
 # lock expired must not drop the lock another turn has taken since.
 RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-
-
-def _lock_key(sid: str) -> str:
-    return f"{PREFIX}session:{sid}:lock"
-
-
-def _turn_key(tid: str) -> str:
-    return f"{PREFIX}turn:{tid}"
-
-
-def _events_key(tid: str) -> str:
-    return f"{PREFIX}turn:{tid}:events"
-
-
-def _follower_wake_key(worker_id: str) -> str:
-    return f"{PREFIX}follower:{worker_id}:wake"
-
-
-def _trash_key(sid: str) -> str:
-    return f"{PREFIX}trash:{sid}"
-
-
-def _limit_key(name: str, key: str, window: int) -> str:
-    return f"{PREFIX}limit:{name}:{key}:{window}"
-
-
-def _account_key(uid: str) -> str:
-    return f"{PREFIX}account:{uid}"
-
-
-def _account_name_key(username: str) -> str:
-    return f"{PREFIX}account:name:{username.lower()}"
-
-
-def _signin_key(digest: str) -> str:
-    return f"{PREFIX}signin:{digest}"
-
-
-def _signins_key(uid: str) -> str:
-    return f"{PREFIX}user:{uid}:signins"
-
-
-def _token_key(digest: str) -> str:
-    return f"{PREFIX}token:{digest}"
-
-
-def _tokens_key(uid: str) -> str:
-    return f"{PREFIX}user:{uid}:tokens"
+# Renew a writer's lease, only while it still holds it (1), else 0: it lapsed and may be someone else's.
+RENEW_LOCK = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
+              "end return 0")
+# Claim an identity only if nothing of it exists: not its marker, its index, nor an account. Under a
+# policy that evicts keys, a marker alone could be evicted while the history stays.
+CLAIM_IDENTITY = (
+    "if redis.call('exists', KEYS[1], KEYS[2], KEYS[3]) > 0 then return 0 end "
+    "redis.call('set', KEYS[1], '1', 'EX', ARGV[1]) return 1"
+)
 
 
 class Store:
-    """Typed operations over one redis.asyncio client (decode_responses=True)."""
+    """Typed operations over one redis.asyncio client (decode_responses=True): a plain client
+    (one Redis, or Sentinel's master) or a RedisCluster; `cluster` says which."""
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Any,
         *,
         conversation_ttl: int,
         index_ttl: int,
         turn_timeout: int,
-        blocking_redis: Redis | None = None,
+        lease_ms: int = 5000,
+        blocking_redis: Any | None = None,
+        prefix: str = "chat:",
+        cluster: bool = False,
     ) -> None:
         self.redis = redis
         # blocking reads (XREAD BLOCK, pub/sub) hold a connection for long: their own pool
@@ -156,6 +95,9 @@ class Store:
         self.conversation_ttl = conversation_ttl
         self.index_ttl = index_ttl
         self.turn_timeout = turn_timeout
+        self.lease_ms = lease_ms
+        self.keys = Keys(prefix)
+        self.cluster = cluster
 
     async def ping(self) -> bool:
         try:
@@ -163,34 +105,81 @@ class Store:
         except RedisError:
             return False
 
+    async def check_write(self, host: str) -> bool:
+        """A real keyed write and read back (a replica, a full or a read-only Redis fails it)."""
+        key = self.keys.readyz(host)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, "1", px=10_000)
+                pipe.get(key)
+                _, value = await pipe.execute()
+            return value == "1"
+        except RedisError:
+            return False
+
+    async def eviction_policies(self) -> set[str]:
+        """The `maxmemory-policy` of every master (INFO works where CONFIG is disabled, as on managed Redis)."""
+        if self.cluster:
+            infos = await self.redis.info("memory", target_nodes=self.redis.PRIMARIES)
+            rows = infos.values() if isinstance(infos, dict) and "maxmemory_policy" not in infos else [infos]
+        else:
+            rows = [await self.redis.info("memory")]
+        return {str(row.get("maxmemory_policy", "noeviction")) for row in rows}
+
     # identities ---------------------------------------------------------
 
     async def claim_user(self, uid: str) -> bool:
-        """Claim an identity that nobody holds yet; False when it is already someone's."""
-        return bool(await self.redis.set(_user_key(uid), "1", nx=True, ex=self.index_ttl))
+        """Claim an identity of which nothing exists yet; False when it is (or was) someone's."""
+        k = self.keys
+        return bool(await self.redis.eval(CLAIM_IDENTITY, 3, k.claim(uid), k.index(uid), k.account(uid),
+                                          self.index_ttl))
 
     async def identity_exists(self, uid: str) -> bool:
         """Whether an identity has been claimed (or still has data)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(_user_key(uid))
-            pipe.exists(_index_key(uid))
-            claimed, indexed = await pipe.execute()
-        return bool(claimed or indexed)
+        k = self.keys
+        return bool(await self.redis.exists(k.claim(uid), k.index(uid), k.account(uid)))
 
     async def count_conversations(self, uid: str) -> int:
-        return int(await self.redis.zcard(_index_key(uid)))
+        return int(await self.redis.zcard(self.keys.index(uid)))
 
     async def move_conversations(self, from_uid: str, to_uid: str) -> int:
-        """Give every conversation of `from_uid` to `to_uid` (an anonymous history claimed at sign-in)."""
-        rows = await self.redis.zrange(_index_key(from_uid), 0, -1, withscores=True)
-        for start in range(0, len(rows), 200):
-            chunk = rows[start : start + 200]
+        """Give every conversation of `from_uid` to `to_uid` (an anonymous history claimed at sign-in).
+
+        The two identities live in different slots, so each conversation is copied (one
+        MULTI in the new owner's slot) and only then removed from the old one: a crash in
+        between leaves a copy in both, never in neither.
+        """
+        k = self.keys
+        rows = await self.redis.zrange(k.index(from_uid), 0, -1, withscores=True)
+        for sid, score in rows:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(k.meta(from_uid, sid))
+                pipe.lrange(k.messages(from_uid, sid), 0, -1)
+                pipe.hgetall(k.versions(from_uid, sid))
+                pipe.hgetall(k.forks(from_uid, sid))
+                meta, messages, versions, forks = await pipe.execute()
+            if meta:
+                meta["user_id"] = to_uid
+                meta["turn"] = ""
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(*k.conversation_keys(to_uid, sid))
+                    pipe.hset(k.meta(to_uid, sid), mapping=meta)
+                    if messages:
+                        pipe.rpush(k.messages(to_uid, sid), *messages)
+                    if versions:
+                        pipe.hset(k.versions(to_uid, sid), mapping=versions)
+                    if forks:
+                        pipe.hset(k.forks(to_uid, sid), mapping=forks)
+                    for raw in messages:
+                        message = orjson.loads(raw)
+                        if message.get("role") == "user" and message.get("id"):
+                            pipe.set(k.message(to_uid, message["id"]), sid, ex=self.conversation_ttl)
+                    pipe.zadd(k.index(to_uid), {sid: score})
+                    self._refresh_ttls(pipe, to_uid, sid)
+                    await pipe.execute()
             async with self.redis.pipeline(transaction=True) as pipe:
-                for sid, score in chunk:
-                    pipe.hset(_meta_key(sid), "user_id", to_uid)
-                    pipe.zadd(_index_key(to_uid), {sid: score})
-                    pipe.zrem(_index_key(from_uid), sid)
-                pipe.expire(_index_key(to_uid), self.index_ttl)
+                pipe.delete(*k.conversation_keys(from_uid, sid))
+                pipe.zrem(k.index(from_uid), sid)
                 await pipe.execute()
         return len(rows)
 
@@ -202,122 +191,137 @@ class Store:
         Returns each window's count including this hit; whether that is too many is the caller's call.
         """
         async with self.redis.pipeline(transaction=False) as pipe:
-            _count_hits(pipe, hits)
+            self._count_hits(pipe, hits)
             results = await pipe.execute()
         return [int(count) for count in results[0::2]]
+
+    def _count_hits(self, pipe: Any, hits: list[tuple[str, str, int, int]]) -> None:
+        """INCR each (limit name, key, window number, window seconds) counter; it expires with its window.
+        Each adds two replies to the pipeline: the count, then the EXPIRE's."""
+        for name, key, window, seconds in hits:
+            pipe.incr(self.keys.limit(name, key, window))
+            pipe.expire(self.keys.limit(name, key, window), seconds + 30)
 
     # accounts -----------------------------------------------------------
 
     async def create_account(self, uid: str, username: str, password_hash: str) -> bool:
         """A new account; False when the username is taken (case-insensitively)."""
-        if not await self.redis.set(_account_name_key(username), uid, nx=True):
+        k = self.keys
+        if not await self.redis.set(k.account_name(username), uid, nx=True):
             return False
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_account_key(uid), mapping={"username": username, "password": password_hash,
-                                                  "created": repr(time.time())})
-            pipe.set(_user_key(uid), "1")  # the account's identity is never free to claim
+            pipe.hset(k.account(uid), mapping={"username": username, "password": password_hash,
+                                               "created": repr(time.time())})
+            pipe.set(k.claim(uid), "1")  # the account's identity is never free to claim
             await pipe.execute()
         return True
 
     async def account_by_name(self, username: str) -> tuple[str, dict[str, str]] | None:
         """(uid, account fields) of a username, or None."""
-        uid = await self.redis.get(_account_name_key(username))
+        uid = await self.redis.get(self.keys.account_name(username))
         if uid is None:
             return None
-        data = await self.redis.hgetall(_account_key(uid))
+        data = await self.redis.hgetall(self.keys.account(uid))
         return (uid, data) if data else None
 
     async def account(self, uid: str) -> dict[str, str] | None:
-        return await self.redis.hgetall(_account_key(uid)) or None
+        return await self.redis.hgetall(self.keys.account(uid)) or None
 
     async def set_password(self, uid: str, password_hash: str) -> None:
-        await self.redis.hset(_account_key(uid), "password", password_hash)
+        await self.redis.hset(self.keys.account(uid), "password", password_hash)
 
     async def add_signin(self, uid: str, digest: str, ttl: int) -> None:
+        """The user's set first, then the sign-in: a crash in between leaves no sign-in that
+        "sign out everywhere" could miss."""
+        k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_signin_key(digest), mapping={"uid": uid, "created": repr(time.time())})
-            pipe.expire(_signin_key(digest), ttl)
-            pipe.sadd(_signins_key(uid), digest)
-            pipe.expire(_signins_key(uid), ttl)
+            pipe.sadd(k.signins(uid), digest)
+            pipe.expire(k.signins(uid), ttl)
+            await pipe.execute()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k.signin(digest), mapping={"uid": uid, "created": repr(time.time())})
+            pipe.expire(k.signin(digest), ttl)
             await pipe.execute()
 
     async def signin_user(self, digest: str) -> str | None:
-        return await self.redis.hget(_signin_key(digest), "uid")
+        return await self.redis.hget(self.keys.signin(digest), "uid")
 
     async def remove_signin(self, digest: str) -> None:
-        uid = await self.redis.hget(_signin_key(digest), "uid")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_signin_key(digest))
-            if uid:
-                pipe.srem(_signins_key(uid), digest)
-            await pipe.execute()
+        k = self.keys
+        uid = await self.redis.hget(k.signin(digest), "uid")
+        await self.redis.delete(k.signin(digest))
+        if uid:
+            await self.redis.srem(k.signins(uid), digest)
 
     async def remove_all_signins(self, uid: str) -> int:
-        digests = await self.redis.smembers(_signins_key(uid))
-        async with self.redis.pipeline(transaction=True) as pipe:
+        k = self.keys
+        digests = await self.redis.smembers(k.signins(uid))
+        async with self.redis.pipeline(transaction=False) as pipe:  # one key per command: any slots
             for digest in digests:
-                pipe.delete(_signin_key(digest))
-            pipe.delete(_signins_key(uid))
+                pipe.delete(k.signin(digest))
+            pipe.delete(k.signins(uid))
             await pipe.execute()
         return len(digests)
 
     async def add_token(self, uid: str, token_id: str, digest: str, name: str) -> None:
+        k = self.keys
         record = orjson.dumps({"name": name, "created": time.time(), "hash": digest})
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(_token_key(digest), uid)
-            pipe.hset(_tokens_key(uid), token_id, record)
-            await pipe.execute()
+        await self.redis.hset(k.tokens(uid), token_id, record)  # listed (revocable) before it works
+        await self.redis.set(k.token(digest), uid)
 
     async def token_user(self, digest: str) -> str | None:
-        return await self.redis.get(_token_key(digest))
+        return await self.redis.get(self.keys.token(digest))
 
     async def list_tokens(self, uid: str) -> list[tuple[str, dict[str, Any]]]:
-        rows = await self.redis.hgetall(_tokens_key(uid))
+        rows = await self.redis.hgetall(self.keys.tokens(uid))
         return sorted(((token_id, orjson.loads(raw)) for token_id, raw in rows.items()),
                       key=lambda row: row[1].get("created", 0))
 
     async def remove_token(self, uid: str, token_id: str) -> bool:
-        raw = await self.redis.hget(_tokens_key(uid), token_id)
+        k = self.keys
+        raw = await self.redis.hget(k.tokens(uid), token_id)
         if raw is None:
             return False
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_token_key(orjson.loads(raw)["hash"]))
-            pipe.hdel(_tokens_key(uid), token_id)
-            await pipe.execute()
+        await self.redis.delete(k.token(orjson.loads(raw)["hash"]))  # stops working before it is unlisted
+        await self.redis.hdel(k.tokens(uid), token_id)
         return True
 
     # conversations ------------------------------------------------------
 
     def _refresh_ttls(self, pipe: Any, uid: str, sid: str, *, versions: bool = True) -> None:
-        pipe.expire(_messages_key(sid), self.conversation_ttl)
+        k = self.keys
+        pipe.expire(k.messages(uid, sid), self.conversation_ttl)
         if versions:  # a turn refreshes them once, when it ends (they live as long as the messages)
-            pipe.expire(_versions_key(sid), self.conversation_ttl)
-            pipe.expire(_forks_key(sid), self.conversation_ttl)
-        pipe.expire(_meta_key(sid), self.index_ttl)
-        pipe.expire(_index_key(uid), self.index_ttl)
-        pipe.expire(_user_key(uid), self.index_ttl)
+            pipe.expire(k.versions(uid, sid), self.conversation_ttl)
+            pipe.expire(k.forks(uid, sid), self.conversation_ttl)
+        pipe.expire(k.meta(uid, sid), self.index_ttl)
+        pipe.expire(k.index(uid), self.index_ttl)
+        pipe.expire(k.claim(uid), self.index_ttl)
 
     async def create_conversation(self, conversation: Conversation, first_message: Message) -> None:
         """Write a new conversation with its first message, and list it in its owner's index."""
-        sid, uid = conversation.id, conversation.user_id
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_meta_key(sid), mapping=conversation.to_hash())
-            pipe.rpush(_messages_key(sid), first_message.to_json())
-            pipe.zadd(_index_key(uid), {sid: conversation.updated * 1000})
-            pipe.set(_user_key(uid), "1", ex=self.index_ttl)
+            pipe.hset(k.meta(uid, sid), mapping=conversation.to_hash())
+            pipe.rpush(k.messages(uid, sid), first_message.to_json())
+            pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
+            pipe.set(k.claim(uid), "1", ex=self.index_ttl)
             self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
 
-    async def get_conversation(self, sid: str) -> Conversation | None:
-        data = await self.redis.hgetall(_meta_key(sid))
-        return Conversation.from_hash(sid, data) if data else None
+    async def get_conversation(self, uid: str, sid: str) -> Conversation | None:
+        """The user's conversation `sid`; None when it does not exist under that user."""
+        data = await self.redis.hgetall(self.keys.meta(uid, sid))
+        if not data or data.get("user_id") != uid:
+            return None
+        return Conversation.from_hash(sid, data)
 
     async def list_conversations(
         self, uid: str, *, limit: int = 20, cursor: tuple[float, str] | None = None
     ) -> tuple[list[Conversation], tuple[float, str] | None]:
         """Newest activity first. The cursor is the (score, id) of the previous page's last item,
         so sessions that share an activity time are neither skipped nor repeated."""
-        key = _index_key(uid)
+        key = self.keys.index(uid)
         if cursor is None:
             rows = await self.redis.zrevrange(key, 0, limit, withscores=True)
         else:
@@ -343,7 +347,7 @@ class Store:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in sids:
-                pipe.hgetall(_meta_key(sid))
+                pipe.hgetall(self.keys.meta(uid, sid))
             rows = await pipe.execute()
         found, missing = [], []
         for sid, data in zip(sids, rows):
@@ -352,7 +356,7 @@ class Store:
             else:
                 missing.append(sid)
         if missing:
-            await self.redis.zrem(_index_key(uid), *missing)
+            await self.redis.zrem(self.keys.index(uid), *missing)
         return found
 
     async def search_conversations(self, uid: str, query: str, *, limit: int = 20) -> list[Conversation]:
@@ -365,7 +369,7 @@ class Store:
         needle = query.casefold().strip()
         if not needle:
             return []
-        sids = await self.redis.zrevrange(_index_key(uid), 0, SEARCH_SCAN_LIMIT - 1)
+        sids = await self.redis.zrevrange(self.keys.index(uid), 0, SEARCH_SCAN_LIMIT - 1)
         conversations = await self._load_conversations(uid, sids)
         matches: list[Conversation] = []
         rest: list[Conversation] = []
@@ -384,7 +388,7 @@ class Store:
             chunk = rest[start : start + batch]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for conversation in chunk:
-                    pipe.lrange(_messages_key(conversation.id), 0, -1)
+                    pipe.lrange(self.keys.messages(uid, conversation.id), 0, -1)
                 rows = await pipe.execute()
             for conversation, raw_messages in zip(chunk, rows):
                 if any(_message_contains(raw, needle, raw_match) for raw in raw_messages):
@@ -400,49 +404,52 @@ class Store:
         if role is not None:
             fields["role"] = role
         if fields:
-            await self.redis.hset(_meta_key(conversation.id), mapping=fields)
+            await self.redis.hset(self.keys.meta(conversation.user_id, conversation.id), mapping=fields)
 
     async def delete_conversation(self, conversation: Conversation) -> None:
-        sid = conversation.id
+        sid, uid = conversation.id, conversation.user_id
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_meta_key(sid), _messages_key(sid), _versions_key(sid), _forks_key(sid))
-            pipe.zrem(_index_key(conversation.user_id), sid)
+            pipe.delete(*self.keys.conversation_keys(uid, sid))
+            pipe.zrem(self.keys.index(uid), sid)
             await pipe.execute()
 
     async def restore_conversation(self, conversation: Conversation, messages: list[Message],
                                    versions: dict[str, str] | None = None, forks: dict[str, str] | None = None) -> None:
         """Put a deleted conversation back (undo), with its metadata, messages and versions."""
-        sid = conversation.id
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_meta_key(sid), _messages_key(sid), _versions_key(sid), _forks_key(sid))
-            pipe.hset(_meta_key(conversation.id), mapping=conversation.to_hash())
+            pipe.delete(*k.conversation_keys(uid, sid))
+            pipe.hset(k.meta(uid, sid), mapping=conversation.to_hash())
             if versions:
-                pipe.hset(_versions_key(sid), mapping=versions)
+                pipe.hset(k.versions(uid, sid), mapping=versions)
             if forks:
-                pipe.hset(_forks_key(sid), mapping=forks)
+                pipe.hset(k.forks(uid, sid), mapping=forks)
             if messages:
-                pipe.rpush(_messages_key(conversation.id), *[m.to_json() for m in messages])
-            pipe.zadd(_index_key(conversation.user_id), {conversation.id: conversation.updated * 1000})
-            self._refresh_ttls(pipe, conversation.user_id, conversation.id)
+                pipe.rpush(k.messages(uid, sid), *[m.to_json() for m in messages])
+            pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
+            self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
 
     # messages -----------------------------------------------------------
 
-    async def all_messages(self, sid: str) -> list[Message]:
-        return [Message.from_json(raw) for raw in await self.redis.lrange(_messages_key(sid), 0, -1)]
+    async def all_messages(self, conversation: Conversation) -> list[Message]:
+        key = self.keys.messages(conversation.user_id, conversation.id)
+        return [Message.from_json(raw) for raw in await self.redis.lrange(key, 0, -1)]
 
-    async def message_page(self, sid: str, *, limit: int, before: int | None) -> tuple[list[Message], int, int]:
+    async def message_page(self, conversation: Conversation, *, limit: int,
+                           before: int | None) -> tuple[list[Message], int, int]:
         """A page of messages ending just before list index `before` (default: the end).
 
         Returns (messages, index of the first returned message, total). Two commands
         whatever the history length.
         """
+        key = self.keys.messages(conversation.user_id, conversation.id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(_messages_key(sid))
+            pipe.llen(key)
             if before is None:
-                pipe.lrange(_messages_key(sid), -limit, -1)
+                pipe.lrange(key, -limit, -1)
             else:
-                pipe.lrange(_messages_key(sid), max(0, before - limit), before - 1 if before > 0 else -1)
+                pipe.lrange(key, max(0, before - limit), before - 1 if before > 0 else -1)
             total, raw = await pipe.execute()
         if before is not None and before <= 0:
             raw = []
@@ -450,57 +457,63 @@ class Store:
         end = total if before is None else min(before, total)
         return messages, max(0, end - len(messages)), total
 
-    async def version_labels(self, sid: str) -> dict[int, str]:
+    async def version_labels(self, conversation: Conversation) -> dict[int, str]:
         """"shown/count" by list index, where a message has versions (a small hash)."""
-        return {int(index): label for index, label in (await self.redis.hgetall(_versions_key(sid))).items()}
+        labels = await self.redis.hgetall(self.keys.versions(conversation.user_id, conversation.id))
+        return {int(index): label for index, label in labels.items()}
 
-    async def read_branch(self, sid: str, index: int) -> BranchState:
+    async def read_branch(self, conversation: Conversation, index: int) -> BranchState:
         """The active branch from list `index` on, with the version bookkeeping at and after it."""
+        uid, sid, k = conversation.user_id, conversation.id, self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lrange(_messages_key(sid), index, -1)
-            pipe.hgetall(_versions_key(sid))
+            pipe.lrange(k.messages(uid, sid), index, -1)
+            pipe.hgetall(k.versions(uid, sid))
             messages, labels = await pipe.execute()
         versions = {int(j): label for j, label in labels.items() if int(j) >= index}
         forks: dict[int, str] = {}
         if versions:
             indices = sorted(versions)
-            rows = await self.redis.hmget(_forks_key(sid), [str(j) for j in indices])
+            rows = await self.redis.hmget(k.forks(uid, sid), [str(j) for j in indices])
             forks = {j: raw for j, raw in zip(indices, rows) if raw is not None}
         return BranchState(index=index, messages=messages, forks=forks, versions=versions)
 
     async def write_branch(self, conversation: Conversation, change: BranchChange, *, preview: str) -> None:
         """Replace the active branch from `change.index` on, with its version bookkeeping: one MULTI."""
-        sid, uid = conversation.id, conversation.user_id
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.ltrim(_messages_key(sid), 0, change.index - 1)
+            pipe.ltrim(k.messages(uid, sid), 0, change.index - 1)
             if change.messages:
-                pipe.rpush(_messages_key(sid), *change.messages)
+                pipe.rpush(k.messages(uid, sid), *change.messages)
             if change.forks_del:
-                pipe.hdel(_forks_key(sid), *[str(j) for j in change.forks_del])
+                pipe.hdel(k.forks(uid, sid), *[str(j) for j in change.forks_del])
             if change.forks_set:
-                pipe.hset(_forks_key(sid), mapping={str(j): raw for j, raw in change.forks_set.items()})
+                pipe.hset(k.forks(uid, sid), mapping={str(j): raw for j, raw in change.forks_set.items()})
             if change.versions_del:
-                pipe.hdel(_versions_key(sid), *[str(j) for j in change.versions_del])
+                pipe.hdel(k.versions(uid, sid), *[str(j) for j in change.versions_del])
             if change.versions_set:
-                pipe.hset(_versions_key(sid), mapping={str(j): v for j, v in change.versions_set.items()})
-            pipe.hset(_meta_key(sid), mapping={"count": change.index + len(change.messages), "preview": preview})
+                pipe.hset(k.versions(uid, sid), mapping={str(j): v for j, v in change.versions_set.items()})
+            pipe.hset(k.meta(uid, sid), mapping={"count": change.index + len(change.messages), "preview": preview})
             self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
 
-    async def message_at(self, sid: str, index: int) -> Message | None:
-        raw = await self.redis.lindex(_messages_key(sid), index)
+    async def message_count(self, conversation: Conversation) -> int:
+        return int(await self.redis.llen(self.keys.messages(conversation.user_id, conversation.id)))
+
+    async def message_at(self, conversation: Conversation, index: int) -> Message | None:
+        raw = await self.redis.lindex(self.keys.messages(conversation.user_id, conversation.id), index)
         return Message.from_json(raw) if raw else None
 
-    async def session_of_message(self, mid: str) -> str | None:
-        return await self.redis.get(_message_key(mid))
+    async def session_of_message(self, uid: str, mid: str) -> str | None:
+        return await self.redis.get(self.keys.message(uid, mid))
 
-    async def find_message_index(self, sid: str, mid: str, *, chunk: int = 200) -> int | None:
+    async def find_message_index(self, conversation: Conversation, mid: str, *, chunk: int = 200) -> int | None:
         """The list index of a message of the active branch, searched from the newest."""
-        total = await self.redis.llen(_messages_key(sid))
+        key = self.keys.messages(conversation.user_id, conversation.id)
+        total = await self.redis.llen(key)
         end = total
         while end > 0:
             start = max(0, end - chunk)
-            rows = await self.redis.lrange(_messages_key(sid), start, end - 1)
+            rows = await self.redis.lrange(key, start, end - 1)
             for offset in range(len(rows) - 1, -1, -1):
                 if f'"id":"{mid}"' in rows[offset]:
                     return start + offset
@@ -509,35 +522,64 @@ class Store:
 
     async def claim_request(self, uid: str, request_id: str, turn_id: str) -> str | None:
         """Record that a client request starts `turn_id`; the turn id of an earlier identical request, if any."""
-        key = _request_key(uid, request_id)
+        key = self.keys.request(uid, request_id)
         if await self.redis.set(key, turn_id, nx=True, ex=600):
             return None
         return await self.redis.get(key) or None
 
     async def forget_request(self, uid: str, request_id: str) -> None:
         """A request that started nothing (refused): the same id may try again."""
-        await self.redis.delete(_request_key(uid, request_id))
+        await self.redis.delete(self.keys.request(uid, request_id))
 
     # turns --------------------------------------------------------------
 
-    async def lock_turn(self, sid: str, *, turn_id: str, hits: list[tuple[str, str, int, int]]) -> TurnLock:
-        """Read the metadata, take the conversation's turn lock and count limits: one round trip.
+    async def lock_turn(self, uid: str, sid: str, *, turn_id: str, hits: list[tuple[str, str, int, int]]) -> TurnLock:
+        """Read the metadata, take the conversation's lock and count limits: one round trip.
 
+        The lock is a lease of `lease_ms`: the writer renews it while the reply generates
+        (renew_leases), so a host that dies frees the conversation within seconds.
         `hits` are (limit name, key, window number, window seconds) counters to increment,
         as in count_hits(). Whether the caller may go on is the core's decision; it gives
         the lock back with release_lock() when not.
         """
+        k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(_meta_key(sid))
-            pipe.set(_lock_key(sid), turn_id, nx=True, ex=self.turn_timeout)
-            pipe.llen(_messages_key(sid))
-            _count_hits(pipe, hits)
+            pipe.hgetall(k.meta(uid, sid))
+            pipe.set(k.lock(uid, sid), turn_id, nx=True, px=self.lease_ms)
+            pipe.llen(k.messages(uid, sid))
+            self._count_hits(pipe, hits)
             meta, locked, length, *counts = await pipe.execute()
+        if meta and meta.get("user_id") != uid:
+            meta = {}
         return TurnLock(meta=meta, locked=bool(locked), length=int(length), counts=[int(c) for c in counts[0::2]])
 
-    async def release_lock(self, sid: str, holder: str) -> None:
+    async def release_lock(self, uid: str, sid: str, holder: str) -> None:
         """Give the lock back, if `holder` (a turn id) still holds it."""
-        await self.redis.eval(RELEASE_LOCK, 1, _lock_key(sid), holder)
+        await self.redis.eval(RELEASE_LOCK, 1, self.keys.lock(uid, sid), holder)
+
+    async def renew_leases(self, held: list[tuple[TurnRef, str]], finished: list[TurnRef]) -> list[bool]:
+        """Renew the locks of the turns generating here (turn, session id) and list them as running with
+        their new deadline; forget the `finished` ones. One pipeline. False where a lock was lost."""
+        k = self.keys
+        deadline = (time.time() * 1000) + self.lease_ms
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ref, sid in held:
+                pipe.eval(RENEW_LOCK, 1, k.lock(ref.user_id, sid), ref.turn_id, self.lease_ms)
+            if held:
+                pipe.zadd(k.running, {k.running_member(ref): deadline for ref, _ in held})
+            if finished:
+                pipe.zrem(k.running, *[k.running_member(ref) for ref in finished])
+            results = await pipe.execute()
+        return [bool(result) for result in results[: len(held)]]
+
+    async def lapsed_turns(self, limit: int = 100) -> list[TurnRef]:
+        """Turns listed as running whose writer stopped renewing its lease."""
+        members = await self.redis.zrangebyscore(self.keys.running, "-inf", time.time() * 1000, start=0, num=limit)
+        return [self.keys.running_ref(member) for member in members]
+
+    async def forget_running(self, refs: list[TurnRef]) -> None:
+        if refs:
+            await self.redis.zrem(self.keys.running, *[self.keys.running_member(ref) for ref in refs])
 
     async def save_turn_start(
         self, conversation: Conversation, message: Message | None, *, turn_id: str, context_messages: int
@@ -549,26 +591,24 @@ class Store:
         The window is the last `context_messages` messages (LRANGE -N -1), whatever the length.
         A user message is also indexed by its id (editing it by id needs its conversation).
         """
-        sid, uid = conversation.id, conversation.user_id
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
+        ref = TurnRef(uid, turn_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             if message is not None:  # None: a retry or a regenerated reply answers the message already there
-                pipe.rpush(_messages_key(sid), message.to_json())
-                pipe.set(_message_key(message.id), sid, ex=self.conversation_ttl)
+                pipe.rpush(k.messages(uid, sid), message.to_json())
+                pipe.set(k.message(uid, message.id), sid, ex=self.conversation_ttl)
             pipe.hset(
-                _meta_key(sid),
+                k.meta(uid, sid),
                 mapping={
                     "title": conversation.title, "preview": conversation.preview, "role": conversation.role,
                     "count": conversation.message_count, "updated": repr(conversation.updated), "turn": turn_id,
                 },
             )
-            pipe.zadd(_index_key(uid), {sid: conversation.updated * 1000})
-            pipe.hset(
-                _turn_key(turn_id),
-                mapping={"session_id": sid, "user_id": uid, "status": "running", "message_id": ""},
-            )
-            pipe.expire(_turn_key(turn_id), TURN_RETENTION_SECONDS)
+            pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
+            pipe.hset(k.turn(ref), mapping={"session_id": sid, "user_id": uid, "status": "running", "message_id": ""})
+            pipe.expire(k.turn(ref), TURN_RETENTION_SECONDS)
             self._refresh_ttls(pipe, uid, sid, versions=False)
-            pipe.lrange(_messages_key(sid), -context_messages, -1)
+            pipe.lrange(k.messages(uid, sid), -context_messages, -1)
             results = await pipe.execute()
         return [Message.from_json(raw) for raw in results[-1]]
 
@@ -588,65 +628,68 @@ class Store:
 
         `preview` is what the session list shows for the conversation once `reply` is saved.
         """
-        sid, uid = conversation.id, conversation.user_id
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
+        ref = TurnRef(uid, turn_id)
         now = time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
             if reply is not None and conversation_exists:
-                pipe.rpush(_messages_key(sid), reply.to_json())
-                pipe.hincrby(_meta_key(sid), "count", 1)
-                pipe.hset(
-                    _meta_key(sid), mapping={"preview": preview, "updated": repr(now), "turn": ""}
-                )
-                pipe.zadd(_index_key(uid), {sid: now * 1000})
+                pipe.rpush(k.messages(uid, sid), reply.to_json())
+                pipe.hincrby(k.meta(uid, sid), "count", 1)
+                pipe.hset(k.meta(uid, sid), mapping={"preview": preview, "updated": repr(now), "turn": ""})
+                pipe.zadd(k.index(uid), {sid: now * 1000})
             elif conversation_exists:
-                pipe.hset(_meta_key(sid), "turn", "")
+                pipe.hset(k.meta(uid, sid), "turn", "")
             pipe.hset(
-                _turn_key(turn_id),
+                k.turn(ref),
                 mapping={"status": reply.status if reply else "error", "message_id": reply.id if reply else ""},
             )
             if unwritten:
-                pipe.xadd(
-                    _events_key(turn_id), _entry_fields(unwritten), id=f"0-{unwritten[-1].seq}",
-                    maxlen=STREAM_MAXLEN, approximate=True,
-                )
-            pipe.xadd(
-                _events_key(turn_id), _event_fields(final_event), id=f"0-{final_event.seq}",
-                maxlen=STREAM_MAXLEN, approximate=True,
-            )
-            pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS)
+                pipe.xadd(k.events(ref), _entry_fields(unwritten), id=f"0-{unwritten[-1].seq}",
+                          maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.xadd(k.events(ref), _event_fields(final_event), id=f"0-{final_event.seq}",
+                      maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.expire(k.events(ref), STREAM_RETENTION_SECONDS)
             if release_lock:
-                pipe.eval(RELEASE_LOCK, 1, _lock_key(sid), turn_id)
+                pipe.eval(RELEASE_LOCK, 1, k.lock(uid, sid), turn_id)
             if conversation_exists:
                 self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
+        if self.cluster:
+            await self._wake_readers([ref])
 
-    async def abandon_turn(self, sid: str, turn_id: str, final_event: TurnEvent) -> None:
+    async def abandon_turn(self, conversation: Conversation, turn_id: str, final_event: TurnEvent) -> None:
         """A turn whose save failed: its state says error, readers elsewhere get the error event, the
         lock goes. Each command on its own: where a full Redis refuses some, the others still apply."""
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
+        ref = TurnRef(uid, turn_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(_events_key(turn_id), _event_fields(final_event), id=f"0-{final_event.seq}")
-            pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS)
-            pipe.eval(RELEASE_LOCK, 1, _lock_key(sid), turn_id)
-            pipe.hset(_turn_key(turn_id), "status", "error")
-            pipe.hset(_meta_key(sid), "turn", "")
+            pipe.xadd(k.events(ref), _event_fields(final_event), id=f"0-{final_event.seq}")
+            pipe.expire(k.events(ref), STREAM_RETENTION_SECONDS)
+            pipe.eval(RELEASE_LOCK, 1, k.lock(uid, sid), turn_id)
+            pipe.hset(k.turn(ref), "status", "error")
+            pipe.hset(k.meta(uid, sid), "turn", "")
             await pipe.execute(raise_on_error=False)
+        if self.cluster:
+            await self._wake_readers([ref])
 
-    async def append_events(self, batch: Iterable[tuple[str, list[TurnEvent]]]) -> None:
+    async def append_events(self, batch: Iterable[tuple[TurnRef, list[TurnEvent]]]) -> None:
         """Write the chunk events of many turns in one pipeline, one stream entry per turn.
 
         Consecutive chunks of a turn share an entry whose id is the last seq; its `f`
         (first seq) and `n` (lengths) let a reader resuming mid-entry take just the
         chunks it lacks. Not a transaction: the order per key holds, and one bad
-        entry must not fail the others.
+        entry must not fail the others. On a Cluster each entry is also announced on
+        its turn's wake-up channel (followers.ClusterFollower).
         """
+        k = self.keys
+        refs = []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for turn_id, events in batch:
-                pipe.xadd(
-                    _events_key(turn_id), _entry_fields(events), id=f"0-{events[-1].seq}",
-                    maxlen=STREAM_MAXLEN, approximate=True,
-                )
+            for ref, events in batch:
+                refs.append(ref)
+                pipe.xadd(k.events(ref), _entry_fields(events), id=f"0-{events[-1].seq}",
+                          maxlen=STREAM_MAXLEN, approximate=True)
                 if events[0].seq == 1:  # later entries need no EXPIRE of their own: finish_turn sets the last one
-                    pipe.expire(_events_key(turn_id), STREAM_RETENTION_SECONDS + self.turn_timeout)
+                    pipe.expire(k.events(ref), STREAM_RETENTION_SECONDS + self.turn_timeout)
             results = await pipe.execute(raise_on_error=False)
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
@@ -655,104 +698,134 @@ class Store:
                 raise connection[0]
             # "ID equal or smaller": a resent pipeline whose first run was applied; the entries are there
             log.warning("event write refused: %s", errors[0])
+        if self.cluster:
+            await self._wake_readers(refs)
 
-    async def turn_saved(self, turn_id: str) -> bool:
+    async def _wake_readers(self, refs: list[TurnRef]) -> None:
+        """Cluster: tell followers on other hosts that these turns have new events (best effort:
+        they also look by themselves every second)."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for ref in refs:
+                    pipe.publish(self.keys.wake_channel(ref), ref.user_id)
+                await pipe.execute()
+        except RedisError as exc:
+            log.debug("wake-up not published: %s", exc)
+
+    async def turn_saved(self, ref: TurnRef) -> bool:
         """Whether the turn's end is already saved (a save whose reply was lost on the way back)."""
-        return await self.redis.hget(_turn_key(turn_id), "status") not in (None, "running")
+        return await self.redis.hget(self.keys.turn(ref), "status") not in (None, "running")
 
-    async def claim_recovery(self, turn_id: str) -> bool:
-        """One reader saves an orphaned turn; the others wait for its result."""
-        return bool(await self.redis.set(_turn_key(turn_id) + ":recovery", "1", nx=True, ex=60))
+    async def claim_recovery(self, ref: TurnRef) -> bool:
+        """One host saves an orphaned turn; the others wait for its result."""
+        return bool(await self.redis.set(self.keys.recovery(ref), "1", nx=True, ex=60))
 
-    async def get_turn(self, turn_id: str) -> TurnInfo | None:
-        data = await self.redis.hgetall(_turn_key(turn_id))
-        if not data:
+    async def get_turn(self, ref: TurnRef) -> TurnInfo | None:
+        data = await self.redis.hgetall(self.keys.turn(ref))
+        if not data or data.get("user_id") != ref.user_id:
             return None
         return TurnInfo(
-            id=turn_id, session_id=data.get("session_id", ""), user_id=data.get("user_id", ""),
+            id=ref.turn_id, session_id=data.get("session_id", ""), user_id=ref.user_id,
             status=data.get("status", "running"), message_id=data.get("message_id", ""),
         )
 
-    async def read_events(self, turn_id: str, after: int) -> list[TurnEvent]:
+    async def read_events(self, ref: TurnRef, after: int) -> list[TurnEvent]:
         """The turn's events after seq `after`, as its stream holds them now."""
-        rows = await self.redis.xrange(_events_key(turn_id), min=f"(0-{after}", max="+")
+        rows = await self.redis.xrange(self.keys.events(ref), min=f"(0-{after}", max="+")
         return _events_after(rows, after)
 
-    async def read_turn_streams(
-        self, positions: dict[str, int], *, worker_id: str, wake_seen: str, block_ms: int
-    ) -> tuple[dict[str, list[TurnEvent]], str]:
-        """One XREAD BLOCK over many turns' event streams and a worker's wake-up stream.
+    async def read_many_events(self, positions: dict[TurnRef, int]) -> dict[TurnRef, list[TurnEvent]]:
+        """Each turn's events after its position: one pipeline of XRANGEs (any slots)."""
+        refs = list(positions)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ref in refs:
+                pipe.xrange(self.keys.events(ref), min=f"(0-{positions[ref]}", max="+")
+            replies = await pipe.execute()
+        return {ref: _events_after(rows, positions[ref]) for ref, rows in zip(refs, replies) if rows}
 
-        `positions` maps turn id -> the last seq already had. Returns the new events per
+    async def read_turn_streams(
+        self, positions: dict[TurnRef, int], *, worker_id: str, wake_seen: str, block_ms: int
+    ) -> tuple[dict[TurnRef, list[TurnEvent]], str]:
+        """One XREAD BLOCK over many turns' event streams and a worker's wake-up stream (one Redis only:
+        on a Cluster the streams are in many slots, and followers.ClusterFollower is used instead).
+
+        `positions` maps a turn -> the last seq already had. Returns the new events per
         turn, and the id of the newest wake-up seen (to pass back next time).
         """
-        wake_key = _follower_wake_key(worker_id)
-        turn_of_key = {_events_key(turn_id): turn_id for turn_id in positions}
-        streams = {wake_key: wake_seen, **{key: f"0-{positions[turn_id]}" for key, turn_id in turn_of_key.items()}}
+        wake_key = self.keys.follower_wake(worker_id)
+        turn_of_key = {self.keys.events(ref): ref for ref in positions}
+        streams = {wake_key: wake_seen, **{key: f"0-{positions[ref]}" for key, ref in turn_of_key.items()}}
         reply = await self.blocking_redis.xread(streams, block=block_ms, count=1000)
-        events: dict[str, list[TurnEvent]] = {}
+        events: dict[TurnRef, list[TurnEvent]] = {}
         for key, rows in reply or []:
             if key == wake_key:
                 wake_seen = rows[-1][0]
                 continue
-            turn_id = turn_of_key[key]
-            events[turn_id] = _events_after(rows, positions[turn_id])
+            ref = turn_of_key[key]
+            events[ref] = _events_after(rows, positions[ref])
         return events, wake_seen
 
     async def wake_follower(self, worker_id: str) -> None:
         """End a worker's blocking XREAD now, so that it starts over with a new stream in it."""
-        key = _follower_wake_key(worker_id)
+        key = self.keys.follower_wake(worker_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xadd(key, {"w": "1"}, maxlen=1, approximate=False)
             pipe.expire(key, FOLLOWER_WAKE_TTL_SECONDS)
             await pipe.execute()
 
-    async def find_message(self, sid: str, message_id: str) -> Message | None:
+    def wake_pubsub(self) -> Any:
+        """Cluster: a pub/sub connection for the turns' wake-up channels (one per worker)."""
+        return self.blocking_redis.pubsub(ignore_subscribe_messages=True)
+
+    def wake_channel(self, ref: TurnRef) -> str:
+        return self.keys.wake_channel(ref)
+
+    async def find_message(self, uid: str, sid: str, message_id: str) -> Message | None:
         """The saved reply of a finished turn (it is near the end of the list)."""
-        for raw in reversed(await self.redis.lrange(_messages_key(sid), -50, -1)):
+        for raw in reversed(await self.redis.lrange(self.keys.messages(uid, sid), -50, -1)):
             message = Message.from_json(raw)
             if message.id == message_id:
                 return message
         return None
 
     async def request_cancel(self, turn_id: str) -> None:
-        await self.redis.publish(CANCEL_CHANNEL, turn_id)
+        await self.redis.publish(self.keys.cancel_channel, turn_id)
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         """Turn ids whose cancellation any worker published."""
         pubsub = self.blocking_redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(CANCEL_CHANNEL)
+            await pubsub.subscribe(self.keys.cancel_channel)
             async for message in pubsub.listen():
                 if message.get("type") == "message":
                     yield message["data"]
         finally:
             await pubsub.aclose()
 
-    async def lock_holder(self, sid: str) -> str | None:
+    async def lock_holder(self, uid: str, sid: str) -> str | None:
         """The id of the turn that holds the conversation's lock, if any."""
-        return await self.redis.get(_lock_key(sid))
+        return await self.redis.get(self.keys.lock(uid, sid))
 
     # undoable deletion (web UI) ----------------------------------------
 
     async def delete_undoably(self, conversation: Conversation, *, keep_seconds: int) -> None:
         """Delete a conversation but keep a copy for `keep_seconds`, so an undo can put it back."""
-        sid = conversation.id
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lrange(_messages_key(sid), 0, -1)
-            pipe.hgetall(_versions_key(sid))
-            pipe.hgetall(_forks_key(sid))
+            pipe.lrange(k.messages(uid, sid), 0, -1)
+            pipe.hgetall(k.versions(uid, sid))
+            pipe.hgetall(k.forks(uid, sid))
             messages, versions, forks = await pipe.execute()
         copy = orjson.dumps({"meta": conversation.to_hash(), "messages": messages, "versions": versions, "forks": forks})
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(_trash_key(conversation.id), copy, ex=keep_seconds)
-            pipe.delete(_meta_key(sid), _messages_key(sid), _versions_key(sid), _forks_key(sid))
-            pipe.zrem(_index_key(conversation.user_id), conversation.id)
+            pipe.set(k.trash(uid, sid), copy, ex=keep_seconds)
+            pipe.delete(*k.conversation_keys(uid, sid))
+            pipe.zrem(k.index(uid), sid)
             await pipe.execute()
 
     async def undo_delete(self, uid: str, sid: str) -> Conversation | None:
         """Put back a conversation deleted with `delete_undoably`; None when the copy is gone or not uid's."""
-        raw = await self.redis.get(_trash_key(sid))
+        raw = await self.redis.get(self.keys.trash(uid, sid))
         if raw is None:
             return None
         copy = orjson.loads(raw)
@@ -761,16 +834,8 @@ class Store:
         conversation = Conversation.from_hash(sid, copy["meta"])
         messages = [Message.from_json(item) for item in copy["messages"]]
         await self.restore_conversation(conversation, messages, copy.get("versions"), copy.get("forks"))
-        await self.redis.delete(_trash_key(sid))
+        await self.redis.delete(self.keys.trash(uid, sid))
         return conversation
-
-
-def _count_hits(pipe: Any, hits: list[tuple[str, str, int, int]]) -> None:
-    """INCR each (limit name, key, window number, window seconds) counter; it expires with its window.
-    Each adds two replies to the pipeline: the count, then the EXPIRE's."""
-    for name, key, window, seconds in hits:
-        pipe.incr(_limit_key(name, key, window))
-        pipe.expire(_limit_key(name, key, window), seconds + 30)
 
 
 def _event_fields(event: TurnEvent) -> dict[str, str]:

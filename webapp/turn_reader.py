@@ -15,12 +15,13 @@ import logging
 from typing import AsyncIterator, Callable
 
 from .errors import TooManyStreams, TurnNotFound
-from .followers import REMOTE_BLOCK_MS, StreamFollower, Subscription
+from .followers import REMOTE_BLOCK_MS, Subscription, make_follower
 from .i18n import t
 from .metrics import Metrics
-from .models import TERMINAL, Message, TurnEvent, TurnInfo, new_message_id, now_iso
+from .keys import TurnRef
+from .models import TERMINAL, TurnEvent, TurnInfo
+from .recovery import OrphanRecovery
 from .store import Store
-from .titles import make_preview
 from .turn_writer import TurnRun
 
 log = logging.getLogger("webapp.turns")
@@ -30,11 +31,12 @@ class TurnReader:
     """Serves a turn's events to any number of readers, from any event id."""
 
     def __init__(self, store: Store, local_run: Callable[[str], TurnRun | None], metrics: Metrics,
-                 max_streams_per_user: int = 0) -> None:
+                 max_streams_per_user: int = 0, recovery: OrphanRecovery | None = None) -> None:
         self.store = store
         self.local_run = local_run
         self.metrics = metrics
-        self.follower = StreamFollower(store)
+        self.follower = make_follower(store)
+        self.recovery = recovery or OrphanRecovery(store)
         self.max_streams_per_user = max_streams_per_user
         self.open_streams: dict[str, int] = {}  # per user, on this worker
 
@@ -55,7 +57,7 @@ class TurnReader:
             info = TurnInfo(id=run.id, session_id=run.conversation.id, user_id=run.conversation.user_id,
                             status="running")
         else:
-            info = await self.store.get_turn(turn_id)
+            info = await self.store.get_turn(TurnRef(user_id, turn_id))
         if info is None or info.user_id != user_id or (session_id is not None and info.session_id != session_id):
             raise TurnNotFound()
         return info
@@ -63,7 +65,7 @@ class TurnReader:
     async def resumable(self, turn_id: str, user_id: str, after: int, session_id: str | None = None) -> TurnInfo | None:
         """The turn to follow from seq `after`, or None when the reader has already seen its end."""
         turn = await self.owned_turn(turn_id, user_id, session_id)
-        if turn.status != "running" and after > 0 and not await self.store.read_events(turn.id, after):
+        if turn.status != "running" and after > 0 and not await self.store.read_events(_ref(turn), after):
             return None
         return turn
 
@@ -93,7 +95,8 @@ class TurnReader:
         A turn silent for REMOTE_BLOCK_MS is checked: ended (its stream expired: replay
         the saved reply), or orphaned by a worker that died (save it).
         """
-        events = await self.store.read_events(turn.id, after)
+        ref = _ref(turn)
+        events = await self.store.read_events(ref, after)
         subscription: Subscription | None = None
         try:
             while True:
@@ -103,52 +106,28 @@ class TurnReader:
                     if events[-1].type in TERMINAL:
                         return
                 else:
-                    info = await self.store.get_turn(turn.id)
+                    info = await self.store.get_turn(ref)
                     if info is not None and info.status == "running" and self.local_run(turn.id) is None:
-                        if await self.store.lock_holder(info.session_id) != turn.id:
-                            info = await self._recover_orphan(info)
+                        info = await self.recovery.recover(ref)  # saved as interrupted if its writer died
                     if info is None or info.status != "running":
                         # its last events (or the interruption a recovery just wrote), else the saved reply
-                        events = await self.store.read_events(turn.id, after)
+                        events = await self.store.read_events(ref, after)
                         if events:
                             continue
                         async for batch in self._replay_from_history(info or turn, after):
                             yield batch
                         return
                 if subscription is None:
-                    subscription = await self.follower.subscribe(turn.id, after)
+                    subscription = await self.follower.subscribe(ref, after)
                 # (a direct read above may have run ahead of the subscription)
                 events = [event for event in await subscription.next(REMOTE_BLOCK_MS / 1000) if event.seq > after]
         finally:
             if subscription is not None:
-                self.follower.unsubscribe(turn.id, subscription)
-
-    async def _recover_orphan(self, turn: TurnInfo) -> TurnInfo | None:
-        """A turn whose worker died: save what its event stream holds as an interrupted reply."""
-        conversation = await self.store.get_conversation(turn.session_id)
-        if conversation is None:
-            return None
-        if not await self.store.claim_recovery(turn.id):
-            return await self.store.get_turn(turn.id)  # another reader is saving it
-        events = await self.store.read_events(turn.id, 0)
-        if events and events[-1].type in TERMINAL:
-            return await self.store.get_turn(turn.id)
-        content = "".join(e.content for e in events if e.type == "chunk")
-        reply = None
-        if content:
-            reply = Message(id=new_message_id(), role="assistant", content=content, ts=now_iso(), status="interrupted")
-        final = TurnEvent(seq=len(events) + 1, type="error", content=t("error.interrupted"))
-        # the lock is no longer this turn's (that is how it was found orphaned): leave it alone
-        await self.store.finish_turn(
-            conversation, turn_id=turn.id, reply=reply, preview=make_preview(content), final_event=final,
-            release_lock=False,
-        )
-        log.warning("turn %s: its worker is gone; saved %d chars as interrupted", turn.id, len(content))
-        return await self.store.get_turn(turn.id)
+                self.follower.unsubscribe(ref, subscription)
 
     async def _replay_from_history(self, turn: TurnInfo, after: int) -> AsyncIterator[list[TurnEvent]]:
         """The event stream has expired: rebuild the reply from the saved message."""
-        message = await self.store.find_message(turn.session_id, turn.message_id) if turn.message_id else None
+        message = await self.store.find_message(turn.user_id, turn.session_id, turn.message_id) if turn.message_id else None
         failed = turn.status == "error" or (message is not None and message.status == "error")
         if after == 0 and message is not None:
             final = TurnEvent(seq=2, type="error", content=t("error.upstream")) if failed else \
@@ -159,20 +138,24 @@ class TurnReader:
 
     # what a page shows --------------------------------------------------
 
-    async def progress(self, turn_id: str) -> tuple[str, int, bool]:
+    async def progress(self, user_id: str, turn_id: str) -> tuple[str, int, bool]:
         """What a page rendered now shows of a reply: its text so far, the last seq, and whether it ended.
 
         A reader that then follows from that seq sees each chunk exactly once.
         """
         run = self.local_run(turn_id)
-        events = list(run.events) if run is not None else await self.store.read_events(turn_id, 0)
+        events = list(run.events) if run is not None else await self.store.read_events(TurnRef(user_id, turn_id), 0)
         text = "".join(event.content for event in events if event.type == "chunk")
         last = events[-1] if events else None
         return text, last.seq if last else 0, bool(last and last.type in TERMINAL)
 
-    async def saved_reply_id(self, turn_id: str, final: TurnEvent | None) -> str:
+    async def saved_reply_id(self, user_id: str, turn_id: str, final: TurnEvent | None) -> str:
         """The id of the message a turn saved: from its final event, else from its stored state."""
         if final is not None and final.message_id:
             return final.message_id
-        info = await self.store.get_turn(turn_id) if turn_id else None
+        info = await self.store.get_turn(TurnRef(user_id, turn_id)) if turn_id else None
         return info.message_id if info else ""
+
+
+def _ref(turn: TurnInfo) -> TurnRef:
+    return TurnRef(turn.user_id, turn.id)

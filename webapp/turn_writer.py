@@ -27,9 +27,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .config import Settings
 from .context import build_context, validate_message
 from .errors import (
-    MessageNotFound, NothingToRegenerate, SessionNotFound, TurnRunning, VersionLimit,
+    ConversationFull, MessageNotFound, NothingToRegenerate, SessionNotFound, TurnRunning, VersionLimit,
 )
 from .i18n import Lang, t
+from .keys import TurnRef
 from .limits import Limit, active, refuse_if_over
 from .llm import Provider, UpstreamError
 from .metrics import Metrics
@@ -37,6 +38,7 @@ from .models import (
     TERMINAL, WELCOME, Conversation, Message, TurnEvent, TurnInfo, TurnLock, new_id, new_message_id, now_iso,
 )
 from .roles import Role, get_role, role_or_default
+from .recovery import OrphanRecovery
 from .store import Store
 from .titles import make_preview, make_title
 from .versions import BranchState, TooManyVersions, fork
@@ -79,6 +81,11 @@ class TurnRun:
     last_emit: float = 0.0
     flush_handle: asyncio.TimerHandle | None = None
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    lease_lost: bool = False
+
+    @property
+    def ref(self) -> TurnRef:
+        return TurnRef(self.conversation.user_id, self.id)
 
     def publish(self, event: TurnEvent) -> None:
         """Append an event and wake the readers waiting for one (a future per waiting reader,
@@ -123,7 +130,7 @@ class EventWriter:
     def __init__(self, store: Store, interval: float) -> None:
         self.store = store
         self.interval = interval
-        self.pending: dict[str, list[TurnEvent]] = {}
+        self.pending: dict[TurnRef, list[TurnEvent]] = {}
         self.wakeup = asyncio.Event()
         self.inflight: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -131,21 +138,21 @@ class EventWriter:
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="event-writer")
 
-    def add(self, turn_id: str, event: TurnEvent) -> None:
-        events = self.pending.get(turn_id)
+    def add(self, ref: TurnRef, event: TurnEvent) -> None:
+        events = self.pending.get(ref)
         if events is None:
-            self.pending[turn_id] = [event]
+            self.pending[ref] = [event]
             self.wakeup.set()
         else:
             events.append(event)
 
-    async def take(self, turn_id: str) -> list[TurnEvent]:
+    async def take(self, ref: TurnRef) -> list[TurnEvent]:
         """The turn's unwritten events, once any write of its earlier ones has finished."""
-        events = self.pending.pop(turn_id, [])
+        events = self.pending.pop(ref, [])
         if self.inflight is not None and not self.inflight.done():
             await asyncio.shield(self.inflight)
             # a failed write puts its events back: they come first
-            events = self.pending.pop(turn_id, []) + events
+            events = self.pending.pop(ref, []) + events
         return events
 
     async def _run(self) -> None:
@@ -163,8 +170,8 @@ class EventWriter:
                 backoff = self.interval
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("event write failed (%s), retrying", type(exc).__name__)
-                for turn_id, events in batch.items():
-                    self.pending[turn_id] = events + self.pending.get(turn_id, [])
+                for ref, events in batch.items():
+                    self.pending[ref] = events + self.pending.get(ref, [])
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 self.wakeup.set()
@@ -191,6 +198,8 @@ class TurnWriter:
         self.settings = settings
         self.metrics = metrics
         self.runs: dict[str, TurnRun] = {}
+        self.recovery = OrphanRecovery(store)
+        self.ended: Callable[[TurnRef], None] = lambda ref: None  # the lease keeper's, once it runs
         self.stream_writer = EventWriter(store, settings.stream_flush_ms / 1000)
         self.coalesce = settings.stream_coalesce_ms / 1000
         self.turns_per_user = Limit("turns-user", settings.rate_limit_per_minute, RATE_WINDOW_SECONDS)
@@ -217,17 +226,28 @@ class TurnWriter:
         """The turn if it generates on this worker (its events are in memory)."""
         return self.runs.get(turn_id)
 
+    def held_leases(self) -> list[tuple[TurnRef, str]]:
+        """(turn, session id) of each turn generating here: the leases to renew."""
+        return [(run.ref, run.conversation.id) for run in self.runs.values() if not run.finished]
+
+    def lease_lost(self, turn_id: str) -> None:
+        """Its lease lapsed: another host may already have saved it as interrupted. Stop it."""
+        run = self.runs.get(turn_id)
+        if run is not None:
+            run.lease_lost = True
+            self._cancel_run(run, "lease")
+
     # starting -----------------------------------------------------------
 
     async def lock_conversation(self, session_id: str, user_id: str, holder: str, *,
                                 hits: list[tuple[str, str, int, int]] | None = None) -> TurnLock:
         """Take the conversation's lock for `holder` (a turn, or a version switch), checking ownership in the
         same round trip: 404 for a conversation that is not the user's, 409 while another holds it.
-        The caller gives it back with store.release_lock(session_id, holder)."""
-        lock = await self.store.lock_turn(session_id, turn_id=holder, hits=hits or [])
+        The caller gives it back with store.release_lock(user_id, session_id, holder)."""
+        lock = await self.store.lock_turn(user_id, session_id, turn_id=holder, hits=hits or [])
         if not lock.meta or lock.meta.get("user_id") != user_id:
             if lock.locked:
-                await self.store.release_lock(session_id, holder)
+                await self.store.release_lock(user_id, session_id, holder)
             raise SessionNotFound()
         if not lock.locked:
             raise TurnRunning()
@@ -263,9 +283,9 @@ class TurnWriter:
         """Edit and resend a user message: its old version and everything after it stay as a version."""
         text = validate_message(text, self.settings.max_message_chars)
 
-        async def locate() -> int:
+        async def locate(conversation: Conversation) -> int:
             # under the lock, after the request id is claimed: a repeat answers the first turn
-            index = await self.store.find_message_index(session_id, message_id)
+            index = await self.store.find_message_index(conversation, message_id)
             if index is None:
                 raise MessageNotFound()
             return index
@@ -298,14 +318,14 @@ class TurnWriter:
 
     async def _start(
         self, session_id: str, user_id: str, lang: Lang, client_ip: str, request_id: str | None,
-        requested: Role | None, plan: Plan, *, locate: Callable[[], Awaitable[int]] | None = None,
+        requested: Role | None, plan: Plan, *, locate: Callable[[Conversation], Awaitable[int]] | None = None,
         fork_last: bool = False,
     ) -> Started:
         turn_id = new_id()
         if request_id:
             earlier = await self.store.claim_request(user_id, request_id, turn_id)
             if earlier is not None:
-                return await self._duplicate(session_id, earlier)
+                return await self._duplicate(session_id, user_id, earlier)
         try:
             return await self._start_locked(session_id, user_id, lang, client_ip, requested, plan, turn_id,
                                             locate=locate, fork_last=fork_last)
@@ -314,14 +334,14 @@ class TurnWriter:
                 await self.store.forget_request(user_id, request_id)
             raise
 
-    async def _duplicate(self, session_id: str, turn_id: str) -> Started:
+    async def _duplicate(self, session_id: str, user_id: str, turn_id: str) -> Started:
         """A request already made: the turn it started (once that exists), and nothing new."""
         for _ in range(50):
-            info = await self.store.get_turn(turn_id)
+            info = await self.store.get_turn(TurnRef(user_id, turn_id))
             if info is not None:
                 if info.session_id != session_id:
                     raise SessionNotFound()
-                conversation = await self.store.get_conversation(session_id)
+                conversation = await self.store.get_conversation(user_id, session_id)
                 if conversation is None:
                     raise SessionNotFound()
                 return Started(id=turn_id, conversation=conversation, user_message=None, duplicate=True)
@@ -330,7 +350,7 @@ class TurnWriter:
 
     async def _start_locked(
         self, session_id: str, user_id: str, lang: Lang, client_ip: str, requested: Role | None, plan: Plan,
-        turn_id: str, *, locate: Callable[[], Awaitable[int]] | None, fork_last: bool,
+        turn_id: str, *, locate: Callable[[Conversation], Awaitable[int]] | None, fork_last: bool,
     ) -> Started:
         now = time.time()
         checks = active((self.turns_per_user, user_id), (self.turns_per_ip, client_ip))
@@ -340,15 +360,20 @@ class TurnWriter:
             refuse_if_over(checks, lock.counts, now)
             conversation = Conversation.from_hash(session_id, lock.meta)
             conversation.message_count = lock.length  # (messages expire before the metadata does)
+            if conversation.running_turn_id:  # the last turn's writer died: save its reply first
+                await self.recovery.recover(TurnRef(user_id, conversation.running_turn_id), lock_taken=True)
+                conversation.message_count = await self.store.message_count(conversation)
+                conversation.running_turn_id = None
+            self._check_room(conversation)
             state = None
             if fork_last:  # the last two messages decide what a regenerate does
-                state = await self.store.read_branch(session_id, max(0, conversation.message_count - 2))
+                state = await self.store.read_branch(conversation, max(0, conversation.message_count - 2))
             elif locate is not None:
-                state = await self.store.read_branch(session_id, await locate())
+                state = await self.store.read_branch(conversation, await locate(conversation))
             fork_index, text = plan(conversation, state)
             if fork_index is not None:
                 assert state is not None  # a plan forks only where the state it was given reaches
-                before = state.message(fork_index - 1) or await self.store.message_at(session_id, fork_index - 1)
+                before = state.message(fork_index - 1) or await self.store.message_at(conversation, fork_index - 1)
                 try:
                     change = fork(state.from_index(fork_index))
                 except TooManyVersions:
@@ -369,7 +394,7 @@ class TurnWriter:
                 conversation, message, turn_id=turn_id, context_messages=self.settings.context_messages
             )
         except BaseException:
-            await self.store.release_lock(session_id, turn_id)
+            await self.store.release_lock(user_id, session_id, turn_id)
             raise
         user_message = message or next((m for m in reversed(context) if m.role == "user"), None)
         messages = build_context(role, context, self.settings.context_chars)
@@ -379,12 +404,18 @@ class TurnWriter:
         self.metrics.turn_started()
         return Started(id=turn_id, conversation=conversation, user_message=message)
 
+    def _check_room(self, conversation: Conversation) -> None:
+        """A conversation at MAX_MESSAGES_PER_CONVERSATION takes no more: nothing a user wrote is trimmed."""
+        limit = self.settings.max_messages_per_conversation
+        if limit and conversation.message_count + 2 > limit:
+            raise ConversationFull(limit=limit)
+
     # generating ---------------------------------------------------------
 
     async def _generate(self, run: TurnRun, messages: list[dict[str, str]]) -> None:
         status, error_key = "complete", ""
         try:
-            # the conversation's lock lasts TURN_TIMEOUT_SECONDS: the reply must end before it does
+            # a reply may take TURN_TIMEOUT_SECONDS at most (its lease is renewed until then)
             async with asyncio.timeout(max(1, self.settings.turn_timeout_seconds - 5)):
                 async for delta in self.provider.stream(
                     messages, role_name=run.role.name(run.lang), lang=run.lang
@@ -429,7 +460,7 @@ class TurnWriter:
         run.pending.clear()
         run.last_emit = asyncio.get_running_loop().time()
         run.publish(event)
-        self.stream_writer.add(run.id, event)
+        self.stream_writer.add(run.ref, event)
 
     async def _finish(self, run: TurnRun, status: str, error_key: str) -> None:
         if run.flush_handle is not None:
@@ -452,6 +483,7 @@ class TurnWriter:
         run.finished = True
         run.publish(final)
         self.runs.pop(run.id, None)
+        self.ended(run.ref)
         duration = time.perf_counter() - run.started
         ttft = (run.first_token_at - run.started) if run.first_token_at else None
         self.metrics.turn_finished(status, duration)
@@ -478,9 +510,9 @@ class TurnWriter:
         while True:
             attempt += 1
             try:
-                unwritten = await self.stream_writer.take(run.id) if unwritten is None else unwritten
-                if attempt > 1 and await self.store.turn_saved(run.id):
-                    return True
+                unwritten = await self.stream_writer.take(run.ref) if unwritten is None else unwritten
+                if (attempt > 1 or run.lease_lost) and await self.store.turn_saved(run.ref):
+                    return True  # saved by the first attempt after all, or by another host's recovery
                 await self.store.finish_turn(
                     run.conversation, turn_id=run.id, reply=reply, preview=make_preview(reply.content) if reply else "",
                     final_event=final, unwritten=unwritten, conversation_exists=exists,
@@ -503,13 +535,13 @@ class TurnWriter:
     async def _release_after_failed_save(self, run: TurnRun, final: TurnEvent) -> None:
         """Best effort (Redis may be refusing writes): mark the turn failed, unlock the conversation."""
         try:
-            await self.store.abandon_turn(run.conversation.id, run.id, final)
+            await self.store.abandon_turn(run.conversation, run.id, final)
         except RedisError as exc:
             log.error("turn %s: could not release the conversation after a failed save: %s", run.id, exc)
 
     async def _conversation_exists(self, run: TurnRun) -> bool:
         try:
-            return await self.store.get_conversation(run.conversation.id) is not None
+            return await self.store.get_conversation(run.conversation.user_id, run.conversation.id) is not None
         except RedisError:
             return True
 
