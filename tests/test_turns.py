@@ -293,8 +293,8 @@ def test_deleting_a_conversation_stops_its_reply_and_leaves_nothing_behind(clien
     session = create_session(client)
     started = post_turn(client, session["id"], unique("bye") + " [[tokens:300]] [[delay:20]]").json()
     time.sleep(0.3)
-    assert client.delete(f"/api/sessions/{session['id']}").status_code == 204
     uid = owner_of(redis_client, session["id"])
+    assert client.delete(f"/api/sessions/{session['id']}").status_code == 204
     turn_key = KEYS.turn(TurnRef(uid, started["turn_id"]))
     wait_until(lambda: redis_client.hget(turn_key, "status") == "interrupted", timeout=5)
     assert not redis_client.exists(KEYS.meta(uid, session["id"]))

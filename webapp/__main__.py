@@ -148,7 +148,7 @@ async def preflight(settings: Settings) -> str:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from .main import RedisRefused, check_redis
+    from .redis_checks import RedisRefused, check_redis
     from .redis_client import create_redis, detect_cluster
     from .store import Store
 

@@ -160,13 +160,13 @@ def load_settings() -> Settings:
             "(anyone could then name any user)"
         )
     if not settings.secret_key:
+        settings.secret_key = _secret_from_data_dir(settings.data_dir)
         if settings.redis_url:  # a shared Redis suggests several hosts; each would make its own key
             logging.getLogger("webapp").warning(
                 "SECRET_KEY is not set: this host signs cookies with a key of its own (in %s), which other "
                 "hosts on the same Redis will not accept; set the same SECRET_KEY on every host",
                 settings.data_dir / "secret_key",
             )
-        settings.secret_key = _secret_from_data_dir(settings.data_dir)
     elif len(settings.secret_key) < MIN_SECRET_CHARS:
         raise SettingsError(f"Invalid value for SECRET_KEY: use at least {MIN_SECRET_CHARS} characters")
     return settings
