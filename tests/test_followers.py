@@ -11,13 +11,13 @@ from typing import Any, Awaitable, Callable, Iterator
 import httpx
 import pytest
 import redis
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from tests.conftest import (
-    AppServer, RedisServer, _start_app, _stop_app, create_session, messages_of, post_turn, read_sse, run_async,
+    ON_CLUSTER, AppServer, RedisServer, _start_app, _stop_app, create_session, messages_of, post_turn, read_sse, run_async,
     unique, wait_until,
 )
-from webapp.followers import StreamFollower, Subscription
+from webapp.followers import StreamFollower, Subscription, make_follower
 from webapp.keys import TurnRef
 from webapp.models import TurnEvent, new_id
 from webapp.store import Store
@@ -39,9 +39,12 @@ async def read_until(subscription: Subscription, last_seq: int, timeout: float =
 
 def run_with_store(redis_server: RedisServer, body: Callable[[Store], Awaitable[None]]) -> None:
     async def main() -> None:
-        client = Redis.from_url(redis_server.url, decode_responses=True)
+        if ON_CLUSTER:
+            client = RedisCluster.from_url(redis_server.url, decode_responses=True)
+        else:
+            client = Redis.from_url(redis_server.url, decode_responses=True)
         try:
-            await body(Store(client, conversation_ttl=600, index_ttl=600, turn_timeout=60))
+            await body(Store(client, conversation_ttl=600, index_ttl=600, turn_timeout=60, cluster=ON_CLUSTER))
         finally:
             await client.aclose()
 
@@ -65,7 +68,7 @@ def test_a_subscription_that_joins_behind_gets_no_gap(redis_server: RedisServer)
 
 def test_readers_joining_at_different_places_each_get_every_event_once(redis_server: RedisServer) -> None:
     async def body(store: Store) -> None:
-        follower = StreamFollower(store, block_ms=300)
+        follower = make_follower(store, block_ms=300)
         turn_id = TurnRef("u_test", new_id())
         await store.append_events([(turn_id, chunks(1, 3))])
         ahead = await follower.subscribe(turn_id, 3)
@@ -105,6 +108,7 @@ def blocked_xreads(redis_client: redis.Redis) -> int:
     return sum(1 for c in redis_client.client_list() if c.get("cmd") == "xread" and "b" in c.get("flags", ""))
 
 
+@pytest.mark.single_redis
 def test_many_readers_on_another_process_share_one_blocking_read(
     app_server: AppServer, second_app: AppServer, redis_client: redis.Redis
 ) -> None:
@@ -176,7 +180,7 @@ def test_a_reader_joining_late_gets_the_whole_reply_and_then_the_rest(
 @pytest.mark.redis_restart
 def test_the_follower_keeps_following_through_a_redis_restart(redis_server: RedisServer) -> None:
     async def body(store: Store) -> None:
-        follower = StreamFollower(store, block_ms=300)
+        follower = make_follower(store, block_ms=300)
         turn_id = TurnRef("u_test", new_id())
         await store.append_events([(turn_id, chunks(1, 2))])
         subscription = await follower.subscribe(turn_id, 2)

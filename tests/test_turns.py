@@ -10,7 +10,7 @@ import httpx
 import redis
 
 from tests.conftest import (
-    KEYS, TurnRef, owner_of,
+    KEYS, TurnRef, all_keys, owner_of,
     SYSTEM_PROMPTS,
     WELCOME,
     api_turn,
@@ -269,7 +269,8 @@ def test_session_deleted_during_a_turn_stays_deleted(
     history = client.get("/chat/history", params={"user_id": chat["user_id"], "session_id": sid})
     assert history.status_code == 404
     # nothing of it is left behind in Redis to live forever
-    leftovers = [k for k in redis_client.keys(f"{KEYS.owner(chat['user_id'])}:*{sid}*") if redis_client.ttl(k) == -1]
+    leftovers = [k for k in all_keys(redis_client, f"{KEYS.owner(chat['user_id'])}:*{sid}*")
+                 if redis_client.ttl(k) == -1]
     assert leftovers == []
 
 

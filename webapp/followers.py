@@ -8,10 +8,11 @@ plus the worker's own wake-up stream, and hands each reader the events past its 
 A reader that joins posts a wake-up, so that XREAD starts over with its stream in it.
 
 On a Redis Cluster the streams live in many slots, and one XREAD may not span them. There
-(ClusterFollower) the writer announces each flushed entry on the turn's pub/sub channel;
-the worker's one pub/sub connection hears it, and one pipeline of XRANGEs reads every
-announced turn from its readers' place. A message lost while a connection is replaced
-costs at most a second: every followed turn is also read once a second regardless.
+(ClusterFollower) each writer announces, once per flush, which turns it wrote on one
+pub/sub channel; each worker's one pub/sub connection hears it, and one pipeline of
+XRANGEs reads every announced turn it follows from its readers' place. A message lost
+while a connection is replaced costs at most a second: every followed turn is also read
+once a second regardless.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -147,14 +147,12 @@ class StreamFollower:
 
 
 class ClusterFollower(StreamFollower):
-    """Redis Cluster: wake-ups over pub/sub (one connection per worker), reads by pipelined XRANGE."""
+    """Redis Cluster: wake-ups over one pub/sub channel, reads by pipelined XRANGE."""
 
     POLL_SECONDS = 1.0
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
-        self.pubsub: Any = None
-        self.channels: dict[str, TurnRef] = {}
         self.dirty: set[TurnRef] = set()
         self.woken = asyncio.Event()
         self.listener: asyncio.Task[None] | None = None
@@ -164,56 +162,31 @@ class ClusterFollower(StreamFollower):
         self.subscriptions.setdefault(turn_id, set()).add(subscription)
         if self.closed:
             return subscription
-        channel = self.store.wake_channel(turn_id)
-        try:
-            if channel not in self.channels:
-                self.channels[channel] = turn_id
-                if self.pubsub is None:
-                    self.pubsub = self.store.wake_pubsub()
-                await self.pubsub.subscribe(channel)
-                if self.listener is None or self.listener.done():
-                    self.listener = asyncio.create_task(self._listen(), name="stream-follower-wakeups")
-        except RedisError as exc:  # the once-a-second read still follows it
-            log.warning("could not subscribe to a turn's wake-ups (%s)", type(exc).__name__)
-        except BaseException:
-            self.unsubscribe(turn_id, subscription)
-            raise
-        self.dirty.add(turn_id)  # events written before the subscription took effect
+        if self.listener is None or self.listener.done():
+            self.listener = asyncio.create_task(self._listen(), name="stream-follower-wakeups")
+        self.dirty.add(turn_id)  # what was written before its wake-ups are heard
         self.woken.set()
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name="stream-follower")
         return subscription
 
-    def unsubscribe(self, turn_id: TurnRef, subscription: Subscription) -> None:
-        super().unsubscribe(turn_id, subscription)
-        if turn_id not in self.subscriptions:
-            channel = self.store.wake_channel(turn_id)
-            if self.channels.pop(channel, None) is not None and self.pubsub is not None and not self.closed:
-                asyncio.get_running_loop().create_task(self._unsubscribe(channel))
-
-    async def _unsubscribe(self, channel: str) -> None:
-        try:
-            if channel not in self.channels:
-                await self.pubsub.unsubscribe(channel)
-        except RedisError:
-            pass
-
     async def _listen(self) -> None:
-        """Mark the turns whose wake-up channel spoke; the reading loop does the rest."""
-        while self.channels and not self.closed:
+        """Mark the followed turns a flush announced; the reading loop does the rest."""
+        while not self.closed:
             try:
-                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=self.POLL_SECONDS)
+                async for turn_ids in self.store.wake_ups():
+                    if not self.subscriptions:
+                        continue
+                    followed = {ref.turn_id: ref for ref in self.subscriptions}
+                    woken = [followed[turn_id] for turn_id in turn_ids if turn_id in followed]
+                    if woken:
+                        self.dirty.update(woken)
+                        self.woken.set()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the connection is replaced on the next call; reads go on meanwhile
+            except Exception as exc:  # reads go on once a second meanwhile
                 log.warning("turn wake-ups failed (%s), retrying", type(exc).__name__)
                 await asyncio.sleep(0.5)
-                continue
-            if message and message.get("type") == "message":
-                ref = self.channels.get(message["channel"])
-                if ref is not None:
-                    self.dirty.add(ref)
-                    self.woken.set()
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -256,16 +229,8 @@ class ClusterFollower(StreamFollower):
                 await self.listener
             except asyncio.CancelledError:
                 pass
-        if self.pubsub is not None:
-            try:
-                await self.pubsub.aclose()
-            except RedisError:
-                pass
 
 
-
-
-
-def make_follower(store: Store) -> StreamFollower:
+def make_follower(store: Store, block_ms: int = REMOTE_BLOCK_MS) -> StreamFollower:
     """One blocking XREAD on one Redis (or Sentinel's master); pub/sub wake-ups on a Cluster."""
-    return ClusterFollower(store) if store.cluster else StreamFollower(store)
+    return ClusterFollower(store) if store.cluster else StreamFollower(store, block_ms)

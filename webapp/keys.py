@@ -30,6 +30,7 @@ class Keys:
         self.cancel_channel = prefix + "cancel"
         self.running = prefix + "turns:running"
         self.layout = prefix + "layout"
+        self.wake_channel = prefix + "wake"
 
     # one identity's slot ---------------------------------------------------
 
@@ -106,9 +107,6 @@ class Keys:
 
     def follower_wake(self, worker_id: str) -> str:
         return f"{self.prefix}follower:{worker_id}:wake"
-
-    def wake_channel(self, ref: TurnRef) -> str:
-        return f"{self.prefix}wake:{ref.turn_id}"
 
     def readyz(self, host: str) -> str:
         return f"{self.prefix}readyz:{host}"

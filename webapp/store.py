@@ -33,7 +33,7 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     layout                             the key layout version (a one-off migration at start, migrate.py)
     readyz:{host}                      /readyz's keyed write, 10 s
     cancel                             pub/sub channel: turn ids to cancel, on whichever worker runs them
-    wake:{tid}                         pub/sub channel (Cluster only): new events of a turn
+    wake                               pub/sub channel (Cluster only): the turns whose events a flush wrote
 """
 
 from __future__ import annotations
@@ -702,13 +702,12 @@ class Store:
             await self._wake_readers(refs)
 
     async def _wake_readers(self, refs: list[TurnRef]) -> None:
-        """Cluster: tell followers on other hosts that these turns have new events (best effort:
-        they also look by themselves every second)."""
+        """Cluster: tell followers on other hosts which turns have new events: one message per flush,
+        on one channel every worker listens to (best effort: they also look once a second)."""
+        if not refs:
+            return
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for ref in refs:
-                    pipe.publish(self.keys.wake_channel(ref), ref.user_id)
-                await pipe.execute()
+            await self.redis.publish(self.keys.wake_channel, " ".join(ref.turn_id for ref in refs))
         except RedisError as exc:
             log.debug("wake-up not published: %s", exc)
 
@@ -773,12 +772,16 @@ class Store:
             pipe.expire(key, FOLLOWER_WAKE_TTL_SECONDS)
             await pipe.execute()
 
-    def wake_pubsub(self) -> Any:
-        """Cluster: a pub/sub connection for the turns' wake-up channels (one per worker)."""
-        return self.blocking_redis.pubsub(ignore_subscribe_messages=True)
-
-    def wake_channel(self, ref: TurnRef) -> str:
-        return self.keys.wake_channel(ref)
+    async def wake_ups(self) -> AsyncIterator[list[str]]:
+        """Cluster: the turn ids of each flush any worker announced."""
+        pubsub = self.blocking_redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.keys.wake_channel)
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield message["data"].split()
+        finally:
+            await pubsub.aclose()
 
     async def find_message(self, uid: str, sid: str, message_id: str) -> Message | None:
         """The saved reply of a finished turn (it is near the end of the list)."""
