@@ -224,6 +224,17 @@ def all_keys(client: redis.Redis, pattern: str) -> list[str]:
     return client.keys(pattern)
 
 
+def config_set(client: redis.Redis, name: str, value: str) -> str:
+    """CONFIG SET on one Redis, or on every master of a Cluster; the value it had before."""
+    if isinstance(client, redis.RedisCluster):
+        before = next(iter(client.config_get(name, target_nodes=client.get_primaries()[0]).values()))
+        client.config_set(name, value, target_nodes=client.PRIMARIES)
+        return before
+    before = client.config_get(name)[name]
+    client.config_set(name, value)
+    return before
+
+
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis_server.client() if ON_CLUSTER else redis.Redis.from_url(redis_server.url, decode_responses=True)

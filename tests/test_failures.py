@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from tests.conftest import (
+    config_set,
     iter_sse,
     OPENAI_TIMEOUT_SECONDS,
     Turn,
@@ -148,8 +149,8 @@ def test_a_reply_that_cannot_be_saved_sends_error_not_end_and_unlocks(
                     redis_client.config_set("maxmemory-policy", "noeviction")
                     redis_client.config_set("maxmemory", "1")
     finally:
-        redis_client.config_set("maxmemory", "0")
-        redis_client.config_set("maxmemory-policy", policy)
+        config_set(redis_client, "maxmemory", "0")
+        config_set(redis_client, "maxmemory-policy", policy)
     assert events[-1].type == "error" and not any(e.type == "end" for e in events)
     assert "saved" in events[-1].data["content"] or "保存" in events[-1].data["content"]
     history = messages_of(client, session_id)["items"]
