@@ -44,7 +44,7 @@ _gc_tuned = False
 def tune_garbage_collection() -> None:
     """Keep the collector's pauses short while hundreds of streams allocate.
 
-    The imported libraries (FastAPI, pydantic, the openai SDK) leave ~150k objects
+    The imported libraries (FastAPI, pydantic, aiohttp) leave ~150k objects
     that every full collection walks again: gc.freeze() moves them where the collector
     never looks. And at the default threshold (a young collection every 700
     allocations) a 500-stream run spent ~15% of the app's CPU in the collector; a
