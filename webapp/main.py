@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from . import __version__
 from .access import AccessMiddleware
 from .accounts import Accounts
 from .config import Settings, get_settings
@@ -115,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Chat server",
         description="Multi-turn AI chat with streamed, durable replies (OpenAI-compatible models, Redis).",
-        version="1.0.0",
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.settings = settings
