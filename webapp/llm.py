@@ -186,7 +186,11 @@ def _status_key(status: int) -> str:
 
 
 class DemoProvider:
-    """An offline stand-in that needs no key: a labelled reply that shows what it was given."""
+    """An offline stand-in that needs no key: a labelled reply that shows what it was given.
+
+    Deterministic, and a little Markdown (a quote of the message, a list, a table, a code
+    block), so a first run without a key shows how replies are rendered.
+    """
 
     name = "demo"
     model = "demo"
