@@ -19,7 +19,7 @@ from bs4 import BeautifulSoup
 
 from tests.conftest import AppServer, RedisServer, _start_app, _stop_app, unique, wait_until, with_page_token
 from tests.fake_upstream import ThreadedFakeUpstream, parse_reply
-from tests.ui_fixtures import CHROMIUM_ARGS, browser, conversation_id, wait_focus  # noqa: F401 (fixture)
+from tests.ui_fixtures import conversation_id, wait_focus
 
 EN = {"Accept-Language": "en"}
 
