@@ -3,9 +3,10 @@
 The load profile shows the app's turn dominated by its client to the model, so this
 measures that client alone, in this process, against the fake model in its own
 process: N concurrent streams, 3 rounds, and the process CPU time they cost. The
-`app` variant is the app's own `webapp.llm.OpenAIProvider` (AsyncOpenAI over the
-SDK's aiohttp transport, as configured in webapp/llm.py); the others are what it
-could be replaced with.
+`app` variant is the app's own `webapp.llm.OpenAIProvider` (one aiohttp session,
+SSE lines parsed with orjson); the others are what it was or could be. The app no
+longer depends on the openai SDK: the `sdk-*` variants run when it is installed
+(`pip install openai`) and are skipped, with a note, when it is not.
 
     python -m bench.model_client                 # 200 concurrent streams
     python -m bench.model_client --streams 500
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import resource
@@ -201,10 +203,16 @@ def main() -> int:
     except ImportError:
         run_loop = asyncio.run
     rows: dict[str, Any] = {}
+    variants = args.variants.split(",")
+    if importlib.util.find_spec("openai") is None:
+        skipped = [key for key in variants if key.startswith("sdk-")]
+        if skipped:
+            print(f"skipping {', '.join(skipped)}: the openai SDK is not installed (pip install openai)", flush=True)
+        variants = [key for key in variants if key not in skipped]
     with Workdir("client") as workdir:
         model = FakeModel(BENCH_TTFT_MS, BENCH_TOKEN_DELAY_MS, BENCH_TOKENS, workdir).start()
         try:
-            for key in args.variants.split(","):
+            for key in variants:
 
                 async def run_variant(key: str = key) -> dict[str, Any]:
                     client = VARIANTS[key](model.url)

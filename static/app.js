@@ -87,6 +87,11 @@
   document.addEventListener("htmx:afterRequest", (event) => {
     const elt = event.detail.elt;
     if (elt && elt.id === "composer" && event.detail.successful) {
+      // a draft's first send swapped its pane for the new conversation's: forget the draft's text too
+      const sentFrom = elt.closest("#main[data-conversation]");
+      if (sentFrom && !sentFrom.isConnected) {
+        try { sessionStorage.removeItem("draft:" + sentFrom.dataset.conversation); } catch (_) { /* see saveDraft */ }
+      }
       input().value = "";
       saveDraft();
       syncComposer();

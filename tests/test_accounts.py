@@ -337,12 +337,14 @@ def test_reading_with_a_user_id_claims_nothing(limited_app: AppServer, make: Any
 def test_a_429_in_the_web_ui_keeps_the_typed_text(limited_app: AppServer, make: Any) -> None:
     client = make(limited_app)
     ip = new_ip()
-    home = client.get("/", headers=ip, follow_redirects=True)
-    session_id = home.url.path.rsplit("/", 1)[1]
+    home = client.get("/", headers=ip)  # an empty chat: the first send makes the conversation
     token = BeautifulSoup(home.text, "html.parser").select_one('meta[name="csrf-token"]')["content"]
+    session_id = ""
     for n in range(4):
-        sent = client.post(f"/c/{session_id}/messages", data={"message": f"m{n}", "csrf_token": token}, headers=ip)
+        to = f"/c/{session_id}/messages" if session_id else "/c/new/messages"
+        sent = client.post(to, data={"message": f"m{n}", "csrf_token": token}, headers=ip)
         assert sent.status_code == 303
+        session_id = sent.headers["location"].rsplit("/", 1)[1]
         for _ in range(100):
             if client.get(f"/api/sessions/{session_id}").json()["running_turn_id"] is None:
                 break
@@ -410,7 +412,7 @@ def test_sign_up_and_chat_in_chromium(browser: Any, accounts_app: AppServer, jav
         page.fill("#username", unique("web")[:30])
         page.fill("#password", PASSWORD)
         page.click("button[type=submit]")
-        page.wait_for_url("**/c/*")
+        page.wait_for_url(f"{accounts_app.base_url}/")  # an empty chat, stored nowhere until the first send
         page.fill("#composer-input", "hello from a signed-in browser")
         if javascript:
             page.press("#composer-input", "Enter")
@@ -418,6 +420,7 @@ def test_sign_up_and_chat_in_chromium(browser: Any, accounts_app: AppServer, jav
         else:
             page.click(".round-btn--send")
             page.wait_for_selector(".msg--user", timeout=15_000)
+        page.wait_for_url("**/c/*")
         assert "hello from a signed-in browser" in page.inner_text("#message-list")
         page.click("text=Sign out")
         page.wait_for_url("**/login")

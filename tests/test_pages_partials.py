@@ -31,8 +31,9 @@ def soup(response: httpx.Response) -> BeautifulSoup:
 
 
 def open_home(client: httpx.Client) -> tuple[str, BeautifulSoup]:
-    """GET / as a new user: redirected to a conversation of their own."""
-    response = client.get("/", follow_redirects=True)
+    """A new user opens / (an empty chat, stored nowhere) and starts a conversation of their own."""
+    assert client.get("/").status_code == 200
+    response = client.post("/c", follow_redirects=True)
     assert response.status_code == 200
     assert response.history and response.history[0].status_code == 303
     return response.url.path.rsplit("/", 1)[1], soup(response)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import getpass
 import logging
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import uvicorn
 
-from .config import Settings, SettingsError, load_settings
+from . import __version__
+from .config import Settings, SettingsError, load_settings, settings_help, unknown_env_file_settings
 from .processes import stop_process
 
 log = logging.getLogger("webapp")
@@ -241,19 +243,38 @@ def create_user(settings: Settings, username: str) -> int:
             embedded.stop()
 
 
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """`--help` (the settings with their defaults, generated from Settings) and `--version` exit here."""
+    parser = argparse.ArgumentParser(
+        prog="python -m webapp",
+        usage="%(prog)s [--help] [--version] [create-user USERNAME]",
+        description="With no command: serve the chat app (an embedded Redis when REDIS_URL is unset, then uvicorn).",
+        epilog="settings, from the environment or a .env file in the working directory (README.md explains each):\n"
+        + settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", title="commands")
+    create = commands.add_parser(
+        "create-user", prog="python -m webapp create-user",
+        help="create an account, also when ALLOW_SIGNUP=false (password from stdin or asked)",
+    )
+    create.add_argument("username")
+    return parser.parse_args(argv)
+
+
 def main() -> int:
+    arguments = parse_arguments(sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if sys.argv[1:2] == ["create-user"]:
-        if len(sys.argv) != 3:
-            print("usage: python -m webapp create-user USERNAME   (the password is read from stdin or asked)",
-                  file=sys.stderr)
-            return 2
-        return create_user(settings, sys.argv[2])
+    for name, closest in unknown_env_file_settings():
+        log.warning("unknown setting %s in .env is ignored; did you mean %s?", name, closest)
+    if arguments.command == "create-user":
+        return create_user(settings, arguments.username)
     # workers re-read the environment: hand them the generated key and the embedded Redis
     os.environ["SECRET_KEY"] = settings.secret_key
     embedded: EmbeddedRedis | None = None
@@ -262,13 +283,11 @@ def main() -> int:
         embedded.start()
         embedded.supervise()
         os.environ["REDIS_URL"] = embedded.url
-        settings.redis_url = embedded.url
-    problem = asyncio.run(preflight(settings))
-    if problem:
-        print(problem, file=sys.stderr)
-        if embedded:
-            embedded.stop()
-        return 2
+    else:  # a Redis of someone else's making: refuse one that would delete data when full
+        problem = asyncio.run(preflight(settings))
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
     if settings.demo_mode:
         log.warning("OPENAI_API_KEY is not set: replies come from the offline demo model")
     # SIGTERM (PaaS stop) shuts down like Ctrl-C, so the embedded Redis is stopped below

@@ -15,9 +15,8 @@ import asyncio
 import hashlib
 import re
 import secrets
-
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
+from functools import cache
+from typing import TYPE_CHECKING
 
 from .config import Settings
 from .context import check_text
@@ -27,22 +26,43 @@ from .errors import (
 from .limits import Limit, Limits
 from .store import Store
 
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
 USERNAME = re.compile(r"[A-Za-z0-9_.\-]{3,32}")
 PROXY_USERNAME = re.compile(r"[A-Za-z0-9_.@+\-]{1,64}")  # SSO proxies often send e-mail addresses
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 TOKEN_PREFIX = "chat_"
-HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
-_DUMMY_HASH = HASHER.hash("a password nobody has")  # checked for unknown names: the same time either way
+
+
+@cache
+def hasher() -> PasswordHasher:
+    """Made on first use: anonymous and proxy modes never hash, and need not import argon2 at start."""
+    from argon2 import PasswordHasher
+
+    return PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+
+
+@cache
+def _dummy_hash() -> str:
+    return hasher().hash("a password nobody has")
 
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _hash(password: str) -> str:
+    return hasher().hash(password)
+
+
 def _verify(password_hash: str, password: str) -> bool:
+    """In a worker thread; an unknown name (no hash) is checked against a dummy hash, for the same time."""
+    from argon2.exceptions import InvalidHashError, VerificationError
+
     try:
-        return HASHER.verify(password_hash, password)
+        return hasher().verify(password_hash or _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -72,7 +92,7 @@ class Accounts:
         """A new account (sign-up, or `python -m webapp create-user`); its uid."""
         username, password = self.check_credentials(username, password)
         uid = "a_" + secrets.token_hex(12)
-        password_hash = await asyncio.to_thread(HASHER.hash, password)
+        password_hash = await asyncio.to_thread(_hash, password)
         if not await self.store.create_account(uid, username, password_hash):
             raise UsernameTaken()
         return uid
@@ -91,12 +111,12 @@ class Accounts:
         await self.limits.hit((self.sign_ins_per_ip, ip), (self.sign_ins_per_account, (username or "").lower()))
         found = await self.store.account_by_name(username) if USERNAME.fullmatch(username or "") else None
         password_hash = found[1].get("password", "") if found else ""
-        ok = await asyncio.to_thread(_verify, password_hash or _DUMMY_HASH, password or "")
+        ok = await asyncio.to_thread(_verify, password_hash, password or "")
         if not found or not password_hash or not ok:
             raise BadCredentials()
         uid = found[0]
-        if HASHER.check_needs_rehash(password_hash):
-            await self.store.set_password(uid, await asyncio.to_thread(HASHER.hash, password))
+        if hasher().check_needs_rehash(password_hash):
+            await self.store.set_password(uid, await asyncio.to_thread(_hash, password))
         return await self._signed_in(uid, anonymous_uid)
 
     async def _signed_in(self, uid: str, anonymous_uid: str | None) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -107,6 +108,70 @@ class Settings(BaseSettings):
     @property
     def index_ttl(self) -> int:
         return self.session_index_ttl_days * 86400
+
+
+def _shown_default(value: object) -> str:
+    if value == "":
+        return "(unset)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, Path) and not value.is_absolute():
+        return f"./{value.as_posix()}"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _allowed(name: str) -> str:
+    """A field's choices or bounds, as `--help` shows them: `1..65535`, `>= 0`, `a|b|c`."""
+    field = Settings.model_fields[name]
+    if get_origin(field.annotation) is Literal:
+        return "|".join(get_args(field.annotation))
+    bounds = {key: getattr(rule, key) for rule in field.metadata for key in ("ge", "gt", "le")
+              if getattr(rule, key, None) is not None}
+    if "ge" in bounds and "le" in bounds:
+        return f"{bounds['ge']}..{bounds['le']}"
+    return " ".join(f"{op} {bounds[key]}" for key, op in (("ge", ">="), ("gt", ">"), ("le", "<=")) if key in bounds)
+
+
+def settings_help() -> str:
+    """Every setting with its default, allowed values and description, generated from Settings."""
+    rows = [
+        (name.upper(), _shown_default(field.default), _allowed(name), field.description or "")
+        for name, field in Settings.model_fields.items()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        ("  " + "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]).rstrip()
+        for row in rows
+    )
+
+
+def unknown_env_file_settings(path: Path | None = None) -> list[tuple[str, str]]:
+    """Names in `.env` that look like a setting of ours but are none: `(name, closest known setting)`.
+
+    pydantic-settings ignores unknown names, so a misspelt `OPENAI_APIKEY` would silently mean the
+    demo model. A name counts as ours when it is close to a known one, or starts like a family of
+    ours (`OPENAI_`, `REDIS_`, `MAX_`...); other tools' names in a shared `.env` are left alone.
+    """
+    from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+    path = path or Path(str(Settings.model_config.get("env_file") or ".env"))
+    if not path.is_file():
+        return []
+    known = list(Settings.model_fields)
+    first_words = [name.split("_")[0] for name in known]
+    families = {word + "_" for word in first_words if first_words.count(word) > 1}
+    found = []
+    for name in dotenv_values(path):
+        lowered = name.lower()
+        if lowered in Settings.model_fields:
+            continue
+        close = difflib.get_close_matches(lowered, known, n=1, cutoff=0.75)
+        if close or lowered.startswith(tuple(families)):
+            closest = close or difflib.get_close_matches(lowered, known, n=1, cutoff=0)
+            found.append((name, closest[0].upper()))
+    return found
 
 
 class SettingsError(Exception):

@@ -1,7 +1,9 @@
 """Conversations: the one home of their rules, for pages, the JSON API and the seed API alike.
 
 Routes read their input, call one method here, and render what it returns. The rules:
-every conversation starts with the welcome message; "new chat" reuses the newest
+every conversation starts with the welcome message; before a user's first one exists,
+the home page shows a draft that is stored nowhere, and its first send creates the
+conversation (a visit by a crawler or curl writes nothing); "new chat" reuses the newest
 conversation while it is untouched (no piles of empty ones); only the owner ever sees
 a conversation (someone else's looks exactly like a missing one); a deleted
 conversation stops its reply first; what a conversation pane offers after a reply
@@ -11,26 +13,29 @@ conversation stops its reply first; what a conversation pane offers after a repl
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 
-from .context import check_text
+from .context import check_text, validate_message
 from .errors import (
     EmptyTitle, MessageNotFound, NoSuchVersion, SessionNotFound, TooManyConversations, UndoExpired,
     VersionLimit,
 )
 from .ids import check_id
-from .i18n import t
+from .i18n import Lang, t
 from .models import WELCOME, Conversation, Message, TurnEvent, new_id, new_message_id, now_iso
 from .pagination import format_cursor, parse_cursor
 from .roles import Role, get_role, role_or_default
 from .store import Store
 from .titles import clean_title, make_preview
 from .turn_reader import TurnReader
-from .turn_writer import TurnWriter
+from .turn_writer import Started, TurnWriter
 from .versions import TooManyVersions, parse_label, switch
 
 UNDO_SECONDS = 600  # how long a deleted conversation can be put back
 SEARCH_LIMIT = 30
+DRAFT_ID = "new"  # stands for the draft's id in its forms' paths (/c/new/messages): it is no conversation's
+_FIRST_SEND = uuid.UUID("5d0f1c2e-8a4b-4f51-9c7e-2b6f3a1d9e40")  # namespace of ids made from a first send
 
 
 @dataclass
@@ -170,7 +175,8 @@ class Conversations:
 
     # creating -----------------------------------------------------------
 
-    async def create(self, user_id: str, *, role_id: str | None = None, title: str = "") -> Conversation:
+    async def create(self, user_id: str, *, role_id: str | None = None, title: str = "",
+                     conversation_id: str | None = None) -> Conversation:
         """A new conversation with its welcome message (stored in the seed's Chinese, shown in the reader's language)."""
         role = get_role(role_id)
         if self.max_per_user and await self.store.count_conversations(user_id) >= self.max_per_user:
@@ -179,11 +185,49 @@ class Conversations:
         welcome = Message(id=new_message_id(), role="assistant", content=t("welcome", "zh"), ts=now_iso(),
                           kind=WELCOME)
         conversation = Conversation(
-            id=new_id(), user_id=user_id, title=clean_title(check_text(title)), preview=make_preview(welcome.content),
+            id=conversation_id or new_id(), user_id=user_id, title=clean_title(check_text(title)),
+            preview=make_preview(welcome.content),
             role=role.id, message_count=1, created=now, updated=now,
         )
         await self.store.create_conversation(conversation, welcome)
         return conversation
+
+    def draft(self, user_id: str) -> ConversationView:
+        """What the home page shows before a user has a conversation: a new one's pane (the welcome
+        message, the suggestions), stored nowhere. Its forms post to /c/new/...: the first send
+        (`start_first`) or a choice of role creates the conversation."""
+        role = role_or_default(None)
+        now = time.time()
+        welcome = Message(id=new_message_id(), role="assistant", content=t("welcome", "zh"), ts=now_iso(),
+                          kind=WELCOME)
+        conversation = Conversation(id=DRAFT_ID, user_id=user_id, title="", preview="", role=role.id,
+                                    message_count=1, created=now, updated=now)
+        return ConversationView(conversation=conversation, role=role, messages=[welcome], first_index=0,
+                                is_empty=True)
+
+    async def start_first(self, user_id: str, text: str | None, lang: Lang, client_ip: str = "", *,
+                          request_id: str | None = None) -> Started:
+        """The draft's first send: create the conversation, then start its turn.
+
+        A message the writer would refuse (empty, too long) creates nothing. With a request id the
+        conversation's id is made from it, so the same form sent twice (a double click without
+        JavaScript) finds the conversation the first one made, and the writer answers the repeat
+        as a repeat instead of a second conversation being made.
+        """
+        validate_message(text, self.writer.settings.max_message_chars)
+        conversation_id = str(uuid.uuid5(_FIRST_SEND, f"{user_id}:{request_id}")) if request_id else None
+        conversation = await self.store.get_conversation(conversation_id) if conversation_id else None
+        if conversation is None or conversation.user_id != user_id:
+            taken = conversation is not None  # (someone else's: never theirs to write into)
+            conversation = await self.create(user_id, conversation_id=None if taken else conversation_id)
+        return await self.writer.start_turn(conversation.id, user_id, text, None, lang, client_ip,
+                                            request_id=request_id)
+
+    async def first_with_role(self, user_id: str, role_id: str) -> Conversation:
+        """The draft's role chosen: the conversation it stands for, made now with that role (an
+        untouched newest one, e.g. from a second click, is reused)."""
+        get_role(role_id)  # an unknown role is refused before anything is made
+        return await self.update(await self.fresh(user_id), role_id=role_id)
 
     async def latest_or_new(self, user_id: str) -> Conversation:
         """What the home page opens: the most recent conversation, or a new one."""

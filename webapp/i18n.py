@@ -108,15 +108,37 @@ CATALOG: dict[str, dict[Lang, str]] = {
     "error.internal": {"zh": "服务器内部错误", "en": "Internal server error"},
     # demo model
     "demo.label": {"zh": "【演示模式 Demo】", "en": "[Demo mode]"},
+    # Markdown on purpose: a first run without a key shows lists, tables and code as the renderer draws them
     "demo.reply": {
         "zh": (
-            "这是离线演示模型的回复，没有连接真正的AI服务。当前角色：{role}；本次收到 {count} 条上下文消息；"
-            "你说的是：“{last}”。设置 OPENAI_API_KEY（以及可选的 OPENAI_BASE_URL、OPENAI_MODEL）即可连接真实模型。"
+            "这是离线演示模型的回复，没有连接真正的AI服务。\n\n"
+            "> 你说的是：{last}\n\n"
+            "- **当前角色：** {role}\n"
+            "- **本次收到的上下文消息：** {count} 条\n"
+            "- **连接真实模型：** 设置 `OPENAI_API_KEY`（以及可选的 `OPENAI_BASE_URL`、`OPENAI_MODEL`）\n\n"
+            "| 设置 | 示例 |\n"
+            "|---|---|\n"
+            "| `OPENAI_API_KEY` | `sk-...` |\n"
+            "| `OPENAI_BASE_URL` | `https://api.deepseek.com/v1` |\n"
+            "| `OPENAI_MODEL` | `deepseek-chat` |\n\n"
+            "```bash\n"
+            "OPENAI_API_KEY=sk-... python -m webapp\n"
+            "```"
         ),
         "en": (
-            "This reply comes from the offline demo model, not a real AI service. Role: {role}; "
-            "context messages received: {count}; you said: \u201c{last}\u201d. Set OPENAI_API_KEY "
-            "(and optionally OPENAI_BASE_URL, OPENAI_MODEL) to talk to a real model."
+            "This reply comes from the offline demo model, not a real AI service.\n\n"
+            "> You said: {last}\n\n"
+            "- **Role:** {role}\n"
+            "- **Context messages received:** {count}\n"
+            "- **To talk to a real model:** set `OPENAI_API_KEY` (and optionally `OPENAI_BASE_URL`, `OPENAI_MODEL`)\n\n"
+            "| setting | example |\n"
+            "|---|---|\n"
+            "| `OPENAI_API_KEY` | `sk-...` |\n"
+            "| `OPENAI_BASE_URL` | `https://api.deepseek.com/v1` |\n"
+            "| `OPENAI_MODEL` | `deepseek-chat` |\n\n"
+            "```bash\n"
+            "OPENAI_API_KEY=sk-... python -m webapp\n"
+            "```"
         ),
     },
     # web UI

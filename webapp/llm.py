@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Protocol
 
 import aiohttp
 import orjson
 import yarl
-from openai import AsyncOpenAI, DefaultAioHttpClient, Timeout
 
 from .config import Settings
 from .i18n import Lang, t
@@ -45,9 +44,11 @@ class OpenAIProvider:
     """Streams chat completions from any OpenAI-compatible API.
 
     The reply stream is read with one shared aiohttp session and parsed with orjson:
-    under load, the openai SDK's request building (param transforms, httpx2 layers)
-    and a Timeout reschedule per token were the app's largest costs (bench/README.md).
-    The SDK's AsyncOpenAI client is kept for everything else (model listing, readiness).
+    under load, the openai SDK's request building (param transforms, httpx2 layers) and a
+    Timeout reschedule per token were the app's largest costs (bench/README.md). The SDK's
+    AsyncOpenAI client (on aiohttp too) does everything else: the model list, readiness.
+    It is imported and made on first use, not at start: its import was a third of the
+    start-up (bench/footprint.py).
     """
 
     name = "openai"
@@ -57,14 +58,9 @@ class OpenAIProvider:
         self.model = settings.openai_model
         self.token_timeout = settings.openai_timeout
         self.base_url = (settings.openai_base_url or "https://api.openai.com/v1").rstrip("/")
-        self.client = AsyncOpenAI(
-            api_key=settings.openai_api_key,
-            base_url=self.base_url,
-            max_retries=1,
-            timeout=Timeout(settings.openai_timeout, connect=10.0),
-            http_client=DefaultAioHttpClient(timeout=Timeout(settings.openai_timeout, connect=10.0)),
-        )
         self.completions_url = yarl.URL(self.base_url + "/chat/completions")  # parsed once, not per reply
+        self.api_key = settings.openai_api_key
+        self._client: Any = None
         self._ping: asyncio.Future[bool] | None = None
         self._ping_at = 0.0
         self.session = aiohttp.ClientSession(
@@ -135,7 +131,19 @@ class OpenAIProvider:
             self._ping = asyncio.ensure_future(self._check_models())
         return await asyncio.shield(self._ping)
 
+    @property
+    def client(self) -> Any:
+        """openai.AsyncOpenAI for the calls off the hot path, made on first use."""
+        if self._client is None:
+            from openai import AsyncOpenAI, DefaultAioHttpClient, Timeout
+
+            timeout = Timeout(self.token_timeout, connect=10.0)
+            self._client = AsyncOpenAI(api_key=self.api_key, base_url=self.base_url, timeout=timeout,
+                                       max_retries=0, http_client=DefaultAioHttpClient(timeout=timeout))
+        return self._client
+
     async def _check_models(self) -> bool:
+        """The model list answers with the key we hold (the cheapest authenticated call)."""
         try:
             await asyncio.wait_for(self.client.models.list(), timeout=5)
             return True
@@ -144,7 +152,8 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         await self.session.close()
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
 
 
 class _IdleWatch:
@@ -190,7 +199,11 @@ def _status_key(status: int) -> str:
 
 
 class DemoProvider:
-    """An offline stand-in that needs no key: a labelled reply that shows what it was given."""
+    """An offline stand-in that needs no key: a labelled reply that shows what it was given.
+
+    Deterministic, and a little Markdown (a quote of the message, a list, a table, a code
+    block), so a first run without a key shows how replies are rendered.
+    """
 
     name = "demo"
     model = "demo"

@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from . import __version__
 from .access import AccessMiddleware
 from .accounts import Accounts
 from .config import Settings, get_settings
@@ -52,7 +53,7 @@ _gc_tuned = False
 def tune_garbage_collection() -> None:
     """Keep the collector's pauses short while hundreds of streams allocate.
 
-    The imported libraries (FastAPI, pydantic, the openai SDK) leave ~150k objects
+    The imported libraries (FastAPI, pydantic, aiohttp) leave ~150k objects
     that every full collection walks again: gc.freeze() moves them where the collector
     never looks. And at the default threshold (a young collection every 700
     allocations) a 500-stream run spent ~15% of the app's CPU in the collector; a
@@ -145,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Chat server",
         description="Multi-turn AI chat with streamed, durable replies (OpenAI-compatible models, Redis).",
-        version="1.0.0",
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.settings = settings

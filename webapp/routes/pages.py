@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Query, Response
 
-from ..conversations import SEARCH_LIMIT, ConversationList, Conversations, ConversationView
+from ..conversations import DRAFT_ID, SEARCH_LIMIT, ConversationList, Conversations, ConversationView
 from ..accounts import Accounts
 from ..deps import (
     AccountsDep, ConversationsDep, CreatingUser, CurrentUser, OwnedConversation, WriterDep, client_ip,
@@ -89,7 +89,24 @@ async def render_conversation(
     values.update(draft=draft, form_error=form_error, edit_text=edit_text, edit_error=edit_error)
     if editing_index is not None:
         values["editing_index"] = editing_index
+    return await render_pane(view, conversations, values, user, query=query, cursor=cursor, editing_id=editing_id,
+                             deleted=deleted, status=status, headers=headers)
 
+
+async def render_draft(view: View, conversations: Conversations, user: str, *, draft: str = "",
+                       form_error: str = "", deleted: str | None = None, status: int = 200) -> Response:
+    """The home page before a first conversation: an empty chat, stored nowhere (see Conversations.draft)."""
+    settings = view.request.app.state.settings
+    values = pane_values(conversations.draft(user), max_chars=settings.max_message_chars, demo=settings.demo_mode)
+    values.update(draft=draft, form_error=form_error, active_id=None, current_path="/")
+    return await render_pane(view, conversations, values, user, deleted=deleted, status=status)
+
+
+async def render_pane(
+    view: View, conversations: Conversations, values: dict[str, Any], user: str, *, query: str = "",
+    cursor: str | None = None, editing_id: str = "", deleted: str | None = None, status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
     async def whole_page() -> dict[str, Any]:
         found = await conversations.browse(user, query=query, cursor=cursor, limit=SEARCH_LIMIT)
         return {**list_values(found), "editing_id": editing_id, "deleted_id": deleted,
@@ -99,13 +116,56 @@ async def render_conversation(
                                        page_values=whole_page, status=status, headers=headers)
 
 
+def opened(conversation: Conversation) -> dict[str, str]:
+    """HTMX headers of a response that replaces the draft's pane with the conversation it became."""
+    return {"HX-Retarget": "#main", "HX-Reswap": "outerHTML", "HX-Push-Url": f"/c/{conversation.id}",
+            "HX-Trigger": "sessions-changed"}
+
+
 # pages ------------------------------------------------------------------------------
 
 @router.get("/")
-async def home(user: CreatingUser, conversations: ConversationsDep, deleted: DeletedId = None) -> Response:
-    """The most recent conversation, or a new one."""
-    conversation = await conversations.latest_or_new(user)
+async def home(view: ViewDep, user: CurrentUser, conversations: ConversationsDep, deleted: DeletedId = None) -> Response:
+    """The most recent conversation; before there is one, an empty chat that writes nothing until the first send."""
+    conversation = await conversations.latest(user)
+    if conversation is None:
+        return await render_draft(view, conversations, user, deleted=deleted)
     return see_other(f"/c/{conversation.id}" + (f"?deleted={deleted}" if deleted else ""))
+
+
+# the draft's forms: declared before /c/{session_id}/..., which would take "new" for an id
+@router.post(f"/c/{DRAFT_ID}/messages")
+async def send_first_message(view: ViewDep, user: CreatingUser, conversations: ConversationsDep,
+                             message: FormText = "", request_id: RequestIdField = "") -> Response:
+    """The draft's first send creates the conversation; HTMX gets its pane (reply streaming) in the draft's place."""
+    text = typed(message)
+    try:
+        run = await conversations.start_first(user, text, view.lang, client_ip(view.request),
+                                              request_id=request_id or None)
+    except ChatError as exc:
+        return await view.form_error(exc, lambda error_text, status: render_draft(
+            view, conversations, user, draft=text, form_error=error_text, status=status))
+    path = f"/c/{run.conversation.id}"
+    if run.duplicate:
+        return view.no_content_or_redirect(path)
+
+    async def values() -> dict[str, Any]:
+        return {**await conversation_pane(view, conversations, run.conversation), "partial": True}
+
+    return await view.fragment_or_redirect("partials/conversation.html", path, values, headers=opened(run.conversation))
+
+
+@router.post(f"/c/{DRAFT_ID}/role")
+async def choose_first_role(view: ViewDep, user: CreatingUser, conversations: ConversationsDep,
+                            role: FormText = "") -> Response:
+    """A role chosen on the draft: the conversation is made now, with that role."""
+    conversation = await conversations.first_with_role(user, role)
+
+    async def values() -> dict[str, Any]:
+        return {**await conversation_pane(view, conversations, conversation), "partial": True}
+
+    return await view.fragment_or_redirect("partials/conversation.html", f"/c/{conversation.id}", values,
+                                           headers=opened(conversation))
 
 
 @router.get("/c/{session_id}")
