@@ -10,6 +10,7 @@ conversation stops its reply first; what a conversation pane offers after a repl
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -68,6 +69,7 @@ class TurnOutcome:
     retry_text: str
     reply_index: int = 0
     versions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    conversation: Conversation | None = None  # as the turn left it (the sidebar's item), when asked for
 
 
 @dataclass
@@ -127,7 +129,7 @@ class Conversations:
 
     async def versions_of(self, conversation: Conversation) -> dict[int, tuple[int, int]]:
         """(shown, count) by list index, where a message has versions."""
-        return {index: parse_label(label) for index, label in (await self.store.version_labels(conversation.id)).items()}
+        return _versions(await self.store.version_labels(conversation.id))
 
     async def switch_version(self, conversation: Conversation, index: int, version: int) -> Conversation:
         """Show version `version` (1-based) of the message at list `index`; later turns see that branch."""
@@ -259,10 +261,15 @@ class Conversations:
         return view
 
     async def turn_outcome(self, conversation: Conversation, turn_id: str, final: TurnEvent | None,
-                           lang: str) -> TurnOutcome:
-        """The bubble that replaces a streaming one: the saved reply, or the error (or "stopped") with Retry."""
+                           lang: str, *, with_conversation: bool = False) -> TurnOutcome:
+        """The bubble that replaces a streaming one: the saved reply, or the error (or "stopped") with Retry;
+        `with_conversation`: also the conversation as the turn left it (read at the same time)."""
         message_id = await self.reader.saved_reply_id(turn_id, final)
-        messages, first_index, _ = await self.store.message_page(conversation.id, limit=4, before=None)
+        (messages, first_index, _), labels, fresh = await asyncio.gather(
+            self.store.message_page(conversation.id, limit=4, before=None),
+            self.store.version_labels(conversation.id),
+            self.store.get_conversation(conversation.id) if with_conversation else _nothing(),
+        )
         reply = next((m for m in messages if message_id and m.id == message_id), None)
         last_user = next((m for m in reversed(messages) if m.role == "user"), None)
         if final is not None and final.type == "error":
@@ -273,4 +280,12 @@ class Conversations:
             error_text = ""
         reply_index = first_index + messages.index(reply) if reply is not None else 0
         return TurnOutcome(reply=reply, error_text=error_text, retry_text=last_user.content if last_user else "",
-                           reply_index=reply_index, versions=await self.versions_of(conversation))
+                           reply_index=reply_index, versions=_versions(labels), conversation=fresh)
+
+
+def _versions(labels: dict[int, str]) -> dict[int, tuple[int, int]]:
+    return {index: parse_label(label) for index, label in labels.items()}
+
+
+async def _nothing() -> None:
+    return None

@@ -158,6 +158,8 @@ def clock(value: str | float) -> str:
 def _create_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES_DIR)
     env = templates.env
+    # templates change only with a release: no stat() of every template and include per render
+    env.auto_reload = False
     env.trim_blocks = True
     env.lstrip_blocks = True
     env.filters["markdown"] = render_markdown

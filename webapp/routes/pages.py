@@ -36,6 +36,7 @@ router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
 
 FormText = Annotated[str, Form()]
 RequestIdField = Annotated[str, Form(max_length=100)]
+SearchField = Annotated[str, Form(max_length=200)]
 MessageIndex = Annotated[int, Path(ge=1, le=MAX_INDEX)]
 Query200 = Annotated[str, Query(max_length=200)]
 DeletedId = Annotated[str | None, Query(pattern=UUID_PATTERN)]
@@ -86,7 +87,8 @@ async def render_conversation(
 ) -> Response:
     """The conversation pane for HTMX, the whole page (with the sidebar) otherwise."""
     values = await conversation_pane(view, conversations, conversation, before)
-    values.update(draft=draft, form_error=form_error, edit_text=edit_text, edit_error=edit_error)
+    values.update(draft=draft, form_error=form_error, edit_text=edit_text, edit_error=edit_error,
+                  searching=bool(query.strip()))
     if editing_index is not None:
         values["editing_index"] = editing_index
 
@@ -173,8 +175,14 @@ async def older_messages(view: ViewDep, conversation: OwnedConversation, convers
 @router.post("/c/{session_id}/messages")
 async def send_message(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
                        conversations: ConversationsDep, writer: WriterDep,
-                       message: FormText = "", request_id: RequestIdField = "") -> Response:
-    """Start a turn: the user's bubble plus a reply bubble that streams (or, without JS, a redirect)."""
+                       message: FormText = "", request_id: RequestIdField = "", q: SearchField = "") -> Response:
+    """Start a turn: the user's bubble plus a reply bubble that streams (or, without JS, a redirect).
+
+    The sidebar's item for the conversation moves to the top out of band, in this response and
+    again (with the reply's preview) in the stream's done event: no refresh of the whole list.
+    While the sidebar shows search results (`q`, the search box the composer includes), the
+    list is refreshed as before, since the conversation may not belong in it.
+    """
     text = typed(message)
     was_empty = conversation.untouched
     try:
@@ -185,11 +193,12 @@ async def send_message(view: ViewDep, conversation: OwnedConversation, user: Cur
             view, conversations, conversation, user, draft=text, form_error=error_text, status=status))
     if run.duplicate:  # the same form again (a double click, a resent form): nothing new to show
         return view.no_content_or_redirect(f"/c/{conversation.id}")
+    searching = bool(q.strip())
     return await view.fragment_or_redirect(
         "partials/turn_started.html", f"/c/{conversation.id}",
         {"conv": run.conversation, "user_message": run.user_message, "was_empty": was_empty,
-         "streaming": {"turn_id": run.id, "after": 0, "text": ""}},
-        headers={"HX-Trigger": "sessions-changed"},
+         "streaming": {"turn_id": run.id, "after": 0, "text": ""}, "searching": searching},
+        headers={"HX-Trigger": "sessions-changed"} if searching else None,
     )
 
 

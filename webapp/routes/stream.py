@@ -7,7 +7,6 @@ from typing import Annotated, AsyncIterator, Callable
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
-from sse_starlette import ServerSentEvent
 
 from ..conversations import Conversations
 from ..deps import (
@@ -19,7 +18,9 @@ from ..ids import check_id
 from ..models import Conversation, TurnEvent, TurnInfo
 from ..render import render_fragment
 from ..security import request_token
-from ..sse import MAX_SEQ, json_event_frame, merged, parse_last_event_id, seed_payload, stream_response
+from ..sse import (
+    MAX_SEQ, json_event_frame, merged, named_event_frame, parse_last_event_id, seed_payload, stream_response,
+)
 from ..turn_reader import TurnReader
 
 router = APIRouter(tags=["turns"])
@@ -88,9 +89,10 @@ async def api_turn_events(
 
 async def html_events(
     reader: TurnReader, conversations: Conversations, conversation: Conversation, turn: TurnInfo | None,
-    after: int, lang: Lang, csrf_token: str,
-) -> AsyncIterator[ServerSentEvent]:
-    """`chunk` events carry escaped text to append; one `done` event carries the final bubble."""
+    after: int, lang: Lang, csrf_token: str, sidebar_item: bool = True,
+) -> AsyncIterator[bytes]:
+    """`chunk` events carry escaped text to append; one `done` event carries the final bubble and,
+    out of band, the composer's Send button and (`sidebar_item`) the conversation's sidebar item."""
     final: TurnEvent | None = None
     last_id = f"{turn.id}:{after}" if turn else None
     if turn is not None:
@@ -98,19 +100,19 @@ async def html_events(
             for event in merged(batch):
                 last_id = f"{turn.id}:{event.seq}"
                 if event.type == "chunk":
-                    yield ServerSentEvent(event="chunk", data=html.escape(event.content, quote=False), id=last_id)
+                    yield named_event_frame("chunk", last_id, html.escape(event.content, quote=False))
                 else:
                     final = event
     turn_id = turn.id if turn else ""
-    outcome = await conversations.turn_outcome(conversation, turn_id, final, lang)
+    outcome = await conversations.turn_outcome(conversation, turn_id, final, lang, with_conversation=sidebar_item)
     fragment = render_fragment(
         "partials/turn_done.html", lang, conv=conversation, turn_id=turn_id, reply=outcome.reply,
         error_text=outcome.error_text, retry_text=outcome.retry_text,
         retry_for=outcome.reply.id if outcome.reply else "", no_reply_text=outcome.retry_text,
         reply_index=outcome.reply_index, last_index=outcome.reply_index, versions=outcome.versions,
-        csrf_token=csrf_token,
+        csrf_token=csrf_token, sidebar_item=outcome.conversation,
     )
-    yield ServerSentEvent(event="done", data=fragment, id=last_id)
+    yield named_event_frame("done", last_id, fragment)
 
 
 @router.get("/c/{session_id}/turns/{turn_id}/events", include_in_schema=False)
@@ -123,9 +125,11 @@ async def conversation_turn_events(
     conversations: ConversationsDep,
     lang: LangDep,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+    searching: bool = False,
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
 ) -> Response:
     """The web UI's view of a turn (htmx SSE extension); resumes after `after` or Last-Event-ID.
+    `searching`: the page's sidebar shows search results, so done brings no item for it.
 
     A turn that is not this conversation's (or not a turn) still gets a stream: its
     `done` event shows the conversation's last state, so the page never hangs.
@@ -137,4 +141,4 @@ async def conversation_turn_events(
     except (TurnNotFound, InvalidId):
         turn = None
     return stream_response(html_events(reader, conversations, conversation, turn, max(seq, after), lang,
-                                       request_token(request)))
+                                       request_token(request), sidebar_item=not searching))
