@@ -69,7 +69,7 @@ class TurnOutcome:
     retry_text: str
     reply_index: int = 0
     versions: dict[int, tuple[int, int]] = field(default_factory=dict)
-    conversation: Conversation | None = None  # as the turn left it (the sidebar's item), when asked for
+    conversation: Conversation | None = None  # as the turn left it (the sidebar's item); None if deleted
 
 
 @dataclass
@@ -260,15 +260,15 @@ class Conversations:
                 view.retry_text, view.retry_for = messages[-2].content, last.id
         return view
 
-    async def turn_outcome(self, conversation: Conversation, turn_id: str, final: TurnEvent | None,
-                           lang: str, *, with_conversation: bool = False) -> TurnOutcome:
-        """The bubble that replaces a streaming one: the saved reply, or the error (or "stopped") with Retry;
-        `with_conversation`: also the conversation as the turn left it (read at the same time)."""
+    async def turn_outcome(self, session_id: str, turn_id: str, final: TurnEvent | None,
+                           lang: str) -> TurnOutcome:
+        """The bubble that replaces a streaming one: the saved reply, or the error (or "stopped") with Retry,
+        and the conversation as the turn left it (None if it was deleted meanwhile), all read at once."""
         message_id = await self.reader.saved_reply_id(turn_id, final)
         (messages, first_index, _), labels, fresh = await asyncio.gather(
-            self.store.message_page(conversation.id, limit=4, before=None),
-            self.store.version_labels(conversation.id),
-            self.store.get_conversation(conversation.id) if with_conversation else _nothing(),
+            self.store.message_page(session_id, limit=4, before=None),
+            self.store.version_labels(session_id),
+            self.store.get_conversation(session_id),
         )
         reply = next((m for m in messages if message_id and m.id == message_id), None)
         last_user = next((m for m in reversed(messages) if m.role == "user"), None)
@@ -286,6 +286,3 @@ class Conversations:
 def _versions(labels: dict[int, str]) -> dict[int, tuple[int, int]]:
     return {index: parse_label(label) for index, label in labels.items()}
 
-
-async def _nothing() -> None:
-    return None

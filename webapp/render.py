@@ -172,6 +172,16 @@ def _create_templates() -> Jinja2Templates:
 templates = _create_templates()
 
 
+@lru_cache(maxsize=256)
+def icon(name: str, size: int = 18) -> Markup:
+    """An icon of partials/icons.html, rendered once per name and size: the macro, called a few
+    times in every message and sidebar item, was a visible share of each turn's rendering."""
+    return Markup(templates.env.get_template("partials/icons.html").module.icon(name, size))  # type: ignore[attr-defined]
+
+
+templates.env.globals["icon"] = icon
+
+
 def _asset_version() -> str:
     """Changes whenever a stylesheet or script changes, so browsers never run a stale app.js."""
     static = TEMPLATES_DIR.parent / "static"
