@@ -1,12 +1,16 @@
 """Load: N simulated users through the real app, and the same users straight to the model.
 
 For each N of the sweep, every user (its own aiohttp session and cookie jar) runs 3
-turns twice: first straight to the fake model (POST /v1/chat/completions, streamed,
-the context kept by the client), then through the app's seed API (POST /chat/start,
-GET /chat/stream read to the end). Every reply is checked against what the fake model
+turns three times: straight to the fake model (POST /v1/chat/completions, streamed,
+the context kept by the client), through the app's seed API (POST /chat/start,
+GET /chat/stream read to the end), and through the web UI as a browser drives it
+(GET / for its cookie and page, then per turn the HTMX POST /c/{id}/messages with its
+CSRF token, every request the response triggers, and the SSE stream its sse-connect
+names, read to its done event). Every reply is checked against what the fake model
 must have said for the context the turn should have had (turn k: ctx=2k, the welcome
 message counts), and afterwards every reply must be in /chat/history exactly once.
-The ratio of the two wall times is what the app costs over a bare connection.
+The ratio of an app phase's wall time to the direct one is what the app costs over a
+bare connection.
 
     python -m bench.load                      # sweep 1,10,50,200,500,1000
     python -m bench.load --users 50,200 --profile
@@ -16,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import json
 import multiprocessing
 import os
+import re
 import resource
 import secrets
 import sys
@@ -30,6 +36,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -48,6 +55,16 @@ TURNS = 3
 ROLE = get_role("assistant")
 WELCOME = t("welcome", "zh")
 MODEL = "gpt-4o-mini"  # what the app sends by default; the direct users send the same
+PHASES = ("direct", "app", "ui")  # straight to the model, the seed API, the web UI
+
+# what a browser reads from the pages (the bench parses no more HTML than htmx would)
+CONVERSATION_PATH = re.compile(r"/c/([0-9a-f-]{36})")
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
+REQUEST_ID_FIELD = re.compile(r'<input type="hidden" name="request_id" value="([0-9a-f]+)">')
+COMPOSER_INCLUDES_SEARCH = re.compile(r'<form id="composer"[^>]*hx-include="#search"')
+SSE_CONNECT = re.compile(r'sse-connect="([^"]+)"')
+DONE_SOURCE = re.compile(r'<template class="msg__source">(.*?)</template>', re.S)
+SIDEBAR_ITEM = re.compile(rb'<li id="conv-[^"]*"[^>]*hx-swap-oob')
 
 # ---------------------------------------------------------------- one user
 
@@ -70,6 +87,42 @@ class SSEData:
             if lines:
                 found.append(b"\n".join(lines))
         return found
+
+
+class SSEEvents:
+    """(event name, data) of a byte stream of server-sent events, as EventSource reads them."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[str, bytes]]:
+        buffer = self.buffer + data
+        if buffer.endswith(b"\r"):
+            self.buffer = buffer
+            return []
+        *events, self.buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+        found = []
+        for event in events:
+            name = "message"
+            lines = []
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:"):
+                    lines.append(line[5:].removeprefix(b" "))
+                elif line.startswith(b"event:"):
+                    name = line[6:].strip().decode()
+            if lines:
+                found.append((name, b"\n".join(lines)))
+        return found
+
+
+@dataclass
+class UIPage:
+    """What the open page holds that a turn needs."""
+
+    conversation_url: str
+    csrf_token: str
+    request_id: str
+    includes_search: bool
 
 
 @dataclass
@@ -99,12 +152,20 @@ class User:
             cookie_jar=aiohttp.CookieJar(unsafe=True),  # cookies from 127.0.0.1
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60),
         )
+        # the web UI runs: a browser's own cookie jar (a new visitor each run), the same connections
+        self.browser = aiohttp.ClientSession(
+            connector=self.http.connector, connector_owner=False, cookie_jar=aiohttp.CookieJar(unsafe=True),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60),
+        )
         self.user_id = ""
         self.session_id = ""
         self.start_latency: float | None = None
         self.sent: list[str] = []
         self.replies: list[str] = []
         self.conversations: list[tuple[str, list[str], list[str]]] = []  # (session, sent, replies) per app run
+        # (session, cookies, sent, replies) per web UI run: each run is a new visitor
+        self.ui_conversations: list[tuple[str, dict[str, str], list[str], list[str]]] = []
+        self.pending: list[asyncio.Future[str]] = []  # requests the page made by itself
         self.runs = 0
         self.finished_at = 0.0
 
@@ -116,6 +177,7 @@ class User:
         return expected_reply(2 * turn, ROLE.system_prompt, message, self.tokens)
 
     async def close(self) -> None:
+        await self.browser.close()
         await self.http.close()
 
     # -- straight to the model
@@ -243,26 +305,165 @@ class User:
         problem = ""
         for session_id, sent, replies in self.conversations:
             params = {"user_id": self.user_id, "session_id": session_id}
-            try:
-                async with self.http.get(f"{self.app_url}/chat/history", params=params) as response:
-                    if response.status != 200:
-                        missing += len(replies)
-                        problem = problem or f"HTTP {response.status}"
-                        continue
-                    data = await response.json()
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-                missing += len(replies)
-                problem = problem or type(exc).__name__
-                continue
-            messages = data.get("messages", [])
-            assistant = [m["content"] for m in messages if m["role"] == "assistant"]
-            users = [m["content"] for m in messages if m["role"] == "user"]
-            missing += sum(1 for reply in replies if assistant.count(reply) == 0)
-            duplicated += sum(1 for reply in replies if assistant.count(reply) > 1)
-            if users != sent:
-                problem = problem or "user messages differ"
-            elif messages and messages[0]["content"] != WELCOME:
-                problem = problem or "no welcome message first"
+            m, d, p = await self._check_conversation(self.http, params, sent, replies)
+            missing, duplicated, problem = missing + m, duplicated + d, problem or p
+        ui = await self.check_ui_history()
+        return missing + ui[0], duplicated + ui[1], problem or ui[2]
+
+    async def _check_conversation(self, http: aiohttp.ClientSession, params: dict[str, str], sent: list[str],
+                                  replies: list[str]) -> tuple[int, int, str]:
+        try:
+            async with http.get(f"{self.app_url}/chat/history", params=params) as response:
+                if response.status != 200:
+                    return len(replies), 0, f"HTTP {response.status}"
+                data = await response.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            return len(replies), 0, type(exc).__name__
+        messages = data.get("messages", [])
+        assistant = [m["content"] for m in messages if m["role"] == "assistant"]
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        missing = sum(1 for reply in replies if assistant.count(reply) == 0)
+        duplicated = sum(1 for reply in replies if assistant.count(reply) > 1)
+        problem = ""
+        if users != sent:
+            problem = "user messages differ"
+        elif messages and messages[0]["content"] != WELCOME:
+            problem = "no welcome message first"
+        return missing, duplicated, problem
+
+    # -- through the web UI, as a browser drives it
+
+    async def run_ui(self) -> list[TurnResult]:
+        """A new visitor: GET / (its cookie, a new conversation's page), then 3 turns as htmx sends them."""
+        self.runs += 1
+        self.browser.cookie_jar.clear()
+        self.pending.clear()
+        sent: list[str] = []
+        replies: list[str] = []
+        started = time.perf_counter()
+        try:
+            async with self.browser.get(f"{self.app_url}/") as response:
+                if response.status != 200:
+                    raise ValueError(f"HTTP {response.status}")
+                page = await response.text()
+                path = response.url.path
+            match = CONVERSATION_PATH.fullmatch(path)
+            token = CSRF_META.search(page)
+            request_id = REQUEST_ID_FIELD.search(page)
+            if match is None or token is None or request_id is None:
+                raise ValueError(f"no conversation page at {path}")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            self.finished_at = time.monotonic()
+            detail = f"GET /: {exc}" if isinstance(exc, ValueError) else f"GET /: {type(exc).__name__}"
+            return [TurnResult(self.index, turn, "failed", detail=detail) for turn in range(1, TURNS + 1)]
+        self.start_latency = time.perf_counter() - started
+        page_url = f"{self.app_url}{path}"
+        browser = UIPage(
+            conversation_url=page_url, csrf_token=token.group(1), request_id=request_id.group(1),
+            includes_search=bool(COMPOSER_INCLUDES_SEARCH.search(page)),
+        )
+        cookies = self.browser.cookie_jar.filter_cookies(URL(self.app_url))
+        self.ui_conversations.append((match.group(1), {k: m.value for k, m in cookies.items()}, sent, replies))
+        results = []
+        for turn in range(1, TURNS + 1):
+            message = self.message("ui", turn)
+            sent.append(message)
+            result, reply = await self._ui_turn(turn, message, browser)
+            results.append(result)
+            if result.outcome in ("ok", "wrong"):
+                replies.append(reply)
+            if result.outcome != "ok":
+                results += self._skipped(turn)
+                break
+        # the requests the page still makes (a sidebar refresh after the last reply) end the run
+        failures = [r for r in await asyncio.gather(*self.pending) if r]
+        self.pending.clear()
+        self.finished_at = time.monotonic()
+        if failures and results and results[-1].outcome == "ok":
+            results[-1].outcome, results[-1].detail = "failed", f"a request the page made: {failures[0]}"
+        return results
+
+    def _htmx_headers(self, page: UIPage, target: str) -> dict[str, str]:
+        return {"HX-Request": "true", "HX-Current-URL": page.conversation_url, "HX-Target": target,
+                "X-CSRF-Token": page.csrf_token}
+
+    async def _refresh_sidebar(self, page: UIPage) -> str:
+        """What `sessions-changed` makes the page do: GET /sidebar (with the search box's value)."""
+        headers = {**self._htmx_headers(page, "session-list"), "HX-Trigger": "session-list"}
+        try:
+            async with self.browser.get(f"{self.app_url}/sidebar", params={"q": ""}, headers=headers) as response:
+                body = await response.read()
+                if response.status != 200 or b'id="session-list"' not in body:
+                    return f"/sidebar HTTP {response.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return f"/sidebar {type(exc).__name__}"
+        return ""
+
+    def _follow_triggers(self, page: UIPage, headers: Any) -> None:
+        names = ("HX-Trigger", "HX-Trigger-After-Settle", "HX-Trigger-After-Swap")
+        triggers = " ".join(headers.get(name, "") for name in names)
+        if "sessions-changed" in triggers:
+            self.pending.append(asyncio.ensure_future(self._refresh_sidebar(page)))
+
+    async def _ui_turn(self, turn: int, message: str, page: UIPage) -> tuple[TurnResult, str]:
+        form = {"csrf_token": page.csrf_token, "request_id": page.request_id, "message": message}
+        if page.includes_search:
+            form["q"] = ""
+        parts: list[str] = []
+        ttft = None
+        total = None
+        done = False
+        error = ""
+        started = time.perf_counter()
+        try:
+            async with self.browser.post(f"{page.conversation_url}/messages", data=form,
+                                      headers=self._htmx_headers(page, "message-list")) as response:
+                body = await response.text()
+                if response.status != 200:
+                    return TurnResult(self.index, turn, "failed", detail=f"POST HTTP {response.status} {body[:200]}"), ""
+                self._follow_triggers(page, response.headers)
+            page.request_id = secrets.token_hex(8)  # app.js: the next message is a new request
+            stream = SSE_CONNECT.search(body)
+            if stream is None:
+                return TurnResult(self.index, turn, "failed", detail="no sse-connect in the POST's fragment"), ""
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            async with self.browser.get(f"{self.app_url}{html.unescape(stream.group(1))}", headers=headers) as response:
+                if response.status != 200:
+                    return TurnResult(self.index, turn, "failed", detail=f"SSE HTTP {response.status}"), ""
+                reader = SSEEvents()
+                async for data in response.content.iter_any():
+                    for name, payload in reader.feed(data):
+                        if name == "chunk":
+                            text = html.unescape(payload.decode())
+                            if ttft is None and text:
+                                ttft = time.perf_counter() - started
+                            parts.append(text)
+                        elif name == "done":
+                            done = True
+                            total = time.perf_counter() - started
+                            final = DONE_SOURCE.search(payload.decode())
+                            if final is None:
+                                error = f"done without a reply: {payload[:200]!r}"
+                            elif html.unescape(final.group(1)) != "".join(parts):
+                                error = "done's reply differs from the streamed one"
+                            if not SIDEBAR_ITEM.search(payload):
+                                # app.js: a done that does not bring its sidebar item refreshes the sidebar
+                                self.pending.append(asyncio.ensure_future(self._refresh_sidebar(page)))
+                    if done:
+                        break  # sse-close="done"
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, UnicodeDecodeError) as exc:
+            return TurnResult(self.index, turn, "failed", detail=type(exc).__name__), ""
+        return self._judge(turn, "".join(parts), self.expected(turn, message), done, ttft, total, error)
+
+    async def check_ui_history(self) -> tuple[int, int, str]:
+        """Each web UI visitor's conversation, read back through /chat/history with its cookie."""
+        missing = duplicated = 0
+        problem = ""
+        for session_id, cookies, sent, replies in self.ui_conversations:
+            self.browser.cookie_jar.clear()
+            self.browser.cookie_jar.update_cookies(cookies, URL(self.app_url))
+            m, d, p = await self._check_conversation(self.browser, {"session_id": session_id}, sent, replies)
+            missing, duplicated, problem = missing + m, duplicated + d, problem or p
         return missing, duplicated, problem
 
     # -- judging
@@ -306,7 +507,7 @@ class LoadWorker:
     async def phase(self, kind: str, start_at: float) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         cpu = _cpu_self()
-        runs = [user.run_direct() if kind == "direct" else user.run_app() for user in self.users]
+        runs = [getattr(user, f"run_{kind}")() for user in self.users]
         turns = [result for results in await asyncio.gather(*runs) for result in results]
         return {
             "turns": [asdict(result) for result in turns],
@@ -505,98 +706,140 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
+LABELS = {"direct": "direct", "app": "API", "ui": "web UI"}
+
+
+def _app_phases(step: dict[str, Any]) -> list[str]:
+    return [kind for kind in ("app", "ui") if kind in step]
+
+
 def step_block(step: dict[str, Any]) -> str:
     """The table of one N, printed as soon as it is measured."""
-    d, a = step["direct"], step["app"]
+    d = step["direct"]
     walls = step.get("walls_s", {})
+    ratios = ", ".join(f"{LABELS[k]} {step[f'{k}_ratio' if k == 'ui' else 'ratio']:.2f}" for k in _app_phases(step))
     lines = [
-        f"N={step['users']} users x {TURNS} turns: app/direct wall ratio {step['ratio']:.2f}"
-        f" (fastest of {len(walls.get('app', [1]))} runs each; walls direct {walls.get('direct')}, app {walls.get('app')};"
+        f"N={step['users']} users x {TURNS} turns: wall ratio to direct {ratios}"
+        f" (fastest of {len(walls.get('direct', [1]))} runs each; walls {walls};"
         f" bad turns in all runs {step.get('bad_turns_all_runs')})",
         f"  {'':7} {'wall s':>7} {'TTFT p50':>9} {'p95':>6} {'p99':>6} {'total p50':>10} {'p99':>6}"
         f" {'ok':>5} {'failed':>6} {'lost':>5} {'wrong':>5}",
     ]
-    for name, p in (("direct", d), ("app", a)):
+    for kind in ("direct", *_app_phases(step)):
+        p = step[kind]
         lines.append(
-            f"  {name:7} {p['wall_s']:7.2f} {_fmt(p['ttft_ms']['p50']):>9} {_fmt(p['ttft_ms']['p95']):>6}"
+            f"  {LABELS[kind]:7} {p['wall_s']:7.2f} {_fmt(p['ttft_ms']['p50']):>9} {_fmt(p['ttft_ms']['p95']):>6}"
             f" {_fmt(p['ttft_ms']['p99']):>6} {_fmt(p['total_ms']['p50']):>10} {_fmt(p['total_ms']['p99']):>6}"
             f" {p['ok']:>5} {p['failed']:>6} {p['lost']:>5} {p['wrong']:>5}"
         )
     by_turn = lambda p: "/".join(_fmt(p["ttft_p99_ms_by_turn"][str(k)]) for k in range(1, TURNS + 1))  # noqa: E731
-    lines.append(f"  TTFT p99 by turn 1/2/3: direct {by_turn(d)} ms, app {by_turn(a)} ms")
-    usage = a["usage"]
+    lines.append("  TTFT p99 by turn 1/2/3: " + ", ".join(
+        f"{LABELS[k]} {by_turn(step[k])} ms" for k in ("direct", *_app_phases(step))))
     history = step["history"]
+    starts = "; ".join(
+        f"{'/chat/start' if k == 'app' else 'GET /'} p50 {step[k]['chat_start_ms']['p50']} ms"
+        f" p99 {step[k]['chat_start_ms']['p99']} ms"
+        for k in _app_phases(step) if "chat_start_ms" in step[k]
+    )
     lines.append(
         f"  history: {history['missing']} missing, {history['duplicated']} duplicated,"
-        f" {len(history['problems'])} other problems"
-        + (f"; /chat/start p50 {a['chat_start_ms']['p50']} ms p99 {a['chat_start_ms']['p99']} ms" if "chat_start_ms" in a else "")
+        f" {len(history['problems'])} other problems" + (f"; {starts}" if starts else "")
     )
+    for kind in _app_phases(step):
+        p = step[kind]
+        usage = p["usage"]
+        lines.append(
+            f"  {LABELS[kind]}: app RSS peak {usage['app']['rss_peak_mb']} MB, CPU {usage['app']['cpu_s']} s"
+            f" ({p['app_cpu_ms_per_turn']} ms/turn)"
+            f" | redis: RSS peak {usage['redis']['rss_peak_mb']} MB, CPU {usage['redis']['cpu_s']} s"
+            f" | fake model CPU {usage['upstream']['cpu_s']} s (direct {d['usage']['upstream']['cpu_s']} s)"
+            f" | load generator CPU {p['loadgen_cpu_s']} s (direct {d['loadgen_cpu_s']} s)"
+        )
     lines.append(
-        f"  app: RSS peak {usage['app']['rss_peak_mb']} MB, CPU {usage['app']['cpu_s']} s"
-        f" ({a['app_cpu_ms_per_turn']} ms/turn)"
-        f" | redis: RSS peak {usage['redis']['rss_peak_mb']} MB, CPU {usage['redis']['cpu_s']} s"
-        f" | fake model CPU direct {d['usage']['upstream']['cpu_s']} s, app {usage['upstream']['cpu_s']} s"
-        f" | load generator CPU direct {d['loadgen_cpu_s']} s, app {a['loadgen_cpu_s']} s"
+        "  other work on the machine meanwhile, % of a core: " + ", ".join(
+            f"{LABELS[k]} {step[k]['usage']['others']['cpu_s'] / step[k]['wall_s']:.0%}"
+            for k in ("direct", *_app_phases(step)))
     )
-    lines.append(
-        f"  other work on the machine meanwhile: {d['usage']['others']['cpu_s']} CPU s during direct"
-        f" ({d['usage']['others']['cpu_s'] / d['wall_s']:.0%} of a core),"
-        f" {usage['others']['cpu_s']} CPU s during app ({usage['others']['cpu_s'] / a['wall_s']:.0%} of a core)"
-    )
-    for problem in (d["problems"] + a["problems"] + history["problems"])[:5]:
+    problems = [x for k in ("direct", *_app_phases(step)) for x in step[k]["problems"]] + history["problems"]
+    for problem in problems[:5]:
         lines.append(f"  ! {problem}")
     return "\n".join(lines)
 
 
 def summary_table(steps: list[dict[str, Any]]) -> str:
-    """One row per N, in Markdown, for the README."""
+    """One row per N and path, in Markdown, for the README."""
     head = (
-        "| users | direct s | app s | ratio | TTFT p50/p95/p99 direct ms | TTFT p50/p95/p99 app ms "
-        "| total p50/p99 direct ms | total p50/p99 app ms | /chat/start p50/p99 ms | failed | lost | wrong "
+        "| users | path | wall s (direct) | ratio | TTFT p50/p95/p99 ms (direct) "
+        "| total p50/p99 ms (direct) | start p50/p99 ms | failed | lost | wrong "
         "| not in history once | app RSS peak MB | app CPU s | app CPU ms/turn | Redis RSS MB | Redis CPU s "
         "| other work, % of a core direct/app |"
     )
-    rows = [head, "|" + "---:|" * 19]
+    rows = [head, "|---:|---|" + "---:|" * 15]
     for s in steps:
-        d, a, h = s["direct"], s["app"], s["history"]
+        d, h = s["direct"], s["history"]
         tri = lambda p: "/".join(_fmt(p["ttft_ms"][k]) for k in ("p50", "p95", "p99"))  # noqa: E731
         duo = lambda p: "/".join(_fmt(p["total_ms"][k]) for k in ("p50", "p99"))  # noqa: E731
-        bad = lambda key: d[key] + a[key]  # noqa: E731
-        start = "/".join(_fmt(a.get("chat_start_ms", {}).get(k)) for k in ("p50", "p99"))
-        others = "/".join(f"{p['usage']['others']['cpu_s'] / p['wall_s']:.0%}" for p in (d, a))
-        rows.append(
-            f"| {s['users']} | {d['wall_s']:.2f} | {a['wall_s']:.2f} | **{s['ratio']:.2f}** | {tri(d)} | {tri(a)} "
-            f"| {duo(d)} | {duo(a)} | {start} | {bad('failed')} | {bad('lost')} | {bad('wrong')} "
-            f"| {h['missing'] + h['duplicated'] + len(h['problems'])} "
-            f"| {a['usage']['app']['rss_peak_mb']} | {a['usage']['app']['cpu_s']} | {a['app_cpu_ms_per_turn']} "
-            f"| {a['usage']['redis']['rss_peak_mb']} | {a['usage']['redis']['cpu_s']} | {others} |"
-        )
+        for kind in _app_phases(s):
+            a = s[kind]
+            ratio = s["ui_ratio" if kind == "ui" else "ratio"]
+            bad = lambda key: d[key] + a[key]  # noqa: E731
+            start = "/".join(_fmt(a.get("chat_start_ms", {}).get(k)) for k in ("p50", "p99"))
+            others = "/".join(f"{p['usage']['others']['cpu_s'] / p['wall_s']:.0%}" for p in (d, a))
+            rows.append(
+                f"| {s['users']} | {LABELS[kind]} | {a['wall_s']:.2f} ({d['wall_s']:.2f}) | **{ratio:.2f}** "
+                f"| {tri(a)} ({tri(d)}) | {duo(a)} ({duo(d)}) | {start} | {bad('failed')} | {bad('lost')} "
+                f"| {bad('wrong')} | {h['missing'] + h['duplicated'] + len(h['problems'])} "
+                f"| {a['usage']['app']['rss_peak_mb']} | {a['usage']['app']['cpu_s']} | {a['app_cpu_ms_per_turn']} "
+                f"| {a['usage']['redis']['rss_peak_mb']} | {a['usage']['redis']['cpu_s']} | {others} |"
+            )
     return "\n".join(rows)
 
 
-TARGET_RATIOS = {50: 1.05, 200: 1.20, 500: 1.70}
+TARGET_RATIOS = {50: 1.05, 200: 1.20, 500: 1.70}  # issue 10: the API path
+UI_RATIO_SLACK = {50: 1.10, 200: 1.10, 500: 1.20}  # issue 19: the web UI path within 10/10/20% of the API's
+UI_CPU_SLACK = 1.3  # CPU per web UI turn at most 1.3x the API turn's
+UI_TTFT_SLACK_MS = 50
 
 
 def targets(steps: list[dict[str, Any]]) -> list[tuple[str, bool]]:
-    """Issue 10's targets, for the N that were run."""
+    """Issues 10's and 19's targets, for the N and paths that were run."""
     found: list[tuple[str, bool]] = []
     by_users = {s["users"]: s for s in steps}
     for users, limit in TARGET_RATIOS.items():
-        if users in by_users:
+        if users in by_users and "app" in by_users[users]:
             ratio = by_users[users]["ratio"]
-            found.append((f"{users} users: wall ratio {ratio:.2f} <= {limit:.2f}", ratio <= limit))
+            found.append((f"{users} users: API wall ratio {ratio:.2f} <= {limit:.2f}", ratio <= limit))
+    for users, slack in UI_RATIO_SLACK.items():
+        step = by_users.get(users)
+        if step and "ui" in step and "app" in step:
+            ui, api = step["ui_ratio"], step["ratio"]
+            found.append((f"{users} users: web UI ratio {ui:.2f} <= API {api:.2f} x {slack:.2f}", ui <= api * slack))
     if 50 in by_users:
-        d, a = by_users[50]["direct"]["ttft_ms"]["p99"], by_users[50]["app"]["ttft_ms"]["p99"]
+        step = by_users[50]
+        d = step["direct"]["ttft_ms"]["p99"]
+        a = step["app"]["ttft_ms"]["p99"] if "app" in step else None
         if d is not None and a is not None:
-            found.append((f"50 users: TTFT p99 app {a:.0f} ms <= direct {d:.0f} + 50 ms", a <= d + 50))
+            found.append((f"50 users: API TTFT p99 {a:.0f} ms <= direct {d:.0f} + 50 ms", a <= d + 50))
+        u = step["ui"]["ttft_ms"]["p99"] if "ui" in step else None
+        if a is not None and u is not None:
+            found.append((f"50 users: web UI TTFT p99 {u:.0f} ms <= API {a:.0f} + {UI_TTFT_SLACK_MS} ms",
+                          u <= a + UI_TTFT_SLACK_MS))
     for s in steps:
-        d, a, h = s["direct"], s["app"], s["history"]
-        bad = sum(s.get("bad_turns_all_runs", {}).values()) or sum(p[k] for p in (d, a) for k in ("failed", "lost", "wrong"))
+        if "app" in s and "ui" in s:
+            api, ui = s["app"]["app_cpu_ms_per_turn"], s["ui"]["app_cpu_ms_per_turn"]
+            found.append((f"{s['users']} users: CPU per web UI turn {ui} ms <= API {api} ms x {UI_CPU_SLACK}",
+                          ui <= api * UI_CPU_SLACK))
+    for s in steps:
+        h = s["history"]
+        bad = sum(s.get("bad_turns_all_runs", {}).values()) or sum(
+            s[k][key] for k in ("direct", *_app_phases(s)) for key in ("failed", "lost", "wrong"))
         bad += h["missing"] + h["duplicated"] + len(h["problems"])
         found.append((f"{s['users']} users: {bad} failed, lost, wrong or not-once-in-history replies", bad == 0))
-    if 500 in by_users:
-        rss = by_users[500]["app"]["usage"]["app"]["rss_peak_mb"]
-        found.append((f"500 users: app RSS peak {rss} MB <= 200 MB", rss <= 200))
+    for users in (500, 1000):
+        step = by_users.get(users)
+        if step:
+            rss = max(step[k]["usage"]["app"]["rss_peak_mb"] for k in _app_phases(step))
+            found.append((f"{users} users: app RSS peak {rss} MB <= 200 MB", rss <= 200))
     return found
 
 
@@ -605,6 +848,8 @@ def targets(steps: list[dict[str, Any]]) -> list[tuple[str, bool]]:
 
 async def run(args: argparse.Namespace, app: App, model: FakeModel, workdir: Path) -> dict[str, Any]:
     sweep = [int(n) for n in args.users.split(",") if n.strip()]
+    app_phases = [{"api": "app", "ui": "ui"}[p.strip()] for p in args.paths.split(",") if p.strip()]
+    phases = ["direct", *app_phases]
     if args.procs > 1:
         workers: Workers = ProcessWorkers(args.procs, app.url, model.url, args.tokens)
         loadgen_pids = workers.pids
@@ -619,8 +864,8 @@ async def run(args: argparse.Namespace, app: App, model: FakeModel, workdir: Pat
     try:
         # warm-up: the app's lazily imported code paths and the model's first connection
         await workers.setup(2, "warm" + secrets.token_hex(2))
-        await workers.phase("direct")
-        await workers.phase("app")
+        for kind in phases:
+            await workers.phase(kind)
         await workers.close()
 
         for users in sweep:
@@ -628,24 +873,23 @@ async def run(args: argparse.Namespace, app: App, model: FakeModel, workdir: Pat
             await workers.setup(users, tag)
             results = {}
             usages = {}
-            waited: dict[str, list[float]] = {"direct": [], "app": []}
-            runs: dict[str, list[tuple[dict[str, Any], dict[str, Usage]]]] = {"direct": [], "app": []}
+            waited: dict[str, list[float]] = {kind: [] for kind in phases}
+            runs: dict[str, list[tuple[dict[str, Any], dict[str, Usage]]]] = {kind: [] for kind in phases}
             for _ in range(args.repeat):
-                for kind in ("direct", "app"):
+                for kind in phases:
                     await asyncio.sleep(args.pause)
                     waited[kind].append(round(await asyncio.to_thread(wait_for_quiet, args.quiet_wait), 1))
                     watcher.begin()
                     result = await workers.phase(kind)
                     runs[kind].append((result, watcher.end()))
             # other work on a shared machine only ever adds time: keep each phase's fastest run
-            for kind in ("direct", "app"):
+            for kind in phases:
                 results[kind], usages[kind] = min(runs[kind], key=lambda run: run[0]["wall"])
             history = await workers.history()
             await workers.close()
-            step = {
+            step: dict[str, Any] = {
                 "users": users,
-                "direct": phase_summary(results["direct"], usages["direct"]),
-                "app": phase_summary(results["app"], usages["app"]),
+                **{kind: phase_summary(results[kind], usages[kind]) for kind in phases},
                 "history": history,
                 "waited_for_quiet_s": waited,
                 "walls_s": {kind: [round(r["wall"], 3) for r, _ in runs[kind]] for kind in runs},
@@ -653,10 +897,12 @@ async def run(args: argparse.Namespace, app: App, model: FakeModel, workdir: Pat
                     kind: sum(1 for r, _ in runs[kind] for t in r["turns"] if t["outcome"] != "ok") for kind in runs
                 },
             }
-            step["ratio"] = round(step["app"]["wall_s"] / step["direct"]["wall_s"], 3)
-            step["app"]["app_cpu_ms_per_turn"] = round(
-                1000 * step["app"]["usage"]["app"]["cpu_s"] / max(1, step["app"]["turns"]), 1
-            )
+            for kind in app_phases:
+                key = "ui_ratio" if kind == "ui" else "ratio"
+                step[key] = round(step[kind]["wall_s"] / step["direct"]["wall_s"], 3)
+                step[kind]["app_cpu_ms_per_turn"] = round(
+                    1000 * step[kind]["usage"]["app"]["cpu_s"] / max(1, step[kind]["turns"]), 1
+                )
             steps.append(step)
             print(step_block(step), flush=True)
             print(flush=True)
@@ -680,7 +926,7 @@ async def profile_pass(args: argparse.Namespace, app: App, workers: Workers, use
     sampling_started = time.monotonic()
     spy.start()
     await asyncio.sleep(1.0)  # py-spy attaches
-    result = await workers.phase("app")
+    result = await workers.phase(args.profile_path)
     spy.stop()
     seconds = time.monotonic() - sampling_started
     await workers.close()
@@ -689,7 +935,7 @@ async def profile_pass(args: argparse.Namespace, app: App, workers: Workers, use
         print(f"py-spy wrote nothing; see {spy.log}", flush=True)
         return {"users": users, "error": spy.log.read_text(errors="replace")[-2000:]}
     summary = summarize(folded, seconds=seconds, rate=args.profile_rate, repo_root=app.source)
-    print(f"profile of the app at {users} users (a repeat of the app phase, wall {result['wall']:.2f} s,"
+    print(f"profile of the app at {users} users (a repeat of the {LABELS[args.profile_path]} phase, wall {result['wall']:.2f} s,"
           f" {bad} bad turns), folded stacks in {folded.relative_to(REPO_ROOT)}:", flush=True)
     print(summary.render(top=args.profile_top), flush=True)
     print(flush=True)
@@ -703,6 +949,7 @@ def main() -> int:
     parser.add_argument("--ttft-ms", type=float, default=BENCH_TTFT_MS)
     parser.add_argument("--token-delay-ms", type=float, default=BENCH_TOKEN_DELAY_MS)
     parser.add_argument("--tokens", type=int, default=BENCH_TOKENS)
+    parser.add_argument("--paths", default="api,ui", help="app paths to measure: api, ui or both (default api,ui)")
     parser.add_argument("--procs", type=int, default=1, help="load-generator processes (default 1)")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds of quiet before each phase")
     parser.add_argument(
@@ -715,6 +962,8 @@ def main() -> int:
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the app during a repeat of one step")
     parser.add_argument("--profile-users", type=int, default=200)
+    parser.add_argument("--profile-path", choices=("app", "ui"), default="ui",
+                        help="the phase to profile: app (the seed API) or ui (the web UI; default)")
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--profile-top", type=int, default=20)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra app setting")
@@ -759,7 +1008,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
         "config": {
             "users": args.users, "turns": TURNS, "ttft_ms": args.ttft_ms, "token_delay_ms": args.token_delay_ms,
-            "tokens": args.tokens, "loadgen_procs": args.procs, "app_env": extra_env,
+            "tokens": args.tokens, "loadgen_procs": args.procs, "app_env": extra_env, "paths": args.paths,
         },
         "steps": steps,
         "targets": [{"target": text, "met": met} for text, met in targets(steps)],

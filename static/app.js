@@ -409,7 +409,9 @@
       const seq = message.lastEventId.split(":").pop();
       source.setAttribute("sse-connect", source.getAttribute("sse-connect").replace(/after=\d+/, "after=" + seq));
     }
-    if (message && message.type === "done") {
+    // the done event brings the conversation's sidebar item itself; search results are asked for again
+    const search = $("#search");
+    if (message && message.type === "done" && search && search.value.trim()) {
       setTimeout(() => htmx.trigger(document.body, "sessions-changed"), 50);
     }
   });

@@ -15,6 +15,7 @@ from bs4 import BeautifulSoup
 from tests.conftest import SYSTEM_PROMPTS, create_session, iter_sse, unique, wait_until
 from tests.fake_upstream import expected_reply
 from tests.ui_fixtures import add_message
+from webapp.titles import make_preview
 
 HX = {"HX-Request": "true"}
 EN = {"Accept-Language": "en-US,en;q=0.9"}
@@ -44,8 +45,9 @@ def ids_are_unique(page: BeautifulSoup) -> None:
     assert [i for i, n in counts.items() if n > 1] == []
 
 
-def send_hx(client: httpx.Client, session_id: str, text: str) -> httpx.Response:
-    response = client.post(f"/c/{session_id}/messages", data={"message": text}, headers={**HX, **EN})
+def send_hx(client: httpx.Client, session_id: str, text: str, search: str | None = None) -> httpx.Response:
+    data = {"message": text} if search is None else {"message": text, "q": search}  # q: the composer's hx-include
+    response = client.post(f"/c/{session_id}/messages", data=data, headers={**HX, **EN})
     assert response.status_code == 200, response.text
     return response
 
@@ -106,8 +108,8 @@ def test_landmarks_labels_and_live_region(browser_client: httpx.Client) -> None:
 def test_send_returns_user_bubble_and_a_streaming_bubble_wired_to_sse(browser_client: httpx.Client) -> None:
     session_id, _ = open_home(browser_client)
     text = f"{unique('send')} {XSS}"
-    response = send_hx(browser_client, session_id, text)
-    assert response.headers["hx-trigger"] == "sessions-changed"
+    response = send_hx(browser_client, session_id, text, search="")
+    assert "hx-trigger" not in response.headers  # the sidebar's item comes out of band, no refresh of the list
     fragment = soup(response)
     user = fragment.select_one("article.msg--user")
     assert user["id"].startswith("msg-m_")
@@ -129,6 +131,13 @@ def test_send_returns_user_bubble_and_a_streaming_bubble_wired_to_sse(browser_cl
     assert actions.select_one(".round-btn--stop")["hx-post"] == f"/c/{session_id}/stop"
     assert fragment.find(id=f"title-{session_id}").get_text(strip=True).startswith("send-")
     assert fragment.find(id="suggestions")["hx-swap-oob"] == "delete"
+    # ...and the sidebar's item moves to the top: the old one deleted, the new one (running) put first
+    gone, moved = fragment.find_all(id=f"conv-{session_id}")
+    assert gone["hx-swap-oob"] == "delete" and not gone.contents
+    assert moved.parent.name == "ul" and moved.parent["hx-swap-oob"] == "afterbegin:#session-list"
+    assert "hx-swap-oob" not in moved.attrs and "is-active" in moved["class"]
+    assert moved.select_one(".session__title").get_text() == fragment.find(id=f"title-{session_id}").get_text()
+    assert moved.select_one(".session__running") and moved.select_one(".session__preview").get_text().startswith("send-")
 
     events = follow_html_stream(browser_client, streaming["sse-connect"])
     assert [e.event for e in events[:-1]] == ["chunk"] * (len(events) - 1) and events[-1].event == "done"
@@ -142,6 +151,26 @@ def test_send_returns_user_bubble_and_a_streaming_bubble_wired_to_sse(browser_cl
     assert " ".join(final.select_one(".msg__body").get_text().split()) == " ".join(expected.split())
     assert done.find(id="composer-actions")["hx-swap-oob"] == "true"
     assert done.select_one("#composer-actions .round-btn--send")
+    item = done.find(id=f"conv-{session_id}")  # the sidebar's item, replaced in place: the reply's preview
+    assert item["hx-swap-oob"] == "true" and "is-active" in item["class"] and not item.select_one(".session__running")
+    assert item.select_one(".session__preview").get_text() == make_preview(expected)
+    sidebar = soup(browser_client.get("/sidebar", headers={**HX, **EN})).find(id=f"conv-{session_id}")
+    for part in (".session__title", ".session__preview", ".session__time"):  # what a refresh would have shown
+        assert item.select_one(part).get_text() == sidebar.select_one(part).get_text()
+
+
+def test_send_while_the_sidebar_shows_search_results_refreshes_the_list(browser_client: httpx.Client) -> None:
+    """The conversation may not belong in the results: the list is asked for again, no item is moved."""
+    session_id, _ = open_home(browser_client)
+    response = send_hx(browser_client, session_id, unique("searching"), search="kubernetes")
+    assert response.headers["hx-trigger"] == "sessions-changed"
+    fragment = soup(response)
+    assert not fragment.find_all(id=f"conv-{session_id}")
+    streaming = fragment.select_one("article.msg--streaming")
+    assert streaming["sse-connect"].endswith("?after=0&searching=1")
+    events = follow_html_stream(browser_client, streaming["sse-connect"])
+    done = BeautifulSoup(events[-1].data, "html.parser")
+    assert done.select_one("article.msg--assistant") and not done.find(id=f"conv-{session_id}")
 
 
 def test_stream_resumes_after_the_last_event_without_repeating(browser_client: httpx.Client) -> None:

@@ -477,3 +477,52 @@ def test_works_without_javascript(browser: Any, app_server: AppServer, artifacts
         page.screenshot(path=str(artifacts / "no-js.png"))
     finally:
         context.close()
+
+
+def test_a_send_moves_its_sidebar_item_to_the_top_without_reloading_the_list(open_page: Callable[..., Any]) -> None:
+    """The POST brings the item (title, running mark) and the done event its reply preview, out of
+    band: no GET /sidebar per turn. With search results shown, the list is asked for again."""
+    page = open_page()
+    send(page, "Tell me about apples")
+    wait_reply_done(page)
+    first = conversation_id(page)  # (the first send made the conversation)
+    page.click("#new-chat")
+    page.wait_for_selector("#message-list .suggestions")
+    send(page, "Tell me about bananas")
+    wait_reply_done(page)
+    wait_count(page, "#session-list .session", 2)
+    page.click(f"#conv-{first} .session__link")
+    page.wait_for_selector(f"#main[data-conversation='{first}']")
+    assert page.locator("#session-list .session").first.get_attribute("id") != f"conv-{first}"
+
+    sidebar_requests: list[str] = []
+    page.on("request", lambda request: "/sidebar" in request.url and sidebar_requests.append(request.url))
+    message = f"{unique('move')} {SLOW}"
+    send(page, message)
+    items = page.locator("#session-list .session")
+    assert items.first.get_attribute("id") == f"conv-{first}"
+    assert items.count() == 2 and page.locator(f"#conv-{first}").count() == 1
+    assert page.locator(f"#conv-{first} .session__running").count() == 1  # while the reply is written
+    assert page.locator(f"#conv-{first}").get_attribute("aria-current") is None  # the link has it, not the item
+    assert page.locator(f"#conv-{first} .session__link").get_attribute("aria-current") == "page"
+    wait_reply_done(page)
+    page.wait_for_selector(f"#conv-{first}:not(:has(.session__running))")
+    reply = expected_reply(4, SYSTEM_PROMPTS["assistant"], message, 40)
+    preview = page.locator(f"#conv-{first} .session__preview").inner_text()
+    assert preview and shown(reply).startswith(shown(preview).rstrip("…"))
+    page.wait_for_timeout(300)  # app.js would have asked 50 ms after done
+    assert sidebar_requests == []
+    assert not page.errors
+
+    # search results in the sidebar: a send and its done each refresh them (with the query)
+    page.fill("#search", "bananas")
+    page.wait_for_function("() => document.querySelectorAll('#session-list .session').length === 1")
+    sidebar_requests.clear()
+    send(page, unique("while searching"))
+    wait_reply_done(page)
+    page.wait_for_function("() => true")
+    page.wait_for_timeout(300)
+    assert len(sidebar_requests) == 2 and all("q=bananas" in url for url in sidebar_requests)
+    assert page.locator("#session-list .session").count() == 1
+    assert page.locator(f"#conv-{first}").count() == 0
+    assert not page.errors

@@ -12,6 +12,7 @@ conversation stops its reply first; what a conversation pane offers after a repl
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class TurnOutcome:
     retry_text: str
     reply_index: int = 0
     versions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    conversation: Conversation | None = None  # as the turn left it (the sidebar's item); None if deleted
 
 
 @dataclass
@@ -132,7 +134,7 @@ class Conversations:
 
     async def versions_of(self, conversation: Conversation) -> dict[int, tuple[int, int]]:
         """(shown, count) by list index, where a message has versions."""
-        return {index: parse_label(label) for index, label in (await self.store.version_labels(conversation)).items()}
+        return _versions(await self.store.version_labels(conversation))
 
     async def switch_version(self, conversation: Conversation, index: int, version: int) -> Conversation:
         """Show version `version` (1-based) of the message at list `index`; later turns see that branch."""
@@ -216,10 +218,9 @@ class Conversations:
         """
         validate_message(text, self.writer.settings.max_message_chars)
         conversation_id = str(uuid.uuid5(_FIRST_SEND, f"{user_id}:{request_id}")) if request_id else None
-        conversation = await self.store.get_conversation(conversation_id) if conversation_id else None
-        if conversation is None or conversation.user_id != user_id:
-            taken = conversation is not None  # (someone else's: never theirs to write into)
-            conversation = await self.create(user_id, conversation_id=None if taken else conversation_id)
+        conversation = await self.store.get_conversation(user_id, conversation_id) if conversation_id else None
+        if conversation is None:  # (conversations are filed under their owner: no one else's is found)
+            conversation = await self.create(user_id, conversation_id=conversation_id)
         return await self.writer.start_turn(conversation.id, user_id, text, None, lang, client_ip,
                                             request_id=request_id)
 
@@ -302,11 +303,17 @@ class Conversations:
                 view.retry_text, view.retry_for = messages[-2].content, last.id
         return view
 
-    async def turn_outcome(self, conversation: Conversation, turn_id: str, final: TurnEvent | None,
+    async def turn_outcome(self, user_id: str, session_id: str, turn_id: str, final: TurnEvent | None,
                            lang: str) -> TurnOutcome:
-        """The bubble that replaces a streaming one: the saved reply, or the error (or "stopped") with Retry."""
-        message_id = await self.reader.saved_reply_id(conversation.user_id, turn_id, final)
-        messages, first_index, _ = await self.store.message_page(conversation, limit=4, before=None)
+        """The bubble that replaces a streaming one: the saved reply, or the error (or "stopped") with Retry,
+        and the conversation as the turn left it (None if it was deleted meanwhile), all read at once."""
+        message_id = await self.reader.saved_reply_id(user_id, turn_id, final)
+        keys_of = Conversation.from_hash(session_id, {"user_id": user_id})  # (its keys: owner and id)
+        (messages, first_index, _), labels, fresh = await asyncio.gather(
+            self.store.message_page(keys_of, limit=4, before=None),
+            self.store.version_labels(keys_of),
+            self.store.get_conversation(user_id, session_id),
+        )
         reply = next((m for m in messages if message_id and m.id == message_id), None)
         last_user = next((m for m in reversed(messages) if m.role == "user"), None)
         if final is not None and final.type == "error":
@@ -317,4 +324,9 @@ class Conversations:
             error_text = ""
         reply_index = first_index + messages.index(reply) if reply is not None else 0
         return TurnOutcome(reply=reply, error_text=error_text, retry_text=last_user.content if last_user else "",
-                           reply_index=reply_index, versions=await self.versions_of(conversation))
+                           reply_index=reply_index, versions=_versions(labels), conversation=fresh)
+
+
+def _versions(labels: dict[int, str]) -> dict[int, tuple[int, int]]:
+    return {index: parse_label(label) for index, label in labels.items()}
+

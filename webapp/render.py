@@ -158,6 +158,8 @@ def clock(value: str | float) -> str:
 def _create_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES_DIR)
     env = templates.env
+    # templates change only with a release: no stat() of every template and include per render
+    env.auto_reload = False
     env.trim_blocks = True
     env.lstrip_blocks = True
     env.filters["markdown"] = render_markdown
@@ -168,6 +170,16 @@ def _create_templates() -> Jinja2Templates:
 
 
 templates = _create_templates()
+
+
+@lru_cache(maxsize=256)
+def icon(name: str, size: int = 18) -> Markup:
+    """An icon of partials/icons.html, rendered once per name and size: the macro, called a few
+    times in every message and sidebar item, was a visible share of each turn's rendering."""
+    return Markup(templates.env.get_template("partials/icons.html").module.icon(name, size))  # type: ignore[attr-defined]
+
+
+templates.env.globals["icon"] = icon
 
 
 def _asset_version() -> str:

@@ -10,6 +10,7 @@ webapp/library_internals.py, checked by tests/unit/test_library_internals.py):
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime, timezone
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -66,6 +67,19 @@ def json_event_frame(event_id: str, data: bytes) -> bytes:
     ServerSentEvent (sse-starlette sends bytes as they are).
     """
     return b"id: " + event_id.encode() + b"\r\ndata: " + data + b"\r\n\r\n"
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def named_event_frame(event: str, event_id: str | None, data: str) -> bytes:
+    """One named SSE event with text data, framed by hand: the bytes ServerSentEvent encodes
+    (each line of `data` its own field, which EventSource joins again), without building one
+    per chunk; the web UI's HTML events go out this way."""
+    if "\n" in data or "\r" in data:
+        data = "\r\ndata: ".join(_LINE_BREAK.split(data))
+    head = f"id: {event_id}\r\n" if event_id else ""
+    return f"{head}event: {event}\r\ndata: {data}\r\n\r\n".encode()
 
 
 class OpenStreams:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from sse_starlette import ServerSentEvent
 
 from webapp.models import TurnEvent
-from webapp.sse import json_event_frame, merged, parse_last_event_id, seed_payload
+from webapp.sse import json_event_frame, merged, named_event_frame, parse_last_event_id, seed_payload
 
 
 @pytest.mark.parametrize(
@@ -81,3 +82,13 @@ def test_seed_payload_of_an_error_carries_the_message() -> None:
         "content": "AI服务暂时不可用",
         "type": "error",
     }
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["", "plain", "a\nb", "a\r\nb\rc\n", "\n", "&lt;b&gt; 你好", '<article id="x">\n  <p>y</p>\n</article>\n'],
+)
+@pytest.mark.parametrize("event_id", ["t1:5", None])
+def test_a_named_event_framed_by_hand_is_what_sse_starlette_would_send(data: str, event_id: str | None) -> None:
+    expected = ServerSentEvent(data=data, event="chunk", id=event_id, sep="\r\n").encode()
+    assert named_event_frame("chunk", event_id, data) == expected

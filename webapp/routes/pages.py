@@ -23,7 +23,7 @@ from ..error_handlers import PAGE_TAG
 from ..errors import ChatError
 from ..htmx import ViewDep, View, local_path, see_other
 from ..i18n import LANG_COOKIE, t
-from ..ids import UUID_PATTERN
+from ..ids import UUID_PATTERN, check_id
 from ..models import Conversation
 from ..pagination import MAX_INDEX
 from ..roles import BUILTIN_ROLES, role_or_default
@@ -36,6 +36,7 @@ router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
 
 FormText = Annotated[str, Form()]
 RequestIdField = Annotated[str, Form(max_length=100)]
+SearchField = Annotated[str, Form(max_length=200)]
 MessageIndex = Annotated[int, Path(ge=1, le=MAX_INDEX)]
 Query200 = Annotated[str, Query(max_length=200)]
 DeletedId = Annotated[str | None, Query(pattern=UUID_PATTERN)]
@@ -86,7 +87,8 @@ async def render_conversation(
 ) -> Response:
     """The conversation pane for HTMX, the whole page (with the sidebar) otherwise."""
     values = await conversation_pane(view, conversations, conversation, before)
-    values.update(draft=draft, form_error=form_error, edit_text=edit_text, edit_error=edit_error)
+    values.update(draft=draft, form_error=form_error, edit_text=edit_text, edit_error=edit_error,
+                  searching=bool(query.strip()))
     if editing_index is not None:
         values["editing_index"] = editing_index
     return await render_pane(view, conversations, values, user, query=query, cursor=cursor, editing_id=editing_id,
@@ -231,25 +233,38 @@ async def older_messages(view: ViewDep, conversation: OwnedConversation, convers
 
 
 @router.post("/c/{session_id}/messages")
-async def send_message(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
+async def send_message(view: ViewDep, session_id: str, user: CurrentUser,
                        conversations: ConversationsDep, writer: WriterDep,
-                       message: FormText = "", request_id: RequestIdField = "") -> Response:
-    """Start a turn: the user's bubble plus a reply bubble that streams (or, without JS, a redirect)."""
+                       message: FormText = "", request_id: RequestIdField = "", q: SearchField = "") -> Response:
+    """Start a turn: the user's bubble plus a reply bubble that streams (or, without JS, a redirect).
+
+    The sidebar's item for the conversation moves to the top out of band, in this response and
+    again (with the reply's preview) in the stream's done event: no refresh of the whole list.
+    While the sidebar shows search results (`q`, the search box the composer includes), the
+    list is refreshed as before, since the conversation may not belong in it. Ownership is
+    checked by the turn writer in the round trip that takes the conversation's lock (as the
+    seed API's stream does): no separate lookup of the conversation first.
+    """
     text = typed(message)
-    was_empty = conversation.untouched
     try:
-        run = await writer.start_turn(conversation.id, user, text, None, view.lang, client_ip(view.request),
+        run = await writer.start_turn(check_id(session_id), user, text, None, view.lang, client_ip(view.request),
                                       request_id=request_id or None)
     except ChatError as exc:
-        return await view.form_error(exc, lambda error_text, status: render_conversation(
-            view, conversations, conversation, user, draft=text, form_error=error_text, status=status))
+        async def page(error_text: str, status: int) -> Response:
+            conversation = await conversations.owned(session_id, user)
+            return await render_conversation(view, conversations, conversation, user, draft=text,
+                                             form_error=error_text, status=status)
+        return await view.form_error(exc, page)
     if run.duplicate:  # the same form again (a double click, a resent form): nothing new to show
-        return view.no_content_or_redirect(f"/c/{conversation.id}")
+        return view.no_content_or_redirect(f"/c/{run.conversation.id}")
+    searching = bool(q.strip())
+    # the first message of the conversation: its suggestions go
+    was_empty = run.user_message is not None and run.conversation.message_count == 2
     return await view.fragment_or_redirect(
-        "partials/turn_started.html", f"/c/{conversation.id}",
+        "partials/turn_started.html", f"/c/{run.conversation.id}",
         {"conv": run.conversation, "user_message": run.user_message, "was_empty": was_empty,
-         "streaming": {"turn_id": run.id, "after": 0, "text": ""}},
-        headers={"HX-Trigger": "sessions-changed"},
+         "streaming": {"turn_id": run.id, "after": 0, "text": ""}, "searching": searching},
+        headers={"HX-Trigger": "sessions-changed"} if searching else None,
     )
 
 

@@ -7,19 +7,18 @@ from typing import Annotated, AsyncIterator, Callable
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
-from sse_starlette import ServerSentEvent
 
 from ..conversations import Conversations
-from ..deps import (
-    ConversationsDep, CurrentUser, LangDep, OwnedConversation, ReaderDep, SeedUser, WriterDep, client_ip,
-)
+from ..deps import ConversationsDep, CurrentUser, LangDep, ReaderDep, SeedUser, WriterDep, client_ip
 from ..errors import InvalidId, TurnNotFound
 from ..i18n import Lang
 from ..ids import check_id
 from ..models import Conversation, TurnEvent, TurnInfo
 from ..render import render_fragment
 from ..security import request_token
-from ..sse import MAX_SEQ, json_event_frame, merged, parse_last_event_id, seed_payload, stream_response
+from ..sse import (
+    MAX_SEQ, json_event_frame, merged, named_event_frame, parse_last_event_id, seed_payload, stream_response,
+)
 from ..turn_reader import TurnReader
 
 router = APIRouter(tags=["turns"])
@@ -87,10 +86,11 @@ async def api_turn_events(
 # the web UI's stream: HTML for htmx's SSE extension -------------------------------
 
 async def html_events(
-    reader: TurnReader, conversations: Conversations, conversation: Conversation, turn: TurnInfo | None,
-    after: int, lang: Lang, csrf_token: str,
-) -> AsyncIterator[ServerSentEvent]:
-    """`chunk` events carry escaped text to append; one `done` event carries the final bubble."""
+    reader: TurnReader, conversations: Conversations, session_id: str, user: str, turn: TurnInfo | None,
+    after: int, lang: Lang, csrf_token: str, sidebar_item: bool = True,
+) -> AsyncIterator[bytes]:
+    """`chunk` events carry escaped text to append; one `done` event carries the final bubble and,
+    out of band, the composer's Send button and (`sidebar_item`) the conversation's sidebar item."""
     final: TurnEvent | None = None
     last_id = f"{turn.id}:{after}" if turn else None
     if turn is not None:
@@ -98,43 +98,51 @@ async def html_events(
             for event in merged(batch):
                 last_id = f"{turn.id}:{event.seq}"
                 if event.type == "chunk":
-                    yield ServerSentEvent(event="chunk", data=html.escape(event.content, quote=False), id=last_id)
+                    yield named_event_frame("chunk", last_id, html.escape(event.content, quote=False))
                 else:
                     final = event
     turn_id = turn.id if turn else ""
-    outcome = await conversations.turn_outcome(conversation, turn_id, final, lang)
+    outcome = await conversations.turn_outcome(user, session_id, turn_id, final, lang)
+    # deleted meanwhile (in another tab): the bubble still ends, the sidebar is not touched
+    conversation = outcome.conversation or Conversation(
+        id=session_id, user_id=user, title="", preview="", role="", message_count=0, created=0, updated=0)
     fragment = render_fragment(
         "partials/turn_done.html", lang, conv=conversation, turn_id=turn_id, reply=outcome.reply,
         error_text=outcome.error_text, retry_text=outcome.retry_text,
         retry_for=outcome.reply.id if outcome.reply else "", no_reply_text=outcome.retry_text,
         reply_index=outcome.reply_index, last_index=outcome.reply_index, versions=outcome.versions,
-        csrf_token=csrf_token,
+        csrf_token=csrf_token, sidebar_item=outcome.conversation if sidebar_item else None,
     )
-    yield ServerSentEvent(event="done", data=fragment, id=last_id)
+    yield named_event_frame("done", last_id, fragment)
 
 
 @router.get("/c/{session_id}/turns/{turn_id}/events", include_in_schema=False)
 async def conversation_turn_events(
     request: Request,
-    conversation: OwnedConversation,
+    session_id: str,
     turn_id: str,
     user: CurrentUser,
     reader: ReaderDep,
     conversations: ConversationsDep,
     lang: LangDep,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+    searching: bool = False,
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
 ) -> Response:
     """The web UI's view of a turn (htmx SSE extension); resumes after `after` or Last-Event-ID.
+    `searching`: the page's sidebar shows search results, so done brings no item for it.
 
-    A turn that is not this conversation's (or not a turn) still gets a stream: its
-    `done` event shows the conversation's last state, so the page never hangs.
+    The caller's own turn of this conversation proves the conversation theirs: one lookup, not
+    two. Any other turn id (or not a turn) still gets a stream if the conversation is the
+    caller's: its `done` event shows the conversation's last state, so the page never hangs.
     """
-    reader.check_stream_slot(user)
-    _, seq = parse_last_event_id(last_event_id)
+    session_id = check_id(session_id)
     try:
-        turn: TurnInfo | None = await reader.owned_turn(check_id(turn_id), user, session_id=conversation.id)
+        turn: TurnInfo | None = await reader.owned_turn(check_id(turn_id), user, session_id=session_id)
     except (TurnNotFound, InvalidId):
         turn = None
-    return stream_response(html_events(reader, conversations, conversation, turn, max(seq, after), lang,
-                                       request_token(request)))
+        await conversations.owned(session_id, user)  # 404 unless the caller owns it
+    reader.check_stream_slot(user)
+    _, seq = parse_last_event_id(last_event_id)
+    return stream_response(html_events(reader, conversations, session_id, user, turn, max(seq, after), lang,
+                                       request_token(request), sidebar_item=not searching))
