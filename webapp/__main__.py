@@ -151,23 +151,17 @@ async def preflight(settings: Settings) -> str:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from .redis_checks import RedisRefused, check_redis
-    from .redis_client import create_redis, detect_cluster
-    from .store import Store
+    from .redis_client import connect_store
 
+    store = await connect_store(settings, blocking=False)
     try:
-        cluster = await detect_cluster(settings)
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        log.warning("Redis is not reachable yet (%s)", exc)
-        return ""
-    redis = create_redis(settings, bounded=True, cluster=cluster)
-    try:
-        await check_redis(Store(redis, conversation_ttl=1, index_ttl=1, turn_timeout=1, cluster=cluster), settings)
+        await check_redis(store, settings)
     except RedisRefused as exc:
         return str(exc)
     except (RedisConnectionError, RedisTimeoutError) as exc:
         log.warning("Redis is not reachable yet (%s)", exc)
     finally:
-        await redis.aclose()
+        await store.aclose()
     return ""
 
 
@@ -209,8 +203,7 @@ def create_user(settings: Settings, username: str) -> int:
     from .errors import ChatError
     from .i18n import t
     from .limits import Limits
-    from .redis_client import create_redis
-    from .store import Store
+    from .redis_client import connect_store
 
     password = read_new_password()
     embedded: EmbeddedRedis | None = None
@@ -223,16 +216,14 @@ def create_user(settings: Settings, username: str) -> int:
             settings.redis_url = embedded.url
 
     async def run() -> int:
-        redis = create_redis(settings, bounded=True)
+        store = await connect_store(settings, blocking=False)
         try:
-            store = Store(redis, conversation_ttl=settings.conversation_ttl, index_ttl=settings.index_ttl,
-                          turn_timeout=settings.turn_timeout_seconds)
             uid = await Accounts(store, settings, Limits(store)).create_user(username, password)
         except ChatError as exc:
             print(t(exc.key, "en", **exc.params), file=sys.stderr)
             return 1
         finally:
-            await redis.aclose()
+            await store.aclose()
         print(f"created {username} ({uid})")
         return 0
 

@@ -33,12 +33,11 @@ from .peers import RecordPeer, TrustedProxies
 from .leases import LeaseKeeper
 from .migrate import migrate_layout
 from .redis_checks import check_redis
-from .redis_client import create_redis, detect_cluster
+from .redis_client import connect_store
 from .routes import api, auth, pages, stream
 from .security import (
     InputGuardMiddleware, SecurityHeadersMiddleware, require_csrf_token,
 )
-from .store import Store
 from .turn_reader import TurnReader
 from .turn_writer import TurnWriter
 
@@ -89,31 +88,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            cluster = await detect_cluster(settings)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            log.error("Redis is not reachable (%s); set REDIS_CLUSTER if it is a Cluster", exc)
-            cluster = False
-        redis = create_redis(settings, bounded=True, cluster=cluster)
-        blocking_redis = create_redis(settings, bounded=False, cluster=cluster)
-        store = Store(
-            redis,
-            blocking_redis=blocking_redis,
-            conversation_ttl=settings.conversation_ttl,
-            index_ttl=settings.index_ttl,
-            turn_timeout=settings.turn_timeout_seconds,
-            lease_ms=int(settings.turn_lease_seconds * 1000),
-            prefix=settings.redis_prefix,
-            cluster=cluster,
-        )
+        store = await connect_store(settings)
         try:
             await check_redis(store, settings)
             await migrate_layout(store)
         except (RedisConnectionError, RedisTimeoutError) as exc:  # started before Redis: /readyz tells
             log.error("Redis is not reachable (%s); the key layout check runs at the next start", exc)
         except BaseException:
-            await redis.aclose()
-            await blocking_redis.aclose()
+            await store.aclose()
             raise
         provider = create_provider(settings)
         writer = TurnWriter(store, provider, settings, app.state.metrics)
@@ -131,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tune_garbage_collection()
         log.info(
             "ready: model=%s provider=%s redis=%s%s", provider.model, provider.name,
-            settings.redis_url.split("@")[-1] or settings.redis_sentinels, " (cluster)" if cluster else "",
+            settings.redis_url.split("@")[-1] or settings.redis_sentinels, " (cluster)" if store.cluster else "",
         )
         try:
             yield
@@ -140,8 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await leases.aclose()
             await reader.aclose()
             await provider.aclose()
-            await redis.aclose()
-            await blocking_redis.aclose()
+            await store.aclose()
 
     app = FastAPI(
         title="Chat server",

@@ -30,6 +30,7 @@ pools: the lean pool above is for the one-Redis hot path.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Any, Iterable
 
@@ -45,11 +46,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .config import Settings
+from .store import Store
 
 try:
     from hiredis import pack_command as hiredis_pack_command
 except ImportError:  # hiredis is in requirements.txt; without it redis-py packs in Python
     hiredis_pack_command = None
+
+log = logging.getLogger("webapp")
 
 BLOCKING_CONNECTIONS_MAX = 100  # the worker's stream follower and cancel listener each hold one
 
@@ -267,3 +271,25 @@ def create_single_redis(settings: Settings, *, bounded: bool) -> Redis:
         **retry_options,
     )
     return Redis(connection_pool=pool, **retry_options)
+
+
+async def connect_store(settings: Settings, *, blocking: bool = True) -> Store:
+    """The store on the configured Redis (one, Sentinel or Cluster: asked of the server when
+    REDIS_CLUSTER is unset), with its command pool and, if `blocking`, its pool for blocking reads.
+    Redis unreachable: a one-Redis store, so the app still starts and /readyz says why."""
+    try:
+        cluster = await detect_cluster(settings)
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        log.error("Redis is not reachable (%s); set REDIS_CLUSTER if it is a Cluster", exc)
+        cluster = False
+    redis = create_redis(settings, bounded=True, cluster=cluster)
+    return Store(
+        redis,
+        blocking_redis=create_redis(settings, bounded=False, cluster=cluster) if blocking else None,
+        conversation_ttl=settings.conversation_ttl,
+        index_ttl=settings.index_ttl,
+        turn_timeout=settings.turn_timeout_seconds,
+        lease_ms=int(settings.turn_lease_seconds * 1000),
+        prefix=settings.redis_prefix,
+        cluster=cluster,
+    )

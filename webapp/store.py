@@ -99,6 +99,11 @@ class Store:
         self.keys = Keys(prefix)
         self.cluster = cluster
 
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        if self.blocking_redis is not self.redis:
+            await self.blocking_redis.aclose()
+
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
