@@ -502,7 +502,9 @@ class LoadWorker:
         self.users: list[User] = []
 
     async def setup(self, indices: list[int], tag: str) -> None:
-        self.users = [User(i, tag, self.app_url, self.upstream_url, self.tokens) for i in indices]
+        # several app hosts (--hosts): a round-robin split of the users, as a load balancer makes it
+        hosts = self.app_url.split(",")
+        self.users = [User(i, tag, hosts[i % len(hosts)], self.upstream_url, self.tokens) for i in indices]
 
     async def phase(self, kind: str, start_at: float) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
@@ -846,17 +848,21 @@ def targets(steps: list[dict[str, Any]]) -> list[tuple[str, bool]]:
 # ---------------------------------------------------------------- the run
 
 
-async def run(args: argparse.Namespace, app: App, model: FakeModel, workdir: Path) -> dict[str, Any]:
+async def run(args: argparse.Namespace, apps: list[App], model: FakeModel, workdir: Path,
+              redis_pids: list[int]) -> dict[str, Any]:
+    app = apps[0]
+    app_urls = ",".join(host.url for host in apps)
     sweep = [int(n) for n in args.users.split(",") if n.strip()]
     app_phases = [{"api": "app", "ui": "ui"}[p.strip()] for p in args.paths.split(",") if p.strip()]
     phases = ["direct", *app_phases]
     if args.procs > 1:
-        workers: Workers = ProcessWorkers(args.procs, app.url, model.url, args.tokens)
+        workers: Workers = ProcessWorkers(args.procs, app_urls, model.url, args.tokens)
         loadgen_pids = workers.pids
     else:
-        workers = LocalWorkers(app.url, model.url, args.tokens)
+        workers = LocalWorkers(app_urls, model.url, args.tokens)
         loadgen_pids = [os.getpid()]
-    watched = {"app": app.pid, "redis": app.redis_pid, "upstream": model.pid}
+    watched: dict[str, int | list[int]] = {"app": [host.pid for host in apps],
+                                           "redis": redis_pids or [app.redis_pid], "upstream": model.pid}
     watched.update({f"loadgen{i}": pid for i, pid in enumerate(loadgen_pids)})
     watcher = Watcher(watched).start()
     steps: list[dict[str, Any]] = []
@@ -966,6 +972,10 @@ def main() -> int:
                         help="the phase to profile: app (the seed API) or ui (the web UI; default)")
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--profile-top", type=int, default=20)
+    parser.add_argument("--redis", choices=("single", "cluster"), default="single",
+                        help="one embedded redis-server (default), or a local 3-master Redis Cluster")
+    parser.add_argument("--hosts", type=int, default=1,
+                        help="app instances on the same Redis, users split round-robin (default 1)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra app setting")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     parser.add_argument("--rev", help="run the app as committed at this git revision (default: the work tree)")
@@ -979,14 +989,37 @@ def main() -> int:
     revision = git_revision(args.rev)  # once: HEAD may move while the benchmark runs
     with Workdir("load", keep=args.keep) as workdir:
         model = FakeModel(args.ttft_ms, args.token_delay_ms, args.tokens, workdir).start()
+        cluster = None
+        apps: list[App] = []
+        redis_pids: list[int] = []
         try:
             source = export_revision(revision, workdir / "src") if args.rev else REPO_ROOT
-            app = App(model.url, workdir, env=extra_env, source=source).start()
+            hosts_env = {"SECRET_KEY": "bench-" + secrets.token_hex(16), **extra_env}  # one key: any host's cookie works
+            if args.redis == "cluster":
+                from tests.redis_cluster import RedisClusterServer
+
+                cluster = RedisClusterServer(workdir / "cluster")
+                cluster.start()
+                redis_pids = [process.pid for process in cluster.processes]
+                hosts_env["REDIS_URL"] = cluster.url
+            for index in range(args.hosts):
+                host_dir = workdir / f"host{index}" if index else workdir
+                host_dir.mkdir(parents=True, exist_ok=True)
+                env = dict(hosts_env)
+                if index and "REDIS_URL" not in env:  # the first host's embedded Redis
+                    env["REDIS_URL"] = f"unix://{apps[0].redis_socket}"
+                apps.append(App(model.url, host_dir, env=env, source=source).start())
         except Exception:
+            for host in apps:
+                host.stop()
+            if cluster is not None:
+                cluster.stop()
             model.stop()
             raise
+        app = apps[0]
         print(
-            f"app {app.url} (pid {app.pid}, redis pid {app.redis_pid}), fake model {model.url} (pid {model.pid}):"
+            f"app {', '.join(host.url for host in apps)} (pids {', '.join(str(host.pid) for host in apps)};"
+            f" redis {args.redis}, pids {redis_pids or [app.redis_pid]}), fake model {model.url} (pid {model.pid}):"
             f" ttft {args.ttft_ms:g} ms, {args.token_delay_ms:g} ms/token, {args.tokens} tokens;"
             f" {args.procs} load-generator process(es); app code {revision}; work dir {workdir}",
             flush=True,
@@ -994,11 +1027,15 @@ def main() -> int:
         print(flush=True)
         try:
             loop_run = _runner()
-            outcome = loop_run(run(args, app, model, workdir))
+            outcome = loop_run(run(args, apps, model, workdir, redis_pids))
         finally:
-            app.stop()
+            for host in apps:
+                host.stop()
+            if cluster is not None:
+                cluster.stop()
             model.stop()
-        app_errors = [line for line in app.log_tail(2000).splitlines() if " ERROR " in line or "Traceback" in line]
+        app_errors = [line for host in apps for line in host.log_tail(2000).splitlines()
+                      if " ERROR " in line or "Traceback" in line]
 
     steps = outcome["steps"]
     report = {
@@ -1009,6 +1046,7 @@ def main() -> int:
         "config": {
             "users": args.users, "turns": TURNS, "ttft_ms": args.ttft_ms, "token_delay_ms": args.token_delay_ms,
             "tokens": args.tokens, "loadgen_procs": args.procs, "app_env": extra_env, "paths": args.paths,
+            "redis": args.redis, "hosts": args.hosts,
         },
         "steps": steps,
         "targets": [{"target": text, "met": met} for text, met in targets(steps)],

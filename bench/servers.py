@@ -119,8 +119,9 @@ class Watcher:
     A thread, not a task: it keeps sampling while the load generator's event loop is busy.
     """
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.05) -> None:
-        self.pids = dict(pids)
+    def __init__(self, pids: dict[str, int | list[int]], interval: float = 0.05) -> None:
+        # a name may stand for several processes (two app hosts, three cluster nodes): summed
+        self.pids = {name: pid if isinstance(pid, list) else [pid] for name, pid in pids.items()}
         self.interval = interval
         self._peaks = {name: 0 for name in self.pids}
         self._cpu_start = {name: 0.0 for name in self.pids}
@@ -137,30 +138,38 @@ class Watcher:
         self._stop.set()
         self._thread.join(timeout=2)
 
+    @staticmethod
+    def _rss(pids: list[int]) -> int:
+        return sum(rss_bytes(pid) for pid in pids)
+
+    @staticmethod
+    def _cpu(pids: list[int]) -> float:
+        return sum(cpu_seconds(pid) for pid in pids)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             with self._lock:
-                for name, pid in self.pids.items():
-                    self._peaks[name] = max(self._peaks[name], rss_bytes(pid))
+                for name, pids in self.pids.items():
+                    self._peaks[name] = max(self._peaks[name], self._rss(pids))
 
     def begin(self) -> None:
         """Start a measuring window: peaks reset to the current RSS, CPU counted from now."""
         with self._lock:
             self._machine_start = machine_busy_seconds()
-            for name, pid in self.pids.items():
-                self._peaks[name] = rss_bytes(pid)
-                self._cpu_start[name] = cpu_seconds(pid)
+            for name, pids in self.pids.items():
+                self._peaks[name] = self._rss(pids)
+                self._cpu_start[name] = self._cpu(pids)
 
     def end(self) -> dict[str, Usage]:
-        """Usage per named process, plus `others`: CPU the rest of the machine used meanwhile
+        """Usage per named process (or group), plus `others`: CPU the rest of the machine used meanwhile
         (other people's work on a shared machine; it moves the numbers)."""
         with self._lock:
             usage = {}
-            for name, pid in self.pids.items():
-                now = rss_bytes(pid)
+            for name, pids in self.pids.items():
+                now = self._rss(pids)
                 peak = max(self._peaks[name], now)
                 usage[name] = Usage(
-                    cpu_s=round(cpu_seconds(pid) - self._cpu_start[name], 2),
+                    cpu_s=round(self._cpu(pids) - self._cpu_start[name], 2),
                     rss_peak_mb=round(peak / 2**20, 1),
                     rss_end_mb=round(now / 2**20, 1),
                 )
@@ -293,6 +302,8 @@ class App:
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
         )
         _wait_http(f"{self.url}/healthz", 30, self.process, self.log_path)
+        if self.env.get("REDIS_URL"):  # a Redis of its own making (a cluster, another host's): no pid file
+            return self
         pidfile = self.data_dir / "redis" / "redis.pid"
         deadline = time.monotonic() + 10
         while not self.redis_pid:
