@@ -34,14 +34,15 @@ import logging
 from collections import deque
 from typing import Any, Iterable
 
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterDownError, DataError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -168,6 +169,96 @@ class LeanConnectionPool(ConnectionPool):
             self._pass_on(connection)
 
 
+class ClusterRedis:
+    """A Redis Cluster: redis-py's RedisCluster for commands and plain pipelines, and MULTI/EXEC
+    sent to the master of the transaction's slot over a lean one-Redis client per node.
+
+    redis-py's asyncio cluster transactions run every queued command through a new thread
+    and a new event loop (`TransactionStrategy.execute_command`), which blocks the app's
+    loop: a turn's two MULTIs cost 20 ms of CPU that way. Every transaction of the store
+    stays in one slot (keys.py), so it can go to that slot's master as on one Redis.
+    """
+
+    def __init__(self, cluster: RedisCluster, settings: Settings, bounded: bool) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.bounded = bounded
+        self.nodes: dict[str, Redis] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cluster, name)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        if transaction:
+            return SlotTransaction(self)
+        return self.cluster.pipeline(transaction=False)
+
+    async def node_for(self, key: str) -> Redis:
+        """A one-Redis client for the master that serves `key`'s slot now."""
+        if self.cluster._initialize:
+            await self.cluster.initialize()
+        node = self.cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        client = self.nodes.get(node.name)
+        if client is None:
+            parts = urlsplit(self.settings.redis_url)
+            credentials = parts.netloc.rpartition("@")[0]
+            netloc = f"{credentials}@{node.host}:{node.port}" if credentials else f"{node.host}:{node.port}"
+            client = create_single_redis(self.settings, bounded=self.bounded,
+                                         url=urlunsplit(parts._replace(netloc=netloc)))
+            self.nodes[node.name] = client
+        return client
+
+    async def refresh(self) -> None:
+        """Ask the cluster again which node serves which slots (after MOVED, or a failover)."""
+        await self.cluster.nodes_manager.initialize()
+
+    async def aclose(self) -> None:
+        for client in self.nodes.values():
+            await client.aclose()
+        self.nodes = {}
+        await self.cluster.aclose()
+
+
+class SlotTransaction:
+    """Collects a MULTI's commands; sends them to the master of the first key's slot on execute()."""
+
+    REDIRECTED = (AskError, ClusterDownError, TryAgainError)  # (MovedError is an AskError)
+
+    def __init__(self, owner: ClusterRedis) -> None:
+        self.owner = owner
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    async def __aenter__(self) -> SlotTransaction:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.calls = []
+
+    def __getattr__(self, name: str) -> Any:
+        def queue(*args: Any, **kwargs: Any) -> SlotTransaction:
+            self.calls.append((name, args, kwargs))
+            return self
+        return queue
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if not self.calls:
+            return []
+        name, args, _ = self.calls[0]
+        key = str(args[2] if name == "eval" else args[0])  # EVAL script numkeys key...
+        for attempt in range(3):
+            client = await self.owner.node_for(key)
+            try:
+                async with client.pipeline(transaction=True) as pipe:
+                    for command, command_args, options in self.calls:
+                        getattr(pipe, command)(*command_args, **options)
+                    return await pipe.execute(raise_on_error=raise_on_error)
+            except self.REDIRECTED:  # refused before anything was applied: ask where, then again
+                if attempt == 2:
+                    raise
+                await self.owner.refresh()
+        raise AssertionError("unreachable")
+
+
 PROTOCOL = 2  # RESP2: see the module docstring
 
 
@@ -231,8 +322,8 @@ def create_redis(settings: Settings, *, bounded: bool, cluster: bool = False) ->
         "socket_timeout": settings.redis_socket_timeout or None, "health_check_interval": 30,
     }
     if cluster:
-        return RedisCluster.from_url(settings.redis_url, max_connections=size, socket_keepalive=True,
-                                     **common, **_retry_options())
+        return ClusterRedis(RedisCluster.from_url(settings.redis_url, max_connections=size, socket_keepalive=True,
+                                                  **common, **_retry_options()), settings, bounded)
     target = sentinel_target(settings)
     if target is not None:
         addresses, master, options = target
@@ -243,7 +334,7 @@ def create_redis(settings: Settings, *, bounded: bool, cluster: bool = False) ->
     return create_single_redis(settings, bounded=bounded)
 
 
-def create_single_redis(settings: Settings, *, bounded: bool) -> Redis:
+def create_single_redis(settings: Settings, *, bounded: bool, url: str | None = None) -> Redis:
     """A client with its own pool; commands retry through a short Redis restart.
 
     The `bounded` pool (requests and turns) makes a caller wait for a free connection
@@ -259,7 +350,7 @@ def create_single_redis(settings: Settings, *, bounded: bool) -> Redis:
     """
     retry_options = _retry_options()
     pool = LeanConnectionPool.from_url(
-        settings.redis_url,
+        url or settings.redis_url,
         max_connections=settings.redis_max_connections if bounded else BLOCKING_CONNECTIONS_MAX,
         wait_timeout=30,
         decode_responses=True,
