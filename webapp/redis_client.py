@@ -170,12 +170,15 @@ class LeanConnectionPool(ConnectionPool):
 
 
 class ClusterRedis:
-    """A Redis Cluster: redis-py's RedisCluster for commands and plain pipelines, and MULTI/EXEC
-    sent to the master of the transaction's slot over a lean one-Redis client per node.
+    """A Redis Cluster, spoken to as on one Redis: each command, and each pipeline's commands
+    grouped by node, go to the master of their key's slot over a lean one-Redis client per node
+    (LeanConnectionPool, hiredis packing); what has no key (PING, INFO, PUBLISH, pub/sub) and
+    anything redirected goes through redis-py's RedisCluster, which follows MOVED and ASK.
 
-    redis-py's asyncio cluster transactions run every queued command through a new thread
-    and a new event loop (`TransactionStrategy.execute_command`), which blocks the app's
-    loop: a turn's two MULTIs cost 20 ms of CPU that way. Every transaction of the store
+    Why not RedisCluster for everything: its asyncio transactions run every queued command
+    through a new thread and a new event loop (`TransactionStrategy.execute_command`), which
+    blocks the app's loop (a turn's two MULTIs cost 20 ms of CPU that way), and its per-command
+    routing and retry layers cost more than the command. Every MULTI and script of the store
     stays in one slot (keys.py), so it can go to that slot's master as on one Redis.
     """
 
@@ -184,14 +187,15 @@ class ClusterRedis:
         self.settings = settings
         self.bounded = bounded
         self.nodes: dict[str, Redis] = {}
+        self.router = _NodeRouter(self)
 
     def __getattr__(self, name: str) -> Any:
+        if name in ROUTED_COMMANDS:
+            return getattr(self.router, name)
         return getattr(self.cluster, name)
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        if transaction:
-            return SlotTransaction(self)
-        return self.cluster.pipeline(transaction=False)
+        return SlotTransaction(self) if transaction else NodePipeline(self)
 
     async def node_for(self, key: str) -> Redis:
         """A one-Redis client for the master that serves `key`'s slot now."""
@@ -219,10 +223,96 @@ class ClusterRedis:
         await self.cluster.aclose()
 
 
+# the commands the store sends with a key (`keys.py`): routed by that key's slot
+ROUTED_COMMANDS = frozenset({
+    "get", "set", "delete", "exists", "expire", "incr", "eval",
+    "hget", "hgetall", "hset", "hdel", "hmget", "hincrby",
+    "lrange", "llen", "lindex", "rpush", "ltrim",
+    "sadd", "srem", "smembers",
+    "zadd", "zrem", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore", "zrevrangebyscore", "zscore",
+    "xadd", "xrange", "rename",
+})
+_REDIRECTED = (AskError, ClusterDownError, TryAgainError)  # refused before anything ran (MovedError is an AskError)
+
+
+def _command_key(args: tuple[Any, ...]) -> str | None:
+    """The first key of a command as redis-py sends it (EVAL script numkeys key...)."""
+    name = str(args[0]).upper()
+    if name in ("EVAL", "EVALSHA"):
+        return str(args[3]) if int(args[2]) > 0 else None
+    return str(args[1]) if len(args) > 1 else None
+
+
+class _NodeRouter(Redis):
+    """redis-py's command methods, whose execute_command sends to the slot's master."""
+
+    def __init__(self, owner: ClusterRedis) -> None:  # no pool of its own: see execute_command
+        self.owner = owner
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        key = _command_key(args)
+        if key is None:
+            return await self.owner.cluster.execute_command(*args, **options)
+        try:
+            return await (await self.owner.node_for(key)).execute_command(*args, **options)
+        except _REDIRECTED:
+            await self.owner.refresh()
+            return await self.owner.cluster.execute_command(*args, **options)
+
+
+class NodePipeline:
+    """A pipeline (no MULTI) over many slots: one lean pipeline per master, sent concurrently;
+    the replies come back in the order the commands were queued."""
+
+    def __init__(self, owner: ClusterRedis) -> None:
+        self.owner = owner
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    async def __aenter__(self) -> NodePipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.calls = []
+
+    def __getattr__(self, name: str) -> Any:
+        def queue(*args: Any, **kwargs: Any) -> NodePipeline:
+            self.calls.append((name, args, kwargs))
+            return self
+        return queue
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if not self.calls:
+            return []
+        groups: dict[int, tuple[Redis, list[int]]] = {}
+        for index, (name, args, _) in enumerate(self.calls):
+            key = args[2] if name == "eval" else args[0]
+            client = await self.owner.node_for(str(key))
+            groups.setdefault(id(client), (client, []))[1].append(index)
+        try:
+            replies = await asyncio.gather(*(self._send(client, indices, raise_on_error)
+                                             for client, indices in groups.values()))
+        except _REDIRECTED:  # the slots moved (resharding, failover): once more through RedisCluster
+            await self.owner.refresh()
+            async with self.owner.cluster.pipeline(transaction=False) as pipe:
+                for name, args, kwargs in self.calls:
+                    getattr(pipe, name)(*args, **kwargs)
+                return await pipe.execute(raise_on_error=raise_on_error)
+        results: list[Any] = [None] * len(self.calls)
+        for (_, indices), group_replies in zip(groups.values(), replies):
+            for index, reply in zip(indices, group_replies):
+                results[index] = reply
+        return results
+
+    async def _send(self, client: Redis, indices: list[int], raise_on_error: bool) -> list[Any]:
+        async with client.pipeline(transaction=False) as pipe:
+            for index in indices:
+                name, args, kwargs = self.calls[index]
+                getattr(pipe, name)(*args, **kwargs)
+            return await pipe.execute(raise_on_error=raise_on_error)
+
+
 class SlotTransaction:
     """Collects a MULTI's commands; sends them to the master of the first key's slot on execute()."""
-
-    REDIRECTED = (AskError, ClusterDownError, TryAgainError)  # (MovedError is an AskError)
 
     def __init__(self, owner: ClusterRedis) -> None:
         self.owner = owner
@@ -252,7 +342,7 @@ class SlotTransaction:
                     for command, command_args, options in self.calls:
                         getattr(pipe, command)(*command_args, **options)
                     return await pipe.execute(raise_on_error=raise_on_error)
-            except self.REDIRECTED:  # refused before anything was applied: ask where, then again
+            except _REDIRECTED:  # refused before anything was applied: ask where, then again
                 if attempt == 2:
                     raise
                 await self.owner.refresh()
