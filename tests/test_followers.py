@@ -197,3 +197,41 @@ def test_the_follower_keeps_following_through_a_redis_restart(redis_server: Redi
         await follower.aclose()
 
     run_with_store(redis_server, body)
+
+
+@pytest.mark.skipif(not ON_CLUSTER, reason="the Cluster's followers (TEST_REDIS=cluster)")
+def test_on_a_cluster_many_remote_readers_share_one_wake_up_connection(
+    app_server: AppServer, second_app: AppServer, redis_client: redis.RedisCluster
+) -> None:
+    """No cross-slot XREAD on a Cluster: readers on another process are woken through one pub/sub
+    connection per process, however many there are."""
+    def subscribed() -> int:
+        return sum(1 for node in redis_client.get_primaries()
+                   for c in redis_client.client_list(target_nodes=node) if int(c.get("sub", 0)) > 0)
+
+    readers = 6
+    with httpx.Client(base_url=app_server.base_url, timeout=30) as client:
+        session = create_session(client)
+        warm = post_turn(client, session["id"], unique("warm")).json()
+        with httpx.Client(base_url=second_app.base_url, timeout=30, cookies=client.cookies) as other:
+            with other.stream("GET", warm["events_url"]) as response:
+                read_sse(response)  # the second process's wake-up listener is up now
+        before = subscribed()
+        started = post_turn(client, session["id"], unique("fanout") + " [[tokens:60]] [[delay:40]]").json()
+        results: list[list[dict[str, Any]] | None] = [None] * readers
+
+        def follow(index: int) -> None:
+            with httpx.Client(base_url=second_app.base_url, timeout=30, cookies=client.cookies) as other:
+                with other.stream("GET", started["events_url"]) as response:
+                    results[index] = read_sse(response)
+
+        threads = [threading.Thread(target=follow, args=(index,)) for index in range(readers)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        during = subscribed()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert during == before, f"{during - before} more pub/sub connections for {readers} readers"
+    texts = {"".join(e["data"]["content"] for e in r if e["data"]["type"] == "chunk") for r in results if r}
+    assert len(texts) == 1 and "" not in texts and all(r and r[-1]["data"]["type"] == "end" for r in results)
