@@ -260,33 +260,46 @@ class _NodeRouter(Redis):
             return await self.owner.cluster.execute_command(*args, **options)
 
 
-class NodePipeline:
-    """A pipeline (no MULTI) over many slots: one lean pipeline per master, sent concurrently;
-    the replies come back in the order the commands were queued."""
+class _QueuedCommands:
+    """Commands queued as on a redis-py pipeline (`pipe.hset(...)`), sent on execute()."""
 
     def __init__(self, owner: ClusterRedis) -> None:
         self.owner = owner
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
-    async def __aenter__(self) -> NodePipeline:
+    async def __aenter__(self) -> Any:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.calls = []
 
     def __getattr__(self, name: str) -> Any:
-        def queue(*args: Any, **kwargs: Any) -> NodePipeline:
+        def queue(*args: Any, **kwargs: Any) -> Any:
             self.calls.append((name, args, kwargs))
             return self
         return queue
+
+    def key_of(self, index: int) -> str:
+        """The key a queued command routes by (EVAL script numkeys key...)."""
+        name, args, _ = self.calls[index]
+        return str(args[2] if name == "eval" else args[0])
+
+    def replay(self, pipe: Any, indices: Iterable[int]) -> None:
+        for index in indices:
+            name, args, kwargs = self.calls[index]
+            getattr(pipe, name)(*args, **kwargs)
+
+
+class NodePipeline(_QueuedCommands):
+    """A pipeline (no MULTI) over many slots: one lean pipeline per master, sent concurrently;
+    the replies come back in the order the commands were queued."""
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         if not self.calls:
             return []
         groups: dict[int, tuple[Redis, list[int]]] = {}
-        for index, (name, args, _) in enumerate(self.calls):
-            key = args[2] if name == "eval" else args[0]
-            client = await self.owner.node_for(str(key))
+        for index in range(len(self.calls)):
+            client = await self.owner.node_for(self.key_of(index))
             groups.setdefault(id(client), (client, []))[1].append(index)
         try:
             replies = await asyncio.gather(*(self._send(client, indices, raise_on_error)
@@ -294,8 +307,7 @@ class NodePipeline:
         except _REDIRECTED:  # the slots moved (resharding, failover): once more through RedisCluster
             await self.owner.refresh()
             async with self.owner.cluster.pipeline(transaction=False) as pipe:
-                for name, args, kwargs in self.calls:
-                    getattr(pipe, name)(*args, **kwargs)
+                self.replay(pipe, range(len(self.calls)))
                 return await pipe.execute(raise_on_error=raise_on_error)
         results: list[Any] = [None] * len(self.calls)
         for (_, indices), group_replies in zip(groups.values(), replies):
@@ -305,42 +317,21 @@ class NodePipeline:
 
     async def _send(self, client: Redis, indices: list[int], raise_on_error: bool) -> list[Any]:
         async with client.pipeline(transaction=False) as pipe:
-            for index in indices:
-                name, args, kwargs = self.calls[index]
-                getattr(pipe, name)(*args, **kwargs)
+            self.replay(pipe, indices)
             return await pipe.execute(raise_on_error=raise_on_error)
 
 
-class SlotTransaction:
-    """Collects a MULTI's commands; sends them to the master of the first key's slot on execute()."""
-
-    def __init__(self, owner: ClusterRedis) -> None:
-        self.owner = owner
-        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-
-    async def __aenter__(self) -> SlotTransaction:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.calls = []
-
-    def __getattr__(self, name: str) -> Any:
-        def queue(*args: Any, **kwargs: Any) -> SlotTransaction:
-            self.calls.append((name, args, kwargs))
-            return self
-        return queue
+class SlotTransaction(_QueuedCommands):
+    """A MULTI's commands, sent to the master of the first key's slot on execute()."""
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         if not self.calls:
             return []
-        name, args, _ = self.calls[0]
-        key = str(args[2] if name == "eval" else args[0])  # EVAL script numkeys key...
         for attempt in range(3):
-            client = await self.owner.node_for(key)
+            client = await self.owner.node_for(self.key_of(0))
             try:
                 async with client.pipeline(transaction=True) as pipe:
-                    for command, command_args, options in self.calls:
-                        getattr(pipe, command)(*command_args, **options)
+                    self.replay(pipe, range(len(self.calls)))
                     return await pipe.execute(raise_on_error=raise_on_error)
             except _REDIRECTED:  # refused before anything was applied: ask where, then again
                 if attempt == 2:
