@@ -154,3 +154,23 @@ def test_a_writer_that_lost_its_lease_does_not_save_a_second_reply(
     finally:
         _stop_app(other)
         _stop_app(frozen)
+
+
+def test_a_lease_that_lapsed_while_its_writer_was_only_slow_is_taken_again(
+    client: httpx.Client, redis_client: Any
+) -> None:
+    """The lock expiring under a live writer (an overloaded host renewing late) costs nothing when
+    no other host has begun to recover the turn: the writer takes its lease again and saves once."""
+    from tests.conftest import KEYS, owner_of
+
+    session = create_session(client)
+    started = post_turn(client, session["id"], unique("slow") + " [[tokens:120]] [[delay:25]]").json()
+    lock = KEYS.lock(owner_of(redis_client, session["id"]), session["id"])
+    wait_until(lambda: redis_client.get(lock) == started["turn_id"], timeout=5)
+    redis_client.delete(lock)  # as if it had expired
+    wait_until(lambda: redis_client.get(lock) == started["turn_id"], timeout=3)  # renewed: taken again
+    with client.stream("GET", started["events_url"]) as response:
+        types = [e.type for e in iter_sse(response)]
+    assert types[-1] == "end" and "error" not in types
+    replies = [m for m in messages_of(client, session["id"])["items"][1:] if m["role"] == "assistant"]
+    assert len(replies) == 1 and replies[0]["status"] == "complete"

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     stream_flush_ms: int = Field(100, ge=1, le=2000, description="how often reply chunks are written to Redis")
     turn_timeout_seconds: int = Field(600, ge=10)
     turn_lease_seconds: float = Field(
-        5.0, ge=1, le=60, description="a killed host's turns are saved as interrupted this long after it stopped"
+        6.0, ge=1, le=60, description="a killed host's turns are saved as interrupted this long after it stopped"
     )
     # who a caller is: anonymous cookies (zero set-up), accounts (sign-in), or a trusted SSO proxy's header
     auth: Literal["anonymous", "accounts", "proxy"] = "anonymous"

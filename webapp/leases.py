@@ -1,16 +1,17 @@
 """Each worker renews the leases of the turns it generates, and sweeps for turns whose writer died.
 
 The lock a turn holds on its conversation lasts TURN_LEASE_SECONDS unless renewed. Every
-third of that, one pipeline renews the lock of every turn generating on this worker and
+second (or third of that, if shorter), one pipeline renews the lock of every turn generating on this worker and
 lists it, with its new deadline, in the set of running turns; turns that ended since are
 taken off. The same tick looks for listed turns past their deadline (a writer that was
 killed, on any host, or on this one before a restart) and has them saved as interrupted
 (recovery.py): a dead host frees its conversations, and ends their readers' streams,
 within about TURN_LEASE_SECONDS plus one tick.
 
-A lease this worker fails to renew (Redis was unreachable for longer than the lease, and
-another host may have saved the turn meanwhile) stops that turn: it must not save a
-second reply over the one recovery saved.
+A lease that lapsed because this worker was slow (an overloaded host, a long pause) is
+taken again at the next renewal, unless another host has begun to recover the turn or
+another turn holds the conversation (store.RENEW_LEASE, atomic with the recovery's
+claim). Then the turn stops: it must not save a second reply over the one recovery saved.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class LeaseKeeper:
         self.recovery = recovery
         self.held = held  # (turn, session id) of every turn generating on this worker
         self.lost = lost  # called with a turn id whose lease could not be renewed
-        self.interval = store.lease_ms / 3000
+        self.interval = min(1.0, store.lease_ms / 3000)  # a slow host has most of the lease to spare
         self.finished: list[TurnRef] = []
         self.task: asyncio.Task[None] | None = None
 

@@ -40,8 +40,8 @@ class OrphanRecovery:
             return info
         if not lock_taken and await self.store.lock_holder(ref.user_id, info.session_id) == ref.turn_id:
             return info  # its writer still renews the lease
-        if not await self.store.claim_recovery(ref):
-            return await self.store.get_turn(ref)  # another host is saving it
+        if not await self.store.claim_recovery(ref, info.session_id):
+            return await self.store.get_turn(ref)  # another host is saving it, or its writer is back
         events = await self.store.read_events(ref, 0)
         if events and events[-1].type in TERMINAL:  # saved meanwhile, after all
             return await self.store.get_turn(ref)

@@ -62,9 +62,26 @@ SEARCH_SCAN_LIMIT = 2000
 # Give a conversation's lock back only if it is still the holder's: a save retried after its
 # lock expired must not drop the lock another turn has taken since.
 RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-# Renew a writer's lease, only while it still holds it (1), else 0: it lapsed and may be someone else's.
-RENEW_LOCK = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
-              "end return 0")
+# Renew a writer's lease (1). A lease that lapsed while its writer was only slow (an overloaded host)
+# is taken again, unless a recovery of the turn has begun or another turn holds the conversation (0:
+# the writer stops). Atomic with CLAIM_RECOVERY, so a turn is either saved by its writer or recovered.
+# KEYS: lock, recovery, turn; ARGV: turn id, lease ms.
+RENEW_LEASE = """
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if holder or redis.call('exists', KEYS[2]) == 1 or redis.call('hget', KEYS[3], 'status') ~= 'running' then
+  return 0
+end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+# One host saves an orphaned turn, and only while its writer does not hold the lease.
+# KEYS: lock, recovery; ARGV: turn id.
+CLAIM_RECOVERY = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return 0 end
+if redis.call('set', KEYS[2], '1', 'NX', 'EX', 60) then return 1 end
+return 0
+"""
 # Claim an identity only if nothing of it exists: not its marker, its index, nor an account. Under a
 # policy that evicts keys, a marker alone could be evicted while the history stays.
 CLAIM_IDENTITY = (
@@ -569,7 +586,8 @@ class Store:
         deadline = (time.time() * 1000) + self.lease_ms
         async with self.redis.pipeline(transaction=False) as pipe:
             for ref, sid in held:
-                pipe.eval(RENEW_LOCK, 1, k.lock(ref.user_id, sid), ref.turn_id, self.lease_ms)
+                pipe.eval(RENEW_LEASE, 3, k.lock(ref.user_id, sid), k.recovery(ref), k.turn(ref),
+                          ref.turn_id, self.lease_ms)
             if held:
                 pipe.zadd(k.running, {k.running_member(ref): deadline for ref, _ in held})
             if finished:
@@ -720,9 +738,12 @@ class Store:
         """Whether the turn's end is already saved (a save whose reply was lost on the way back)."""
         return await self.redis.hget(self.keys.turn(ref), "status") not in (None, "running")
 
-    async def claim_recovery(self, ref: TurnRef) -> bool:
-        """One host saves an orphaned turn; the others wait for its result."""
-        return bool(await self.redis.set(self.keys.recovery(ref), "1", nx=True, ex=60))
+    async def claim_recovery(self, ref: TurnRef, session_id: str) -> bool:
+        """One host saves an orphaned turn (the others wait for its result); never while its writer
+        holds the lease again."""
+        k = self.keys
+        return bool(await self.redis.eval(CLAIM_RECOVERY, 2, k.lock(ref.user_id, session_id), k.recovery(ref),
+                                          ref.turn_id))
 
     async def get_turn(self, ref: TurnRef) -> TurnInfo | None:
         data = await self.redis.hgetall(self.keys.turn(ref))
