@@ -187,6 +187,8 @@ class RolePatch(BaseModel):
 
 
 class CustomRoleOut(RoleOut):
+    name: str = Field("", description="a custom role's name (built-in ones: the Chinese name)")
+    description: str = ""
     custom: bool = False
     system_prompt: str = ""
     model: str = ""
@@ -195,7 +197,8 @@ class CustomRoleOut(RoleOut):
     @classmethod
     def of(cls, role: Role) -> "CustomRoleOut":
         return cls(id=role.id, name_zh=role.name_zh, name_en=role.name_en, description_zh=role.description_zh,
-                   description_en=role.description_en, custom=role.custom,
+                   description_en=role.description_en, name=role.name_zh, description=role.description_zh,
+                   custom=role.custom,
                    system_prompt=role.system_prompt if role.custom else "", model=role.model,
                    temperature=role.temperature)
 
