@@ -86,6 +86,65 @@ SET_GENERATED_TITLE = (
     "if redis.call('hget', KEYS[1], 'title') ~= ARGV[1] then return 0 end "
     "redis.call('hset', KEYS[1], 'title', ARGV[2], 'title_by', 'model') return 1"
 )
+# Search: KEYS = session index, scratch, scratch union, the terms' sets, then the prefix's terms' sets;
+# ARGV = limit, number of terms, number of prefix terms, most conversations to check one by one.
+# Where the sets are dense (common words), the newest conversations are checked one by one until
+# `limit` match (a few hundred checks); where they are sparse, or the walk found too few, the sets
+# are intersected with the session index (ZINTERSTORE costs the smallest set's size). Either way a
+# query costs about the same whether it matches everything or nothing.
+SEARCH_INDEX = """
+local limit, nterms, nprefix, scan = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local sets = {}
+for i = 1, nterms do sets[#sets + 1] = KEYS[3 + i] end
+if nprefix == 1 then
+  sets[#sets + 1] = KEYS[4 + nterms]
+elseif nprefix > 1 then
+  local parts = {}
+  for i = 1, nprefix do parts[i] = KEYS[3 + nterms + i] end
+  redis.call('sunionstore', KEYS[3], unpack(parts))
+  sets[#sets + 1] = KEYS[3]
+end
+local total = redis.call('zcard', KEYS[1])
+local smallest = total
+for _, key in ipairs(sets) do
+  local size = redis.call('scard', key)
+  if size < smallest then smallest = size end
+end
+local found = nil
+if smallest == 0 then
+  found = {}
+elseif smallest * 8 >= total then
+  found = {}
+  local start, checked = 0, 0
+  while #found < limit and start < total and checked < scan do
+    local ids = redis.call('zrevrange', KEYS[1], start, start + 199)
+    for _, id in ipairs(ids) do
+      checked = checked + 1
+      local hit = true
+      for _, key in ipairs(sets) do
+        if redis.call('sismember', key, id) == 0 then hit = false break end
+      end
+      if hit then
+        found[#found + 1] = id
+        if #found >= limit then break end
+      end
+    end
+    start = start + 200
+  end
+  if #found < limit and start < total then found = nil end
+end
+if found == nil then
+  local args = {KEYS[2], #sets + 1, KEYS[1]}
+  for _, key in ipairs(sets) do args[#args + 1] = key end
+  args[#args + 1] = 'WEIGHTS'
+  args[#args + 1] = 1
+  for _ = 1, #sets do args[#args + 1] = 0 end
+  redis.call('zinterstore', unpack(args))
+  found = redis.call('zrevrange', KEYS[2], 0, limit - 1)
+end
+redis.call('del', KEYS[2], KEYS[3])
+return found
+"""
 # Claim an identity only if nothing of it exists: not its marker, its index, nor an account. Under a
 # policy that evicts keys, a marker alone could be evicted while the history stays.
 CLAIM_IDENTITY = (
@@ -979,9 +1038,8 @@ class Store:
                          expand: int = 50) -> list[str]:
         """Ids of the user's conversations holding every term (and, if `prefix`, a term starting with it),
         newest activity first. At most two round trips whatever the number of conversations: the prefix's
-        terms from the lexicon, then one MULTI that intersects the sets with the session index."""
+        terms from the lexicon, then one script over the term sets and the session index (SEARCH_INDEX)."""
         k = self.keys
-        sets = [k.term(uid, term) for term in terms]
         expanded: list[str] = []
         if prefix:
             low = b"[" + prefix.encode()
@@ -989,18 +1047,10 @@ class Store:
             if not expanded:
                 return []
         scratch = k.search_scratch(uid, secrets.token_hex(6))
-        union = scratch + ":u"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if len(expanded) == 1:
-                sets.append(k.term(uid, expanded[0]))
-            elif expanded:
-                pipe.sunionstore(union, [k.term(uid, term) for term in expanded])
-                sets.append(union)
-            pipe.zinterstore(scratch, {k.index(uid): 1, **dict.fromkeys(sets, 0)})
-            pipe.zrevrange(scratch, 0, limit - 1)
-            pipe.delete(scratch, union)
-            results = await pipe.execute()
-        return results[-2]
+        keys = [k.index(uid), scratch, scratch + ":u", *(k.term(uid, term) for term in terms),
+                *(k.term(uid, term) for term in expanded)]
+        return await self.redis.eval(SEARCH_INDEX, len(keys), *keys, limit, len(terms), len(expanded),
+                                     SEARCH_SCAN_LIMIT)
 
     async def load_conversations(self, uid: str, sids: list[str]) -> list[Conversation]:
         """The user's conversations by id, in that order (missing ones are left out)."""
