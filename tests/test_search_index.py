@@ -11,7 +11,7 @@ import httpx
 from tests.conftest import RedisServer, api_turn, create_session, unique
 from tests.test_followers import run_with_store
 from webapp.models import WELCOME, Conversation, Message, new_id, new_message_id, now_iso
-from webapp.search import SearchIndex, query_terms, terms_of
+from webapp.search import SearchIndex, indexable, query_terms, terms_of
 from webapp.store import SEARCH_SCAN_LIMIT, Store
 
 
@@ -21,7 +21,8 @@ def test_terms_are_words_and_cjk_characters_and_bigrams() -> None:
     assert query_terms("redis strea") == (["redis"], "strea")
     assert query_terms("redis stream ") == (["redis", "stream"], "")
     assert query_terms("机器学习") == (["机器", "器学", "学习"], "")
-    assert query_terms("e") == (["e"], "")  # one letter: no prefix expansion
+    assert query_terms("e") == (["e"], "") and not indexable("e")  # one letter: the newest are looked through
+    assert indexable("学") and indexable("ab")
 
 
 def test_the_oldest_of_more_than_2000_conversations_is_found_and_deleting_unindexes(

@@ -26,7 +26,7 @@ from .i18n import Lang, t
 from .models import WELCOME, Conversation, Message, TurnEvent, new_id, new_message_id, now_iso
 from .pagination import format_cursor, parse_cursor
 from .roles import Role, RoleBook, role_or_default
-from .search import SearchIndex, query_terms
+from .search import SearchIndex, indexable
 from .store import Store
 from .titles import clean_title, make_preview
 from .turn_reader import TurnReader
@@ -126,8 +126,7 @@ class Conversations:
                      limit: int = SEARCH_LIMIT) -> ConversationList:
         """Newest activity first, a page at a time after `cursor`; or those matching `query`."""
         if query.strip():
-            terms, prefix = query_terms(query)
-            if terms or prefix:
+            if indexable(query):
                 await self.search.flush()  # what this worker has queued, so a search finds it at once
                 found = await self.search.search(user_id, query, limit=limit)
             else:  # a single letter says too little for the index: look through the newest ones

@@ -36,7 +36,7 @@ log = logging.getLogger("webapp.search")
 
 FLUSH_SECONDS = 0.2
 MAX_TERM_CHARS = 40
-MAX_QUERY_TERMS = 12
+MAX_QUERY_TERMS = 100  # (more would only be dropped: a query is at most 200 characters)
 MAX_TEXT_CHARS = 20_000  # of one message: the rest of a very long reply is not indexed
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
@@ -86,6 +86,13 @@ def query_terms(query: str) -> tuple[list[str], str]:
             terms.append(run[:MAX_TERM_CHARS])
     unique = list(dict.fromkeys(terms))[:MAX_QUERY_TERMS]
     return unique, prefix
+
+
+def indexable(query: str) -> bool:
+    """Whether the index can answer `query`: not when it is only single Latin letters or digits, which
+    say too little (the caller looks through the newest conversations instead)."""
+    terms, prefix = query_terms(query)
+    return bool(prefix) or any(len(term) > 1 or _is_cjk(term) for term in terms)
 
 
 class SearchIndex:
