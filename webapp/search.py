@@ -14,8 +14,8 @@ also matches longer words it starts (typing "pyth" finds "python"); a longer CJK
 matches conversations holding all of its bigrams.
 
 Writes stay off the reply's path: the turn writer hands each saved exchange to
-`SearchIndex.add`, which queues it; a background task writes everything queued in
-one pipeline every FLUSH_SECONDS. Users whose conversations predate the index (or
+`SearchIndex.add`, which queues it; a background task writes it at once when idle, and under
+load everything queued in one pipeline at most every FLUSH_SECONDS. Users whose conversations predate the index (or
 came from another identity) get theirs indexed on their first search.
 """
 
@@ -145,10 +145,17 @@ class SearchIndex:
             log.warning("search index write failed (%d entries): %s", len(batch), exc)
 
     async def _run(self) -> None:
+        """Write at once when idle; under load, at most once per FLUSH_SECONDS (what arrived meanwhile
+        goes in the same pipeline)."""
+        loop = asyncio.get_running_loop()
+        last = -FLUSH_SECONDS
         while True:
             await self.wake.wait()
             self.wake.clear()
-            await asyncio.sleep(FLUSH_SECONDS)  # gather what else arrives meanwhile
+            delay = last + FLUSH_SECONDS - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            last = loop.time()
             await self.flush()
 
     async def index_now(self, conversation: Conversation, messages: list[Message]) -> None:
