@@ -330,6 +330,7 @@ def app_server(
             "OPENAI_API_KEY": "test-key",
             "OPENAI_BASE_URL": upstream.base_url,
             "OPENAI_MODEL": "fake-model",
+            "AUTO_TITLE": "false",  # titles stay the first message (tests/test_features18.py starts one with them)
         },
     )
     try:

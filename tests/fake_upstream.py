@@ -12,7 +12,9 @@ Directives in the last user message change the behaviour of that one request:
 only the first time that message is seen, so a Retry succeeds; ``[[vary]]`` ends the reply with
 the request's number, so a regenerated answer differs. ``[[echo]]`` makes the reply the last user
 message itself (directives removed, trimmed), streamed in pieces of ECHO_PIECE characters: a test
-chooses what the model says, e.g. Markdown or hostile text.
+chooses what the model says, e.g. Markdown or hostile text. ``[[whoami]]`` makes the reply
+``model={model} temperature={t} system={the whole system prompt}``: which model and which system
+prompt (a custom role's, say) the request carried (``parse_whoami`` reads it back).
 
 Run it alone for a benchmark::
 
@@ -52,7 +54,8 @@ HEADER_TOKENS = 3  # "ctx=..", " sys=..", " last=.." are the first three tokens
 STALL_SECONDS = 120.0
 ECHO_PIECE = 8  # characters per streamed token of an echoed reply
 
-_DIRECTIVE = re.compile(r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft|echo|once|vary)(?::(\d+))?\]\]")
+_DIRECTIVE = re.compile(r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft|echo|once|vary|whoami)(?::(\d+))?\]\]")
+_WHOAMI = re.compile(r"^model=(\S*) temperature=(\S*) system=(.*)$", re.DOTALL)
 _REPLY = re.compile(r"^ctx=(\d+) sys=(\S+) last=(.*?)((?: t\d+)*)(?: v\d+)?$", re.DOTALL)
 
 
@@ -91,6 +94,19 @@ def expected_reply(ctx: int, system_prompt: str | None, last_message: str, token
     )
 
 
+def whoami_tokens(model: str, temperature: Any, system: str | None) -> list[str]:
+    text = f"model={model} temperature={temperature if temperature is not None else 'none'} system={system or ''}"
+    return [text[start : start + ECHO_PIECE] for start in range(0, len(text), ECHO_PIECE)]
+
+
+def parse_whoami(text: str) -> dict[str, Any]:
+    """Decode a ``[[whoami]]`` reply: ``{"model": str, "temperature": str, "system": str}``."""
+    match = _WHOAMI.match(text)
+    if match is None:
+        raise ValueError(f"not a whoami reply: {text[:120]!r}")
+    return {"model": match.group(1), "temperature": match.group(2), "system": match.group(3)}
+
+
 def parse_reply(text: str) -> dict[str, Any]:
     """Decode a reply: ``{"ctx": int, "sys": str, "last": str, "filler": int}``.
 
@@ -125,6 +141,7 @@ class Behaviour:
     echo: bool = False
     once: bool = False  # misbehave only the first time this message is seen (then a Retry works)
     vary: bool = False  # end the reply with the request's number, so two answers to one context differ
+    whoami: bool = False  # the reply names the model, temperature and system prompt it was asked with
 
     def with_directives(self, text: str) -> Behaviour:
         changes: dict[str, Any] = {}
@@ -150,6 +167,8 @@ class Behaviour:
                 changes["once"] = True
             elif name == "vary":
                 changes["vary"] = True
+            elif name == "whoami":
+                changes["whoami"] = True
         return replace(self, **changes)
 
 
@@ -277,7 +296,8 @@ class FakeUpstream:
             return self._unauthorized()
         body = {
             "object": "list",
-            "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "fake"}],
+            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "fake"}
+                     for name in (self.model, self.model + "-large")],
         }
         return web.Response(body=_dumps(body), content_type="application/json")
 
@@ -322,7 +342,9 @@ class FakeUpstream:
                 status=status, body=_dumps(error), content_type="application/json", headers=headers
             )
 
-        if behaviour.echo:
+        if behaviour.whoami:
+            tokens = whoami_tokens(model, body.get("temperature"), system)
+        elif behaviour.echo:
             tokens = echo_tokens(last_user)
         else:
             tokens = reply_tokens(

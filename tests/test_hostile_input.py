@@ -220,14 +220,22 @@ def victim(make_client: Callable[..., httpx.Client]) -> Victim:
     assert created.status_code == 201, created.text
     token = created.json()
 
+    role_name, role_prompt = unique("a-role"), unique("a-prompt")
+    role = client.post("/api/roles", json={"name": role_name, "system_prompt": role_prompt})
+    assert role.status_code == 201, role.text
+    shared = client.post(f"/api/sessions/{sid}/share")
+    assert shared.status_code == 201, shared.text
+
     deleted_title = unique("a-deleted")
     dsid = create_session(client)["id"]
     assert client.patch(f"/api/sessions/{dsid}", json={"title": deleted_title}).status_code == 200
     assert client.post(f"/c/{dsid}/delete").status_code == 303
 
     ids = {"uid": uid, "sid": sid, "tid": tid, "rsid": rsid, "rtid": started.json()["turn_id"], "dsid": dsid,
-           "title": title, "secret": secret, "tokid": token["id"], "token": token["token"]}
-    return Victim(client, ids, (title, secret, running_secret, deleted_title, token_name, token["token"]))
+           "title": title, "secret": secret, "tokid": token["id"], "token": token["token"],
+           "rid": role.json()["id"], "share": shared.json()["token"]}
+    return Victim(client, ids, (title, secret, running_secret, deleted_title, token_name, token["token"],
+                                role_name, role_prompt, shared.json()["token"]))
 
 
 def web_rows() -> list[Row]:
@@ -251,6 +259,13 @@ def web_rows() -> list[Row]:
         Row("follow A's finished turn", "GET", "/c/{sid}/turns/{tid}/events", only(404)),
         Row("follow A's running turn", "GET", "/c/{rsid}/turns/{rtid}/events", only(404)),
         Row("revoke A's API token", "POST", "/settings/tokens/{tokid}/revoke", only(404)),
+        Row("switch model", "POST", "/c/{sid}/model", only(404), form={"model": "fake-model-large"}),
+        Row("share page", "GET", "/c/{sid}/share", only(404)),
+        Row("create a link", "POST", "/c/{sid}/share", only(404)),
+        Row("revoke A's link", "POST", "/c/{sid}/share/revoke", only(404)),
+        Row("edit A's role", "POST", "/roles/{rid}", only(404),
+            form={"name": "mine now", "system_prompt": f"{B_MARK} prompt"}),
+        Row("delete A's role", "POST", "/roles/{rid}/delete", only(404)),
     ]
     rows = []
     for row in routes:
@@ -282,6 +297,22 @@ IDOR_ROWS = [
     Row("api: cancel the running turn", "POST", "/api/turns/{rtid}/cancel", only(404)),
     Row("api: revoke A's API token", "DELETE", "/api/tokens/{tokid}", only(404)),
     Row("api: list API tokens", "GET", "/api/tokens", only(200)),
+    Row("api: read A's role", "GET", "/api/roles/{rid}", only(404)),
+    Row("api: edit A's role", "PATCH", "/api/roles/{rid}", only(404), json={"system_prompt": f"{B_MARK} prompt"}),
+    Row("api: delete A's role", "DELETE", "/api/roles/{rid}", only(404)),
+    Row("api: list roles (B's own and the built-in)", "GET", "/api/roles", only(200)),
+    Row("api: a conversation with A's role", "POST", "/api/sessions", only(400), json={"role": "{rid}"}),
+    Row("api: switch to A's role", "PATCH", "/api/sessions/{bsid}", only(400), json={"role": "{rid}"}),
+    Row("api: a turn with A's role", "POST", "/api/sessions/{bsid}/turns", only(400),
+        json={"message": f"{B_MARK} turn", "role": "{rid}"}),
+    Row("api: A's link state", "GET", "/api/sessions/{sid}/share", only(404)),
+    Row("api: create a link to A's", "POST", "/api/sessions/{sid}/share", only(404)),
+    Row("api: revoke A's link", "DELETE", "/api/sessions/{sid}/share", only(404)),
+    Row("api: export A's as Markdown", "GET", "/api/sessions/{sid}/export.md", only(404)),
+    Row("api: export A's as JSON", "GET", "/api/sessions/{sid}/export.json", only(404)),
+    Row("api: export all (B's own)", "GET", "/api/export", only(200)),
+    Row("api: switch A's model", "PATCH", "/api/sessions/{sid}", only(404), json={"model": "fake-model-large"}),
+    Row("web: roles page (B's own)", "GET", "/roles", only(200)),
     Row("api: A's token id as a bearer token", "GET", "/api/sessions/{sid}", only(401),
         headers={"Authorization": "Bearer {tokid}"}),
     Row("web: settings page lists tokens", "GET", "/settings", only(200)),

@@ -122,6 +122,7 @@ class Accounts:
     async def _signed_in(self, uid: str, anonymous_uid: str | None) -> str:
         if anonymous_uid and anonymous_uid != uid and not anonymous_uid.startswith("a_"):
             await self.store.move_conversations(anonymous_uid, uid)
+            await self.store.mark_search_index_ready(uid, False)  # searched next time: indexed again first
         cookie = secrets.token_urlsafe(32)
         await self.store.add_signin(uid, digest(cookie), self.signin_ttl)
         return cookie

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     openai_base_url: str = ""
     openai_model: str = "gpt-4o-mini"
     openai_timeout: float = Field(60.0, gt=0, description="seconds to wait for the next token")
+    openai_models: str = Field("", description="comma list of the models offered; unset: the API's /v1/models")
+    auto_title: bool = Field(True, description="after the first exchange the model writes the conversation's title")
     redis_url: str = ""
     redis_cluster: bool | None = Field(None, description="REDIS_URL names a Cluster node; unset: ask the server")
     redis_sentinels: str = Field("", description="host:port,... of Redis Sentinels (or a redis+sentinel:// URL)")
@@ -33,6 +35,9 @@ class Settings(BaseSettings):
     )
     redis_max_connections: int = Field(64, ge=2, le=10000, description="pool size for commands (per worker)")
     redis_socket_timeout: float = Field(0, ge=0, description="seconds per Redis command; 0 = none")
+    redis_tls_verify: bool = Field(
+        True, description="rediss://: verify the server's certificate (false for self-signed add-ons)"
+    )
     data_dir: Path = Path("./data")
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
@@ -73,6 +78,8 @@ class Settings(BaseSettings):
     max_messages_per_conversation: int = Field(2000, ge=0, description="a full conversation refuses new turns")
     max_streams_per_user: int = Field(20, ge=0, description="open SSE connections per identity, per worker")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body accepted")
+    max_roles_per_user: int = Field(50, ge=0, le=1000, description="custom roles a user may create")
+    max_import_bytes: int = Field(20_000_000, ge=1024, description="largest data file /api/import accepts")
     readyz_token: str = Field("", description="when set, /readyz?upstream=1 needs Authorization: Bearer <token>")
 
     @field_validator("redis_url")
@@ -100,6 +107,11 @@ class Settings(BaseSettings):
     def demo_mode(self) -> bool:
         """No key: use the offline demo model (Ollama users set any key, e.g. `ollama`)."""
         return not self.openai_api_key
+
+    @property
+    def offered_models(self) -> list[str]:
+        """OPENAI_MODELS as a list (empty: ask the API)."""
+        return [name.strip() for name in self.openai_models.split(",") if name.strip()]
 
     @property
     def conversation_ttl(self) -> int:

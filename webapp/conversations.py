@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from .context import check_text, validate_message
 from .errors import (
     EmptyTitle, MessageNotFound, NoSuchVersion, SessionNotFound, TooManyConversations, UndoExpired,
-    VersionLimit,
+    UnknownModel, VersionLimit,
 )
 from .ids import check_id
 from .i18n import Lang, t
 from .models import WELCOME, Conversation, Message, TurnEvent, new_id, new_message_id, now_iso
 from .pagination import format_cursor, parse_cursor
-from .roles import Role, get_role, role_or_default
+from .roles import Role, RoleBook, role_or_default
+from .search import SearchIndex, indexable
 from .store import Store
 from .titles import clean_title, make_preview
 from .turn_reader import TurnReader
@@ -63,6 +64,7 @@ class ConversationView:
     is_empty: bool = False  # nothing written by the user yet: the page shows suggestions
     latest: bool = True  # the newest page (not one scrolled back to)
     versions: dict[int, tuple[int, int]] = field(default_factory=dict)  # list index -> (shown, count)
+    role_missing: bool = False  # its custom role was deleted: it answers as the default role now
 
 
 @dataclass
@@ -97,11 +99,14 @@ def mark_welcome(messages: list[Message], first_index: int) -> list[Message]:
 class Conversations:
     """Create, find, change and delete a user's conversations; build what their pages show."""
 
-    def __init__(self, store: Store, writer: TurnWriter, reader: TurnReader, max_per_user: int = 0) -> None:
+    def __init__(self, store: Store, writer: TurnWriter, reader: TurnReader, max_per_user: int = 0,
+                 search: SearchIndex | None = None) -> None:
         self.store = store
         self.writer = writer
         self.reader = reader
         self.max_per_user = max_per_user
+        self.roles: RoleBook = writer.roles
+        self.search = search or SearchIndex(store)
 
     # finding ------------------------------------------------------------
 
@@ -123,7 +128,11 @@ class Conversations:
                      limit: int = SEARCH_LIMIT) -> ConversationList:
         """Newest activity first, a page at a time after `cursor`; or those matching `query`."""
         if query.strip():
-            found = await self.store.search_conversations(user_id, query, limit=limit)
+            if indexable(query):
+                await self.search.flush()  # what this worker has queued, so a search finds it at once
+                found = await self.search.search(user_id, query, limit=limit)
+            else:  # a single letter says too little for the index: look through the newest ones
+                found = await self.store.search_conversations(user_id, query, limit=limit)
             return ConversationList(items=found, query=query)
         items, next_cursor = await self.store.list_conversations(user_id, limit=limit, cursor=parse_cursor(cursor))
         return ConversationList(items=items, next_cursor=format_cursor(next_cursor), cursor=cursor)
@@ -180,7 +189,7 @@ class Conversations:
     async def create(self, user_id: str, *, role_id: str | None = None, title: str = "",
                      conversation_id: str | None = None) -> Conversation:
         """A new conversation with its welcome message (stored in the seed's Chinese, shown in the reader's language)."""
-        role = get_role(role_id)
+        role = await self.roles.get(user_id, role_id)
         if self.max_per_user and await self.store.count_conversations(user_id) >= self.max_per_user:
             raise TooManyConversations(limit=self.max_per_user)
         now = time.time()
@@ -189,9 +198,11 @@ class Conversations:
         conversation = Conversation(
             id=conversation_id or new_id(), user_id=user_id, title=clean_title(check_text(title)),
             preview=make_preview(welcome.content),
-            role=role.id, message_count=1, created=now, updated=now,
+            role=role.id, message_count=1, created=now, updated=now, title_by="user" if title.strip() else "",
         )
         await self.store.create_conversation(conversation, welcome)
+        if conversation.title:
+            self.search.add(conversation, conversation.title)
         return conversation
 
     def draft(self, user_id: str) -> ConversationView:
@@ -227,7 +238,7 @@ class Conversations:
     async def first_with_role(self, user_id: str, role_id: str) -> Conversation:
         """The draft's role chosen: the conversation it stands for, made now with that role (an
         untouched newest one, e.g. from a second click, is reused)."""
-        get_role(role_id)  # an unknown role is refused before anything is made
+        await self.roles.get(user_id, role_id)  # an unknown role is refused before anything is made
         return await self.update(await self.fresh(user_id), role_id=role_id)
 
     async def latest_or_new(self, user_id: str) -> Conversation:
@@ -244,33 +255,55 @@ class Conversations:
     # changing -----------------------------------------------------------
 
     async def update(self, conversation: Conversation, *, title: str | None = None,
-                     role_id: str | None = None) -> Conversation:
-        """Rename and/or switch the role; a title that is empty once cleaned is refused."""
+                     role_id: str | None = None, model: str | None = None) -> Conversation:
+        """Rename, switch the role and/or the model ("" = back to the role's or the app's); a title
+        that is empty once cleaned is refused. A rename is the user's: no generated title replaces it."""
         clean = clean_title(check_text(title)) if title is not None else None
         if clean is not None and not clean:
             raise EmptyTitle()
-        role = get_role(role_id).id if role_id is not None else None
-        await self.store.update_conversation(conversation, title=clean, role=role)
+        role = (await self.roles.get(conversation.user_id, role_id)).id if role_id is not None else None
+        if model is not None and model and model not in await self.writer.provider.models():
+            raise UnknownModel()
+        await self.store.update_conversation(conversation, title=None, role=role)
         if clean is not None:
-            conversation.title = clean
+            await self.store.rename_conversation(conversation, clean)
+            conversation.title, conversation.title_by = clean, "user"
+            self.search.add(conversation, clean)
         if role is not None:
             conversation.role = role
+        if model is not None:
+            await self.store.set_conversation_model(conversation, model)
+            conversation.model = model
         return conversation
+
+    async def models(self) -> list[str]:
+        """The models a conversation may be switched to, the default first."""
+        return await self.writer.provider.models()
 
     async def delete(self, conversation: Conversation) -> None:
         """Delete for good; a reply still being written is stopped first."""
         await self.writer.stop_reply(conversation)
+        await self._forget(conversation)
         await self.store.delete_conversation(conversation)
 
     async def delete_undoably(self, conversation: Conversation) -> None:
         """Delete, keeping a copy for UNDO_SECONDS so the web UI's Undo can put it back."""
         await self.writer.stop_reply(conversation)
+        await self._forget(conversation)
         await self.store.delete_undoably(conversation, keep_seconds=UNDO_SECONDS)
+
+    async def _forget(self, conversation: Conversation) -> None:
+        """What a deleted conversation leaves elsewhere: its read-only link and its search entries."""
+        from .sharing import share_digest
+
+        await self.store.remove_share(conversation.user_id, conversation.id, share_digest)
+        await self.search.remove(conversation)
 
     async def undo_delete(self, user_id: str, session_id: str) -> Conversation:
         conversation = await self.store.undo_delete(user_id, check_id(session_id))
         if conversation is None:
             raise UndoExpired()
+        await self.search.index_now(conversation, await self.store.all_messages(conversation))
         return conversation
 
     async def after_deleting(self, user_id: str) -> Conversation:
@@ -291,7 +324,8 @@ class Conversations:
                 messages, first_index, _ = await self.message_page(conversation, limit=limit)
             else:
                 streaming = Streaming(turn_id=conversation.running_turn_id, after=seq, text=text)
-        view = ConversationView(conversation=conversation, role=role_or_default(conversation.role),
+        resolved = await self.roles.resolve(conversation.user_id, conversation.role)
+        view = ConversationView(conversation=conversation, role=resolved.role, role_missing=resolved.missing,
                                 messages=messages, first_index=first_index, streaming=streaming,
                                 versions=await self.versions_of(conversation), latest=before is None)
         view.is_empty = before is None and streaming is None and not any(m.role == "user" for m in messages)

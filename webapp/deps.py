@@ -22,6 +22,9 @@ from .ids import check_user_id
 from .peers import trusted_proxy_user
 from .security import SIGNIN_COOKIE, bearer_token
 from .models import Conversation
+from .portability import Portability
+from .roles import Role, RoleBook
+from .sharing import Shares
 from .store import Store
 from .turn_reader import TurnReader
 from .turn_writer import TurnWriter
@@ -47,6 +50,21 @@ async def get_lang(request: Request) -> Lang:
     return lang_of(request)
 
 
+async def get_roles(request: Request) -> RoleBook:
+    return request.app.state.roles
+
+
+async def get_shares(request: Request) -> Shares:
+    return request.app.state.shares
+
+
+async def get_portability(request: Request) -> Portability:
+    return request.app.state.portability
+
+
+RolesDep = Annotated[RoleBook, Depends(get_roles)]
+SharesDep = Annotated[Shares, Depends(get_shares)]
+PortabilityDep = Annotated[Portability, Depends(get_portability)]
 ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
 WriterDep = Annotated[TurnWriter, Depends(get_writer)]
 ReaderDep = Annotated[TurnReader, Depends(get_reader)]
@@ -168,3 +186,11 @@ async def owned_conversation(
 
 
 OwnedConversation = Annotated[Conversation, Depends(owned_conversation)]
+
+
+async def owned_role(role_id: Annotated[str, Path(max_length=40)], user: CurrentUser, roles: RolesDep) -> Role:
+    """One of the caller's own roles; 404 for a built-in one, someone else's or an unknown id alike."""
+    return await roles.own_role(user, role_id)
+
+
+OwnedRole = Annotated[Role, Depends(owned_role)]

@@ -42,6 +42,40 @@ class UnknownRole(ChatError):
     key = "error.unknown_role"
 
 
+class InvalidInput(ChatError):
+    status = 422
+
+
+class RoleLimit(ChatError):
+    status = 409
+    key = "error.role_limit"
+
+
+class RoleNotFound(ChatError):
+    status = 404
+    key = "error.role_not_found"
+
+
+class UnknownModel(ChatError):
+    key = "error.unknown_model"
+
+
+class ShareNotFound(ChatError):
+    status = 404
+    key = "error.share_not_found"
+
+
+class InvalidImport(ChatError):
+    key = "error.invalid_import"
+
+
+class ImportTooBig(ChatError):
+    """Importing would go past a limit (conversations, roles): nothing was imported."""
+
+    status = 409
+    key = "error.import_limit"
+
+
 class InvalidId(ChatError):
     key = "error.invalid_id"
 

@@ -89,6 +89,27 @@ class Keys:
     def tokens(self, uid: str) -> str:
         return self.owner(uid) + ":tokens"
 
+    def roles(self, uid: str) -> str:
+        return self.owner(uid) + ":roles"
+
+    def shares(self, uid: str) -> str:
+        return self.owner(uid) + ":shares"
+
+    def term(self, uid: str, term: str) -> str:
+        return f"{self.owner(uid)}:w:{term}"
+
+    def lexicon(self, uid: str) -> str:
+        return self.owner(uid) + ":lex"
+
+    def conversation_terms(self, uid: str, sid: str) -> str:
+        return self.meta(uid, sid) + ":terms"
+
+    def search_ready(self, uid: str) -> str:
+        return self.owner(uid) + ":searchidx"
+
+    def search_scratch(self, uid: str, name: str) -> str:
+        return f"{self.owner(uid)}:tmp:{name}"
+
     # counted per key (an identity's counters share its slot) ------------------
 
     def limit(self, name: str, key: str, window: int) -> str:
@@ -104,6 +125,9 @@ class Keys:
 
     def token(self, digest: str) -> str:
         return f"{self.prefix}token:{digest}"
+
+    def share(self, digest: str) -> str:
+        return f"{self.prefix}share:{digest}"
 
     def follower_wake(self, worker_id: str) -> str:
         return f"{self.prefix}follower:{worker_id}:wake"

@@ -17,6 +17,8 @@ log = logging.getLogger("webapp.llm")
 
 ChatMessages = list[dict[str, str]]
 PING_CACHE_SECONDS = 10.0
+MODELS_CACHE_SECONDS = 300.0  # the upstream's /v1/models, asked at most this often
+TITLE_TIMEOUT_SECONDS = 20.0
 
 
 class UpstreamError(Exception):
@@ -31,8 +33,17 @@ class Provider(Protocol):
     name: str
     model: str
 
-    def stream(self, messages: ChatMessages, *, role_name: str, lang: Lang) -> AsyncIterator[str]:
-        """Yield the reply's text deltas; raise UpstreamError on failure."""
+    def stream(self, messages: ChatMessages, *, role_name: str, lang: Lang, model: str | None = None,
+               temperature: float | None = None) -> AsyncIterator[str]:
+        """Yield the reply's text deltas; raise UpstreamError on failure. `model` None: the default."""
+        ...
+
+    async def models(self) -> list[str]:
+        """The models a user may pick, the default first."""
+        ...
+
+    async def complete(self, messages: ChatMessages, *, model: str | None = None, max_tokens: int = 30) -> str:
+        """A short reply in one piece (a title); raise UpstreamError on failure."""
         ...
 
     async def aclose(self) -> None: ...
@@ -56,6 +67,10 @@ class OpenAIProvider:
 
     def __init__(self, settings: Settings) -> None:
         self.model = settings.openai_model
+        self.configured_models = settings.offered_models
+        self._models: list[str] = []
+        self._models_at = -MODELS_CACHE_SECONDS
+        self._models_lock = asyncio.Lock()
         self.token_timeout = settings.openai_timeout
         self.base_url = (settings.openai_base_url or "https://api.openai.com/v1").rstrip("/")
         self.completions_url = yarl.URL(self.base_url + "/chat/completions")  # parsed once, not per reply
@@ -74,11 +89,15 @@ class OpenAIProvider:
             },
         )
 
-    async def stream(self, messages: ChatMessages, *, role_name: str, lang: Lang) -> AsyncIterator[str]:
+    async def stream(self, messages: ChatMessages, *, role_name: str, lang: Lang, model: str | None = None,
+                     temperature: float | None = None) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         watch = _IdleWatch(loop, task, self.token_timeout)
-        body = orjson.dumps({"model": self.model, "messages": messages, "stream": True})
+        request: dict[str, Any] = {"model": model or self.model, "messages": messages, "stream": True}
+        if temperature is not None:
+            request["temperature"] = temperature
+        body = orjson.dumps(request)
         try:
             for attempt in (1, 2):
                 try:
@@ -142,6 +161,34 @@ class OpenAIProvider:
                                        max_retries=0, http_client=DefaultAioHttpClient(timeout=timeout))
         return self._client
 
+    async def models(self) -> list[str]:
+        """OPENAI_MODELS, else the API's model list (cached for MODELS_CACHE_SECONDS); the default first.
+        When the list cannot be had, the default model alone (and the last list, if any)."""
+        if self.configured_models:
+            return _default_first(self.model, self.configured_models)
+        loop = asyncio.get_running_loop()
+        async with self._models_lock:
+            if loop.time() - self._models_at >= MODELS_CACHE_SECONDS:
+                try:
+                    page = await asyncio.wait_for(self.client.models.list(), timeout=10)
+                    self._models = sorted(str(item.id) for item in page.data)
+                    self._models_at = loop.time()
+                except Exception as exc:  # the choice falls back to the default; asked again next time
+                    log.warning("model list unavailable: %s", type(exc).__name__)
+            return _default_first(self.model, self._models)
+
+    async def complete(self, messages: ChatMessages, *, model: str | None = None, max_tokens: int = 30) -> str:
+        try:
+            answer = await asyncio.wait_for(
+                self.client.chat.completions.create(model=model or self.model, messages=messages,
+                                                    max_tokens=max_tokens, stream=False),
+                timeout=TITLE_TIMEOUT_SECONDS,
+            )
+            return str(answer.choices[0].message.content or "")
+        except Exception as exc:
+            log.warning("short completion failed: %s", type(exc).__name__)
+            raise UpstreamError() from None
+
     async def _check_models(self) -> bool:
         """The model list answers with the key we hold (the cheapest authenticated call)."""
         try:
@@ -189,6 +236,10 @@ class _IdleWatch:
             self.handle = None
 
 
+def _default_first(default: str, names: list[str]) -> list[str]:
+    return [default] + [name for name in names if name != default]
+
+
 def _status_key(status: int) -> str:
     if status in (401, 403):
         return "error.upstream_auth"
@@ -211,7 +262,14 @@ class DemoProvider:
     def __init__(self, token_delay: float = 0.03) -> None:
         self.token_delay = token_delay
 
-    async def stream(self, messages: ChatMessages, *, role_name: str, lang: Lang) -> AsyncIterator[str]:
+    async def models(self) -> list[str]:
+        return [self.model]
+
+    async def complete(self, messages: ChatMessages, *, model: str | None = None, max_tokens: int = 30) -> str:
+        raise UpstreamError()  # titles come from the first message in demo mode
+
+    async def stream(self, messages: ChatMessages, *, role_name: str, lang: Lang, model: str | None = None,
+                     temperature: float | None = None) -> AsyncIterator[str]:
         history = [m for m in messages if m["role"] != "system"]
         last = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
         last = " ".join(last.split())

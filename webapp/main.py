@@ -33,11 +33,16 @@ from .peers import RecordPeer, TrustedProxies
 from .leases import LeaseKeeper
 from .migrate import migrate_layout
 from .redis_checks import check_redis
+from .auto_title import TitleWriter
+from .portability import Portability
 from .redis_client import connect_store
-from .routes import api, auth, pages, stream
+from .routes import api, auth, pages, roles, sharing, stream, transfer
+from .routes.transfer import IMPORT_PATHS
+from .search import SearchIndex
 from .security import (
     InputGuardMiddleware, SecurityHeadersMiddleware, require_csrf_token,
 )
+from .sharing import Shares
 from .turn_reader import TurnReader
 from .turn_writer import TurnWriter
 
@@ -106,9 +111,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits = Limits(store)
         app.state.store, app.state.provider, app.state.limits = store, provider, limits
         app.state.turn_writer, app.state.turn_reader = writer, reader
-        app.state.conversations = Conversations(store, writer, reader, settings.max_conversations_per_user)
+        search = SearchIndex(store)
+        titles = TitleWriter(store, provider, search, enabled=settings.auto_title and not settings.demo_mode)
+        writer.started_hooks.append(search.turn_started)
+        writer.saved_hooks += [search.reply_saved, titles.reply_saved]
+        app.state.conversations = Conversations(store, writer, reader, settings.max_conversations_per_user,
+                                                search=search)
+        app.state.roles, app.state.shares = writer.roles, Shares(store)
+        app.state.portability = Portability(store, writer.roles, search,
+                                            max_conversations=settings.max_conversations_per_user,
+                                            max_messages=settings.max_messages_per_conversation,
+                                            models=provider.models)
         app.state.accounts = Accounts(store, settings, limits)
         writer.start()
+        search.start()
         leases.start()
         tune_garbage_collection()
         log.info(
@@ -119,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await writer.aclose()
+            await titles.aclose()
+            await search.aclose()
             await leases.aclose()
             await reader.aclose()
             await provider.aclose()
@@ -135,7 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.trusted_proxies = TrustedProxies(settings.forwarded_allow_ips)
     app.state.new_identity_limit = Limit("identities-ip", settings.new_identities_per_ip_per_hour, 3600)
     app.add_middleware(IdentityMiddleware, secret=settings.secret_key)
-    app.add_middleware(InputGuardMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InputGuardMiddleware, max_bytes=settings.max_body_bytes,
+                       larger=dict.fromkeys(IMPORT_PATHS, settings.max_import_bytes))
     app.add_middleware(SecurityHeadersMiddleware)  # outside the guard: its refusals carry the headers too
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics, log_requests=settings.access_log)
     # outermost: note the socket's peer, then apply a trusted proxy's X-Forwarded-For/-Proto
@@ -173,6 +192,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(stream.router)
     app.include_router(auth.router)  # before a sign-in there is no CSRF token to check
+    for module in (roles, sharing, transfer):
+        app.include_router(module.api_router)
+        app.include_router(module.page_router, dependencies=[Depends(require_csrf_token)])
+    app.include_router(sharing.shared_router)  # read-only links: no identity, no forms
     app.include_router(pages.router, dependencies=[Depends(require_csrf_token)])
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app

@@ -36,11 +36,20 @@ class Message:
     ts: str
     status: str = "complete"  # complete | error | interrupted
     kind: str = ""  # "welcome": the greeting a conversation starts with, shown in the reader's language
+    role_id: str = ""  # a reply: the AI role that answered...
+    role_name: str = ""  # ...its name then (a custom role may be renamed or deleted later)
+    model: str = ""  # ...and the model that wrote it
 
     def to_json(self) -> bytes:
         data = {"id": self.id, "role": self.role, "content": self.content, "ts": self.ts, "status": self.status}
         if self.kind:
             data["k"] = self.kind
+        if self.role_id:
+            data["r"] = self.role_id
+        if self.role_name:
+            data["rn"] = self.role_name
+        if self.model:
+            data["mo"] = self.model
         return orjson.dumps(data)
 
     @classmethod
@@ -53,6 +62,9 @@ class Message:
             ts=data.get("ts") or data.get("timestamp", ""),
             status=data.get("status", "complete"),
             kind=data.get("k", ""),
+            role_id=data.get("r", ""),
+            role_name=data.get("rn", ""),
+            model=data.get("mo", ""),
         )
 
 
@@ -67,6 +79,8 @@ class Conversation:
     created: float
     updated: float
     running_turn_id: str | None = None
+    model: str = ""  # the model the user picked for it ("" = its role's, else the app's)
+    title_by: str = ""  # "user" once renamed (a generated title never replaces it), "model" once generated
 
     @property
     def untouched(self) -> bool:
@@ -78,6 +92,7 @@ class Conversation:
         return {
             "user_id": self.user_id, "title": self.title, "preview": self.preview, "role": self.role,
             "count": self.message_count, "created": repr(self.created), "updated": repr(self.updated), "turn": "",
+            "model": self.model, "title_by": self.title_by,
         }
 
     @classmethod
@@ -92,6 +107,8 @@ class Conversation:
             created=float(data.get("created", 0) or 0),
             updated=float(data.get("updated", 0) or 0),
             running_turn_id=data.get("turn") or None,
+            model=data.get("model", ""),
+            title_by=data.get("title_by", ""),
         )
 
 

@@ -343,6 +343,14 @@ class SlotTransaction(_QueuedCommands):
 PROTOCOL = 2  # RESP2: see the module docstring
 
 
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """rediss:// with REDIS_TLS_VERIFY=false: encrypted, but the server's (self-signed) certificate and
+    host name are not checked, as Heroku-style Redis add-ons need."""
+    if settings.redis_url.startswith("rediss://") and not settings.redis_tls_verify:
+        return {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
+    return {}
+
+
 def _retry_options() -> dict[str, Any]:
     return {
         "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
@@ -387,7 +395,7 @@ async def detect_cluster(settings: Settings) -> bool:
     if sentinel_target(settings) is not None or settings.redis_url.startswith("unix://"):
         return False
     client = Redis.from_url(settings.redis_url, protocol=PROTOCOL, decode_responses=True,
-                            socket_connect_timeout=5, **_retry_options())
+                            socket_connect_timeout=5, **tls_options(settings), **_retry_options())
     try:
         info = await client.info("cluster")
         return str(info.get("cluster_enabled", 0)) == "1"
@@ -401,6 +409,7 @@ def create_redis(settings: Settings, *, bounded: bool, cluster: bool = False) ->
     common: dict[str, Any] = {
         "decode_responses": True, "protocol": PROTOCOL, "socket_connect_timeout": 5,
         "socket_timeout": settings.redis_socket_timeout or None, "health_check_interval": 30,
+        **tls_options(settings),
     }
     if cluster:
         return ClusterRedis(RedisCluster.from_url(settings.redis_url, max_connections=size, socket_keepalive=True,
@@ -440,6 +449,7 @@ def create_single_redis(settings: Settings, *, bounded: bool, url: str | None = 
         socket_connect_timeout=5,
         socket_timeout=settings.redis_socket_timeout or None,
         **({} if settings.redis_url.startswith("unix://") else {"socket_keepalive": True}),
+        **tls_options(settings),
         **retry_options,
     )
     return Redis(connection_pool=pool, **retry_options)

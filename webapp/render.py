@@ -25,6 +25,7 @@ from pygments.util import ClassNotFound
 
 from .i18n import Lang, t
 from .models import WELCOME
+from .roles import answered_by
 from .titles import make_preview
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -166,6 +167,7 @@ def _create_templates() -> Jinja2Templates:
     env.filters["reltime"] = relative_time
     env.filters["iso"] = iso
     env.filters["clock"] = clock
+    env.filters["answered_by"] = answered_by
     return templates
 
 

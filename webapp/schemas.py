@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .context import check_text
 from .models import Conversation, Message
-from .roles import Role
+from .roles import DESCRIPTION_CHARS, MODEL_CHARS, NAME_CHARS, PROMPT_CHARS, Role
+
+EXPORT_MESSAGE_CHARS = 200_000
+EXPORT_MAX_MESSAGES = 10_000
+EXPORT_MAX_CONVERSATIONS = 10_000
 
 
 def _iso(epoch: float) -> str:
@@ -40,7 +46,8 @@ class SessionIn(BaseModel):
 
 class SessionPatch(BaseModel):
     title: str | None = Field(None, max_length=200)
-    role: str | None = None
+    role: str | None = Field(None, max_length=40)
+    model: str | None = Field(None, max_length=MODEL_CHARS, description="a model of /api/models; empty: the default")
 
 
 class SessionOut(BaseModel):
@@ -52,6 +59,7 @@ class SessionOut(BaseModel):
     created_at: str
     updated_at: str
     running_turn_id: str | None
+    model: str = Field("", description="the model picked for it; empty: its role's, else the default")
 
     @classmethod
     def of(cls, conversation: Conversation) -> "SessionOut":
@@ -59,7 +67,7 @@ class SessionOut(BaseModel):
             id=conversation.id, title=conversation.title, role=conversation.role,
             preview=conversation.preview, message_count=conversation.message_count,
             created_at=_iso(conversation.created), updated_at=_iso(conversation.updated),
-            running_turn_id=conversation.running_turn_id,
+            running_turn_id=conversation.running_turn_id, model=conversation.model,
         )
 
 
@@ -77,11 +85,15 @@ class MessageOut(BaseModel):
     index: int = Field(0, description="list index in the active branch")
     version: int = Field(1, description="which version of this message is shown (1-based)")
     versions: int = Field(1, description="how many versions it has (regenerated replies, edited messages)")
+    role_id: str = Field("", description="a reply: the AI role that answered")
+    role_name: str = Field("", description="a reply of a custom role: its name then")
+    model: str = Field("", description="a reply: the model that wrote it")
 
     @classmethod
     def of(cls, message: Message, index: int = 0, version: tuple[int, int] = (1, 1)) -> "MessageOut":
         return cls(id=message.id, role=message.role, content=message.content, ts=message.ts, status=message.status,
-                   index=index, version=version[0], versions=version[1])
+                   index=index, version=version[0], versions=version[1], role_id=message.role_id,
+                   role_name=message.role_name, model=message.model)
 
 
 class MessageEdit(BaseModel):
@@ -139,3 +151,125 @@ class TokenOut(BaseModel):
 class NewTokenOut(BaseModel):
     id: str
     token: str = Field(description="shown once: the server keeps only its hash")
+
+
+# custom roles and models ------------------------------------------------------------
+
+class RoleIn(BaseModel):
+    name: str = Field(min_length=1, max_length=NAME_CHARS)
+    description: str = Field("", max_length=DESCRIPTION_CHARS)
+    system_prompt: str = Field(min_length=1, max_length=PROMPT_CHARS)
+    model: str = Field("", max_length=MODEL_CHARS, description="empty: the conversation's or the app's model")
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    @field_validator("name", "description", "system_prompt", "model")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return check_text(value).strip()
+
+    @field_validator("name", "system_prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be blank")
+        return value
+
+
+class RolePatch(BaseModel):
+    name: str | None = Field(None, min_length=1, max_length=NAME_CHARS)
+    description: str | None = Field(None, max_length=DESCRIPTION_CHARS)
+    system_prompt: str | None = Field(None, min_length=1, max_length=PROMPT_CHARS)
+    model: str | None = Field(None, max_length=MODEL_CHARS)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    _text = field_validator("name", "description", "system_prompt", "model")(
+        lambda cls, value: check_text(value).strip() if value is not None else None)
+
+
+class CustomRoleOut(RoleOut):
+    name: str = Field("", description="a custom role's name (built-in ones: the Chinese name)")
+    description: str = ""
+    custom: bool = False
+    system_prompt: str = ""
+    model: str = ""
+    temperature: float | None = None
+
+    @classmethod
+    def of(cls, role: Role) -> "CustomRoleOut":
+        return cls(id=role.id, name_zh=role.name_zh, name_en=role.name_en, description_zh=role.description_zh,
+                   description_en=role.description_en, name=role.name_zh, description=role.description_zh,
+                   custom=role.custom,
+                   system_prompt=role.system_prompt if role.custom else "", model=role.model,
+                   temperature=role.temperature)
+
+
+class ModelsOut(BaseModel):
+    default: str
+    models: list[str]
+
+
+class ShareOut(BaseModel):
+    token: str | None
+    url: str | None
+
+
+# export and import ------------------------------------------------------------------
+
+class ExportMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=EXPORT_MESSAGE_CHARS)
+    ts: str = Field("", max_length=40)
+    status: Literal["complete", "error", "interrupted"] = "complete"
+    kind: Literal["", "welcome"] = ""
+    role_id: str = Field("", max_length=40)
+    role_name: str = Field("", max_length=NAME_CHARS)
+    model: str = Field("", max_length=MODEL_CHARS)
+
+    _text = field_validator("content", "role_name", "model")(lambda cls, value: check_text(value))
+
+
+class ExportConversation(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field("", max_length=64)
+    title: str = Field("", max_length=200)
+    role: str = Field("assistant", max_length=40)
+    model: str = Field("", max_length=MODEL_CHARS)
+    created_at: datetime
+    updated_at: datetime
+    messages: list[ExportMessage] = Field(max_length=EXPORT_MAX_MESSAGES)
+
+    _text = field_validator("title")(lambda cls, value: check_text(value))
+
+
+class ExportRole(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(max_length=40)
+    name: str = Field(min_length=1, max_length=NAME_CHARS)
+    description: str = Field("", max_length=DESCRIPTION_CHARS)
+    system_prompt: str = Field(min_length=1, max_length=PROMPT_CHARS)
+    model: str = Field("", max_length=MODEL_CHARS)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    _text = field_validator("name", "description", "system_prompt", "model")(lambda cls, value: check_text(value))
+
+
+class ExportFile(BaseModel):
+    """A user's data as /api/export writes it and /api/import reads it back."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: Literal["chat-export"]
+    version: Literal[1]
+    exported_at: datetime | None = None
+    roles: list[ExportRole] = Field(default_factory=list, max_length=1000)
+    conversations: list[ExportConversation] = Field(default_factory=list, max_length=EXPORT_MAX_CONVERSATIONS)
+
+
+class ImportOut(BaseModel):
+    conversations: int
+    roles: int
+    ids: list[str] = Field(description="the new ids of the imported conversations, in the file's order")

@@ -74,9 +74,10 @@ class InputGuardMiddleware:
     they are read whole, checked and handed on; other bodies stream through, counted.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = larger or {}  # paths that take bigger bodies (a data file to import)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,8 +94,9 @@ class InputGuardMiddleware:
             await self.app(scope, receive, send)
             return
         content_type = b""
+        max_bytes = self.larger.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+            if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
                 await self._refuse(scope, receive, send, RequestTooLarge)
                 return
             if name == b"content-type":
@@ -109,7 +111,7 @@ class InputGuardMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     raise RequestTooLarge()
             return message
 

@@ -24,6 +24,14 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     {uid}:account                      HASH an account (username, password hash, created); no TTL
     {uid}:signins                      SET the sign-in hashes of a user (sign out everywhere)
     {uid}:tokens                       HASH token id -> JSON {name, created, hash} of a user's tokens
+    {uid}:roles                        HASH role id -> JSON of a custom role; index TTL, refreshed when listed
+    {uid}:shares                       HASH session id -> the read-only link's token; no TTL (revoked with it)
+    {uid}:w:{term}                     SET session ids whose title or messages hold a search term, index TTL
+    {uid}:lex                          ZSET (all scores 0) every search term of the user: prefix lookups, index TTL
+    {uid}:s:{sid}:terms                SET the search terms of a conversation (to unindex it), index TTL
+    {uid}:searchidx                    marker: the search index holds every conversation, index TTL
+    {uid}:tmp:{rand}                   ZSET scratch result of one search, deleted in the same MULTI
+    share:{sha256}                     JSON {uid, sid} of a read-only link, by the hash of its token; no TTL
     limit:{name}:{key}:{window}        fixed-window counter of a limit (key hash-tagged), expires after its window
     account:name:{username}            the uid of a username (lower case); no TTL
     signin:{sha256}                    HASH a sign-in (uid, created), by the hash of its cookie; session TTL
@@ -39,6 +47,7 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Any, AsyncIterator, Iterable
 
@@ -81,6 +90,77 @@ CLAIM_RECOVERY = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return 0 end
 if redis.call('set', KEYS[2], '1', 'NX', 'EX', 60) then return 1 end
 return 0
+"""
+# Add a custom role unless the user has as many as allowed: ARGV role id, JSON, limit, TTL.
+ADD_ROLE = (
+    "if redis.call('hlen', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end "
+    "redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) redis.call('expire', KEYS[1], ARGV[4]) return 1"
+)
+# A generated title lands only on the title made from the first message, never on a user's rename.
+SET_GENERATED_TITLE = (
+    "if redis.call('hget', KEYS[1], 'user_id') ~= ARGV[3] then return 0 end "
+    "if redis.call('hget', KEYS[1], 'title_by') == 'user' then return 0 end "
+    "if redis.call('hget', KEYS[1], 'title') ~= ARGV[1] then return 0 end "
+    "redis.call('hset', KEYS[1], 'title', ARGV[2], 'title_by', 'model') return 1"
+)
+# Search: KEYS = session index, scratch, scratch union, the terms' sets, then the prefix's terms' sets;
+# ARGV = limit, number of terms, number of prefix terms, most conversations to check one by one.
+# Where the sets are dense (common words), the newest conversations are checked one by one until
+# `limit` match (a few hundred checks); where they are sparse, or the walk found too few, the sets
+# are intersected with the session index (ZINTERSTORE costs the smallest set's size). Either way a
+# query costs about the same whether it matches everything or nothing.
+SEARCH_INDEX = """
+local limit, nterms, nprefix, scan = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local sets = {}
+for i = 1, nterms do sets[#sets + 1] = KEYS[3 + i] end
+if nprefix == 1 then
+  sets[#sets + 1] = KEYS[4 + nterms]
+elseif nprefix > 1 then
+  local parts = {}
+  for i = 1, nprefix do parts[i] = KEYS[3 + nterms + i] end
+  redis.call('sunionstore', KEYS[3], unpack(parts))
+  sets[#sets + 1] = KEYS[3]
+end
+local total = redis.call('zcard', KEYS[1])
+local smallest = total
+for _, key in ipairs(sets) do
+  local size = redis.call('scard', key)
+  if size < smallest then smallest = size end
+end
+local found = nil
+if smallest == 0 then
+  found = {}
+elseif smallest * 8 >= total then
+  found = {}
+  local start, checked = 0, 0
+  while #found < limit and start < total and checked < scan do
+    local ids = redis.call('zrevrange', KEYS[1], start, start + 199)
+    for _, id in ipairs(ids) do
+      checked = checked + 1
+      local hit = true
+      for _, key in ipairs(sets) do
+        if redis.call('sismember', key, id) == 0 then hit = false break end
+      end
+      if hit then
+        found[#found + 1] = id
+        if #found >= limit then break end
+      end
+    end
+    start = start + 200
+  end
+  if #found < limit and start < total then found = nil end
+end
+if found == nil then
+  local args = {KEYS[2], #sets + 1, KEYS[1]}
+  for _, key in ipairs(sets) do args[#args + 1] = key end
+  args[#args + 1] = 'WEIGHTS'
+  args[#args + 1] = 1
+  for _ = 1, #sets do args[#args + 1] = 0 end
+  redis.call('zinterstore', unpack(args))
+  found = redis.call('zrevrange', KEYS[2], 0, limit - 1)
+end
+redis.call('del', KEYS[2], KEYS[3])
+return found
 """
 # Claim an identity only if nothing of it exists: not its marker, its index, nor an account. Under a
 # policy that evicts keys, a marker alone could be evicted while the history stays.
@@ -865,6 +945,162 @@ class Store:
         await self.restore_conversation(conversation, messages, copy.get("versions"), copy.get("forks"))
         await self.redis.delete(self.keys.trash(uid, sid))
         return conversation
+
+    # custom roles ---------------------------------------------------------
+
+    async def list_roles(self, uid: str) -> dict[str, dict[str, Any]]:
+        """A user's own roles by id; listing them keeps them as long as the user's other data."""
+        key = self.keys.roles(uid)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(key)
+            pipe.expire(key, self.index_ttl)
+            rows, _ = await pipe.execute()
+        return {role_id: orjson.loads(raw) for role_id, raw in rows.items()}
+
+    async def get_role(self, uid: str, role_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(self.keys.roles(uid), role_id)
+        return orjson.loads(raw) if raw else None
+
+    async def add_role(self, uid: str, role_id: str, record: dict[str, Any], max_roles: int) -> bool:
+        """Add a role unless the user already has `max_roles` (0 = no limit): one script, no race."""
+        return bool(await self.redis.eval(ADD_ROLE, 1, self.keys.roles(uid), role_id, orjson.dumps(record),
+                                          max_roles or 1_000_000, self.index_ttl))
+
+    async def put_role(self, uid: str, role_id: str, record: dict[str, Any]) -> None:
+        await self.redis.hset(self.keys.roles(uid), role_id, orjson.dumps(record))
+
+    async def delete_role(self, uid: str, role_id: str) -> bool:
+        return bool(await self.redis.hdel(self.keys.roles(uid), role_id))
+
+    # conversation settings the user picks --------------------------------
+
+    async def set_conversation_model(self, conversation: Conversation, model: str) -> None:
+        await self.redis.hset(self.keys.meta(conversation.user_id, conversation.id), "model", model)
+
+    async def rename_conversation(self, conversation: Conversation, title: str) -> None:
+        """A title the user chose: marked so that a generated one never replaces it."""
+        await self.redis.hset(self.keys.meta(conversation.user_id, conversation.id),
+                              mapping={"title": title, "title_by": "user"})
+
+    async def set_generated_title(self, uid: str, sid: str, *, expected: str, title: str) -> bool:
+        """Replace the title only while it is still `expected` (the one made from the first message) and
+        the user has not renamed the conversation: a rename always wins, whenever it lands."""
+        return bool(await self.redis.eval(SET_GENERATED_TITLE, 1, self.keys.meta(uid, sid), expected, title, uid))
+
+    # read-only links --------------------------------------------------------
+
+    async def share_token(self, uid: str, sid: str) -> str | None:
+        return await self.redis.hget(self.keys.shares(uid), sid)
+
+    async def add_share(self, uid: str, sid: str, token: str, digest: str) -> None:
+        """Listed with its owner (revocable) before the link works."""
+        await self.redis.hset(self.keys.shares(uid), sid, token)
+        await self.redis.set(self.keys.share(digest), orjson.dumps({"uid": uid, "sid": sid}))
+
+    async def remove_share(self, uid: str, sid: str, digest_of: Any) -> bool:
+        """Stop the link working, then unlist it. `digest_of(token)` gives the lookup key's hash."""
+        token = await self.redis.hget(self.keys.shares(uid), sid)
+        if token is None:
+            return False
+        await self.redis.delete(self.keys.share(digest_of(token)))
+        await self.redis.hdel(self.keys.shares(uid), sid)
+        return True
+
+    async def shared_conversation(self, digest: str, token: str) -> tuple[str, str] | None:
+        """(uid, sid) of a link still listed by its owner; None when unknown or revoked."""
+        raw = await self.redis.get(self.keys.share(digest))
+        if raw is None:
+            return None
+        target = orjson.loads(raw)
+        uid, sid = str(target.get("uid", "")), str(target.get("sid", ""))
+        if await self.redis.hget(self.keys.shares(uid), sid) != token:
+            return None
+        return uid, sid
+
+    # search index -----------------------------------------------------------
+
+    def _index_commands(self, pipe: Any, uid: str, sid: str, terms: Iterable[str]) -> None:
+        k, ttl = self.keys, self.index_ttl
+        terms = list(terms)
+        if not terms:
+            return
+        for term in terms:
+            pipe.sadd(k.term(uid, term), sid)
+            pipe.expire(k.term(uid, term), ttl)
+        pipe.zadd(k.lexicon(uid), dict.fromkeys(terms, 0))
+        pipe.expire(k.lexicon(uid), ttl)
+        pipe.sadd(k.conversation_terms(uid, sid), *terms)
+        pipe.expire(k.conversation_terms(uid, sid), ttl)
+
+    async def index_terms(self, entries: Iterable[tuple[str, str, Iterable[str]]]) -> None:
+        """Add (uid, sid, terms) entries to their owners' search indexes: one pipeline for them all."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for uid, sid, terms in entries:
+                self._index_commands(pipe, uid, sid, terms)
+            await pipe.execute()
+
+    async def unindex_conversation(self, uid: str, sid: str) -> None:
+        k = self.keys
+        terms = await self.redis.smembers(k.conversation_terms(uid, sid))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for term in terms:
+                pipe.srem(k.term(uid, term), sid)
+            pipe.delete(k.conversation_terms(uid, sid))
+            await pipe.execute()
+
+    async def search_index_ready(self, uid: str) -> bool:
+        return bool(await self.redis.exists(self.keys.search_ready(uid)))
+
+    async def mark_search_index_ready(self, uid: str, ready: bool = True) -> None:
+        if ready:
+            await self.redis.set(self.keys.search_ready(uid), "1", ex=self.index_ttl)
+        else:
+            await self.redis.delete(self.keys.search_ready(uid))
+
+    async def session_ids(self, uid: str) -> list[str]:
+        return await self.redis.zrevrange(self.keys.index(uid), 0, -1)
+
+    async def search_ids(self, uid: str, terms: list[str], prefix: str = "", *, limit: int = 30,
+                         expand: int = 50) -> list[str]:
+        """Ids of the user's conversations holding every term (and, if `prefix`, a term starting with it),
+        newest activity first. At most two round trips whatever the number of conversations: the prefix's
+        terms from the lexicon, then one script over the term sets and the session index (SEARCH_INDEX)."""
+        k = self.keys
+        expanded: list[str] = []
+        if prefix:
+            low = b"[" + prefix.encode()
+            expanded = await self.redis.zrangebylex(k.lexicon(uid), low, low + b"\xff", start=0, num=expand)
+            if not expanded:
+                return []
+        scratch = k.search_scratch(uid, secrets.token_hex(6))
+        keys = [k.index(uid), scratch, scratch + ":u", *(k.term(uid, term) for term in terms),
+                *(k.term(uid, term) for term in expanded)]
+        return await self.redis.eval(SEARCH_INDEX, len(keys), *keys, limit, len(terms), len(expanded),
+                                     SEARCH_SCAN_LIMIT)
+
+    async def load_conversations(self, uid: str, sids: list[str]) -> list[Conversation]:
+        """The user's conversations by id, in that order (missing ones are left out)."""
+        return await self._load_conversations(uid, sids)
+
+    # import -------------------------------------------------------------------
+
+    async def import_conversation(self, conversation: Conversation, messages: list[Message],
+                                  terms: Iterable[str]) -> None:
+        """Write an imported conversation, list it and index it for search: one MULTI in its owner's slot."""
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*k.conversation_keys(uid, sid))
+            pipe.hset(k.meta(uid, sid), mapping=conversation.to_hash())
+            if messages:
+                pipe.rpush(k.messages(uid, sid), *[m.to_json() for m in messages])
+            for message in messages:
+                if message.role == "user":
+                    pipe.set(k.message(uid, message.id), sid, ex=self.conversation_ttl)
+            pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
+            pipe.set(k.claim(uid), "1", ex=self.index_ttl)
+            self._index_commands(pipe, uid, sid, terms)
+            self._refresh_ttls(pipe, uid, sid)
+            await pipe.execute()
 
 
 def _event_fields(event: TurnEvent) -> dict[str, str]:

@@ -37,7 +37,7 @@ from .metrics import Metrics
 from .models import (
     TERMINAL, WELCOME, Conversation, Message, TurnEvent, TurnInfo, TurnLock, new_id, new_message_id, now_iso,
 )
-from .roles import Role, get_role, role_or_default
+from .roles import Role, RoleBook
 from .recovery import OrphanRecovery
 from .store import Store
 from .titles import make_preview, make_title
@@ -82,6 +82,8 @@ class TurnRun:
     flush_handle: asyncio.TimerHandle | None = None
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     lease_lost: bool = False
+    model: str = ""  # the model asked ("" = the provider's default)
+    first_exchange: bool = False  # the conversation's first message: its title may be written after
 
     @property
     def ref(self) -> TurnRef:
@@ -205,6 +207,11 @@ class TurnWriter:
         self.turns_per_user = Limit("turns-user", settings.rate_limit_per_minute, RATE_WINDOW_SECONDS)
         self.turns_per_ip = Limit("turns-ip", settings.turns_per_ip_per_minute, RATE_WINDOW_SECONDS)
         self._cancel_listener: asyncio.Task[None] | None = None
+        self.roles = RoleBook(store, settings.max_roles_per_user)
+        # told of every turn once its user message is saved, and of every reply once it is saved
+        # (the search index, the title writer); they queue work, they must not block
+        self.started_hooks: list[Callable[[TurnRun], None]] = []
+        self.saved_hooks: list[Callable[[TurnRun, Message], None]] = []
 
     def start(self) -> None:
         self.stream_writer.start()
@@ -264,7 +271,7 @@ class TurnWriter:
         separate lookup: two round trips whatever the history length.
         """
         text = validate_message(text, self.settings.max_message_chars)
-        requested = get_role(role_id) if role_id else None
+        requested = await self.roles.get(user_id, role_id) if role_id else None
         return await self._start(session_id, user_id, lang, client_ip, request_id, requested,
                                  lambda conversation, state: (None, text))
 
@@ -381,7 +388,7 @@ class TurnWriter:
                 conversation.preview = make_preview(before.content) if before else ""
                 await self.store.write_branch(conversation, change, preview=conversation.preview)
                 conversation.message_count = fork_index
-            role = requested or role_or_default(conversation.role)
+            role = requested or (await self.roles.resolve(user_id, conversation.role)).role
             message = Message(id=new_message_id(), role="user", content=text, ts=now_iso()) if text else None
             conversation.role = role.id
             if message is not None:
@@ -398,8 +405,13 @@ class TurnWriter:
             raise
         user_message = message or next((m for m in reversed(context) if m.role == "user"), None)
         messages = build_context(role, context, self.settings.context_chars)
-        run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang, user_message=user_message)
+        # the model the user picked for the conversation wins over the role's own, which wins over the default
+        model = conversation.model or role.model
+        run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang, user_message=user_message,
+                      model=model, first_exchange=message is not None and conversation.message_count == 2)
         self.runs[turn_id] = run
+        for hook in self.started_hooks:
+            hook(run)
         run.task = asyncio.create_task(self._generate(run, messages), name=f"turn-{turn_id}")
         self.metrics.turn_started()
         return Started(id=turn_id, conversation=conversation, user_message=message)
@@ -418,7 +430,8 @@ class TurnWriter:
             # a reply may take TURN_TIMEOUT_SECONDS at most (its lease is renewed until then)
             async with asyncio.timeout(max(1, self.settings.turn_timeout_seconds - 5)):
                 async for delta in self.provider.stream(
-                    messages, role_name=run.role.name(run.lang), lang=run.lang
+                    messages, role_name=run.role.name(run.lang), lang=run.lang, model=run.model or None,
+                    temperature=run.role.temperature,
                 ):
                     self._add_text(run, delta)
         except TimeoutError:
@@ -469,7 +482,9 @@ class TurnWriter:
         content = "".join(run.text)
         reply = None
         if content or status == "complete":
-            reply = Message(id=new_message_id(), role="assistant", content=content, ts=now_iso(), status=status)
+            reply = Message(id=new_message_id(), role="assistant", content=content, ts=now_iso(), status=status,
+                            role_id=run.role.id, role_name=run.role.name_zh if run.role.custom else "",
+                            model=run.model or self.provider.model)
         if error_key:
             final = TurnEvent(seq=run.next_seq(), type="error", content=t(error_key, run.lang))
         else:
@@ -480,6 +495,12 @@ class TurnWriter:
             final = TurnEvent(seq=final.seq, type="error", content=t("error.save_failed", run.lang))
             status = "error"
             await self._release_after_failed_save(run, final)
+        elif reply is not None:
+            for hook in self.saved_hooks:
+                try:
+                    hook(run, reply)
+                except Exception:
+                    log.exception("turn %s: a saved-reply hook failed", run.id)
         run.finished = True
         run.publish(final)
         self.runs.pop(run.id, None)

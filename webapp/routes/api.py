@@ -13,9 +13,8 @@ from ..deps import (
 from ..i18n import t
 from ..ids import check_id
 from ..pagination import MAX_INDEX
-from ..roles import BUILTIN_ROLES
 from ..schemas import (
-    HistoryMessage, HistoryOut, MessageOut, MessagePage, RoleOut, SessionIn, SessionOut, SessionPage,
+    HistoryMessage, HistoryOut, MessageOut, MessagePage, SessionIn, SessionOut, SessionPage,
     MessageEdit, NewTokenOut, SessionPatch, StartOut, TokenIn, TokenOut, TurnIn, TurnOut, VersionIn,
 )
 
@@ -48,11 +47,6 @@ async def chat_history(user: SeedUser, conversations: ConversationsDep, session_
 
 # resources --------------------------------------------------------------------
 
-@router.get("/api/roles", response_model=list[RoleOut], tags=["roles"])
-async def list_roles() -> list[RoleOut]:
-    return [RoleOut.of(role) for role in BUILTIN_ROLES.values()]
-
-
 @router.get("/api/sessions", response_model=SessionPage, tags=["sessions"])
 async def list_sessions(
     user: CurrentUser,
@@ -80,7 +74,8 @@ async def get_session(conversation: OwnedConversation) -> SessionOut:
 @router.patch("/api/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
 async def update_session(conversation: OwnedConversation, body: SessionPatch,
                          conversations: ConversationsDep) -> SessionOut:
-    return SessionOut.of(await conversations.update(conversation, title=body.title, role_id=body.role))
+    return SessionOut.of(await conversations.update(conversation, title=body.title, role_id=body.role,
+                                                    model=body.model))
 
 
 @router.delete("/api/sessions/{session_id}", status_code=204, tags=["sessions"])

@@ -26,7 +26,7 @@ from ..i18n import LANG_COOKIE, t
 from ..ids import UUID_PATTERN, check_id
 from ..models import Conversation
 from ..pagination import MAX_INDEX
-from ..roles import BUILTIN_ROLES, role_or_default
+from ..roles import BUILTIN_ROLES
 
 MESSAGE_PAGE = 30
 REFRESH_SECONDS = 2  # a page without JavaScript reloads itself this often while a reply is written
@@ -64,6 +64,7 @@ def pane_values(pane: ConversationView, *, max_chars: int, demo: bool) -> dict[s
         "is_empty": pane.is_empty, "versions": pane.versions, "max_chars": max_chars,
         "last_index": pane.first_index + len(pane.messages) - 1 if pane.latest else -1, "demo": demo, "draft": "", "form_error": "",
         "active_id": pane.conversation.id, "current_path": f"/c/{pane.conversation.id}",
+        "role_missing": pane.role_missing,
     }
 
 
@@ -75,7 +76,13 @@ async def conversation_pane(view: View, conversations: Conversations, conversati
                             before: int | None = None) -> dict[str, Any]:
     settings = view.request.app.state.settings
     pane = await conversations.view(conversation, limit=MESSAGE_PAGE, before=before)
-    return pane_values(pane, max_chars=settings.max_message_chars, demo=settings.demo_mode)
+    values = pane_values(pane, max_chars=settings.max_message_chars, demo=settings.demo_mode)
+    return {**values, **await choices(conversations, conversation.user_id)}
+
+
+async def choices(conversations: Conversations, user: str) -> dict[str, Any]:
+    """The roles (built-in and the user's own) and models the selectors offer."""
+    return {"roles": await conversations.roles.all(user), "models": await conversations.models()}
 
 
 async def render_conversation(
@@ -100,7 +107,8 @@ async def render_draft(view: View, conversations: Conversations, user: str, *, d
     """The home page before a first conversation: an empty chat, stored nowhere (see Conversations.draft)."""
     settings = view.request.app.state.settings
     values = pane_values(conversations.draft(user), max_chars=settings.max_message_chars, demo=settings.demo_mode)
-    values.update(draft=draft, form_error=form_error, active_id=None, current_path="/")
+    values.update(draft=draft, form_error=form_error, active_id=None, current_path="/",
+                  **await choices(conversations, user))
     return await render_pane(view, conversations, values, user, deleted=deleted, status=status)
 
 
@@ -343,7 +351,8 @@ async def stop_reply(view: ViewDep, conversation: OwnedConversation, writer: Wri
 async def switch_role(view: ViewDep, conversation: OwnedConversation, conversations: ConversationsDep,
                       role: FormText = "") -> Response:
     conversation = await conversations.update(conversation, role_id=role)
-    pane = {"conv": conversation, "role": role_or_default(conversation.role), "roles": list(BUILTIN_ROLES.values())}
+    pane = {"conv": conversation, "role": await conversations.roles.get(conversation.user_id, conversation.role),
+            **await choices(conversations, conversation.user_id)}
     return await view.fragment_or_redirect("partials/role_selector.html", f"/c/{conversation.id}", pane)
 
 
@@ -407,16 +416,18 @@ async def undo_delete(view: ViewDep, session_id: str, user: CurrentUser, convers
 # settings: personal API tokens ------------------------------------------------------
 
 async def settings_page(view: View, user: str, accounts: Accounts, new_token: str = "",
-                        status: int = 200) -> Response:
+                        status: int = 200, imported: int | None = None) -> Response:
     mode = view.request.app.state.settings.auth
     username = await accounts.username_of(user) if mode != "anonymous" else ""
     return view.render("settings.html", status=status, tokens=await accounts.tokens(user), new_token=new_token,
-                       username=username, accounts=mode == "accounts")
+                       username=username, accounts=mode == "accounts", imported=imported)
 
 
 @router.get("/settings")
-async def settings(view: ViewDep, user: CurrentUser, accounts: AccountsDep) -> Response:
-    return await settings_page(view, user, accounts)
+async def settings(view: ViewDep, user: CurrentUser, accounts: AccountsDep,
+                   imported: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> Response:
+    """`imported`: the count an import just wrote (the upload form's 303 lands here)."""
+    return await settings_page(view, user, accounts, imported=imported)
 
 
 @router.post("/settings/tokens")

@@ -1,0 +1,89 @@
+"""Titles written by the model after a conversation's first exchange.
+
+A conversation is titled from its first message at once (titles.make_title), so the
+sidebar never waits. Once the first reply is saved, a small separate call asks the
+model for a short title and, when it answers, replaces that first title — unless the
+user renamed the conversation meanwhile: the store replaces a title only while it is
+still the one made from the first message and no rename was made (one script), so a
+rename always wins, before or after. Off with AUTO_TITLE=false, and in demo mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .llm import Provider, UpstreamError
+from .models import Message
+from .search import SearchIndex
+from .store import Store
+from .titles import TITLE_CHARS, clean_title
+
+log = logging.getLogger("webapp.titles")
+
+TITLE_PROMPT = (
+    "Write a short title (at most 8 words, or 16 Chinese characters) for the conversation below, in the "
+    "language of the user's message. Reply with the title only: no quotes, no punctuation at the end."
+)
+QUESTION_CHARS = 1000
+ANSWER_CHARS = 1000
+
+
+def tidy_title(text: str) -> str:
+    """The model's answer as a title: one line, without quotes or a label, at most TITLE_CHARS."""
+    line = next((line for line in text.strip().splitlines() if line.strip()), "")
+    for label in ("title:", "标题：", "标题:"):
+        if line.lower().startswith(label):
+            line = line[len(label):]
+    line = line.strip().strip("\"'“”‘’「」《》*#").strip().rstrip("。.")
+    title = clean_title(line)
+    return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1] + "…"
+
+
+class TitleWriter:
+    def __init__(self, store: Store, provider: Provider, search: SearchIndex, *, enabled: bool) -> None:
+        self.store = store
+        self.provider = provider
+        self.search = search
+        self.enabled = enabled
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def reply_saved(self, run: Any, reply: Message) -> None:
+        """The turn writer's hook: after a first exchange that ended well, title it in the background."""
+        if not self.enabled or not run.first_exchange or reply.status != "complete" or run.user_message is None:
+            return
+        if run.conversation.title_by == "user":
+            return
+        task = asyncio.create_task(self.write(run.conversation.user_id, run.conversation.id,
+                                              run.conversation.title, run.user_message.content, reply.content,
+                                              run.model or None))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def write(self, user_id: str, session_id: str, first_title: str, question: str, answer: str,
+                    model: str | None) -> str | None:
+        messages = [
+            {"role": "system", "content": TITLE_PROMPT},
+            {"role": "user", "content": f"{question[:QUESTION_CHARS]}\n\n---\n\n{answer[:ANSWER_CHARS]}"},
+        ]
+        try:
+            title = tidy_title(await self.provider.complete(messages, model=model))
+            if not title or title == first_title:
+                return None
+            if await self.store.set_generated_title(user_id, session_id, expected=first_title, title=title):
+                conversation = await self.store.get_conversation(user_id, session_id)
+                if conversation is not None:
+                    self.search.add(conversation, title)
+                return title
+        except (UpstreamError, RedisError) as exc:  # the first message's title stays
+            log.info("no generated title for %s: %s", session_id, type(exc).__name__)
+        return None
+
+    async def aclose(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=2)
