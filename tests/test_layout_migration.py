@@ -1,6 +1,6 @@
 """Data written by the first key layout keeps working after an upgrade: the app moves it under
 the owner's hash tag once, at start. The data is what the app at dd2a817 wrote when driven
-over HTTP (tests/data/redis_layout_v1.json: each key's DUMP and TTL)."""
+over HTTP (tests/fixtures/redis_layout_v1.json: each key's DUMP and TTL)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import redis
 from tests.conftest import KEYS, AppServer, _start_app, _stop_app, iter_sse, post_turn
 from tests.test_redis_operations import redis_with
 
-DATA = json.loads((Path(__file__).parent / "data" / "redis_layout_v1.json").read_text())
+DATA = json.loads((Path(__file__).parent / "fixtures" / "redis_layout_v1.json").read_text())
 FACTS: dict[str, Any] = DATA["facts"]
 OLD_PATTERNS = ("chat:session:*", "chat:user:*", "chat:turn:*", "chat:message:*", "chat:trash:*", "chat:account:a_*")
 
