@@ -139,15 +139,14 @@ def test_a_reply_that_cannot_be_saved_sends_error_not_end_and_unlocks(
     session_id = create_session(client)["id"]
     turn = client.post(f"/api/sessions/{session_id}/turns", json={"message": "keep me [[tokens:40]] [[delay:40]]"})
     assert turn.status_code == 202
-    policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
+    policy = config_set(redis_client, "maxmemory-policy", "noeviction")
     try:
         with client.stream("GET", turn.json()["events_url"]) as response:
             events = []
             for event in iter_sse(response):
                 events.append(event)
                 if len(events) == 2:  # the reply is under way: now Redis is full
-                    redis_client.config_set("maxmemory-policy", "noeviction")
-                    redis_client.config_set("maxmemory", "1")
+                    config_set(redis_client, "maxmemory", "1")
     finally:
         config_set(redis_client, "maxmemory", "0")
         config_set(redis_client, "maxmemory-policy", policy)
