@@ -65,6 +65,7 @@ CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
 REQUEST_ID_FIELD = re.compile(r'<input type="hidden" name="request_id" value="([0-9a-f]+)">')
 COMPOSER_INCLUDES_SEARCH = re.compile(r'<form id="composer"[^>]*hx-include="#search"')
 SSE_CONNECT = re.compile(r'sse-connect="([^"]+)"')
+STREAMED_SO_FAR = re.compile(r'<div class="msg__body msg__stream"[^>]*>(.*?)</div>', re.S)
 DONE_SOURCE = re.compile(r'<template class="msg__source">(.*?)</template>', re.S)
 SIDEBAR_ITEM = re.compile(rb'<li id="conv-[^"]*"[^>]*hx-swap-oob')
 
@@ -445,6 +446,11 @@ class User:
             stream = SSE_CONNECT.search(body)
             if stream is None:
                 return TurnResult(self.index, turn, "failed", detail="no sse-connect in the POST's fragment"), ""
+            # a pane (the draft's first send) shows what was streamed before it was rendered; the stream goes on after
+            so_far = STREAMED_SO_FAR.search(body)
+            if so_far is not None and so_far.group(1):
+                ttft = time.perf_counter() - started
+                parts.append(html.unescape(so_far.group(1)))
             headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
             async with self.browser.get(f"{self.app_url}{html.unescape(stream.group(1))}", headers=headers) as response:
                 if response.status != 200:

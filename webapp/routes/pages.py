@@ -10,6 +10,7 @@ writer) and renders; the rules live there.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Query, Response
@@ -118,10 +119,11 @@ async def render_pane(
                                        page_values=whole_page, status=status, headers=headers)
 
 
-def opened(conversation: Conversation) -> dict[str, str]:
-    """HTMX headers of a response that replaces the draft's pane with the conversation it became."""
-    return {"HX-Retarget": "#main", "HX-Reswap": "outerHTML", "HX-Push-Url": f"/c/{conversation.id}",
-            "HX-Trigger": "sessions-changed"}
+def opened(conversation: Conversation, *, with_list: bool = False) -> dict[str, str]:
+    """HTMX headers of a response that replaces the draft's pane with the conversation it became
+    (`with_list`: the response brings the sidebar's list itself, so the page need not ask for it)."""
+    headers = {"HX-Retarget": "#main", "HX-Reswap": "outerHTML", "HX-Push-Url": f"/c/{conversation.id}"}
+    return headers if with_list else {**headers, "HX-Trigger": "sessions-changed"}
 
 
 # pages ------------------------------------------------------------------------------
@@ -138,8 +140,10 @@ async def home(view: ViewDep, user: CurrentUser, conversations: ConversationsDep
 # the draft's forms: declared before /c/{session_id}/..., which would take "new" for an id
 @router.post(f"/c/{DRAFT_ID}/messages")
 async def send_first_message(view: ViewDep, user: CreatingUser, conversations: ConversationsDep,
-                             message: FormText = "", request_id: RequestIdField = "") -> Response:
-    """The draft's first send creates the conversation; HTMX gets its pane (reply streaming) in the draft's place."""
+                             message: FormText = "", request_id: RequestIdField = "",
+                             q: SearchField = "") -> Response:
+    """The draft's first send creates the conversation; HTMX gets its pane (reply streaming) in the draft's
+    place, and the sidebar's list (or search results, `q`) out of band: one request, not a refresh after it."""
     text = typed(message)
     try:
         run = await conversations.start_first(user, text, view.lang, client_ip(view.request),
@@ -152,9 +156,12 @@ async def send_first_message(view: ViewDep, user: CreatingUser, conversations: C
         return view.no_content_or_redirect(path)
 
     async def values() -> dict[str, Any]:
-        return {**await conversation_pane(view, conversations, run.conversation), "partial": True}
+        pane, found = await asyncio.gather(conversation_pane(view, conversations, run.conversation),
+                                           conversations.browse(user, query=q, limit=SEARCH_LIMIT))
+        return {**pane, **list_values(found), "partial": True}
 
-    return await view.fragment_or_redirect("partials/conversation.html", path, values, headers=opened(run.conversation))
+    return await view.fragment_or_redirect("partials/conversation_opened.html", path, values,
+                                           headers=opened(run.conversation, with_list=True))
 
 
 @router.post(f"/c/{DRAFT_ID}/role")
