@@ -1,8 +1,7 @@
 """Anonymous identities in a signed cookie.
 
-The middleware only verifies the cookie and, when a request was given a new
-identity, adds the Set-Cookie header; deciding *who* a caller is lives in deps.py.
-It is plain ASGI (not BaseHTTPMiddleware) so streamed responses pass straight through.
+The request's middleware (edge.py) only verifies the cookie and, when a request was given
+a new identity, adds the Set-Cookie header; deciding *who* a caller is lives in deps.py.
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ import base64
 import hashlib
 import hmac
 from http.cookies import SimpleCookie
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 COOKIE_NAME = "chat_uid"
 COOKIE_MAX_AGE = 400 * 86400
@@ -50,34 +47,19 @@ def read_cookie(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
     return None
 
 
-class IdentityMiddleware:
-    """Puts the verified cookie identity in `request.state.identity`; sets the cookie for new ones."""
+class IdentityCookie:
+    """Reads the verified cookie identity; makes the Set-Cookie header of a new one (edge.py runs it)."""
 
-    def __init__(self, app: ASGIApp, secret: str) -> None:
-        self.app = app
+    def __init__(self, secret: str) -> None:
         self.signer = Signer(secret)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        token = read_cookie(scope["headers"], COOKIE_NAME)
-        state["identity"] = self.signer.unsign(token) if token else None
-        state["new_identity"] = None
-        if state["identity"]:
-            # a known caller never gets a new cookie: skip the send wrapper (it runs per SSE event)
-            await self.app(scope, receive, send)
-            return
-        secure = scope.get("scheme") == "https"
+    def read(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        token = read_cookie(headers, COOKIE_NAME)
+        return self.signer.unsign(token) if token else None
 
-        async def send_with_cookie(message: Message) -> None:
-            if message["type"] == "http.response.start" and state.get("new_identity"):
-                cookie = (
-                    f"{COOKIE_NAME}={self.signer.sign(state['new_identity'])}; Path=/; "
-                    f"Max-Age={COOKIE_MAX_AGE}; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
-                )
-                message["headers"] = list(message.get("headers", [])) + [(b"set-cookie", cookie.encode())]
-            await send(message)
-
-        await self.app(scope, receive, send_with_cookie)
+    def set_cookie(self, identity: str, secure: bool) -> tuple[bytes, bytes]:
+        cookie = (
+            f"{COOKIE_NAME}={self.signer.sign(identity)}; Path=/; "
+            f"Max-Age={COOKIE_MAX_AGE}; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
+        )
+        return (b"set-cookie", cookie.encode())
