@@ -19,6 +19,7 @@ from ..conversations import DRAFT_ID, SEARCH_LIMIT, ConversationList, Conversati
 from ..accounts import Accounts
 from ..deps import (
     AccountsDep, ConversationsDep, CreatingUser, CurrentUser, OwnedConversation, WriterDep, client_ip,
+    is_newcomer,
 )
 from ..error_handlers import PAGE_TAG
 from ..errors import ChatError
@@ -97,21 +98,25 @@ async def render_conversation(
 
 
 async def render_draft(view: View, conversations: Conversations, user: str, *, draft: str = "",
-                       form_error: str = "", deleted: str | None = None, status: int = 200) -> Response:
-    """The home page before a first conversation: an empty chat, stored nowhere (see Conversations.draft)."""
+                       form_error: str = "", deleted: str | None = None, status: int = 200,
+                       nothing_yet: bool = False) -> Response:
+    """The home page before a first conversation: an empty chat, stored nowhere (see Conversations.draft).
+    `nothing_yet`: the caller is known to have no conversations (the sidebar is not looked up)."""
     settings = view.request.app.state.settings
     values = pane_values(conversations.draft(user), max_chars=settings.max_message_chars, demo=settings.demo_mode)
     values.update(draft=draft, form_error=form_error, active_id=None, current_path="/")
-    return await render_pane(view, conversations, values, user, deleted=deleted, status=status)
+    return await render_pane(view, conversations, values, user, deleted=deleted, status=status,
+                             listed=ConversationList(items=[]) if nothing_yet else None)
 
 
 async def render_pane(
     view: View, conversations: Conversations, values: dict[str, Any], user: str, *, query: str = "",
     cursor: str | None = None, editing_id: str = "", deleted: str | None = None, status: int = 200,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None, listed: ConversationList | None = None,
 ) -> Response:
     async def whole_page() -> dict[str, Any]:
-        found = await conversations.browse(user, query=query, cursor=cursor, limit=SEARCH_LIMIT)
+        found = listed if listed is not None else await conversations.browse(
+            user, query=query, cursor=cursor, limit=SEARCH_LIMIT)
         return {**list_values(found), "editing_id": editing_id, "deleted_id": deleted,
                 "refresh_seconds": REFRESH_SECONDS if values["streaming"] else 0}
 
@@ -131,9 +136,10 @@ def opened(conversation: Conversation, *, with_list: bool = False) -> dict[str, 
 @router.get("/")
 async def home(view: ViewDep, user: CurrentUser, conversations: ConversationsDep, deleted: DeletedId = None) -> Response:
     """The most recent conversation; before there is one, an empty chat that writes nothing until the first send."""
-    conversation = await conversations.latest(user)
+    newcomer = is_newcomer(view.request)  # (a first visit: no lookups, there is nothing yet)
+    conversation = None if newcomer else await conversations.latest(user)
     if conversation is None:
-        return await render_draft(view, conversations, user, deleted=deleted)
+        return await render_draft(view, conversations, user, deleted=deleted, nothing_yet=newcomer)
     return see_other(f"/c/{conversation.id}" + (f"?deleted={deleted}" if deleted else ""))
 
 
