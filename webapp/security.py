@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from fastapi import Request
@@ -179,8 +180,16 @@ def bearer_token(request: Request) -> str | None:
 
 
 def token_for(identity: str, secret: str) -> str:
-    """The CSRF token of an identity: an HMAC only this server can make, stable for the identity."""
+    """The CSRF token of an identity: an HMAC only this server can make, stable for the identity
+    (remembered for short subjects: every page, form post and stream of a caller needs it again)."""
+    return _remembered_token(identity, secret) if len(identity) <= 200 else _token(identity, secret)
+
+
+def _token(identity: str, secret: str) -> str:
     return hmac.new(secret.encode(), b"csrf:" + identity.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+_remembered_token = lru_cache(maxsize=4096)(_token)
 
 
 def csrf_subject(request: Request) -> str:
