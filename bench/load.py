@@ -4,9 +4,10 @@ For each N of the sweep, every user (its own aiohttp session and cookie jar) run
 turns three times: straight to the fake model (POST /v1/chat/completions, streamed,
 the context kept by the client), through the app's seed API (POST /chat/start,
 GET /chat/stream read to the end), and through the web UI as a browser drives it
-(GET / for its cookie and page, then per turn the HTMX POST /c/{id}/messages with its
-CSRF token, every request the response triggers, and the SSE stream its sse-connect
-names, read to its done event). Every reply is checked against what the fake model
+(GET / for its cookie and the draft's page, then per turn the HTMX POST of the composer
+with its CSRF token — the first one to /c/new/messages, which creates the conversation —,
+every request the response triggers, and the SSE stream its sse-connect names, read to
+its done event). Every reply is checked against what the fake model
 must have said for the context the turn should have had (turn k: ctx=2k, the welcome
 message counts), and afterwards every reply must be in /chat/history exactly once.
 The ratio of an app phase's wall time to the direct one is what the app costs over a
@@ -59,10 +60,12 @@ PHASES = ("direct", "app", "ui")  # straight to the model, the seed API, the web
 
 # what a browser reads from the pages (the bench parses no more HTML than htmx would)
 CONVERSATION_PATH = re.compile(r"/c/([0-9a-f-]{36})")
+COMPOSER_POST = re.compile(r'<form id="composer"[^>]*hx-post="([^"]+)"')
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
 REQUEST_ID_FIELD = re.compile(r'<input type="hidden" name="request_id" value="([0-9a-f]+)">')
 COMPOSER_INCLUDES_SEARCH = re.compile(r'<form id="composer"[^>]*hx-include="#search"')
 SSE_CONNECT = re.compile(r'sse-connect="([^"]+)"')
+STREAMED_SO_FAR = re.compile(r'<div class="msg__body msg__stream"[^>]*>(.*?)</div>', re.S)
 DONE_SOURCE = re.compile(r'<template class="msg__source">(.*?)</template>', re.S)
 SIDEBAR_ITEM = re.compile(rb'<li id="conv-[^"]*"[^>]*hx-swap-oob')
 
@@ -117,12 +120,23 @@ class SSEEvents:
 
 @dataclass
 class UIPage:
-    """What the open page holds that a turn needs."""
+    """What the open page holds that a turn needs: its URL (`/` for a new visitor's draft, until
+    its first send creates the conversation and htmx pushes its URL) and the composer's form."""
 
-    conversation_url: str
+    url: str
+    post_path: str
     csrf_token: str
     request_id: str
     includes_search: bool
+
+    def read_composer(self, html_text: str) -> None:
+        """A swapped-in pane brings a composer: its form's target and request id."""
+        post = COMPOSER_POST.search(html_text)
+        request_id = REQUEST_ID_FIELD.search(html_text)
+        if post is None or request_id is None:
+            raise ValueError("no composer form")
+        self.post_path, self.request_id = html.unescape(post.group(1)), request_id.group(1)
+        self.includes_search = bool(COMPOSER_INCLUDES_SEARCH.search(html_text))
 
 
 @dataclass
@@ -334,7 +348,8 @@ class User:
     # -- through the web UI, as a browser drives it
 
     async def run_ui(self) -> list[TurnResult]:
-        """A new visitor: GET / (its cookie, a new conversation's page), then 3 turns as htmx sends them."""
+        """A new visitor: GET / (its cookie, the draft's page), then 3 turns as htmx sends them;
+        the first one creates the conversation (POST /c/new/messages, its pane replaces the draft's)."""
         self.runs += 1
         self.browser.cookie_jar.clear()
         self.pending.clear()
@@ -345,30 +360,24 @@ class User:
             async with self.browser.get(f"{self.app_url}/") as response:
                 if response.status != 200:
                     raise ValueError(f"HTTP {response.status}")
-                page = await response.text()
+                page_html = await response.text()
                 path = response.url.path
-            match = CONVERSATION_PATH.fullmatch(path)
-            token = CSRF_META.search(page)
-            request_id = REQUEST_ID_FIELD.search(page)
-            if match is None or token is None or request_id is None:
-                raise ValueError(f"no conversation page at {path}")
+            token = CSRF_META.search(page_html)
+            if token is None:
+                raise ValueError(f"no CSRF token at {path}")
+            page = UIPage(url=f"{self.app_url}{path}", post_path="", csrf_token=token.group(1), request_id="",
+                          includes_search=False)
+            page.read_composer(page_html)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             self.finished_at = time.monotonic()
             detail = f"GET /: {exc}" if isinstance(exc, ValueError) else f"GET /: {type(exc).__name__}"
             return [TurnResult(self.index, turn, "failed", detail=detail) for turn in range(1, TURNS + 1)]
         self.start_latency = time.perf_counter() - started
-        page_url = f"{self.app_url}{path}"
-        browser = UIPage(
-            conversation_url=page_url, csrf_token=token.group(1), request_id=request_id.group(1),
-            includes_search=bool(COMPOSER_INCLUDES_SEARCH.search(page)),
-        )
-        cookies = self.browser.cookie_jar.filter_cookies(URL(self.app_url))
-        self.ui_conversations.append((match.group(1), {k: m.value for k, m in cookies.items()}, sent, replies))
         results = []
         for turn in range(1, TURNS + 1):
             message = self.message("ui", turn)
             sent.append(message)
-            result, reply = await self._ui_turn(turn, message, browser)
+            result, reply = await self._ui_turn(turn, message, page)
             results.append(result)
             if result.outcome in ("ok", "wrong"):
                 replies.append(reply)
@@ -381,10 +390,16 @@ class User:
         self.finished_at = time.monotonic()
         if failures and results and results[-1].outcome == "ok":
             results[-1].outcome, results[-1].detail = "failed", f"a request the page made: {failures[0]}"
+        opened = CONVERSATION_PATH.fullmatch(URL(page.url).path)
+        if opened is not None:
+            cookies = self.browser.cookie_jar.filter_cookies(URL(self.app_url))
+            self.ui_conversations.append((opened.group(1), {k: m.value for k, m in cookies.items()}, sent, replies))
+        elif sent:  # no conversation to read back: every reply counts as missing
+            self.ui_conversations.append(("", {}, sent, replies))
         return results
 
     def _htmx_headers(self, page: UIPage, target: str) -> dict[str, str]:
-        return {"HX-Request": "true", "HX-Current-URL": page.conversation_url, "HX-Target": target,
+        return {"HX-Request": "true", "HX-Current-URL": page.url, "HX-Target": target,
                 "X-CSRF-Token": page.csrf_token}
 
     async def _refresh_sidebar(self, page: UIPage) -> str:
@@ -416,16 +431,26 @@ class User:
         error = ""
         started = time.perf_counter()
         try:
-            async with self.browser.post(f"{page.conversation_url}/messages", data=form,
-                                      headers=self._htmx_headers(page, "message-list")) as response:
+            async with self.browser.post(f"{self.app_url}{page.post_path}", data=form,
+                                         headers=self._htmx_headers(page, "message-list")) as response:
                 body = await response.text()
                 if response.status != 200:
                     return TurnResult(self.index, turn, "failed", detail=f"POST HTTP {response.status} {body[:200]}"), ""
+                pushed = response.headers.get("HX-Push-Url")
                 self._follow_triggers(page, response.headers)
-            page.request_id = secrets.token_hex(8)  # app.js: the next message is a new request
+            if pushed:  # the draft's first send: the new conversation's pane (and composer) replaced it
+                page.url = f"{self.app_url}{pushed}"
+                page.read_composer(body)
+            else:
+                page.request_id = secrets.token_hex(8)  # app.js: the next message is a new request
             stream = SSE_CONNECT.search(body)
             if stream is None:
                 return TurnResult(self.index, turn, "failed", detail="no sse-connect in the POST's fragment"), ""
+            # a pane (the draft's first send) shows what was streamed before it was rendered; the stream goes on after
+            so_far = STREAMED_SO_FAR.search(body)
+            if so_far is not None and so_far.group(1):
+                ttft = time.perf_counter() - started
+                parts.append(html.unescape(so_far.group(1)))
             headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
             async with self.browser.get(f"{self.app_url}{html.unescape(stream.group(1))}", headers=headers) as response:
                 if response.status != 200:
@@ -460,6 +485,9 @@ class User:
         missing = duplicated = 0
         problem = ""
         for session_id, cookies, sent, replies in self.ui_conversations:
+            if not session_id:
+                missing, problem = missing + len(replies), problem or "no conversation was opened"
+                continue
             self.browser.cookie_jar.clear()
             self.browser.cookie_jar.update_cookies(cookies, URL(self.app_url))
             m, d, p = await self._check_conversation(self.browser, {"session_id": session_id}, sent, replies)

@@ -112,6 +112,10 @@ def test_htmx_first_send_swaps_the_draft_for_the_new_conversation(empty: tuple[A
         assert pane.select_one("#main")["data-conversation"] == session_id
         assert pane.select_one("#composer")["action"] == f"/c/{session_id}/messages"
         assert pane.select_one(".msg--streaming")  # the reply follows in the pane
+        # the sidebar's list comes along, out of band, with the new conversation in it: no refresh after
+        listed = pane.select_one("#session-list[hx-swap-oob]")
+        assert [li["id"] for li in listed.select("li.session")] == [f"conv-{session_id}"]
+        assert "sessions-changed" not in sent.headers.get("HX-Trigger", "")
 
 
 def test_choosing_a_role_on_the_empty_chat_creates_it_with_that_role(empty: tuple[AppServer, redis.Redis]) -> None:

@@ -133,6 +133,11 @@ async def _resolve_user(request: Request, claimed: str | None, *, creating: bool
     return identity
 
 
+def is_newcomer(request: Request) -> bool:
+    """The caller's identity was made by this request (a first visit): nothing of theirs is stored."""
+    return bool(getattr(request.state, "new_identity", None))
+
+
 async def current_user(request: Request) -> str:
     return await _resolve_user(request, None)
 

@@ -14,12 +14,12 @@ from typing import Annotated, Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 
 from .errors import ChatError
 from .i18n import LANG_COOKIE, Lang, pick_lang, t
 from .ids import UUID_PATTERN
-from .render import templates, ui_context
+from .render import render_template
 from .security import request_token
 
 CONVERSATION_PATH = re.compile(rf"/c/({UUID_PATTERN})")
@@ -94,8 +94,7 @@ class View:
         values.setdefault("csrf_token", request_token(self.request))
         settings = getattr(self.request.app.state, "settings", None)  # absent in apps built by unit tests
         values.setdefault("auth_mode", settings.auth if settings else "anonymous")
-        response = templates.TemplateResponse(self.request, name, ui_context(self.lang, **values),
-                                              status_code=status, headers=headers)
+        response = HTMLResponse(render_template(name, self.lang, **values), status_code=status, headers=headers)
         response.headers["Vary"] = "HX-Request"
         response.headers["Cache-Control"] = "private, no-cache"
         return response

@@ -17,19 +17,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-
 from . import __version__
-from .access import AccessMiddleware
 from .accounts import Accounts
 from .config import Settings, get_settings
 from .conversations import Conversations
+from .edge import Edge
 from .error_handlers import install_error_handlers
-from .identity import IdentityMiddleware
 from .llm import create_provider
 from .limits import Limit, Limits
 from .metrics import Metrics
-from .peers import RecordPeer, TrustedProxies
+from .peers import TrustedProxies
 from .leases import LeaseKeeper
 from .migrate import migrate_layout
 from .redis_checks import check_redis
@@ -39,9 +36,7 @@ from .redis_client import connect_store
 from .routes import api, auth, pages, roles, sharing, stream, transfer
 from .routes.transfer import IMPORT_PATHS
 from .search import SearchIndex
-from .security import (
-    InputGuardMiddleware, SecurityHeadersMiddleware, require_csrf_token,
-)
+from .security import require_csrf_token
 from .sharing import Shares
 from .turn_reader import TurnReader
 from .turn_writer import TurnWriter
@@ -152,14 +147,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.trusted_proxies = TrustedProxies(settings.forwarded_allow_ips)
     app.state.new_identity_limit = Limit("identities-ip", settings.new_identities_per_ip_per_hour, 3600)
-    app.add_middleware(IdentityMiddleware, secret=settings.secret_key)
-    app.add_middleware(InputGuardMiddleware, max_bytes=settings.max_body_bytes,
-                       larger=dict.fromkeys(IMPORT_PATHS, settings.max_import_bytes))
-    app.add_middleware(SecurityHeadersMiddleware)  # outside the guard: its refusals carry the headers too
-    app.add_middleware(AccessMiddleware, metrics=app.state.metrics, log_requests=settings.access_log)
-    # outermost: note the socket's peer, then apply a trusted proxy's X-Forwarded-For/-Proto
-    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
-    app.add_middleware(RecordPeer)
+    # one layer for what every request goes through (peer, proxy headers, access log, security headers,
+    # input guard, identity cookie), in that order; see edge.py
+    app.add_middleware(Edge, metrics=app.state.metrics, log_requests=settings.access_log,
+                       trusted_hosts=settings.forwarded_allow_ips, secret=settings.secret_key,
+                       max_body_bytes=settings.max_body_bytes,
+                       larger_bodies=dict.fromkeys(IMPORT_PATHS, settings.max_import_bytes))
 
     install_error_handlers(app, app.state.metrics)
 
@@ -188,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return PlainTextResponse("unauthorized", status_code=401)
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    # cross-site requests are refused by InputGuardMiddleware, for every route
+    # cross-site requests are refused by the input guard (edge.py), for every route
     app.include_router(api.router)
     app.include_router(stream.router)
     app.include_router(auth.router)  # before a sign-in there is no CSRF token to check

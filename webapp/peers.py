@@ -2,7 +2,7 @@
 
 uvicorn's ProxyHeadersMiddleware replaces the client address with the one a trusted proxy
 names in X-Forwarded-For; the app does that itself (the same middleware, `FORWARDED_ALLOW_IPS`)
-so that it can first note the socket's own peer: AUTH=proxy trusts the user-name header
+so that it can first note the socket's own peer (edge.py, `state["peer"]`): AUTH=proxy trusts the user-name header
 only when that peer is a trusted proxy, whatever X-Forwarded-For says.
 """
 
@@ -11,20 +11,6 @@ from __future__ import annotations
 import ipaddress
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-
-class RecordPeer:
-    """Puts the socket's peer address in `scope["state"]["peer"]`, before any proxy rewriting."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            client = scope.get("client")
-            scope.setdefault("state", {})["peer"] = client[0] if client else ""
-        await self.app(scope, receive, send)
 
 
 class TrustedProxies:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import nh3
-from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, nodes
+from jinja2.visitor import NodeTransformer
 from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
 from pygments import highlight
@@ -156,32 +157,91 @@ def clock(value: str | float) -> str:
     return moment.strftime("%H:%M") if moment else ""
 
 
-def _create_templates() -> Jinja2Templates:
-    templates = Jinja2Templates(directory=TEMPLATES_DIR)
-    env = templates.env
-    # templates change only with a release: no stat() of every template and include per render
-    env.auto_reload = False
-    env.trim_blocks = True
-    env.lstrip_blocks = True
+class _Precompute(NodeTransformer):
+    """What a template can know once it is compiled for one language, done then instead of per render.
+
+    - `_('key')` with constant arguments becomes its text: each is a Jinja context call, and a
+      turn's two fragments make ~50 of them, the whole page ~100;
+    - `icon('name', size)` becomes its SVG;
+    - `{% include %}` of a partial that sets nothing (the CSRF field, the composer's buttons, ...)
+      becomes that partial's body: an include builds a new context of every variable per render.
+    The output is the same; less of it is computed per request.
+    """
+
+    _NOT_INLINED = (nodes.Assign, nodes.AssignBlock, nodes.Macro, nodes.Block, nodes.Extends, nodes.Import,
+                    nodes.FromImport, nodes.CallBlock)
+
+    def __init__(self, environment: LocalizedEnvironment) -> None:
+        self.environment = environment
+
+    def visit_Call(self, node: nodes.Call) -> nodes.Node:
+        node = self.generic_visit(node)
+        callee = node.node
+        if not isinstance(callee, nodes.Name) or callee.name not in ("_", "icon") or node.dyn_args or node.dyn_kwargs:
+            return node
+        if not all(isinstance(arg, nodes.Const) for arg in node.args):
+            return node
+        if not all(isinstance(kwarg.value, nodes.Const) for kwarg in node.kwargs):
+            return node
+        args = [arg.value for arg in node.args]
+        kwargs = {kwarg.key: kwarg.value.value for kwarg in node.kwargs}
+        if callee.name == "_":
+            if len(args) != 1:
+                return node
+            return nodes.Const(t(args[0], self.environment.lang, **kwargs), lineno=node.lineno)
+        return nodes.MarkSafe(nodes.Const(str(icon(*args, **kwargs))), lineno=node.lineno)
+
+    def visit_Include(self, node: nodes.Include) -> nodes.Node | list[nodes.Node]:
+        if not (isinstance(node.template, nodes.Const) and isinstance(node.template.value, str)
+                and node.with_context and not node.ignore_missing):
+            return node
+        environment = self.environment
+        assert environment.loader is not None
+        source, filename, _ = environment.loader.get_source(environment, node.template.value)
+        included = environment._parse(source, node.template.value, filename)
+        if any(True for _ in included.find_all(self._NOT_INLINED)):
+            return node
+        return list(included.body)
+
+
+class LocalizedEnvironment(Environment):
+    """The templates, compiled for one language (see _Precompute)."""
+
+    def __init__(self, lang: Lang, **options: Any) -> None:
+        super().__init__(**options)
+        self.lang = lang
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        return _Precompute(self).visit(super()._parse(source, name, filename))
+
+
+def _create_environment(lang: Lang) -> LocalizedEnvironment:
+    env = LocalizedEnvironment(
+        lang, loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True,
+        # templates change only with a release: no stat() of every template and include per render
+        auto_reload=False, trim_blocks=True, lstrip_blocks=True,
+    )
     env.filters["markdown"] = render_markdown
     env.filters["reltime"] = relative_time
     env.filters["iso"] = iso
     env.filters["clock"] = clock
     env.filters["answered_by"] = answered_by
-    return templates
-
-
-templates = _create_templates()
+    env.globals["icon"] = icon
+    return env
 
 
 @lru_cache(maxsize=256)
 def icon(name: str, size: int = 18) -> Markup:
-    """An icon of partials/icons.html, rendered once per name and size: the macro, called a few
-    times in every message and sidebar item, was a visible share of each turn's rendering."""
-    return Markup(templates.env.get_template("partials/icons.html").module.icon(name, size))  # type: ignore[attr-defined]
+    """An icon of partials/icons.html, rendered once per name and size (templates get it compiled in)."""
+    return Markup(_ICONS.get_template("partials/icons.html").module.icon(name, size))  # type: ignore[attr-defined]
 
 
-templates.env.globals["icon"] = icon
+_ICONS = _create_environment("zh")  # (icons have no words)
+ENVIRONMENTS: dict[str, LocalizedEnvironment] = {"zh": _create_environment("zh"), "en": _create_environment("en")}
+
+
+def environment(lang: Lang) -> LocalizedEnvironment:
+    return ENVIRONMENTS.get(lang) or ENVIRONMENTS["zh"]
 
 
 def _asset_version() -> str:
@@ -219,6 +279,9 @@ def ui_context(lang: Lang, **values: Any) -> dict[str, Any]:
     }
 
 
-def render_fragment(name: str, lang: Lang, **values: Any) -> str:
-    """A partial rendered outside a request (e.g. for a server-sent event)."""
-    return templates.get_template(name).render(ui_context(lang, **values))
+def render_template(name: str, lang: Lang, **values: Any) -> str:
+    """A page or partial in `lang`, with what every template gets (ui_context)."""
+    return environment(lang).get_template(name).render(ui_context(lang, **values))
+
+
+render_fragment = render_template  # a partial rendered outside a request (e.g. for a server-sent event)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from fastapi import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .errors import BadCsrfToken, ChatError, CrossSiteRequest, RequestTooLarge, UndecodableText
 from .peers import trusted_proxy_user
@@ -46,27 +47,9 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 
 
-class SecurityHeadersMiddleware:
-    """Adds SECURITY_HEADERS to every response (plain ASGI: streamed responses pass straight through)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class InputGuardMiddleware:
-    """Bodies over `max_bytes` get 413; a query string or form body that is not UTF-8 gets 400.
+class InputGuard:
+    """Bodies over `max_bytes` get 413; a query string or form body that is not UTF-8 gets 400;
+    a state-changing request from another site gets 403 (run by the one middleware, edge.py).
 
     Starlette decodes undecodable form and query bytes into replacement characters (or
     Latin-1), which would be stored silently damaged, so they are checked here, on the
@@ -74,36 +57,63 @@ class InputGuardMiddleware:
     they are read whole, checked and handed on; other bodies stream through, counted.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
-        self.app = app
+    def __init__(self, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.max_bytes = max_bytes
         self.larger = larger or {}  # paths that take bigger bodies (a data file to import)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def refusal(self, scope: Scope) -> type[ChatError] | None:
+        """What is wrong with the request line and headers, if anything."""
         if scope["query_string"] and not _decodes(scope["query_string"]):
-            await self._refuse(scope, receive, send, UndecodableText)
-            return
+            return UndecodableText
         unsafe = scope["method"] not in ("GET", "HEAD", "OPTIONS")
         if (unsafe or scope["path"] == "/chat/stream") and _cross_site(scope):
-            await self._refuse(scope, receive, send, CrossSiteRequest)
-            return
-        if not unsafe:
-            await self.app(scope, receive, send)
-            return
+            return CrossSiteRequest
+        return None
+
+    def body_kind(self, scope: Scope) -> type[ChatError] | str | None:
+        """None: no body to guard (a safe method); "form": read it whole; "stream": count it;
+        or the refusal of a declared length over the limit."""
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return None
         content_type = b""
         max_bytes = self.larger.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
-                await self._refuse(scope, receive, send, RequestTooLarge)
-                return
+                return RequestTooLarge
             if name == b"content-type":
                 content_type = value
-        if content_type.startswith(FORM_TYPE):
-            await self._form(scope, receive, send)
-            return
+        return "form" if content_type.startswith(FORM_TYPE) else "stream"
+
+    async def read_form(self, receive: Receive) -> bytes | type[ChatError] | None:
+        """The whole form body (None: the client left), or why it is refused."""
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return RequestTooLarge
+            if not message.get("more_body", False):
+                break
+        return body if _decodes(body) else UndecodableText
+
+    @staticmethod
+    def replay(body: bytes, receive: Receive) -> Receive:
+        """`receive` for the app: the form body already read, then whatever the client sends next."""
+        delivered = False
+
+        async def replayed() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replayed
+
+    def counting(self, scope: Scope, receive: Receive) -> Receive:
+        max_bytes = self.larger.get(scope["path"], self.max_bytes)  # (an import path takes more)
         received = 0
 
         async def counting_receive() -> Message:
@@ -115,46 +125,21 @@ class InputGuardMiddleware:
                     raise RequestTooLarge()
             return message
 
-        await self.app(scope, counting_receive, send)
+        return counting_receive
 
-    async def _form(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client left
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._refuse(scope, receive, send, RequestTooLarge)
-                return
-            if not message.get("more_body", False):
-                break
-        if not _decodes(body):
-            await self._refuse(scope, receive, send, UndecodableText)
-            return
-        delivered = False
 
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+async def refuse(scope: Scope, receive: Receive, send: Send, error: type[ChatError]) -> None:
+    from .error_handlers import error_response  # the one error path renders it
 
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: type[ChatError]) -> None:
-        from .error_handlers import error_response  # the one error path renders it
-
-        response = error_response(Request(scope, receive), error.key, error.status)
-        await response(scope, receive, send)
+    response = error_response(Request(scope, receive), error.key, error.status)
+    await response(scope, receive, send)
 
 
 def _cross_site(scope: Scope) -> bool:
     """A request another site's page made the browser send: Sec-Fetch-Site, else a foreign Origin.
 
-    Checked here rather than as a route dependency: every state-changing request pays it, and a
-    middleware check costs a fraction of FastAPI's dependency solving.
+    Checked in the middleware rather than as a route dependency: every state-changing request pays
+    it, and a middleware check costs a fraction of FastAPI's dependency solving.
     """
     origin = host = forwarded_host = None
     for name, value in scope["headers"]:
@@ -198,8 +183,16 @@ def bearer_token(request: Request) -> str | None:
 
 
 def token_for(identity: str, secret: str) -> str:
-    """The CSRF token of an identity: an HMAC only this server can make, stable for the identity."""
+    """The CSRF token of an identity: an HMAC only this server can make, stable for the identity
+    (remembered for short subjects: every page, form post and stream of a caller needs it again)."""
+    return _remembered_token(identity, secret) if len(identity) <= 200 else _token(identity, secret)
+
+
+def _token(identity: str, secret: str) -> str:
     return hmac.new(secret.encode(), b"csrf:" + identity.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+_remembered_token = lru_cache(maxsize=4096)(_token)
 
 
 def csrf_subject(request: Request) -> str:

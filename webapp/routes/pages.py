@@ -10,6 +10,7 @@ writer) and renders; the rules live there.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Query, Response
@@ -18,6 +19,7 @@ from ..conversations import DRAFT_ID, SEARCH_LIMIT, ConversationList, Conversati
 from ..accounts import Accounts
 from ..deps import (
     AccountsDep, ConversationsDep, CreatingUser, CurrentUser, OwnedConversation, WriterDep, client_ip,
+    is_newcomer,
 )
 from ..error_handlers import PAGE_TAG
 from ..errors import ChatError
@@ -103,22 +105,26 @@ async def render_conversation(
 
 
 async def render_draft(view: View, conversations: Conversations, user: str, *, draft: str = "",
-                       form_error: str = "", deleted: str | None = None, status: int = 200) -> Response:
-    """The home page before a first conversation: an empty chat, stored nowhere (see Conversations.draft)."""
+                       form_error: str = "", deleted: str | None = None, status: int = 200,
+                       nothing_yet: bool = False) -> Response:
+    """The home page before a first conversation: an empty chat, stored nowhere (see Conversations.draft).
+    `nothing_yet`: the caller is known to have no conversations (the sidebar is not looked up)."""
     settings = view.request.app.state.settings
     values = pane_values(conversations.draft(user), max_chars=settings.max_message_chars, demo=settings.demo_mode)
     values.update(draft=draft, form_error=form_error, active_id=None, current_path="/",
                   **await choices(conversations, user))
-    return await render_pane(view, conversations, values, user, deleted=deleted, status=status)
+    return await render_pane(view, conversations, values, user, deleted=deleted, status=status,
+                             listed=ConversationList(items=[]) if nothing_yet else None)
 
 
 async def render_pane(
     view: View, conversations: Conversations, values: dict[str, Any], user: str, *, query: str = "",
     cursor: str | None = None, editing_id: str = "", deleted: str | None = None, status: int = 200,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None, listed: ConversationList | None = None,
 ) -> Response:
     async def whole_page() -> dict[str, Any]:
-        found = await conversations.browse(user, query=query, cursor=cursor, limit=SEARCH_LIMIT)
+        found = listed if listed is not None else await conversations.browse(
+            user, query=query, cursor=cursor, limit=SEARCH_LIMIT)
         return {**list_values(found), "editing_id": editing_id, "deleted_id": deleted,
                 "refresh_seconds": REFRESH_SECONDS if values["streaming"] else 0}
 
@@ -126,10 +132,11 @@ async def render_pane(
                                        page_values=whole_page, status=status, headers=headers)
 
 
-def opened(conversation: Conversation) -> dict[str, str]:
-    """HTMX headers of a response that replaces the draft's pane with the conversation it became."""
-    return {"HX-Retarget": "#main", "HX-Reswap": "outerHTML", "HX-Push-Url": f"/c/{conversation.id}",
-            "HX-Trigger": "sessions-changed"}
+def opened(conversation: Conversation, *, with_list: bool = False) -> dict[str, str]:
+    """HTMX headers of a response that replaces the draft's pane with the conversation it became
+    (`with_list`: the response brings the sidebar's list itself, so the page need not ask for it)."""
+    headers = {"HX-Retarget": "#main", "HX-Reswap": "outerHTML", "HX-Push-Url": f"/c/{conversation.id}"}
+    return headers if with_list else {**headers, "HX-Trigger": "sessions-changed"}
 
 
 # pages ------------------------------------------------------------------------------
@@ -137,17 +144,20 @@ def opened(conversation: Conversation) -> dict[str, str]:
 @router.get("/")
 async def home(view: ViewDep, user: CurrentUser, conversations: ConversationsDep, deleted: DeletedId = None) -> Response:
     """The most recent conversation; before there is one, an empty chat that writes nothing until the first send."""
-    conversation = await conversations.latest(user)
+    newcomer = is_newcomer(view.request)  # (a first visit: no lookups, there is nothing yet)
+    conversation = None if newcomer else await conversations.latest(user)
     if conversation is None:
-        return await render_draft(view, conversations, user, deleted=deleted)
+        return await render_draft(view, conversations, user, deleted=deleted, nothing_yet=newcomer)
     return see_other(f"/c/{conversation.id}" + (f"?deleted={deleted}" if deleted else ""))
 
 
 # the draft's forms: declared before /c/{session_id}/..., which would take "new" for an id
 @router.post(f"/c/{DRAFT_ID}/messages")
 async def send_first_message(view: ViewDep, user: CreatingUser, conversations: ConversationsDep,
-                             message: FormText = "", request_id: RequestIdField = "") -> Response:
-    """The draft's first send creates the conversation; HTMX gets its pane (reply streaming) in the draft's place."""
+                             message: FormText = "", request_id: RequestIdField = "",
+                             q: SearchField = "") -> Response:
+    """The draft's first send creates the conversation; HTMX gets its pane (reply streaming) in the draft's
+    place, and the sidebar's list (or search results, `q`) out of band: one request, not a refresh after it."""
     text = typed(message)
     try:
         run = await conversations.start_first(user, text, view.lang, client_ip(view.request),
@@ -160,9 +170,12 @@ async def send_first_message(view: ViewDep, user: CreatingUser, conversations: C
         return view.no_content_or_redirect(path)
 
     async def values() -> dict[str, Any]:
-        return {**await conversation_pane(view, conversations, run.conversation), "partial": True}
+        pane, found = await asyncio.gather(conversation_pane(view, conversations, run.conversation),
+                                           conversations.browse(user, query=q, limit=SEARCH_LIMIT))
+        return {**pane, **list_values(found), "partial": True}
 
-    return await view.fragment_or_redirect("partials/conversation.html", path, values, headers=opened(run.conversation))
+    return await view.fragment_or_redirect("partials/conversation_opened.html", path, values,
+                                           headers=opened(run.conversation, with_list=True))
 
 
 @router.post(f"/c/{DRAFT_ID}/role")
