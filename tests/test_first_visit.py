@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ def quiet(upstream: ThreadedFakeUpstream, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture
 def empty(quiet: tuple[AppServer, redis.Redis]) -> tuple[AppServer, redis.Redis]:
     app, keys = quiet
+    keys.flushdb()
+    time.sleep(0.3)  # what the app still writes after a test (a reply's search words, its lease's end)
     keys.flushdb()
     return app, keys
 
@@ -116,6 +119,11 @@ def test_htmx_first_send_swaps_the_draft_for_the_new_conversation(empty: tuple[A
         listed = pane.select_one("#session-list[hx-swap-oob]")
         assert [li["id"] for li in listed.select("li.session")] == [f"conv-{session_id}"]
         assert "sessions-changed" not in sent.headers.get("HX-Trigger", "")
+
+        def replied() -> bool:  # the reply ends before the next test empties Redis under it
+            items = visitor.get(f"/api/sessions/{session_id}/messages").json()["items"]
+            return len(items) == 3 and items[-1]["role"] == "assistant"
+        wait_until(replied, timeout=15)
 
 
 def test_choosing_a_role_on_the_empty_chat_creates_it_with_that_role(empty: tuple[AppServer, redis.Redis]) -> None:
