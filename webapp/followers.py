@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from .keys import TurnRef
 from .models import TurnEvent, new_id
+from .processes import stop_task
 from .store import Store
 
 log = logging.getLogger("webapp.followers")
@@ -138,12 +139,7 @@ class StreamFollower:
 
     async def aclose(self) -> None:
         self.closed = True
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self.task)
 
 
 class ClusterFollower(StreamFollower):
@@ -223,12 +219,7 @@ class ClusterFollower(StreamFollower):
 
     async def aclose(self) -> None:
         await super().aclose()
-        if self.listener is not None:
-            self.listener.cancel()
-            try:
-                await self.listener
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self.listener)
 
 
 def make_follower(store: Store, block_ms: int = REMOTE_BLOCK_MS) -> StreamFollower:

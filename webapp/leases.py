@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from .keys import TurnRef
 from .recovery import OrphanRecovery
+from .processes import stop_task
 from .store import Store
 
 log = logging.getLogger("webapp.turns")
@@ -84,12 +85,7 @@ class LeaseKeeper:
         await self.store.forget_running(done)
 
     async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self.task)
         if self.finished:
             try:
                 await self.store.renew_leases([], self.finished)

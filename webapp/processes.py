@@ -1,7 +1,9 @@
-"""Child processes: stopping one politely, then firmly (the embedded Redis, tests, benchmarks)."""
+"""Stopping what runs beside the app: a child process politely, then firmly (the embedded Redis,
+tests, benchmarks); a background task of the app, waiting until it has stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 
@@ -16,3 +18,14 @@ def stop_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGT
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task (a follower, the lease keeper, the search indexer) and wait for it."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 from redis.exceptions import RedisError
 
 from .models import Conversation, Message
+from .processes import stop_task
 from .store import Store
 
 log = logging.getLogger("webapp.search")
@@ -108,12 +109,7 @@ class SearchIndex:
         self.task = asyncio.create_task(self._run(), name="search-index")
 
     async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self.task)
         await self.flush()
 
     # keeping it -------------------------------------------------------------
