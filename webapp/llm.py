@@ -57,7 +57,7 @@ class OpenAIProvider:
     The reply stream is read with one shared aiohttp session and parsed with orjson:
     under load, the openai SDK's request building (param transforms, httpx2 layers) and a
     Timeout reschedule per token were the app's largest costs (bench/README.md). The SDK's
-    AsyncOpenAI client (on aiohttp too) does everything else: the model list, readiness.
+    AsyncOpenAI client (on aiohttp too) asks for the model list and readiness.
     It is imported and made on first use, not at start: its import was a third of the
     start-up (bench/footprint.py).
     """
@@ -178,13 +178,19 @@ class OpenAIProvider:
             return _default_first(self.model, self._models)
 
     async def complete(self, messages: ChatMessages, *, model: str | None = None, max_tokens: int = 30) -> str:
+        """A short answer, not streamed (a generated title). On the replies' aiohttp session rather than
+        the SDK: it runs once per new conversation, and the SDK's request building cost more CPU than
+        the rest of a turn (bench/README.md, issue 19)."""
+        body = orjson.dumps({"model": model or self.model, "messages": messages, "max_tokens": max_tokens,
+                             "stream": False})
         try:
-            answer = await asyncio.wait_for(
-                self.client.chat.completions.create(model=model or self.model, messages=messages,
-                                                    max_tokens=max_tokens, stream=False),
-                timeout=TITLE_TIMEOUT_SECONDS,
-            )
-            return str(answer.choices[0].message.content or "")
+            async with asyncio.timeout(TITLE_TIMEOUT_SECONDS):
+                async with self.session.post(self.completions_url, data=body,
+                                             headers={"Accept": "application/json"}) as response:
+                    if response.status != 200:
+                        raise UpstreamError(_status_key(response.status))
+                    answer = orjson.loads(await response.read())
+            return str(answer["choices"][0]["message"].get("content") or "")
         except Exception as exc:
             log.warning("short completion failed: %s", type(exc).__name__)
             raise UpstreamError() from None

@@ -39,7 +39,11 @@ FLUSH_SECONDS = 0.2
 MAX_TERM_CHARS = 40
 MAX_QUERY_TERMS = 100  # (more would only be dropped: a query is at most 200 characters)
 MAX_TEXT_CHARS = 20_000  # of one message: the rest of a very long reply is not indexed
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# Chinese, Japanese (kana) and Korean: text with no spaces between words
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f"
+# a run of CJK characters (group 1), or a word of other letters and digits: split by the regex
+# engine, not character by character in Python (a reply is cut into terms on every turn)
+_RUN = re.compile(f"([{_CJK}]+)|[^\\W_{_CJK}]+", re.UNICODE)
 
 
 def _is_cjk(char: str) -> bool:
@@ -51,14 +55,8 @@ def _is_cjk(char: str) -> bool:
 def _runs(text: str) -> Iterable[tuple[bool, str]]:
     """(is CJK, run) for each word or CJK run of the text, in order."""
     text = unicodedata.normalize("NFKC", text[:MAX_TEXT_CHARS]).casefold()
-    for match in _WORD.finditer(text):
-        word = match.group()
-        start, cjk = 0, _is_cjk(word[0])
-        for index, char in enumerate(word):
-            if _is_cjk(char) != cjk:
-                yield cjk, word[start:index]
-                start, cjk = index, not cjk
-        yield cjk, word[start:]
+    for match in _RUN.finditer(text):
+        yield match.group(1) is not None, match.group()
 
 
 def terms_of(text: str) -> set[str]:

@@ -162,6 +162,23 @@ end
 redis.call('del', KEYS[2], KEYS[3])
 return found
 """
+# Index one conversation's new terms: KEYS = lexicon, the conversation's term set, then each term's set;
+# ARGV = conversation id, TTL, then the terms (in KEYS' order). One call instead of two commands per
+# term: a reply has dozens of terms, and each command queued in a pipeline costs the app more than
+# the server.
+INDEX_TERMS = """
+local sid, ttl = ARGV[1], ARGV[2]
+for i = 3, #KEYS do
+  local term = ARGV[i]
+  redis.call('sadd', KEYS[i], sid)
+  redis.call('expire', KEYS[i], ttl)
+  redis.call('zadd', KEYS[1], 0, term)
+  redis.call('sadd', KEYS[2], term)
+end
+redis.call('expire', KEYS[1], ttl)
+redis.call('expire', KEYS[2], ttl)
+return #KEYS - 2
+"""
 # Claim an identity only if nothing of it exists: not its marker, its index, nor an account. Under a
 # policy that evicts keys, a marker alone could be evicted while the history stays.
 CLAIM_IDENTITY = (
@@ -1020,17 +1037,13 @@ class Store:
     # search index -----------------------------------------------------------
 
     def _index_commands(self, pipe: Any, uid: str, sid: str, terms: Iterable[str]) -> None:
-        k, ttl = self.keys, self.index_ttl
+        k = self.keys
         terms = list(terms)
         if not terms:
             return
-        for term in terms:
-            pipe.sadd(k.term(uid, term), sid)
-            pipe.expire(k.term(uid, term), ttl)
-        pipe.zadd(k.lexicon(uid), dict.fromkeys(terms, 0))
-        pipe.expire(k.lexicon(uid), ttl)
-        pipe.sadd(k.conversation_terms(uid, sid), *terms)
-        pipe.expire(k.conversation_terms(uid, sid), ttl)
+        owner = k.term(uid, "")  # (every term's key is this plus the term)
+        pipe.eval(INDEX_TERMS, len(terms) + 2, k.lexicon(uid), k.conversation_terms(uid, sid),
+                  *[owner + term for term in terms], sid, self.index_ttl, *terms)
 
     async def index_terms(self, entries: Iterable[tuple[str, str, Iterable[str]]]) -> None:
         """Add (uid, sid, terms) entries to their owners' search indexes: one pipeline for them all."""
