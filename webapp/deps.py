@@ -12,6 +12,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
+from starlette.datastructures import State
 
 from .accounts import Accounts
 from .conversations import Conversations
@@ -28,6 +29,12 @@ from .sharing import Shares
 from .store import Store
 from .turn_reader import TurnReader
 from .turn_writer import TurnWriter
+
+
+def services(request: Request) -> State:
+    """The app's services, made in the lifespan (main.py): what the getters below hand to routes as
+    dependencies, for the few hot routes that read them by hand (routes/pages.py: sent_form)."""
+    return request.app.state
 
 
 async def get_conversations(request: Request) -> Conversations:

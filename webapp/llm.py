@@ -50,6 +50,10 @@ class Provider(Protocol):
 
     async def ping(self) -> bool: ...
 
+    def preload(self) -> None:
+        """Load, off the event loop, what the first calls would load on it."""
+        ...
+
 
 class OpenAIProvider:
     """Streams chat completions from any OpenAI-compatible API.
@@ -149,6 +153,12 @@ class OpenAIProvider:
             self._ping_at = loop.time()
             self._ping = asyncio.ensure_future(self._check_models())
         return await asyncio.shield(self._ping)
+
+    def preload(self) -> None:
+        """Import the SDK (a worker thread at start): the first page that lists models would otherwise
+        import it on the event loop, holding every request for about a second."""
+        if not self.configured_models:
+            import openai  # noqa: F401
 
     @property
     def client(self) -> Any:
@@ -289,6 +299,9 @@ class DemoProvider:
 
     async def ping(self) -> bool:
         return True
+
+    def preload(self) -> None:
+        pass
 
     async def aclose(self) -> None:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import logging
@@ -23,7 +24,7 @@ from .config import Settings, get_settings
 from .conversations import Conversations
 from .edge import Edge
 from .error_handlers import install_error_handlers
-from .llm import create_provider
+from .llm import Provider, create_provider
 from .limits import Limit, Limits
 from .metrics import Metrics
 from .peers import TrustedProxies
@@ -32,7 +33,9 @@ from .migrate import migrate_layout
 from .redis_checks import check_redis
 from .auto_title import TitleWriter
 from .portability import Portability
+from .processes import stop_task
 from .redis_client import connect_store
+from .render import compile_all
 from .routes import api, auth, pages, roles, sharing, stream, transfer
 from .routes.transfer import IMPORT_PATHS
 from .search import SearchIndex
@@ -68,6 +71,16 @@ def tune_garbage_collection() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+def warm_up(provider: Provider) -> None:
+    """In a worker thread once serving has begun: compile the templates and load the model SDK,
+    which the first requests would otherwise do on the event loop (start-up stays as short)."""
+    try:
+        compile_all()
+        provider.preload()
+    except Exception:  # the requests that need them load them then, as before
+        log.exception("warm-up failed")
 
 
 def bearer_matches(request: Request, token: str) -> bool:
@@ -122,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         search.start()
         leases.start()
         tune_garbage_collection()
+        warming = asyncio.create_task(asyncio.to_thread(warm_up, provider), name="warm-up")
         log.info(
             "ready: model=%s provider=%s redis=%s%s", provider.model, provider.name,
             settings.redis_url.split("@")[-1] or settings.redis_sentinels, " (cluster)" if store.cluster else "",
@@ -129,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await stop_task(warming)
             await writer.aclose()
             await titles.aclose()
             await search.aclose()
@@ -142,6 +157,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Multi-turn AI chat with streamed, durable replies (OpenAI-compatible models, Redis).",
         version=__version__,
         lifespan=lifespan,
+        # FastAPI's OpenTelemetry hooks look for a configured provider on every request; the app's
+        # metrics are its own (/metrics, Prometheus) and nothing here sets up OpenTelemetry
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.metrics = Metrics()

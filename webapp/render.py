@@ -240,6 +240,16 @@ _ICONS = _create_environment("zh")  # (icons have no words)
 ENVIRONMENTS: dict[str, LocalizedEnvironment] = {"zh": _create_environment("zh"), "en": _create_environment("en")}
 
 
+def compile_all() -> int:
+    """Compile every template in every language: run once in a worker thread at start, so the first
+    visitors' requests do not each compile what they render (tens of ms of CPU on the event loop)."""
+    names = [name for name in ENVIRONMENTS["zh"].list_templates(extensions=["html"])]
+    for env in (*ENVIRONMENTS.values(), _ICONS):
+        for name in names:
+            env.get_template(name)
+    return len(names)
+
+
 def environment(lang: Lang) -> LocalizedEnvironment:
     return ENVIRONMENTS.get(lang) or ENVIRONMENTS["zh"]
 

@@ -25,6 +25,7 @@ from fastapi import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from .errors import BadCsrfToken, ChatError, CrossSiteRequest, RequestTooLarge, UndecodableText
+from .forms import form_fields
 from .peers import trusted_proxy_user
 
 SIGNIN_COOKIE = "chat_signin"
@@ -224,9 +225,7 @@ async def require_csrf_token(request: Request) -> None:
     if given is None and request.headers.get("content-type", "").startswith(
         (FORM_TYPE.decode(), "multipart/form-data")
     ):
-        form = await request.form()  # parsed once: the route's Form() fields reuse it
-        value = form.get(CSRF_FIELD)
-        given = value if isinstance(value, str) else None
+        given = (await form_fields(request)).get(CSRF_FIELD)  # parsed once: the route reads the same
     expected = request_token(request)
     if not given or not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         raise BadCsrfToken()

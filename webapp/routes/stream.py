@@ -9,7 +9,10 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from ..conversations import Conversations
-from ..deps import ConversationsDep, CurrentUser, LangDep, ReaderDep, SeedUser, WriterDep, client_ip
+from ..deps import (
+    ConversationsDep, CurrentUser, LangDep, ReaderDep, SeedUser, WriterDep, client_ip, current_user, services,
+)
+from ..htmx import lang_of
 from ..errors import InvalidId, TurnNotFound
 from ..i18n import Lang
 from ..ids import check_id
@@ -121,10 +124,6 @@ async def conversation_turn_events(
     request: Request,
     session_id: str,
     turn_id: str,
-    user: CurrentUser,
-    reader: ReaderDep,
-    conversations: ConversationsDep,
-    lang: LangDep,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     searching: bool = False,
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
@@ -135,7 +134,11 @@ async def conversation_turn_events(
     The caller's own turn of this conversation proves the conversation theirs: one lookup, not
     two. Any other turn id (or not a turn) still gets a stream if the conversation is the
     caller's: its `done` event shows the conversation's last state, so the page never hangs.
+    Every web UI turn opens this stream, so it reads its user and services by hand rather than
+    through dependencies (their solving was a visible share of the loop: issue 19).
     """
+    user, lang = await current_user(request), lang_of(request)
+    reader, conversations = services(request).turn_reader, services(request).conversations
     session_id = check_id(session_id)
     try:
         turn: TurnInfo | None = await reader.owned_turn(check_id(turn_id), user, session_id=session_id)
