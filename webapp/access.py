@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 from urllib.parse import quote
 
 from starlette.types import Scope
@@ -24,9 +25,15 @@ class AccessLog:
     def __init__(self, metrics: Metrics, log_requests: bool = True) -> None:
         self.metrics = metrics
         self.log_requests = log_requests
+        self.counters: dict[tuple[str, int], Any] = {}  # the counter of each (method, status), looked up once
 
     def answered(self, method: str, status: int) -> None:
-        self.metrics.requests.labels(method, str(status)).inc()
+        counter = self.counters.get((method, status))
+        if counter is None:
+            if len(self.counters) > 1000:  # (methods are whatever clients send)
+                self.counters.clear()
+            counter = self.counters[(method, status)] = self.metrics.requests.labels(method, str(status))
+        counter.inc()
 
     def finished(self, scope: Scope, status: int, started: float) -> None:
         if not self.log_requests:

@@ -93,6 +93,10 @@ def configure_logging(level: str) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("webapp").setLevel(level.upper())
+    # what no line of ours shows, not gathered per record (the logging HOWTO's "Optimization"): the
+    # caller's file and line is a walk of the stack for each access-log line of every request
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -199,9 +203,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return PlainTextResponse("unauthorized", status_code=401)
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    # cross-site requests are refused by the input guard (edge.py), for every route
-    app.include_router(api.router)
+    # cross-site requests are refused by the input guard (edge.py), for every route. The routes of
+    # every turn first: FastAPI tries routes in order (none of them shares a path with a later one)
     app.include_router(stream.router)
+    app.include_router(pages.turn_router, dependencies=[Depends(require_csrf_token)])
+    app.include_router(api.router)
     app.include_router(auth.router)  # before a sign-in there is no CSRF token to check
     for module in (roles, sharing, transfer):
         app.include_router(module.api_router)

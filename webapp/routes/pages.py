@@ -36,6 +36,9 @@ REFRESH_SECONDS = 2  # a page without JavaScript reloads itself this often while
 LANG_COOKIE_MAX_AGE = 400 * 86400
 
 router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
+# the composer's two posts, which every web UI turn makes: included ahead of the other routers
+# (main.py), since FastAPI tries routes in order and each one tried costs (issue 19)
+turn_router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
 
 FormText = Annotated[str, Form()]
 REQUEST_ID_MAX = 100
@@ -165,7 +168,7 @@ async def home(view: ViewDep, user: CurrentUser, conversations: ConversationsDep
 
 
 # the draft's forms: declared before /c/{session_id}/..., which would take "new" for an id
-@router.post(f"/c/{DRAFT_ID}/messages")
+@turn_router.post(f"/c/{DRAFT_ID}/messages")
 async def send_first_message(request: Request) -> Response:
     """The draft's first send creates the conversation; HTMX gets its pane (reply streaming) in the draft's
     place, and the sidebar's list (or search results, `q`) out of band: one request, not a refresh after it.
@@ -267,7 +270,7 @@ async def older_messages(view: ViewDep, conversation: OwnedConversation, convers
                                            values)
 
 
-@router.post("/c/{session_id}/messages")
+@turn_router.post("/c/{session_id}/messages")
 async def send_message(request: Request, session_id: str) -> Response:
     """Start a turn: the user's bubble plus a reply bubble that streams (or, without JS, a redirect).
 
