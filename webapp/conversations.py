@@ -12,7 +12,6 @@ conversation stops its reply first; what a conversation pane offers after a repl
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -342,12 +341,7 @@ class Conversations:
         """The bubble that replaces a streaming one: the saved reply, or the error (or "stopped") with Retry,
         and the conversation as the turn left it (None if it was deleted meanwhile), all read at once."""
         message_id = await self.reader.saved_reply_id(user_id, turn_id, final)
-        keys_of = Conversation.from_hash(session_id, {"user_id": user_id})  # (its keys: owner and id)
-        (messages, first_index, _), labels, fresh = await asyncio.gather(
-            self.store.message_page(keys_of, limit=4, before=None),
-            self.store.version_labels(keys_of),
-            self.store.get_conversation(user_id, session_id),
-        )
+        messages, first_index, labels, fresh = await self.store.turn_end_state(user_id, session_id, tail=4)
         reply = next((m for m in messages if message_id and m.id == message_id), None)
         last_user = next((m for m in reversed(messages) if m.role == "user"), None)
         if final is not None and final.type == "error":

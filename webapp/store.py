@@ -576,6 +576,21 @@ class Store:
         end = total if before is None else min(before, total)
         return messages, max(0, end - len(messages)), total
 
+    async def turn_end_state(self, uid: str, sid: str, *, tail: int) -> tuple[list[Message], int, dict[int, str],
+                                                                             Conversation | None]:
+        """What the bubble replacing a streamed reply shows, in one round trip: the last `tail` messages
+        (and the list index of the first), the version labels, the conversation (None if gone)."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(k.messages(uid, sid))
+            pipe.lrange(k.messages(uid, sid), -tail, -1)
+            pipe.hgetall(k.versions(uid, sid))
+            pipe.hgetall(k.meta(uid, sid))
+            total, raw, labels, meta = await pipe.execute()
+        messages = [Message.from_json(item) for item in raw]
+        conversation = Conversation.from_hash(sid, meta) if meta and meta.get("user_id") == uid else None
+        return messages, max(0, total - len(messages)), {int(i): label for i, label in labels.items()}, conversation
+
     async def version_labels(self, conversation: Conversation) -> dict[int, str]:
         """"shown/count" by list index, where a message has versions (a small hash)."""
         labels = await self.redis.hgetall(self.keys.versions(conversation.user_id, conversation.id))
