@@ -159,6 +159,31 @@ def test_send_returns_user_bubble_and_a_streaming_bubble_wired_to_sse(browser_cl
         assert item.select_one(part).get_text() == sidebar.select_one(part).get_text()
 
 
+def test_done_of_a_reply_followed_live_shows_what_a_later_read_shows(browser_client: httpx.Client) -> None:
+    """A reader following a reply on the writer's worker renders its final bubble from the saved reply in
+    memory (no read); a reader after the turn ended reads it back from Redis. Both show the same thing."""
+    session_id, _ = open_home(browser_client)
+    for kind in ("send", "regenerate"):  # a regenerate starts a version: its arrows are read, not assumed
+        if kind == "send":
+            # (slow enough that the stream joins while the reply is written: followed from memory)
+            fragment = soup(send_hx(browser_client, session_id, f"{unique('live')} [[tokens:20]] [[delay:20]]"))
+        else:
+            fragment = soup(browser_client.post(f"/c/{session_id}/regenerate", data={"request_id": unique("r")},
+                                                headers={**HX, **EN}))
+        url = fragment.select_one("article.msg--streaming")["sse-connect"]
+        live = BeautifulSoup(follow_html_stream(browser_client, url)[-1].data, "html.parser")
+        later = BeautifulSoup(follow_html_stream(browser_client, url)[-1].data, "html.parser")
+        for done in (live, later):  # (the Regenerate form's request id is new per render)
+            for field in done.select("input[name=request_id]"):
+                field["value"] = ""
+        assert str(live.select_one("article.msg--assistant")) == str(later.select_one("article.msg--assistant"))
+        assert bool(live.select_one(".versions")) == (kind == "regenerate")
+        item_live, item_later = live.find(id=f"conv-{session_id}"), later.find(id=f"conv-{session_id}")
+        for part in (".session__title", ".session__preview", ".session__time"):
+            assert item_live.select_one(part).get_text() == item_later.select_one(part).get_text()
+        assert not item_live.select_one(".session__running") and not item_later.select_one(".session__running")
+
+
 def test_send_while_the_sidebar_shows_search_results_refreshes_the_list(browser_client: httpx.Client) -> None:
     """The conversation may not belong in the results: the list is asked for again, no item is moved."""
     session_id, _ = open_home(browser_client)

@@ -30,7 +30,7 @@ from .search import SearchIndex, indexable
 from .store import Store
 from .titles import clean_title, make_preview
 from .turn_reader import TurnReader
-from .turn_writer import Started, TurnWriter
+from .turn_writer import SavedReply, Started, TurnWriter
 from .versions import TooManyVersions, parse_label, switch
 
 UNDO_SECONDS = 600  # how long a deleted conversation can be put back
@@ -337,9 +337,18 @@ class Conversations:
         return view
 
     async def turn_outcome(self, user_id: str, session_id: str, turn_id: str, final: TurnEvent | None,
-                           lang: str) -> TurnOutcome:
+                           lang: str, saved: SavedReply | None = None) -> TurnOutcome:
         """The bubble that replaces a streaming one: the saved reply, or the error (or "stopped") with Retry,
-        and the conversation as the turn left it (None if it was deleted meanwhile), all read at once."""
+        and the conversation as the turn left it (None if it was deleted meanwhile), all read at once.
+
+        `saved`: the reply as this worker's writer saved it, when the reader followed it here. A reply
+        that starts no new version then needs no read: it is the last message, with no versions, and
+        the conversation is as the save left it (every web UI turn ends here: issue 19)."""
+        if (saved is not None and not saved.forked and final is not None and final.type == "end"
+                and final.message_id == saved.reply.id):
+            before = saved.before
+            return TurnOutcome(reply=saved.reply, error_text="", reply_index=saved.index,
+                               retry_text=before.content if before else "", conversation=saved.conversation)
         message_id = await self.reader.saved_reply_id(user_id, turn_id, final)
         messages, first_index, labels, fresh = await self.store.turn_end_state(user_id, session_id, tail=4)
         reply = next((m for m in messages if message_id and m.id == message_id), None)

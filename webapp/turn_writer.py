@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Awaitable, Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -62,6 +62,17 @@ class Started:
 
 
 @dataclass
+class SavedReply:
+    """A reply as its turn saved it (store.finish_turn), kept for this worker's readers."""
+
+    reply: Message
+    index: int  # its position in the conversation's list
+    conversation: Conversation  # the conversation's metadata as the save left it
+    before: Message | None  # the user message it answers
+    forked: bool  # it started a new version (its bubble shows version arrows: read them)
+
+
+@dataclass
 class TurnRun:
     """A turn generating on this worker; its events stay in memory for local readers."""
 
@@ -84,6 +95,8 @@ class TurnRun:
     lease_lost: bool = False
     model: str = ""  # the model asked ("" = the provider's default)
     first_exchange: bool = False  # the conversation's first message: its title may be written after
+    forked: bool = False  # a regenerate or an edit: the reply starts a new version of the branch
+    saved: "SavedReply | None" = None  # once saved: what the page's final bubble shows, without a read
 
     @property
     def ref(self) -> TurnRef:
@@ -408,7 +421,8 @@ class TurnWriter:
         # the model the user picked for the conversation wins over the role's own, which wins over the default
         model = conversation.model or role.model
         run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang, user_message=user_message,
-                      model=model, first_exchange=message is not None and conversation.message_count == 2)
+                      model=model, first_exchange=message is not None and conversation.message_count == 2,
+                      forked=fork_index is not None)
         self.runs[turn_id] = run
         for hook in self.started_hooks:
             hook(run)
@@ -538,6 +552,11 @@ class TurnWriter:
                     run.conversation, turn_id=run.id, reply=reply, preview=make_preview(reply.content) if reply else "",
                     final_event=final, unwritten=unwritten, conversation_exists=exists,
                 )
+                if reply is not None and exists:  # (what finish_turn wrote to the conversation)
+                    before = run.conversation
+                    run.saved = SavedReply(reply=reply, index=before.message_count, conversation=replace(
+                        before, preview=make_preview(reply.content), message_count=before.message_count + 1,
+                        updated=time.time(), running_turn_id=None), before=run.user_message, forked=run.forked)
                 return True
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 self.metrics.redis_error()

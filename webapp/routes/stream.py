@@ -96,6 +96,7 @@ async def html_events(
     out of band, the composer's Send button and (`sidebar_item`) the conversation's sidebar item."""
     final: TurnEvent | None = None
     last_id = f"{turn.id}:{after}" if turn else None
+    run = reader.local_run(turn.id) if turn is not None else None  # (its saved reply needs no read after)
     if turn is not None:
         async for batch in reader.follow(turn, after):
             for event in merged(batch):
@@ -105,7 +106,8 @@ async def html_events(
                 else:
                     final = event
     turn_id = turn.id if turn else ""
-    outcome = await conversations.turn_outcome(user, session_id, turn_id, final, lang)
+    outcome = await conversations.turn_outcome(user, session_id, turn_id, final, lang,
+                                               saved=run.saved if run is not None else None)
     # deleted meanwhile (in another tab): the bubble still ends, the sidebar is not touched
     conversation = outcome.conversation or Conversation(
         id=session_id, user_id=user, title="", preview="", role="", message_count=0, created=0, updated=0)
