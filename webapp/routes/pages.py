@@ -98,9 +98,10 @@ async def conversation_pane(view: View, conversations: Conversations, conversati
     return {**values, **await choices(conversations, conversation.user_id)}
 
 
-async def choices(conversations: Conversations, user: str) -> dict[str, Any]:
-    """The roles (built-in and the user's own) and models the selectors offer."""
-    return {"roles": await conversations.roles.all(user), "models": await conversations.models()}
+async def choices(conversations: Conversations, user: str, *, newcomer: bool = False) -> dict[str, Any]:
+    """The roles (built-in and the user's own) and models the selectors offer (a newcomer has no roles yet)."""
+    roles = list(BUILTIN_ROLES.values()) if newcomer else await conversations.roles.all(user)
+    return {"roles": roles, "models": await conversations.models()}
 
 
 async def render_conversation(
@@ -128,7 +129,7 @@ async def render_draft(view: View, conversations: Conversations, user: str, *, d
     settings = view.request.app.state.settings
     values = pane_values(conversations.draft(user), max_chars=settings.max_message_chars, demo=settings.demo_mode)
     values.update(draft=draft, form_error=form_error, active_id=None, current_path="/",
-                  **await choices(conversations, user))
+                  **await choices(conversations, user, newcomer=nothing_yet))
     return await render_pane(view, conversations, values, user, deleted=deleted, status=status,
                              listed=ConversationList(items=[]) if nothing_yet else None)
 
