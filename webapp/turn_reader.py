@@ -53,10 +53,7 @@ class TurnReader:
     async def owned_turn(self, turn_id: str, user_id: str, session_id: str | None = None) -> TurnInfo:
         """The turn if the user owns it (and it belongs to `session_id`, when given); 404 otherwise."""
         run = self.local_run(turn_id)
-        if run is not None and run.saved is not None:  # saved here a moment ago
-            info = TurnInfo(id=run.id, session_id=run.conversation.id, user_id=run.conversation.user_id,
-                            status=run.saved.reply.status, message_id=run.saved.reply.id)
-        elif run is not None:
+        if run is not None:
             info = TurnInfo(id=run.id, session_id=run.conversation.id, user_id=run.conversation.user_id,
                             status="running")
         else:

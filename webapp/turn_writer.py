@@ -46,10 +46,6 @@ from .versions import BranchState, TooManyVersions, fork
 log = logging.getLogger("webapp.turns")
 
 RATE_WINDOW_SECONDS = 60
-# a reply saved here stays followable from memory this long: a page whose stream request arrives after
-# the reply ended (a busy server) replays it without reading its Redis Stream back (issue 19)
-FINISHED_RUN_SECONDS = 30.0
-FINISHED_RUNS_MAX = 2000
 
 # what a start does, decided under the lock: (list index to fork at, or None; the new user message, or None)
 Plan = Callable[[Conversation, "BranchState | None"], tuple["int | None", "str | None"]]
@@ -217,7 +213,6 @@ class TurnWriter:
         self.settings = settings
         self.metrics = metrics
         self.runs: dict[str, TurnRun] = {}
-        self.finished: dict[str, tuple[float, TurnRun]] = {}  # saved replies, oldest first (see local_run)
         self.recovery = OrphanRecovery(store)
         self.ended: Callable[[TurnRef], None] = lambda ref: None  # the lease keeper's, once it runs
         self.stream_writer = EventWriter(store, settings.stream_flush_ms / 1000)
@@ -248,22 +243,8 @@ class TurnWriter:
         await self.stream_writer.aclose()
 
     def local_run(self, turn_id: str) -> TurnRun | None:
-        """The turn if it generates on this worker, or its reply was saved here in the last
-        FINISHED_RUN_SECONDS (`run.finished`): its events are in memory."""
-        run = self.runs.get(turn_id)
-        if run is None:
-            kept = self.finished.get(turn_id)
-            run = kept[1] if kept is not None else None
-        return run
-
-    def _keep_finished(self, run: TurnRun) -> None:
-        now = time.monotonic()
-        run.text, run.task = [], None  # (its events are what readers need)
-        self.finished[run.id] = (now, run)
-        for turn_id, (at, _) in list(self.finished.items()):
-            if now - at < FINISHED_RUN_SECONDS and len(self.finished) <= FINISHED_RUNS_MAX:
-                break
-            del self.finished[turn_id]
+        """The turn if it generates on this worker (its events are in memory)."""
+        return self.runs.get(turn_id)
 
     def held_leases(self) -> list[tuple[TurnRef, str]]:
         """(turn, session id) of each turn generating here: the leases to renew."""
@@ -537,8 +518,6 @@ class TurnWriter:
         run.finished = True
         run.publish(final)
         self.runs.pop(run.id, None)
-        if run.saved is not None:
-            self._keep_finished(run)
         self.ended(run.ref)
         duration = time.perf_counter() - run.started
         ttft = (run.first_token_at - run.started) if run.first_token_at else None

@@ -96,11 +96,7 @@ async def html_events(
     out of band, the composer's Send button and (`sidebar_item`) the conversation's sidebar item."""
     final: TurnEvent | None = None
     last_id = f"{turn.id}:{after}" if turn else None
-    # followed live on the worker writing it: its saved reply needs no read after (a reply that ended
-    # before this reader came may have changed since, e.g. been deleted: read)
-    run = reader.local_run(turn.id) if turn is not None else None
-    if run is not None and run.finished:
-        run = None
+    run = reader.local_run(turn.id) if turn is not None else None  # (its saved reply needs no read after)
     if turn is not None:
         async for batch in reader.follow(turn, after):
             for event in merged(batch):
