@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from urllib.parse import urlencode
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import redis
 from bs4 import BeautifulSoup
 
-from tests.conftest import SYSTEM_PROMPTS, create_session, iter_sse, unique, wait_until
+from tests.conftest import SYSTEM_PROMPTS, create_session, iter_sse, page_token, unique, wait_until
 from tests.fake_upstream import expected_reply
 from tests.ui_fixtures import add_message
 from webapp.titles import make_preview
@@ -481,3 +482,35 @@ def test_error_reply_and_unanswered_message_offer_retry(browser_client: httpx.Cl
     assert again.status_code == 303
     users = [m for m in browser_client.get(f"/api/sessions/{session_id}/messages").json()["items"] if m["role"] == "user"]
     assert [m["content"] for m in users] == [text]
+
+
+def test_the_composers_form_is_checked_like_form_fields_and_its_token_may_come_in_the_form(
+    make_client: Callable[..., httpx.Client],
+) -> None:
+    """The composer's posts read their form by hand (webapp/forms.py): the same limits as `Form()`
+    fields (an HTML 422, nothing stored), the last of a repeated field, and, without JavaScript, the
+    CSRF token as a form field instead of the header."""
+    client = make_client(page_token=False)
+    assert client.get("/").status_code == 200
+    token = page_token(client)
+    opened = client.post("/c", headers={"X-CSRF-Token": token}, follow_redirects=True)
+    session_id = opened.url.path.rsplit("/", 1)[1]
+    headers = {**HX, "X-CSRF-Token": token}
+    form = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+    for fields in ([("message", "hi"), ("request_id", "r" * 101)], [("message", "hi"), ("q", "q" * 201)],
+                   [("message", "hi")] + [("f", "x")] * 1001):
+        response = client.post(f"/c/{session_id}/messages", content=urlencode(fields), headers=form)
+        assert response.status_code == 422 and response.headers["HX-Retarget"] == "#toasts", response.text
+        first = client.post("/c/new/messages", content=urlencode(fields), headers=form)
+        assert first.status_code == 422
+    assert client.get("/chat/history", params={"session_id": session_id}).json()["messages"][1:] == []
+    text = unique("twice")
+    response = client.post(f"/c/{session_id}/messages", headers=form,
+                           content=urlencode([("message", "not this"), ("message", text)]))
+    assert response.status_code == 200 and text in response.text and "not this" not in response.text
+    follow_html_stream(client, soup(response).select_one("article.msg--streaming")["sse-connect"])
+    # without JavaScript: a plain form post carrying the token as a field, answered with a 303
+    no_js = client.post(f"/c/{session_id}/messages", data={"message": unique("nojs"), "csrf_token": token})
+    assert no_js.status_code == 303
+    refused = client.post(f"/c/{session_id}/messages", data={"message": unique("nojs"), "csrf_token": "0" * 32})
+    assert refused.status_code == 403

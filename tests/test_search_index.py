@@ -25,6 +25,16 @@ def test_terms_are_words_and_cjk_characters_and_bigrams() -> None:
     assert indexable("学") and indexable("ab")
 
 
+def test_terms_split_where_the_script_changes_in_any_of_the_cjk_scripts() -> None:
+    """The regex that cuts text into runs: kana, hangul and ideographs are CJK runs; letters and digits
+    of other scripts (accented, full-width after NFKC) are words; a mark or underscore ends a word."""
+    assert terms_of("Pythonで機械学習") == {"python", "で", "機", "械", "学", "習", "で機", "機械", "械学", "学習"}
+    assert terms_of("한국어 test") == {"한", "국", "어", "한국", "국어", "test"}
+    assert terms_of("ＡＢＣ１２３ café_naïve") == {"abc123", "café", "naïve"}
+    assert terms_of("a" * 41 + " ok") == {"ok"}  # over MAX_TERM_CHARS: not a term
+    assert terms_of("") == set() and terms_of("!!! ---") == set()
+
+
 def test_the_oldest_of_more_than_2000_conversations_is_found_and_deleting_unindexes(
     redis_server: RedisServer,
 ) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from webapp.i18n import t
 from webapp.models import WELCOME, Message
-from webapp.render import render_markdown, ui_context
+from webapp.render import compile_all, render_markdown, ui_context
 
 TS = "2024-01-01T00:00:00.000+00:00"
 
@@ -78,3 +78,8 @@ def test_the_stored_welcome_message_is_shown_in_the_readers_language() -> None:
 def test_other_messages_are_shown_as_written_whatever_the_language() -> None:
     reply = Message(id="m_2", role="assistant", content=t("welcome", "zh"), ts=TS)  # same text, no kind
     assert ui_context("en")["display_text"](reply) == reply.content
+
+
+def test_every_template_compiles_in_every_language() -> None:
+    """What the app's warm-up does at start (main.warm_up): a template that does not compile fails here."""
+    assert compile_all() >= 30
