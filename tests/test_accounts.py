@@ -324,6 +324,32 @@ def test_new_identities_and_turns_per_ip_are_limited(limited_app: AppServer, mak
     assert results == [202, 202, 202, 202, 429]
 
 
+def test_a_repeated_request_starts_nothing_and_counts_once_toward_the_limit(limited_app: AppServer,
+                                                                            make: Any) -> None:
+    """The request id is claimed in the round trip that takes the lock and counts the limits: a repeat
+    (a double click, a resent request) gives back its count, so only turns that start count."""
+    client = make(limited_app)
+    turn_ip = new_ip()
+    session_id = create_session(client)["id"]
+    first = client.post(f"/api/sessions/{session_id}/turns", json={"message": "once"},
+                        headers={**turn_ip, "Idempotency-Key": "same-key"})
+    assert first.status_code == 202
+    for _ in range(5):  # repeats while it runs and after it ended: the same turn, never a 429
+        again = client.post(f"/api/sessions/{session_id}/turns", json={"message": "once"},
+                            headers={**turn_ip, "Idempotency-Key": "same-key"})
+        assert again.status_code == 202 and again.json()["turn_id"] == first.json()["turn_id"]
+    read_events(client, first.json()["events_url"])
+    results = []
+    for n in range(4):  # three more turns fit in the 4 per minute, the fourth does not
+        response = client.post(f"/api/sessions/{session_id}/turns", json={"message": f"n{n}"}, headers=turn_ip)
+        results.append(response.status_code)
+        if response.status_code == 202:
+            read_events(client, response.json()["events_url"])
+    assert results == [202, 202, 202, 429]
+    history = client.get(f"/api/sessions/{session_id}/messages").json()["items"]
+    assert [m["content"] for m in history if m["role"] == "user"] == ["once", "n0", "n1", "n2"]
+
+
 def test_reading_with_a_user_id_claims_nothing(limited_app: AppServer, make: Any) -> None:
     name = unique("bob")
     looked = make(limited_app).get("/chat/history", params={"user_id": name, "session_id": "0" * 8 + "-0000-4000-8000-" + "0" * 12},

@@ -142,6 +142,7 @@ class TurnLock:
     locked: bool
     length: int  # messages in the active branch (the truth where the stored count drifted)
     counts: list[int]  # each limit's count in its window, this turn included
+    earlier: str | None = None  # the turn an identical request (same request id) started before
 
 
 @dataclass

@@ -67,6 +67,7 @@ STREAM_RETENTION_SECONDS = 3600
 TURN_RETENTION_SECONDS = 86400
 FOLLOWER_WAKE_TTL_SECONDS = 60  # a worker that is gone leaves nothing behind for long
 SEARCH_SCAN_LIMIT = 2000
+REQUEST_ID_SECONDS = 600  # a repeated form (same request id) within this long starts no second turn
 
 # Give a conversation's lock back only if it is still the holder's: a save retried after its
 # lock expired must not drop the lock another turn has taken since.
@@ -654,12 +655,23 @@ class Store:
             end = start
         return None
 
-    async def claim_request(self, uid: str, request_id: str, turn_id: str) -> str | None:
-        """Record that a client request starts `turn_id`; the turn id of an earlier identical request, if any."""
+    def _claim_request(self, pipe: Any, uid: str, request_id: str, turn_id: str) -> None:
+        """Record that a client request starts `turn_id` (two replies: whether it was new, and the turn
+        id of the request that holds the id)."""
         key = self.keys.request(uid, request_id)
-        if await self.redis.set(key, turn_id, nx=True, ex=600):
-            return None
-        return await self.redis.get(key) or None
+        pipe.set(key, turn_id, nx=True, ex=REQUEST_ID_SECONDS)
+        pipe.get(key)
+
+    async def undo_repeated_start(self, uid: str, sid: str, turn_id: str, *, locked: bool,
+                                  hits: list[tuple[str, str, int, int]]) -> None:
+        """A repeated request took the lock and counted its limits in the same round trip that found it
+        repeated (lock_turn): give the lock back and the counts, so a double click counts once."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if locked:
+                pipe.eval(RELEASE_LOCK, 1, self.keys.lock(uid, sid), turn_id)
+            for name, key, window, _ in hits:
+                pipe.decr(self.keys.limit(name, key, window))
+            await pipe.execute()
 
     async def forget_request(self, uid: str, request_id: str) -> None:
         """A request that started nothing (refused): the same id may try again."""
@@ -667,8 +679,10 @@ class Store:
 
     # turns --------------------------------------------------------------
 
-    async def lock_turn(self, uid: str, sid: str, *, turn_id: str, hits: list[tuple[str, str, int, int]]) -> TurnLock:
-        """Read the metadata, take the conversation's lock and count limits: one round trip.
+    async def lock_turn(self, uid: str, sid: str, *, turn_id: str, hits: list[tuple[str, str, int, int]],
+                        request_id: str | None = None) -> TurnLock:
+        """Claim the client's request id (if any), read the metadata, take the conversation's lock and
+        count limits: one round trip (`earlier`: the request repeats one that started that turn).
 
         The lock is a lease of `lease_ms`: the writer renews it while the reply generates
         (renew_leases), so a host that dies frees the conversation within seconds.
@@ -678,14 +692,22 @@ class Store:
         """
         k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
+            if request_id:
+                self._claim_request(pipe, uid, request_id, turn_id)
             pipe.hgetall(k.meta(uid, sid))
             pipe.set(k.lock(uid, sid), turn_id, nx=True, px=self.lease_ms)
             pipe.llen(k.messages(uid, sid))
             self._count_hits(pipe, hits)
-            meta, locked, length, *counts = await pipe.execute()
+            replies = await pipe.execute()
+        earlier = None
+        if request_id:
+            claimed, holder, *replies = replies
+            earlier = None if claimed else (holder or None)
+        meta, locked, length, *counts = replies
         if meta and meta.get("user_id") != uid:
             meta = {}
-        return TurnLock(meta=meta, locked=bool(locked), length=int(length), counts=[int(c) for c in counts[0::2]])
+        return TurnLock(meta=meta, locked=bool(locked), length=int(length), counts=[int(c) for c in counts[0::2]],
+                        earlier=earlier)
 
     async def release_lock(self, uid: str, sid: str, holder: str) -> None:
         """Give the lock back, if `holder` (a turn id) still holds it."""

@@ -51,6 +51,14 @@ RATE_WINDOW_SECONDS = 60
 Plan = Callable[[Conversation, "BranchState | None"], tuple["int | None", "str | None"]]
 
 
+class RepeatedRequest(Exception):
+    """The request repeats one (same request id) that started `turn_id`: nothing new is started."""
+
+    def __init__(self, turn_id: str) -> None:
+        super().__init__(turn_id)
+        self.turn_id = turn_id
+
+
 @dataclass
 class Started:
     """A turn a request started (or, for a repeated request id, the one it started before)."""
@@ -260,11 +268,17 @@ class TurnWriter:
     # starting -----------------------------------------------------------
 
     async def lock_conversation(self, session_id: str, user_id: str, holder: str, *,
-                                hits: list[tuple[str, str, int, int]] | None = None) -> TurnLock:
+                                hits: list[tuple[str, str, int, int]] | None = None,
+                                request_id: str | None = None) -> TurnLock:
         """Take the conversation's lock for `holder` (a turn, or a version switch), checking ownership in the
         same round trip: 404 for a conversation that is not the user's, 409 while another holds it.
-        The caller gives it back with store.release_lock(user_id, session_id, holder)."""
-        lock = await self.store.lock_turn(user_id, session_id, turn_id=holder, hits=hits or [])
+        The caller gives it back with store.release_lock(user_id, session_id, holder). A turn's
+        `request_id` is claimed in that round trip too: RepeatedRequest when it repeats one."""
+        lock = await self.store.lock_turn(user_id, session_id, turn_id=holder, hits=hits or [],
+                                          request_id=request_id)
+        if lock.earlier is not None:
+            await self.store.undo_repeated_start(user_id, session_id, holder, locked=lock.locked, hits=hits or [])
+            raise RepeatedRequest(lock.earlier)
         if not lock.meta or lock.meta.get("user_id") != user_id:
             if lock.locked:
                 await self.store.release_lock(user_id, session_id, holder)
@@ -342,13 +356,11 @@ class TurnWriter:
         fork_last: bool = False,
     ) -> Started:
         turn_id = new_id()
-        if request_id:
-            earlier = await self.store.claim_request(user_id, request_id, turn_id)
-            if earlier is not None:
-                return await self._duplicate(session_id, user_id, earlier)
         try:
             return await self._start_locked(session_id, user_id, lang, client_ip, requested, plan, turn_id,
-                                            locate=locate, fork_last=fork_last)
+                                            locate=locate, fork_last=fork_last, request_id=request_id)
+        except RepeatedRequest as repeat:  # (its id is the first request's: not forgotten)
+            return await self._duplicate(session_id, user_id, repeat.turn_id)
         except BaseException:
             if request_id:
                 await self.store.forget_request(user_id, request_id)
@@ -371,10 +383,11 @@ class TurnWriter:
     async def _start_locked(
         self, session_id: str, user_id: str, lang: Lang, client_ip: str, requested: Role | None, plan: Plan,
         turn_id: str, *, locate: Callable[[Conversation], Awaitable[int]] | None, fork_last: bool,
+        request_id: str | None = None,
     ) -> Started:
         now = time.time()
         checks = active((self.turns_per_user, user_id), (self.turns_per_ip, client_ip))
-        lock = await self.lock_conversation(session_id, user_id, turn_id,
+        lock = await self.lock_conversation(session_id, user_id, turn_id, request_id=request_id,
                                             hits=[limit.counter(key, now) for limit, key in checks])
         try:
             refuse_if_over(checks, lock.counts, now)
