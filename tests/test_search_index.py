@@ -33,6 +33,9 @@ def test_terms_split_where_the_script_changes_in_any_of_the_cjk_scripts() -> Non
     assert terms_of("ＡＢＣ１２３ café_naïve") == {"abc123", "café", "naïve"}
     assert terms_of("a" * 41 + " ok") == {"ok"}  # over MAX_TERM_CHARS: not a term
     assert terms_of("") == set() and terms_of("!!! ---") == set()
+    # punctuation and unassigned code points inside the CJK blocks end a run, as any non-letter does
+    assert terms_of("東京・大阪") == {"東", "京", "大", "阪", "東京", "大阪"}
+    assert terms_of("中\u3040文") == {"中", "文"}
 
 
 def test_the_oldest_of_more_than_2000_conversations_is_found_and_deleting_unindexes(

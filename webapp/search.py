@@ -41,15 +41,15 @@ MAX_QUERY_TERMS = 100  # (more would only be dropped: a query is at most 200 cha
 MAX_TEXT_CHARS = 20_000  # of one message: the rest of a very long reply is not indexed
 # Chinese, Japanese (kana) and Korean: text with no spaces between words
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f"
-# a run of CJK characters (group 1), or a word of other letters and digits: split by the regex
-# engine, not character by character in Python (a reply is cut into terms on every turn)
-_RUN = re.compile(f"([{_CJK}]+)|[^\\W_{_CJK}]+", re.UNICODE)
+# a run of CJK letters (group 1), or a word of other letters and digits: split by the regex engine,
+# not character by character in Python (a reply is cut into terms on every turn). Letters and digits
+# only, in both: punctuation and unassigned code points inside the CJK blocks (・, U+3040) are no terms.
+_RUN = re.compile(f"((?:(?=[{_CJK}])[^\\W_])+)|(?:(?![{_CJK}])[^\\W_])+", re.UNICODE)
+_CJK_CHAR = re.compile(f"[{_CJK}]")
 
 
 def _is_cjk(char: str) -> bool:
-    code = ord(char)
-    return (0x3040 <= code <= 0x30FF or 0x3400 <= code <= 0x4DBF or 0x4E00 <= code <= 0x9FFF
-            or 0xAC00 <= code <= 0xD7AF or 0xF900 <= code <= 0xFAFF or 0x20000 <= code <= 0x2FA1F)
+    return _CJK_CHAR.match(char) is not None
 
 
 def _runs(text: str) -> Iterable[tuple[bool, str]]:
