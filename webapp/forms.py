@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
-FORM_TYPE = "application/x-www-form-urlencoded"
+FORM_TYPE = "application/x-www-form-urlencoded"  # (security.py guards bodies of this type)
 MAX_FIELDS = 1000  # (Starlette's limit for a form)
 
 

@@ -243,7 +243,7 @@ ENVIRONMENTS: dict[str, LocalizedEnvironment] = {"zh": _create_environment("zh")
 def compile_all() -> int:
     """Compile every template in every language: run once in a worker thread at start, so the first
     visitors' requests do not each compile what they render (tens of ms of CPU on the event loop)."""
-    names = [name for name in ENVIRONMENTS["zh"].list_templates(extensions=["html"])]
+    names = ENVIRONMENTS["zh"].list_templates(extensions=["html"])
     for env in (*ENVIRONMENTS.values(), _ICONS):
         for name in names:
             env.get_template(name)

@@ -25,12 +25,12 @@ from fastapi import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from .errors import BadCsrfToken, ChatError, CrossSiteRequest, RequestTooLarge, UndecodableText
-from .forms import form_fields
+from .forms import FORM_TYPE, form_fields
 from .peers import trusted_proxy_user
 
 SIGNIN_COOKIE = "chat_signin"
 CSRF_HEADER = "x-csrf-token"
-FORM_TYPE = b"application/x-www-form-urlencoded"
+_FORM_BYTES = FORM_TYPE.encode()  # (as the ASGI headers have it)
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -83,7 +83,7 @@ class InputGuard:
                 return RequestTooLarge
             if name == b"content-type":
                 content_type = value
-        return "form" if content_type.startswith(FORM_TYPE) else "stream"
+        return "form" if content_type.startswith(_FORM_BYTES) else "stream"
 
     async def read_form(self, receive: Receive) -> bytes | type[ChatError] | None:
         """The whole form body (None: the client left), or why it is refused."""
@@ -223,7 +223,7 @@ async def require_csrf_token(request: Request) -> None:
         return  # a page cannot make a browser send a Bearer token (it may resend Basic credentials)
     given = request.headers.get(CSRF_HEADER)
     if given is None and request.headers.get("content-type", "").startswith(
-        (FORM_TYPE.decode(), "multipart/form-data")
+        (FORM_TYPE, "multipart/form-data")
     ):
         given = (await form_fields(request)).get(CSRF_FIELD)  # parsed once: the route reads the same
     expected = request_token(request)

@@ -431,10 +431,7 @@ class Store:
 
     async def get_conversation(self, uid: str, sid: str) -> Conversation | None:
         """The user's conversation `sid`; None when it does not exist under that user."""
-        data = await self.redis.hgetall(self.keys.meta(uid, sid))
-        if not data or data.get("user_id") != uid:
-            return None
-        return Conversation.from_hash(sid, data)
+        return _owned(uid, sid, await self.redis.hgetall(self.keys.meta(uid, sid)))
 
     async def list_conversations(
         self, uid: str, *, limit: int = 20, cursor: tuple[float, str] | None = None
@@ -471,8 +468,9 @@ class Store:
             rows = await pipe.execute()
         found, missing = [], []
         for sid, data in zip(sids, rows):
-            if data and data.get("user_id") == uid:
-                found.append(Conversation.from_hash(sid, data))
+            conversation = _owned(uid, sid, data)
+            if conversation is not None:
+                found.append(conversation)
             else:
                 missing.append(sid)
         if missing:
@@ -589,13 +587,11 @@ class Store:
             pipe.hgetall(k.meta(uid, sid))
             total, raw, labels, meta = await pipe.execute()
         messages = [Message.from_json(item) for item in raw]
-        conversation = Conversation.from_hash(sid, meta) if meta and meta.get("user_id") == uid else None
-        return messages, max(0, total - len(messages)), {int(i): label for i, label in labels.items()}, conversation
+        return messages, max(0, total - len(messages)), _labels(labels), _owned(uid, sid, meta)
 
     async def version_labels(self, conversation: Conversation) -> dict[int, str]:
         """"shown/count" by list index, where a message has versions (a small hash)."""
-        labels = await self.redis.hgetall(self.keys.versions(conversation.user_id, conversation.id))
-        return {int(index): label for index, label in labels.items()}
+        return _labels(await self.redis.hgetall(self.keys.versions(conversation.user_id, conversation.id)))
 
     async def read_branch(self, conversation: Conversation, index: int) -> BranchState:
         """The active branch from list `index` on, with the version bookkeeping at and after it."""
@@ -1151,6 +1147,16 @@ class Store:
             self._index_commands(pipe, uid, sid, terms)
             self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()
+
+
+def _owned(uid: str, sid: str, meta: dict[str, str]) -> Conversation | None:
+    """The conversation a metadata hash describes, if it is `uid`'s (None: absent, or another's)."""
+    return Conversation.from_hash(sid, meta) if meta and meta.get("user_id") == uid else None
+
+
+def _labels(raw: dict[str, str]) -> dict[int, str]:
+    """A versions hash: "shown/count" by list index."""
+    return {int(index): label for index, label in raw.items()}
 
 
 def _event_fields(event: TurnEvent) -> dict[str, str]:

@@ -551,6 +551,7 @@ class TurnWriter:
         """
         deadline = time.monotonic() + self.settings.turn_timeout_seconds
         backoff = 0.1
+        preview = make_preview(reply.content) if reply else ""
         unwritten: list[TurnEvent] | None = None
         # only a cancelled turn can have lost its conversation (deleting one stops its reply)
         exists = not run.cancel_reason or await self._conversation_exists(run)
@@ -562,13 +563,13 @@ class TurnWriter:
                 if (attempt > 1 or run.lease_lost) and await self.store.turn_saved(run.ref):
                     return True  # saved by the first attempt after all, or by another host's recovery
                 await self.store.finish_turn(
-                    run.conversation, turn_id=run.id, reply=reply, preview=make_preview(reply.content) if reply else "",
+                    run.conversation, turn_id=run.id, reply=reply, preview=preview,
                     final_event=final, unwritten=unwritten, conversation_exists=exists,
                 )
                 if reply is not None and exists:  # (what finish_turn wrote to the conversation)
                     before = run.conversation
                     run.saved = SavedReply(reply=reply, index=before.message_count, conversation=replace(
-                        before, preview=make_preview(reply.content), message_count=before.message_count + 1,
+                        before, preview=preview, message_count=before.message_count + 1,
                         updated=time.time(), running_turn_id=None), before=run.user_message, forked=run.forked)
                 return True
             except (RedisConnectionError, RedisTimeoutError) as exc:
