@@ -263,9 +263,7 @@ class User:
             self.user_id, self.session_id = data["user_id"], data["session_id"]
             self.conversations.append((self.session_id, self.sent, self.replies))
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
-            self.finished_at = time.monotonic()
-            detail = f"/chat/start: {exc}" if isinstance(exc, ValueError) else f"/chat/start: {type(exc).__name__}"
-            return [TurnResult(self.index, turn, "failed", detail=detail) for turn in range(1, TURNS + 1)]
+            return self._start_failed("/chat/start", exc)
         self.start_latency = time.perf_counter() - started
         results = []
         for turn in range(1, TURNS + 1):
@@ -369,9 +367,7 @@ class User:
                           includes_search=False)
             page.read_composer(page_html)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            self.finished_at = time.monotonic()
-            detail = f"GET /: {exc}" if isinstance(exc, ValueError) else f"GET /: {type(exc).__name__}"
-            return [TurnResult(self.index, turn, "failed", detail=detail) for turn in range(1, TURNS + 1)]
+            return self._start_failed("GET /", exc)
         self.start_latency = time.perf_counter() - started
         results = []
         for turn in range(1, TURNS + 1):
@@ -507,6 +503,12 @@ class User:
             detail = f"got {reply[:60]!r}, expected {expected[:60]!r}"
             return TurnResult(self.index, turn, "wrong", ttft, total, detail), reply
         return TurnResult(self.index, turn, "ok", ttft, total), reply
+
+    def _start_failed(self, request: str, exc: Exception) -> list[TurnResult]:
+        """The run's first request failed (`/chat/start`, or the web UI's `GET /`): every turn fails with it."""
+        self.finished_at = time.monotonic()
+        detail = f"{request}: {exc}" if isinstance(exc, ValueError) else f"{request}: {type(exc).__name__}"
+        return [TurnResult(self.index, turn, "failed", detail=detail) for turn in range(1, TURNS + 1)]
 
     def _skipped(self, after: int) -> list[TurnResult]:
         return [TurnResult(self.index, k, "failed", detail=f"not run: turn {after} failed") for k in range(after + 1, TURNS + 1)]
