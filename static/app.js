@@ -400,19 +400,39 @@
 
   // ------------------------------------------------------------ streaming
 
-  // Keep `after` in the stream URL current: if the extension has to reconnect from
-  // scratch it resumes after the last chunk shown instead of repeating the reply.
+  // Keep the stream URL's place current (`after`; on a page's channel also `turn`): if the
+  // extension has to reconnect from scratch it resumes after the last event shown instead of
+  // repeating the reply (the browser's own reconnects send Last-Event-ID instead).
   document.addEventListener("htmx:sseBeforeMessage", (event) => {
     const message = event.detail;
     const source = event.target.closest && event.target.closest("[sse-connect]");
     if (source && message && message.lastEventId) {
-      const seq = message.lastEventId.split(":").pop();
-      source.setAttribute("sse-connect", source.getAttribute("sse-connect").replace(/after=\d+/, "after=" + seq));
+      const cut = message.lastEventId.lastIndexOf(":");
+      const url = new URL(source.getAttribute("sse-connect"), location.href);
+      if (url.searchParams.has("channel")) url.searchParams.set("turn", message.lastEventId.slice(0, cut));
+      url.searchParams.set("after", message.lastEventId.slice(cut + 1));
+      source.setAttribute("sse-connect", url.pathname + url.search);
     }
     // the done event brings the conversation's sidebar item itself; search results are asked for again
     const search = $("#search");
     if (message && message.type === "done" && search && search.value.trim()) {
       setTimeout(() => htmx.trigger(document.body, "sessions-changed"), 50);
+    }
+  });
+
+  // A reply's end on a page's channel brings the conversation's sidebar item as a template: it
+  // replaces the item where the sidebar shows it (search results are asked for again instead).
+  document.addEventListener("htmx:load", (event) => {
+    const update = event.target;
+    if (!(update instanceof HTMLTemplateElement) || !update.classList.contains("session-update")) return;
+    const item = document.getElementById(update.dataset.item);
+    const fresh = update.content.firstElementChild;
+    update.remove();
+    const search = $("#search");
+    if (item && fresh && item.closest("#session-list") && !(search && search.value.trim())) {
+      item.replaceWith(fresh);
+      htmx.process(fresh);
+      markActive();
     }
   });
 

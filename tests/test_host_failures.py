@@ -105,7 +105,7 @@ def test_a_conversation_whose_host_died_is_freed_by_its_next_message_even_with_n
             with httpx.Client(base_url=restarted.base_url, timeout=30, cookies=cookies) as client:
                 # the page does not loop on a streaming bubble for long: the turn ends once the lease lapses
                 def page_is_settled() -> bool:
-                    return "sse-connect" not in client.get(f"/c/{session['id']}").text
+                    return "msg--streaming" not in client.get(f"/c/{session['id']}").text
                 wait_until(page_is_settled, timeout=RECOVERY_SECONDS + 2, interval=0.5)
                 sent = post_turn(client, session["id"], unique("after"))
                 assert sent.status_code == 202, sent.text

@@ -53,11 +53,18 @@ def send_hx(client: httpx.Client, session_id: str, text: str, search: str | None
     return response
 
 
-def follow_html_stream(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> list[Any]:
+def follow_html_stream(client: httpx.Client, url: str, headers: dict[str, str] | None = None,
+                       until_done: bool = False) -> list[Any]:
+    """The events of a stream to its end (`until_done`: to the first `done`; a page's channel goes on)."""
     with client.stream("GET", url, headers=headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        return list(iter_sse(response))
+        events = []
+        for event in iter_sse(response):
+            events.append(event)
+            if until_done and event.event == "done":
+                break
+        return events
 
 
 @pytest.fixture
@@ -171,15 +178,24 @@ def test_done_of_a_reply_followed_live_shows_what_a_later_read_shows(browser_cli
         else:
             fragment = soup(browser_client.post(f"/c/{session_id}/regenerate", data={"request_id": unique("r")},
                                                 headers={**HX, **EN}))
-        url = fragment.select_one("article.msg--streaming")["sse-connect"]
-        live = BeautifulSoup(follow_html_stream(browser_client, url)[-1].data, "html.parser")
-        later = BeautifulSoup(follow_html_stream(browser_client, url)[-1].data, "html.parser")
+        # (a send with no channel named streams on its own; a regenerate's pane follows it on the page's channel)
+        streaming = fragment.select_one("article.msg--streaming")
+        url = streaming.get("sse-connect") or fragment.select_one(".chat__inner")["sse-connect"]
+        live = BeautifulSoup(follow_html_stream(browser_client, url, until_done=True)[-1].data, "html.parser")
+        turn_id = streaming["id"].removeprefix("turn-")
+        later_url = f"/c/{session_id}/turns/{turn_id}/events?after=0"
+        later = BeautifulSoup(follow_html_stream(browser_client, later_url)[-1].data, "html.parser")
         for done in (live, later):  # (the Regenerate form's request id is new per render)
             for field in done.select("input[name=request_id]"):
                 field["value"] = ""
         assert str(live.select_one("article.msg--assistant")) == str(later.select_one("article.msg--assistant"))
         assert bool(live.select_one(".versions")) == (kind == "regenerate")
-        item_live, item_later = live.find(id=f"conv-{session_id}"), later.find(id=f"conv-{session_id}")
+        # (on a channel the item comes as a template app.js puts in place: test_channels.py; its text is
+        # a template's, which get_text() leaves out, so it is read as HTML of its own)
+        update = live.select_one("template.session-update")
+        item_live = (BeautifulSoup(update.decode_contents(), "html.parser") if update else live).find(
+            id=f"conv-{session_id}")
+        item_later = later.find(id=f"conv-{session_id}")
         for part in (".session__title", ".session__preview", ".session__time"):
             assert item_live.select_one(part).get_text() == item_later.select_one(part).get_text()
         assert not item_live.select_one(".session__running") and not item_later.select_one(".session__running")
@@ -223,8 +239,10 @@ def test_page_of_a_running_reply_shows_its_text_and_refreshes_only_without_js(br
 
     page = wait_until(partly_written, timeout=10)
     streaming = page.select_one(".msg--streaming")
-    after = int(streaming["sse-connect"].rsplit("after=", 1)[1])
-    assert after > 0  # the stream picks up after what the page already shows
+    channel = page.select_one(".chat__inner")["sse-connect"]  # the page's channel follows the reply
+    assert f"turn={streaming['id'].removeprefix('turn-')}&" in channel and not streaming.has_attr("sse-connect")
+    after = int(channel.rsplit("after=", 1)[1])
+    assert after > 0  # it picks up after what the page already shows
     refresh = page.find("meta", attrs={"http-equiv": "refresh"})
     assert refresh is not None and refresh.parent.name == "noscript"
     assert page.select_one("#composer-actions .round-btn--stop")

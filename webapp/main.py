@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from . import __version__
 from .accounts import Accounts
+from .channels import ConversationChannels
 from .config import Settings, get_settings
 from .conversations import Conversations
 from .edge import Edge
@@ -125,11 +126,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.turn_writer, app.state.turn_reader = writer, reader
         search = SearchIndex(store)
         titles = TitleWriter(store, provider, search, enabled=settings.auto_title and not settings.demo_mode)
-        writer.started_hooks.append(search.turn_started)
+        channels = ConversationChannels()
+        writer.started_hooks += [search.turn_started, channels.turn_started]
         writer.saved_hooks += [search.reply_saved, titles.reply_saved]
         app.state.conversations = Conversations(store, writer, reader, settings.max_conversations_per_user,
                                                 search=search)
-        app.state.roles, app.state.shares = writer.roles, Shares(store)
+        app.state.roles, app.state.shares, app.state.channels = writer.roles, Shares(store), channels
         app.state.portability = Portability(store, writer.roles, search,
                                             max_conversations=settings.max_conversations_per_user,
                                             max_messages=settings.max_messages_per_conversation,

@@ -81,6 +81,7 @@ class Conversation:
     running_turn_id: str | None = None
     model: str = ""  # the model the user picked for it ("" = its role's, else the app's)
     title_by: str = ""  # "user" once renamed (a generated title never replaces it), "model" once generated
+    last_turn_id: str = ""  # the newest turn started (running or not): an open page tells whether it missed one
 
     @property
     def untouched(self) -> bool:
@@ -91,7 +92,7 @@ class Conversation:
         """The metadata hash as stored (the running turn is not part of a copy)."""
         return {
             "user_id": self.user_id, "title": self.title, "preview": self.preview, "role": self.role,
-            "count": self.message_count, "created": repr(self.created), "updated": repr(self.updated), "turn": "",
+            "count": self.message_count, "created": repr(self.created), "updated": repr(self.updated), "turn": "", "last": "",
             "model": self.model, "title_by": self.title_by,
         }
 
@@ -109,6 +110,7 @@ class Conversation:
             running_turn_id=data.get("turn") or None,
             model=data.get("model", ""),
             title_by=data.get("title_by", ""),
+            last_turn_id=data.get("last", ""),
         )
 
 

@@ -10,7 +10,7 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
 
     {uid}:claim                        claim marker of an identity (string, index TTL)
     {uid}:sessions                     ZSET session_id -> last activity (ms), index TTL
-    {uid}:s:{sid}                      HASH metadata (user_id, title, preview, role, count, created, updated, turn)
+    {uid}:s:{sid}                      HASH metadata (user_id, title, preview, role, count, created, updated, turn: the running turn, last: the newest turn)
     {uid}:s:{sid}:messages             LIST of JSON messages, RPUSH (chronological), conversation TTL
     {uid}:s:{sid}:lock                 the running turn's id: a lease its writer keeps renewing (a few seconds)
     {uid}:s:{sid}:versions             HASH list index -> "shown/count" where a message has versions
@@ -280,7 +280,7 @@ class Store:
                 meta, messages, versions, forks = await pipe.execute()
             if meta:
                 meta["user_id"] = to_uid
-                meta["turn"] = ""
+                meta["turn"] = meta["last"] = ""  # turn ids are the old identity's
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.delete(*k.conversation_keys(to_uid, sid))
                     pipe.hset(k.meta(to_uid, sid), mapping=meta)
@@ -755,6 +755,7 @@ class Store:
                 mapping={
                     "title": conversation.title, "preview": conversation.preview, "role": conversation.role,
                     "count": conversation.message_count, "updated": repr(conversation.updated), "turn": turn_id,
+                    "last": turn_id,
                 },
             )
             pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})

@@ -71,10 +71,22 @@ class TurnReader:
 
     # following ----------------------------------------------------------
 
-    async def follow(self, turn: TurnInfo, after: int = 0) -> AsyncIterator[list[TurnEvent]]:
-        """Batches of the turn's events after seq `after`, until its end or error event."""
+    def stream_opened(self, user_id: str) -> None:
+        """Count an open stream against the user's MAX_STREAMS_PER_USER here; pair with stream_closed()."""
         self.metrics.active_streams.inc()
-        self.open_streams[turn.user_id] = self.open_streams.get(turn.user_id, 0) + 1
+        self.open_streams[user_id] = self.open_streams.get(user_id, 0) + 1
+
+    def stream_closed(self, user_id: str) -> None:
+        self.metrics.active_streams.dec()
+        left = self.open_streams.pop(user_id, 1) - 1
+        if left > 0:
+            self.open_streams[user_id] = left
+
+    async def follow(self, turn: TurnInfo, after: int = 0, *, counted: bool = True) -> AsyncIterator[list[TurnEvent]]:
+        """Batches of the turn's events after seq `after`, until its end or error event.
+        `counted`: the stream counts as open while it follows (a page's channel counts for its whole life)."""
+        if counted:
+            self.stream_opened(turn.user_id)
         try:
             run = self.local_run(turn.id)
             if run is not None:
@@ -84,10 +96,8 @@ class TurnReader:
             async for batch in self._follow_stored(turn, after):
                 yield batch
         finally:
-            self.metrics.active_streams.dec()
-            left = self.open_streams.pop(turn.user_id, 1) - 1
-            if left > 0:
-                self.open_streams[turn.user_id] = left
+            if counted:
+                self.stream_closed(turn.user_id)
 
     async def _follow_stored(self, turn: TurnInfo, after: int) -> AsyncIterator[list[TurnEvent]]:
         """Follow a turn through its Redis Stream: it runs on another worker, or already ended.

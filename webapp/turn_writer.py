@@ -104,6 +104,7 @@ class TurnRun:
     model: str = ""  # the model asked ("" = the provider's default)
     first_exchange: bool = False  # the conversation's first message: its title may be written after
     forked: bool = False  # a regenerate or an edit: the reply starts a new version of the branch
+    asked: bool = False  # this turn stored a new user message (not a retry, regenerate or edit)
     saved: "SavedReply | None" = None  # once saved: what the page's final bubble shows, without a read
 
     @property
@@ -435,7 +436,7 @@ class TurnWriter:
         model = conversation.model or role.model
         run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang, user_message=user_message,
                       model=model, first_exchange=message is not None and conversation.message_count == 2,
-                      forked=fork_index is not None)
+                      forked=fork_index is not None, asked=message is not None and fork_index is None)
         self.runs[turn_id] = run
         for hook in self.started_hooks:
             hook(run)

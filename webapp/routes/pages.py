@@ -17,6 +17,7 @@ from fastapi import APIRouter, Form, Path, Query, Request, Response
 
 from ..conversations import DRAFT_ID, SEARCH_LIMIT, ConversationList, Conversations, ConversationView
 from ..accounts import Accounts
+from ..channels import CHANNEL_ID_MAX, new_channel_id
 from ..deps import (
     AccountsDep, ConversationsDep, CreatingUser, CurrentUser, OwnedConversation, WriterDep, client_ip,
     creating_user, current_user, is_newcomer, services,
@@ -56,14 +57,14 @@ def typed(text: str) -> str:
     return text.replace("\r\n", "\n")
 
 
-async def sent_form(request: Request) -> tuple[str, str, str]:
-    """The composer's fields: (message, request_id, q). The two routes every web UI turn posts to read
+async def sent_form(request: Request) -> tuple[str, str, str, str]:
+    """The composer's fields: (message, request_id, q, channel). The two routes every web UI turn posts to read
     them, and their user and services, by hand: FastAPI's solving of `Form()` fields and dependencies
     was ~8% of the loop under load (bench/README.md, issue 19). The CSRF check still runs first
     (the router's dependency), on the same parsed form."""
     fields = await form_fields(request)
     return (text_field(fields, "message"), text_field(fields, "request_id", REQUEST_ID_MAX),
-            text_field(fields, "q", SEARCH_MAX))
+            text_field(fields, "q", SEARCH_MAX), text_field(fields, "channel", CHANNEL_ID_MAX))
 
 
 def page_ending_at(conversation: Conversation, index: int) -> int | None:
@@ -83,6 +84,8 @@ def pane_values(pane: ConversationView, *, max_chars: int, demo: bool) -> dict[s
         "last_index": pane.first_index + len(pane.messages) - 1 if pane.latest else -1, "demo": demo, "draft": "", "form_error": "",
         "active_id": pane.conversation.id, "current_path": f"/c/{pane.conversation.id}",
         "role_missing": pane.role_missing,
+        # the page's one event stream (channels.py); a draft has none until its first send makes it a conversation
+        "channel_id": new_channel_id() if pane.conversation.id != DRAFT_ID else "",
     }
 
 
@@ -175,7 +178,7 @@ async def send_first_message(request: Request) -> Response:
     place, and the sidebar's list (or search results, `q`) out of band: one request, not a refresh after it.
     (A route of every turn: see `sent_form`.)"""
     view, user, conversations = View(request), await creating_user(request), services(request).conversations
-    message, request_id, q = await sent_form(request)
+    message, request_id, q, _ = await sent_form(request)
     text = typed(message)
     try:
         run = await conversations.start_first(user, text, view.lang, client_ip(view.request),
@@ -285,7 +288,7 @@ async def send_message(request: Request, session_id: str) -> Response:
     """
     view, user = View(request), await current_user(request)
     conversations, writer = services(request).conversations, services(request).turn_writer
-    message, request_id, q = await sent_form(request)
+    message, request_id, q, channel = await sent_form(request)
     text = typed(message)
     try:
         run = await writer.start_turn(check_id(session_id), user, text, None, view.lang, client_ip(view.request),
@@ -299,13 +302,18 @@ async def send_message(request: Request, session_id: str) -> Response:
     if run.duplicate:  # the same form again (a double click, a resent form): nothing new to show
         return view.no_content_or_redirect(f"/c/{run.conversation.id}")
     searching = bool(q.strip())
+    headers = {"HX-Trigger": "sessions-changed"} if searching else None
+    if view.fragment and services(request).channels.is_open(channel, user, run.conversation.id):
+        # the page's channel is open here and has been handed the turn: it brings the bubbles
+        return view.render("partials/turn_posted.html", conv=run.conversation, sidebar=not searching,
+                           headers=headers)
     # the first message of the conversation: its suggestions go
     was_empty = run.user_message is not None and run.conversation.message_count == 2
     return await view.fragment_or_redirect(
         "partials/turn_started.html", f"/c/{run.conversation.id}",
         {"conv": run.conversation, "user_message": run.user_message, "was_empty": was_empty,
-         "streaming": {"turn_id": run.id, "after": 0, "text": ""}, "searching": searching},
-        headers={"HX-Trigger": "sessions-changed"} if searching else None,
+         "streaming": {"turn_id": run.id, "after": 0, "text": ""}, "searching": searching, "sidebar": not searching},
+        headers=headers,
     )
 
 

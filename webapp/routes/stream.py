@@ -8,12 +8,13 @@ from typing import Annotated, AsyncIterator, Callable
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
+from ..channels import CHANNEL_ID_MAX, new_channel_id
 from ..conversations import Conversations
 from ..deps import (
     ConversationsDep, CurrentUser, LangDep, ReaderDep, SeedUser, WriterDep, client_ip, current_user, services,
 )
-from ..htmx import lang_of
-from ..errors import InvalidId, TurnNotFound
+from ..errors import ChatError, InvalidId, TurnNotFound
+from ..htmx import View, lang_of
 from ..i18n import Lang
 from ..ids import check_id
 from ..models import Conversation, TurnEvent, TurnInfo
@@ -23,6 +24,7 @@ from ..sse import (
     MAX_SEQ, json_event_frame, merged, named_event_frame, parse_last_event_id, seed_payload, stream_response,
 )
 from ..turn_reader import TurnReader
+from .pages import conversation_pane
 
 router = APIRouter(tags=["turns"])
 
@@ -90,15 +92,16 @@ async def api_turn_events(
 
 async def html_events(
     reader: TurnReader, conversations: Conversations, session_id: str, user: str, turn: TurnInfo | None,
-    after: int, lang: Lang, csrf_token: str, sidebar_item: bool = True,
+    after: int, lang: Lang, csrf_token: str, sidebar_item: bool = True, channel_id: str = "",
 ) -> AsyncIterator[bytes]:
     """`chunk` events carry escaped text to append; one `done` event carries the final bubble and,
-    out of band, the composer's Send button and (`sidebar_item`) the conversation's sidebar item."""
+    out of band, the composer's Send button and (`sidebar_item`) the conversation's sidebar item.
+    `channel_id`: the events go out on a page's channel, which counts as an open stream itself."""
     final: TurnEvent | None = None
     last_id = f"{turn.id}:{after}" if turn else None
     run = reader.local_run(turn.id) if turn is not None else None  # (its saved reply needs no read after)
     if turn is not None:
-        async for batch in reader.follow(turn, after):
+        async for batch in reader.follow(turn, after, counted=not channel_id):
             for event in merged(batch):
                 last_id = f"{turn.id}:{event.seq}"
                 if event.type == "chunk":
@@ -116,7 +119,7 @@ async def html_events(
         error_text=outcome.error_text, retry_text=outcome.retry_text,
         retry_for=outcome.reply.id if outcome.reply else "", no_reply_text=outcome.retry_text,
         reply_index=outcome.reply_index, last_index=outcome.reply_index, versions=outcome.versions,
-        csrf_token=csrf_token, sidebar_item=outcome.conversation if sidebar_item else None,
+        csrf_token=csrf_token, sidebar_item=outcome.conversation if sidebar_item else None, channel_id=channel_id,
     )
     yield named_event_frame("done", last_id, fragment)
 
@@ -151,3 +154,97 @@ async def conversation_turn_events(
     _, seq = parse_last_event_id(last_event_id)
     return stream_response(html_events(reader, conversations, session_id, user, turn, max(seq, after), lang,
                                        request_token(request), sidebar_item=not searching))
+
+
+# the web UI's channel: one stream per open conversation page, for all of its turns ---------
+
+@router.get("/c/{session_id}/events", include_in_schema=False)
+async def conversation_events(
+    request: Request,
+    session_id: str,
+    channel: Annotated[str, Query(max_length=CHANNEL_ID_MAX)] = "",
+    turn: Annotated[str, Query(max_length=64)] = "",
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+) -> Response:
+    """A conversation page's channel (channels.py): the turns that start in it, each as a `turn`
+    event (the user's bubble and the reply's), its `chunk`s and its `done`.
+
+    What the page already shows is `turn` (the newest turn it has) and `after` (the last event
+    of it shown; absent: all of it), or Last-Event-ID when the browser reconnects by itself.
+    A page that missed a turn gets the message list again (`sync`), then the rest live.
+    """
+    user, lang = await current_user(request), lang_of(request)
+    reader, conversations = services(request).turn_reader, services(request).conversations
+    conversation = await conversations.owned(check_id(session_id), user)  # 404 unless the caller's
+    reader.check_stream_slot(user)
+    seen_id, seen_seq = parse_last_event_id(last_event_id)
+    if seen_id is None:
+        seen_id, seen_seq = turn or None, MAX_SEQ if after is None else after
+    return stream_response(channel_events(request, conversation, channel or new_channel_id(), seen_id, seen_seq,
+                                          lang))
+
+
+async def channel_events(request: Request, conversation: Conversation, channel_id: str, seen_id: str | None,
+                         seen_seq: int, lang: Lang) -> AsyncIterator[bytes]:
+    state = services(request)
+    reader, conversations, channels = state.turn_reader, state.conversations, state.channels
+    user, session_id, csrf_token = conversation.user_id, conversation.id, request_token(request)
+    # open before anything is awaited: a turn that starts from now on is handed to it
+    channel = channels.open_channel(channel_id, user, session_id)
+    reader.stream_opened(user)
+    followed: set[str] = set()
+
+    async def follow(turn_id: str, after: int) -> AsyncIterator[bytes]:
+        followed.add(turn_id)
+        info = TurnInfo(id=turn_id, session_id=session_id, user_id=user, status="running")
+        async for frame in html_events(reader, conversations, session_id, user, info, after, lang, csrf_token,
+                                       channel_id=channel_id):
+            yield frame
+
+    async def sync() -> AsyncIterator[bytes]:
+        """The message list as it is now; then the reply being written, if any, from where it shows."""
+        try:
+            fresh = await conversations.owned(session_id, user)
+        except ChatError:  # deleted meanwhile (in another tab): nothing more to show here
+            return
+        values = await conversation_pane(View(request), conversations, fresh)
+        streaming = values["streaming"]
+        newest = streaming.turn_id if streaming else fresh.last_turn_id
+        event_id = f"{newest}:{streaming.after if streaming else MAX_SEQ}" if newest else None
+        values.update(channel_id=channel_id, csrf_token=csrf_token)
+        yield named_event_frame("sync", event_id, render_fragment("partials/channel_sync.html", lang, **values))
+        if streaming:
+            async for frame in follow(streaming.turn_id, streaming.after):
+                yield frame
+
+    try:
+        newest = conversation.running_turn_id or conversation.last_turn_id
+        if newest and newest != seen_id:
+            async for frame in sync():
+                yield frame
+        elif newest and seen_seq < MAX_SEQ:  # the page shows this turn up to seen_seq: the rest of it
+            try:
+                resumed = await reader.resumable(newest, user, seen_seq, session_id=session_id)
+            except (TurnNotFound, InvalidId):
+                resumed = None
+            if resumed is not None:
+                async for frame in follow(newest, seen_seq):
+                    yield frame
+        while True:
+            run = await channel.next_turn()
+            if run.id in followed:
+                continue
+            if not run.asked:  # a regenerate, an edit or a retry changes bubbles already shown
+                async for frame in sync():
+                    yield frame
+                continue
+            yield named_event_frame("turn", f"{run.id}:0", render_fragment(
+                "partials/turn_started.html", lang, conv=run.conversation, user_message=run.user_message,
+                was_empty=run.first_exchange, streaming={"turn_id": run.id, "after": 0, "text": ""},
+                channel_id=channel_id, csrf_token=csrf_token))
+            async for frame in follow(run.id, 0):
+                yield frame
+    finally:
+        channels.close(channel)
+        reader.stream_closed(user)

@@ -1,0 +1,250 @@
+"""A conversation page's channel: one event stream per open page that carries every turn of it
+(channels.py). Over real HTTP against the real app, Redis and fake model; the browser's side is
+in test_ui_browser.py."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from bs4 import BeautifulSoup
+
+from tests.conftest import SYSTEM_PROMPTS, SSEEvent, iter_sse, unique
+from tests.fake_upstream import expected_reply
+from tests.test_pages_partials import EN, HX, open_home, soup
+
+SLOW = "[[tokens:30]] [[delay:20]]"
+
+
+def reply_to(text: str, turn: int) -> str:
+    """The fake model's reply to `text`, the conversation's `turn`th message (assistant role, 12 tokens)."""
+    return expected_reply(2 * turn, SYSTEM_PROMPTS["assistant"], text, 12)
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
+
+
+class ChannelReader:
+    """A page's channel read on a thread of its own, as the browser keeps it open while it posts."""
+
+    def __init__(self, client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> None:
+        self.events: queue.Queue[SSEEvent | BaseException | None] = queue.Queue()
+        self.status = 0
+        self.opened = threading.Event()
+        self.client = httpx.Client(base_url=client.base_url, cookies=client.cookies, timeout=30, headers=EN)
+        self.response: httpx.Response | None = None
+        self.thread = threading.Thread(target=self._read, args=(url, headers), daemon=True)
+        self.thread.start()
+        assert self.opened.wait(10), "the channel did not answer"
+
+    def _read(self, url: str, headers: dict[str, str] | None) -> None:
+        try:
+            with self.client.stream("GET", url, headers=headers) as response:
+                self.status, self.response = response.status_code, response
+                self.opened.set()
+                for event in iter_sse(response):
+                    self.events.put(event)
+        except BaseException as exc:  # closed by the test, or a failure to report
+            self.events.put(exc)
+        finally:
+            self.opened.set()
+            self.events.put(None)
+
+    def next(self, timeout: float = 15) -> SSEEvent:
+        item = self.events.get(timeout=timeout)
+        assert isinstance(item, SSEEvent), f"the channel ended: {item!r}"
+        return item
+
+    def until_done(self) -> list[SSEEvent]:
+        """Events up to and including the next `done`."""
+        events = [self.next()]
+        while events[-1].event != "done":
+            events.append(self.next())
+        return events
+
+    def close(self) -> None:
+        if self.response is not None:
+            self.response.close()
+        self.client.close()
+        self.thread.join(0.5)  # (a read blocked until the next ping ends with the socket; daemon thread)
+
+
+@pytest.fixture
+def browser_client(make_client: Callable[..., httpx.Client]) -> httpx.Client:
+    return make_client(headers=EN)
+
+
+@pytest.fixture
+def channels() -> Any:
+    opened: list[ChannelReader] = []
+
+    def open_channel(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> ChannelReader:
+        reader = ChannelReader(client, url, headers)
+        opened.append(reader)
+        return reader
+
+    yield open_channel
+    for reader in opened:
+        reader.close()
+
+
+def page_channel(page: BeautifulSoup) -> tuple[str, str]:
+    """(the channel's URL, its id in the composer) of a conversation page or pane."""
+    url = page.select_one(".chat__inner")["sse-connect"]
+    channel_id = page.select_one('#composer input[name="channel"]')["value"]
+    assert f"channel={channel_id}" in url
+    return url, channel_id
+
+
+def post(client: httpx.Client, session_id: str, text: str, channel_id: str = "", **fields: str) -> httpx.Response:
+    data = {"message": text, **({"channel": channel_id} if channel_id else {}), **fields}
+    response = client.post(f"/c/{session_id}/messages", data=data, headers={**HX, **EN})
+    assert response.status_code == 200, response.text
+    return response
+
+
+def streamed_text(events: list[SSEEvent]) -> str:
+    import html
+    return "".join(html.unescape(event.data) for event in events if event.event == "chunk")
+
+
+def test_a_page_keeps_one_stream_that_brings_every_turn(browser_client: httpx.Client, channels: Any) -> None:
+    """The composer's post names its page's channel: it answers with no bubbles (and moves the sidebar
+    item), and the channel brings the user's bubble, the reply's chunks and its final bubble, turn after
+    turn on the same connection."""
+    session_id, page = open_home(browser_client)
+    url, channel_id = page_channel(page)
+    assert page.select_one(".chat__inner")["hx-ext"] == "sse"
+    assert page.select_one(".channel-sink")["sse-swap"] == "turn,sync"
+    channel = channels(browser_client, url)
+    for turn in (1, 2):
+        text = f"{unique('channel')} <b>&amp;"
+        answer = soup(post(browser_client, session_id, text, channel_id))
+        assert not answer.select(".msg"), "the bubbles come on the channel"
+        assert answer.select_one(f"ul[hx-swap-oob] #conv-{session_id}")  # the sidebar item moves to the top
+        events = channel.until_done()
+        started = events[0]
+        assert started.event == "turn" and started.seq == 0
+        bubbles = BeautifulSoup(started.data, "html.parser")
+        wrapper = bubbles.select_one('[hx-swap-oob="beforeend:#message-list"]')
+        assert wrapper.select_one(".msg--user .msg__body").get_text().strip() == text
+        streaming = wrapper.select_one(f"article#turn-{started.turn_id}.msg--streaming")
+        assert not streaming.has_attr("sse-connect"), "the channel, not a stream of its own"
+        assert streaming["sse-swap"] == "done" and streaming.select_one(".msg__stream")["sse-swap"] == "chunk"
+        assert bubbles.select_one("#composer-actions[hx-swap-oob] .round-btn--stop")
+        assert [e.turn_id for e in events] == [started.turn_id] * len(events)
+        assert streamed_text(events) == reply_to(text, turn)
+        done = BeautifulSoup(events[-1].data, "html.parser")
+        assert done.select_one("article.msg--assistant .msg__body")
+        assert done.select_one("#composer-actions .round-btn--send")
+        update = done.select_one(f'template.session-update[data-item="conv-{session_id}"]')
+        assert update is not None and not update.find(attrs={"hx-swap-oob": True})
+    history = browser_client.get("/chat/history", params={"session_id": session_id}).json()["messages"]
+    assert [m["role"] for m in history] == ["assistant", "user", "assistant", "user", "assistant"]
+
+
+def test_a_post_that_names_no_open_channel_streams_on_its_own(
+    make_client: Callable[..., httpx.Client], channels: Any,
+) -> None:
+    """No channel named, one not open (yet), or one of another identity: the post answers as without a
+    channel, with the bubbles and a stream of the turn's own; nothing is shown twice or to another."""
+    owner, other = make_client(headers=EN), make_client(headers=EN)
+    session_id, page = open_home(owner)
+    url, channel_id = page_channel(page)
+    channel = channels(owner, url)
+    other_session, _ = open_home(other)
+    for client, session, named in ((owner, session_id, ""), (owner, session_id, "not-open"),
+                                   (other, other_session, channel_id)):
+        answer = soup(post(client, session, unique("alone"), named))
+        streaming = answer.select_one("article.msg--streaming")
+        assert streaming["sse-connect"].startswith(f"/c/{session}/turns/")
+        if client is owner:  # the owner's open page still shows the turn, once: on its channel
+            events = channel.until_done()
+            assert events[0].event == "turn" and f"turn-{events[0].turn_id}" == streaming["id"]
+    # another identity cannot open a channel on the conversation
+    assert other.get(url).status_code == 404
+
+
+def test_every_page_open_on_a_conversation_shows_its_turns(browser_client: httpx.Client, channels: Any) -> None:
+    """Two tabs on one conversation: a send from one streams live in both."""
+    session_id, page = open_home(browser_client)
+    first_url, first_id = page_channel(page)
+    second_url, _ = page_channel(soup(browser_client.get(f"/c/{session_id}")))
+    first, second = channels(browser_client, first_url), channels(browser_client, second_url)
+    text = unique("two tabs")
+    post(browser_client, session_id, text, first_id)
+    one, two = first.until_done(), second.until_done()
+    assert one[0].event == two[0].event == "turn"
+    assert streamed_text(one) == streamed_text(two) == reply_to(text, 1)
+
+
+def test_a_channel_resumes_after_its_last_event_without_repeating(browser_client: httpx.Client, channels: Any) -> None:
+    session_id, page = open_home(browser_client)
+    url, channel_id = page_channel(page)
+    channel = channels(browser_client, url)
+    post(browser_client, session_id, f"{unique('resume')} {SLOW}", channel_id)
+    events = channel.until_done()
+    chunks = [e for e in events if e.event == "chunk"]
+    assert len(chunks) > 3
+    middle = chunks[len(chunks) // 2]
+    again = channels(browser_client, url, {"Last-Event-ID": middle.id})  # the browser's own reconnect
+    rest = again.until_done()
+    assert rest[0].event == "chunk" and rest[0].seq > middle.seq
+    seen = streamed_text(chunks[: len(chunks) // 2 + 1]) + streamed_text(rest)
+    assert seen == streamed_text(chunks)
+    # reconnecting after the end shows nothing again: the next event is the next turn's
+    after_end = channels(browser_client, url, {"Last-Event-ID": events[-1].id})
+    post(browser_client, session_id, unique("next"), channel_id)
+    assert after_end.next().event == "turn"
+
+
+def test_a_channel_that_missed_a_turn_shows_the_list_again(browser_client: httpx.Client, channels: Any) -> None:
+    """A page whose stream was away while a whole turn went by (its place names an older turn) gets the
+    message list as it is now (`sync`), then the next turns live."""
+    session_id, page = open_home(browser_client)
+    url, channel_id = page_channel(page)
+    channel = channels(browser_client, url)
+    seen = post(browser_client, session_id, unique("seen"), channel_id)
+    assert seen.status_code == 200
+    last_seen = channel.until_done()[-1].id
+    channel.close()
+    missed = unique("missed")
+    follow = soup(post(browser_client, session_id, missed))  # (from another tab, with no channel here)
+    with browser_client.stream("GET", follow.select_one(".msg--streaming")["sse-connect"]) as response:
+        assert [e.event for e in iter_sse(response)][-1] == "done"
+    back = channels(browser_client, url, {"Last-Event-ID": last_seen})
+    sync = back.next()
+    assert sync.event == "sync"
+    listed = BeautifulSoup(sync.data, "html.parser").select_one('[hx-swap-oob="innerHTML:#message-list"]')
+    bodies = [words(body.get_text()) for body in listed.select(".msg .msg__body")]
+    assert missed in bodies and words(reply_to(missed, 2)) in bodies
+    assert sync.seq > 0  # its id names the newest turn, all of it shown
+    post(browser_client, session_id, unique("then"), channel_id)
+    assert back.next().event == "turn"
+
+
+def test_a_regenerate_shows_in_every_open_page(browser_client: httpx.Client, channels: Any) -> None:
+    """A regenerate changes bubbles already shown: a page open elsewhere gets the list again, then the
+    new reply streaming; the page that asked gets its pane, whose channel follows the new reply."""
+    session_id, page = open_home(browser_client)
+    url, channel_id = page_channel(page)
+    other_tab = channels(browser_client, url)
+    post(browser_client, session_id, unique("first"), channel_id)
+    other_tab.until_done()
+    pane = soup(browser_client.post(f"/c/{session_id}/regenerate", data={"request_id": unique("r")},
+                                    headers={**HX, **EN}))
+    pane_url, _ = page_channel(pane)
+    streaming = pane.select_one("article.msg--streaming")
+    assert "turn=" + streaming["id"].removeprefix("turn-") in pane_url and not streaming.has_attr("sse-connect")
+    asked = channels(browser_client, pane_url).until_done()
+    elsewhere = other_tab.until_done()
+    assert elsewhere[0].event == "sync"
+    assert BeautifulSoup(elsewhere[0].data, "html.parser").select_one(".msg--streaming")
+    done_here, done_there = (BeautifulSoup(events[-1].data, "html.parser") for events in (asked, elsewhere))
+    assert done_here.select_one(".versions") and done_there.select_one(".versions")
+

@@ -1,0 +1,90 @@
+"""Conversation channels: the web UI's one event stream per open conversation page.
+
+A page opens one SSE stream for its conversation and keeps it; every turn that starts on
+this worker in that conversation is handed to the page's channel, which streams the
+user's bubble, the reply and its final bubble. A web UI turn is then one request (the
+composer's post), as an API turn is, instead of a post plus a stream of its own: the
+second request per turn was the largest share of what a browser's turn cost more than
+an API turn (issue 19, bench/README.md).
+
+The composer names its page's channel. When that channel is open on this worker, the
+post answers with no bubbles (the channel brings them); when it is not (the page's
+stream is on another host, or reconnecting), the post answers as before: the bubbles
+and a stream of the turn's own. A channel that reconnects compares the newest turn it
+saw with the conversation's (`Conversation.last_turn_id`) and shows the list again when
+it missed one. So nothing here is needed for correctness across hosts; it is the fast
+path when the page's stream and its posts reach the same worker, as on one host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .turn_writer import TurnRun
+
+CHANNEL_ID_MAX = 64
+
+
+def new_channel_id() -> str:
+    """A page's channel id: it names its stream in the composer's posts (only its own user's are looked at)."""
+    return secrets.token_hex(8)
+
+
+class Channel:
+    """One open page's stream: the turns started here since it opened, waiting to be streamed."""
+
+    def __init__(self, channel_id: str, user_id: str, session_id: str) -> None:
+        self.id = channel_id
+        self.user_id = user_id
+        self.session_id = session_id
+        self.started: list[TurnRun] = []
+        self.waiter: asyncio.Future[None] | None = None
+
+    def hand(self, run: "TurnRun") -> None:
+        self.started.append(run)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def next_turn(self) -> "TurnRun":
+        """The next turn that started in the conversation; waits as long as it takes (the
+        response's end cancels the wait; pings keep the idle connection open meanwhile)."""
+        while not self.started:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.started.pop(0)
+
+
+class ConversationChannels:
+    """This worker's open channels by (user, conversation); told of every turn that starts here."""
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[str, str], list[Channel]] = {}
+
+    def open_channel(self, channel_id: str, user_id: str, session_id: str) -> Channel:
+        channel = Channel(channel_id, user_id, session_id)
+        self.open.setdefault((user_id, session_id), []).append(channel)
+        return channel
+
+    def close(self, channel: Channel) -> None:
+        key = (channel.user_id, channel.session_id)
+        channels = self.open.get(key)
+        if channels is not None and channel in channels:
+            channels.remove(channel)
+            if not channels:
+                del self.open[key]
+
+    def is_open(self, channel_id: str, user_id: str, session_id: str) -> bool:
+        """Whether the page that named `channel_id` has its stream open here (its user's only)."""
+        return bool(channel_id) and any(
+            channel.id == channel_id for channel in self.open.get((user_id, session_id), ()))
+
+    def turn_started(self, run: "TurnRun") -> None:
+        """The turn writer's start hook: every page open on the conversation here shows the turn."""
+        for channel in self.open.get((run.conversation.user_id, run.conversation.id), ()):
+            channel.hand(run)
