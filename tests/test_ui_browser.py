@@ -526,3 +526,36 @@ def test_a_send_moves_its_sidebar_item_to_the_top_without_reloading_the_list(ope
     assert page.locator("#session-list .session").count() == 1
     assert page.locator(f"#conv-{first}").count() == 0
     assert not page.errors
+
+
+def test_turns_ride_the_pages_one_stream_and_show_in_every_tab(open_page: Callable[..., Any]) -> None:
+    """After the first send (which makes the conversation and opens its page's channel), every turn
+    arrives on that one stream: no stream request per turn, no bubble twice. A second tab on the
+    same conversation shows the turns sent from the first one as they are written."""
+    page = open_page()
+    send(page, unique("first"))
+    wait_reply_done(page)
+    session_id = conversation_id(page)
+    other = page.context.new_page()
+    other_errors: list[str] = []
+    other.on("pageerror", lambda error: other_errors.append(str(error)))
+    other.goto(f"/c/{session_id}")
+    other.wait_for_selector("#message-list .msg--user")
+    streams: list[str] = []
+    page.on("request", lambda request: "/events" in request.url and streams.append(request.url))
+    for turn in (2, 3):
+        message = f"{unique(f'turn {turn}')} {SLOW}"
+        send(page, message)
+        # the other tab shows it too, while it is written
+        other.wait_for_function("n => document.querySelectorAll('#message-list .msg--user').length === n", arg=turn)
+        other.wait_for_selector(".msg--streaming .msg__stream:not(:empty)")
+        wait_reply_done(page)
+        wait_reply_done(other)
+        reply = shown(expected_reply(2 * turn, SYSTEM_PROMPTS["assistant"], message, 40))
+        for tab in (page, other):
+            assert tab.locator("#message-list .msg--user").count() == turn
+            assert tab.locator("#message-list .msg--assistant").count() == turn + 1  # (and the welcome)
+            assert shown(tab.locator("#message-list .msg--assistant .msg__body").last.inner_text()) == reply
+            assert tab.locator("#composer-actions .round-btn--send").count() == 1
+    assert streams == []  # both turns came on the stream the page already had open
+    assert not page.errors and not other_errors

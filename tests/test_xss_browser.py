@@ -205,12 +205,17 @@ SCAN = """() => {
   const found = [];
   const describe = (el) => el.outerHTML.slice(0, 160);
   const FORBIDDEN = "script, iframe, frame, frameset, object, embed, applet, base, img, video, audio, source, "
-    + "track, marquee, math, isindex, link, meta, style, portal, template:not(#toast-template):not(.msg__source), "
+    + "track, marquee, math, isindex, link, meta, style, portal, "
+    + "template:not(#toast-template):not(.msg__source):not(.session-update), "
     + "svg:not(.icon), form[action*=pwned], a[href*=pwned]:not(.prose a)";
   for (const el of document.body.querySelectorAll(FORBIDDEN)) found.push(describe(el));
   // a message's Markdown source (for "Copy Markdown") is ours: it must hold text, never an element
   for (const el of document.body.querySelectorAll("template.msg__source")) {
     if (el.content.children.length) found.push(describe(el));
+  }
+  // a reply's end on a page's channel brings the sidebar item as a template (app.js puts it in place)
+  for (const el of document.body.querySelectorAll("template.session-update")) {
+    for (const inner of el.content.querySelectorAll(FORBIDDEN)) found.push(describe(inner));
   }
   for (const el of document.head.querySelectorAll("base, script:not([src^='/static/'])")) found.push(describe(el));
   const URL_ATTRIBUTES = new Set(["href", "src", "action", "formaction", "data", "poster", "background",
