@@ -33,7 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Protocol
+from contextlib import aclosing
+from typing import Any, AsyncIterator, Protocol
 
 import aiohttp
 import orjson
@@ -67,7 +68,8 @@ COMPOSER_INCLUDES_SEARCH = re.compile(r'<form id="composer"[^>]*hx-include="#sea
 SSE_CONNECT = re.compile(r'sse-connect="([^"]+)"')
 STREAMED_SO_FAR = re.compile(r'<div class="msg__body msg__stream"[^>]*>(.*?)</div>', re.S)
 DONE_SOURCE = re.compile(r'<template class="msg__source">(.*?)</template>', re.S)
-SIDEBAR_ITEM = re.compile(rb'<li id="conv-[^"]*"[^>]*hx-swap-oob')
+SIDEBAR_ITEM = re.compile(rb'<li id="conv-[^"]*"[^>]*hx-swap-oob|<template class="session-update"')
+CHANNEL_FIELD = re.compile(r'<input type="hidden" name="channel" value="([0-9a-f]+)">')
 
 # ---------------------------------------------------------------- one user
 
@@ -128,15 +130,51 @@ class UIPage:
     csrf_token: str
     request_id: str
     includes_search: bool
+    channel_id: str = ""  # the composer names its page's channel (a conversation's page has one)
+    channel: "PageChannel | None" = None  # its stream, open from the pane's arrival on
 
     def read_composer(self, html_text: str) -> None:
-        """A swapped-in pane brings a composer: its form's target and request id."""
+        """A swapped-in pane brings a composer: its form's target, request id and channel."""
         post = COMPOSER_POST.search(html_text)
         request_id = REQUEST_ID_FIELD.search(html_text)
         if post is None or request_id is None:
             raise ValueError("no composer form")
         self.post_path, self.request_id = html.unescape(post.group(1)), request_id.group(1)
         self.includes_search = bool(COMPOSER_INCLUDES_SEARCH.search(html_text))
+        channel = CHANNEL_FIELD.search(html_text)
+        self.channel_id = channel.group(1) if channel else ""
+
+
+class PageChannel:
+    """A conversation page's one event stream (htmx's sse-connect on the pane), open for all of the
+    page's turns; its events wait in a queue for the turn being read."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.events: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        self.task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        reader = SSEEvents()
+        try:
+            async for data in self.response.content.iter_any():
+                for event in reader.feed(data):
+                    self.events.put_nowait(event)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            pass
+        finally:
+            self.events.put_nowait(None)
+
+    async def next(self) -> tuple[str, bytes]:
+        event = await self.events.get()
+        if event is None:
+            self.events.put_nowait(None)
+            raise ValueError("the page's stream ended")
+        return event
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.response.close()
 
 
 @dataclass
@@ -380,6 +418,8 @@ class User:
             if result.outcome != "ok":
                 results += self._skipped(turn)
                 break
+        if page.channel is not None:  # the tab is closed
+            page.channel.close()
         # the requests the page still makes (a sidebar refresh after the last reply) end the run
         failures = [r for r in await asyncio.gather(*self.pending) if r]
         self.pending.clear()
@@ -420,6 +460,8 @@ class User:
         form = {"csrf_token": page.csrf_token, "request_id": page.request_id, "message": message}
         if page.includes_search:
             form["q"] = ""
+        if page.channel_id:
+            form["channel"] = page.channel_id
         parts: list[str] = []
         ttft = None
         total = None
@@ -440,41 +482,75 @@ class User:
             else:
                 page.request_id = secrets.token_hex(8)  # app.js: the next message is a new request
             stream = SSE_CONNECT.search(body)
-            if stream is None:
-                return TurnResult(self.index, turn, "failed", detail="no sse-connect in the POST's fragment"), ""
             # a pane (the draft's first send) shows what was streamed before it was rendered; the stream goes on after
             so_far = STREAMED_SO_FAR.search(body)
             if so_far is not None and so_far.group(1):
                 ttft = time.perf_counter() - started
                 parts.append(html.unescape(so_far.group(1)))
             headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-            async with self.browser.get(f"{self.app_url}{html.unescape(stream.group(1))}", headers=headers) as response:
-                if response.status != 200:
-                    return TurnResult(self.index, turn, "failed", detail=f"SSE HTTP {response.status}"), ""
-                reader = SSEEvents()
-                async for data in response.content.iter_any():
-                    for name, payload in reader.feed(data):
-                        if name == "chunk":
-                            text = html.unescape(payload.decode())
-                            if ttft is None and text:
-                                ttft = time.perf_counter() - started
-                            parts.append(text)
-                        elif name == "done":
-                            done = True
-                            total = time.perf_counter() - started
-                            final = DONE_SOURCE.search(payload.decode())
-                            if final is None:
-                                error = f"done without a reply: {payload[:200]!r}"
-                            elif html.unescape(final.group(1)) != "".join(parts):
-                                error = "done's reply differs from the streamed one"
-                            if not SIDEBAR_ITEM.search(payload):
-                                # app.js: a done that does not bring its sidebar item refreshes the sidebar
-                                self.pending.append(asyncio.ensure_future(self._refresh_sidebar(page)))
-                    if done:
-                        break  # sse-close="done"
+            events: AsyncIterator[tuple[str, bytes]]
+            if stream is not None and "channel=" in stream.group(1) and "msg--streaming" not in body:
+                # the pane came after the reply's end: it shows the reply, and its channel has nothing of it
+                final = DONE_SOURCE.findall(body)
+                reply = html.unescape(final[-1]) if final else ""
+                page.channel = await self._open_channel(html.unescape(stream.group(1)), headers)
+                total = time.perf_counter() - started
+                return self._judge(turn, reply, self.expected(turn, message), True, ttft or total, total, error)
+            if stream is not None and "channel=" in stream.group(1):  # the pane: its page's channel opens
+                page.channel = await self._open_channel(html.unescape(stream.group(1)), headers)
+                events = self._channel_events(page.channel)
+            elif stream is not None:  # a stream of the turn's own (its page's channel is not open there)
+                events = self._turn_stream(f"{self.app_url}{html.unescape(stream.group(1))}", headers)
+            elif page.channel is not None:  # the bubbles and the reply come on the page's open channel
+                events = self._channel_events(page.channel)
+            else:
+                return TurnResult(self.index, turn, "failed", detail="no stream for the POST's turn"), ""
+            async with aclosing(events):
+                async for name, payload in events:
+                    if name == "chunk":
+                        text = html.unescape(payload.decode())
+                        if ttft is None and text:
+                            ttft = time.perf_counter() - started
+                        parts.append(text)
+                    elif name == "sync":
+                        error = "the page's channel showed the list again: it missed the turn"
+                    elif name == "done":
+                        done = True
+                        total = time.perf_counter() - started
+                        final = DONE_SOURCE.search(payload.decode())
+                        if final is None:
+                            error = error or f"done without a reply: {payload[:200]!r}"
+                        elif html.unescape(final.group(1)) != "".join(parts):
+                            error = error or "done's reply differs from the streamed one"
+                        if not SIDEBAR_ITEM.search(payload):
+                            # app.js: a done that does not bring its sidebar item refreshes the sidebar
+                            self.pending.append(asyncio.ensure_future(self._refresh_sidebar(page)))
+                        break
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, UnicodeDecodeError) as exc:
-            return TurnResult(self.index, turn, "failed", detail=type(exc).__name__), ""
+            detail = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+            return TurnResult(self.index, turn, "failed", detail=detail), ""
         return self._judge(turn, "".join(parts), self.expected(turn, message), done, ttft, total, error)
+
+    async def _open_channel(self, path: str, headers: dict[str, str]) -> PageChannel:
+        response = await self.browser.get(f"{self.app_url}{path}", headers=headers)
+        if response.status != 200:
+            response.close()
+            raise ValueError(f"channel HTTP {response.status}")
+        return PageChannel(response)
+
+    async def _turn_stream(self, url: str, headers: dict[str, str]) -> AsyncIterator[tuple[str, bytes]]:
+        async with self.browser.get(url, headers=headers) as response:
+            if response.status != 200:
+                raise ValueError(f"SSE HTTP {response.status}")
+            reader = SSEEvents()
+            async for data in response.content.iter_any():
+                for event in reader.feed(data):
+                    yield event
+
+    @staticmethod
+    async def _channel_events(channel: PageChannel) -> AsyncIterator[tuple[str, bytes]]:
+        while True:
+            yield await asyncio.wait_for(channel.next(), timeout=120)
 
     async def check_ui_history(self) -> tuple[int, int, str]:
         """Each web UI visitor's conversation, read back through /chat/history with its cookie."""
