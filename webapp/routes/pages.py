@@ -276,7 +276,9 @@ async def older_messages(view: ViewDep, conversation: OwnedConversation, convers
 
 @turn_router.post("/c/{session_id}/messages")
 async def send_message(request: Request, session_id: str) -> Response:
-    """Start a turn: the user's bubble plus a reply bubble that streams (or, without JS, a redirect).
+    """Start a turn. When the page's channel (`channel`, channels.py) is open on this worker, it has
+    been handed the turn and brings the bubbles: this answers with the sidebar's item only. Otherwise
+    the user's bubble plus a reply bubble with a stream of its own (or, without JS, a redirect).
 
     The sidebar's item for the conversation moves to the top out of band, in this response and
     again (with the reply's preview) in the stream's done event: no refresh of the whole list.
