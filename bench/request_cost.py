@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from bench.profiling import PySpy
-from bench.load import COMPOSER_POST, CSRF_META, REQUEST_ID_FIELD, SSE_CONNECT, SSEEvents
+from bench.load import CHANNEL_FIELD, COMPOSER_POST, CSRF_META, REQUEST_ID_FIELD, SSE_CONNECT, PageChannel, SSEEvents
 from bench.servers import App, FakeModel, Workdir, cpu_seconds, export_revision, git_revision
 
 RESULTS = Path(__file__).parent / "results"
@@ -84,10 +84,14 @@ async def web_visitor(http: aiohttp.ClientSession, url: str, meter: Meter) -> No
     post_path = html.unescape(COMPOSER_POST.search(page).group(1))  # type: ignore[union-attr]
     request_id = REQUEST_ID_FIELD.search(page).group(1)  # type: ignore[union-attr]
     current = f"{url}/"
+    channel: PageChannel | None = None  # the conversation page's one stream, from the first send's pane on
+    channel_id = ""
     for turn in range(1, TURNS + 1):
         headers = {"HX-Request": "true", "HX-Current-URL": current, "HX-Target": "message-list",
                    "X-CSRF-Token": token}
         form = {"csrf_token": token, "request_id": request_id, "message": f"turn {turn} how do streamed replies work?"}
+        if channel_id:
+            form["channel"] = channel_id
         label = "first" if turn == 1 else "next"
 
         async def post() -> tuple[str, str | None]:
@@ -99,15 +103,22 @@ async def web_visitor(http: aiohttp.ClientSession, url: str, meter: Meter) -> No
         if pushed:
             current = f"{url}{pushed}"
             post_path = html.unescape(COMPOSER_POST.search(body).group(1))  # type: ignore[union-attr]
-        stream_path = html.unescape(SSE_CONNECT.search(body).group(1))  # type: ignore[union-attr]
+            channel_id = CHANNEL_FIELD.search(body).group(1)  # type: ignore[union-attr]
 
         async def stream() -> None:
-            async with http.get(f"{url}{stream_path}", headers={"Accept": "text/event-stream"}) as response:
+            nonlocal channel
+            if channel is None:  # the pane: its channel opens and brings this turn from where the pane is
+                stream_path = html.unescape(SSE_CONNECT.search(body).group(1))  # type: ignore[union-attr]
+                response = await http.get(f"{url}{stream_path}", headers={"Accept": "text/event-stream"})
                 assert response.status == 200, response.status
-                await read_sse_to(response, {"done"})
+                channel = PageChannel(response)
+            while (await channel.next())[0] != "done":
+                pass
 
-        await meter.step(f"web: SSE to done (+ generation, save), {label} send", stream(), SETTLE_SECONDS)
+        await meter.step(f"web: channel to done (+ generation, save), {label} send", stream(), SETTLE_SECONDS)
         request_id = secrets.token_hex(8)
+    if channel is not None:
+        channel.close()
 
 
 async def api_visitor(http: aiohttp.ClientSession, url: str, meter: Meter) -> None:

@@ -1,0 +1,41 @@
+"""The registry of a worker's open conversation channels (webapp/channels.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from webapp.channels import ConversationChannels
+
+
+def run_of(turn_id: str, user_id: str, session_id: str) -> Any:
+    """What the start hook reads of a TurnRun: its id and conversation."""
+    return SimpleNamespace(id=turn_id, conversation=SimpleNamespace(id=session_id, user_id=user_id))
+
+
+def test_a_turn_is_handed_to_every_channel_of_its_conversation_and_no_other() -> None:
+    async def main() -> None:
+        channels = ConversationChannels()
+        first, second = channels.open_channel("a", "u1", "s1"), channels.open_channel("b", "u1", "s1")
+        elsewhere, foreign = channels.open_channel("c", "u1", "s2"), channels.open_channel("a", "u2", "s1")
+        waiting = asyncio.ensure_future(first.next_turn())
+        await asyncio.sleep(0)
+        channels.turn_started(run_of("t1", "u1", "s1"))
+        channels.turn_started(run_of("t2", "u1", "s1"))
+        assert (await waiting).id == "t1" and (await first.next_turn()).id == "t2"  # in order, none lost
+        assert [run.id for run in second.started] == ["t1", "t2"]
+        assert elsewhere.started == [] and foreign.started == []
+
+    asyncio.run(main())
+
+
+def test_a_post_finds_only_its_own_users_open_channel() -> None:
+    channels = ConversationChannels()
+    channel = channels.open_channel("page-1", "u1", "s1")
+    assert channels.is_open("page-1", "u1", "s1")
+    assert not channels.is_open("page-1", "u2", "s1")  # the same id named by another identity
+    assert not channels.is_open("page-1", "u1", "s2") and not channels.is_open("", "u1", "s1")
+    channels.close(channel)
+    channels.close(channel)  # (twice is harmless)
+    assert not channels.is_open("page-1", "u1", "s1") and channels.open == {}
