@@ -255,6 +255,11 @@ class TurnWriter:
         """The turn if it generates on this worker (its events are in memory)."""
         return self.runs.get(turn_id)
 
+    def started_since(self, user_id: str, session_id: str, since: float) -> list[TurnRun]:
+        """The conversation's turns started on this worker at or after `since` (time.perf_counter())."""
+        return sorted((run for run in self.runs.values() if run.started >= since and run.conversation.id == session_id
+                       and run.conversation.user_id == user_id), key=lambda run: run.started)
+
     def held_leases(self) -> list[tuple[TurnRef, str]]:
         """(turn, session id) of each turn generating here: the leases to renew."""
         return [(run.ref, run.conversation.id) for run in self.runs.values() if not run.finished]

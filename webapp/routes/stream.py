@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import time
 from typing import Annotated, AsyncIterator, Callable
 
 import orjson
@@ -176,22 +177,28 @@ async def conversation_events(
     """
     user, lang = await current_user(request), lang_of(request)
     reader, conversations = services(request).turn_reader, services(request).conversations
+    read_at = time.perf_counter()
     conversation = await conversations.owned(check_id(session_id), user)  # 404 unless the caller's
     reader.check_stream_slot(user)
     seen_id, seen_seq = parse_last_event_id(last_event_id)
     if seen_id is None:
         seen_id, seen_seq = turn or None, MAX_SEQ if after is None else after
-    return stream_response(channel_events(request, conversation, channel or new_channel_id(), seen_id, seen_seq,
-                                          lang))
+    return stream_response(channel_events(request, conversation, read_at, channel or new_channel_id(), seen_id,
+                                          seen_seq, lang))
 
 
-async def channel_events(request: Request, conversation: Conversation, channel_id: str, seen_id: str | None,
-                         seen_seq: int, lang: Lang) -> AsyncIterator[bytes]:
+async def channel_events(request: Request, conversation: Conversation, read_at: float, channel_id: str,
+                         seen_id: str | None, seen_seq: int, lang: Lang) -> AsyncIterator[bytes]:
+    """`conversation` as read at `read_at`: what the page may have missed is judged from it."""
     state = services(request)
     reader, conversations, channels = state.turn_reader, state.conversations, state.channels
     user, session_id, csrf_token = conversation.user_id, conversation.id, request_token(request)
-    # open before anything is awaited: a turn that starts from now on is handed to it
+    # open before anything is awaited: a turn that starts from now on is handed to it; one that started
+    # here since the conversation was read (the response's start awaits) is handed to it now
     channel = channels.open_channel(channel_id, user, session_id)
+    for run in state.turn_writer.started_since(user, session_id, read_at):
+        if run.id != conversation.running_turn_id:
+            channel.hand(run)
     reader.stream_opened(user)
     followed: set[str] = set()
 
