@@ -192,6 +192,18 @@ class TurnResult:
     posted: float | None = None  # the web UI: when the post's answer was in (its part of the TTFT)
 
 
+def _connection_counter() -> tuple[aiohttp.TraceConfig, list[int]]:
+    """A trace that counts the TCP connections a client opens (a saturated app accepts a new one late:
+    the web UI's page channel holds one connection, so a visitor's next post opens another)."""
+    trace, opened = aiohttp.TraceConfig(), [0]
+
+    async def count(*_: Any) -> None:
+        opened[0] += 1
+
+    trace.on_connection_create_end.append(count)
+    return trace, opened
+
+
 class User:
     """A simulated user: its own HTTP client and cookie jar, 3 turns per phase."""
 
@@ -201,14 +213,15 @@ class User:
         self.app_url = app_url
         self.upstream_url = upstream_url
         self.tokens = tokens
+        trace, self.connections = _connection_counter()
         self.http = aiohttp.ClientSession(
             cookie_jar=aiohttp.CookieJar(unsafe=True),  # cookies from 127.0.0.1
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60), trace_configs=[trace],
         )
         # the web UI runs: a browser's own cookie jar (a new visitor each run), the same connections
         self.browser = aiohttp.ClientSession(
             connector=self.http.connector, connector_owner=False, cookie_jar=aiohttp.CookieJar(unsafe=True),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60), trace_configs=[trace],
         )
         self.user_id = ""
         self.session_id = ""
@@ -619,6 +632,7 @@ class LoadWorker:
     async def phase(self, kind: str, start_at: float) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         cpu = _cpu_self()
+        connections = sum(user.connections[0] for user in self.users)
         runs = [getattr(user, f"run_{kind}")() for user in self.users]
         turns = [result for results in await asyncio.gather(*runs) for result in results]
         return {
@@ -626,6 +640,7 @@ class LoadWorker:
             "last_end": max((user.finished_at for user in self.users), default=start_at),
             "start_latencies": [u.start_latency for u in self.users if u.start_latency is not None],
             "cpu_s": _cpu_self() - cpu,
+            "connections": sum(user.connections[0] for user in self.users) - connections,
         }
 
     async def history(self) -> dict[str, Any]:
@@ -683,6 +698,7 @@ def _merge(parts: list[dict[str, Any]], start_at: float) -> dict[str, Any]:
         "wall": max(part["last_end"] for part in parts) - start_at,
         "start_latencies": [x for part in parts for x in part["start_latencies"]],
         "cpu_s": sum(part["cpu_s"] for part in parts),
+        "connections": sum(part.get("connections", 0) for part in parts),
     }
 
 
@@ -806,6 +822,7 @@ def phase_summary(result: dict[str, Any], usage: dict[str, Usage]) -> dict[str, 
             for k in range(1, TURNS + 1)
         },
         "loadgen_cpu_s": round(result["cpu_s"], 2),
+        "connections_opened": result.get("connections", 0),
         "usage": {name: asdict(u) for name, u in usage.items()},
         "problems": sorted({f"{t['outcome']}: {t['detail']}" for t in turns if t["outcome"] != "ok"})[:10],
     }
@@ -876,6 +893,7 @@ def step_block(step: dict[str, Any]) -> str:
             f" | redis: RSS peak {usage['redis']['rss_peak_mb']} MB, CPU {usage['redis']['cpu_s']} s"
             f" | fake model CPU {usage['upstream']['cpu_s']} s (direct {d['usage']['upstream']['cpu_s']} s)"
             f" | load generator CPU {p['loadgen_cpu_s']} s (direct {d['loadgen_cpu_s']} s)"
+            f" | TCP connections opened {p.get('connections_opened', '?')}"
         )
     lines.append(
         "  other work on the machine meanwhile, % of a core: " + ", ".join(
