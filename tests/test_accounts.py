@@ -21,7 +21,7 @@ from bs4 import BeautifulSoup
 
 from tests.conftest import (
     REPO_ROOT, TEST_SECRET_KEY, AppServer, RedisServer, _start_app, _stop_app, create_session, read_events,
-    start_chat, unique, wait_until,
+    start_chat, unique,
 )
 from tests.fake_upstream import ThreadedFakeUpstream
 
@@ -419,23 +419,6 @@ def test_abuse_limits_are_clear_errors(limited_app: AppServer, make: Any) -> Non
     finally:
         for stream in streams:
             stream.__exit__(None, None, None)
-
-
-def test_a_pages_channel_counts_as_a_stream_while_it_is_open(limited_app: AppServer, make: Any) -> None:
-    """MAX_STREAMS_PER_USER counts a conversation page's channel for as long as it is open, idle or not."""
-    client = make(limited_app)
-    session_id = create_session(client)["id"]
-    page = BeautifulSoup(client.get(f"/c/{session_id}").text, "html.parser")
-    url = page.select_one(".chat__inner")["sse-connect"]
-    streams = [client.stream("GET", url) for _ in range(2)]
-    try:
-        for stream in streams:
-            assert stream.__enter__().status_code == 200
-        assert client.get(url).status_code == 429
-    finally:
-        for stream in streams:
-            stream.__exit__(None, None, None)
-    wait_until(lambda: client.get(f"/c/{session_id}/turns/{'0' * 8}-0000-4000-8000-{'0' * 12}/events").status_code == 200)
 
 
 def test_ops_endpoints_can_be_token_protected_and_the_api_key_never_shows(

@@ -4,16 +4,21 @@ in test_ui_browser.py."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from bs4 import BeautifulSoup
 
-from tests.conftest import SYSTEM_PROMPTS, SSEEvent, iter_sse, unique
+from tests.conftest import (
+    SYSTEM_PROMPTS, AppServer, RedisServer, SSEEvent, _start_app, _stop_app, iter_sse, unique, wait_until,
+    with_page_token,
+)
+from tests.fake_upstream import ThreadedFakeUpstream
 from tests.fake_upstream import expected_reply
 from tests.test_pages_partials import EN, HX, open_home, soup
 
@@ -30,25 +35,35 @@ def words(text: str) -> str:
 
 
 class ChannelReader:
-    """A page's channel read on a thread of its own, as the browser keeps it open while it posts."""
+    """A page's channel read on a thread of its own, as the browser keeps it open while it posts
+    (an asyncio client there, so that close() really closes the connection, as a closed tab does)."""
 
     def __init__(self, client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> None:
         self.events: queue.Queue[SSEEvent | BaseException | None] = queue.Queue()
         self.status = 0
         self.opened = threading.Event()
-        self.client = httpx.Client(base_url=client.base_url, cookies=client.cookies, timeout=30, headers=EN)
-        self.response: httpx.Response | None = None
-        self.thread = threading.Thread(target=self._read, args=(url, headers), daemon=True)
+        self.loop = asyncio.new_event_loop()
+        self.task: asyncio.Task[None] | None = None
+        self.thread = threading.Thread(target=self.loop.run_until_complete,
+                                       args=(self._read(client, url, headers),), daemon=True)
         self.thread.start()
         assert self.opened.wait(10), "the channel did not answer"
 
-    def _read(self, url: str, headers: dict[str, str] | None) -> None:
+    async def _read(self, client: httpx.Client, url: str, headers: dict[str, str] | None) -> None:
+        self.task = asyncio.current_task()
         try:
-            with self.client.stream("GET", url, headers=headers) as response:
-                self.status, self.response = response.status_code, response
-                self.opened.set()
-                for event in iter_sse(response):
-                    self.events.put(event)
+            async with httpx.AsyncClient(base_url=client.base_url, cookies=client.cookies, timeout=30,
+                                         headers=EN) as http:
+                async with http.stream("GET", url, headers=headers) as response:
+                    self.status = response.status_code
+                    self.opened.set()
+                    lines: list[str] = []
+                    async for line in response.aiter_lines():
+                        lines.append(line)
+                        if line == "":
+                            for event in iter_sse(_Lines(lines)):  # type: ignore[arg-type]
+                                self.events.put(event)
+                            lines = []
         except BaseException as exc:  # closed by the test, or a failure to report
             self.events.put(exc)
         finally:
@@ -68,10 +83,19 @@ class ChannelReader:
         return events
 
     def close(self) -> None:
-        if self.response is not None:
-            self.response.close()
-        self.client.close()
-        self.thread.join(0.5)  # (a read blocked until the next ping ends with the socket; daemon thread)
+        if self.task is not None and self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(5)
+
+
+class _Lines:
+    """One event's lines, as iter_sse reads a response's."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def iter_lines(self) -> Iterator[str]:
+        return iter(self.lines)
 
 
 @pytest.fixture
@@ -248,3 +272,35 @@ def test_a_regenerate_shows_in_every_open_page(browser_client: httpx.Client, cha
     done_here, done_there = (BeautifulSoup(events[-1].data, "html.parser") for events in (asked, elsewhere))
     assert done_here.select_one(".versions") and done_there.select_one(".versions")
 
+
+
+@pytest.fixture(scope="module")
+def two_streams_app(redis_server: RedisServer, upstream: ThreadedFakeUpstream,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    app = _start_app(tmp_path_factory.mktemp("app"), {
+        "REDIS_URL": redis_server.url, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": upstream.base_url,
+        "OPENAI_MODEL": "fake-model", "MAX_STREAMS_PER_USER": "2",
+    })
+    yield app
+    _stop_app(app)
+
+
+def test_a_pages_channel_counts_as_one_stream_while_it_is_open(two_streams_app: AppServer, channels: Any) -> None:
+    """MAX_STREAMS_PER_USER counts a page's channel for as long as it is open, idle or following a
+    turn (once, not twice), and gives the slot back when it closes."""
+    client = httpx.Client(base_url=two_streams_app.base_url, timeout=30, headers=EN)
+    client.event_hooks["request"].append(with_page_token(client))  # (a page's CSRF token on its posts)
+    try:
+        session_id, page = open_home(client)
+        url, channel_id = page_channel(page)
+        first, _ = channels(client, url), channels(client, url)
+        assert client.get(url).status_code == 429  # two idle channels: no third stream
+        # a turn followed on a channel takes no second slot: its reply still ends
+        answer = post(client, session_id, unique("slot"), channel_id)
+        assert not soup(answer).select(".msg")
+        assert first.until_done()[-1].event == "done"
+        first.close()
+        wait_until(lambda: client.get(f"/c/{session_id}/turns/{'0' * 8}-0000-4000-8000-{'0' * 12}/events")
+                   .status_code == 200)
+    finally:
+        client.close()

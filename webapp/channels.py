@@ -19,18 +19,26 @@ path when the page's stream and its posts reach the same worker, as on one host.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from .turn_writer import TurnRun
 
 CHANNEL_ID_MAX = 64
+CHANNEL_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 def new_channel_id() -> str:
     """A page's channel id: it names its stream in the composer's posts (only its own user's are looked at)."""
     return secrets.token_hex(8)
+
+
+def channel_id_or_none(value: str) -> str:
+    """A channel id as a page sent it, or "" for anything that is not one."""
+    return value if CHANNEL_ID.fullmatch(value) else ""
 
 
 class Channel:
@@ -40,10 +48,11 @@ class Channel:
         self.id = channel_id
         self.user_id = user_id
         self.session_id = session_id
-        self.started: list[TurnRun] = []
+        self.started: deque[TurnRun] = deque()
         self.waiter: asyncio.Future[None] | None = None
 
     def hand(self, run: "TurnRun") -> None:
+        """A turn that started in the conversation: streamed once the one before it has ended."""
         self.started.append(run)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
@@ -57,18 +66,31 @@ class Channel:
                 await self.waiter
             finally:
                 self.waiter = None
-        return self.started.pop(0)
+        return self.started.popleft()
 
 
 class ConversationChannels:
-    """This worker's open channels by (user, conversation); told of every turn that starts here."""
+    """This worker's open channels by (user, conversation); told of every turn that starts here.
 
-    def __init__(self) -> None:
+    `started_since(user, conversation, t)`: the turns of a conversation started here at or after
+    time.perf_counter() `t` (the turn writer's), for a channel that opens after its page was read.
+    """
+
+    def __init__(self, started_since: Callable[[str, str, float], list["TurnRun"]] | None = None) -> None:
         self.open: dict[tuple[str, str], list[Channel]] = {}
+        self.started_since = started_since or (lambda user_id, session_id, since: [])
 
-    def open_channel(self, channel_id: str, user_id: str, session_id: str) -> Channel:
+    def open_channel(self, channel_id: str, user_id: str, session_id: str, *, read_at: float | None = None,
+                     shown_turn: str | None = None) -> Channel:
+        """Register a page's channel. `read_at`: when the conversation was read to decide what the page
+        missed (`shown_turn`: the turn that read found running); a turn started here since then is
+        handed to the channel now, as the start hook would have."""
         channel = Channel(channel_id, user_id, session_id)
         self.open.setdefault((user_id, session_id), []).append(channel)
+        if read_at is not None:
+            for run in self.started_since(user_id, session_id, read_at):
+                if run.id != shown_turn:
+                    channel.hand(run)
         return channel
 
     def close(self, channel: Channel) -> None:

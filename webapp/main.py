@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.turn_writer, app.state.turn_reader = writer, reader
         search = SearchIndex(store)
         titles = TitleWriter(store, provider, search, enabled=settings.auto_title and not settings.demo_mode)
-        channels = ConversationChannels()
+        channels = ConversationChannels(writer.started_since)
         writer.started_hooks += [search.turn_started, channels.turn_started]
         writer.saved_hooks += [search.reply_saved, titles.reply_saved]
         app.state.conversations = Conversations(store, writer, reader, settings.max_conversations_per_user,

@@ -25,7 +25,7 @@ def test_a_turn_is_handed_to_every_channel_of_its_conversation_and_no_other() ->
         channels.turn_started(run_of("t2", "u1", "s1"))
         assert (await waiting).id == "t1" and (await first.next_turn()).id == "t2"  # in order, none lost
         assert [run.id for run in second.started] == ["t1", "t2"]
-        assert elsewhere.started == [] and foreign.started == []
+        assert not elsewhere.started and not foreign.started
 
     asyncio.run(main())
 
@@ -39,3 +39,13 @@ def test_a_post_finds_only_its_own_users_open_channel() -> None:
     channels.close(channel)
     channels.close(channel)  # (twice is harmless)
     assert not channels.is_open("page-1", "u1", "s1") and channels.open == {}
+
+
+def test_a_channel_opened_after_its_page_was_read_gets_the_turns_started_since() -> None:
+    """The start hook only reaches channels already open: one that opens later is handed the turns
+    of its conversation started since its page was read, but not the one that read found."""
+    started = {("u1", "s1"): [run_of("shown", "u1", "s1"), run_of("new", "u1", "s1")]}
+    channels = ConversationChannels(lambda user_id, session_id, since: started.get((user_id, session_id), []))
+    channel = channels.open_channel("a", "u1", "s1", read_at=0.0, shown_turn="shown")
+    assert [run.id for run in channel.started] == ["new"]
+    assert not channels.open_channel("b", "u1", "s1").started  # (no read: nothing to catch up)

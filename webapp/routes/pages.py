@@ -17,7 +17,7 @@ from fastapi import APIRouter, Form, Path, Query, Request, Response
 
 from ..conversations import DRAFT_ID, SEARCH_LIMIT, ConversationList, Conversations, ConversationView
 from ..accounts import Accounts
-from ..channels import CHANNEL_ID_MAX, new_channel_id
+from ..channels import CHANNEL_ID_MAX, channel_id_or_none, new_channel_id
 from ..deps import (
     AccountsDep, ConversationsDep, CreatingUser, CurrentUser, OwnedConversation, WriterDep, client_ip,
     creating_user, current_user, is_newcomer, services,
@@ -64,7 +64,7 @@ async def sent_form(request: Request) -> tuple[str, str, str, str]:
     (the router's dependency), on the same parsed form."""
     fields = await form_fields(request)
     return (text_field(fields, "message"), text_field(fields, "request_id", REQUEST_ID_MAX),
-            text_field(fields, "q", SEARCH_MAX), text_field(fields, "channel", CHANNEL_ID_MAX))
+            text_field(fields, "q", SEARCH_MAX), channel_id_or_none(text_field(fields, "channel", CHANNEL_ID_MAX)))
 
 
 def page_ending_at(conversation: Conversation, index: int) -> int | None:
@@ -307,8 +307,9 @@ async def send_message(request: Request, session_id: str) -> Response:
     headers = {"HX-Trigger": "sessions-changed"} if searching else None
     if view.fragment and services(request).channels.is_open(channel, user, run.conversation.id):
         # the page's channel is open here and has been handed the turn: it brings the bubbles
+        # (X-Turn-Id: app.js reconnects a channel that does not bring the turn, e.g. a connection that died)
         return view.render("partials/turn_posted.html", conv=run.conversation, sidebar=not searching,
-                           headers=headers)
+                           headers={**(headers or {}), "X-Turn-Id": run.id})
     # the first message of the conversation: its suggestions go
     was_empty = run.user_message is not None and run.conversation.message_count == 2
     return await view.fragment_or_redirect(

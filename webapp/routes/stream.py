@@ -9,7 +9,7 @@ from typing import Annotated, AsyncIterator, Callable
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from ..channels import CHANNEL_ID_MAX, new_channel_id
+from ..channels import CHANNEL_ID, CHANNEL_ID_MAX, new_channel_id
 from ..conversations import Conversations
 from ..deps import (
     ConversationsDep, CurrentUser, LangDep, ReaderDep, SeedUser, WriterDep, client_ip, current_user, services,
@@ -163,8 +163,8 @@ async def conversation_turn_events(
 async def conversation_events(
     request: Request,
     session_id: str,
-    channel: Annotated[str, Query(max_length=CHANNEL_ID_MAX)] = "",
-    turn: Annotated[str, Query(max_length=64)] = "",
+    channel: Annotated[str, Query(pattern=CHANNEL_ID.pattern)] = "",
+    turn: Annotated[str, Query(max_length=CHANNEL_ID_MAX)] = "",  # (only ever compared with turn ids)
     after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
 ) -> Response:
@@ -195,12 +195,11 @@ async def channel_events(request: Request, conversation: Conversation, read_at: 
     user, session_id, csrf_token = conversation.user_id, conversation.id, request_token(request)
     # open before anything is awaited: a turn that starts from now on is handed to it; one that started
     # here since the conversation was read (the response's start awaits) is handed to it now
-    channel = channels.open_channel(channel_id, user, session_id)
-    for run in state.turn_writer.started_since(user, session_id, read_at):
-        if run.id != conversation.running_turn_id:
-            channel.hand(run)
+    channel = channels.open_channel(channel_id, user, session_id, read_at=read_at,
+                                    shown_turn=conversation.running_turn_id)
     reader.stream_opened(user)
     followed: set[str] = set()
+    synced: set[str] = set()  # the messages the last `sync` showed
 
     async def follow(turn_id: str, after: int) -> AsyncIterator[bytes]:
         followed.add(turn_id)
@@ -220,6 +219,8 @@ async def channel_events(request: Request, conversation: Conversation, read_at: 
         newest = streaming.turn_id if streaming else fresh.last_turn_id
         event_id = f"{newest}:{streaming.after if streaming else MAX_SEQ}" if newest else None
         values.update(channel_id=channel_id, csrf_token=csrf_token)
+        synced.clear()
+        synced.update(message.id for message in values["messages"])
         yield named_event_frame("sync", event_id, render_fragment("partials/channel_sync.html", lang, **values))
         if streaming:
             async for frame in follow(streaming.turn_id, streaming.after):
@@ -242,7 +243,9 @@ async def channel_events(request: Request, conversation: Conversation, read_at: 
             run = await channel.next_turn()
             if run.id in followed:
                 continue
-            if not run.asked:  # a regenerate, an edit or a retry changes bubbles already shown
+            # a regenerate, an edit or a retry changes bubbles already shown; and a `sync` read while
+            # the turn started may show its message already (without the reply): the list again
+            if not run.asked or run.user_message.id in synced:
                 async for frame in sync():
                     yield frame
                 continue
