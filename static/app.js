@@ -406,6 +406,13 @@
   document.addEventListener("htmx:sseBeforeMessage", (event) => {
     const message = event.detail;
     const source = event.target.closest && event.target.closest("[sse-connect]");
+    if (message && message.lastEventId) seenTurns.add(message.lastEventId.slice(0, message.lastEventId.lastIndexOf(":")));
+    // a turn the page already shows (its post answered with the bubbles while the channel connected)
+    if (message && message.type === "turn" && message.lastEventId
+        && document.getElementById("turn-" + message.lastEventId.split(":")[0])) {
+      event.preventDefault();
+      return;
+    }
     if (source && message && message.lastEventId) {
       const cut = message.lastEventId.lastIndexOf(":");
       const url = new URL(source.getAttribute("sse-connect"), location.href);
@@ -418,6 +425,45 @@
     if (message && message.type === "done" && search && search.value.trim()) {
       setTimeout(() => htmx.trigger(document.body, "sessions-changed"), 50);
     }
+  });
+
+  // ------------------------------------------------------------ the page's channel
+
+  // A conversation's page keeps one event stream (its channel) for every turn. Two things a stream
+  // cannot see for itself: a connection that died without an error (a laptop that slept: the server
+  // still counts the channel as open and hands it the next turn), and the browser's few connections
+  // per server (about six over HTTP/1.1), which every open tab's channel would hold. So a send whose
+  // post says the channel brings the turn (X-Turn-Id) reconnects the channel if nothing of that turn
+  // came within a few seconds, and a hidden tab closes its channel until it is shown again. A channel
+  // that reconnects resumes where the page is (`turn`/`after` in its URL), or shows the list again.
+  const seenTurns = new Set();
+  const channelSource = () => {
+    const element = $(".chat__inner[sse-connect]");
+    const data = element && element["htmx-internal-data"];
+    return data && data.sseEventSource ? data.sseEventSource : null;
+  };
+
+  function reconnectChannel() {
+    const source = channelSource();
+    if (!source) return;
+    source.close();
+    if (source.onerror) source.onerror(new Event("error")); // the extension reconnects a closed stream
+  }
+
+  document.addEventListener("htmx:afterRequest", (event) => {
+    const xhr = event.detail.xhr;
+    const turn = event.detail.successful && xhr && xhr.getResponseHeader("X-Turn-Id");
+    if (!turn) return;
+    setTimeout(() => {
+      if (!seenTurns.has(turn) && !document.hidden) reconnectChannel();
+    }, 3000);
+  });
+
+  document.addEventListener("visibilitychange", () => {
+    const source = channelSource();
+    if (!source) return;
+    if (document.hidden) source.close();
+    else if (source.readyState === EventSource.CLOSED) reconnectChannel();
   });
 
   // A reply's end on a page's channel brings the conversation's sidebar item as a template: it

@@ -559,3 +559,81 @@ def test_turns_ride_the_pages_one_stream_and_show_in_every_tab(open_page: Callab
             assert tab.locator("#composer-actions .round-btn--send").count() == 1
     assert streams == []  # both turns came on the stream the page already had open
     assert not page.errors and not other_errors
+
+
+CHANNEL_STATE = """() => {
+  const data = document.querySelector(".chat__inner")["htmx-internal-data"];
+  return data && data.sseEventSource ? data.sseEventSource.readyState : -1;
+}"""
+SET_VISIBILITY = """(hidden) => {
+  Object.defineProperty(document, "hidden", { value: hidden, configurable: true });
+  Object.defineProperty(document, "visibilityState", { value: hidden ? "hidden" : "visible", configurable: true });
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def test_a_channel_that_does_not_bring_the_turn_is_reconnected(open_page: Callable[..., Any]) -> None:
+    """The server still counts the page's channel as open (here: another connection under its id, as a
+    connection that died unseen stays counted) but the page hears nothing: the post says which turn
+    the channel brings, and when nothing of it came, app.js reconnects the channel, which shows it."""
+    from tests.test_channels import ChannelReader  # (the HTTP tests' reader of a channel)
+
+    page = open_page()
+    send(page, unique("first"))
+    wait_reply_done(page)
+    session_id = conversation_id(page)
+    url = page.locator(".chat__inner").get_attribute("sse-connect")
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    import httpx
+    with httpx.Client(base_url=page.url.split("/c/")[0], cookies=cookies) as client:
+        stand_in = ChannelReader(client, url)
+        try:
+            page.evaluate("""() => document.querySelector(".chat__inner")["htmx-internal-data"].sseEventSource.close()""")
+            assert page.evaluate(CHANNEL_STATE) == 2  # closed, and the extension does not know
+            message = unique("unheard")
+            send(page, message)  # (returns once the bubble shows: after the reconnect's `sync`)
+            assert stand_in.next().event == "turn"  # the server handed the turn to the channel it knew
+            wait_reply_done(page)
+            assert page.locator("#message-list .msg--user").count() == 2
+            assert shown(page.locator("#message-list .msg--user .msg__body").last.inner_text()) == message
+            assert page.locator("#message-list .msg--assistant").count() == 3
+            assert page.evaluate(CHANNEL_STATE) == 1  # open again
+        finally:
+            stand_in.close()
+    assert not page.errors and session_id == conversation_id(page)
+
+
+def test_a_hidden_tab_lets_go_of_its_channel_and_catches_up_when_shown(open_page: Callable[..., Any]) -> None:
+    """A browser has few connections per server: a tab in the background closes its channel; shown
+    again, it reconnects and shows what it missed. A turn the page shows already (its post answered
+    with the bubbles) is not added a second time when the channel brings it too."""
+    page = open_page()
+    send(page, unique("first"))
+    wait_reply_done(page)
+    session_id = conversation_id(page)
+    page.evaluate(SET_VISIBILITY, True)
+    page.wait_for_function(f"() => ({CHANNEL_STATE})() === 2")
+    other = page.context.new_page()
+    other.goto(f"/c/{session_id}")
+    missed = unique("missed")
+    send(other, missed)
+    wait_reply_done(other)
+    page.evaluate(SET_VISIBILITY, False)
+    page.wait_for_function("t => [...document.querySelectorAll('#message-list .msg--user')].some(e => e.textContent.includes(t))",
+                           arg=missed)
+    page.wait_for_function(f"() => ({CHANNEL_STATE})() === 1")
+    assert page.locator("#message-list .msg--assistant").count() == 3
+
+    # a post that names no channel (as from a page whose channel is connecting) answers with the
+    # bubbles; the channel, open here, brings the same turn: it is shown once
+    token = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    twice = unique("once")
+    page.evaluate("""([url, message, token]) => htmx.ajax("POST", url, {target: "#message-list", swap: "beforeend",
+                       values: {message: message, csrf_token: token}})""", [f"/c/{session_id}/messages", twice, token])
+    page.wait_for_function("t => [...document.querySelectorAll('#message-list .msg--user')].some(e => e.textContent.includes(t))",
+                           arg=twice)
+    wait_reply_done(page)
+    page.wait_for_timeout(300)
+    assert page.locator("#message-list .msg--user").count() == 3
+    assert page.locator("#message-list .msg--assistant").count() == 4
+    assert not page.errors

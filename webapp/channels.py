@@ -12,8 +12,9 @@ post answers with no bubbles (the channel brings them); when it is not (the page
 stream is on another host, or reconnecting), the post answers as before: the bubbles
 and a stream of the turn's own. A channel that reconnects compares the newest turn it
 saw with the conversation's (`Conversation.last_turn_id`) and shows the list again when
-it missed one. So nothing here is needed for correctness across hosts; it is the fast
-path when the page's stream and its posts reach the same worker, as on one host.
+it missed one. So nothing here is needed for correctness across workers or hosts; it is the
+fast path when the page's stream and its posts reach the same worker: always with one worker
+per host and one host, about one post in N with N workers behind a balancer.
 """
 
 from __future__ import annotations
@@ -76,9 +77,14 @@ class ConversationChannels:
     time.perf_counter() `t` (the turn writer's), for a channel that opens after its page was read.
     """
 
+    ANSWERED_KEPT = 256
+
     def __init__(self, started_since: Callable[[str, str, float], list["TurnRun"]] | None = None) -> None:
         self.open: dict[tuple[str, str], list[Channel]] = {}
         self.started_since = started_since or (lambda user_id, session_id, since: [])
+        # turn id -> the channel whose page the post answered with the bubbles (its channel was not open
+        # yet): that channel, opening a moment later, must not show the turn a second time
+        self.answered: dict[str, str] = {}
 
     def open_channel(self, channel_id: str, user_id: str, session_id: str, *, read_at: float | None = None,
                      shown_turn: str | None = None) -> Channel:
@@ -105,6 +111,17 @@ class ConversationChannels:
         """Whether the page that named `channel_id` has its stream open here (its user's only)."""
         return bool(channel_id) and any(
             channel.id == channel_id for channel in self.open.get((user_id, session_id), ()))
+
+    def answered_without(self, channel_id: str, turn_id: str) -> None:
+        """The post of `turn_id` answered with the bubbles, its page's channel `channel_id` not open here."""
+        if channel_id:
+            self.answered[turn_id] = channel_id
+            while len(self.answered) > self.ANSWERED_KEPT:
+                del self.answered[next(iter(self.answered))]
+
+    def shows_already(self, channel: Channel, turn_id: str) -> bool:
+        """Whether the channel's page got the turn's bubbles from its post (see answered_without)."""
+        return self.answered.get(turn_id) == channel.id
 
     def turn_started(self, run: "TurnRun") -> None:
         """The turn writer's start hook: every page open on the conversation here shows the turn."""

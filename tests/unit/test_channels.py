@@ -49,3 +49,15 @@ def test_a_channel_opened_after_its_page_was_read_gets_the_turns_started_since()
     channel = channels.open_channel("a", "u1", "s1", read_at=0.0, shown_turn="shown")
     assert [run.id for run in channel.started] == ["new"]
     assert not channels.open_channel("b", "u1", "s1").started  # (no read: nothing to catch up)
+
+
+def test_a_turn_answered_with_its_bubbles_is_not_shown_again_by_that_pages_channel() -> None:
+    channels = ConversationChannels()
+    channels.answered_without("page-1", "t1")
+    channels.answered_without("", "t2")  # (a post that named no channel: nothing to remember)
+    mine, other = channels.open_channel("page-1", "u1", "s1"), channels.open_channel("page-2", "u1", "s1")
+    assert channels.shows_already(mine, "t1") and not channels.shows_already(other, "t1")
+    assert not channels.shows_already(mine, "t2") and "t2" not in channels.answered
+    for n in range(channels.ANSWERED_KEPT + 10):  # bounded: the oldest are forgotten
+        channels.answered_without("page-3", f"x{n}")
+    assert len(channels.answered) == channels.ANSWERED_KEPT and "t1" not in channels.answered

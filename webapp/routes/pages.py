@@ -305,11 +305,13 @@ async def send_message(request: Request, session_id: str) -> Response:
         return view.no_content_or_redirect(f"/c/{run.conversation.id}")
     searching = bool(q.strip())
     headers = {"HX-Trigger": "sessions-changed"} if searching else None
-    if view.fragment and services(request).channels.is_open(channel, user, run.conversation.id):
+    channels = services(request).channels
+    if view.fragment and channels.is_open(channel, user, run.conversation.id):
         # the page's channel is open here and has been handed the turn: it brings the bubbles
         # (X-Turn-Id: app.js reconnects a channel that does not bring the turn, e.g. a connection that died)
         return view.render("partials/turn_posted.html", conv=run.conversation, sidebar=not searching,
                            headers={**(headers or {}), "X-Turn-Id": run.id})
+    channels.answered_without(channel, run.id)  # (if the page's channel opens here next, it skips the turn)
     # the first message of the conversation: its suggestions go
     was_empty = run.user_message is not None and run.conversation.message_count == 2
     return await view.fragment_or_redirect(

@@ -241,7 +241,7 @@ async def channel_events(request: Request, conversation: Conversation, read_at: 
                     yield frame
         while True:
             run = await channel.next_turn()
-            if run.id in followed:
+            if run.id in followed or channels.shows_already(channel, run.id):
                 continue
             # a regenerate, an edit or a retry changes bubbles already shown; and a `sync` read while
             # the turn started may show its message already (without the reply): the list again
