@@ -42,6 +42,18 @@ def channel_id_or_none(value: str) -> str:
     return value if CHANNEL_ID.fullmatch(value) else ""
 
 
+def missed(newest: str | None, seen_id: str | None, seen_seq: int, all_seen: int) -> str:
+    """What a channel that (re)connects owes its page: "sync" (the page misses a turn: the list again),
+    "resume" (the rest of the newest turn, after `seen_seq`) or "" (nothing). `newest`: the
+    conversation's running or last turn; `seen_id`/`seen_seq`: the newest turn the page shows and its
+    last event shown (`all_seen` or more: all of it)."""
+    if not newest:
+        return ""
+    if newest != seen_id:
+        return "sync"
+    return "resume" if seen_seq < all_seen else ""
+
+
 class Channel:
     """One open page's stream: the turns started here since it opened, waiting to be streamed."""
 

@@ -6,7 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from webapp.channels import ConversationChannels
+from webapp.channels import ConversationChannels, missed
 
 
 def run_of(turn_id: str, user_id: str, session_id: str) -> Any:
@@ -61,3 +61,11 @@ def test_a_turn_answered_with_its_bubbles_is_not_shown_again_by_that_pages_chann
     for n in range(channels.ANSWERED_KEPT + 10):  # bounded: the oldest are forgotten
         channels.answered_without("page-3", f"x{n}")
     assert len(channels.answered) == channels.ANSWERED_KEPT and "t1" not in channels.answered
+
+
+def test_what_a_reconnecting_channel_owes_its_page() -> None:
+    assert missed(None, None, 0, 99) == ""  # a conversation with no turn yet
+    assert missed("t2", "t1", 99, 99) == "sync"  # a whole turn went by
+    assert missed("t1", None, 99, 99) == "sync"  # a page that shows none of the turns there are
+    assert missed("t1", "t1", 5, 99) == "resume"  # the rest of the reply after event 5
+    assert missed("t1", "t1", 99, 99) == ""  # all of it shown

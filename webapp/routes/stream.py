@@ -9,7 +9,7 @@ from typing import Annotated, AsyncIterator, Callable
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from ..channels import CHANNEL_ID, CHANNEL_ID_MAX, new_channel_id
+from ..channels import CHANNEL_ID, CHANNEL_ID_MAX, missed, new_channel_id
 from ..conversations import Conversations
 from ..deps import (
     ConversationsDep, CurrentUser, LangDep, ReaderDep, SeedUser, WriterDep, client_ip, current_user, services,
@@ -228,11 +228,12 @@ async def channel_events(request: Request, conversation: Conversation, read_at: 
 
     try:
         newest = conversation.running_turn_id or conversation.last_turn_id
-        if newest and newest != seen_id:
+        owed = missed(newest, seen_id, seen_seq, MAX_SEQ)
+        if owed == "sync":
             async for frame in sync():
                 yield frame
-        elif newest and seen_seq < MAX_SEQ:  # the page shows this turn up to seen_seq: the rest of it
-            try:
+        elif owed == "resume" and newest:
+            try:  # (a turn that ended, whose last event the page has, has nothing more)
                 resumed = await reader.resumable(newest, user, seen_seq, session_id=session_id)
             except (TurnNotFound, InvalidId):
                 resumed = None
