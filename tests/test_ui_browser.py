@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from tests.conftest import SYSTEM_PROMPTS, AppServer, unique
+import pytest
+
+from tests.conftest import SYSTEM_PROMPTS, AppServer, _start_app, _stop_app, unique
 from tests.fake_upstream import expected_reply, expected_sys_tag
 from tests.ui_fixtures import (
     add_message, conversation_id, send, wait_count, wait_focus, wait_reply_done,
@@ -637,3 +639,38 @@ def test_a_hidden_tab_lets_go_of_its_channel_and_catches_up_when_shown(open_page
     assert page.locator("#message-list .msg--user").count() == 3
     assert page.locator("#message-list .msg--assistant").count() == 4
     assert not page.errors
+
+
+@pytest.fixture(scope="module")
+def two_workers(redis_server: Any, upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    app = _start_app(tmp_path_factory.mktemp("workers"), {
+        "REDIS_URL": redis_server.url, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": upstream.base_url,
+        "OPENAI_MODEL": "fake-model", "WEB_CONCURRENCY": "2",
+    })
+    yield app
+    _stop_app(app)
+
+
+def test_with_two_workers_every_turn_shows_once_whichever_worker_takes_the_post(
+    browser: Any, two_workers: AppServer,
+) -> None:
+    """With two workers the page's channel is on one and a post may reach the other, which answers
+    with the bubbles and a stream of the turn's own: every reply still shows once, whole."""
+    context = browser.new_context(base_url=two_workers.base_url, locale="en-US",
+                                  extra_http_headers={"Accept-Language": "en-US,en"})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto("/")
+        for turn in range(1, 6):  # (which worker takes which connection is the kernel's choice)
+            message = unique(f"worker {turn}")
+            send(page, message)
+            wait_reply_done(page)
+            assert page.locator("#message-list .msg--user").count() == turn
+            assert page.locator("#message-list .msg--assistant").count() == turn + 1
+            reply = shown(expected_reply(2 * turn, SYSTEM_PROMPTS["assistant"], message, 12))
+            assert shown(page.locator("#message-list .msg--assistant .msg__body").last.inner_text()) == reply
+        assert not errors
+    finally:
+        context.close()
