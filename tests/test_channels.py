@@ -190,8 +190,14 @@ def test_a_post_that_names_no_open_channel_streams_on_its_own(
         if client is owner:  # the owner's open page still shows the turn, once: on its channel
             events = channel.until_done()
             assert events[0].event == "turn" and f"turn-{events[0].turn_id}" == streaming["id"]
-    # another identity cannot open a channel on the conversation
+    # another identity cannot open a channel on the conversation, not even naming a reply being written in it
     assert other.get(url).status_code == 404
+    running = soup(post(owner, session_id, f"{unique('running')} {SLOW}"))
+    turn_id = running.select_one("article.msg--streaming")["id"].removeprefix("turn-") if running.select(".msg") \
+        else channel.until_done()[0].turn_id
+    assert other.get(f"/c/{session_id}/events?turn={turn_id}&after=0").status_code == 404
+    with other.stream("GET", f"/c/{session_id}/events", headers={"Last-Event-ID": f"{turn_id}:0"}) as response:
+        assert response.status_code == 404
 
 
 def test_every_page_open_on_a_conversation_shows_its_turns(browser_client: httpx.Client, channels: Any) -> None:

@@ -177,12 +177,19 @@ async def conversation_events(
     """
     user, lang = await current_user(request), lang_of(request)
     reader, conversations = services(request).turn_reader, services(request).conversations
-    read_at = time.perf_counter()
-    conversation = await conversations.owned(check_id(session_id), user)  # 404 unless the caller's
-    reader.check_stream_slot(user)
+    session_id = check_id(session_id)
     seen_id, seen_seq = parse_last_event_id(last_event_id)
     if seen_id is None:
         seen_id, seen_seq = turn or None, MAX_SEQ if after is None else after
+    read_at = time.perf_counter()
+    # the page shows a reply still being written here (the first send's pane, a reconnect): that turn
+    # proves the conversation the caller's and is its newest, with no read (as the turn's own stream)
+    run = reader.local_run(seen_id) if seen_id else None
+    if run is not None and not run.finished and run.conversation.user_id == user and run.conversation.id == session_id:
+        conversation = run.conversation
+    else:
+        conversation = await conversations.owned(session_id, user)  # 404 unless the caller's
+    reader.check_stream_slot(user)
     return stream_response(channel_events(request, conversation, read_at, channel or new_channel_id(), seen_id,
                                           seen_seq, lang))
 
