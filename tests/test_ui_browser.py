@@ -607,8 +607,8 @@ def test_a_channel_that_does_not_bring_the_turn_is_reconnected(open_page: Callab
 
 def test_a_hidden_tab_lets_go_of_its_channel_and_catches_up_when_shown(open_page: Callable[..., Any]) -> None:
     """A browser has few connections per server: a tab in the background closes its channel; shown
-    again, it reconnects and shows what it missed. A turn the page shows already (its post answered
-    with the bubbles) is not added a second time when the channel brings it too."""
+    again, it reconnects and shows what it missed. A turn whose post answered with the bubbles (the
+    channel was away) is not shown a second time when the channel is back."""
     page = open_page()
     send(page, unique("first"))
     wait_reply_done(page)
@@ -626,16 +626,22 @@ def test_a_hidden_tab_lets_go_of_its_channel_and_catches_up_when_shown(open_page
     page.wait_for_function(f"() => ({CHANNEL_STATE})() === 1")
     assert page.locator("#message-list .msg--assistant").count() == 3
 
-    # a post that names no channel (as from a page whose channel is connecting) answers with the
-    # bubbles; the channel, open here, brings the same turn: it is shown once
+    # a post while the page's channel is away (here: closed unseen) answers with the bubbles and a
+    # stream of the turn's own; the channel, back, shows the list as it is: each message once
+    page.evaluate("""() => document.querySelector(".chat__inner")["htmx-internal-data"].sseEventSource.close()""")
     token = page.locator('meta[name="csrf-token"]').get_attribute("content")
-    twice = unique("once")
-    page.evaluate("""([url, message, token]) => htmx.ajax("POST", url, {target: "#message-list", swap: "beforeend",
-                       values: {message: message, csrf_token: token}})""", [f"/c/{session_id}/messages", twice, token])
+    channel_id = page.locator('#composer input[name="channel"]').get_attribute("value")
+    alone = unique("alone")
+    page.evaluate("""([url, message, token, channel]) => htmx.ajax("POST", url, {target: "#message-list",
+                       swap: "beforeend", values: {message: message, csrf_token: token, channel: channel}})""",
+                  [f"/c/{session_id}/messages", alone, token, channel_id])
     page.wait_for_function("t => [...document.querySelectorAll('#message-list .msg--user')].some(e => e.textContent.includes(t))",
-                           arg=twice)
+                           arg=alone)
     wait_reply_done(page)
-    page.wait_for_timeout(300)
+    page.evaluate(SET_VISIBILITY, True)
+    page.evaluate(SET_VISIBILITY, False)
+    page.wait_for_function(f"() => ({CHANNEL_STATE})() === 1")
+    page.wait_for_timeout(500)
     assert page.locator("#message-list .msg--user").count() == 3
     assert page.locator("#message-list .msg--assistant").count() == 4
     assert not page.errors
