@@ -406,17 +406,17 @@
   document.addEventListener("htmx:sseBeforeMessage", (event) => {
     const message = event.detail;
     const source = event.target.closest && event.target.closest("[sse-connect]");
-    if (message && message.lastEventId) seenTurns.add(message.lastEventId.slice(0, message.lastEventId.lastIndexOf(":")));
+    const cut = message && message.lastEventId ? message.lastEventId.lastIndexOf(":") : -1;
+    const turn = cut >= 0 ? message.lastEventId.slice(0, cut) : "";  // event ids are "{turn}:{seq}"
+    if (turn) seenTurns.add(turn);
     // a turn the page already shows (its post answered with the bubbles while the channel connected)
-    if (message && message.type === "turn" && message.lastEventId
-        && document.getElementById("turn-" + message.lastEventId.split(":")[0])) {
+    if (turn && message.type === "turn" && document.getElementById("turn-" + turn)) {
       event.preventDefault();
       return;
     }
-    if (source && message && message.lastEventId) {
-      const cut = message.lastEventId.lastIndexOf(":");
+    if (source && cut >= 0) {
       const url = new URL(source.getAttribute("sse-connect"), location.href);
-      if (url.searchParams.has("channel")) url.searchParams.set("turn", message.lastEventId.slice(0, cut));
+      if (url.searchParams.has("channel")) url.searchParams.set("turn", turn);
       url.searchParams.set("after", message.lastEventId.slice(cut + 1));
       source.setAttribute("sse-connect", url.pathname + url.search);
     }

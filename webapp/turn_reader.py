@@ -50,6 +50,14 @@ class TurnReader:
 
     # who may read -------------------------------------------------------
 
+    def running_here(self, turn_id: str, user_id: str, session_id: str) -> TurnRun | None:
+        """The turn if it is generating on this worker, the user's and of `session_id`: ownership
+        proven with no read (a page's channel connecting to the reply it shows)."""
+        run = self.local_run(turn_id)
+        if run is None or run.finished or run.conversation.user_id != user_id or run.conversation.id != session_id:
+            return None
+        return run
+
     async def owned_turn(self, turn_id: str, user_id: str, session_id: str | None = None) -> TurnInfo:
         """The turn if the user owns it (and it belongs to `session_id`, when given); 404 otherwise."""
         run = self.local_run(turn_id)

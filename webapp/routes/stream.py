@@ -184,11 +184,8 @@ async def conversation_events(
     read_at = time.perf_counter()
     # the page shows a reply still being written here (the first send's pane, a reconnect): that turn
     # proves the conversation the caller's and is its newest, with no read (as the turn's own stream)
-    run = reader.local_run(seen_id) if seen_id else None
-    if run is not None and not run.finished and run.conversation.user_id == user and run.conversation.id == session_id:
-        conversation = run.conversation
-    else:
-        conversation = await conversations.owned(session_id, user)  # 404 unless the caller's
+    run = reader.running_here(seen_id, user, session_id) if seen_id else None
+    conversation = run.conversation if run is not None else await conversations.owned(session_id, user)  # else 404
     reader.check_stream_slot(user)
     return stream_response(channel_events(request, conversation, read_at, channel or new_channel_id(), seen_id,
                                           seen_seq, lang))
