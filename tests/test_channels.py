@@ -38,7 +38,7 @@ class ChannelReader:
     """A page's channel read on a thread of its own, as the browser keeps it open while it posts
     (an asyncio client there, so that close() really closes the connection, as a closed tab does)."""
 
-    def __init__(self, client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, client: httpx.Client, url: str, headers: dict[str, Any] | None = None) -> None:
         self.events: queue.Queue[SSEEvent | BaseException | None] = queue.Queue()
         self.status = 0
         self.opened = threading.Event()
@@ -49,7 +49,7 @@ class ChannelReader:
         self.thread.start()
         assert self.opened.wait(10), "the channel did not answer"
 
-    async def _read(self, client: httpx.Client, url: str, headers: dict[str, str] | None) -> None:
+    async def _read(self, client: httpx.Client, url: str, headers: dict[str, Any] | None) -> None:
         self.task = asyncio.current_task()
         try:
             async with httpx.AsyncClient(base_url=client.base_url, cookies=client.cookies, timeout=30,
@@ -310,3 +310,53 @@ def test_a_pages_channel_counts_as_one_stream_while_it_is_open(two_streams_app: 
                    .status_code == 200)
     finally:
         client.close()
+
+
+def test_a_repeated_post_starts_one_turn_and_the_channel_shows_it_once(
+    browser_client: httpx.Client, channels: Any,
+) -> None:
+    """A double click (the same request id twice): one turn; the repeat answers 204 and the channel
+    brings the turn once."""
+    session_id, page = open_home(browser_client)
+    url, channel_id = page_channel(page)
+    channel = channels(browser_client, url)
+    request_id = unique("rid")
+    first = post(browser_client, session_id, unique("twice"), channel_id, request_id=request_id)
+    repeat = browser_client.post(f"/c/{session_id}/messages", headers={**HX, **EN}, data={
+        "message": "whatever", "channel": channel_id, "request_id": request_id})
+    assert repeat.status_code == 204
+    events = channel.until_done()
+    assert [e.event for e in events].count("turn") == 1 and events[0].turn_id == first.headers["x-turn-id"]
+    follow_up = unique("next")
+    post(browser_client, session_id, follow_up, channel_id)
+    nxt = channel.next()
+    assert nxt.event == "turn" and follow_up in nxt.data  # the next event is the next turn's, nothing between
+    history = browser_client.get("/chat/history", params={"session_id": session_id}).json()["messages"]
+    assert [m["role"] for m in history].count("user") == 2
+
+
+@pytest.mark.parametrize("query, headers, status", [
+    ("channel=%3Cscript%3E", {}, 422),  # a channel id is letters, digits, - and _
+    ("channel=" + "a" * 65, {}, 422),
+    ("turn=" + "t" * 65, {}, 422),
+    ("after=-1", {}, 422),
+    ("after=99999999999", {}, 422),
+])
+def test_hostile_channel_parameters_are_refused(browser_client: httpx.Client, query: str, headers: dict[str, str],
+                                               status: int) -> None:
+    session_id, _ = open_home(browser_client)
+    assert browser_client.get(f"/c/{session_id}/events?{query}", headers=headers).status_code == status
+
+
+def test_a_hostile_last_event_id_or_turn_shows_the_list_not_an_error(browser_client: httpx.Client,
+                                                                     channels: Any) -> None:
+    """Last-Event-ID and `turn` are only compared with the conversation's own turn ids: anything else
+    is a page that shows an unknown turn, which gets the list as it is (there is one turn here)."""
+    session_id, page = open_home(browser_client)
+    url, channel_id = page_channel(page)
+    post(browser_client, session_id, unique("one"), channel_id)  # (no channel open: its own stream)
+    for headers in ({"Last-Event-ID": "<script>alert(1)</script>:5"}, {"Last-Event-ID": "\u202e:x".encode()}):
+        sync = channels(browser_client, url, headers).next()
+        assert sync.event == "sync" and "<script>alert" not in sync.data
+    sync = channels(browser_client, f"/c/{session_id}/events?turn=%3Cb%3E&after=3").next()
+    assert sync.event == "sync" and "<b>" not in sync.data

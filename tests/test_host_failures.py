@@ -174,3 +174,53 @@ def test_a_lease_that_lapsed_while_its_writer_was_only_slow_is_taken_again(
     assert types[-1] == "end" and "error" not in types
     replies = [m for m in messages_of(client, session["id"])["items"][1:] if m["role"] == "assistant"]
     assert len(replies) == 1 and replies[0]["status"] == "complete"
+
+
+def test_a_pages_channel_whose_host_died_mid_reply_resumes_on_another_host(
+    redis_server: RedisServer, upstream: ThreadedFakeUpstream, tmp_path: Path
+) -> None:
+    """The web UI: a page's channel follows a reply on the host that writes it; the host is killed. The
+    browser reconnects (Last-Event-ID) through the balancer to the other host, which picks the reply
+    up from Redis after the last event shown and ends it as interrupted once the lease lapses."""
+    from bs4 import BeautifulSoup
+
+    from tests.conftest import with_page_token
+    from tests.test_channels import ChannelReader
+
+    doomed = app_on(redis_server, upstream, tmp_path / "doomed")
+    survivor = app_on(redis_server, upstream, tmp_path / "survivor")
+    try:
+        with httpx.Client(base_url=doomed.base_url, timeout=30) as on_doomed:
+            on_doomed.event_hooks["request"].append(with_page_token(on_doomed))
+            session_id = create_session(on_doomed)["id"]
+            page = BeautifulSoup(on_doomed.get(f"/c/{session_id}").text, "html.parser")
+            url = page.select_one(".chat__inner")["sse-connect"]
+            channel_id = page.select_one('#composer input[name="channel"]')["value"]
+            channel = ChannelReader(on_doomed, url)
+            answer = on_doomed.post(f"/c/{session_id}/messages", headers={"HX-Request": "true"}, data={
+                "message": unique("long") + " [[tokens:600]] [[delay:30]]", "channel": channel_id})
+            assert answer.status_code == 200 and answer.headers["x-turn-id"]
+            seen = [channel.next()]
+            while sum(1 for e in seen if e.event == "chunk") < 5:
+                seen.append(channel.next())
+            cookies = on_doomed.cookies
+        time.sleep(0.5)  # some text is in Redis (the writer flushes every 100 ms)
+        doomed.process.send_signal(signal.SIGKILL)
+        doomed.process.wait(timeout=10)
+        channel.close()
+        with httpx.Client(base_url=survivor.base_url, timeout=30, cookies=cookies) as on_survivor:
+            again = ChannelReader(on_survivor, url, {"Last-Event-ID": seen[-1].id})
+            try:
+                rest = [again.next(RECOVERY_SECONDS + 5)]
+                while rest[-1].event != "done":
+                    rest.append(again.next(RECOVERY_SECONDS + 5))
+            finally:
+                again.close()
+            assert rest[0].event in ("chunk", "done") and all(e.seq > seen[-1].seq for e in rest if e.event == "chunk")
+            done = BeautifulSoup(rest[-1].data, "html.parser")
+            assert done.select_one(".msg--interrupted"), rest[-1].data[:300]
+            assert messages_of(on_survivor, session_id)["items"][-1]["status"] == "interrupted"
+    finally:
+        _stop_app(survivor)
+        if doomed.process.poll() is None:
+            _stop_app(doomed)
