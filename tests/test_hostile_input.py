@@ -589,6 +589,8 @@ MALFORMED_ROWS = [
     Row("CRLF: in the seed's session_id", "GET", "/chat/history?session_id=abc%0d%0aSet-Cookie:x=1"),
     Row("CRLF: in the seed's user_id", "POST", "/chat/start?user_id=abc%0d%0aSet-Cookie:x=1"),
     Row("CRLF: in the Undo toast's id", "GET", "/?deleted=abc%0d%0aSet-Cookie:x=1"),
+    Row("markup around a valid id in the Undo toast's id (a Query pattern is searched unless anchored)", "GET",
+        "/?deleted=%3Cb%3E00000000-0000-4000-8000-000000000000%3C/b%3E"),
     Row("CRLF: in the language switch's next", "POST", "/lang", only(303),
         form={"lang": "en", "next": "/\r\nSet-Cookie: x=1"}, check=redirects_home),
     Row("CRLF: percent-encoded in next", "POST", "/lang", only(303),

@@ -13,6 +13,7 @@ from .errors import InvalidId, InvalidUserId
 
 UUID_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 ID_PATTERN = re.compile(UUID_PATTERN)
+ID_QUERY = f"^{UUID_PATTERN}$"  # for Query(pattern=...): pydantic searches a pattern, so it is anchored
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 

@@ -27,7 +27,7 @@ from ..errors import ChatError
 from ..forms import form_fields, text_field
 from ..htmx import ViewDep, View, local_path, see_other
 from ..i18n import LANG_COOKIE, t
-from ..ids import UUID_PATTERN, check_id
+from ..ids import ID_QUERY, check_id
 from ..models import Conversation
 from ..pagination import MAX_INDEX
 from ..roles import BUILTIN_ROLES
@@ -48,7 +48,7 @@ RequestIdField = Annotated[str, Form(max_length=REQUEST_ID_MAX)]
 SearchField = Annotated[str, Form(max_length=SEARCH_MAX)]
 MessageIndex = Annotated[int, Path(ge=1, le=MAX_INDEX)]
 Query200 = Annotated[str, Query(max_length=200)]
-DeletedId = Annotated[str | None, Query(pattern=UUID_PATTERN)]
+DeletedId = Annotated[str | None, Query(pattern=ID_QUERY)]
 Before = Annotated[int | None, Query(ge=0, le=MAX_INDEX)]
 
 
