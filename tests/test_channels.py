@@ -346,6 +346,7 @@ def test_hostile_channel_parameters_are_refused(browser_client: httpx.Client, qu
                                                status: int) -> None:
     session_id, _ = open_home(browser_client)
     assert browser_client.get(f"/c/{session_id}/events?{query}", headers=headers).status_code == status
+    assert browser_client.get(f"/c/new/events?{query}", headers=headers).status_code == status  # the draft's too
 
 
 def test_a_hostile_last_event_id_or_turn_shows_the_list_not_an_error(browser_client: httpx.Client,
