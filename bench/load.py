@@ -223,6 +223,13 @@ class User:
             connector=self.http.connector, connector_owner=False, cookie_jar=aiohttp.CookieJar(unsafe=True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60), trace_configs=[trace],
         )
+        # the page's channel, on a connection of its own: a browser that loaded the page (its stylesheet and
+        # scripts in parallel) has more than one open, so the page's stream does not take the one its posts
+        # use (in a pool of one idle connection it would, and each visitor's next post would open another)
+        self.page_streams = aiohttp.ClientSession(
+            cookie_jar=self.browser.cookie_jar,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60), trace_configs=[trace],
+        )
         self.user_id = ""
         self.session_id = ""
         self.start_latency: float | None = None
@@ -243,6 +250,7 @@ class User:
         return expected_reply(2 * turn, ROLE.system_prompt, message, self.tokens)
 
     async def close(self) -> None:
+        await self.page_streams.close()
         await self.browser.close()
         await self.http.close()
 
@@ -560,7 +568,7 @@ class User:
         return result, reply
 
     async def _open_channel(self, path: str, headers: dict[str, str]) -> PageChannel:
-        response = await self.browser.get(f"{self.app_url}{path}", headers=headers)
+        response = await self.page_streams.get(f"{self.app_url}{path}", headers=headers)
         if response.status != 200:
             response.close()
             raise ValueError(f"channel HTTP {response.status}")
