@@ -406,9 +406,8 @@ class User:
     # -- through the web UI, as a browser drives it
 
     async def run_ui(self) -> list[TurnResult]:
-        """A new visitor: GET / (its cookie, the draft's page, whose channel opens at once), then 3 turns
-        as htmx sends them; the first one creates the conversation (POST /c/new/messages), and the
-        draft's channel moves to it (before: the post answered with its pane, which opened a channel)."""
+        """A new visitor: GET / (its cookie, the draft's page), then 3 turns as htmx sends them;
+        the first one creates the conversation (POST /c/new/messages, its pane replaces the draft's)."""
         self.runs += 1
         self.browser.cookie_jar.clear()
         self.pending.clear()
@@ -427,10 +426,6 @@ class User:
             page = UIPage(url=f"{self.app_url}{path}", post_path="", csrf_token=token.group(1), request_id="",
                           includes_search=False)
             page.read_composer(page_html)
-            draft_stream = SSE_CONNECT.search(page_html)
-            if draft_stream is not None:  # the draft's page opens its channel at once, as htmx does on load
-                page.channel = await self._open_channel(html.unescape(draft_stream.group(1)),
-                                                        {"Accept": "text/event-stream", "Cache-Control": "no-cache"})
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             return self._start_failed("GET /", exc)
         self.start_latency = time.perf_counter() - started
@@ -504,15 +499,9 @@ class User:
                 pushed = response.headers.get("HX-Push-Url")
                 self._follow_triggers(page, response.headers)
             posted = time.perf_counter() - started
-            if pushed and COMPOSER_POST.search(body):  # the draft's first send: the new conversation's pane replaced it
+            if pushed:  # the draft's first send: the new conversation's pane (and composer) replaced it
                 page.url = f"{self.app_url}{pushed}"
                 page.read_composer(body)
-                if page.channel is not None:  # (the draft's channel closes with the pane it was on)
-                    page.channel.close()
-                    page.channel = None
-            elif pushed:  # the draft's first send: its channel moved to the conversation (app.js re-points the form)
-                page.url, page.post_path = f"{self.app_url}{pushed}", f"{pushed}/messages"
-                page.request_id = secrets.token_hex(8)
             else:
                 page.request_id = secrets.token_hex(8)  # app.js: the next message is a new request
             stream = SSE_CONNECT.search(body)

@@ -84,19 +84,8 @@ async def web_visitor(http: aiohttp.ClientSession, url: str, meter: Meter) -> No
     post_path = html.unescape(COMPOSER_POST.search(page).group(1))  # type: ignore[union-attr]
     request_id = REQUEST_ID_FIELD.search(page).group(1)  # type: ignore[union-attr]
     current = f"{url}/"
-    channel: PageChannel | None = None  # the page's one stream: the draft's, moved to its conversation
+    channel: PageChannel | None = None  # the conversation page's one stream, from the first send's pane on
     channel_id = ""
-    draft_stream = SSE_CONNECT.search(page)
-    if draft_stream is not None:  # the draft's page opens its channel at once (before: its first send's pane)
-
-        async def open_channel() -> PageChannel:
-            response = await http.get(f"{url}{html.unescape(draft_stream.group(1))}",
-                                      headers={"Accept": "text/event-stream"})
-            assert response.status == 200, response.status
-            return PageChannel(response)
-
-        channel = await meter.step("web: the draft's channel opens (page load)", open_channel())
-        channel_id = CHANNEL_FIELD.search(page).group(1)  # type: ignore[union-attr]
     for turn in range(1, TURNS + 1):
         headers = {"HX-Request": "true", "HX-Current-URL": current, "HX-Target": "message-list",
                    "X-CSRF-Token": token}
@@ -111,15 +100,10 @@ async def web_visitor(http: aiohttp.ClientSession, url: str, meter: Meter) -> No
                 return await response.text(), response.headers.get("HX-Push-Url")
 
         body, pushed = await meter.step(f"web: POST, {label} send", post())
-        if pushed and COMPOSER_POST.search(body):  # the new conversation's pane, with a channel of its own
+        if pushed:
             current = f"{url}{pushed}"
             post_path = html.unescape(COMPOSER_POST.search(body).group(1))  # type: ignore[union-attr]
             channel_id = CHANNEL_FIELD.search(body).group(1)  # type: ignore[union-attr]
-            channel, old = None, channel
-            if old is not None:
-                old.close()
-        elif pushed:  # the draft's channel moved to the conversation: app.js re-points the composer
-            current, post_path = f"{url}{pushed}", f"{pushed}/messages"
 
         async def stream() -> None:
             nonlocal channel

@@ -112,13 +112,6 @@
   document.addEventListener("htmx:configRequest", (event) => {
     const meta = $('meta[name="csrf-token"]');
     if (meta && meta.content) event.detail.headers["X-CSRF-Token"] = meta.content;
-    // a draft's form that conversation-opened re-pointed posts where it points now (htmx keeps the
-    // path it read when it processed the form; processing it again mid-request would drop its state)
-    const elt = event.detail.elt;
-    const form = elt && elt.closest ? elt.closest("form[hx-post]") : null;
-    if (event.detail.path === "/c/new/messages" && form && form.getAttribute("hx-post") !== event.detail.path) {
-      event.detail.path = form.getAttribute("hx-post");
-    }
   });
 
   // ------------------------------------------------------------ sidebar and drawer
@@ -471,29 +464,6 @@
     if (!source) return;
     if (document.hidden) source.close();
     else if (source.readyState === EventSource.CLOSED) reconnectChannel();
-  });
-
-  // The draft's first send made its conversation, and the draft's channel now follows it (the post
-  // brought the header and the list; the channel brings the bubbles): the pane stays, and what
-  // names the draft names the conversation now — the composer's target, the channel's URL (for a
-  // reconnect), the draft's saved text.
-  document.addEventListener("conversation-opened", (event) => {
-    const id = event.detail && event.detail.id;
-    const main = $("#main[data-conversation]");
-    if (!id || !/^[0-9a-f-]{36}$/.test(id) || !main) return;
-    try { sessionStorage.removeItem("draft:" + main.dataset.conversation); } catch (_) { /* see saveDraft */ }
-    main.dataset.conversation = id;
-    main.setAttribute("aria-labelledby", "title-" + id);
-    const path = "/c/" + id + "/messages";
-    $$('form[hx-post="/c/new/messages"]', main).forEach((form) => {
-      form.setAttribute("action", path);
-      form.setAttribute("hx-post", path); // (htmx bound the old path: see configRequest)
-    });
-    const channel = $(".chat__inner[sse-connect]", main);
-    if (channel) {
-      const url = new URL(channel.getAttribute("sse-connect"), location.href);
-      channel.setAttribute("sse-connect", "/c/" + id + "/events" + url.search);
-    }
   });
 
   // A reply's end on a page's channel brings the conversation's sidebar item as a template: it

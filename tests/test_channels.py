@@ -346,7 +346,6 @@ def test_hostile_channel_parameters_are_refused(browser_client: httpx.Client, qu
                                                status: int) -> None:
     session_id, _ = open_home(browser_client)
     assert browser_client.get(f"/c/{session_id}/events?{query}", headers=headers).status_code == status
-    assert browser_client.get(f"/c/new/events?{query}", headers=headers).status_code == status  # the draft's too
 
 
 def test_a_hostile_last_event_id_or_turn_shows_the_list_not_an_error(browser_client: httpx.Client,
@@ -361,70 +360,3 @@ def test_a_hostile_last_event_id_or_turn_shows_the_list_not_an_error(browser_cli
         assert sync.event == "sync" and "<script>alert" not in sync.data
     sync = channels(browser_client, f"/c/{session_id}/events?turn=%3Cb%3E&after=3").next()
     assert sync.event == "sync" and "<b>" not in sync.data
-
-
-def test_the_drafts_channel_follows_the_conversation_its_first_send_makes(
-    make_client: Callable[..., httpx.Client], channels: Any,
-) -> None:
-    """A new visitor's home page (the draft, stored nowhere) opens its channel at once; the first send
-    makes the conversation and moves the channel to it: the post answers with the conversation's header
-    and sidebar list (no pane, no second stream), the channel brings every turn, the first one too."""
-    client = make_client(headers=EN)
-    home = soup(client.get("/"))
-    url, channel_id = page_channel(home)
-    assert url.startswith("/c/new/events?")
-    channel = channels(client, url)
-    texts = [unique("first"), unique("second")]
-    answer = client.post("/c/new/messages", data={"message": texts[0], "channel": channel_id},
-                         headers={**HX, **EN})
-    assert answer.status_code == 200, answer.text
-    session_id = answer.headers["hx-push-url"].removeprefix("/c/")
-    assert '"conversation-opened"' in answer.headers["hx-trigger"] and session_id in answer.headers["hx-trigger"]
-    fragment = soup(answer)
-    assert not fragment.select(".msg") and not fragment.select("[sse-connect]"), "the channel brings the bubbles"
-    header = fragment.select_one("header#chat-header[hx-swap-oob]")
-    assert header.select_one(f"h1#title-{session_id}").get_text() == texts[0]
-    assert header.select_one(f'form[hx-post="/c/{session_id}/role"]') and header.select_one("#model-selector")
-    assert fragment.select_one(f"#session-list[hx-swap-oob] #conv-{session_id}")
-    for turn, text in enumerate(texts, start=1):
-        if turn > 1:
-            post(client, session_id, text, channel_id)
-        events = channel.until_done()
-        assert events[0].event == "turn" and events[0].turn_id and text in events[0].data
-        started = BeautifulSoup(events[0].data, "html.parser")
-        # the first turn's title is in the post's header (the page may not have it yet, as the post may come later)
-        assert bool(started.select(f"#title-{session_id}")) == (turn > 1)
-        assert bool(started.select('#suggestions[hx-swap-oob="delete"]')) == (turn == 1)
-        edit = started.select_one(".msg--user a.msg__edit")  # the bubbles' forms name the conversation
-        assert edit["hx-get"] == f"/c/{session_id}/messages/{2 * turn - 1}/edit"
-        done = BeautifulSoup(events[-1].data, "html.parser")
-        assert done.select_one("form.msg__regen")["hx-post"] == f"/c/{session_id}/regenerate"
-        assert streamed_text(events) == reply_to(text, turn)
-        assert f'data-item="conv-{session_id}"' in events[-1].data
-    assert answer.headers["x-turn-id"]
-    history = client.get("/chat/history", params={"session_id": session_id}).json()["messages"]
-    assert [m["content"] for m in history if m["role"] == "user"] == texts
-    # the channel now follows the conversation: a reconnect names it (app.js rewrites the URL's path)
-    again = channels(client, f"/c/{session_id}/events?channel={channel_id}&turn={events[0].turn_id}")
-    post(client, session_id, unique("third"), channel_id)
-    assert again.next().event == "turn"
-
-
-def test_a_drafts_send_whose_channel_is_not_open_here_gets_the_pane(
-    make_client: Callable[..., httpx.Client], channels: Any,
-) -> None:
-    """The draft's channel on another worker or host, reconnecting, or another identity's: the first send
-    answers as before, with the new conversation's pane (its own channel, the reply streaming) and list."""
-    owner, other = make_client(headers=EN), make_client(headers=EN)
-    _, owners_channel = page_channel(soup(owner.get("/")))
-    url, _ = page_channel(soup(other.get("/")))
-    others = channels(other, url)  # open, but another identity's
-    for client, named in ((owner, ""), (owner, "not-open"), (other, owners_channel)):
-        answer = client.post("/c/new/messages", data={"message": unique("pane"), "channel": named},
-                             headers={**HX, **EN})
-        assert answer.status_code == 200 and answer.headers["hx-retarget"] == "#main"
-        pane = soup(answer)
-        assert pane.select_one("main#main .msg--streaming") and pane.select_one(".chat__inner[sse-connect]")
-        assert "hx-trigger" not in answer.headers or "conversation-opened" not in answer.headers["hx-trigger"]
-    with pytest.raises(queue.Empty):
-        others.next(timeout=1)  # nothing of the owner's reaches another identity's draft channel

@@ -574,51 +574,6 @@ SET_VISIBILITY = """(hidden) => {
 }"""
 
 
-def test_a_first_visits_send_rides_the_stream_its_draft_opened(open_page: Callable[..., Any]) -> None:
-    """A new visitor's home page (the draft) opens its channel at once; the first send makes the
-    conversation and that stream brings its reply: no second stream, no pane swapped in. The page then
-    is the conversation's (URL, header, composer, role menu, sidebar) and the next turns ride the same
-    stream; nothing logs an error, and the draft's saved text is gone."""
-    page = open_page()
-    page.wait_for_function(f"() => ({CHANNEL_STATE})() === 1")  # (the first load's stream is open: not counted below)
-    streams: list[str] = []
-    posts: list[str] = []
-    console_errors: list[str] = []
-    page.on("request", lambda request: "/events" in request.url and streams.append(request.url))
-    page.on("request", lambda request: request.method == "POST" and posts.append(request.url))
-    page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
-    page.reload()  # (a fresh draft, with the listeners on from its start)
-    page.wait_for_function(f"() => ({CHANNEL_STATE})() === 1")
-    assert [url.split("?")[0].split(":", 2)[-1].split("/", 1)[1] for url in streams] == ["c/new/events"], streams
-    first = f"{unique('first visit')} {SLOW}"
-    page.locator("#composer-input").fill(first)  # (typing saves the draft's text)
-    page.locator("#composer-input").press("Enter")
-    page.wait_for_selector(".msg--streaming .msg__stream:not(:empty)")  # streaming, on the draft's stream
-    wait_reply_done(page)
-    session_id = conversation_id(page)
-    assert shown(last_reply(page)) == shown(expected_reply(2, SYSTEM_PROMPTS["assistant"], first, 40))
-    assert page.locator(f"#main[data-conversation='{session_id}'][aria-labelledby='title-{session_id}']").count() == 1
-    title = page.locator(f"h1#title-{session_id}").inner_text()
-    assert title.startswith("first visit") and first.startswith(title.rstrip("…"))
-    assert page.locator("#suggestions").count() == 0
-    assert page.locator("#composer").get_attribute("hx-post") == f"/c/{session_id}/messages"
-    assert page.locator("#role-selector form").get_attribute("hx-post") == f"/c/{session_id}/role"
-    assert page.locator(f"#session-list #conv-{session_id}.is-active").count() == 1
-    assert page.evaluate("() => sessionStorage.getItem('draft:new')") is None
-    assert page.locator(".chat__inner").get_attribute("sse-connect").startswith(f"/c/{session_id}/events?")
-    second = unique("second")
-    send(page, second)
-    wait_reply_done(page)
-    assert shown(last_reply(page)) == shown(expected_reply(4, SYSTEM_PROMPTS["assistant"], second, 12))
-    assert [url.split("/", 3)[3] for url in posts] == ["c/new/messages", f"c/{session_id}/messages"]
-    assert len(streams) == 1, streams  # both turns came on the stream the draft opened
-    assert page.locator("#message-list .msg--user").count() == 2
-    assert page.locator("#message-list .msg--assistant").count() == 3  # (and the welcome)
-    assert not page.errors and console_errors == []
-    page.reload()  # the URL is the conversation's
-    assert page.locator("#message-list .msg--user").count() == 2
-
-
 def test_a_channel_that_does_not_bring_the_turn_is_reconnected(open_page: Callable[..., Any]) -> None:
     """The server still counts the page's channel as open (here: another connection under its id, as a
     connection that died unseen stays counted) but the page hears nothing: the post says which turn

@@ -15,11 +15,6 @@ saw with the conversation's (`Conversation.last_turn_id`) and shows the list aga
 it missed one. So nothing here is needed for correctness across workers or hosts; it is the
 fast path when the page's stream and its posts reach the same worker: always with one worker
 per host and one host, about one post in N with N workers behind a balancer.
-
-The draft (a new visitor's home page, a conversation stored nowhere yet) has a channel too,
-filed under DRAFT_ID: its first send makes the conversation, and the channel moves to it
-(`move`) instead of the page opening a second stream once the reply has begun. So a
-visitor's first turn is one request as well, with its stream already open.
 """
 
 from __future__ import annotations
@@ -68,8 +63,6 @@ class Channel:
         self.session_id = session_id
         self.started: deque[TurnRun] = deque()
         self.waiter: asyncio.Future[None] | None = None
-        # the turn it was moved with (the draft's first send): that page's post brought the header itself
-        self.moved_with = ""
 
     def hand(self, run: "TurnRun") -> None:
         """A turn that started in the conversation: streamed once the one before it has ended."""
@@ -117,19 +110,6 @@ class ConversationChannels:
                 if run.id != shown_turn:
                     channel.hand(run)
         return channel
-
-    def move(self, channel_id: str, user_id: str, from_id: str, run: "TurnRun") -> bool:
-        """The page whose channel `channel_id` is open on `from_id` (the draft) sent the turn `run`,
-        which made its conversation: the channel now follows that conversation, and is handed the
-        turn (the start hook ran while it was still filed under `from_id`). False: not open here."""
-        for channel in self.open.get((user_id, from_id), ()):
-            if channel.id == channel_id:
-                self.close(channel)
-                channel.session_id, channel.moved_with = run.conversation.id, run.id
-                self.open.setdefault((user_id, channel.session_id), []).append(channel)
-                channel.hand(run)
-                return True
-        return False
 
     def close(self, channel: Channel) -> None:
         key = (channel.user_id, channel.session_id)

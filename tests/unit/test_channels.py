@@ -69,25 +69,3 @@ def test_what_a_reconnecting_channel_owes_its_page() -> None:
     assert missed("t1", None, 99, 99) == "sync"  # a page that shows none of the turns there are
     assert missed("t1", "t1", 5, 99) == "resume"  # the rest of the reply after event 5
     assert missed("t1", "t1", 99, 99) == ""  # all of it shown
-
-
-def test_the_drafts_channel_moves_to_the_conversation_its_first_send_made() -> None:
-    """A draft's channel is filed under the draft; the first send moves it (its user's, by its id) to
-    the new conversation and hands it that turn, which the start hook could not; later turns of the
-    conversation reach it as any channel's, and nothing of the draft's others moves with it."""
-    channels = ConversationChannels()
-    draft, other_tab = channels.open_channel("page-1", "u1", "new"), channels.open_channel("page-2", "u1", "new")
-    foreign = channels.open_channel("page-1", "u2", "new")
-    first = run_of("t1", "u1", "s1")
-    channels.turn_started(first)  # (the hook runs while the channel is still the draft's)
-    assert not draft.started
-    assert not channels.move("nope", "u1", "new", first) and not channels.move("page-1", "u3", "new", first)
-    assert channels.move("page-1", "u1", "new", first)
-    assert draft.session_id == "s1" and draft.moved_with == "t1" and [run.id for run in draft.started] == ["t1"]
-    assert channels.is_open("page-1", "u1", "s1") and not channels.is_open("page-1", "u1", "new")
-    assert channels.is_open("page-2", "u1", "new") and channels.is_open("page-1", "u2", "new")
-    assert not channels.move("page-1", "u1", "new", first)  # (moved once)
-    channels.turn_started(run_of("t2", "u1", "s1"))
-    assert [run.id for run in draft.started] == ["t1", "t2"] and not other_tab.started and not foreign.started
-    channels.close(draft)
-    assert ("u1", "s1") not in channels.open

@@ -11,7 +11,6 @@ writer) and renders; the rules live there.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Query, Request, Response
@@ -32,7 +31,6 @@ from ..ids import ID_QUERY, check_id
 from ..models import Conversation
 from ..pagination import MAX_INDEX
 from ..roles import BUILTIN_ROLES
-from ..turn_writer import Started
 
 MESSAGE_PAGE = 30
 REFRESH_SECONDS = 2  # a page without JavaScript reloads itself this often while a reply is written
@@ -86,8 +84,8 @@ def pane_values(pane: ConversationView, *, max_chars: int, demo: bool) -> dict[s
         "last_index": pane.first_index + len(pane.messages) - 1 if pane.latest else -1, "demo": demo, "draft": "", "form_error": "",
         "active_id": pane.conversation.id, "current_path": f"/c/{pane.conversation.id}",
         "role_missing": pane.role_missing,
-        # the page's one event stream (channels.py); the draft's moves to the conversation its first send makes
-        "channel_id": new_channel_id(),
+        # the page's one event stream (channels.py); a draft has none until its first send makes it a conversation
+        "channel_id": new_channel_id() if pane.conversation.id != DRAFT_ID else "",
     }
 
 
@@ -176,13 +174,11 @@ async def home(view: ViewDep, user: CurrentUser, conversations: ConversationsDep
 # the draft's forms: declared before /c/{session_id}/..., which would take "new" for an id
 @turn_router.post(f"/c/{DRAFT_ID}/messages")
 async def send_first_message(request: Request) -> Response:
-    """The draft's first send creates the conversation. When the draft's channel is open here, it moves
-    to that conversation and brings the bubbles (channels.py): HTMX gets the conversation's header and
-    the sidebar's list (or search results, `q`), out of band. Otherwise its pane (reply streaming) in
-    the draft's place, with the list: one request either way, not a refresh after it.
+    """The draft's first send creates the conversation; HTMX gets its pane (reply streaming) in the draft's
+    place, and the sidebar's list (or search results, `q`) out of band: one request, not a refresh after it.
     (A route of every turn: see `sent_form`.)"""
     view, user, conversations = View(request), await creating_user(request), services(request).conversations
-    message, request_id, q, channel = await sent_form(request)
+    message, request_id, q, _ = await sent_form(request)
     text = typed(message)
     try:
         run = await conversations.start_first(user, text, view.lang, client_ip(view.request),
@@ -193,9 +189,6 @@ async def send_first_message(request: Request) -> Response:
     path = f"/c/{run.conversation.id}"
     if run.duplicate:
         return view.no_content_or_redirect(path)
-    started = services(request).turn_writer.local_run(run.id)  # (generating here: the channel's turn)
-    if view.fragment and started is not None and services(request).channels.move(channel, user, DRAFT_ID, started):
-        return await draft_posted(view, conversations, run, channel, q)
 
     async def values() -> dict[str, Any]:
         pane, found = await asyncio.gather(conversation_pane(view, conversations, run.conversation),
@@ -204,23 +197,6 @@ async def send_first_message(request: Request) -> Response:
 
     return await view.fragment_or_redirect("partials/conversation_opened.html", path, values,
                                            headers=opened(run.conversation, with_list=True))
-
-
-async def draft_posted(view: View, conversations: Conversations, run: Started, channel: str, q: str) -> Response:
-    """The draft's first send, its channel moved to the conversation (send_first_message): the header
-    and list of that conversation; app.js points the composer and the channel at it (X-Turn-Id: as
-    any post that its channel brings, see send_message)."""
-    conversation, user = run.conversation, run.conversation.user_id
-    role, offered, found = await asyncio.gather(
-        conversations.roles.get(user, conversation.role), choices(conversations, user),
-        conversations.browse(user, query=q, limit=SEARCH_LIMIT))
-    settings = view.request.app.state.settings
-    opened_event = {"conversation-opened": {"id": conversation.id, "channel": channel}}
-    headers = {"HX-Push-Url": f"/c/{conversation.id}", "HX-Trigger": json.dumps(opened_event),
-               "X-Turn-Id": run.id}
-    return view.render("partials/draft_posted.html", headers=headers, conv=conversation, role=role, **offered,
-                       **list_values(found), demo=settings.demo_mode, active_id=conversation.id,
-                       current_path=f"/c/{conversation.id}")
 
 
 @router.post(f"/c/{DRAFT_ID}/role")

@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from ..channels import CHANNEL_ID, CHANNEL_ID_MAX, missed, new_channel_id
-from ..conversations import DRAFT_ID, Conversations
+from ..conversations import Conversations
 from ..deps import (
     ConversationsDep, CurrentUser, LangDep, ReaderDep, SeedUser, WriterDep, client_ip, current_user, services,
 )
@@ -174,15 +174,9 @@ async def conversation_events(
     What the page already shows is `turn` (the newest turn it has) and `after` (the last event
     of it shown; absent: all of it), or Last-Event-ID when the browser reconnects by itself.
     A page that missed a turn gets the message list again (`sync`), then the rest live.
-    The draft's page (`/c/new/events`) has a channel too, which its first send moves to the
-    conversation it makes (ConversationChannels.move).
     """
     user, lang = await current_user(request), lang_of(request)
     reader, conversations = services(request).turn_reader, services(request).conversations
-    if session_id == DRAFT_ID:  # the draft's page: nothing stored yet, nothing missed; its first send moves it
-        reader.check_stream_slot(user)
-        return stream_response(channel_events(request, conversations.draft(user).conversation, time.perf_counter(),
-                                              channel or new_channel_id(), None, MAX_SEQ, lang))
     session_id = check_id(session_id)
     seen_id, seen_seq = parse_last_event_id(last_event_id)
     if seen_id is None:
@@ -199,14 +193,13 @@ async def conversation_events(
 
 async def channel_events(request: Request, conversation: Conversation, read_at: float, channel_id: str,
                          seen_id: str | None, seen_seq: int, lang: Lang) -> AsyncIterator[bytes]:
-    """`conversation` as read at `read_at`: what the page may have missed is judged from it. (The
-    channel's conversation is `channel.session_id`: the draft's channel moves to the one it made.)"""
+    """`conversation` as read at `read_at`: what the page may have missed is judged from it."""
     state = services(request)
     reader, conversations, channels = state.turn_reader, state.conversations, state.channels
-    user, csrf_token = conversation.user_id, request_token(request)
+    user, session_id, csrf_token = conversation.user_id, conversation.id, request_token(request)
     # open before anything is awaited: a turn that starts from now on is handed to it; one that started
     # here since the conversation was read (the response's start awaits) is handed to it now
-    channel = channels.open_channel(channel_id, user, conversation.id, read_at=read_at,
+    channel = channels.open_channel(channel_id, user, session_id, read_at=read_at,
                                     shown_turn=conversation.running_turn_id)
     reader.stream_opened(user)
     followed: set[str] = set()
@@ -214,15 +207,15 @@ async def channel_events(request: Request, conversation: Conversation, read_at: 
 
     async def follow(turn_id: str, after: int) -> AsyncIterator[bytes]:
         followed.add(turn_id)
-        info = TurnInfo(id=turn_id, session_id=channel.session_id, user_id=user, status="running")
-        async for frame in html_events(reader, conversations, channel.session_id, user, info, after, lang, csrf_token,
+        info = TurnInfo(id=turn_id, session_id=session_id, user_id=user, status="running")
+        async for frame in html_events(reader, conversations, session_id, user, info, after, lang, csrf_token,
                                        channel_id=channel_id):
             yield frame
 
     async def sync() -> AsyncIterator[bytes]:
         """The message list as it is now; then the reply being written, if any, from where it shows."""
         try:
-            fresh = await conversations.owned(channel.session_id, user)
+            fresh = await conversations.owned(session_id, user)
         except ChatError:  # deleted meanwhile (in another tab): nothing more to show here
             return
         values = await conversation_pane(View(request), conversations, fresh)
@@ -245,7 +238,7 @@ async def channel_events(request: Request, conversation: Conversation, read_at: 
                 yield frame
         elif owed == "resume" and newest:
             try:  # (a turn that ended, whose last event the page has, has nothing more)
-                resumed = await reader.resumable(newest, user, seen_seq, session_id=channel.session_id)
+                resumed = await reader.resumable(newest, user, seen_seq, session_id=session_id)
             except (TurnNotFound, InvalidId):
                 resumed = None
             if resumed is not None:
@@ -261,11 +254,10 @@ async def channel_events(request: Request, conversation: Conversation, read_at: 
                 async for frame in sync():
                     yield frame
                 continue
-            # (the draft's first send: its post brings the header, whose title the page may not have yet)
             yield named_event_frame("turn", f"{run.id}:0", render_fragment(
                 "partials/turn_started.html", lang, conv=run.conversation, user_message=run.user_message,
                 was_empty=run.first_exchange, streaming={"turn_id": run.id, "after": 0, "text": ""},
-                channel_id=channel_id, csrf_token=csrf_token, title=run.id != channel.moved_with))
+                channel_id=channel_id, csrf_token=csrf_token))
             async for frame in follow(run.id, 0):
                 yield frame
     finally:
