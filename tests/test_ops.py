@@ -281,3 +281,41 @@ def test_a_generated_secret_key_is_kept_across_starts(tmp_path: Path) -> None:
     first = _secret_from_data_dir(tmp_path)
     assert len(first) >= 32 and _secret_from_data_dir(tmp_path) == first
     assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]
+
+
+def _healthz_twice(base_url: str, idle_seconds: float) -> tuple[int, int]:
+    """Two requests on one HTTP/1.1 connection, `idle_seconds` apart: their statuses (0: the app had
+    closed the connection meanwhile)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(base_url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        statuses = []
+        for pause in (0, idle_seconds):
+            time.sleep(pause)
+            try:
+                connection.request("GET", "/healthz")
+                response = connection.getresponse()
+                response.read()
+                statuses.append(response.status)
+            except (http.client.RemoteDisconnected, ConnectionError):
+                statuses.append(0)
+        return statuses[0], statuses[1]
+    finally:
+        connection.close()
+
+
+def test_an_idle_connection_stays_open_longer_than_a_load_balancers_idle_timeout(
+    app_server: AppServer, redis_server, tmp_path: Path,
+) -> None:
+    """KEEP_ALIVE_SECONDS (75 by default, uvicorn's own is 5): a proxy or a browser that reuses its
+    connection after a pause (a reply that took a while) finds it open, rather than racing the app's
+    close (a reset, a 502 behind a load balancer). A short setting does close an idle one."""
+    assert _healthz_twice(app_server.base_url, 6) == (200, 200)  # past uvicorn's 5 s
+    app = _start_app(tmp_path, {"REDIS_URL": redis_server.url, "OPENAI_API_KEY": "", "KEEP_ALIVE_SECONDS": "1"})
+    try:
+        assert _healthz_twice(app.base_url, 2.5) == (200, 0)
+    finally:
+        _stop_app(app)

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     web_concurrency: int = Field(1, ge=1, le=64)
+    keep_alive_seconds: int = Field(
+        75, ge=1, le=3600,
+        description="an idle HTTP connection stays open this long: longer than the idle timeout of a load balancer "
+                    "or PaaS router in front (60 s is common), so it never reuses a connection the app just closed")
     context_messages: int = Field(20, ge=1, le=500)
     context_chars: int = Field(24000, ge=100)
     max_message_chars: int = Field(1000, ge=1)
