@@ -177,7 +177,8 @@ def serve(settings: Settings) -> None:
         access_log=False,  # the app logs requests itself, without query strings (they carry messages)
         timeout_graceful_shutdown=10,
         # uvicorn's own default is 5 s: a proxy that reuses its pooled connection as the app closes it
-        # gets a reset (a 502 for the user), and so does a browser's post after a reply that took longer
+        # gets a reset (a 502 for the user); a client posting after a reply that took longer races it
+        # too (browsers retry such a post once, other clients fail it)
         timeout_keep_alive=settings.keep_alive_seconds,
         loop="auto",
         http="auto",
