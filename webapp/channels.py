@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .turn_writer import TurnRun
 
 CHANNEL_ID_MAX = 64
-CHANNEL_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")  # (anchored: a Query pattern is searched, not matched)
+CHANNEL_ID = re.compile(rf"^[0-9A-Za-z_-]{{1,{CHANNEL_ID_MAX}}}$")  # (anchored: a Query pattern is searched, not matched)
 
 
 def new_channel_id() -> str:
