@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import (
-    AppServer, RedisServer, ThreadedFakeUpstream, _start_app, _stop_app, create_session, iter_sse,
+    ON_CLUSTER, AppServer, RedisServer, ThreadedFakeUpstream, _start_app, _stop_app, create_session, iter_sse,
     messages_of, post_turn, unique, wait_until,
 )
 
@@ -224,3 +224,47 @@ def test_a_pages_channel_whose_host_died_mid_reply_resumes_on_another_host(
         _stop_app(survivor)
         if doomed.process.poll() is None:
             _stop_app(doomed)
+
+
+def _drop_subscribers(redis_client: Any) -> None:
+    """Close every pub/sub connection (as a network blip or a Redis failover would): a message
+    published before its subscriber is back reaches no one."""
+    if ON_CLUSTER:
+        redis_client.client_kill_filter(_type="pubsub", target_nodes=redis_client.ALL_NODES)
+    else:
+        redis_client.client_kill_filter(_type="pubsub")
+
+
+def test_a_stop_asked_on_another_host_while_the_writers_subscription_was_down_still_stops_the_reply(
+    redis_server: RedisServer, upstream: ThreadedFakeUpstream, redis_client: Any, tmp_path: Path
+) -> None:
+    """A Stop reaches the writer's host by pub/sub, which drops what it publishes while the writer
+    is not subscribed; the mark it leaves on the turn stops the reply at the writer's next lease
+    renewal (about a second) instead of letting it run to the end."""
+    writer = app_on(redis_server, upstream, tmp_path / "writer")
+    other = app_on(redis_server, upstream, tmp_path / "other")
+    try:
+        with httpx.Client(base_url=writer.base_url, timeout=30) as on_writer:
+            session = create_session(on_writer)
+            started = post_turn(on_writer, session["id"], unique("stop") + " [[tokens:300]] [[delay:30]]").json()
+            cookies = on_writer.cookies
+            time.sleep(0.5)
+        with httpx.Client(base_url=other.base_url, timeout=30, cookies=cookies) as on_other:
+            _drop_subscribers(redis_client)  # (the writer subscribes again a second later)
+            asked = time.monotonic()
+            assert on_other.post(f"/api/turns/{started['turn_id']}/cancel").status_code == 202
+
+            def saved() -> dict | None:
+                items = messages_of(on_other, session["id"])["items"]
+                return items[-1] if items[-1]["role"] == "assistant" and len(items) == 3 else None
+
+            last = wait_until(saved, timeout=15, interval=0.1)
+            stopped_after = time.monotonic() - asked
+        # stopped, not interrupted by a failure, and long before the reply's 9 s
+        assert last["status"] == "interrupted" and " t290" not in last["content"], last
+        assert stopped_after < 4, stopped_after
+        with httpx.Client(base_url=writer.base_url, timeout=30, cookies=cookies) as on_writer:
+            assert post_turn(on_writer, session["id"], unique("next")).status_code == 202
+    finally:
+        _stop_app(other)
+        _stop_app(writer)

@@ -12,6 +12,9 @@ A lease that lapsed because this worker was slow (an overloaded host, a long pau
 taken again at the next renewal, unless another host has begun to recover the turn or
 another turn holds the conversation (store.RENEW_LEASE, atomic with the recovery's
 claim). Then the turn stops: it must not save a second reply over the one recovery saved.
+
+The renewal also says when Stop was asked for a turn (store.request_cancel marks it): a
+Stop published while this worker's subscription was down still lands, a tick later.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Callable
 from redis.exceptions import RedisError
 
 from .keys import TurnRef
+from .models import Lease
 from .recovery import OrphanRecovery
 from .processes import stop_task
 from .store import Store
@@ -32,11 +36,13 @@ log = logging.getLogger("webapp.turns")
 
 class LeaseKeeper:
     def __init__(self, store: Store, recovery: OrphanRecovery,
-                 held: Callable[[], list[tuple[TurnRef, str]]], lost: Callable[[str], None]) -> None:
+                 held: Callable[[], list[tuple[TurnRef, str]]], lost: Callable[[str], None],
+                 cancelled: Callable[[str], None]) -> None:
         self.store = store
         self.recovery = recovery
         self.held = held  # (turn, session id) of every turn generating on this worker
         self.lost = lost  # called with a turn id whose lease could not be renewed
+        self.cancelled = cancelled  # called with a turn id whose Stop was asked (the pub/sub may have missed it)
         self.interval = min(1.0, store.lease_ms / 3000)  # a slow host has most of the lease to spare
         self.finished: list[TurnRef] = []
         self.task: asyncio.Task[None] | None = None
@@ -67,10 +73,12 @@ class LeaseKeeper:
         except BaseException:
             self.finished = finished + self.finished
             raise
-        for ok, (ref, _) in zip(renewed, held):
-            if not ok:
+        for lease, (ref, _) in zip(renewed, held):
+            if lease is Lease.LOST:
                 log.warning("turn %s: its lease lapsed (Redis unreachable?); stopping it", ref.turn_id)
                 self.lost(ref.turn_id)
+            elif lease is Lease.CANCEL:
+                self.cancelled(ref.turn_id)
         await self.sweep({ref.turn_id for ref, _ in held})
 
     async def sweep(self, own: set[str]) -> None:

@@ -10,6 +10,7 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import IntEnum
 
 import orjson
 
@@ -134,6 +135,14 @@ class TurnInfo:
     user_id: str
     status: str  # running | complete | error | interrupted
     message_id: str = ""
+
+
+class Lease(IntEnum):
+    """What renewing a generating turn's lease found (store.RENEW_LEASE returns these numbers)."""
+
+    LOST = 0  # another host recovers the turn, or another turn holds the conversation: stop, save nothing
+    HELD = 1
+    CANCEL = 2  # held, and Stop was asked for the turn (its pub/sub message may have been missed)
 
 
 @dataclass

@@ -17,7 +17,7 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     {uid}:s:{sid}:forks                HASH list index -> JSON of the versions kept aside there (versions.py)
     {uid}:m:{mid}                      the session id of a user message (edit by message id), conversation TTL
     {uid}:request:{rid}                the turn a client request id started (a repeated request starts none), 10 min
-    {uid}:t:{tid}                      HASH turn state (session_id, user_id, status, message_id)
+    {uid}:t:{tid}                      HASH turn state (session_id, user_id, status, message_id; cancel: Stop was asked)
     {uid}:t:{tid}:events               STREAM of reply events, ids `0-{seq}`, capped, expires after the turn
     {uid}:t:{tid}:recovery             the one host saving an orphaned turn, 60 s
     {uid}:trash:{sid}                  JSON copy of a conversation deleted from the web UI, kept briefly for undo
@@ -57,7 +57,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .keys import Keys, TurnRef
-from .models import Conversation, Message, TurnEvent, TurnInfo, TurnLock
+from .models import Conversation, Lease, Message, TurnEvent, TurnInfo, TurnLock
 from .versions import BranchChange, BranchState
 
 log = logging.getLogger("webapp.store")
@@ -72,17 +72,28 @@ REQUEST_ID_SECONDS = 600  # a repeated form (same request id) within this long s
 # Give a conversation's lock back only if it is still the holder's: a save retried after its
 # lock expired must not drop the lock another turn has taken since.
 RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-# Renew a writer's lease (1). A lease that lapsed while its writer was only slow (an overloaded host)
-# is taken again, unless a recovery of the turn has begun or another turn holds the conversation (0:
-# the writer stops). Atomic with CLAIM_RECOVERY, so a turn is either saved by its writer or recovered.
-# KEYS: lock, recovery, turn; ARGV: turn id, lease ms.
+# Renew a writer's lease (1; 2: renewed, but Stop was asked for the turn). A lease that lapsed while
+# its writer was only slow (an overloaded host) is taken again, unless a recovery of the turn has begun
+# or another turn holds the conversation (0: the writer stops). Atomic with CLAIM_RECOVERY, so a turn is
+# either saved by its writer or recovered. KEYS: lock, recovery, turn; ARGV: turn id, lease ms.
 RENEW_LEASE = """
 local holder = redis.call('get', KEYS[1])
-if holder == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-if holder or redis.call('exists', KEYS[2]) == 1 or redis.call('hget', KEYS[3], 'status') ~= 'running' then
+if holder == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+elseif holder or redis.call('exists', KEYS[2]) == 1 or redis.call('hget', KEYS[3], 'status') ~= 'running' then
   return 0
+else
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('hexists', KEYS[3], 'cancel') == 1 then return 2 end
+return 1
+"""
+# Mark a running turn to be stopped (1), so its writer finds the request at its next lease renewal
+# even when it missed the pub/sub message; nothing is written for a turn that is over or gone (0).
+# KEYS: turn.
+MARK_CANCEL = """
+if redis.call('hget', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('hset', KEYS[1], 'cancel', '1')
 return 1
 """
 # One host saves an orphaned turn, and only while its writer does not hold the lease.
@@ -709,9 +720,10 @@ class Store:
         """Give the lock back, if `holder` (a turn id) still holds it."""
         await self.redis.eval(RELEASE_LOCK, 1, self.keys.lock(uid, sid), holder)
 
-    async def renew_leases(self, held: list[tuple[TurnRef, str]], finished: list[TurnRef]) -> list[bool]:
+    async def renew_leases(self, held: list[tuple[TurnRef, str]], finished: list[TurnRef]) -> list[Lease]:
         """Renew the locks of the turns generating here (turn, session id) and list them as running with
-        their new deadline; forget the `finished` ones. One pipeline. False where a lock was lost."""
+        their new deadline; forget the `finished` ones. One pipeline. Says, per held turn, whether its
+        lock was lost or Stop was asked for it (request_cancel)."""
         k = self.keys
         deadline = (time.time() * 1000) + self.lease_ms
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -723,7 +735,7 @@ class Store:
             if finished:
                 pipe.zrem(k.running, *[k.running_member(ref) for ref in finished])
             results = await pipe.execute()
-        return [bool(result) for result in results[: len(held)]]
+        return [Lease(int(result)) for result in results[: len(held)]]
 
     async def lapsed_turns(self, limit: int = 100) -> list[TurnRef]:
         """Turns listed as running whose writer stopped renewing its lease."""
@@ -948,11 +960,14 @@ class Store:
                 return message
         return None
 
-    async def request_cancel(self, turn_id: str) -> None:
-        await self.redis.publish(self.keys.cancel_channel, turn_id)
+    async def request_cancel(self, ref: TurnRef) -> None:
+        """Ask whichever worker generates the turn to stop it: at once by pub/sub, and within a lease
+        renewal (renew_leases) from the mark on the turn, if that worker's subscription was down."""
+        if await self.redis.eval(MARK_CANCEL, 1, self.keys.turn(ref)):
+            await self.redis.publish(self.keys.cancel_channel, ref.turn_id)
 
     async def cancel_requests(self) -> AsyncIterator[str]:
-        """Turn ids whose cancellation any worker published."""
+        """Ids of the turns whose cancellation any worker published."""
         pubsub = self.blocking_redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.keys.cancel_channel)

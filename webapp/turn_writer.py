@@ -618,7 +618,7 @@ class TurnWriter:
         if run is not None:
             self._cancel_run(run, "user")
         elif turn.status == "running":
-            await self.store.request_cancel(turn.id)
+            await self.store.request_cancel(TurnRef(turn.user_id, turn.id))
 
     async def stop_reply(self, conversation: Conversation) -> None:
         """Stop the conversation's running reply, if any (what it wrote is kept)."""
@@ -627,14 +627,19 @@ class TurnWriter:
             await self.cancel(TurnInfo(id=turn_id, session_id=conversation.id, user_id=conversation.user_id,
                                        status="running"))
 
+    def cancel_requested(self, turn_id: str) -> None:
+        """Stop was asked for a turn, on any worker: stop it if it generates here."""
+        run = self.runs.get(turn_id)
+        if run is not None:
+            self._cancel_run(run, "user")
+
     async def _listen_for_cancels(self) -> None:
-        """Cancel requests for turns that run on this worker, published by any worker."""
+        """Cancel requests for turns that run on this worker, published by any worker (one missed
+        while the subscription is down reaches the lease keeper instead: store.request_cancel)."""
         while True:
             try:
                 async for turn_id in self.store.cancel_requests():
-                    run = self.runs.get(turn_id)
-                    if run is not None:
-                        self._cancel_run(run, "user")
+                    self.cancel_requested(turn_id)
             except asyncio.CancelledError:
                 raise
             except RedisError:
