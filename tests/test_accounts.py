@@ -8,11 +8,13 @@ redis-server. Tests that count per client IP speak through X-Forwarded-For from 
 from __future__ import annotations
 
 import itertools
+import threading
 import os
 import time
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -396,6 +398,24 @@ def test_a_429_in_the_web_ui_keeps_the_typed_text(limited_app: AppServer, make: 
     toast = client.post(f"/c/{session_id}/messages", data={"message": typed},
                         headers={**ip, "HX-Request": "true", "X-CSRF-Token": token})
     assert toast.status_code == 429 and toast.headers["HX-Retarget"] == "#toasts"
+
+
+def test_conversations_made_at_once_never_pass_the_per_user_limit(limited_app: AppServer, make: Any) -> None:
+    """The limit is checked in the write that makes the conversation: eight made in the same instant
+    by one identity (MAX_CONVERSATIONS_PER_USER=3) leave exactly three."""
+    client = make(limited_app)
+    client.get("/api/sessions")  # (the identity's cookie)
+    barrier = threading.Barrier(8)
+
+    def make_one(_: int) -> int:
+        with httpx.Client(base_url=limited_app.base_url, timeout=30, cookies=client.cookies) as tab:
+            barrier.wait()
+            return tab.post("/api/sessions", json={}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(pool.map(make_one, range(8)))
+    assert codes == [201] * 3 + [409] * 5, codes
+    assert len(client.get("/api/sessions").json()["items"]) == 3
 
 
 def test_abuse_limits_are_clear_errors(limited_app: AppServer, make: Any) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,98 @@ def test_htmx_first_send_swaps_the_draft_for_the_new_conversation(empty: tuple[A
             items = visitor.get(f"/api/sessions/{session_id}/messages").json()["items"]
             return len(items) == 3 and items[-1]["role"] == "assistant"
         wait_until(replied, timeout=15)
+
+
+def _pane_summary(html: str) -> dict[str, Any]:
+    """What a conversation pane shows, less what differs between two renders of the same state (a
+    page's channel id, a form's request id, how far the streaming reply has got)."""
+    pane = BeautifulSoup(html, "html.parser").select_one("#main")
+    messages = [(sorted(c for c in m["class"] if c.startswith("msg--")), m.get("id", ""),
+                 "" if "msg--streaming" in m["class"] else m.select_one(".msg__body").get_text(" ", strip=True))
+                for m in pane.select("#message-list .msg")]
+    return {
+        "conversation": pane["data-conversation"], "messages": messages,
+        "forms": sorted((f.get("action", ""), f.get("hx-post", "")) for f in pane.select("form")),
+        "title": pane.select_one("h1, .chat-title").get_text(" ", strip=True),
+        "role": [o.get("value") for o in pane.select("option[selected]")],
+        "streaming": [m.get("data-turn") or m.get("id") for m in pane.select(".msg--streaming")],
+        "suggestions": bool(pane.select_one("#suggestions")),
+    }
+
+
+def test_the_first_sends_pane_is_what_reading_the_new_conversation_back_shows(
+    empty: tuple[AppServer, redis.Redis]
+) -> None:
+    """The first send answers with what it wrote rather than reading it back: the same pane."""
+    app, _ = empty
+    with new_visitor(app) as visitor:
+        visitor.get("/")
+        hx = {"HX-Request": "true", "HX-Current-URL": f"{app.base_url}/"}
+        sent = visitor.post("/c/new/messages", data={"message": unique("same") + " [[tokens:40]] [[delay:50]]"},
+                            headers=hx)
+        session_id = sent.headers["HX-Push-Url"].removeprefix("/c/")
+        read_back = visitor.get(f"/c/{session_id}", headers=hx)  # (the reply is still being written)
+        first, again = _pane_summary(sent.text), _pane_summary(read_back.text)
+        assert first == again
+        assert len(first["messages"]) == 3 and first["streaming"] and not first["suggestions"]
+
+        def replied() -> bool:
+            items = visitor.get(f"/api/sessions/{session_id}/messages").json()["items"]
+            return len(items) == 3 and items[-1]["role"] == "assistant"
+        wait_until(replied, timeout=15)
+
+
+def test_a_first_send_lists_the_conversations_another_tab_made_meanwhile(
+    empty: tuple[AppServer, redis.Redis]
+) -> None:
+    app, _ = empty
+    with new_visitor(app) as visitor:
+        visitor.get("/")  # the draft, in this tab
+        other_tab = visitor.post("/api/sessions", json={}).json()["id"]
+        sent = visitor.post("/c/new/messages", data={"message": unique("second")},
+                            headers={"HX-Request": "true", "HX-Current-URL": f"{app.base_url}/"})
+        session_id = sent.headers["HX-Push-Url"].removeprefix("/c/")
+        listed = BeautifulSoup(sent.text, "html.parser").select_one("#session-list[hx-swap-oob]")
+        assert [li["id"] for li in listed.select("li.session")] == [f"conv-{session_id}", f"conv-{other_tab}"]
+
+        def replied() -> bool:
+            items = visitor.get(f"/api/sessions/{session_id}/messages").json()["items"]
+            return len(items) == 3 and items[-1]["role"] == "assistant"
+        wait_until(replied, timeout=15)
+
+
+def test_a_double_clicked_first_send_makes_one_conversation_with_one_welcome(
+    empty: tuple[AppServer, redis.Redis]
+) -> None:
+    """Without JavaScript a double click posts the form twice at once; both posts race to make the
+    conversation. One is made, with one welcome message and one user message."""
+    app, keys = empty
+    for attempt in range(5):
+        with new_visitor(app) as visitor:
+            visitor.get("/")
+            message, request_id = unique("double"), f"dbl{attempt}"
+            barrier = threading.Barrier(3)
+
+            def post(_: int) -> str:
+                with httpx.Client(base_url=app.base_url, timeout=30, headers=EN, cookies=visitor.cookies) as tab:
+                    tab.event_hooks["request"].append(with_page_token(visitor))
+                    barrier.wait()
+                    answer = tab.post("/c/new/messages", data={"message": message, "request_id": request_id})
+                    assert answer.status_code == 303, answer.text
+                    return answer.headers["location"]
+
+            with ThreadPoolExecutor(3) as pool:
+                locations = set(pool.map(post, range(3)))
+            assert len(locations) == 1
+            session_id = locations.pop().removeprefix("/c/")
+            assert [s["id"] for s in visitor.get("/api/sessions").json()["items"]] == [session_id]
+
+            def replied() -> list[dict[str, Any]] | None:
+                items = visitor.get(f"/api/sessions/{session_id}/messages").json()["items"]
+                return items if items[-1]["role"] == "assistant" and items[-1]["status"] == "complete" else None
+            items = wait_until(replied, timeout=15)
+            assert [(m["role"], m["content"] if m["role"] == "user" else "") for m in items] == \
+                [("assistant", ""), ("user", message), ("assistant", "")]
 
 
 def test_choosing_a_role_on_the_empty_chat_creates_it_with_that_role(empty: tuple[AppServer, redis.Redis]) -> None:

@@ -27,7 +27,7 @@ from .models import WELCOME, Conversation, Message, TurnEvent, new_id, new_messa
 from .pagination import format_cursor, parse_cursor
 from .roles import Role, RoleBook, role_or_default
 from .search import SearchIndex, indexable
-from .store import Store
+from .store import Creation, Store
 from .titles import clean_title, make_preview
 from .turn_reader import TurnReader
 from .turn_writer import SavedReply, Started, TurnWriter
@@ -64,6 +64,16 @@ class ConversationView:
     latest: bool = True  # the newest page (not one scrolled back to)
     versions: dict[int, tuple[int, int]] = field(default_factory=dict)  # list index -> (shown, count)
     role_missing: bool = False  # its custom role was deleted: it answers as the default role now
+
+
+@dataclass
+class FirstSend:
+    """The draft's first send (Conversations.start_first): the turn it started, and what the page
+    shows next when this request made the conversation (nothing to read back)."""
+
+    started: Started
+    pane: ConversationView | None  # the new conversation's pane; None when it was made before (a repeat)
+    only_one: bool  # the new conversation is its owner's only one: the sidebar's list is it alone
 
 
 @dataclass
@@ -185,12 +195,15 @@ class Conversations:
 
     # creating -----------------------------------------------------------
 
-    async def create(self, user_id: str, *, role_id: str | None = None, title: str = "",
-                     conversation_id: str | None = None) -> Conversation:
+    async def create(self, user_id: str, *, role_id: str | None = None, title: str = "") -> Conversation:
         """A new conversation with its welcome message (stored in the seed's Chinese, shown in the reader's language)."""
-        role = await self.roles.get(user_id, role_id)
-        if self.max_per_user and await self.store.count_conversations(user_id) >= self.max_per_user:
-            raise TooManyConversations(limit=self.max_per_user)
+        conversation, _, _ = await self._create(user_id, await self.roles.get(user_id, role_id), title=title)
+        return conversation
+
+    async def _create(self, user_id: str, role: Role, *, title: str = "",
+                      conversation_id: str | None = None) -> tuple[Conversation, Message, Creation]:
+        """The conversation as written, its welcome, and what the store did: an existing
+        `conversation_id` is left as it is (`Creation.existed`); TooManyConversations at the limit."""
         now = time.time()
         welcome = Message(id=new_message_id(), role="assistant", content=t("welcome", "zh"), ts=now_iso(),
                           kind=WELCOME)
@@ -199,10 +212,12 @@ class Conversations:
             preview=make_preview(welcome.content),
             role=role.id, message_count=1, created=now, updated=now, title_by="user" if title.strip() else "",
         )
-        await self.store.create_conversation(conversation, welcome)
-        if conversation.title:
+        creation = await self.store.create_conversation(conversation, welcome, limit=self.max_per_user)
+        if not creation.written and not creation.existed:
+            raise TooManyConversations(limit=self.max_per_user)
+        if creation.written and conversation.title:
             self.search.add(conversation, conversation.title)
-        return conversation
+        return conversation, welcome, creation
 
     def draft(self, user_id: str) -> ConversationView:
         """What the home page shows before a user has a conversation: a new one's pane (the welcome
@@ -218,21 +233,30 @@ class Conversations:
                                 is_empty=True)
 
     async def start_first(self, user_id: str, text: str | None, lang: Lang, client_ip: str = "", *,
-                          request_id: str | None = None) -> Started:
+                          request_id: str | None = None) -> FirstSend:
         """The draft's first send: create the conversation, then start its turn.
 
         A message the writer would refuse (empty, too long) creates nothing. With a request id the
         conversation's id is made from it, so the same form sent twice (a double click without
         JavaScript) finds the conversation the first one made, and the writer answers the repeat
-        as a repeat instead of a second conversation being made.
+        as a repeat instead of a second conversation being made. (Conversations are filed under
+        their owner: no one else's is ever found.)
+
+        What this request wrote is all the new conversation's pane shows, so it comes back with
+        the turn (FirstSend.pane) rather than read back: a first send costs three round trips.
         """
         validate_message(text, self.writer.settings.max_message_chars)
         conversation_id = str(uuid.uuid5(_FIRST_SEND, f"{user_id}:{request_id}")) if request_id else None
-        conversation = await self.store.get_conversation(user_id, conversation_id) if conversation_id else None
-        if conversation is None:  # (conversations are filed under their owner: no one else's is found)
-            conversation = await self.create(user_id, conversation_id=conversation_id)
-        return await self.writer.start_turn(conversation.id, user_id, text, None, lang, client_ip,
-                                            request_id=request_id)
+        role = role_or_default(None)
+        conversation, welcome, creation = await self._create(user_id, role, conversation_id=conversation_id)
+        run = await self.writer.start_turn(conversation.id, user_id, text, None, lang, client_ip,
+                                           request_id=request_id)
+        pane = None
+        if creation.written and not run.duplicate and run.user_message is not None:
+            pane = ConversationView(conversation=run.conversation, role=role, first_index=0,
+                                    messages=[welcome, run.user_message],
+                                    streaming=Streaming(turn_id=run.id, after=0, text=""))
+        return FirstSend(started=run, pane=pane, only_one=creation.written and creation.earlier == 0)
 
     async def first_with_role(self, user_id: str, role_id: str) -> Conversation:
         """The draft's role chosen: the conversation it stands for, made now with that role (an

@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Iterable, NamedTuple
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -61,6 +61,15 @@ from .models import Conversation, Lease, Message, TurnEvent, TurnInfo, TurnLock
 from .versions import BranchChange, BranchState
 
 log = logging.getLogger("webapp.store")
+
+
+class Creation(NamedTuple):
+    """What create_conversation did: `written`, or not because the id `existed` (else: the owner is at
+    the limit); `earlier`, how many conversations the owner had before."""
+
+    written: bool
+    existed: bool
+    earlier: int
 
 STREAM_MAXLEN = 20000
 STREAM_RETENTION_SECONDS = 3600
@@ -87,6 +96,23 @@ else
 end
 if redis.call('hexists', KEYS[3], 'cancel') == 1 then return 2 end
 return 1
+"""
+# Write a new conversation, unless one with its id exists (0) or its owner has ARGV[2] (when not 0)
+# already (-1); 1 when written. Also returns how many conversations the owner had before: one round
+# trip, and two creates racing (a double click) write one conversation and never pass the limit.
+# KEYS: meta, messages, index, claim, versions, forks; ARGV: session id, limit, index score, first
+# message JSON, conversation TTL, index TTL, then the metadata hash as field, value, ...
+CREATE_CONVERSATION = """
+local count = redis.call('zcard', KEYS[3])
+if redis.call('exists', KEYS[1]) == 1 then return {0, count} end
+if tonumber(ARGV[2]) > 0 and count >= tonumber(ARGV[2]) then return {-1, count} end
+redis.call('hset', KEYS[1], unpack(ARGV, 7))
+redis.call('rpush', KEYS[2], ARGV[4])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[1])
+redis.call('set', KEYS[4], '1', 'EX', ARGV[6])
+for _, key in ipairs({KEYS[2], KEYS[5], KEYS[6]}) do redis.call('expire', key, ARGV[5]) end
+for _, key in ipairs({KEYS[1], KEYS[3]}) do redis.call('expire', key, ARGV[6]) end
+return {1, count}
 """
 # Mark a running turn to be stopped (1), so its writer finds the request at its next lease renewal
 # even when it missed the pub/sub message; nothing is written for a turn that is over or gone (0).
@@ -429,16 +455,18 @@ class Store:
         pipe.expire(k.index(uid), self.index_ttl)
         pipe.expire(k.claim(uid), self.index_ttl)
 
-    async def create_conversation(self, conversation: Conversation, first_message: Message) -> None:
-        """Write a new conversation with its first message, and list it in its owner's index."""
+    async def create_conversation(self, conversation: Conversation, first_message: Message, *,
+                                  limit: int = 0) -> Creation:
+        """Write a new conversation with its first message and list it in its owner's index, unless
+        one with its id exists or the owner has `limit` (0: no limit) already. One atomic round trip."""
         sid, uid, k = conversation.id, conversation.user_id, self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(k.meta(uid, sid), mapping=conversation.to_hash())
-            pipe.rpush(k.messages(uid, sid), first_message.to_json())
-            pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
-            pipe.set(k.claim(uid), "1", ex=self.index_ttl)
-            self._refresh_ttls(pipe, uid, sid)
-            await pipe.execute()
+        fields = [str(item) for pair in conversation.to_hash().items() for item in pair]
+        outcome, earlier = await self.redis.eval(
+            CREATE_CONVERSATION, 6, k.meta(uid, sid), k.messages(uid, sid), k.index(uid), k.claim(uid),
+            k.versions(uid, sid), k.forks(uid, sid),
+            sid, limit, conversation.updated * 1000, first_message.to_json(), self.conversation_ttl, self.index_ttl,
+            *fields)
+        return Creation(written=outcome == 1, existed=outcome == 0, earlier=int(earlier))
 
     async def get_conversation(self, uid: str, sid: str) -> Conversation | None:
         """The user's conversation `sid`; None when it does not exist under that user."""

@@ -95,10 +95,14 @@ def list_values(found: ConversationList) -> dict[str, Any]:
 
 async def conversation_pane(view: View, conversations: Conversations, conversation: Conversation,
                             before: int | None = None) -> dict[str, Any]:
+    return await pane_with_choices(view, conversations,
+                                   await conversations.view(conversation, limit=MESSAGE_PAGE, before=before))
+
+
+async def pane_with_choices(view: View, conversations: Conversations, pane: ConversationView) -> dict[str, Any]:
     settings = view.request.app.state.settings
-    pane = await conversations.view(conversation, limit=MESSAGE_PAGE, before=before)
     values = pane_values(pane, max_chars=settings.max_message_chars, demo=settings.demo_mode)
-    return {**values, **await choices(conversations, conversation.user_id)}
+    return {**values, **await choices(conversations, pane.conversation.user_id)}
 
 
 async def choices(conversations: Conversations, user: str, *, newcomer: bool = False) -> dict[str, Any]:
@@ -181,18 +185,26 @@ async def send_first_message(request: Request) -> Response:
     message, request_id, q, _ = await sent_form(request)
     text = typed(message)
     try:
-        run = await conversations.start_first(user, text, view.lang, client_ip(view.request),
-                                              request_id=request_id or None)
+        first = await conversations.start_first(user, text, view.lang, client_ip(view.request),
+                                                request_id=request_id or None)
     except ChatError as exc:
         return await view.form_error(exc, lambda error_text, status: render_draft(
             view, conversations, user, draft=text, form_error=error_text, status=status))
+    run = first.started
     path = f"/c/{run.conversation.id}"
     if run.duplicate:
         return view.no_content_or_redirect(path)
 
+    async def listed() -> ConversationList:
+        if first.only_one and not q.strip():
+            return ConversationList(items=[run.conversation])
+        return await conversations.browse(user, query=q, limit=SEARCH_LIMIT)
+
     async def values() -> dict[str, Any]:
-        pane, found = await asyncio.gather(conversation_pane(view, conversations, run.conversation),
-                                           conversations.browse(user, query=q, limit=SEARCH_LIMIT))
+        pane, found = await asyncio.gather(
+            pane_with_choices(view, conversations, first.pane) if first.pane is not None
+            else conversation_pane(view, conversations, run.conversation),
+            listed())
         return {**pane, **list_values(found), "partial": True}
 
     return await view.fragment_or_redirect("partials/conversation_opened.html", path, values,
