@@ -63,6 +63,33 @@ def test_invalid_setting_fails_at_start_with_one_line_naming_it(tmp_path: Path) 
     assert len(lines) == 1 and "PORT" in lines[0]
 
 
+def test_the_app_listens_on_several_sockets_and_a_second_app_on_its_port_is_refused(
+    redis_server, tmp_path: Path
+) -> None:
+    """One worker listens on LISTENERS sockets of one port (webapp/listeners.py: a busy app accepts a
+    burst of new connections one per socket per turn of its loop); another app started on the port
+    stops with one clear line instead of sharing it."""
+    from webapp.listeners import LISTENERS, spreads_connections
+
+    (tmp_path / "first").mkdir()
+    app = _start_app(tmp_path / "first", {"REDIS_URL": redis_server.url, "OPENAI_API_KEY": ""})
+    try:
+        port = int(app.base_url.rsplit(":", 1)[1])
+        listening = [line for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                     if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"]
+        assert len(listening) == (LISTENERS if spreads_connections() else 1)
+        assert f"serving on http://127.0.0.1:{port}" in app.log()
+        env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "DATA_DIR": str(tmp_path / "second"),
+               "REDIS_URL": redis_server.url, "OPENAI_API_KEY": "", "SECRET_KEY": "s" * 40}
+        second = subprocess.run([sys.executable, "-m", "webapp"], cwd=REPO_ROOT, env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode == 3
+        assert f"cannot listen on 127.0.0.1:{port}" in second.stderr and "in use" in second.stderr
+        assert httpx.get(f"{app.base_url}/healthz", timeout=5).status_code == 200  # the first one serves on
+    finally:
+        _stop_app(app)
+
+
 def _start_embedded(data_dir: Path) -> AppServer:
     """`python -m webapp` with no REDIS_URL: the app starts its own redis-server."""
     env_without_redis = {"REDIS_URL": "", "OPENAI_API_KEY": ""}

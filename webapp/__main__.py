@@ -19,9 +19,11 @@ import uvicorn
 
 from . import __version__
 from .config import Settings, SettingsError, load_settings, settings_help, unknown_env_file_settings
+from .listeners import listening_sockets
 from .processes import stop_process
 
 log = logging.getLogger("webapp")
+STARTUP_FAILURE = 3  # (uvicorn's exit status when it cannot start)
 
 
 def _process_alive(pid: int) -> bool:
@@ -166,8 +168,7 @@ async def preflight(settings: Settings) -> str:
 
 
 def serve(settings: Settings) -> None:
-    uvicorn.run(
-        "webapp.main:create_app",
+    options = dict(
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -183,6 +184,26 @@ def serve(settings: Settings) -> None:
         loop="auto",
         http="auto",
     )
+    if settings.web_concurrency > 1:  # (uvicorn's workers share one socket: each loop accepts in its turn)
+        uvicorn.run("webapp.main:create_app", **options)
+        return
+    server = uvicorn.Server(uvicorn.Config("webapp.main:create_app", **options))
+    try:
+        sockets = listening_sockets(settings.host, settings.port)  # (several: see listeners.py)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
+        raise SystemExit(STARTUP_FAILURE) from None
+    address = f"[{settings.host}]" if ":" in settings.host else settings.host
+    log.info("serving on http://%s:%d (Press CTRL+C to quit)", address, sockets[0].getsockname()[1])
+    try:
+        server.run(sockets=sockets)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sock in sockets:
+            sock.close()
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
