@@ -78,7 +78,7 @@ def test_the_app_listens_on_several_sockets_and_a_second_app_on_its_port_is_refu
         listening = [line for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
                      if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"]
         assert len(listening) == (LISTENERS if spreads_connections() else 1)
-        assert f"serving on http://127.0.0.1:{port}" in app.log()
+        assert f"Uvicorn running on http://127.0.0.1:{port}" in app.log()  # (once started, as uvicorn says it)
         env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "DATA_DIR": str(tmp_path / "second"),
                "REDIS_URL": redis_server.url, "OPENAI_API_KEY": "", "SECRET_KEY": "s" * 40}
         second = subprocess.run([sys.executable, "-m", "webapp"], cwd=REPO_ROOT, env=env, capture_output=True,

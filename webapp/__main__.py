@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from . import __version__
 from .config import Settings, SettingsError, load_settings, settings_help, unknown_env_file_settings
@@ -23,7 +24,6 @@ from .listeners import listening_sockets
 from .processes import stop_process
 
 log = logging.getLogger("webapp")
-STARTUP_FAILURE = 3  # (uvicorn's exit status when it cannot start)
 
 
 def _process_alive(pid: int) -> bool:
@@ -183,18 +183,18 @@ def serve(settings: Settings) -> None:
         timeout_keep_alive=settings.keep_alive_seconds,
         loop="auto",
         http="auto",
+        ws="none",  # (nothing of the app speaks WebSocket: no module of it loaded when installed)
     )
     if settings.web_concurrency > 1:  # (uvicorn's workers share one socket: each loop accepts in its turn)
         uvicorn.run("webapp.main:create_app", **options)
         return
-    server = uvicorn.Server(uvicorn.Config("webapp.main:create_app", **options))
+    config = uvicorn.Config("webapp.main:create_app", **options)
     try:
-        sockets = listening_sockets(settings.host, settings.port)  # (several: see listeners.py)
+        sockets = listening_sockets(settings.host, settings.port, backlog=config.backlog)  # (listeners.py)
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
         raise SystemExit(STARTUP_FAILURE) from None
-    address = f"[{settings.host}]" if ":" in settings.host else settings.host
-    log.info("serving on http://%s:%d (Press CTRL+C to quit)", address, sockets[0].getsockname()[1])
+    server = AnnouncingServer(config)
     try:
         server.run(sockets=sockets)
     except KeyboardInterrupt:
@@ -204,6 +204,19 @@ def serve(settings: Settings) -> None:
             sock.close()
     if not server.started:
         raise SystemExit(STARTUP_FAILURE)
+
+
+class AnnouncingServer(uvicorn.Server):
+    """uvicorn's server on sockets made for it, which it does not announce: say where it serves
+    once the app has started (uvicorn's own line, through its logger and LOG_LEVEL)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and sockets:
+            host, port = sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)",
+                                                    shown, port)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

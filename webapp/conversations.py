@@ -23,11 +23,11 @@ from .errors import (
 )
 from .ids import check_id
 from .i18n import Lang, t
-from .models import WELCOME, Conversation, Message, TurnEvent, new_id, new_message_id, now_iso
+from .models import WELCOME, Conversation, Creation, Message, TurnEvent, new_id, new_message_id, now_iso
 from .pagination import format_cursor, parse_cursor
 from .roles import Role, RoleBook, role_or_default
 from .search import SearchIndex, indexable
-from .store import Creation, Store
+from .store import Store
 from .titles import clean_title, make_preview
 from .turn_reader import TurnReader
 from .turn_writer import SavedReply, Started, TurnWriter
@@ -202,8 +202,9 @@ class Conversations:
 
     async def _create(self, user_id: str, role: Role, *, title: str = "",
                       conversation_id: str | None = None) -> tuple[Conversation, Message, Creation]:
-        """The conversation as written, its welcome, and what the store did: an existing
-        `conversation_id` is left as it is (`Creation.existed`); TooManyConversations at the limit."""
+        """The new conversation and its welcome as written, and what the store did. When
+        `conversation_id` existed already (`Creation.existed`) nothing was written, and of what
+        comes back only the id is true; TooManyConversations at the limit."""
         now = time.time()
         welcome = Message(id=new_message_id(), role="assistant", content=t("welcome", "zh"), ts=now_iso(),
                           kind=WELCOME)
@@ -257,6 +258,14 @@ class Conversations:
                                     messages=[welcome, run.user_message],
                                     streaming=Streaming(turn_id=run.id, after=0, text=""))
         return FirstSend(started=run, pane=pane, only_one=creation.written and creation.earlier == 0)
+
+    async def listed_after_first(self, first: FirstSend, query: str = "") -> ConversationList:
+        """The sidebar's list (or search results) once the first send has made its conversation:
+        the owner's only one needs no lookup."""
+        conversation = first.started.conversation
+        if first.only_one and not query.strip():
+            return ConversationList(items=[conversation])
+        return await self.browse(conversation.user_id, query=query, limit=SEARCH_LIMIT)
 
     async def first_with_role(self, user_id: str, role_id: str) -> Conversation:
         """The draft's role chosen: the conversation it stands for, made now with that role (an

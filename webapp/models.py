@@ -137,6 +137,16 @@ class TurnInfo:
     message_id: str = ""
 
 
+@dataclass(frozen=True)
+class Creation:
+    """What store.create_conversation did: `written`, or not because the id `existed` (else: the
+    owner is at the limit); `earlier`, how many conversations the owner had before."""
+
+    written: bool
+    existed: bool
+    earlier: int
+
+
 class Lease(IntEnum):
     """What renewing a generating turn's lease found (store.RENEW_LEASE returns these numbers)."""
 

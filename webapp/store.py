@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, AsyncIterator, Iterable, NamedTuple
+from typing import Any, AsyncIterator, Iterable
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -57,19 +57,11 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .keys import Keys, TurnRef
-from .models import Conversation, Lease, Message, TurnEvent, TurnInfo, TurnLock
+from .models import Conversation, Creation, Lease, Message, TurnEvent, TurnInfo, TurnLock
 from .versions import BranchChange, BranchState
 
 log = logging.getLogger("webapp.store")
 
-
-class Creation(NamedTuple):
-    """What create_conversation did: `written`, or not because the id `existed` (else: the owner is at
-    the limit); `earlier`, how many conversations the owner had before."""
-
-    written: bool
-    existed: bool
-    earlier: int
 
 STREAM_MAXLEN = 20000
 STREAM_RETENTION_SECONDS = 3600

@@ -20,7 +20,6 @@ def test_the_sockets_share_one_port_and_new_connections_spread_over_them() -> No
         port = sockets[0].getsockname()[1]
         assert port != 0 and {s.getsockname()[1] for s in sockets} == {port}
         for sock in sockets:
-            sock.listen(64)
             sock.setblocking(False)
         clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
         accepted: dict[int, int] = {}
@@ -38,11 +37,10 @@ def test_the_sockets_share_one_port_and_new_connections_spread_over_them() -> No
 
 
 def test_a_port_in_use_is_refused_whoever_holds_it() -> None:
+    """The sockets listen from the start: a port only bound could be joined, or taken, by anyone."""
     group = listening_sockets("127.0.0.1", 0, count=2)
     plain = socket.socket()
     try:
-        for sock in group:
-            sock.listen(8)
         with pytest.raises(OSError):  # another copy of the app: it must not join the group
             listening_sockets("127.0.0.1", group[0].getsockname()[1], count=2)
         plain.bind(("127.0.0.1", 0))
@@ -51,4 +49,15 @@ def test_a_port_in_use_is_refused_whoever_holds_it() -> None:
             listening_sockets("127.0.0.1", plain.getsockname()[1], count=2)
     finally:
         for sock in group + [plain]:
+            sock.close()
+
+
+def test_every_address_of_the_host_gets_its_sockets_on_one_port() -> None:
+    sockets = listening_sockets("localhost", 0, count=2)
+    try:
+        addresses = {sock.getsockname()[0] for sock in sockets}
+        assert "127.0.0.1" in addresses and len(sockets) == 2 * len(addresses)
+        assert len({sock.getsockname()[1] for sock in sockets}) == 1
+    finally:
+        for sock in sockets:
             sock.close()

@@ -195,16 +195,11 @@ async def send_first_message(request: Request) -> Response:
     if run.duplicate:
         return view.no_content_or_redirect(path)
 
-    async def listed() -> ConversationList:
-        if first.only_one and not q.strip():
-            return ConversationList(items=[run.conversation])
-        return await conversations.browse(user, query=q, limit=SEARCH_LIMIT)
-
     async def values() -> dict[str, Any]:
         pane, found = await asyncio.gather(
             pane_with_choices(view, conversations, first.pane) if first.pane is not None
             else conversation_pane(view, conversations, run.conversation),
-            listed())
+            conversations.listed_after_first(first, q))
         return {**pane, **list_values(found), "partial": True}
 
     return await view.fragment_or_redirect("partials/conversation_opened.html", path, values,
