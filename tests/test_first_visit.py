@@ -62,6 +62,14 @@ def new_visitor(app: AppServer) -> httpx.Client:
     return client
 
 
+def wait_for_the_first_reply(visitor: httpx.Client, session_id: str) -> None:
+    """(so the reply ends before the next test empties Redis under it)"""
+    def replied() -> bool:
+        items = visitor.get(f"/api/sessions/{session_id}/messages").json()["items"]
+        return len(items) == 3 and items[-1]["role"] == "assistant"
+    wait_until(replied, timeout=15)
+
+
 def test_get_home_without_a_cookie_writes_nothing_and_shows_an_empty_chat(empty: tuple[AppServer, redis.Redis]) -> None:
     app, keys = empty
     for headers in ({}, {"HX-Request": "true"}, {"User-Agent": "curl/8.5.0"}):
@@ -121,11 +129,7 @@ def test_htmx_first_send_swaps_the_draft_for_the_new_conversation(empty: tuple[A
         listed = pane.select_one("#session-list[hx-swap-oob]")
         assert [li["id"] for li in listed.select("li.session")] == [f"conv-{session_id}"]
         assert "sessions-changed" not in sent.headers.get("HX-Trigger", "")
-
-        def replied() -> bool:  # the reply ends before the next test empties Redis under it
-            items = visitor.get(f"/api/sessions/{session_id}/messages").json()["items"]
-            return len(items) == 3 and items[-1]["role"] == "assistant"
-        wait_until(replied, timeout=15)
+        wait_for_the_first_reply(visitor, session_id)
 
 
 def _pane_summary(html: str) -> dict[str, Any]:
@@ -160,11 +164,7 @@ def test_the_first_sends_pane_is_what_reading_the_new_conversation_back_shows(
         first, again = _pane_summary(sent.text), _pane_summary(read_back.text)
         assert first == again
         assert len(first["messages"]) == 3 and first["streaming"] and not first["suggestions"]
-
-        def replied() -> bool:
-            items = visitor.get(f"/api/sessions/{session_id}/messages").json()["items"]
-            return len(items) == 3 and items[-1]["role"] == "assistant"
-        wait_until(replied, timeout=15)
+        wait_for_the_first_reply(visitor, session_id)
 
 
 def test_a_first_send_lists_the_conversations_another_tab_made_meanwhile(
@@ -179,11 +179,7 @@ def test_a_first_send_lists_the_conversations_another_tab_made_meanwhile(
         session_id = sent.headers["HX-Push-Url"].removeprefix("/c/")
         listed = BeautifulSoup(sent.text, "html.parser").select_one("#session-list[hx-swap-oob]")
         assert [li["id"] for li in listed.select("li.session")] == [f"conv-{session_id}", f"conv-{other_tab}"]
-
-        def replied() -> bool:
-            items = visitor.get(f"/api/sessions/{session_id}/messages").json()["items"]
-            return len(items) == 3 and items[-1]["role"] == "assistant"
-        wait_until(replied, timeout=15)
+        wait_for_the_first_reply(visitor, session_id)
 
 
 def test_a_double_clicked_first_send_makes_one_conversation_with_one_welcome(
