@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     allow_evicting_redis: bool = Field(
         False, description="start even when Redis may evict keys without a TTL (allkeys-*): data can vanish"
     )
-    redis_max_connections: int = Field(64, ge=2, le=10000, description="pool size for commands (per worker)")
+    # 256: at 64, a saturated worker's requests queued for a connection (each carries about one command
+    # per turn of a busy loop) and the waiting cost 10-20% of the CPU per turn (bench/README.md, round 6)
+    redis_max_connections: int = Field(256, ge=2, le=10000, description="pool size for commands (per worker)")
     redis_socket_timeout: float = Field(0, ge=0, description="seconds per Redis command; 0 = none")
     redis_tls_verify: bool = Field(
         True, description="rediss://: verify the server's certificate (false for self-signed add-ons)"
