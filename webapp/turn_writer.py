@@ -614,9 +614,8 @@ class TurnWriter:
 
     async def cancel(self, turn: TurnInfo) -> None:
         """Stop a turn the caller owns, on whichever worker it runs; what it wrote is kept."""
-        run = self.runs.get(turn.id)
-        if run is not None:
-            self._cancel_run(run, "user")
+        if turn.id in self.runs:
+            self.cancel_requested(turn.id)
         elif turn.status == "running":
             await self.store.request_cancel(TurnRef(turn.user_id, turn.id))
 
