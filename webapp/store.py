@@ -62,7 +62,6 @@ from .versions import BranchChange, BranchState
 
 log = logging.getLogger("webapp.store")
 
-
 STREAM_MAXLEN = 20000
 STREAM_RETENTION_SECONDS = 3600
 TURN_RETENTION_SECONDS = 86400
