@@ -663,6 +663,18 @@ MALFORMED_ROWS = [
         params={"session_id": "{tsid}"}, headers={"Last-Event-ID": "{tid}:99999999999999999999"}),
     Row("number: page stream after=99999999999999999999", "GET", "/c/{tsid}/turns/{tid}/events", FOUR_XX | {200},
         params={"after": "99999999999999999999"}),
+    # the web UI's streams read their query by hand (direct_routes.py): the same 422s as Query(...) gave
+    Row("number: page stream after=-1", "GET", "/c/{tsid}/turns/{tid}/events", only(422), params={"after": "-1"}),
+    Row("number: page stream after=1.5", "GET", "/c/{tsid}/turns/{tid}/events", only(422), params={"after": "1.5"}),
+    Row("bool: page stream searching=maybe", "GET", "/c/{tsid}/turns/{tid}/events", only(422),
+        params={"searching": "maybe"}),
+    Row("number: channel after=-1", "GET", "/c/{tsid}/events", only(422), params={"after": "-1"}),
+    Row("number: channel after=abc", "GET", "/c/{tsid}/events", only(422), params={"after": "abc"}, headers=HX),
+    Row("number: channel after=99999999999999999999", "GET", "/c/{tsid}/events", only(422),
+        params={"after": "99999999999999999999"}),
+    Row("channel: an id with markup", "GET", "/c/{tsid}/events", only(422), params={"channel": "<b>x</b>"}),
+    Row("channel: 65 characters", "GET", "/c/{tsid}/events", only(422), params={"channel": "c" * 65}),
+    Row("channel: a turn of 10,000 characters", "GET", "/c/{tsid}/events", only(422), params={"turn": "t" * 10_000}),
     # roles
     Row("role: unknown", "POST", "/api/sessions/{sid}/turns", only(400), json={"message": "hi", "role": "hacker"}),
     Row("role: upper case", "POST", "/api/sessions/{sid}/turns", only(400),

@@ -34,6 +34,7 @@ ROUTES = [
     Route("POST", "/c", page=True),
     Route("POST", "/lang", page=True, form={"lang": "en", "next": "/"}),
     Route("POST", "/c/{sid}/messages", page=True, form={"message": "hi from a forged form"}),
+    Route("POST", "/c/new/messages", page=True, form={"message": "a forged first message"}),  # (makes one)
     Route("POST", "/c/{sid}/stop", page=True),
     Route("POST", "/c/{sid}/role", page=True, form={"role": "teacher"}),
     Route("POST", "/c/{sid}/title", page=True, form={"title": "forged title"}),
@@ -85,12 +86,15 @@ def send(client: httpx.Client, route: Route, sid: str, tid: str, headers: dict[s
                           params=params, headers=headers)
 
 
-def state_of(client: httpx.Client, sid: str) -> tuple[int, str, str]:
-    """What a forged request could change: the message count, the title, the role."""
+def state_of(client: httpx.Client, sid: str) -> tuple[int, str, str, list[str]]:
+    """What a forged request could change: the message count, the title, the role; the conversations."""
     session = client.get(f"/api/sessions/{sid}")
     assert session.status_code == 200, "a refused request deleted the conversation"
     body = session.json()
-    return messages_of(client, sid)["total"], body["title"], body["role"]
+    listed = client.get("/api/sessions")
+    assert listed.status_code == 200
+    return messages_of(client, sid)["total"], body["title"], body["role"], sorted(
+        item["id"] for item in listed.json()["items"])
 
 
 @pytest.fixture

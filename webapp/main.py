@@ -23,6 +23,7 @@ from .accounts import Accounts
 from .channels import ConversationChannels
 from .config import Settings, get_settings
 from .conversations import Conversations
+from .direct_routes import DirectRoutes
 from .edge import Edge
 from .error_handlers import install_error_handlers
 from .llm import Provider, create_provider
@@ -173,10 +174,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.new_identity_limit = Limit("identities-ip", settings.new_identities_per_ip_per_hour, 3600)
     # one layer for what every request goes through (peer, proxy headers, access log, security headers,
     # input guard, identity cookie), in that order; see edge.py
+    # the web UI's routes of every turn (the composer's posts, the page's streams) it serves itself,
+    # answering their errors with the app's handlers; see direct_routes.py
+    direct = DirectRoutes(pages.turn_routes, stream.page_streams)
+    direct.use_handlers(app.exception_handlers)
     app.add_middleware(Edge, metrics=app.state.metrics, log_requests=settings.access_log,
                        trusted_hosts=settings.forwarded_allow_ips, secret=settings.secret_key,
                        max_body_bytes=settings.max_body_bytes,
-                       larger_bodies=dict.fromkeys(IMPORT_PATHS, settings.max_import_bytes))
+                       larger_bodies=dict.fromkeys(IMPORT_PATHS, settings.max_import_bytes), direct=direct)
 
     install_error_handlers(app, app.state.metrics)
 
@@ -205,10 +210,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return PlainTextResponse("unauthorized", status_code=401)
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    # cross-site requests are refused by the input guard (edge.py), for every route. The routes of
-    # every turn first: FastAPI tries routes in order (none of them shares a path with a later one)
+    # cross-site requests are refused by the input guard (edge.py), for every route. The API's routes
+    # of every turn first: FastAPI tries routes in order (none of them shares a path with a later one)
     app.include_router(stream.router)
-    app.include_router(pages.turn_router, dependencies=[Depends(require_csrf_token)])
     app.include_router(api.router)
     app.include_router(auth.router)  # before a sign-in there is no CSRF token to check
     for module in (roles, sharing, transfer):

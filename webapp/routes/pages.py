@@ -22,6 +22,7 @@ from ..deps import (
     AccountsDep, ConversationsDep, CreatingUser, CurrentUser, OwnedConversation, WriterDep, client_ip,
     creating_user, current_user, is_newcomer, services,
 )
+from ..direct_routes import DirectRoutes
 from ..error_handlers import PAGE_TAG
 from ..errors import ChatError
 from ..forms import form_fields, text_field
@@ -37,9 +38,9 @@ REFRESH_SECONDS = 2  # a page without JavaScript reloads itself this often while
 LANG_COOKIE_MAX_AGE = 400 * 86400
 
 router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
-# the composer's two posts, which every web UI turn makes: included ahead of the other routers
-# (main.py), since FastAPI tries routes in order and each one tried costs (issue 19)
-turn_router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
+# the composer's two posts, which every web UI turn makes: served by the edge itself, CSRF check
+# included, ahead of FastAPI's routes (direct_routes.py, issue 19)
+turn_routes = DirectRoutes()
 
 FormText = Annotated[str, Form()]
 REQUEST_ID_MAX = 100
@@ -61,7 +62,7 @@ async def sent_form(request: Request) -> tuple[str, str, str, str]:
     """The composer's fields: (message, request_id, q, channel). The two routes every web UI turn posts to read
     them, and their user and services, by hand: FastAPI's solving of `Form()` fields and dependencies
     was ~8% of the loop under load (bench/README.md, issue 19). The CSRF check still runs first
-    (the router's dependency), on the same parsed form."""
+    (direct_routes.py), on the same parsed form."""
     fields = await form_fields(request)
     return (text_field(fields, "message"), text_field(fields, "request_id", REQUEST_ID_MAX),
             text_field(fields, "q", SEARCH_MAX), channel_id_or_none(text_field(fields, "channel", CHANNEL_ID_MAX)))
@@ -176,7 +177,7 @@ async def home(view: ViewDep, user: CurrentUser, conversations: ConversationsDep
 
 
 # the draft's forms: declared before /c/{session_id}/..., which would take "new" for an id
-@turn_router.post(f"/c/{DRAFT_ID}/messages")
+@turn_routes.post(f"/c/{DRAFT_ID}/messages")
 async def send_first_message(request: Request) -> Response:
     """The draft's first send creates the conversation; HTMX gets its pane (reply streaming) in the draft's
     place, and the sidebar's list (or search results, `q`) out of band: one request, not a refresh after it.
@@ -281,8 +282,8 @@ async def older_messages(view: ViewDep, conversation: OwnedConversation, convers
                                            values)
 
 
-@turn_router.post("/c/{session_id}/messages")
-async def send_message(request: Request, session_id: str) -> Response:
+@turn_routes.post("/c/{session_id}/messages")
+async def send_message(request: Request) -> Response:
     """Start a turn. When the page's channel (`channel`, channels.py) is open on this worker, it has
     been handed the turn and brings the bubbles: this answers with the sidebar's item only. Otherwise
     the user's bubble plus a reply bubble with a stream of its own (or, without JS, a redirect).
@@ -295,7 +296,7 @@ async def send_message(request: Request, session_id: str) -> Response:
     seed API's stream does): no separate lookup of the conversation first. (A route of every
     turn: see `sent_form`.)
     """
-    view, user = View(request), await current_user(request)
+    view, user, session_id = View(request), await current_user(request), request.path_params["session_id"]
     conversations, writer = services(request).conversations, services(request).turn_writer
     message, request_id, q, channel = await sent_form(request)
     text = typed(message)

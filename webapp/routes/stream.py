@@ -14,6 +14,7 @@ from ..conversations import Conversations
 from ..deps import (
     ConversationsDep, CurrentUser, LangDep, ReaderDep, SeedUser, WriterDep, client_ip, current_user, services,
 )
+from ..direct_routes import DirectRoutes, query_bool, query_int, query_text
 from ..errors import ChatError, InvalidId, TurnNotFound
 from ..htmx import View, lang_of
 from ..i18n import Lang
@@ -28,6 +29,7 @@ from ..turn_reader import TurnReader
 from .pages import conversation_pane
 
 router = APIRouter(tags=["turns"])
+page_streams = DirectRoutes()  # the web UI's streams: served by the edge itself (direct_routes.py)
 
 
 async def json_events(reader: TurnReader, turn: TurnInfo, after: int) -> AsyncIterator[bytes]:
@@ -125,24 +127,20 @@ async def html_events(
     yield named_event_frame("done", last_id, fragment)
 
 
-@router.get("/c/{session_id}/turns/{turn_id}/events", include_in_schema=False)
-async def conversation_turn_events(
-    request: Request,
-    session_id: str,
-    turn_id: str,
-    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
-    searching: bool = False,
-    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-) -> Response:
+@page_streams.get("/c/{session_id}/turns/{turn_id}/events")
+async def conversation_turn_events(request: Request) -> Response:
     """The web UI's view of a turn (htmx SSE extension); resumes after `after` or Last-Event-ID.
     `searching`: the page's sidebar shows search results, so done brings no item for it.
 
     The caller's own turn of this conversation proves the conversation theirs: one lookup, not
     two. Any other turn id (or not a turn) still gets a stream if the conversation is the
     caller's: its `done` event shows the conversation's last state, so the page never hangs.
-    Every web UI turn opens this stream, so it reads its user and services by hand rather than
-    through dependencies (their solving was a visible share of the loop: issue 19).
+    A page without its channel opens this stream for every turn: it is served by the edge
+    (direct_routes.py) and reads its user and services by hand (issue 19).
     """
+    session_id, turn_id = request.path_params["session_id"], request.path_params["turn_id"]
+    after = query_int(request, "after", 0, low=0, high=MAX_SEQ)
+    searching = query_bool(request, "searching")
     user, lang = await current_user(request), lang_of(request)
     reader, conversations = services(request).turn_reader, services(request).conversations
     session_id = check_id(session_id)
@@ -152,33 +150,31 @@ async def conversation_turn_events(
         turn = None
         await conversations.owned(session_id, user)  # 404 unless the caller owns it
     reader.check_stream_slot(user)
-    _, seq = parse_last_event_id(last_event_id)
-    return stream_response(html_events(reader, conversations, session_id, user, turn, max(seq, after), lang,
+    _, seq = parse_last_event_id(request.headers.get("last-event-id"))
+    return stream_response(html_events(reader, conversations, session_id, user, turn, max(seq, after or 0), lang,
                                        request_token(request), sidebar_item=not searching))
 
 
 # the web UI's channel: one stream per open conversation page, for all of its turns ---------
 
-@router.get("/c/{session_id}/events", include_in_schema=False)
-async def conversation_events(
-    request: Request,
-    session_id: str,
-    channel: Annotated[str, Query(pattern=CHANNEL_ID.pattern)] = "",
-    turn: Annotated[str, Query(max_length=CHANNEL_ID_MAX)] = "",  # (only ever compared with turn ids)
-    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
-    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-) -> Response:
+@page_streams.get("/c/{session_id}/events")
+async def conversation_events(request: Request) -> Response:
     """A conversation page's channel (channels.py): the turns that start in it, each as a `turn`
     event (the user's bubble and the reply's), its `chunk`s and its `done`.
 
     What the page already shows is `turn` (the newest turn it has) and `after` (the last event
     of it shown; absent: all of it), or Last-Event-ID when the browser reconnects by itself.
     A page that missed a turn gets the message list again (`sync`), then the rest live.
+    Open for the whole visit: served by the edge (direct_routes.py), as the composer's posts.
     """
+    session_id = request.path_params["session_id"]
+    channel = query_text(request, "channel", max_length=CHANNEL_ID_MAX, pattern=CHANNEL_ID)
+    turn = query_text(request, "turn", max_length=CHANNEL_ID_MAX)  # (only ever compared with turn ids)
+    after = query_int(request, "after", None, low=0, high=MAX_SEQ)
     user, lang = await current_user(request), lang_of(request)
     reader, conversations = services(request).turn_reader, services(request).conversations
     session_id = check_id(session_id)
-    seen_id, seen_seq = parse_last_event_id(last_event_id)
+    seen_id, seen_seq = parse_last_event_id(request.headers.get("last-event-id"))
     if seen_id is None:
         seen_id, seen_seq = turn or None, MAX_SEQ if after is None else after
     read_at = time.perf_counter()
