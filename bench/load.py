@@ -30,6 +30,7 @@ import resource
 import secrets
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -54,6 +55,7 @@ from webapp.roles import get_role  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SWEEP = "1,10,50,200,500,1000"
 TURNS = 3
+TURN_TIMEOUT_S = 120  # a web UI turn whose events stop coming on a channel that stays open (its pings)
 ROLE = get_role("assistant")
 WELCOME = t("welcome", "zh")
 MODEL = "gpt-4o-mini"  # what the app sends by default; the direct users send the same
@@ -147,33 +149,24 @@ class UIPage:
 
 class PageChannel:
     """A conversation page's one event stream (htmx's sse-connect on the pane), open for all of the
-    page's turns; its events wait in a queue for the turn being read."""
+    page's turns. The turn that waits for its events reads them off the response itself, as the API
+    path reads its stream: a reader task and a queue in between, with a timer per event, made the
+    web UI's load generator cost ~1.8x the API's on a machine whose two cores the app shares."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
-        self.events: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
-        self.task = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        reader = SSEEvents()
-        try:
-            async for data in self.response.content.iter_any():
-                for event in reader.feed(data):
-                    self.events.put_nowait(event)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            pass
-        finally:
-            self.events.put_nowait(None)
+        self.parser = SSEEvents()
+        self.ready: deque[tuple[str, bytes]] = deque()  # parsed, not yet read: a turn's events may end mid-read
 
     async def next(self) -> tuple[str, bytes]:
-        event = await self.events.get()
-        if event is None:
-            self.events.put_nowait(None)
-            raise ValueError("the page's stream ended")
-        return event
+        while not self.ready:
+            data = await self.response.content.readany()
+            if not data:
+                raise ValueError("the page's stream ended")
+            self.ready.extend(self.parser.feed(data))
+        return self.ready.popleft()
 
     def close(self) -> None:
-        self.task.cancel()
         self.response.close()
 
 
@@ -528,7 +521,8 @@ class User:
                 events = self._channel_events(page.channel)
             else:
                 return TurnResult(self.index, turn, "failed", detail="no stream for the POST's turn"), ""
-            async with aclosing(events):
+            # one timer for the turn (its channel's pings keep the connection's read timeout from firing)
+            async with asyncio.timeout(TURN_TIMEOUT_S), aclosing(events):
                 async for name, payload in events:
                     if name == "chunk":
                         text = html.unescape(payload.decode())
@@ -575,7 +569,7 @@ class User:
     @staticmethod
     async def _channel_events(channel: PageChannel) -> AsyncIterator[tuple[str, bytes]]:
         while True:
-            yield await asyncio.wait_for(channel.next(), timeout=120)
+            yield await channel.next()
 
     async def check_ui_history(self) -> tuple[int, int, str]:
         """Each web UI visitor's conversation, read back through /chat/history with its cookie."""
