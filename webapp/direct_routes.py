@@ -41,6 +41,7 @@ class DirectRoute(Route):
 
     def __init__(self, path: str, endpoint: Endpoint, *, methods: list[str], csrf: bool) -> None:
         super().__init__(path, endpoint, methods=methods, include_in_schema=False)
+        self.methods = set(methods)  # (Starlette adds HEAD to a GET: a HEAD of a stream is FastAPI's 404/405)
         self.csrf = csrf
 
 

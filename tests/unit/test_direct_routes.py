@@ -98,6 +98,7 @@ def test_the_first_direct_route_that_matches_serves_with_its_path_parameters(cli
 
 def test_a_path_of_a_direct_route_with_another_method_goes_on_to_fastapi(client: TestClient) -> None:
     assert client.put("/c/abc/thing").json() == {"put": "abc"}
+    assert client.head("/c/abc/thing").status_code == 405  # not the GET's route: a HEAD opens no stream
     assert client.get("/not-direct").status_code == 404
 
 
