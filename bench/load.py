@@ -55,7 +55,7 @@ from webapp.roles import get_role  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SWEEP = "1,10,50,200,500,1000"
 TURNS = 3
-TURN_TIMEOUT_S = 120  # a web UI turn whose events stop coming on a channel that stays open (its pings)
+TURN_TIMEOUT_S = 120  # a web UI turn's limit, start to done (its channel's pings keep the read timeout away)
 ROLE = get_role("assistant")
 WELCOME = t("welcome", "zh")
 MODEL = "gpt-4o-mini"  # what the app sends by default; the direct users send the same

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import html
 import json
-import re
 import secrets
 import sys
 import time

@@ -5,7 +5,8 @@ A browser's turn is the composer's post (`/c/{id}/messages`) and the page's chan
 ran inside ~20 nested coroutines: the exception and exit-stack middleware, the router and the
 included routers' matching, the route's handler with two exit stacks of its own, and two
 `send` wrappers that every server-sent event passed through. At 1000 web UI visitors ~1700
-requests were in flight at once and those layers held ~12 MB (bench/README.md, issue 19).
+requests were in flight at once, and their suspended coroutines (14 MB) and deques (12 MB:
+FastAPI's exit stacks among them) were most of the app's growth (bench/README.md, issue 19).
 
 These routes already read their fields, user and services by hand (routes/pages.py:
 `sent_form`); here they are matched by Starlette's path rules and called directly, and what
@@ -32,24 +33,29 @@ from .security import require_csrf_token
 Endpoint = Callable[[Request], Awaitable[Response]]
 TRUE_WORDS = frozenset({"1", "true", "on", "yes", "t", "y"})  # what a `bool` query parameter accepts
 FALSE_WORDS = frozenset({"0", "false", "off", "no", "f", "n"})
+INTEGER = re.compile(r"\s*[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?\s*", re.ASCII)  # what a pydantic `int` takes from a string
 
 
 class DirectRoute(Route):
-    """A path and method the edge serves itself. `csrf`: a web UI form, whose token is checked first."""
+    """A path and method the edge serves itself. `csrf`: a web UI form, whose token is checked first.
+    `tags`: as a FastAPI route's, read by the error handlers (PAGE_TAG: errors answer as HTML).
+    `owns_path`: no FastAPI route shares the path, so another method is answered 405 here."""
 
-    tags = [PAGE_TAG]  # errors answer as HTML, as on every page route (error_handlers.wants_html)
-
-    def __init__(self, path: str, endpoint: Endpoint, *, methods: list[str], csrf: bool) -> None:
+    def __init__(self, path: str, endpoint: Endpoint, *, methods: list[str], csrf: bool, tags: list[str],
+                 owns_path: bool) -> None:
         super().__init__(path, endpoint, methods=methods, include_in_schema=False)
-        self.methods = set(methods)  # (Starlette adds HEAD to a GET: a HEAD of a stream is FastAPI's 404/405)
-        self.csrf = csrf
+        self.methods = set(methods)  # (Starlette adds HEAD to a GET: a HEAD opens no stream)
+        self.csrf, self.tags, self.owns_path = csrf, tags, owns_path
 
 
 class DirectRoutes:
-    """An ordered list of direct routes (the first that matches serves), and how one is served."""
+    """An ordered list of direct routes (the first that matches serves), and how one is served.
+    A group's `tags` and `owns_paths` apply to each of its routes (see DirectRoute)."""
 
-    def __init__(self, *groups: DirectRoutes) -> None:
+    def __init__(self, *groups: DirectRoutes, tags: list[str] | None = None, owns_paths: bool = False) -> None:
         self.routes: list[DirectRoute] = [route for group in groups for route in group.routes]
+        self.tags = tags if tags is not None else [PAGE_TAG]
+        self.owns_paths = owns_paths
         self.exception_handlers: Mapping[Any, Callable[..., Awaitable[Response]]] = {}
 
     def get(self, path: str) -> Callable[[Endpoint], Endpoint]:
@@ -60,7 +66,8 @@ class DirectRoutes:
 
     def _add(self, path: str, method: str, *, csrf: bool) -> Callable[[Endpoint], Endpoint]:
         def register(endpoint: Endpoint) -> Endpoint:
-            self.routes.append(DirectRoute(path, endpoint, methods=[method], csrf=csrf))
+            self.routes.append(DirectRoute(path, endpoint, methods=[method], csrf=csrf, tags=self.tags,
+                                           owns_path=self.owns_paths))
             return endpoint
         return register
 
@@ -70,10 +77,10 @@ class DirectRoutes:
 
     def find(self, scope: Scope) -> DirectRoute | None:
         """The route for this request, its path parameters put in `scope`; None: FastAPI's routes serve it
-        (a path of ours with another method too, e.g. the GET of `/c/{id}/messages`)."""
+        (also a path of ours with another method, e.g. the GET of `/c/{id}/messages`, unless it owns the path)."""
         for route in self.routes:
             match, child_scope = route.matches(scope)
-            if match is Match.FULL:
+            if match is Match.FULL or (match is Match.PARTIAL and route.owns_path):
                 scope.update(child_scope)
                 scope["route"] = route
                 return route
@@ -84,6 +91,8 @@ class DirectRoutes:
         response streams is past answering: it goes up, as an unhandled one does (a 500 if nothing was sent)."""
         request = Request(scope, receive, send)
         try:
+            if scope["method"] not in route.methods:
+                raise HTTPException(status_code=405, headers={"Allow": ", ".join(sorted(route.methods))})
             if route.csrf:
                 await require_csrf_token(request)
             response = await route.endpoint(request)
@@ -98,7 +107,7 @@ class DirectRoutes:
         """As Starlette looks one up: by status for an HTTP error, else by the nearest class; the
         app's catch-all (Exception, 500) is left to the outermost middleware, where it runs anyway."""
         handlers = self.exception_handlers
-        if isinstance(exc, HTTPException) and exc.status_code in handlers:
+        if isinstance(exc, HTTPException) and exc.status_code != 500 and exc.status_code in handlers:
             return handlers[exc.status_code]
         for cls in type(exc).__mro__:
             if cls is Exception:
@@ -108,21 +117,21 @@ class DirectRoutes:
         return None
 
 
-# the query's fields, read by hand (a 422 as FastAPI's `Query(...)` gives) ------------------
+# the query's fields, read by hand: a 422 where FastAPI's `Query(...)` gave one (an explicit empty
+# pattern-checked field, `channel=`, counts as absent) -------------------------------------
 
 def _invalid(name: str, kind: str, value: str, message: str) -> RequestValidationError:
     return RequestValidationError([{"type": kind, "loc": ("query", name), "input": value, "msg": message}])
 
 
 def query_int(request: Request, name: str, default: int | None, *, low: int, high: int) -> int | None:
-    """An integer in [low, high], or `default` when the query has none."""
+    """An integer in [low, high] (ASCII digits; "5.0" is 5, as pydantic reads it), or `default` when absent."""
     value = request.query_params.get(name)
     if value is None:
         return default
-    try:
-        number = int(value.strip())
-    except ValueError:
-        raise _invalid(name, "int_parsing", value, "Input should be a valid integer") from None
+    if not INTEGER.fullmatch(value):
+        raise _invalid(name, "int_parsing", value, "Input should be a valid integer")
+    number = int(value.strip().partition(".")[0])
     if not low <= number <= high:
         raise _invalid(name, "range", value, f"Input should be between {low} and {high}")
     return number
@@ -132,7 +141,7 @@ def query_bool(request: Request, name: str) -> bool:
     value = request.query_params.get(name)
     if value is None:
         return False
-    word = value.strip().lower()
+    word = value.lower()
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:

@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.exceptions import HTTPException
 
-from webapp.direct_routes import DirectRoutes, query_bool, query_int, query_text
 from webapp.channels import CHANNEL_ID
+from webapp.direct_routes import DirectRoutes, query_bool, query_int, query_text
 from webapp.edge import Edge
 from webapp.error_handlers import install_error_handlers
 from webapp.errors import SessionNotFound
@@ -26,7 +26,8 @@ from webapp.metrics import Metrics
 HTMX = {"HX-Request": "true"}
 EN = {"Accept-Language": "en-US,en;q=0.9"}
 
-direct = DirectRoutes()
+direct = DirectRoutes()  # page routes: errors as HTML
+streams = DirectRoutes(tags=["turns"], owns_paths=True)  # as the web UI's streams: errors as JSON
 
 
 @direct.get("/c/new/thing")  # declared first: it wins over the pattern below
@@ -59,6 +60,18 @@ async def bug(request: Request) -> Response:
     raise RuntimeError("a bug")
 
 
+@direct.post("/c/{session_id}/thing")
+async def post_thing(request: Request) -> Response:
+    return PlainTextResponse("posted")
+
+
+@streams.get("/s/{session_id}/events")
+async def stream_events(request: Request) -> Response:
+    if request.path_params["session_id"] == "gone":
+        raise SessionNotFound()
+    return PlainTextResponse("events")
+
+
 @direct.get("/q")
 async def query(request: Request) -> Response:
     return JSONResponse({
@@ -76,7 +89,7 @@ def metrics() -> Metrics:
 @pytest.fixture(scope="module")
 def client(metrics: Metrics) -> Iterator[TestClient]:
     app = FastAPI()
-    routes = DirectRoutes(direct)
+    routes = DirectRoutes(direct, streams)
     routes.use_handlers(app.exception_handlers)
     app.add_middleware(Edge, metrics=metrics, log_requests=False, trusted_hosts="", secret="s" * 32,
                        max_body_bytes=10_000, direct=routes)
@@ -100,6 +113,26 @@ def test_a_path_of_a_direct_route_with_another_method_goes_on_to_fastapi(client:
     assert client.put("/c/abc/thing").json() == {"put": "abc"}
     assert client.head("/c/abc/thing").status_code == 405  # not the GET's route: a HEAD opens no stream
     assert client.get("/not-direct").status_code == 404
+
+
+def test_a_path_only_direct_routes_serve_answers_another_method_with_405(client: TestClient) -> None:
+    for method in ("POST", "PUT", "DELETE", "HEAD"):
+        response = client.request(method, "/s/abc/events")
+        assert response.status_code == 405, method
+        assert response.headers["allow"] == "GET"
+
+
+def test_a_direct_post_checks_the_pages_csrf_token_first(client: TestClient) -> None:
+    response = client.post("/c/abc/thing", headers=HTMX)  # (no settings: no caller has a token to match)
+    assert response.status_code == 403
+    assert response.headers.get("HX-Retarget") == "#toasts"
+
+
+def test_a_streams_errors_are_json_as_every_streams(client: TestClient) -> None:
+    response = client.get("/s/gone/events", headers={**EN, "Accept": "text/event-stream"})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Conversation not found"}
+    assert client.get("/s/here/events").text == "events"
 
 
 @pytest.mark.parametrize(("path", "status", "en"), [
@@ -136,9 +169,10 @@ def test_an_error_no_handler_knows_is_a_plain_500(client: TestClient) -> None:
     ({}, {"after": None, "searching": False, "channel": ""}),
     ({"after": "0", "searching": "true", "channel": "ab-_9"}, {"after": 0, "searching": True, "channel": "ab-_9"}),
     ({"after": " 100 ", "searching": "0"}, {"after": 100, "searching": False, "channel": ""}),
-    ({"searching": "on"}, {"after": None, "searching": True, "channel": ""}),
+    ({"after": "5.0", "searching": "On"}, {"after": 5, "searching": True, "channel": ""}),
+    ({"after": "1_0", "searching": "N"}, {"after": 10, "searching": False, "channel": ""}),
 ])
-def test_the_query_is_read_as_query_parameters_would_be(
+def test_the_query_is_read_as_pydantic_reads_it(
     client: TestClient, params: dict[str, str], expected: dict[str, object],
 ) -> None:
     response = client.get("/q", params=params)
@@ -148,7 +182,8 @@ def test_the_query_is_read_as_query_parameters_would_be(
 
 @pytest.mark.parametrize("params", [
     {"after": "-1"}, {"after": "101"}, {"after": "1.5"}, {"after": "abc"}, {"after": ""}, {"after": "9" * 30},
-    {"searching": "maybe"}, {"channel": "a b"}, {"channel": "<b>"}, {"channel": "c" * 9},
+    {"after": "\u0663"}, {"after": "\uff15"}, {"after": "5."}, {"after": "1e1"},
+    {"searching": "maybe"}, {"searching": " true"}, {"channel": "a b"}, {"channel": "<b>"}, {"channel": "c" * 9},
 ])
 def test_a_bad_query_is_a_422_naming_nothing_it_should_not(client: TestClient, params: dict[str, str]) -> None:
     response = client.get("/q", params=params, headers=EN)

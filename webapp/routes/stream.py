@@ -29,7 +29,9 @@ from ..turn_reader import TurnReader
 from .pages import conversation_pane
 
 router = APIRouter(tags=["turns"])
-page_streams = DirectRoutes()  # the web UI's streams: served by the edge itself (direct_routes.py)
+# the web UI's streams: served by the edge itself (direct_routes.py); their errors are JSON, as every
+# stream's (an EventSource reads no error page), and no FastAPI route shares their paths
+page_streams = DirectRoutes(tags=["turns"], owns_paths=True)
 
 
 async def json_events(reader: TurnReader, turn: TurnInfo, after: int) -> AsyncIterator[bytes]:
