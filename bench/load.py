@@ -55,6 +55,7 @@ from webapp.roles import get_role  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SWEEP = "1,10,50,200,500,1000"
 TURNS = 3
+UI_CHANNEL_ENV = "BENCH_UI_CHANNEL"  # how a web UI visitor's page channel connects (--ui-channel; workers inherit it)
 TURN_TIMEOUT_S = 120  # a web UI turn's limit, start to done (its channel's pings keep the read timeout away)
 ROLE = get_role("assistant")
 WELCOME = t("welcome", "zh")
@@ -219,7 +220,9 @@ class User:
         # the page's channel, on a connection of its own: a browser that loaded the page (its stylesheet and
         # scripts in parallel) has more than one open, so the page's stream does not take the one its posts
         # use (in a pool of one idle connection it would, and each visitor's next post would open another)
-        self.page_streams = aiohttp.ClientSession(
+        # (`--ui-channel pooled`: a returning browser, its assets cached, has only the connection of its page
+        # and posts, so the channel takes that one once idle and the next post opens another)
+        self.page_streams = self.browser if os.environ.get(UI_CHANNEL_ENV) == "pooled" else aiohttp.ClientSession(
             cookie_jar=self.browser.cookie_jar,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60), trace_configs=[trace],
         )
@@ -1097,6 +1100,9 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=BENCH_TOKENS)
     parser.add_argument("--paths", default="api,ui", help="app paths to measure: api, ui or both (default api,ui)")
     parser.add_argument("--procs", type=int, default=1, help="load-generator processes (default 1)")
+    parser.add_argument("--ui-channel", choices=("own", "pooled"), default="own",
+                        help="a web UI visitor's page channel: on a connection of its own, opened for it (a browser "
+                             "holding the page's asset connections would reuse one), or pooled with its posts")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds of quiet before each phase")
     parser.add_argument(
         "--repeat", type=int, default=2,
@@ -1121,6 +1127,7 @@ def main() -> int:
     parser.add_argument("--rev", help="run the app as committed at this git revision (default: the work tree)")
     parser.add_argument("--output", type=Path, help="JSON path (default bench/results/load-<timestamp>.json)")
     args = parser.parse_args()
+    os.environ[UI_CHANNEL_ENV] = args.ui_channel
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -1161,7 +1168,8 @@ def main() -> int:
             f"app {', '.join(host.url for host in apps)} (pids {', '.join(str(host.pid) for host in apps)};"
             f" redis {args.redis}, pids {redis_pids or [app.redis_pid]}), fake model {model.url} (pid {model.pid}):"
             f" ttft {args.ttft_ms:g} ms, {args.token_delay_ms:g} ms/token, {args.tokens} tokens;"
-            f" {args.procs} load-generator process(es); app code {revision}; work dir {workdir}",
+            f" {args.procs} load-generator process(es); web UI channel: {args.ui_channel} connection;"
+            f" app code {revision}; work dir {workdir}",
             flush=True,
         )
         print(flush=True)
@@ -1186,7 +1194,7 @@ def main() -> int:
         "config": {
             "users": args.users, "turns": TURNS, "ttft_ms": args.ttft_ms, "token_delay_ms": args.token_delay_ms,
             "tokens": args.tokens, "loadgen_procs": args.procs, "app_env": extra_env, "paths": args.paths,
-            "redis": args.redis, "hosts": args.hosts,
+            "redis": args.redis, "hosts": args.hosts, "ui_channel": args.ui_channel,
         },
         "steps": steps,
         "targets": [{"target": text, "met": met} for text, met in targets(steps)],
