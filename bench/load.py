@@ -28,6 +28,7 @@ import os
 import re
 import resource
 import secrets
+import statistics
 import sys
 import time
 from collections import deque
@@ -946,6 +947,14 @@ UI_CPU_SLACK = 1.3  # CPU per web UI turn at most 1.3x the API turn's
 UI_TTFT_SLACK_MS = 50
 
 
+def median_ratio(step: dict[str, Any], kind: str) -> float:
+    """The phase's median wall over the direct phase's median wall (the fastest runs' ratio without walls)."""
+    walls = step.get("walls_s", {})
+    if walls.get(kind) and walls.get("direct"):
+        return statistics.median(walls[kind]) / statistics.median(walls["direct"])
+    return float(step["ui_ratio" if kind == "ui" else "ratio"])
+
+
 def targets(steps: list[dict[str, Any]]) -> list[tuple[str, bool]]:
     """Issues 10's and 19's targets, for the N and paths that were run."""
     found: list[tuple[str, bool]] = []
@@ -957,8 +966,11 @@ def targets(steps: list[dict[str, Any]]) -> list[tuple[str, bool]]:
     for users, slack in UI_RATIO_SLACK.items():
         step = by_users.get(users)
         if step and "ui" in step and "app" in step:
-            ui, api = step["ui_ratio"], step["ratio"]
-            found.append((f"{users} users: web UI ratio {ui:.2f} <= API {api:.2f} x {slack:.2f}", ui <= api * slack))
+            # issue 19 states its ratios as medians of the sitting's runs (the table shows the fastest)
+            ui, api = median_ratio(step, "ui"), median_ratio(step, "app")
+            runs = len(step.get("walls_s", {}).get("ui", []))
+            found.append((f"{users} users: web UI ratio {ui:.2f} <= API {api:.2f} x {slack:.2f} (medians of {runs}"
+                          f" runs; fastest: {step['ui_ratio']:.2f} and {step['ratio']:.2f})", ui <= api * slack))
     if 50 in by_users:
         step = by_users[50]
         d = step["direct"]["ttft_ms"]["p99"]
