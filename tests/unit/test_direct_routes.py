@@ -82,11 +82,6 @@ async def query(request: Request) -> Response:
 
 
 @pytest.fixture(scope="module")
-def metrics() -> Metrics:
-    return Metrics()
-
-
-@pytest.fixture(scope="module")
 def client(metrics: Metrics) -> Iterator[TestClient]:
     app = FastAPI()
     routes = DirectRoutes(direct, streams)

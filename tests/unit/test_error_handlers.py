@@ -41,11 +41,6 @@ def failing_router(prefix: str, tags: list[str] | None = None) -> APIRouter:
 
 
 @pytest.fixture(scope="module")
-def metrics() -> Metrics:
-    return Metrics()
-
-
-@pytest.fixture(scope="module")
 def client(metrics: Metrics) -> Iterator[TestClient]:
     app = FastAPI()
     install_error_handlers(app, metrics)
