@@ -7,8 +7,8 @@ once on a busy app were accepted at about 33 a second, the last after 11 s (benc
 round 6), while requests on open connections were answered in under a second.
 
 With SO_REUSEPORT, Linux spreads new connections over several sockets bound to one address,
-and the loop accepts one from each per turn: LISTENERS of them accept that burst in a few turns.
-Only processes of the same user can join the group (the kernel's rule), and a probe
+and the loop accepts one from each per turn: LISTENERS of them accept that burst in about a
+second. Only processes of the same user can join the group (the kernel's rule), and a probe
 without the option is bound first, so a second app on the port is refused as before. Where the
 option is missing or does not spread connections (Windows, macOS), one socket per address.
 
@@ -22,8 +22,7 @@ import os
 import socket
 import sys
 
-# 500 pages' channels opened on a saturated app: their first event 3.3-4.0 s after the post with 16, 1.4-1.8 s with 64
-LISTENERS = 64
+LISTENERS = 16
 BACKLOG = 2048  # (uvicorn's default)
 
 
