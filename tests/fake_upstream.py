@@ -209,6 +209,7 @@ class FakeUpstream:
         self.requests_served = 0
         self._records: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_records)
         self._ids = itertools.count(1)
+        self._in_flight: collections.Counter[str] = collections.Counter()  # chat requests being answered, by system prompt
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle
@@ -322,6 +323,17 @@ class FakeUpstream:
 
         messages = [m for m in body["messages"] if isinstance(m, dict)]
         system = next((_text_of(m.get("content")) for m in messages if m.get("role") == "system"), None)
+        # how many requests with this system prompt are being answered at once, this one included
+        # (a test of how many calls of one kind an app makes at once reads it off the records)
+        self._in_flight[system or ""] += 1
+        self._records[-1]["concurrent"] = self._in_flight[system or ""]
+        try:
+            return await self._answer(request, body, messages, system)
+        finally:
+            self._in_flight[system or ""] -= 1
+
+    async def _answer(self, request: web.Request, body: dict[str, Any], messages: list[dict[str, Any]],
+                      system: str | None) -> web.StreamResponse:
         non_system = [m for m in messages if m.get("role") != "system"]
         last_user = next(
             (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""

@@ -16,11 +16,11 @@ import redis
 from bs4 import BeautifulSoup
 
 from tests.conftest import (
-    AppServer, RedisServer, _start_app, _stop_app, all_keys, api_turn, create_session, messages_of, unique,
-    wait_until,
+    AppServer, RedisServer, _start_app, _stop_app, all_keys, api_turn, create_session, messages_of, post_turn,
+    unique, wait_until,
 )
 from tests.fake_upstream import ThreadedFakeUpstream, expected_sys_tag, parse_reply
-from webapp.auto_title import TITLE_PROMPT
+from webapp.auto_title import TITLE_PROMPT, TITLE_WRITERS
 
 EN = {"Accept-Language": "en-US,en"}
 OTHER_PREFIX = "other18:"
@@ -200,6 +200,29 @@ def test_a_title_is_generated_after_the_first_exchange_and_a_rename_always_wins(
     api_turn(other_client, named, unique("hello"))
     time.sleep(0.5)
     assert other_client.get(f"/api/sessions/{named}").json()["title"] == "Named first"
+
+
+def test_a_burst_of_first_exchanges_asks_for_at_most_title_writers_titles_at_once_and_titles_them_all(
+    other_client: httpx.Client, upstream: ThreadedFakeUpstream,
+) -> None:
+    burst = TITLE_WRITERS + 4
+    marker = unique("burst")
+    sids = [create_session(other_client)["id"] for _ in range(burst)]
+    for number, sid in enumerate(sids):  # the turns run on the server: nobody needs to read them
+        # the title requests are slow (their question carries the directive), so they pile up
+        assert post_turn(other_client, sid, f"{marker} {number} [[ttft:700]] [[tokens:2]]").status_code == 202
+
+    def generated_titles() -> list[str] | None:
+        found = [other_client.get(f"/api/sessions/{sid}").json()["title"] for sid in sids]
+        return found if all(title.startswith("ctx=") for title in found) else None
+
+    done = wait_until(generated_titles, timeout=20, interval=0.2)
+    assert all(f"sys={expected_sys_tag(TITLE_PROMPT)}" in title for title in done)
+    asked = [r for r in upstream.chat_requests(marker) if r["messages"][0]["content"] == TITLE_PROMPT]
+    assert len(asked) == burst  # each conversation's title asked for once
+    # the replies ended together: as many title calls as writers at once, the rest waited their turn
+    assert max(r["concurrent"] for r in asked) == TITLE_WRITERS
+    assert max(r["received_at"] for r in asked) - min(r["received_at"] for r in asked) >= 0.6
 
 
 def test_without_auto_title_the_first_message_is_the_title(client: httpx.Client) -> None:

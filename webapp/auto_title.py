@@ -6,13 +6,22 @@ model for a short title and, when it answers, replaces that first title — unle
 user renamed the conversation meanwhile: the store replaces a title only while it is
 still the one made from the first message and no rename was made (one script), so a
 rename always wins, before or after. Off with AUTO_TITLE=false, and in demo mode.
+
+At most TITLE_WRITERS titles are asked for at once; the rest wait in a queue of plain
+records. A burst of new conversations (a class opening the app together) would otherwise
+send the model one title call per reply still streaming, each holding a connection, a
+response and its task: with 1000 new conversations, 600 at once, ~3 MB of the app's peak
+and as many extra requests against the API's rate limit while replies still stream
+(bench/README.md, issue 19). A title is a nicety: under a burst it comes a little later,
+and past TITLE_BACKLOG waiting the oldest is dropped (its first message stays the title).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections import deque
+from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError
 
@@ -30,6 +39,8 @@ TITLE_PROMPT = (
 )
 QUESTION_CHARS = 1000
 ANSWER_CHARS = 1000
+TITLE_WRITERS = 8  # title calls to the model at once
+TITLE_BACKLOG = 10_000  # titles waiting for a writer; past it the oldest is dropped
 
 
 def tidy_title(text: str) -> str:
@@ -43,12 +54,26 @@ def tidy_title(text: str) -> str:
     return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1] + "…"
 
 
+class TitleJob(NamedTuple):
+    """A title to ask for: what TitleWriter.write needs, and nothing that holds a connection."""
+
+    user_id: str
+    session_id: str
+    first_title: str
+    question: str
+    answer: str
+    model: str | None
+
+
 class TitleWriter:
-    def __init__(self, store: Store, provider: Provider, search: SearchIndex, *, enabled: bool) -> None:
+    def __init__(self, store: Store, provider: Provider, search: SearchIndex, *, enabled: bool,
+                 writers: int = TITLE_WRITERS, backlog: int = TITLE_BACKLOG) -> None:
         self.store = store
         self.provider = provider
         self.search = search
         self.enabled = enabled
+        self.writers = writers
+        self.waiting: deque[TitleJob] = deque(maxlen=backlog)
         self.tasks: set[asyncio.Task[None]] = set()
 
     def reply_saved(self, run: Any, reply: Message) -> None:
@@ -57,11 +82,26 @@ class TitleWriter:
             return
         if run.conversation.title_by == "user":
             return
-        task = asyncio.create_task(self.write(run.conversation.user_id, run.conversation.id,
-                                              run.conversation.title, run.user_message.content, reply.content,
-                                              run.model or None))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        if len(self.waiting) == self.waiting.maxlen:
+            log.info("title backlog full: the oldest waiting conversation keeps its first message's title")
+        self.waiting.append(TitleJob(run.conversation.user_id, run.conversation.id, run.conversation.title,
+                                     run.user_message.content[:QUESTION_CHARS], reply.content[:ANSWER_CHARS],
+                                     run.model or None))
+        if len(self.tasks) < self.writers:
+            self.tasks.add(asyncio.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        """One writer: titles from the queue until it is empty. It leaves the set itself, in the
+        same step as it finds the queue empty, so a title queued right after always finds a writer."""
+        try:
+            while self.waiting:
+                job = self.waiting.popleft()
+                try:
+                    await self.write(*job)
+                except Exception:  # one title's surprise must not leave the others waiting for a writer
+                    log.exception("title for %s failed", job.session_id)
+        finally:
+            self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     async def write(self, user_id: str, session_id: str, first_title: str, question: str, answer: str,
                     model: str | None) -> str | None:
@@ -83,6 +123,7 @@ class TitleWriter:
         return None
 
     async def aclose(self) -> None:
+        self.waiting.clear()  # titles not asked for yet: their conversations keep their first titles
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:

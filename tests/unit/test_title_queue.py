@@ -1,0 +1,108 @@
+"""The queue of generated titles (webapp/auto_title.py): a bounded number asked for at once, a bounded
+backlog, and a writer that outlives one title's failure. The model and the store are stand-ins that
+record what they are asked; the real ones are tested over HTTP in tests/test_share_export.py."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from webapp.auto_title import TitleWriter
+from webapp.models import Message
+
+
+class SlowModel:
+    """Answers each title call when the test lets it; counts how many are open at once."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.open = self.most_open = 0
+        self.asked: list[str] = []
+
+    async def complete(self, messages: list[dict[str, str]], *, model: str | None = None) -> str:
+        self.asked.append(messages[1]["content"].split("\n")[0])
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            await self.release.wait()
+            if "boom" in messages[1]["content"]:
+                raise RuntimeError("a surprise")
+            return "A title"
+        finally:
+            self.open -= 1
+
+
+class Titles:
+    """The store's part: every title is set."""
+
+    def __init__(self) -> None:
+        self.set: list[str] = []
+
+    async def set_generated_title(self, user_id: str, session_id: str, *, expected: str, title: str) -> bool:
+        self.set.append(session_id)
+        return True
+
+    async def get_conversation(self, user_id: str, session_id: str) -> None:
+        return None
+
+
+def first_exchange(number: int, question: str = "") -> tuple[Any, Message]:
+    conversation = SimpleNamespace(user_id="u", id=f"s{number}", title=f"first {number}", title_by="first_message")
+    run = SimpleNamespace(first_exchange=True, conversation=conversation, model="",
+                          user_message=Message(id="m1", role="user", content=question or f"question {number}", ts=""))
+    return run, Message(id="m2", role="assistant", content="answer", ts="")
+
+
+def test_at_most_writers_titles_are_asked_for_at_once_and_every_queued_one_is_written() -> None:
+    async def main() -> None:
+        model, store = SlowModel(), Titles()
+        writer = TitleWriter(store, model, SimpleNamespace(add=lambda *_: None), enabled=True, writers=3)
+        for number in range(10):
+            writer.reply_saved(*first_exchange(number))
+        await asyncio.sleep(0.05)
+        assert model.open == 3 and len(writer.tasks) == 3 and len(writer.waiting) == 7
+        model.release.set()
+        for _ in range(100):
+            if not writer.tasks:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(store.set) == sorted(f"s{number}" for number in range(10)) and model.most_open == 3
+        assert not writer.tasks and not writer.waiting
+        writer.reply_saved(*first_exchange(10))  # after the writers left: a new one starts
+        await asyncio.sleep(0.05)
+        assert "s10" in store.set
+
+    asyncio.run(main())
+
+
+def test_past_the_backlog_the_oldest_waiting_title_is_dropped_and_a_failure_stops_no_writer() -> None:
+    async def main() -> None:
+        model, store = SlowModel(), Titles()
+        writer = TitleWriter(store, model, SimpleNamespace(add=lambda *_: None), enabled=True, writers=1, backlog=2)
+        writer.reply_saved(*first_exchange(0, "boom"))  # asked for at once, and it fails
+        await asyncio.sleep(0.01)
+        for number in (1, 2, 3):
+            writer.reply_saved(*first_exchange(number))
+        assert [job.session_id for job in writer.waiting] == ["s2", "s3"]  # s1 dropped: it keeps its first title
+        model.release.set()
+        for _ in range(100):
+            if not writer.tasks:
+                break
+            await asyncio.sleep(0.01)
+        assert store.set == ["s2", "s3"] and model.asked == ["boom", "question 2", "question 3"]
+
+    asyncio.run(main())
+
+
+def test_closing_drops_the_waiting_titles_and_cancels_the_writers() -> None:
+    async def main() -> None:
+        model, store = SlowModel(), Titles()
+        writer = TitleWriter(store, model, SimpleNamespace(add=lambda *_: None), enabled=True, writers=2)
+        for number in range(5):
+            writer.reply_saved(*first_exchange(number))
+        await asyncio.sleep(0.01)
+        await writer.aclose()
+        assert not writer.waiting and not writer.tasks and not store.set
+
+    asyncio.run(main())
