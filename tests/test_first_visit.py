@@ -77,6 +77,9 @@ def test_get_home_without_a_cookie_writes_nothing_and_shows_an_empty_chat(empty:
             page = bot.get("/", headers=headers)
             assert page.status_code == 200
             assert "chat_uid" in page.cookies  # an identity, in its signed cookie only
+        with httpx.Client(base_url=app.base_url, timeout=30, headers=EN) as monitor:  # an uptime check's HEAD
+            head = monitor.head("/")
+            assert head.status_code == 200 and head.content == b"" and head.headers["content-type"].startswith("text/html")
     assert keys.dbsize() == 0
 
     html = BeautifulSoup(page.text, "html.parser")

@@ -1,7 +1,10 @@
-"""The web UI's routes of every turn, served by the edge itself rather than through FastAPI's router.
+"""The web UI's routes of every turn, and the page every visit opens, served by the edge itself
+rather than through FastAPI's router.
 
 A browser's turn is the composer's post (`/c/{id}/messages`) and the page's channel stream
-(`/c/{id}/events`), which stays open for the whole visit. Under FastAPI each such request
+(`/c/{id}/events`), which stays open for the whole visit; a new visitor's first request is `GET /`
+(the draft's page), where FastAPI's matching, dependencies and middleware were more than half of
+the request's CPU (py-spy, bench/README.md round 8). Under FastAPI each such request
 ran inside ~20 nested coroutines: the exception and exit-stack middleware, the router and the
 included routers' matching, the route's handler with two exit stacks of its own, and two
 `send` wrappers that every server-sent event passed through. At 1000 web UI visitors ~1700
@@ -44,7 +47,7 @@ class DirectRoute(Route):
     def __init__(self, path: str, endpoint: Endpoint, *, methods: list[str], csrf: bool, tags: list[str],
                  owns_path: bool) -> None:
         super().__init__(path, endpoint, methods=methods, include_in_schema=False)
-        self.methods = set(methods)  # (Starlette adds HEAD to a GET: a HEAD opens no stream)
+        self.methods = set(methods)  # (Starlette adds HEAD to a GET: here only a page asks for it)
         self.csrf, self.tags, self.owns_path = csrf, tags, owns_path
 
 
@@ -59,14 +62,19 @@ class DirectRoutes:
         self.exception_handlers: Mapping[Any, Callable[..., Awaitable[Response]]] = {}
 
     def get(self, path: str) -> Callable[[Endpoint], Endpoint]:
-        return self._add(path, "GET", csrf=False)
+        """A stream (its HEAD is not served: a HEAD opens no stream)."""
+        return self._add(path, ["GET"], csrf=False)
+
+    def page(self, path: str) -> Callable[[Endpoint], Endpoint]:
+        """A page: GET and HEAD (an uptime check's), as a FastAPI GET route answers both."""
+        return self._add(path, ["GET", "HEAD"], csrf=False)
 
     def post(self, path: str) -> Callable[[Endpoint], Endpoint]:
-        return self._add(path, "POST", csrf=True)
+        return self._add(path, ["POST"], csrf=True)
 
-    def _add(self, path: str, method: str, *, csrf: bool) -> Callable[[Endpoint], Endpoint]:
+    def _add(self, path: str, methods: list[str], *, csrf: bool) -> Callable[[Endpoint], Endpoint]:
         def register(endpoint: Endpoint) -> Endpoint:
-            self.routes.append(DirectRoute(path, endpoint, methods=[method], csrf=csrf, tags=self.tags,
+            self.routes.append(DirectRoute(path, endpoint, methods=methods, csrf=csrf, tags=self.tags,
                                            owns_path=self.owns_paths))
             return endpoint
         return register

@@ -176,7 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # input guard, identity cookie), in that order; see edge.py
     # the web UI's routes of every turn (the composer's posts, the page's streams) it serves itself,
     # answering their errors with the app's handlers; see direct_routes.py
-    direct = DirectRoutes(pages.turn_routes, stream.page_streams)
+    direct = DirectRoutes(pages.hot_routes, stream.page_streams)
     direct.use_handlers(app.exception_handlers)
     app.add_middleware(Edge, metrics=app.state.metrics, log_requests=settings.access_log,
                        trusted_hosts=settings.forwarded_allow_ips, secret=settings.secret_key,

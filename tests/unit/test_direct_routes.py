@@ -60,6 +60,11 @@ async def bug(request: Request) -> Response:
     raise RuntimeError("a bug")
 
 
+@direct.page("/p/{session_id}")
+async def a_page(request: Request) -> Response:
+    return PlainTextResponse(f"page of {request.path_params['session_id']}")
+
+
 @direct.post("/c/{session_id}/thing")
 async def post_thing(request: Request) -> Response:
     return PlainTextResponse("posted")
@@ -115,6 +120,13 @@ def test_a_path_only_direct_routes_serve_answers_another_method_with_405(client:
         response = client.request(method, "/s/abc/events")
         assert response.status_code == 405, method
         assert response.headers["allow"] == "GET"
+
+
+def test_a_direct_page_answers_get_and_head_as_a_fastapi_page_does(client: TestClient) -> None:
+    assert client.get("/p/abc").text == "page of abc"
+    head = client.head("/p/abc")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == "11"
+    assert client.post("/p/abc").status_code == 404  # another method: on to FastAPI, which has no such route
 
 
 def test_a_direct_post_checks_the_pages_csrf_token_first(client: TestClient) -> None:

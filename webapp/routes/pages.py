@@ -11,6 +11,7 @@ writer) and renders; the rules live there.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Query, Request, Response
@@ -22,7 +23,7 @@ from ..deps import (
     AccountsDep, ConversationsDep, CreatingUser, CurrentUser, OwnedConversation, WriterDep, client_ip,
     creating_user, current_user, is_newcomer, services,
 )
-from ..direct_routes import DirectRoutes
+from ..direct_routes import DirectRoutes, query_text
 from ..error_handlers import PAGE_TAG
 from ..errors import ChatError
 from ..forms import form_fields, text_field
@@ -38,9 +39,9 @@ REFRESH_SECONDS = 2  # a page without JavaScript reloads itself this often while
 LANG_COOKIE_MAX_AGE = 400 * 86400
 
 router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
-# the composer's two posts, which every web UI turn makes: served by the edge itself, CSRF check
-# included, ahead of FastAPI's routes (direct_routes.py, issue 19)
-turn_routes = DirectRoutes()
+# the composer's two posts, which every web UI turn makes, and the page every visit opens: served by
+# the edge itself, CSRF check included, ahead of FastAPI's routes (direct_routes.py, issue 19)
+hot_routes = DirectRoutes()
 
 FormText = Annotated[str, Form()]
 REQUEST_ID_MAX = 100
@@ -50,6 +51,7 @@ SearchField = Annotated[str, Form(max_length=SEARCH_MAX)]
 MessageIndex = Annotated[int, Path(ge=1, le=MAX_INDEX)]
 Query200 = Annotated[str, Query(max_length=200)]
 DeletedId = Annotated[str | None, Query(pattern=ID_QUERY)]
+DELETED_ID, ID_QUERY_MAX = re.compile(ID_QUERY), 100  # the same, read by hand (home)
 Before = Annotated[int | None, Query(ge=0, le=MAX_INDEX)]
 
 
@@ -166,10 +168,13 @@ def opened(conversation: Conversation, *, with_list: bool = False) -> dict[str, 
 
 # pages ------------------------------------------------------------------------------
 
-@router.get("/")
-async def home(view: ViewDep, user: CurrentUser, conversations: ConversationsDep, deleted: DeletedId = None) -> Response:
-    """The most recent conversation; before there is one, an empty chat that writes nothing until the first send."""
-    newcomer = is_newcomer(view.request)  # (a first visit: no lookups, there is nothing yet)
+@hot_routes.page("/")
+async def home(request: Request) -> Response:
+    """The most recent conversation; before there is one, an empty chat that writes nothing until the first send.
+    (Every visit's first request: its user, services and query are read by hand, see direct_routes.py.)"""
+    view, user, conversations = View(request), await current_user(request), services(request).conversations
+    deleted = query_text(request, "deleted", max_length=ID_QUERY_MAX, pattern=DELETED_ID) or None
+    newcomer = is_newcomer(request)  # (a first visit: no lookups, there is nothing yet)
     conversation = None if newcomer else await conversations.latest(user)
     if conversation is None:
         return await render_draft(view, conversations, user, deleted=deleted, nothing_yet=newcomer)
@@ -177,7 +182,7 @@ async def home(view: ViewDep, user: CurrentUser, conversations: ConversationsDep
 
 
 # the draft's forms: declared before /c/{session_id}/..., which would take "new" for an id
-@turn_routes.post(f"/c/{DRAFT_ID}/messages")
+@hot_routes.post(f"/c/{DRAFT_ID}/messages")
 async def send_first_message(request: Request) -> Response:
     """The draft's first send creates the conversation; HTMX gets its pane (reply streaming) in the draft's
     place, and the sidebar's list (or search results, `q`) out of band: one request, not a refresh after it.
@@ -282,7 +287,7 @@ async def older_messages(view: ViewDep, conversation: OwnedConversation, convers
                                            values)
 
 
-@turn_routes.post("/c/{session_id}/messages")
+@hot_routes.post("/c/{session_id}/messages")
 async def send_message(request: Request) -> Response:
     """Start a turn. When the page's channel (`channel`, channels.py) is open on this worker, it has
     been handed the turn and brings the bubbles: this answers with the sidebar's item only. Otherwise
