@@ -155,16 +155,21 @@ class OpenAIProvider:
         return await asyncio.shield(self._ping)
 
     def preload(self) -> None:
-        """Import the SDK (a worker thread at start): the first page that lists models would otherwise
-        import it on the event loop, holding every request for about a second."""
+        """Import the SDK (a worker thread at start), so the first page that lists models finds it loaded."""
         if not self.configured_models:
-            import openai  # noqa: F401
+            _import_sdk()
 
-    @property
-    def client(self) -> Any:
-        """openai.AsyncOpenAI for the calls off the hot path, made on first use."""
+    async def sdk_client(self) -> Any:
+        """openai.AsyncOpenAI for the calls off the hot path, made on first use.
+
+        The SDK is imported in a worker thread, never on the event loop: the start's warm-up imports
+        it in a thread, and an import of the same module on the loop meanwhile would wait for that
+        thread's import lock, holding every request for a second or more (streaming replies then
+        passed their token timeout and failed; tests/test_hostile_input.py met it just after start)."""
         if self._client is None:
-            from openai import AsyncOpenAI, DefaultAioHttpClient, Timeout
+            await asyncio.to_thread(_import_sdk)
+        if self._client is None:
+            from openai import AsyncOpenAI, DefaultAioHttpClient, Timeout  # (imported by now: a lookup)
 
             timeout = Timeout(self.token_timeout, connect=10.0)
             self._client = AsyncOpenAI(api_key=self.api_key, base_url=self.base_url, timeout=timeout,
@@ -180,7 +185,7 @@ class OpenAIProvider:
         async with self._models_lock:
             if loop.time() - self._models_at >= MODELS_CACHE_SECONDS:
                 try:
-                    page = await asyncio.wait_for(self.client.models.list(), timeout=10)
+                    page = await asyncio.wait_for((await self.sdk_client()).models.list(), timeout=10)
                     self._models = sorted(str(item.id) for item in page.data)
                     self._models_at = loop.time()
                 except Exception as exc:  # the choice falls back to the default; asked again next time
@@ -208,7 +213,7 @@ class OpenAIProvider:
     async def _check_models(self) -> bool:
         """The model list answers with the key we hold (the cheapest authenticated call)."""
         try:
-            await asyncio.wait_for(self.client.models.list(), timeout=5)
+            await asyncio.wait_for((await self.sdk_client()).models.list(), timeout=5)
             return True
         except Exception:
             return False
@@ -305,6 +310,11 @@ class DemoProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+def _import_sdk() -> None:
+    """(In a worker thread: see OpenAIProvider.sdk_client.)"""
+    import openai  # noqa: F401
 
 
 def _demo_pieces(text: str, size: int = 3) -> list[str]:
