@@ -209,20 +209,23 @@ def test_a_burst_of_first_exchanges_asks_for_at_most_title_writers_titles_at_onc
     marker = unique("burst")
     sids = [create_session(other_client)["id"] for _ in range(burst)]
     for number, sid in enumerate(sids):  # the turns run on the server: nobody needs to read them
-        # the title requests are slow (their question carries the directive), so they pile up
-        assert post_turn(other_client, sid, f"{marker} {number} [[ttft:700]] [[tokens:2]]").status_code == 202
+        # the title requests are slow (their question carries the directive), so they pile up: the twelve
+        # posts take far less than one title call, even on a slow machine
+        assert post_turn(other_client, sid, f"{marker} {number} [[ttft:2500]] [[tokens:2]]").status_code == 202
 
     def generated_titles() -> list[str] | None:
         found = [other_client.get(f"/api/sessions/{sid}").json()["title"] for sid in sids]
         return found if all(title.startswith("ctx=") for title in found) else None
 
-    done = wait_until(generated_titles, timeout=20, interval=0.2)
+    done = wait_until(generated_titles, timeout=30, interval=0.2)
     assert all(f"sys={expected_sys_tag(TITLE_PROMPT)}" in title for title in done)
     asked = [r for r in upstream.chat_requests(marker) if r["messages"][0]["content"] == TITLE_PROMPT]
     assert len(asked) == burst  # each conversation's title asked for once
     # the replies ended together: as many title calls as writers at once, the rest waited their turn
     assert max(r["concurrent"] for r in asked) == TITLE_WRITERS
-    assert max(r["received_at"] for r in asked) - min(r["received_at"] for r in asked) >= 0.6
+    # the last four were asked only as the first titles were answered
+    first, last = sorted(r["received_at"] for r in asked)[::burst - 1]
+    assert last - first >= 2.0
 
 
 def test_without_auto_title_the_first_message_is_the_title(client: httpx.Client) -> None:

@@ -7,7 +7,7 @@ user renamed the conversation meanwhile: the store replaces a title only while i
 still the one made from the first message and no rename was made (one script), so a
 rename always wins, before or after. Off with AUTO_TITLE=false, and in demo mode.
 
-At most TITLE_WRITERS titles are asked for at once; the rest wait in a queue of plain
+At most TITLE_WRITERS titles per worker are asked for at once; the rest wait in a queue of plain
 records. A burst of new conversations (a class opening the app together) would otherwise
 send the model one title call per reply still streaming, each holding a connection, a
 response and its task: with 1000 new conversations, 600 at once, ~3 MB of the app's peak
@@ -40,7 +40,7 @@ TITLE_PROMPT = (
 QUESTION_CHARS = 1000
 ANSWER_CHARS = 1000
 TITLE_WRITERS = 8  # title calls to the model at once
-TITLE_BACKLOG = 10_000  # titles waiting for a writer; past it the oldest is dropped
+TITLE_BACKLOG = 1000  # titles waiting for a writer (at most ~4 MB); past it the oldest is dropped
 
 
 def tidy_title(text: str) -> str:
@@ -75,6 +75,7 @@ class TitleWriter:
         self.writers = writers
         self.waiting: deque[TitleJob] = deque(maxlen=backlog)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.dropping = False
 
     def reply_saved(self, run: Any, reply: Message) -> None:
         """The turn writer's hook: after a first exchange that ended well, title it in the background."""
@@ -82,8 +83,10 @@ class TitleWriter:
             return
         if run.conversation.title_by == "user":
             return
-        if len(self.waiting) == self.waiting.maxlen:
-            log.info("title backlog full: the oldest waiting conversation keeps its first message's title")
+        if len(self.waiting) == self.waiting.maxlen and not self.dropping:  # (said once per overload)
+            log.warning("title backlog full (%d): the oldest waiting conversations keep their first titles",
+                        len(self.waiting))
+        self.dropping = len(self.waiting) == self.waiting.maxlen
         self.waiting.append(TitleJob(run.conversation.user_id, run.conversation.id, run.conversation.title,
                                      run.user_message.content[:QUESTION_CHARS], reply.content[:ANSWER_CHARS],
                                      run.model or None))

@@ -66,16 +66,17 @@ class DirectRoutes:
         return self._add(path, ["GET"], csrf=False)
 
     def page(self, path: str) -> Callable[[Endpoint], Endpoint]:
-        """A page: GET and HEAD (an uptime check's), as a FastAPI GET route answers both."""
-        return self._add(path, ["GET", "HEAD"], csrf=False)
+        """A page no FastAPI route shares: GET, and HEAD for an uptime check (FastAPI's GET routes answer
+        HEAD 405); another method is a 405 here."""
+        return self._add(path, ["GET", "HEAD"], csrf=False, owns_path=True)
 
     def post(self, path: str) -> Callable[[Endpoint], Endpoint]:
         return self._add(path, ["POST"], csrf=True)
 
-    def _add(self, path: str, methods: list[str], *, csrf: bool) -> Callable[[Endpoint], Endpoint]:
+    def _add(self, path: str, methods: list[str], *, csrf: bool, owns_path: bool = False) -> Callable[[Endpoint], Endpoint]:
         def register(endpoint: Endpoint) -> Endpoint:
             self.routes.append(DirectRoute(path, endpoint, methods=methods, csrf=csrf, tags=self.tags,
-                                           owns_path=self.owns_paths))
+                                           owns_path=owns_path or self.owns_paths))
             return endpoint
         return register
 
