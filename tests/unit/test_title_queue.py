@@ -47,6 +47,20 @@ class Titles:
         return None
 
 
+def writer_of(**limits: int) -> tuple[SlowModel, Titles, TitleWriter]:
+    """A title writer over a slow stand-in model and store (the search index's part does nothing)."""
+    model, store = SlowModel(), Titles()
+    return model, store, TitleWriter(store, model, SimpleNamespace(add=lambda *_: None), enabled=True, **limits)
+
+
+async def writers_done(writer: TitleWriter) -> None:
+    """Until every writer has left (the queue drained), at most a second."""
+    for _ in range(100):
+        if not writer.tasks:
+            return
+        await asyncio.sleep(0.01)
+
+
 def first_exchange(number: int, question: str = "") -> tuple[Any, Message]:
     conversation = SimpleNamespace(user_id="u", id=f"s{number}", title=f"first {number}", title_by="first_message")
     run = SimpleNamespace(first_exchange=True, conversation=conversation, model="",
@@ -56,17 +70,13 @@ def first_exchange(number: int, question: str = "") -> tuple[Any, Message]:
 
 def test_at_most_writers_titles_are_asked_for_at_once_and_every_queued_one_is_written() -> None:
     async def main() -> None:
-        model, store = SlowModel(), Titles()
-        writer = TitleWriter(store, model, SimpleNamespace(add=lambda *_: None), enabled=True, writers=3)
+        model, store, writer = writer_of(writers=3)
         for number in range(10):
             writer.reply_saved(*first_exchange(number))
         await asyncio.sleep(0.05)
         assert model.open == 3 and len(writer.tasks) == 3 and len(writer.waiting) == 7
         model.release.set()
-        for _ in range(100):
-            if not writer.tasks:
-                break
-            await asyncio.sleep(0.01)
+        await writers_done(writer)
         assert sorted(store.set) == sorted(f"s{number}" for number in range(10)) and model.most_open == 3
         assert not writer.tasks and not writer.waiting
         writer.reply_saved(*first_exchange(10))  # after the writers left: a new one starts
@@ -78,18 +88,14 @@ def test_at_most_writers_titles_are_asked_for_at_once_and_every_queued_one_is_wr
 
 def test_past_the_backlog_the_oldest_waiting_title_is_dropped_and_a_failure_stops_no_writer() -> None:
     async def main() -> None:
-        model, store = SlowModel(), Titles()
-        writer = TitleWriter(store, model, SimpleNamespace(add=lambda *_: None), enabled=True, writers=1, backlog=2)
+        model, store, writer = writer_of(writers=1, backlog=2)
         writer.reply_saved(*first_exchange(0, "boom"))  # asked for at once, and it fails
         await asyncio.sleep(0.01)
         for number in (1, 2, 3):
             writer.reply_saved(*first_exchange(number))
         assert [job.session_id for job in writer.waiting] == ["s2", "s3"]  # s1 dropped: it keeps its first title
         model.release.set()
-        for _ in range(100):
-            if not writer.tasks:
-                break
-            await asyncio.sleep(0.01)
+        await writers_done(writer)
         assert store.set == ["s2", "s3"] and model.asked == ["boom", "question 2", "question 3"]
 
     asyncio.run(main())
@@ -97,8 +103,7 @@ def test_past_the_backlog_the_oldest_waiting_title_is_dropped_and_a_failure_stop
 
 def test_closing_drops_the_waiting_titles_and_cancels_the_writers() -> None:
     async def main() -> None:
-        model, store = SlowModel(), Titles()
-        writer = TitleWriter(store, model, SimpleNamespace(add=lambda *_: None), enabled=True, writers=2)
+        model, store, writer = writer_of(writers=2)
         for number in range(5):
             writer.reply_saved(*first_exchange(number))
         await asyncio.sleep(0.01)
