@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.new_identity_limit = Limit("identities-ip", settings.new_identities_per_ip_per_hour, 3600)
     # one layer for what every request goes through (peer, proxy headers, access log, security headers,
     # input guard, identity cookie), in that order; see edge.py
-    # the web UI's routes of every turn (the composer's posts, the page's streams) it serves itself,
+    # the web UI's hot routes (GET /, the composer's posts, the page's streams) it serves itself,
     # answering their errors with the app's handlers; see direct_routes.py
     direct = DirectRoutes(pages.hot_routes, stream.page_streams)
     direct.use_handlers(app.exception_handlers)

@@ -11,7 +11,6 @@ writer) and renders; the rules live there.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Query, Request, Response
@@ -29,7 +28,7 @@ from ..errors import ChatError
 from ..forms import form_fields, text_field
 from ..htmx import ViewDep, View, local_path, see_other
 from ..i18n import LANG_COOKIE, t
-from ..ids import ID_QUERY, check_id
+from ..ids import ID_PATTERN, ID_QUERY, check_id
 from ..models import Conversation
 from ..pagination import MAX_INDEX
 from ..roles import BUILTIN_ROLES
@@ -51,7 +50,7 @@ SearchField = Annotated[str, Form(max_length=SEARCH_MAX)]
 MessageIndex = Annotated[int, Path(ge=1, le=MAX_INDEX)]
 Query200 = Annotated[str, Query(max_length=200)]
 DeletedId = Annotated[str | None, Query(pattern=ID_QUERY)]
-DELETED_ID, ID_QUERY_MAX = re.compile(ID_QUERY), 100  # the same, read by hand (home)
+DELETED_ID_MAX = 100  # (home reads `deleted` by hand: ids.ID_PATTERN, the compiled twin of ID_QUERY)
 Before = Annotated[int | None, Query(ge=0, le=MAX_INDEX)]
 
 
@@ -173,7 +172,7 @@ async def home(request: Request) -> Response:
     """The most recent conversation; before there is one, an empty chat that writes nothing until the first send.
     (Every visit's first request: its user, services and query are read by hand, see direct_routes.py.)"""
     view, user, conversations = View(request), await current_user(request), services(request).conversations
-    deleted = query_text(request, "deleted", max_length=ID_QUERY_MAX, pattern=DELETED_ID) or None
+    deleted = query_text(request, "deleted", max_length=DELETED_ID_MAX, pattern=ID_PATTERN) or None
     newcomer = is_newcomer(request)  # (a first visit: no lookups, there is nothing yet)
     conversation = None if newcomer else await conversations.latest(user)
     if conversation is None:
