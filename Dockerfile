@@ -14,7 +14,8 @@ ENV PYTHONUNBUFFERED=1 \
     DATA_DIR=/data
 
 WORKDIR /app
-# the requirements first: a code change does not reinstall them
+# the lock first (every package at one version, with hashes: pip refuses any other file); a code
+# change does not reinstall it
 COPY requirements.txt ./
 RUN pip install -r requirements.txt
 

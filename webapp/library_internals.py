@@ -4,9 +4,10 @@ Both overrides replace a library's per-request machinery that benchmarks showed 
 a large share of the app's CPU under load (bench/README.md); each keeps everything
 else of the library. They touch names a library may rename in any release, so:
 
-- requirements.txt pins each library to the release range listed here (`~=`);
+- requirements.in holds each library to the release range listed here (`~=`), and
+  requirements.txt, its lock, to one release of it;
 - tests/unit/test_library_internals.py runs `problems()` and fails, naming each
-  missing part, when an upgrade changes them. Update the override, then the pin.
+  missing part, when an upgrade changes them. Update the override, then the range and the lock.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Callable
 
 @dataclass(frozen=True)
 class Override:
-    library: str  # the distribution, as in requirements.txt
+    library: str  # the distribution, as in requirements.in
     tested: str  # release series the override is tested with ("8.1" = 8.1.*), pinned with ~=
     where: str  # our code that relies on it
     why: str

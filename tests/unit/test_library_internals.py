@@ -1,7 +1,7 @@
 """The library private parts the app relies on are still there, and pinned where they were tested.
 
 A failure here after an upgrade names each changed part (webapp/library_internals.py):
-update the override, then its pin in requirements.txt.
+update the override, then its range in requirements.in and the lock (`bash .ci/lock`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import pytest
 
 from webapp.library_internals import OVERRIDES, Override, problems
 
-REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements.txt"
+ROOT = Path(__file__).resolve().parents[2]
+REQUIREMENTS = ROOT / "requirements.in"
+LOCK = ROOT / "requirements.txt"
 COMPATIBLE_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*~=\s*([0-9][0-9.]*)")
 
 
@@ -22,7 +24,7 @@ def normalized(name: str) -> str:
 
 
 def compatible_pins() -> dict[str, str]:
-    """Each `name~=version` line of requirements.txt, by normalized distribution name."""
+    """Each `name~=version` line of requirements.in, by normalized distribution name."""
     pins: dict[str, str] = {}
     for line in REQUIREMENTS.read_text().splitlines():
         match = COMPATIBLE_PIN.match(line)
@@ -40,10 +42,13 @@ def test_every_private_part_the_app_relies_on_is_still_there() -> None:
 def test_each_override_is_pinned_to_the_release_series_it_was_tested_with(override: Override) -> None:
     pins = compatible_pins()
     pin = pins.get(normalized(override.library))
-    assert pin is not None, f"{override.library} has no ~= pin in requirements.txt ({override.where})"
+    assert pin is not None, f"{override.library} has no ~= range in requirements.in ({override.where})"
     # `~=8.1.0` allows 8.1.*: the series is the pin without its last component
     series = pin.rsplit(".", 1)[0]
     assert series == override.tested, (
-        f"requirements.txt pins {override.library}~={pin} (series {series}.*), "
+        f"requirements.in allows {override.library}~={pin} (series {series}.*), "
         f"but {override.where} was tested with {override.tested}.*"
     )
+    locked = re.search(rf"(?im)^{re.escape(override.library)}==([0-9][^\s;\\]*)", LOCK.read_text())
+    assert locked is not None and locked.group(1).startswith(f"{override.tested}."), (
+        f"requirements.txt locks {override.library} at {locked and locked.group(1)}, outside {override.tested}.*")
