@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.servers import REPO_ROOT, Workdir, free_port, git_revision, rss_bytes  # noqa: E402
-from webapp.processes import stop_process  # noqa: E402
+from webapp.base.processes import stop_process  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"install_mb": 150.0, "ready_s": 2.0, "idle_rss_mb": 100.0}

@@ -2,7 +2,7 @@
 
 One user gets 10,000 conversations (10 messages each) plus three measured ones of
 10, 100 and 10,000 messages, written straight into the app's embedded Redis through
-the app's own `webapp.store.Store` (so no key name is repeated here). Then, over HTTP
+the app's own `webapp.storage.store.Store` (so no key name is repeated here). Then, over HTTP
 with the user's cookie, one request at a time (so a request's latency on loopback is
 its server time plus a fraction of a millisecond), it times the conversation page, the
 message API, the seed's /chat/history, the sidebar's first page, search, and one turn
@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.fake_upstream import BENCH_TOKEN_DELAY_MS, BENCH_TOKENS, BENCH_TTFT_MS  # noqa: E402
 from bench.load import SSEData, percentile  # noqa: E402
 from bench.servers import REPO_ROOT, App, FakeModel, Workdir, export_revision, git_revision  # noqa: E402
-from webapp.models import Conversation, Message, new_id, new_message_id, now_iso  # noqa: E402
-from webapp.store import Store  # noqa: E402
-from webapp.titles import make_preview  # noqa: E402
+from webapp.base.models import Conversation, Message, new_id, new_message_id, now_iso  # noqa: E402
+from webapp.core.titles import make_preview  # noqa: E402
+from webapp.storage.store import Store  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (10, 100, 10_000)  # messages in the measured conversations

@@ -32,10 +32,10 @@ import statistics
 import sys
 import time
 from collections import deque
+from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from contextlib import aclosing
 from typing import Any, AsyncIterator, Protocol
 
 import aiohttp
@@ -47,11 +47,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.fake_upstream import BENCH_TOKEN_DELAY_MS, BENCH_TOKENS, BENCH_TTFT_MS  # noqa: E402
 from bench.profiling import PySpy, summarize  # noqa: E402
 from bench.servers import (  # noqa: E402
-    REPO_ROOT, App, FakeModel, Usage, Watcher, Workdir, export_revision, git_revision, wait_for_quiet,
+    REPO_ROOT,
+    App,
+    FakeModel,
+    Usage,
+    Watcher,
+    Workdir,
+    export_revision,
+    git_revision,
+    wait_for_quiet,
 )
 from tests.fake_upstream import expected_reply  # noqa: E402
-from webapp.i18n import t  # noqa: E402
-from webapp.roles import get_role  # noqa: E402
+from webapp.base.i18n import t  # noqa: E402
+from webapp.core.roles import get_role  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SWEEP = "1,10,50,200,500,1000"

@@ -3,7 +3,7 @@
 The load profile shows the app's turn dominated by its client to the model, so this
 measures that client alone, in this process, against the fake model in its own
 process: N concurrent streams, 3 rounds, and the process CPU time they cost. The
-`app` variant is the app's own `webapp.llm.OpenAIProvider` (one aiohttp session,
+`app` variant is the app's own `webapp.llm.providers.OpenAIProvider` (one aiohttp session,
 SSE lines parsed with orjson); the others are what it was or could be. The app no
 longer depends on the openai SDK: the `sdk-*` variants run when it is installed
 (`pip install openai`) and are skipped, with a note, when it is not.
@@ -35,7 +35,7 @@ from bench.load import SSEData, percentile  # noqa: E402
 from bench.servers import REPO_ROOT, FakeModel, Workdir, git_revision  # noqa: E402
 from tests.fake_upstream import expected_reply  # noqa: E402
 from webapp.config import Settings  # noqa: E402
-from webapp.llm import OpenAIProvider  # noqa: E402
+from webapp.llm.providers import OpenAIProvider  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SYSTEM = "You are a benchmark."
@@ -48,9 +48,9 @@ def _cpu() -> float:
 
 
 class AppProvider:
-    """webapp.llm.OpenAIProvider exactly as the app builds it."""
+    """webapp.llm.providers.OpenAIProvider exactly as the app builds it."""
 
-    name = "app: webapp.llm.OpenAIProvider as in the work tree"
+    name = "app: webapp.llm.providers.OpenAIProvider as in the work tree"
 
     def __init__(self, base_url: str) -> None:
         settings = Settings(openai_api_key="bench", openai_base_url=f"{base_url}/v1", _env_file=None)

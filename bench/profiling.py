@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webapp.processes import stop_process
+from webapp.base.processes import stop_process
 
 # the event loop's own frames: inclusive time is counted only below the last of them,
 # where it says something about what the app does (every stack has what is above)

@@ -26,7 +26,7 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis  # noqa:
 
 from bench.servers import Workdir, git_revision  # noqa: E402
 from webapp.__main__ import EmbeddedRedis  # noqa: E402
-from webapp.redis_client import LeanConnectionPool  # noqa: E402
+from webapp.storage.redis_client import LeanConnectionPool  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MESSAGE = '{"id":"m1","role":"user","content":"how do streamed replies work? 多轮对话","ts":"2026-11-25T12:00:00Z"}'

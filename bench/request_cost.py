@@ -26,8 +26,8 @@ from typing import Any
 
 import aiohttp
 
-from bench.profiling import PySpy
 from bench.load import CHANNEL_FIELD, COMPOSER_POST, CSRF_META, REQUEST_ID_FIELD, SSE_CONNECT, PageChannel, SSEEvents
+from bench.profiling import PySpy
 from bench.servers import App, FakeModel, Workdir, cpu_seconds, export_revision, git_revision
 
 RESULTS = Path(__file__).parent / "results"

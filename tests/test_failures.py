@@ -8,16 +8,15 @@ import time
 
 import httpx
 import pytest
-
 import redis
 
 from tests.conftest import (
-    config_set,
-    iter_sse,
     OPENAI_TIMEOUT_SECONDS,
     Turn,
     api_turn,
+    config_set,
     create_session,
+    iter_sse,
     messages_of,
     start_chat,
     stream_turn,

@@ -1,5 +1,5 @@
 """Readers of a turn that generates on another app process follow it through Redis,
-all of them through one blocking XREAD per process (webapp.followers)."""
+all of them through one blocking XREAD per process (webapp.core.turns.followers)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,23 @@ import redis
 from redis.asyncio import Redis, RedisCluster
 
 from tests.conftest import (
-    ON_CLUSTER, AppServer, RedisServer, _start_app, _stop_app, create_session, messages_of, post_turn, read_sse, run_async,
-    unique, wait_until,
+    ON_CLUSTER,
+    AppServer,
+    RedisServer,
+    _start_app,
+    _stop_app,
+    create_session,
+    messages_of,
+    post_turn,
+    read_sse,
+    run_async,
+    unique,
+    wait_until,
 )
-from webapp.followers import StreamFollower, Subscription, make_follower
-from webapp.keys import TurnRef
-from webapp.models import TurnEvent, new_id
-from webapp.store import Store
+from webapp.base.models import TurnEvent, new_id
+from webapp.core.turns.followers import StreamFollower, Subscription, make_follower
+from webapp.storage.keys import TurnRef
+from webapp.storage.store import Store
 
 
 def chunks(first: int, last: int) -> list[TurnEvent]:

@@ -15,8 +15,18 @@ import httpx
 import pytest
 
 from tests.conftest import (
-    ON_CLUSTER, AppServer, RedisServer, ThreadedFakeUpstream, _start_app, _stop_app, create_session, iter_sse,
-    messages_of, post_turn, unique, wait_until,
+    ON_CLUSTER,
+    AppServer,
+    RedisServer,
+    ThreadedFakeUpstream,
+    _start_app,
+    _stop_app,
+    create_session,
+    iter_sse,
+    messages_of,
+    post_turn,
+    unique,
+    wait_until,
 )
 
 RECOVERY_SECONDS = 10  # the promise: within 10 s of the kill (TURN_LEASE_SECONDS is 5 by default)

@@ -13,8 +13,18 @@ import httpx
 import pytest
 
 from tests.conftest import (
-    REPO_ROOT, AppServer, _start_app, _stop_app, create_session, messages_of, post_turn,
-    read_sse, start_chat, stream_turn, unique, wait_until,
+    REPO_ROOT,
+    AppServer,
+    _start_app,
+    _stop_app,
+    create_session,
+    messages_of,
+    post_turn,
+    read_sse,
+    start_chat,
+    stream_turn,
+    unique,
+    wait_until,
 )
 
 
@@ -69,7 +79,7 @@ def test_the_app_listens_on_several_sockets_and_a_second_app_on_its_port_is_refu
     """One worker listens on LISTENERS sockets of one port (webapp/listeners.py: a busy app accepts a
     burst of new connections one per socket per turn of its loop); another app started on the port
     stops with one clear line instead of sharing it."""
-    from webapp.listeners import LISTENERS, spreads_connections
+    from webapp.web.listeners import LISTENERS, spreads_connections
 
     (tmp_path / "first").mkdir()
     app = _start_app(tmp_path / "first", {"REDIS_URL": redis_server.url, "OPENAI_API_KEY": ""})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from urllib.parse import urlencode
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -16,7 +16,7 @@ from bs4 import BeautifulSoup
 from tests.conftest import SYSTEM_PROMPTS, create_session, iter_sse, page_token, unique, wait_until
 from tests.fake_upstream import expected_reply
 from tests.ui_fixtures import add_message
-from webapp.titles import make_preview
+from webapp.core.titles import make_preview
 
 HX = {"HX-Request": "true"}
 EN = {"Accept-Language": "en-US,en;q=0.9"}

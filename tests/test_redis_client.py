@@ -1,4 +1,4 @@
-"""webapp.redis_client against a real redis-server: the pool's cap, waiting, timeouts, cancellation; packing."""
+"""webapp.storage.redis_client against a real redis-server: the pool's cap, waiting, timeouts, cancellation; packing."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
 from tests.conftest import RedisServer, run_async
-from webapp.redis_client import LeanConnectionPool, with_hiredis_packing
+from webapp.storage.redis_client import LeanConnectionPool, with_hiredis_packing
 
 
 def run_with_client(

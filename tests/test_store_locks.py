@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tests.conftest import RedisServer
 from tests.test_followers import run_with_store
-from webapp.models import new_id
-from webapp.store import Store
+from webapp.base.models import new_id
+from webapp.storage.store import Store
 
 
 def test_a_late_release_leaves_the_lock_another_turn_has_taken(redis_server: RedisServer) -> None:

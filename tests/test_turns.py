@@ -10,14 +10,17 @@ import httpx
 import redis
 
 from tests.conftest import (
-    KEYS, TurnRef, all_keys, owner_of,
+    KEYS,
     SYSTEM_PROMPTS,
     WELCOME,
+    TurnRef,
+    all_keys,
     api_turn,
     create_session,
     history_of,
     iter_sse,
     messages_of,
+    owner_of,
     post_turn,
     read_events,
     start_chat,
@@ -306,7 +309,7 @@ def test_deleting_a_conversation_stops_its_reply_and_leaves_nothing_behind(clien
 def test_a_seed_turn_without_a_role_keeps_the_conversations_role(client) -> None:
     from tests.conftest import create_session, unique
     from tests.fake_upstream import expected_sys_tag
-    from webapp.roles import get_role
+    from webapp.core.roles import get_role
 
     session = create_session(client, role="teacher")
     with client.stream(

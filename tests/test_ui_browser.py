@@ -11,7 +11,12 @@ import pytest
 from tests.conftest import SYSTEM_PROMPTS, AppServer, _start_app, _stop_app, unique
 from tests.fake_upstream import expected_reply, expected_sys_tag
 from tests.ui_fixtures import (
-    add_message, conversation_id, send, wait_count, wait_focus, wait_reply_done,
+    add_message,
+    conversation_id,
+    send,
+    wait_count,
+    wait_focus,
+    wait_reply_done,
 )
 
 SLOW = "[[tokens:40]] [[delay:30]]"  # ~1.2 s of visible streaming
@@ -279,7 +284,7 @@ def test_every_keyboard_shortcut(open_page: Callable[..., Any], artifacts: Path)
     box = page.locator("#composer-input")
     box.type("first line")
     box.press("Shift+Enter")
-    box.type(f"second line [[tokens:200]] [[delay:40]]")
+    box.type("second line [[tokens:200]] [[delay:40]]")
     assert box.input_value().count("\n") == 1
     box.press("Enter")
     page.wait_for_selector(".round-btn--stop")

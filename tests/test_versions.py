@@ -17,8 +17,17 @@ import pytest
 import redis
 
 from tests.conftest import (
-    KEYS, owner_of,
-    RedisServer, _start_app, _stop_app, create_session, iter_sse, messages_of, page_token, parse_reply, read_events,
+    KEYS,
+    RedisServer,
+    _start_app,
+    _stop_app,
+    create_session,
+    iter_sse,
+    messages_of,
+    owner_of,
+    page_token,
+    parse_reply,
+    read_events,
     unique,
 )
 from tests.fake_upstream import ThreadedFakeUpstream

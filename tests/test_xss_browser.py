@@ -37,7 +37,7 @@ import httpx
 
 from tests.conftest import AppServer
 from tests.ui_fixtures import send, wait_reply_done
-from webapp.titles import TITLE_MAX_CHARS, clean_title, make_preview
+from webapp.core.titles import TITLE_MAX_CHARS, clean_title, make_preview
 
 BATCH = 24  # vectors per user; the first page of their sidebar (30) lists every conversation of the batch
 

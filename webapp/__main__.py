@@ -18,10 +18,10 @@ from pathlib import Path
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from . import __version__
-from .config import Settings, SettingsError, load_settings, settings_help, unknown_env_file_settings
-from .listeners import listening_sockets
-from .processes import stop_process
+from webapp import __version__
+from webapp.base.processes import stop_process
+from webapp.config import Settings, SettingsError, load_settings, settings_help, unknown_env_file_settings
+from webapp.web.listeners import listening_sockets
 
 log = logging.getLogger("webapp")
 
@@ -152,8 +152,8 @@ async def preflight(settings: Settings) -> str:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from .redis_checks import RedisRefused, check_redis
-    from .redis_client import connect_store
+    from webapp.storage.redis_checks import RedisRefused, check_redis
+    from webapp.storage.redis_client import connect_store
 
     store = await connect_store(settings, blocking=False)
     try:
@@ -237,11 +237,11 @@ def create_user(settings: Settings, username: str) -> int:
     """`python -m webapp create-user NAME`: an account, also when sign-up is closed (ALLOW_SIGNUP=false)."""
     import asyncio
 
-    from .accounts import Accounts
-    from .errors import ChatError
-    from .i18n import t
-    from .limits import Limits
-    from .redis_client import connect_store
+    from webapp.base.errors import ChatError
+    from webapp.base.i18n import t
+    from webapp.core.accounts import Accounts
+    from webapp.core.limits import Limits
+    from webapp.storage.redis_client import connect_store
 
     password = read_new_password()
     embedded: EmbeddedRedis | None = None

@@ -13,38 +13,38 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import __version__
-from .accounts import Accounts
-from .channels import ConversationChannels
-from .config import Settings, get_settings
-from .conversations import Conversations
-from .direct_routes import DirectRoutes
-from .edge import Edge
-from .error_handlers import install_error_handlers
-from .llm import Provider, create_provider
-from .limits import Limit, Limits
-from .metrics import Metrics
-from .peers import TrustedProxies
-from .leases import LeaseKeeper
-from .migrate import migrate_layout
-from .redis_checks import check_redis
-from .auto_title import TitleWriter
-from .portability import Portability
-from .processes import stop_task
-from .redis_client import connect_store
-from .render import compile_all
-from .routes import api, auth, pages, roles, sharing, stream, transfer
-from .routes.transfer import IMPORT_PATHS
-from .search import SearchIndex
-from .security import require_csrf_token
-from .sharing import Shares
-from .turn_reader import TurnReader
-from .turn_writer import TurnWriter
+from webapp import __version__
+from webapp.base.metrics import Metrics
+from webapp.base.processes import stop_task
+from webapp.config import Settings, get_settings
+from webapp.core.accounts import Accounts
+from webapp.core.auto_title import TitleWriter
+from webapp.core.conversations import Conversations
+from webapp.core.limits import Limit, Limits
+from webapp.core.portability import Portability
+from webapp.core.search import SearchIndex
+from webapp.core.sharing import Shares
+from webapp.core.turns.channels import ConversationChannels
+from webapp.core.turns.leases import LeaseKeeper
+from webapp.core.turns.reader import TurnReader
+from webapp.core.turns.writer import TurnWriter
+from webapp.llm.providers import Provider, create_provider
+from webapp.storage.migrate import migrate_layout
+from webapp.storage.redis_checks import check_redis
+from webapp.storage.redis_client import connect_store
+from webapp.web.csrf import require_csrf_token
+from webapp.web.direct_routes import DirectRoutes
+from webapp.web.edge import Edge
+from webapp.web.error_handlers import install_error_handlers
+from webapp.web.peers import TrustedProxies
+from webapp.web.render import compile_all
+from webapp.web.routes import api, auth, pages, roles, sharing, stream, transfer
+from webapp.web.routes.transfer import IMPORT_PATHS
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST_ID = f"{socket.gethostname()}:{os.getpid()}"  # /readyz's own key: hosts never share one

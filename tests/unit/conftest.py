@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.metrics import Metrics
+from webapp.base.metrics import Metrics
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from webapp.channels import ConversationChannels, missed
+from webapp.core.turns.channels import ConversationChannels, missed
 
 
 def run_of(turn_id: str, user_id: str, session_id: str) -> Any:

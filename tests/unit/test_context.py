@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.context import build_context, check_text, validate_message
-from webapp.errors import EmptyMessage, MessageTooLong, UndecodableText
-from webapp.models import Message
-from webapp.roles import BUILTIN_ROLES, Role
+from webapp.base.errors import EmptyMessage, MessageTooLong, UndecodableText
+from webapp.base.models import Message
+from webapp.core.context import build_context, check_text, validate_message
+from webapp.core.roles import BUILTIN_ROLES, Role
 
 ROLE: Role = BUILTIN_ROLES["assistant"]
 

@@ -16,12 +16,12 @@ from fastapi.testclient import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.exceptions import HTTPException
 
-from webapp.channels import CHANNEL_ID
-from webapp.direct_routes import DirectRoutes, query_bool, query_int, query_text
-from webapp.edge import Edge
-from webapp.error_handlers import install_error_handlers
-from webapp.errors import SessionNotFound
-from webapp.metrics import Metrics
+from webapp.base.errors import SessionNotFound
+from webapp.base.metrics import Metrics
+from webapp.core.turns.channels import CHANNEL_ID
+from webapp.web.direct_routes import DirectRoutes, query_bool, query_int, query_text
+from webapp.web.edge import Edge
+from webapp.web.error_handlers import install_error_handlers
 
 HTMX = {"HX-Request": "true"}
 EN = {"Accept-Language": "en-US,en;q=0.9"}

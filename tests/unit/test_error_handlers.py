@@ -13,10 +13,10 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from webapp.error_handlers import PAGE_TAG, install_error_handlers
-from webapp.errors import SessionNotFound
-from webapp.i18n import t
-from webapp.metrics import Metrics
+from webapp.base.errors import SessionNotFound
+from webapp.base.i18n import t
+from webapp.base.metrics import Metrics
+from webapp.web.error_handlers import PAGE_TAG, install_error_handlers
 
 HTMX = {"HX-Request": "true"}
 EN = {"Accept-Language": "en-US,en;q=0.9"}

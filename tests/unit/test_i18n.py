@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.i18n import CATALOG, pick_lang, t
+from webapp.base.i18n import CATALOG, pick_lang, t
 
 
 def test_the_language_cookie_wins_over_accept_language() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webapp.identity import CACHED_COOKIE_BYTES, COOKIE_NAME, IdentityCookie, Signer
+from webapp.web.identity import CACHED_COOKIE_BYTES, COOKIE_NAME, IdentityCookie, Signer
 
 IDENTITY = "u_" + "ab" * 12
 

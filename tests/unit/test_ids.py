@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from webapp.errors import InvalidId, InvalidUserId
-from webapp.ids import check_id, check_user_id
+from webapp.base.errors import InvalidId, InvalidUserId
+from webapp.base.ids import check_id, check_user_id
 
 
 def test_an_app_made_uuid_is_accepted_as_given() -> None:

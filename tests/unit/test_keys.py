@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from redis.crc import key_slot
 
-from webapp.keys import Keys, TurnRef
-from webapp.redis_client import _command_key
+from webapp.storage.keys import Keys, TurnRef
+from webapp.storage.redis_client import _command_key
 
 
 def test_every_key_of_an_identity_shares_its_slot() -> None:

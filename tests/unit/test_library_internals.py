@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from webapp.library_internals import OVERRIDES, Override, problems
+from webapp.base.library_internals import OVERRIDES, Override, problems
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements.in"

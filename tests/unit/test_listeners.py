@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from webapp.listeners import listening_sockets, spreads_connections
+from webapp.web.listeners import listening_sockets, spreads_connections
 
 pytestmark = pytest.mark.skipif(not spreads_connections(), reason="SO_REUSEPORT spreads connections on Linux only")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.llm import UpstreamError, delta_text
+from webapp.llm.providers import UpstreamError, delta_text
 
 
 def test_a_data_line_gives_its_delta_text() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from webapp.models import WELCOME, Conversation, Message
+from webapp.base.models import WELCOME, Conversation, Message
 
 TS = "2024-01-01T00:00:00.000+00:00"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.errors import InvalidCursor
-from webapp.pagination import format_cursor, parse_cursor
+from webapp.base.errors import InvalidCursor
+from webapp.core.pagination import format_cursor, parse_cursor
 
 SID = "0f1e2d3c-4b5a-4968-8776-655443322110"
 

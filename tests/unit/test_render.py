@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.i18n import t
-from webapp.models import WELCOME, Message
-from webapp.render import compile_all, render_markdown, ui_context
+from webapp.base.i18n import t
+from webapp.base.models import WELCOME, Message
+from webapp.web.render import compile_all, render_markdown, ui_context
 
 TS = "2024-01-01T00:00:00.000+00:00"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sse_starlette import ServerSentEvent
 
-from webapp.models import TurnEvent
-from webapp.sse import json_event_frame, merged, named_event_frame, parse_last_event_id, seed_payload
+from webapp.base.models import TurnEvent
+from webapp.web.sse import json_event_frame, merged, named_event_frame, parse_last_event_id, seed_payload
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ that a Redis round trip would only test slowly.
 
 from __future__ import annotations
 
-from webapp.models import TurnEvent
-from webapp.store import _entry_fields, _events_after, _parse_entry
+from webapp.base.models import TurnEvent
+from webapp.storage.store import _entry_fields, _events_after, _parse_entry
 
 CHUNKS = [
     TurnEvent(4, "chunk", "Hel"),

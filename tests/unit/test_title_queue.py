@@ -8,8 +8,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from webapp.auto_title import TitleWriter
-from webapp.models import Message
+from webapp.base.models import Message
+from webapp.core.auto_title import TitleWriter
 
 
 class SlowModel:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webapp.titles import (
+from webapp.core.titles import (
     PREVIEW_CHARS,
     TITLE_CHARS,
     TITLE_MAX_CHARS,

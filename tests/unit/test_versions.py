@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from webapp.versions import MAX_VERSIONS, BranchChange, BranchState, TooManyVersions, fork, switch
+from webapp.base.models import BranchChange, BranchState
+from webapp.core.versions import MAX_VERSIONS, TooManyVersions, fork, switch
 
 
 class Conversation:

@@ -1,0 +1,184 @@
+"""Accounts, sign-ins and personal API tokens.
+
+- Passwords are hashed with argon2id (argon2-cffi), in a worker thread: a hash takes tens
+  of milliseconds of CPU, which must not stall the event loop's streams. The parameters
+  are OWASP's minimum (19 MiB, 2 passes): a 1 GB box can still take several sign-ins at once.
+- A sign-in is a random cookie; Redis keeps only its SHA-256, so a copy of the database
+  signs nobody in. Each is revocable, and "sign out everywhere" drops them all.
+- An API token is shown once; Redis keeps its SHA-256.
+- Signing in from a browser that has an anonymous history claims that history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+from functools import cache
+from typing import TYPE_CHECKING
+
+from webapp.base.errors import (
+    BadCredentials,
+    InvalidUsername,
+    SignupClosed,
+    TokenNotFound,
+    UsernameTaken,
+    WeakPassword,
+)
+from webapp.config import Settings
+from webapp.core.context import check_text
+from webapp.core.limits import Limit, Limits
+from webapp.storage.store import Store
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
+USERNAME = re.compile(r"[A-Za-z0-9_.\-]{3,32}")
+PROXY_USERNAME = re.compile(r"[A-Za-z0-9_.@+\-]{1,64}")  # SSO proxies often send e-mail addresses
+MIN_PASSWORD = 8
+MAX_PASSWORD = 256
+TOKEN_PREFIX = "chat_"
+
+
+@cache
+def hasher() -> PasswordHasher:
+    """Made on first use: anonymous and proxy modes never hash, and need not import argon2 at start."""
+    from argon2 import PasswordHasher
+
+    return PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+
+
+@cache
+def _dummy_hash() -> str:
+    return hasher().hash("a password nobody has")
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _hash(password: str) -> str:
+    return hasher().hash(password)
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    """In a worker thread; an unknown name (no hash) is checked against a dummy hash, for the same time."""
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    try:
+        return hasher().verify(password_hash or _dummy_hash(), password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+class Accounts:
+    def __init__(self, store: Store, settings: Settings, limits: Limits) -> None:
+        self.store = store
+        self.settings = settings
+        self.limits = limits
+        self.signin_ttl = settings.session_days * 86400
+        minute, hour = 60, 3600
+        self.sign_ins_per_ip = Limit("signin-ip", settings.sign_ins_per_ip_per_minute, minute)
+        self.sign_ins_per_account = Limit("signin-account", settings.sign_ins_per_account_per_minute, minute)
+        self.signups_per_ip = Limit("signup-ip", settings.signups_per_ip_per_hour, hour)
+
+    # accounts -----------------------------------------------------------
+
+    @staticmethod
+    def check_credentials(username: str, password: str) -> tuple[str, str]:
+        if not USERNAME.fullmatch(username or ""):
+            raise InvalidUsername()
+        if len(password or "") < MIN_PASSWORD or len(password) > MAX_PASSWORD:
+            raise WeakPassword()
+        return username, check_text(password)
+
+    async def create_user(self, username: str, password: str) -> str:
+        """A new account (sign-up, or `python -m webapp create-user`); its uid."""
+        username, password = self.check_credentials(username, password)
+        uid = "a_" + secrets.token_hex(12)
+        password_hash = await asyncio.to_thread(_hash, password)
+        if not await self.store.create_account(uid, username, password_hash):
+            raise UsernameTaken()
+        return uid
+
+    async def sign_up(self, username: str, password: str, *, ip: str, anonymous_uid: str | None) -> str:
+        """Create an account and sign it in; the cookie value of the sign-in."""
+        if not self.settings.allow_signup:
+            raise SignupClosed()
+        self.check_credentials(username, password)
+        await self.limits.hit((self.signups_per_ip, ip))
+        uid = await self.create_user(username, password)
+        return await self._signed_in(uid, anonymous_uid)
+
+    async def sign_in(self, username: str, password: str, *, ip: str, anonymous_uid: str | None) -> str:
+        """Check the password (limited per IP and per account); the cookie value of the sign-in."""
+        await self.limits.hit((self.sign_ins_per_ip, ip), (self.sign_ins_per_account, (username or "").lower()))
+        found = await self.store.account_by_name(username) if USERNAME.fullmatch(username or "") else None
+        password_hash = found[1].get("password", "") if found else ""
+        ok = await asyncio.to_thread(_verify, password_hash, password or "")
+        if not found or not password_hash or not ok:
+            raise BadCredentials()
+        uid = found[0]
+        if hasher().check_needs_rehash(password_hash):
+            await self.store.set_password(uid, await asyncio.to_thread(_hash, password))
+        return await self._signed_in(uid, anonymous_uid)
+
+    async def _signed_in(self, uid: str, anonymous_uid: str | None) -> str:
+        if anonymous_uid and anonymous_uid != uid and not anonymous_uid.startswith("a_"):
+            await self.store.move_conversations(anonymous_uid, uid)
+            await self.store.mark_search_index_ready(uid, False)  # searched next time: indexed again first
+        cookie = secrets.token_urlsafe(32)
+        await self.store.add_signin(uid, digest(cookie), self.signin_ttl)
+        return cookie
+
+    async def user_of_signin(self, cookie: str) -> str | None:
+        return await self.store.signin_user(digest(cookie)) if cookie else None
+
+    async def sign_out(self, cookie: str) -> None:
+        if cookie:
+            await self.store.remove_signin(digest(cookie))
+
+    async def sign_out_everywhere(self, uid: str) -> int:
+        return await self.store.remove_all_signins(uid)
+
+    async def username_of(self, uid: str) -> str:
+        account = await self.store.account(uid)
+        return account.get("username", "") if account else ""
+
+    async def proxy_user(self, username: str) -> str:
+        """The account of a name a trusted SSO proxy vouched for, made (without a password) on first sight."""
+        if not PROXY_USERNAME.fullmatch(username):
+            raise InvalidUsername()
+        found = await self.store.account_by_name(username)
+        if found:
+            return found[0]
+        uid = "a_" + secrets.token_hex(12)
+        if await self.store.create_account(uid, username, ""):
+            return uid
+        found = await self.store.account_by_name(username)  # made by a concurrent request
+        if not found:
+            raise InvalidUsername()
+        return found[0]
+
+    # API tokens ---------------------------------------------------------
+
+    async def create_token(self, uid: str, name: str) -> tuple[str, str]:
+        """(id, token): the token is shown once and stored only as its hash."""
+        token_id = secrets.token_hex(6)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        await self.store.add_token(uid, token_id, digest(token), " ".join(check_text(name).split())[:100])
+        return token_id, token
+
+    async def tokens(self, uid: str) -> list[dict[str, object]]:
+        return [{"id": token_id, "name": data.get("name", ""), "created": data.get("created", 0)}
+                for token_id, data in await self.store.list_tokens(uid)]
+
+    async def revoke_token(self, uid: str, token_id: str) -> None:
+        if not await self.store.remove_token(uid, token_id):
+            raise TokenNotFound()
+
+    async def user_of_token(self, token: str) -> str | None:
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        return await self.store.token_user(digest(token))

@@ -1,0 +1,136 @@
+"""Export and import: a conversation as Markdown or JSON, and all of a user's data as one JSON file.
+
+An export holds each conversation's active branch (the versions kept aside by regenerate
+and edit are not part of it), the user's own roles, and what each reply was answered by.
+Importing that file gives the caller new conversations with new ids, whoever exported it:
+nothing of anyone else is touched, and ids in the file are only used to link a
+conversation to a role of the same file. The file is validated as a whole (export_format.
+ExportFile) and checked against the caller's limits before anything is written, so an
+import is all or nothing as far as validation and limits go.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from webapp.base.errors import ImportTooBig
+from webapp.base.i18n import Lang, t
+from webapp.base.models import WELCOME, Conversation, Message, new_id, new_message_id
+from webapp.core.export_format import ExportConversation, ExportFile
+from webapp.core.roles import BUILTIN_ROLES, DEFAULT_ROLE, RoleBook, answered_by, custom_role
+from webapp.core.search import SearchIndex, terms_of
+from webapp.core.titles import clean_title, make_preview
+from webapp.storage.store import Store
+
+FORMAT = "chat-export"
+VERSION = 1
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def message_record(message: Message) -> dict[str, Any]:
+    return {"role": message.role, "content": message.content, "ts": message.ts, "status": message.status,
+            "kind": message.kind, "role_id": message.role_id, "role_name": message.role_name,
+            "model": message.model}
+
+
+def conversation_record(conversation: Conversation, messages: list[Message]) -> dict[str, Any]:
+    return {"id": conversation.id, "title": conversation.title, "role": conversation.role,
+            "model": conversation.model, "created_at": _iso(conversation.created),
+            "updated_at": _iso(conversation.updated), "messages": [message_record(m) for m in messages]}
+
+
+def to_markdown(conversation: Conversation, messages: list[Message], role_name: str, lang: Lang) -> str:
+    title = conversation.title or t("ui.untitled", lang)
+    lines = [f"# {title}", "", f"- {t('ui.role', lang)}: {role_name}"]
+    if conversation.model:
+        lines.append(f"- {t('ui.model', lang)}: {conversation.model}")
+    lines.append(f"- {t('ui.exported', lang)}: {_iso(datetime.now(timezone.utc).timestamp())}")
+    for message in messages:
+        who = t("ui.you", lang) if message.role == "user" else answered_by(message, lang)
+        text = t("welcome", lang) if message.kind == WELCOME else message.content
+        lines += ["", "---", "", f"**{who}** · {message.ts}", "", text]
+        if message.status != "complete":
+            lines += ["", f"*({message.status})*"]
+    return "\n".join(lines) + "\n"
+
+
+class Portability:
+    def __init__(self, store: Store, roles: RoleBook, search: SearchIndex, *, max_conversations: int,
+                 max_messages: int, models: Any) -> None:
+        self.store = store
+        self.roles = roles
+        self.search = search
+        self.max_conversations = max_conversations
+        self.max_messages = max_messages
+        self.models = models  # async () -> the models offered
+
+    async def conversation(self, conversation: Conversation) -> dict[str, Any]:
+        messages = await self.store.all_messages(conversation)
+        return {"format": "chat-conversation", "version": VERSION, **conversation_record(conversation, messages)}
+
+    async def markdown(self, conversation: Conversation, lang: Lang) -> str:
+        resolved = await self.roles.resolve(conversation.user_id, conversation.role)
+        return to_markdown(conversation, await self.store.all_messages(conversation), resolved.role.name(lang), lang)
+
+    async def everything(self, user_id: str) -> dict[str, Any]:
+        roles = [{"id": r.id, "name": r.name_zh, "description": r.description_zh, "system_prompt": r.system_prompt,
+                  "model": r.model, "temperature": r.temperature} for r in await self.roles.own(user_id)]
+        conversations = []
+        sids = await self.store.session_ids(user_id)
+        for start in range(0, len(sids), 50):
+            for conversation in await self.store.load_conversations(user_id, sids[start : start + 50]):
+                conversations.append(conversation_record(conversation, await self.store.all_messages(conversation)))
+        conversations.sort(key=lambda c: c["updated_at"])  # oldest first: importing keeps the order
+        return {"format": FORMAT, "version": VERSION, "exported_at": _iso(datetime.now(timezone.utc).timestamp()),
+                "roles": roles, "conversations": conversations}
+
+    async def import_(self, user_id: str, data: ExportFile) -> tuple[list[str], int]:
+        """Write the file's roles and conversations as the caller's, with new ids: (conversation ids, roles)."""
+        existing_roles = await self.roles.own(user_id)
+        if self.roles.max_per_user and len(existing_roles) + len(data.roles) > self.roles.max_per_user:
+            raise ImportTooBig(what="roles", limit=self.roles.max_per_user)
+        if self.max_conversations and (await self.store.count_conversations(user_id) + len(data.conversations)
+                                       > self.max_conversations):
+            raise ImportTooBig(what="conversations", limit=self.max_conversations)
+        too_long = next((c for c in data.conversations if self.max_messages and len(c.messages) > self.max_messages),
+                        None)
+        if too_long is not None:
+            raise ImportTooBig(what="messages", limit=self.max_messages)
+        offered = set(await self.models())
+        new_role_ids: dict[str, str] = {}
+        for item in data.roles:
+            role = custom_role(item.name.strip(), item.description.strip(), item.system_prompt,
+                               item.model if item.model in offered else "", item.temperature)
+            await self.roles.create(user_id, role)
+            new_role_ids[item.id] = role.id
+        ids = []
+        for item in data.conversations:
+            ids.append(await self._import_conversation(user_id, item, new_role_ids, offered))
+        return ids, len(data.roles)
+
+    async def _import_conversation(self, user_id: str, item: ExportConversation, new_role_ids: dict[str, str],
+                                   offered: set[str]) -> str:
+        messages = []
+        for record in item.messages:
+            role_id = new_role_ids.get(record.role_id, record.role_id if record.role_id in BUILTIN_ROLES else "")
+            messages.append(Message(id=new_message_id(), role=record.role, content=record.content, ts=record.ts,
+                                    status=record.status, kind=record.kind, role_id=role_id,
+                                    role_name=record.role_name, model=record.model))
+        role = new_role_ids.get(item.role) or (item.role if item.role in BUILTIN_ROLES else DEFAULT_ROLE)
+        last = next((m for m in reversed(messages)), None)
+        conversation = Conversation(
+            id=new_id(), user_id=user_id, title=clean_title(item.title), role=role,
+            preview=make_preview(last.content) if last else "", message_count=len(messages),
+            created=item.created_at.timestamp(), updated=item.updated_at.timestamp(),
+            model=item.model if item.model in offered else "", title_by="user" if item.title else "",
+        )
+        terms = terms_of(conversation.title)
+        for message in messages:
+            if message.kind != WELCOME:
+                terms |= terms_of(message.content)
+        await self.store.import_conversation(conversation, messages, terms)
+        return conversation.id

@@ -1,0 +1,1 @@
+"""The model providers: OpenAI-compatible and the offline demo."""
