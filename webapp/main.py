@@ -38,12 +38,12 @@ from webapp.storage.migrate import migrate_layout
 from webapp.storage.redis_checks import check_redis
 from webapp.storage.redis_client import connect_store
 from webapp.web.csrf import require_csrf_token
-from webapp.web.direct_routes import DirectRoutes
 from webapp.web.edge import Edge
 from webapp.web.error_handlers import install_error_handlers
 from webapp.web.peers import TrustedProxies
 from webapp.web.render import compile_all
 from webapp.web.routes import api, auth, pages, roles, sharing, stream, transfer
+from webapp.web.routes.plain import PLAIN_ROUTES
 from webapp.web.routes.transfer import IMPORT_PATHS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,14 +174,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.new_identity_limit = Limit("identities-ip", settings.new_identities_per_ip_per_hour, 3600)
     # one layer for what every request goes through (peer, proxy headers, access log, security headers,
     # input guard, identity cookie), in that order; see edge.py
-    # the web UI's hot routes (GET /, the composer's posts, the page's streams) it serves itself,
-    # answering their errors with the app's handlers; see direct_routes.py
-    direct = DirectRoutes(pages.hot_routes, stream.page_streams)
-    direct.use_handlers(app.exception_handlers)
     app.add_middleware(Edge, metrics=app.state.metrics, log_requests=settings.access_log,
                        trusted_hosts=settings.forwarded_allow_ips, secret=settings.secret_key,
                        max_body_bytes=settings.max_body_bytes,
-                       larger_bodies=dict.fromkeys(IMPORT_PATHS, settings.max_import_bytes), direct=direct)
+                       larger_bodies=dict.fromkeys(IMPORT_PATHS, settings.max_import_bytes))
 
     install_error_handlers(app, app.state.metrics)
 
@@ -210,8 +206,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return PlainTextResponse("unauthorized", status_code=401)
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    # cross-site requests are refused by the input guard (edge.py), for every route. The API's routes
-    # of every turn first: FastAPI tries routes in order (none of them shares a path with a later one)
+    # cross-site requests are refused by the input guard (edge.py), for every route. The routes of
+    # every turn first, as the router tries them in order: the plain ones (routes/plain.py: matched
+    # and served by Starlette's rules, no dependency solving), then the API's
+    app.router.routes[:0] = PLAIN_ROUTES
     app.include_router(stream.router)
     app.include_router(api.router)
     app.include_router(auth.router)  # before a sign-in there is no CSRF token to check

@@ -1,7 +1,8 @@
 """Request-scoped dependencies: who is calling, in which language, and what they may touch.
 
 Routes list these as typed parameters (`CurrentUser`, `OwnedConversation`, ...), so
-no route can forget an ownership check. All are `async def`: FastAPI runs plain `def`
+no route can forget an ownership check; the plain routes (routes/plain.py) call the same
+functions by hand (`current_user`, `owned_conversation_of`). All are `async def`: FastAPI runs plain `def`
 dependencies in a thread pool, which costs a thread hop per request and showed up as
 the top cost under load.
 """
@@ -33,7 +34,7 @@ from webapp.web.peers import trusted_proxy_user
 
 def services(request: Request) -> State:
     """The app's services, made in the lifespan (main.py): what the getters below hand to routes as
-    dependencies, for the few hot routes that read them by hand (routes/pages.py: sent_form)."""
+    dependencies, for the plain routes that read them by hand (routes/plain.py)."""
     return request.app.state
 
 
@@ -191,10 +192,17 @@ async def get_client_ip(request: Request) -> str:
 ClientIp = Annotated[str, Depends(get_client_ip)]  # (hot routes read client_ip(request): a dependency costs more)
 
 
-async def owned_conversation(
-    session_id: Annotated[str, Path()], user: CurrentUser, conversations: ConversationsDep
-) -> Conversation:
-    return await conversations.owned(session_id, user)
+async def owned_conversation_of(request: Request, session_id: str, user: str | None = None) -> Conversation:
+    """The one ownership check of a conversation, for FastAPI's routes (`OwnedConversation`) and the
+    plain routes alike: the conversation if the caller (`user`, when already resolved) owns it; a 404
+    for someone else's, exactly as for a missing one."""
+    if user is None:
+        user = await current_user(request)
+    return await request.app.state.conversations.owned(session_id, user)
+
+
+async def owned_conversation(request: Request, session_id: Annotated[str, Path()], user: CurrentUser) -> Conversation:
+    return await owned_conversation_of(request, session_id, user)
 
 
 OwnedConversation = Annotated[Conversation, Depends(owned_conversation)]

@@ -5,8 +5,7 @@ a trusted proxy's X-Forwarded-For/-Proto, count and log the request, add the sec
 headers, guard the input (size, UTF-8, cross-site), read the identity cookie. Each layer was a
 call per request and three of them wrapped `send`, a call per server-sent event of every
 stream. Here they run in that order in one layer with one `send` wrapper; each concern's rules
-stay in its own module (peers, access, security, identity). Last, the web UI's routes of every
-turn are served here, past FastAPI's router (direct_routes.py); all others go on to it.
+stay in its own module (peers, access, security, identity). Then the app's one router serves.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from webapp.base.metrics import Metrics
 from webapp.web.access import AccessLog
-from webapp.web.direct_routes import DirectRoutes
 from webapp.web.identity import IdentityCookie
 from webapp.web.security import SECURITY_HEADERS, InputGuard, refuse
 
@@ -29,10 +27,8 @@ async def _nothing(scope: Scope, receive: Receive, send: Send) -> None:
 
 class Edge:
     def __init__(self, app: ASGIApp, *, metrics: Metrics, log_requests: bool, trusted_hosts: str,
-                 secret: str, max_body_bytes: int, larger_bodies: dict[str, int] | None = None,
-                 direct: DirectRoutes | None = None) -> None:
+                 secret: str, max_body_bytes: int, larger_bodies: dict[str, int] | None = None) -> None:
         self.app = app
-        self.direct = direct or DirectRoutes()
         # uvicorn's own middleware (FORWARDED_ALLOW_IPS), so the rules are exactly uvicorn's
         self.proxy = ProxyHeadersMiddleware(_nothing, trusted_hosts=trusted_hosts)
         self.access = AccessLog(metrics, log_requests)
@@ -88,10 +84,6 @@ class Edge:
             return
         state["identity"] = identity.read(scope["headers"])
         state["new_identity"] = None
-        route = self.direct.find(scope)
-        if route is not None:
-            await self.direct.serve(route, scope, receive, edge_send)
-            return
         await self.app(scope, receive, edge_send)
 
     @staticmethod

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Awaitable, Callable
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import Form, Request, Response
 
 from webapp.base.errors import ChatError
 from webapp.base.i18n import t
 from webapp.web.deps import SIGNIN_COOKIE, AccountsDep, ClientIp
 from webapp.web.error_handlers import PAGE_TAG
 from webapp.web.htmx import View, ViewDep, local_path, see_other
+from webapp.web.routing import PageRouter
 
-router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
+router = PageRouter(include_in_schema=False, tags=[PAGE_TAG])
 
 FormText = Annotated[str, Form()]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Path, Query, Request, Response
+from fastapi import Form, Path, Query, Request, Response
 
 from webapp.base.errors import ChatError
 from webapp.base.i18n import LANG_COOKIE, t
@@ -35,21 +35,21 @@ from webapp.web.deps import (
     creating_user,
     current_user,
     is_newcomer,
+    owned_conversation_of,
     services,
 )
-from webapp.web.direct_routes import DirectRoutes, query_text
 from webapp.web.error_handlers import PAGE_TAG
 from webapp.web.forms import form_fields, text_field
 from webapp.web.htmx import View, ViewDep, local_path, see_other
+from webapp.web.routing import PageRouter, query_text
 
 MESSAGE_PAGE = 30
 REFRESH_SECONDS = 2  # a page without JavaScript reloads itself this often while a reply is written
 LANG_COOKIE_MAX_AGE = 400 * 86400
 
-router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
-# the composer's two posts, which every web UI turn makes, and the page every visit opens: served by
-# the edge itself, CSRF check included, ahead of FastAPI's routes (direct_routes.py, issue 19)
-hot_routes = DirectRoutes()
+router = PageRouter(include_in_schema=False, tags=[PAGE_TAG])
+# (the composer's two posts, which every web UI turn makes, and the page every visit opens are plain
+# routes, routes/plain.py: home, send_first_message, send_message)
 
 FormText = Annotated[str, Form()]
 REQUEST_ID_MAX = 100
@@ -71,8 +71,8 @@ def typed(text: str) -> str:
 async def sent_form(request: Request) -> tuple[str, str, str, str]:
     """The composer's fields: (message, request_id, q, channel). The two routes every web UI turn posts to read
     them, and their user and services, by hand: FastAPI's solving of `Form()` fields and dependencies
-    was ~8% of the loop under load (bench/README.md, issue 19). The CSRF check still runs first
-    (direct_routes.py), on the same parsed form."""
+    was ~8% of the loop under load (issue 19). The CSRF check still runs first (routing.PlainRoute),
+    on the same parsed form."""
     fields = await form_fields(request)
     return (text_field(fields, "message"), text_field(fields, "request_id", REQUEST_ID_MAX),
             text_field(fields, "q", SEARCH_MAX), channel_id_or_none(text_field(fields, "channel", CHANNEL_ID_MAX)))
@@ -176,10 +176,9 @@ def opened(conversation: Conversation, *, with_list: bool = False) -> dict[str, 
 
 # pages ------------------------------------------------------------------------------
 
-@hot_routes.page("/")
 async def home(request: Request) -> Response:
     """The most recent conversation; before there is one, an empty chat that writes nothing until the first send.
-    (Every visit's first request: its user, services and query are read by hand, see direct_routes.py.)"""
+    (Every visit's first request, a plain route: its user, services and query are read by hand, routing.py.)"""
     view, user, conversations = View(request), await current_user(request), services(request).conversations
     deleted = query_text(request, "deleted", max_length=DELETED_ID_MAX, pattern=ID_PATTERN) or None
     newcomer = is_newcomer(request)  # (a first visit: no lookups, there is nothing yet)
@@ -190,7 +189,6 @@ async def home(request: Request) -> Response:
 
 
 # the draft's forms: declared before /c/{session_id}/..., which would take "new" for an id
-@hot_routes.post(f"/c/{DRAFT_ID}/messages")
 async def send_first_message(request: Request) -> Response:
     """The draft's first send creates the conversation; HTMX gets its pane (reply streaming) in the draft's
     place, and the sidebar's list (or search results, `q`) out of band: one request, not a refresh after it.
@@ -295,7 +293,6 @@ async def older_messages(view: ViewDep, conversation: OwnedConversation, convers
                                            values)
 
 
-@hot_routes.post("/c/{session_id}/messages")
 async def send_message(request: Request) -> Response:
     """Start a turn. When the page's channel (`channel`, channels.py) is open on this worker, it has
     been handed the turn and brings the bubbles: this answers with the sidebar's item only. Otherwise
@@ -318,7 +315,7 @@ async def send_message(request: Request) -> Response:
                                       request_id=request_id or None)
     except ChatError as exc:
         async def page(error_text: str, status: int) -> Response:
-            conversation = await conversations.owned(session_id, user)
+            conversation = await owned_conversation_of(request, session_id, user)
             return await render_conversation(view, conversations, conversation, user, draft=text,
                                              form_error=error_text, status=status)
         return await view.form_error(exc, page)
@@ -347,7 +344,7 @@ async def pane_after(view: View, conversations: Conversations, conversation: Con
                      headers: dict[str, str] | None = None) -> Response:
     """After a change to the messages: the pane again (HTMX), or back to the page (no JavaScript)."""
     async def values() -> dict[str, Any]:
-        fresh = await conversations.owned(conversation.id, conversation.user_id)
+        fresh = await owned_conversation_of(view.request, conversation.id, conversation.user_id)
         return {**await conversation_pane(view, conversations, fresh), "partial": True}
 
     return await view.fragment_or_redirect("partials/conversation.html", f"/c/{conversation.id}", values,

@@ -16,10 +16,11 @@ from webapp.core.roles import RoleBook, custom_role, role_record
 from webapp.web.deps import ConversationsDep, CreatingUser, CurrentUser, OwnedConversation, OwnedRole, RolesDep
 from webapp.web.error_handlers import PAGE_TAG
 from webapp.web.htmx import View, ViewDep, local_path, see_other
+from webapp.web.routing import PageRouter
 from webapp.web.schemas import CustomRoleOut, ModelsOut, RoleIn, RolePatch
 
 api_router = APIRouter(tags=["roles"])
-page_router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
+page_router = PageRouter(include_in_schema=False, tags=[PAGE_TAG])
 
 FormField = Annotated[str, Form()]
 

@@ -11,11 +11,12 @@ from fastapi import APIRouter, Request, Response
 from webapp.web.deps import OwnedConversation, SharesDep, get_shares
 from webapp.web.error_handlers import PAGE_TAG
 from webapp.web.htmx import View, ViewDep, see_other
+from webapp.web.routing import PageRouter
 from webapp.web.schemas import ShareOut
 
 api_router = APIRouter(tags=["sessions"])
-page_router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
-shared_router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
+page_router = PageRouter(include_in_schema=False, tags=[PAGE_TAG])
+shared_router = PageRouter(include_in_schema=False, tags=[PAGE_TAG])
 
 NOINDEX = {"X-Robots-Tag": "noindex, nofollow", "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 

@@ -26,12 +26,13 @@ from webapp.web.deps import (
     WriterDep,
     client_ip,
     current_user,
+    owned_conversation_of,
     services,
 )
-from webapp.web.direct_routes import DirectRoutes, query_bool, query_int, query_text
 from webapp.web.htmx import View, lang_of
 from webapp.web.render import render_fragment
 from webapp.web.routes.pages import conversation_pane
+from webapp.web.routing import query_bool, query_int, query_text
 from webapp.web.sse import (
     MAX_SEQ,
     json_event_frame,
@@ -43,9 +44,8 @@ from webapp.web.sse import (
 )
 
 router = APIRouter(tags=["turns"])
-# the web UI's streams: served by the edge itself (direct_routes.py); their errors are JSON, as every
-# stream's (an EventSource reads no error page), and no FastAPI route shares their paths
-page_streams = DirectRoutes(tags=["turns"], owns_paths=True)
+# (the web UI's streams are plain routes, routes/plain.py: conversation_turn_events, conversation_events;
+# their errors are JSON, as every stream's: an EventSource reads no error page)
 
 
 async def json_events(reader: TurnReader, turn: TurnInfo, after: int) -> AsyncIterator[bytes]:
@@ -75,7 +75,7 @@ async def chat_stream(
     resume_id, after = parse_last_event_id(last_event_id)
     if resume_id:
         # a reconnect never sends the message again: resume, or tell EventSource to stop (204)
-        conversation = await conversations.owned(session_id, user)
+        conversation = await owned_conversation_of(request, session_id, user)
         try:
             turn = await reader.resumable(check_id(resume_id), user, after, session_id=conversation.id)
         except (TurnNotFound, InvalidId):
@@ -143,7 +143,6 @@ async def html_events(
     yield named_event_frame("done", last_id, fragment)
 
 
-@page_streams.get("/c/{session_id}/turns/{turn_id}/events")
 async def conversation_turn_events(request: Request) -> Response:
     """The web UI's view of a turn (htmx SSE extension); resumes after `after` or Last-Event-ID.
     `searching`: the page's sidebar shows search results, so done brings no item for it.
@@ -151,8 +150,8 @@ async def conversation_turn_events(request: Request) -> Response:
     The caller's own turn of this conversation proves the conversation theirs: one lookup, not
     two. Any other turn id (or not a turn) still gets a stream if the conversation is the
     caller's: its `done` event shows the conversation's last state, so the page never hangs.
-    A page without its channel opens this stream for every turn: it is served by the edge
-    (direct_routes.py) and reads its user and services by hand (issue 19).
+    A page without its channel opens this stream for every turn: a plain route (routing.py), it
+    reads its user and services by hand (issue 19).
     """
     session_id, turn_id = request.path_params["session_id"], request.path_params["turn_id"]
     after = query_int(request, "after", 0, low=0, high=MAX_SEQ)
@@ -164,7 +163,7 @@ async def conversation_turn_events(request: Request) -> Response:
         turn: TurnInfo | None = await reader.owned_turn(check_id(turn_id), user, session_id=session_id)
     except (TurnNotFound, InvalidId):
         turn = None
-        await conversations.owned(session_id, user)  # 404 unless the caller owns it
+        await owned_conversation_of(request, session_id, user)  # 404 unless the caller owns it
     reader.check_stream_slot(user)
     _, seq = parse_last_event_id(request.headers.get("last-event-id"))
     return stream_response(html_events(reader, conversations, session_id, user, turn, max(seq, after or 0), lang,
@@ -173,7 +172,6 @@ async def conversation_turn_events(request: Request) -> Response:
 
 # the web UI's channel: one stream per open conversation page, for all of its turns ---------
 
-@page_streams.get("/c/{session_id}/events")
 async def conversation_events(request: Request) -> Response:
     """A conversation page's channel (channels.py): the turns that start in it, each as a `turn`
     event (the user's bubble and the reply's), its `chunk`s and its `done`.
@@ -181,14 +179,14 @@ async def conversation_events(request: Request) -> Response:
     What the page already shows is `turn` (the newest turn it has) and `after` (the last event
     of it shown; absent: all of it), or Last-Event-ID when the browser reconnects by itself.
     A page that missed a turn gets the message list again (`sync`), then the rest live.
-    Open for the whole visit: served by the edge (direct_routes.py), as the composer's posts.
+    Open for the whole visit: a plain route (routing.py), as the composer's posts.
     """
     session_id = request.path_params["session_id"]
     channel = query_text(request, "channel", max_length=CHANNEL_ID_MAX, pattern=CHANNEL_ID)
     turn = query_text(request, "turn", max_length=CHANNEL_ID_MAX)  # (only ever compared with turn ids)
     after = query_int(request, "after", None, low=0, high=MAX_SEQ)
     user, lang = await current_user(request), lang_of(request)
-    reader, conversations = services(request).turn_reader, services(request).conversations
+    reader = services(request).turn_reader
     session_id = check_id(session_id)
     seen_id, seen_seq = parse_last_event_id(request.headers.get("last-event-id"))
     if seen_id is None:
@@ -197,7 +195,7 @@ async def conversation_events(request: Request) -> Response:
     # the page shows a reply still being written here (the first send's pane, a reconnect): that turn
     # proves the conversation the caller's and is its newest, with no read (as the turn's own stream)
     run = reader.running_here(seen_id, user, session_id) if seen_id else None
-    conversation = run.conversation if run is not None else await conversations.owned(session_id, user)  # else 404
+    conversation = run.conversation if run is not None else await owned_conversation_of(request, session_id, user)
     reader.check_stream_slot(user)
     return stream_response(channel_events(request, conversation, read_at, channel or new_channel_id(), seen_id,
                                           seen_seq, lang))
@@ -227,7 +225,7 @@ async def channel_events(request: Request, conversation: Conversation, read_at: 
     async def sync() -> AsyncIterator[bytes]:
         """The message list as it is now; then the reply being written, if any, from where it shows."""
         try:
-            fresh = await conversations.owned(session_id, user)
+            fresh = await owned_conversation_of(request, session_id, user)
         except ChatError:  # deleted meanwhile (in another tab): nothing more to show here
             return
         values = await conversation_pane(View(request), conversations, fresh)

@@ -14,10 +14,11 @@ from webapp.core.export_format import ExportFile
 from webapp.web.deps import CreatingUser, CurrentUser, LangDep, OwnedConversation, PortabilityDep
 from webapp.web.error_handlers import PAGE_TAG
 from webapp.web.htmx import see_other
+from webapp.web.routing import PageRouter
 from webapp.web.schemas import ImportOut
 
 api_router = APIRouter(tags=["export"])
-page_router = APIRouter(include_in_schema=False, tags=[PAGE_TAG])
+page_router = PageRouter(include_in_schema=False, tags=[PAGE_TAG])
 IMPORT_PATHS = ("/api/import", "/settings/import")
 
 

@@ -1,8 +1,9 @@
-"""The routes the edge serves itself (webapp/direct_routes.py): matching, fall-through to FastAPI,
-errors answered by the app's own handlers, and the query read by hand.
+"""Plain routes (webapp/web/routing.py) in the app's one router: matching beside FastAPI's routes,
+405s and HEAD as on every page, the CSRF check, errors answered by the app's own handlers, and the
+query read by hand.
 
-A tiny app with the real edge, the real error handlers and a few direct routes, served
-in-process by TestClient: no server, no Redis.
+A tiny app with the real edge, the real error handlers, a few plain routes and FastAPI routes
+(one sharing a plain route's path), served in-process by TestClient: no server, no Redis.
 """
 
 from __future__ import annotations
@@ -19,65 +20,53 @@ from starlette.exceptions import HTTPException
 from webapp.base.errors import SessionNotFound
 from webapp.base.metrics import Metrics
 from webapp.core.turns.channels import CHANNEL_ID
-from webapp.web.direct_routes import DirectRoutes, query_bool, query_int, query_text
 from webapp.web.edge import Edge
-from webapp.web.error_handlers import install_error_handlers
+from webapp.web.error_handlers import PAGE_TAG, install_error_handlers
+from webapp.web.routing import PageRouter, PlainRoute, query_bool, query_int, query_text
 
 HTMX = {"HX-Request": "true"}
 EN = {"Accept-Language": "en-US,en;q=0.9"}
-
-direct = DirectRoutes()  # page routes: errors as HTML
-streams = DirectRoutes(tags=["turns"], owns_paths=True)  # as the web UI's streams: errors as JSON
+PAGE, STREAM = [PAGE_TAG], ["turns"]
 
 
-@direct.get("/c/new/thing")  # declared first: it wins over the pattern below
 async def draft_thing(request: Request) -> Response:
     return PlainTextResponse("the draft's")
 
 
-@direct.get("/c/{session_id}/thing")
 async def thing(request: Request) -> Response:
     return PlainTextResponse(f"thing of {request.path_params['session_id']}")
 
 
-@direct.get("/c/{session_id}/missing")
 async def missing(request: Request) -> Response:
     raise SessionNotFound()
 
 
-@direct.get("/c/{session_id}/storage")
 async def storage(request: Request) -> Response:
     raise RedisConnectionError("Connection refused")
 
 
-@direct.get("/c/{session_id}/teapot")
 async def teapot(request: Request) -> Response:
     raise HTTPException(status_code=404)
 
 
-@direct.get("/c/{session_id}/bug")
 async def bug(request: Request) -> Response:
     raise RuntimeError("a bug")
 
 
-@direct.page("/p/{session_id}")
 async def a_page(request: Request) -> Response:
     return PlainTextResponse(f"page of {request.path_params['session_id']}")
 
 
-@direct.post("/c/{session_id}/thing")
 async def post_thing(request: Request) -> Response:
     return PlainTextResponse("posted")
 
 
-@streams.get("/s/{session_id}/events")
 async def stream_events(request: Request) -> Response:
     if request.path_params["session_id"] == "gone":
         raise SessionNotFound()
     return PlainTextResponse("events")
 
 
-@direct.get("/q")
 async def query(request: Request) -> Response:
     return JSONResponse({
         "after": query_int(request, "after", None, low=0, high=100),
@@ -86,52 +75,79 @@ async def query(request: Request) -> Response:
     })
 
 
+ROUTES = [
+    PlainRoute("/c/new/thing", draft_thing, methods=["GET"], tags=PAGE),  # first: wins over the pattern below
+    PlainRoute("/c/{session_id}/thing", thing, methods=["GET"], tags=PAGE),
+    PlainRoute("/c/{session_id}/missing", missing, methods=["GET"], tags=PAGE),
+    PlainRoute("/c/{session_id}/storage", storage, methods=["GET"], tags=PAGE),
+    PlainRoute("/c/{session_id}/teapot", teapot, methods=["GET"], tags=PAGE),
+    PlainRoute("/c/{session_id}/bug", bug, methods=["GET"], tags=PAGE),
+    PlainRoute("/p/{session_id}", a_page, methods=["GET", "HEAD"], tags=PAGE),
+    PlainRoute("/c/{session_id}/thing", post_thing, methods=["POST"], tags=PAGE, csrf=True),
+    PlainRoute("/s/{session_id}/events", stream_events, methods=["GET"], tags=STREAM),
+    PlainRoute("/q", query, methods=["GET"], tags=PAGE),
+]
+
+
 @pytest.fixture(scope="module")
 def client(metrics: Metrics) -> Iterator[TestClient]:
     app = FastAPI()
-    routes = DirectRoutes(direct, streams)
-    routes.use_handlers(app.exception_handlers)
     app.add_middleware(Edge, metrics=metrics, log_requests=False, trusted_hosts="", secret="s" * 32,
-                       max_body_bytes=10_000, direct=routes)
-    install_error_handlers(app, metrics)  # (after: the handlers installed later count too)
+                       max_body_bytes=10_000)
+    install_error_handlers(app, metrics)
+    app.router.routes[:0] = ROUTES  # as main.py puts routes/plain.py's list first
 
     @app.put("/c/{session_id}/thing")  # the same path with another method: FastAPI's
     async def put_thing(session_id: str) -> dict[str, str]:
         return {"put": session_id}
 
+    pages = PageRouter(include_in_schema=False, tags=PAGE)
+
+    @pages.get("/f/{session_id}")  # a FastAPI page: GET and HEAD, as a plain page
+    async def fastapi_page(session_id: str) -> Response:
+        return PlainTextResponse(f"page of {session_id}")
+
+    app.include_router(pages)
+
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
 
-def test_the_first_direct_route_that_matches_serves_with_its_path_parameters(client: TestClient) -> None:
+def test_the_first_route_that_matches_serves_with_its_path_parameters(client: TestClient) -> None:
     assert client.get("/c/new/thing").text == "the draft's"
     assert client.get("/c/abc/thing").text == "thing of abc"
     assert client.get("/c/abc/thing").headers["x-content-type-options"] == "nosniff"  # the edge's headers still
 
 
-def test_a_path_of_a_direct_route_with_another_method_goes_on_to_fastapi(client: TestClient) -> None:
+def test_a_plain_routes_path_with_another_method_is_served_by_the_fastapi_route_that_has_it(
+    client: TestClient,
+) -> None:
     assert client.put("/c/abc/thing").json() == {"put": "abc"}
-    assert client.head("/c/abc/thing").status_code == 405  # not the GET's route: a HEAD opens no stream
-    assert client.get("/not-direct").status_code == 404
+    assert client.post("/c/abc/thing", headers=HTMX).status_code == 403  # the plain POST (its CSRF check)
+    head = client.head("/c/abc/thing")  # a stream-like GET lists no HEAD: a HEAD opens no stream
+    assert head.status_code == 405 and head.headers["allow"] == "GET"
+    assert client.get("/not-a-route").status_code == 404
 
 
-def test_a_path_only_direct_routes_serve_answers_another_method_with_405(client: TestClient) -> None:
+def test_a_path_only_a_plain_route_has_answers_another_method_with_405(client: TestClient) -> None:
     for method in ("POST", "PUT", "DELETE", "HEAD"):
         response = client.request(method, "/s/abc/events")
         assert response.status_code == 405, method
         assert response.headers["allow"] == "GET"
 
 
-def test_a_direct_page_answers_get_and_head_and_another_method_405(client: TestClient) -> None:
-    assert client.get("/p/abc").text == "page of abc"
-    head = client.head("/p/abc")  # (an uptime check's; FastAPI's own GET routes answer HEAD 405)
+@pytest.mark.parametrize("path", ["/p/abc", "/f/abc"], ids=["plain page", "FastAPI page"])
+def test_every_page_answers_get_and_head_and_another_method_405(client: TestClient, path: str) -> None:
+    assert client.get(path).text == "page of abc"
+    head = client.head(path)  # (an uptime check's)
     assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == "11"
-    for method in ("POST", "PUT", "DELETE"):  # the page owns its path: no FastAPI route has it
-        response = client.request(method, "/p/abc")
-        assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD", method
+    for method in ("POST", "PUT", "DELETE"):
+        response = client.request(method, path)
+        assert response.status_code == 405, method
+        assert sorted(response.headers["allow"].split(", ")) == ["GET", "HEAD"], method
 
 
-def test_a_direct_post_checks_the_pages_csrf_token_first(client: TestClient) -> None:
+def test_a_plain_post_checks_the_pages_csrf_token_first(client: TestClient) -> None:
     response = client.post("/c/abc/thing", headers=HTMX)  # (no settings: no caller has a token to match)
     assert response.status_code == 403
     assert response.headers.get("HX-Retarget") == "#toasts"
@@ -149,7 +165,7 @@ def test_a_streams_errors_are_json_as_every_streams(client: TestClient) -> None:
     ("/c/x/storage", 503, "Storage is unavailable, please try again"),
     ("/c/x/teapot", 404, None),
 ])
-def test_what_a_direct_route_raises_is_answered_as_a_pages_error(
+def test_what_a_plain_route_raises_is_answered_as_a_pages_error(
     client: TestClient, path: str, status: int, en: str | None,
 ) -> None:
     page = client.get(path, headers=EN)

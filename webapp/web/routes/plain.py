@@ -1,0 +1,26 @@
+"""The one list of plain routes (routing.PlainRoute): Starlette routes of the app's router, ahead of
+FastAPI's, whose endpoints read the request by hand.
+
+Each is taken by every web UI turn or every visit, and FastAPI's dependency solving was a large
+share of its cost (issue 19): the page every visit opens, the composer's two posts, and the
+page's two streams. Another route belongs here only on a benchmark's word (routing.py).
+"""
+
+from __future__ import annotations
+
+from webapp.core.conversations import DRAFT_ID
+from webapp.web.error_handlers import PAGE_TAG
+from webapp.web.routes import pages, stream
+from webapp.web.routing import PlainRoute
+
+STREAM_TAGS = ["turns"]  # errors as JSON, as every stream's (an EventSource reads no error page)
+
+PLAIN_ROUTES = [
+    PlainRoute("/", pages.home, methods=["GET", "HEAD"], tags=[PAGE_TAG]),
+    # the draft's: before /c/{session_id}/..., which would take "new" for an id
+    PlainRoute(f"/c/{DRAFT_ID}/messages", pages.send_first_message, methods=["POST"], tags=[PAGE_TAG], csrf=True),
+    PlainRoute("/c/{session_id}/messages", pages.send_message, methods=["POST"], tags=[PAGE_TAG], csrf=True),
+    PlainRoute("/c/{session_id}/turns/{turn_id}/events", stream.conversation_turn_events, methods=["GET"],
+               tags=STREAM_TAGS),
+    PlainRoute("/c/{session_id}/events", stream.conversation_events, methods=["GET"], tags=STREAM_TAGS),
+]
