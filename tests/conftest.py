@@ -49,33 +49,40 @@ API_PATHS = ("/api/", "/chat/")
 DEFAULT_TOKENS = 12  # the fake upstream's default reply length, header tokens included
 
 
+# The tiers, in the order they run: fast in-process tests first, so a broken rule fails in seconds;
+# then the tests that start real processes, the browser, the tests that restart Redis (they wipe its
+# data) and the fresh set-up check. A test's markers alone say its tier: tests/unit/conftest.py marks
+# what is collected there `unit`, a test that drives Chromium says `browser` itself
+# (tests/unit/test_tiers.py checks that it does), and a test with no tier marker is given
+# `real_processes`. So `-m unit`, `-m browser`, `-m "not browser"`... select tiers too.
+TIERS = (
+    ("unit", "in-process, with a real redis-server; no app process"),
+    ("real_processes", "starts the app (and Redis, the fake model) as processes and speaks HTTP to them"),
+    ("browser", "drives a headless Chromium (Playwright keeps its event loop in the main thread from then on)"),
+    ("redis_restart", "restarts redis-server (data is lost); runs after the other tiers"),
+    ("fresh_setup", "sets the project up in a new, empty environment; runs last"),
+)
+DEFAULT_TIER = "real_processes"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "redis_restart: restarts redis-server (data is lost); runs after the other tiers"
-    )
+    for name, description in TIERS:
+        config.addinivalue_line("markers", f"{name}: tier: {description}")
     config.addinivalue_line("markers", "single_redis: looks at one redis-server's internals; skipped on a Cluster")
-    config.addinivalue_line("markers", "fresh_setup: sets the project up in a new, empty environment; runs last")
-
-
-TIERS = ("unit (in-process)", "real processes", "browser", "Redis restarts", "fresh set-up")
 
 
 def tier_of(item: pytest.Item) -> int:
-    """Fast in-process tests first, so a broken rule fails in seconds; then real processes, the
-    browser, the tests that restart Redis (they wipe its data) and the fresh set-up check."""
-    path = Path(str(item.fspath))
-    if "unit" in path.parent.parts[-1:]:
-        return 0
-    if item.get_closest_marker("fresh_setup"):
-        return 4
-    if item.get_closest_marker("redis_restart"):
-        return 3
-    if path.name in ("test_ui_browser.py", "test_xss_browser.py"):
-        return 2
-    return 1
+    """The latest tier a test is marked for (a browser test that restarts Redis runs with the restarts)."""
+    marked = [index for index, (name, _) in enumerate(TIERS) if item.get_closest_marker(name)]
+    return max(marked)
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the default tier's marker is there to select
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tier_names = [name for name, _ in TIERS]
+    for item in items:
+        if not any(item.get_closest_marker(name) for name in tier_names):
+            item.add_marker(DEFAULT_TIER)
     items.sort(key=tier_of)  # stable: the order within a tier stays the files' own
     if ON_CLUSTER:
         skip = pytest.mark.skip(reason="restarts the one redis-server (TEST_REDIS=cluster)")

@@ -463,6 +463,7 @@ def test_ops_endpoints_can_be_token_protected_and_the_api_key_never_shows(
     assert API_KEY not in seen
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("javascript", [False, True])
 def test_sign_up_and_chat_in_chromium(browser: Any, accounts_app: AppServer, javascript: bool) -> None:
     context = browser.new_context(base_url=accounts_app.base_url, java_script_enabled=javascript,

@@ -11,9 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import AppServer, unique
 from tests.fake_upstream import parse_whoami
 from tests.ui_fixtures import conversation_id, send, wait_reply_done
+
+pytestmark = pytest.mark.browser
 
 
 def last_reply(page: Any) -> str:

@@ -232,6 +232,7 @@ def test_choosing_a_role_on_the_empty_chat_creates_it_with_that_role(empty: tupl
         assert visitor.post("/c/new/role", data={"role": "nobody"}).status_code == 400
 
 
+@pytest.mark.browser
 def test_first_send_from_the_empty_chat_in_chromium(browser: Any, empty: tuple[AppServer, redis.Redis]) -> None:
     app, keys = empty
     context = browser.new_context(base_url=app.base_url, locale="en-US",

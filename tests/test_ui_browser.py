@@ -19,6 +19,8 @@ from tests.ui_fixtures import (
     wait_reply_done,
 )
 
+pytestmark = pytest.mark.browser
+
 SLOW = "[[tokens:40]] [[delay:30]]"  # ~1.2 s of visible streaming
 
 

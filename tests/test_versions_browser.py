@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.conftest import AppServer, parse_reply
 from tests.ui_fixtures import send, wait_reply_done
+
+pytestmark = pytest.mark.browser
 
 
 def label(page: Any, nth: int = -1) -> str:

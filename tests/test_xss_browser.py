@@ -34,10 +34,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+import pytest
 
 from tests.conftest import AppServer
 from tests.ui_fixtures import send, wait_reply_done
 from webapp.core.titles import TITLE_MAX_CHARS, clean_title, make_preview
+
+pytestmark = pytest.mark.browser
 
 BATCH = 24  # vectors per user; the first page of their sidebar (30) lists every conversation of the batch
 
