@@ -1,7 +1,8 @@
 """The library private parts the app relies on are still there, and pinned where they were tested.
 
-A failure here after an upgrade names each changed part (webapp/library_internals.py):
-update the override, then its range in requirements.in and the lock (`bash .ci/lock`).
+A failure here after an upgrade names each changed part (webapp/base/library_internals.py):
+update the override, then its range in requirements.in and the lock (`bash .ci/lock`), or for
+the standard library the Python of the Dockerfile's image.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from webapp.base.library_internals import OVERRIDES, Override, problems
+from webapp.base.library_internals import OVERRIDES, PYTHON, Override, problems
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements.in"
 LOCK = ROOT / "requirements.txt"
+DOCKERFILE = ROOT / "Dockerfile"
+DISTRIBUTIONS = [override for override in OVERRIDES if override.library != PYTHON]
+STANDARD_LIBRARY = [override for override in OVERRIDES if override.library == PYTHON]
 COMPATIBLE_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*~=\s*([0-9][0-9.]*)")
 
 
@@ -38,7 +42,7 @@ def test_every_private_part_the_app_relies_on_is_still_there() -> None:
     assert found == [], "library internals changed:\n  " + "\n  ".join(found)
 
 
-@pytest.mark.parametrize("override", OVERRIDES, ids=lambda override: override.library)
+@pytest.mark.parametrize("override", DISTRIBUTIONS, ids=lambda override: override.library)
 def test_each_override_is_pinned_to_the_release_series_it_was_tested_with(override: Override) -> None:
     pins = compatible_pins()
     pin = pins.get(normalized(override.library))
@@ -52,3 +56,11 @@ def test_each_override_is_pinned_to_the_release_series_it_was_tested_with(overri
     locked = re.search(rf"(?im)^{re.escape(override.library)}==([0-9][^\s;\\]*)", LOCK.read_text())
     assert locked is not None and locked.group(1).startswith(f"{override.tested}."), (
         f"requirements.txt locks {override.library} at {locked and locked.group(1)}, outside {override.tested}.*")
+
+
+@pytest.mark.parametrize("override", STANDARD_LIBRARY, ids=lambda override: override.where)
+def test_each_standard_library_override_is_tested_with_the_python_the_image_ships(override: Override) -> None:
+    image = re.search(r"(?m)^FROM python:(\d+\.\d+)", DOCKERFILE.read_text())
+    assert image is not None, "the Dockerfile no longer starts from a python:X.Y image"
+    assert image.group(1) == override.tested, (
+        f"the Dockerfile ships Python {image.group(1)}, but {override.where} was tested with {override.tested}.*")

@@ -1,27 +1,36 @@
 """Every place the app relies on a library's private parts: what, where, why, and a check.
 
-Both overrides replace a library's per-request machinery that benchmarks showed to be
-a large share of the app's CPU under load (bench/README.md); each keeps everything
-else of the library. They touch names a library may rename in any release, so:
+Each override replaces or skips a library's per-request work that benchmarks showed to be
+a visible share of the app's CPU under load (docs/performance-history.md); each keeps
+everything else of the library. They touch names a library may rename in any release, so:
 
 - requirements.in holds each library to the release range listed here (`~=`), and
   requirements.txt, its lock, to one release of it;
 - tests/unit/test_library_internals.py runs `problems()` and fails, naming each
   missing part, when an upgrade changes them. Update the override, then the range and the lock.
+
+The standard library (`PYTHON`) has no range in requirements.in: the Dockerfile's image holds
+the Python that ships to the tested series, and the README promises "3.11 or newer", so a
+newer interpreter is not refused; its check must therefore test the behaviour, not just names.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import platform
+import sys
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, Callable
 
+PYTHON = "python"  # the `library` of an override of the standard library
+
 
 @dataclass(frozen=True)
 class Override:
-    library: str  # the distribution, as in requirements.in
-    tested: str  # release series the override is tested with ("8.1" = 8.1.*), pinned with ~=
+    library: str  # the distribution, as in requirements.in; PYTHON for the standard library
+    tested: str  # release series the override is tested with ("8.1" = 8.1.*), pinned with ~= (PYTHON: by the Dockerfile)
     where: str  # our code that relies on it
     why: str
     relies_on: tuple[str, ...]  # the private names, for a reader
@@ -77,11 +86,84 @@ def _check_sse_starlette() -> list[str]:
     return problems
 
 
+# the nodes _Precompute reads, makes, or (the statements that stop an include being inlined) finds
+_JINJA_NODE_FIELDS: dict[str, tuple[str, ...]] = {
+    "Template": ("body",), "Call": ("node", "args", "kwargs", "dyn_args", "dyn_kwargs"), "Name": ("name",),
+    "Const": ("value",), "Keyword": ("key", "value"), "MarkSafe": ("expr",),
+    "Include": ("template", "with_context", "ignore_missing"),
+    "Assign": (), "AssignBlock": (), "Macro": (), "Block": (), "Extends": (), "Import": (), "FromImport": (),
+    "CallBlock": (),
+}
+
+
+def _check_jinja2() -> list[str]:
+    from jinja2 import DictLoader, Environment, nodes
+    from jinja2.visitor import NodeTransformer
+
+    problems = _missing(Environment, ("_parse",), "Environment")
+    if not problems:
+        problems += _parameters(Environment._parse, ("self", "source", "name", "filename"), "Environment._parse")
+    if problems:
+        return problems
+    parsed: list[str | None] = []
+
+    class Probe(Environment):
+        def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+            parsed.append(name)
+            return super()._parse(source, name, filename)
+
+    # the override is worth nothing unless loading a template (an included one too) goes through it
+    Probe(loader=DictLoader({"page": "{% include 'part' %}", "part": "-"})).get_template("page").render()
+    if parsed != ["page", "part"]:
+        problems.append(f"get_template() no longer parses with Environment._parse (it parsed {parsed})")
+    for name, fields in _JINJA_NODE_FIELDS.items():
+        node_class = getattr(nodes, name, None)
+        if node_class is None:
+            problems.append(f"nodes.{name}")
+        else:
+            problems += [f"nodes.{name}.{field}" for field in fields if field not in node_class.fields]
+    problems += _missing(nodes.Node, ("find_all",), "nodes.Node")
+    if "lineno" not in nodes.Node.attributes:
+        problems.append("nodes.Node.lineno")
+    problems += _missing(NodeTransformer, ("visit", "generic_visit"), "NodeTransformer")
+
+    class Splice(NodeTransformer):
+        def visit_Include(self, node: nodes.Include) -> list[nodes.Node]:
+            return [nodes.Output([nodes.TemplateData("a")]), nodes.Output([nodes.TemplateData("b")])]
+
+    if len(Splice().visit(Environment().parse("{% include 'part' %}")).body) != 2:
+        problems.append("NodeTransformer no longer splices a list a visit_ method returns into the body")
+    return problems
+
+
+def _check_logging() -> list[str]:
+    problems = _missing(logging, ("_srcfile",), "logging")
+    if problems:
+        return problems
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.Logger("library_internals.check")  # (made directly: not left in logging's tree)
+    logger.addHandler(Keep())
+    saved = logging._srcfile  # type: ignore[attr-defined]
+    logging._srcfile = None  # type: ignore[attr-defined]
+    try:
+        logger.warning("-")
+    finally:
+        logging._srcfile = saved  # type: ignore[attr-defined]
+    if not records or records[0].lineno != 0:
+        problems.append("logging._srcfile = None no longer skips finding the caller (a record still has its line)")
+    return problems
+
+
 OVERRIDES = (
     Override(
         library="redis",
         tested="8.1",
-        where="webapp/redis_client.py: LeanConnectionPool, HiredisPacking",
+        where="webapp/storage/redis_client.py: LeanConnectionPool, HiredisPacking",
         why=(
             "redis-py 8's pools take an asyncio.Lock, record metrics, run a retry wrapper and dispatch an "
             "event on every borrow and return, and its asyncio connections pack commands in Python: a fifth "
@@ -96,7 +178,7 @@ OVERRIDES = (
     Override(
         library="sse-starlette",
         tested="3.7",
-        where="webapp/sse.py: TurnEventResponse, OpenStreams",
+        where="webapp/web/sse.py: TurnEventResponse, OpenStreams",
         why=(
             "The stock response runs every stream in a task group of four tasks and wraps each send in a "
             "cancel scope; with hundreds of streams that was a visible share of the CPU. The stream runs in "
@@ -107,11 +189,46 @@ OVERRIDES = (
                    "EventSourceResponse().active/send_timeout/data_sender_callable/background/sep"),
         check=_check_sse_starlette,
     ),
+    Override(
+        library="jinja2",
+        tested="3.1",
+        where="webapp/web/render.py: LocalizedEnvironment._parse, _Precompute",
+        why=(
+            "Every `_('key')` and `icon(...)` is a context call per render (a turn's two fragments make ~50 "
+            "`_()` calls) and every include builds a new context of every variable. Each language's "
+            "environment turns them into constants and inlined partials when it parses a template: "
+            "`Environment._parse`, which `get_template` (and so every include) goes through, is the one "
+            "place between parsing and compiling. tests/unit/test_render_precompile.py checks the bytes out "
+            "are the same with and without it."
+        ),
+        relies_on=("Environment._parse(source, name, filename), called by get_template for every template",
+                   "nodes.Call.node/args/kwargs/dyn_args/dyn_kwargs, Name.name, Const.value, Keyword.key/value",
+                   "nodes.MarkSafe(expr), nodes.Include.template/with_context/ignore_missing, Template.body",
+                   "nodes.Assign/AssignBlock/Macro/Block/Extends/Import/FromImport/CallBlock, Node.find_all",
+                   "NodeTransformer splicing a list a visit_ method returns into the parent's body"),
+        check=_check_jinja2,
+    ),
+    Override(
+        library=PYTHON,
+        tested="3.11",
+        where="webapp/main.py: logging._srcfile = None",
+        why=(
+            "Each record's caller (file, line, function) is found by walking the stack, for every access-log "
+            "line of every request, and no format of ours shows it. The logging HOWTO's \"Optimization\" "
+            "section turns it off by setting this private name to None."
+        ),
+        relies_on=("logging._srcfile: when None, Logger._log does not call findCaller",),
+        check=_check_logging,
+    ),
 )
 
 
 def installed_outside_tested(override: Override) -> str | None:
-    """The installed release when it is not of the tested series, else None."""
+    """The installed release when it is not of the tested series, else None. (The standard library:
+    the running Python when it is older than the tested series; a newer one is left to the check.)"""
+    if override.library == PYTHON:
+        tested = tuple(int(part) for part in override.tested.split("."))
+        return None if sys.version_info[:len(tested)] >= tested else platform.python_version()
     installed = version(override.library)
     return None if (installed + ".").startswith(override.tested + ".") else installed
 
