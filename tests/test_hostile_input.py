@@ -466,7 +466,7 @@ RTL = "שלום \u202eevil.exe\u202c \u2066isolated\u2069 zero\u200bwidth\u200c\
 RTL_TITLE = "\u202eeltit\u200b\u200d\u2067RTL\u2069"
 NUL = "before\x00after"
 # a whole access-log line, as one path segment (no "/": Starlette routes on the decoded path)
-FORGED_LOG = "2000-01-01 00:00:00,000 INFO webapp.web.access: method=GET path=forged-{mark} status=200"
+FORGED_LOG = "2000-01-01 00:00:00,000 INFO webapp.access: method=GET path=forged-{mark} status=200"
 FORGED_PATH = FORGED_LOG.replace(" ", "%20")
 HUGE = "a" * FIVE_MB
 DEEP = 100_000  # levels of nesting: far past any parser's recursion limit

@@ -12,7 +12,8 @@ from tests.conftest import RedisServer, api_turn, create_session, unique
 from tests.test_followers import run_with_store
 from webapp.base.models import WELCOME, Conversation, Message, new_id, new_message_id, now_iso
 from webapp.core.search import SearchIndex, indexable, query_terms, terms_of
-from webapp.storage.store import SEARCH_SCAN_LIMIT, Store
+from webapp.storage.search import SEARCH_SCAN_LIMIT
+from webapp.storage.store import Store
 
 
 def test_terms_are_words_and_cjk_characters_and_bigrams() -> None:

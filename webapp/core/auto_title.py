@@ -31,7 +31,7 @@ from webapp.core.titles import TITLE_CHARS, clean_title
 from webapp.llm.providers import Provider, UpstreamError
 from webapp.storage.store import Store
 
-log = logging.getLogger("webapp.core.titles")
+log = logging.getLogger("webapp.titles")
 
 TITLE_PROMPT = (
     "Write a short title (at most 8 words, or 16 Chinese characters) for the conversation below, in the "

@@ -46,7 +46,8 @@ from webapp.core.search import SearchIndex, indexable
 from webapp.core.sharing import share_digest
 from webapp.core.titles import clean_title, make_preview
 from webapp.core.turns.reader import TurnReader
-from webapp.core.turns.writer import SavedReply, Started, TurnWriter
+from webapp.core.turns.run import SavedReply, Started
+from webapp.core.turns.writer import TurnWriter
 from webapp.core.versions import TooManyVersions, parse_label, switch
 from webapp.storage.store import Store
 

@@ -33,7 +33,7 @@ from webapp.base.models import Conversation, Message
 from webapp.base.processes import stop_task
 from webapp.storage.store import Store
 
-log = logging.getLogger("webapp.core.search")
+log = logging.getLogger("webapp.search")
 
 FLUSH_SECONDS = 0.2
 MAX_TERM_CHARS = 40

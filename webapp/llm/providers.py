@@ -13,7 +13,7 @@ import yarl
 from webapp.base.i18n import Lang, t
 from webapp.config import Settings
 
-log = logging.getLogger("webapp.llm.providers")
+log = logging.getLogger("webapp.llm")
 
 ChatMessages = list[dict[str, str]]
 PING_CACHE_SECONDS = 10.0

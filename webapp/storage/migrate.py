@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 from webapp.storage.keys import LAYOUT_VERSION, TurnRef
 from webapp.storage.store import Store
 
-log = logging.getLogger("webapp.storage.migrate")
+log = logging.getLogger("webapp.migrate")
 
 OLD_PREFIX = "chat:"  # the first layout had no REDIS_PREFIX
 _SESSION = re.compile(r"^chat:session:([A-Za-z0-9_-]+)(?::(messages|lock|versions|forks))?$")

@@ -16,7 +16,7 @@ from starlette.types import Scope
 
 from webapp.base.metrics import Metrics
 
-log = logging.getLogger("webapp.web.access")
+log = logging.getLogger("webapp.access")
 
 
 class AccessLog:

@@ -26,7 +26,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from webapp.core.turns.writer import TurnRun
+    from webapp.core.turns.run import TurnRun
 
 CHANNEL_ID_MAX = 64
 CHANNEL_ID = re.compile(rf"^[0-9A-Za-z_-]{{1,{CHANNEL_ID_MAX}}}$")  # (anchored: a Query pattern is searched, not matched)

@@ -28,7 +28,7 @@ from webapp.base.processes import stop_task
 from webapp.storage.keys import TurnRef
 from webapp.storage.store import Store
 
-log = logging.getLogger("webapp.core.turns.followers")
+log = logging.getLogger("webapp.followers")
 
 REMOTE_BLOCK_MS = 5000
 

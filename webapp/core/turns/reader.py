@@ -1,6 +1,6 @@
 """The reader of a turn: who may read it, following it live, resuming, replaying, recovering orphans.
 
-A turn generating on this worker is followed from memory (turn_writer.TurnRun). Any
+A turn generating on this worker is followed from memory (run.TurnRun). Any
 other (generating on another worker, or already ended) is read from its Redis Stream:
 what the stream holds now at once, then the rest through the worker's one
 StreamFollower (followers.py), which shares a single XREAD BLOCK among all readers.
@@ -20,7 +20,7 @@ from webapp.base.metrics import Metrics
 from webapp.base.models import TERMINAL, TurnEvent, TurnInfo
 from webapp.core.turns.followers import REMOTE_BLOCK_MS, Subscription, make_follower
 from webapp.core.turns.recovery import OrphanRecovery
-from webapp.core.turns.writer import TurnRun
+from webapp.core.turns.run import TurnRun
 from webapp.storage.keys import TurnRef
 from webapp.storage.store import Store
 

@@ -1,0 +1,98 @@
+"""Accounts, their sign-ins and their personal API tokens.
+
+Keys are named in keys.py and listed, with type and TTL, in store.py."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from webapp.storage.base import StoreBase
+
+
+class AccountStore(StoreBase):
+    """Accounts, their sign-ins and their personal API tokens: the commands of their keys (see store.Store)."""
+
+    async def create_account(self, uid: str, username: str, password_hash: str) -> bool:
+        """A new account; False when the username is taken (case-insensitively)."""
+        k = self.keys
+        if not await self.redis.set(k.account_name(username), uid, nx=True):
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k.account(uid), mapping={"username": username, "password": password_hash,
+                                               "created": repr(time.time())})
+            pipe.set(k.claim(uid), "1")  # the account's identity is never free to claim
+            await pipe.execute()
+        return True
+
+    async def account_by_name(self, username: str) -> tuple[str, dict[str, str]] | None:
+        """(uid, account fields) of a username, or None."""
+        uid = await self.redis.get(self.keys.account_name(username))
+        if uid is None:
+            return None
+        data = await self.redis.hgetall(self.keys.account(uid))
+        return (uid, data) if data else None
+
+    async def account(self, uid: str) -> dict[str, str] | None:
+        return await self.redis.hgetall(self.keys.account(uid)) or None
+
+    async def set_password(self, uid: str, password_hash: str) -> None:
+        await self.redis.hset(self.keys.account(uid), "password", password_hash)
+
+    async def add_signin(self, uid: str, digest: str, ttl: int) -> None:
+        """The user's set first, then the sign-in: a crash in between leaves no sign-in that
+        "sign out everywhere" could miss."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(k.signins(uid), digest)
+            pipe.expire(k.signins(uid), ttl)
+            await pipe.execute()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k.signin(digest), mapping={"uid": uid, "created": repr(time.time())})
+            pipe.expire(k.signin(digest), ttl)
+            await pipe.execute()
+
+    async def signin_user(self, digest: str) -> str | None:
+        return await self.redis.hget(self.keys.signin(digest), "uid")
+
+    async def remove_signin(self, digest: str) -> None:
+        k = self.keys
+        uid = await self.redis.hget(k.signin(digest), "uid")
+        await self.redis.delete(k.signin(digest))
+        if uid:
+            await self.redis.srem(k.signins(uid), digest)
+
+    async def remove_all_signins(self, uid: str) -> int:
+        k = self.keys
+        digests = await self.redis.smembers(k.signins(uid))
+        async with self.redis.pipeline(transaction=False) as pipe:  # one key per command: any slots
+            for digest in digests:
+                pipe.delete(k.signin(digest))
+            pipe.delete(k.signins(uid))
+            await pipe.execute()
+        return len(digests)
+
+    async def add_token(self, uid: str, token_id: str, digest: str, name: str) -> None:
+        k = self.keys
+        record = orjson.dumps({"name": name, "created": time.time(), "hash": digest})
+        await self.redis.hset(k.tokens(uid), token_id, record)  # listed (revocable) before it works
+        await self.redis.set(k.token(digest), uid)
+
+    async def token_user(self, digest: str) -> str | None:
+        return await self.redis.get(self.keys.token(digest))
+
+    async def list_tokens(self, uid: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = await self.redis.hgetall(self.keys.tokens(uid))
+        return sorted(((token_id, orjson.loads(raw)) for token_id, raw in rows.items()),
+                      key=lambda row: row[1].get("created", 0))
+
+    async def remove_token(self, uid: str, token_id: str) -> bool:
+        k = self.keys
+        raw = await self.redis.hget(k.tokens(uid), token_id)
+        if raw is None:
+            return False
+        await self.redis.delete(k.token(orjson.loads(raw)["hash"]))  # stops working before it is unlisted
+        await self.redis.hdel(k.tokens(uid), token_id)
+        return True

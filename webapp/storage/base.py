@@ -1,0 +1,111 @@
+"""The connection every store module shares, and what several of them use.
+
+Keys are named in keys.py and listed, with type and TTL, in store.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from webapp.base.models import Conversation
+from webapp.storage.keys import Keys
+
+
+class StoreBase:
+    """Typed operations over one redis.asyncio client (decode_responses=True): a plain client
+    (one Redis, or Sentinel's master) or a RedisCluster; `cluster` says which."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        conversation_ttl: int,
+        index_ttl: int,
+        turn_timeout: int,
+        lease_ms: int = 5000,
+        blocking_redis: Any | None = None,
+        prefix: str = "chat:",
+        cluster: bool = False,
+    ) -> None:
+        self.redis = redis
+        # blocking reads (XREAD BLOCK, pub/sub) hold a connection for long: their own pool
+        self.blocking_redis = blocking_redis or redis
+        self.conversation_ttl = conversation_ttl
+        self.index_ttl = index_ttl
+        self.turn_timeout = turn_timeout
+        self.lease_ms = lease_ms
+        self.keys = Keys(prefix)
+        self.cluster = cluster
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        if self.blocking_redis is not self.redis:
+            await self.blocking_redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except RedisError:
+            return False
+
+    async def check_write(self, host: str) -> bool:
+        """A real keyed write and read back (a replica, a full or a read-only Redis fails it)."""
+        key = self.keys.readyz(host)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, "1", px=10_000)
+                pipe.get(key)
+                _, value = await pipe.execute()
+            return value == "1"
+        except RedisError:
+            return False
+
+    async def eviction_policies(self) -> set[str]:
+        """The `maxmemory-policy` of every master (INFO works where CONFIG is disabled, as on managed Redis)."""
+        if self.cluster:
+            infos = await self.redis.info("memory", target_nodes=self.redis.PRIMARIES)
+            rows = infos.values() if isinstance(infos, dict) and "maxmemory_policy" not in infos else [infos]
+        else:
+            rows = [await self.redis.info("memory")]
+        return {str(row.get("maxmemory_policy", "noeviction")) for row in rows}
+
+    def _refresh_ttls(self, pipe: Any, uid: str, sid: str, *, versions: bool = True) -> None:
+        k = self.keys
+        pipe.expire(k.messages(uid, sid), self.conversation_ttl)
+        if versions:  # a turn refreshes them once, when it ends (they live as long as the messages)
+            pipe.expire(k.versions(uid, sid), self.conversation_ttl)
+            pipe.expire(k.forks(uid, sid), self.conversation_ttl)
+        pipe.expire(k.meta(uid, sid), self.index_ttl)
+        pipe.expire(k.index(uid), self.index_ttl)
+        pipe.expire(k.claim(uid), self.index_ttl)
+
+    def _count_hits(self, pipe: Any, hits: list[tuple[str, str, int, int]]) -> None:
+        """INCR each (limit name, key, window number, window seconds) counter; it expires with its window.
+        Each adds two replies to the pipeline: the count, then the EXPIRE's."""
+        for name, key, window, seconds in hits:
+            pipe.incr(self.keys.limit(name, key, window))
+            pipe.expire(self.keys.limit(name, key, window), seconds + 30)
+
+    async def _load_conversations(self, uid: str, sids: list[str]) -> list[Conversation]:
+        if not sids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(self.keys.meta(uid, sid))
+            rows = await pipe.execute()
+        found, missing = [], []
+        for sid, data in zip(sids, rows):
+            conversation = conversation_of(uid, sid, data)
+            if conversation is not None:
+                found.append(conversation)
+            else:
+                missing.append(sid)
+        if missing:
+            await self.redis.zrem(self.keys.index(uid), *missing)
+        return found
+
+
+def conversation_of(uid: str, sid: str, meta: dict[str, str]) -> Conversation | None:
+    """The conversation a metadata hash describes, if it is `uid`'s (None: absent, or another's)."""
+    return Conversation.from_hash(sid, meta) if meta and meta.get("user_id") == uid else None

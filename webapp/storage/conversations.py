@@ -1,0 +1,183 @@
+"""Conversations: their metadata, the per-user index, delete and undo, rename, titles, import.
+
+Keys are named in keys.py and listed, with type and TTL, in store.py."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import orjson
+
+from webapp.base.models import Conversation, Creation, Message
+from webapp.storage.base import conversation_of
+from webapp.storage.search import SearchStore
+
+# Write a new conversation, unless one with its id exists (0) or its owner has ARGV[2] (when not 0)
+# already (-1); 1 when written. Also returns how many conversations the owner had before: one round
+# trip, and two creates racing (a double click) write one conversation and never pass the limit.
+# KEYS: meta, messages, index, claim, versions, forks; ARGV: session id, limit, index score, first
+# message JSON, conversation TTL, index TTL, then the metadata hash as field, value, ...
+CREATE_CONVERSATION = """
+local count = redis.call('zcard', KEYS[3])
+if redis.call('exists', KEYS[1]) == 1 then return {0, count} end
+if tonumber(ARGV[2]) > 0 and count >= tonumber(ARGV[2]) then return {-1, count} end
+redis.call('hset', KEYS[1], unpack(ARGV, 7))
+redis.call('rpush', KEYS[2], ARGV[4])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[1])
+redis.call('set', KEYS[4], '1', 'EX', ARGV[6])
+for _, key in ipairs({KEYS[2], KEYS[5], KEYS[6]}) do redis.call('expire', key, ARGV[5]) end
+for _, key in ipairs({KEYS[1], KEYS[3]}) do redis.call('expire', key, ARGV[6]) end
+return {1, count}
+"""
+
+# A generated title lands only on the title made from the first message, never on a user's rename.
+SET_GENERATED_TITLE = (
+    "if redis.call('hget', KEYS[1], 'user_id') ~= ARGV[3] then return 0 end "
+    "if redis.call('hget', KEYS[1], 'title_by') == 'user' then return 0 end "
+    "if redis.call('hget', KEYS[1], 'title') ~= ARGV[1] then return 0 end "
+    "redis.call('hset', KEYS[1], 'title', ARGV[2], 'title_by', 'model') return 1"
+)
+
+
+class ConversationStore(SearchStore):
+    """Conversations: the commands of their keys (see store.Store)."""
+
+    async def create_conversation(self, conversation: Conversation, first_message: Message, *,
+                                  limit: int = 0) -> Creation:
+        """Write a new conversation with its first message and list it in its owner's index, unless
+        one with its id exists or the owner has `limit` (0: no limit) already. One atomic round trip."""
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
+        fields = [str(item) for pair in conversation.to_hash().items() for item in pair]
+        outcome, earlier = await self.redis.eval(
+            CREATE_CONVERSATION, 6, k.meta(uid, sid), k.messages(uid, sid), k.index(uid), k.claim(uid),
+            k.versions(uid, sid), k.forks(uid, sid),
+            sid, limit, conversation.updated * 1000, first_message.to_json(), self.conversation_ttl, self.index_ttl,
+            *fields)
+        return Creation(written=outcome == 1, existed=outcome == 0, earlier=int(earlier))
+
+    async def get_conversation(self, uid: str, sid: str) -> Conversation | None:
+        """The user's conversation `sid`; None when it does not exist under that user."""
+        return conversation_of(uid, sid, await self.redis.hgetall(self.keys.meta(uid, sid)))
+
+    async def list_conversations(
+        self, uid: str, *, limit: int = 20, cursor: tuple[float, str] | None = None
+    ) -> tuple[list[Conversation], tuple[float, str] | None]:
+        """Newest activity first. The cursor is the (score, id) of the previous page's last item,
+        so sessions that share an activity time are neither skipped nor repeated."""
+        key = self.keys.index(uid)
+        if cursor is None:
+            rows = await self.redis.zrevrange(key, 0, limit, withscores=True)
+        else:
+            score, last_id = cursor
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcount(key, score, score)
+                pipe.zrevrangebyscore(key, score, "-inf", start=0, num=limit + 2, withscores=True)
+                ties, rows = await pipe.execute()
+            if ties > 1:
+                rows = await self.redis.zrevrangebyscore(
+                    key, score, "-inf", start=0, num=limit + 1 + ties, withscores=True
+                )
+            # equal scores come in descending member order: the page goes on after last_id
+            rows = [(sid, s) for sid, s in rows if s < score or sid < last_id][: limit + 1]
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        conversations = await self._load_conversations(uid, [sid for sid, _ in rows])
+        next_cursor = (rows[-1][1], rows[-1][0]) if has_more and rows else None
+        return conversations, next_cursor
+
+    async def update_conversation(self, conversation: Conversation, *, title: str | None, role: str | None) -> None:
+        fields: dict[str, str] = {}
+        if title is not None:
+            fields["title"] = title
+        if role is not None:
+            fields["role"] = role
+        if fields:
+            await self.redis.hset(self.keys.meta(conversation.user_id, conversation.id), mapping=fields)
+
+    async def delete_conversation(self, conversation: Conversation) -> None:
+        sid, uid = conversation.id, conversation.user_id
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*self.keys.conversation_keys(uid, sid))
+            pipe.zrem(self.keys.index(uid), sid)
+            await pipe.execute()
+
+    async def restore_conversation(self, conversation: Conversation, messages: list[Message],
+                                   versions: dict[str, str] | None = None, forks: dict[str, str] | None = None) -> None:
+        """Put a deleted conversation back (undo), with its metadata, messages and versions."""
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*k.conversation_keys(uid, sid))
+            pipe.hset(k.meta(uid, sid), mapping=conversation.to_hash())
+            if versions:
+                pipe.hset(k.versions(uid, sid), mapping=versions)
+            if forks:
+                pipe.hset(k.forks(uid, sid), mapping=forks)
+            if messages:
+                pipe.rpush(k.messages(uid, sid), *[m.to_json() for m in messages])
+            pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
+            self._refresh_ttls(pipe, uid, sid)
+            await pipe.execute()
+
+    async def delete_undoably(self, conversation: Conversation, *, keep_seconds: int) -> None:
+        """Delete a conversation but keep a copy for `keep_seconds`, so an undo can put it back."""
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(k.messages(uid, sid), 0, -1)
+            pipe.hgetall(k.versions(uid, sid))
+            pipe.hgetall(k.forks(uid, sid))
+            messages, versions, forks = await pipe.execute()
+        copy = orjson.dumps({"meta": conversation.to_hash(), "messages": messages, "versions": versions, "forks": forks})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(k.trash(uid, sid), copy, ex=keep_seconds)
+            pipe.delete(*k.conversation_keys(uid, sid))
+            pipe.zrem(k.index(uid), sid)
+            await pipe.execute()
+
+    async def undo_delete(self, uid: str, sid: str) -> Conversation | None:
+        """Put back a conversation deleted with `delete_undoably`; None when the copy is gone or not uid's."""
+        raw = await self.redis.get(self.keys.trash(uid, sid))
+        if raw is None:
+            return None
+        copy = orjson.loads(raw)
+        if copy["meta"].get("user_id") != uid:
+            return None
+        conversation = Conversation.from_hash(sid, copy["meta"])
+        messages = [Message.from_json(item) for item in copy["messages"]]
+        await self.restore_conversation(conversation, messages, copy.get("versions"), copy.get("forks"))
+        await self.redis.delete(self.keys.trash(uid, sid))
+        return conversation
+
+    async def set_conversation_model(self, conversation: Conversation, model: str) -> None:
+        await self.redis.hset(self.keys.meta(conversation.user_id, conversation.id), "model", model)
+
+    async def rename_conversation(self, conversation: Conversation, title: str) -> None:
+        """A title the user chose: marked so that a generated one never replaces it."""
+        await self.redis.hset(self.keys.meta(conversation.user_id, conversation.id),
+                              mapping={"title": title, "title_by": "user"})
+
+    async def set_generated_title(self, uid: str, sid: str, *, expected: str, title: str) -> bool:
+        """Replace the title only while it is still `expected` (the one made from the first message) and
+        the user has not renamed the conversation: a rename always wins, whenever it lands."""
+        return bool(await self.redis.eval(SET_GENERATED_TITLE, 1, self.keys.meta(uid, sid), expected, title, uid))
+
+    async def load_conversations(self, uid: str, sids: list[str]) -> list[Conversation]:
+        """The user's conversations by id, in that order (missing ones are left out)."""
+        return await self._load_conversations(uid, sids)
+
+    async def import_conversation(self, conversation: Conversation, messages: list[Message],
+                                  terms: Iterable[str]) -> None:
+        """Write an imported conversation, list it and index it for search: one MULTI in its owner's slot."""
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*k.conversation_keys(uid, sid))
+            pipe.hset(k.meta(uid, sid), mapping=conversation.to_hash())
+            if messages:
+                pipe.rpush(k.messages(uid, sid), *[m.to_json() for m in messages])
+            for message in messages:
+                if message.role == "user":
+                    pipe.set(k.message(uid, message.id), sid, ex=self.conversation_ttl)
+            pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
+            pipe.set(k.claim(uid), "1", ex=self.index_ttl)
+            self._index_commands(pipe, uid, sid, terms)
+            self._refresh_ttls(pipe, uid, sid)
+            await pipe.execute()

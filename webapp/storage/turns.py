@@ -1,0 +1,253 @@
+"""Turns: a conversation's lock and its lease, a turn's start and its save, repeated requests, recovery.
+
+Keys are named in keys.py and listed, with type and TTL, in store.py."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from webapp.base.models import Conversation, Lease, Message, TurnEvent, TurnInfo, TurnLock
+from webapp.storage.keys import TurnRef
+from webapp.storage.turn_events import (
+    STREAM_MAXLEN,
+    STREAM_RETENTION_SECONDS,
+    TurnEventStore,
+    entry_fields,
+    event_fields,
+)
+
+TURN_RETENTION_SECONDS = 86400
+
+REQUEST_ID_SECONDS = 600  # a repeated form (same request id) within this long starts no second turn
+
+# Give a conversation's lock back only if it is still the holder's: a save retried after its
+# lock expired must not drop the lock another turn has taken since.
+RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+# Renew a writer's lease (1; 2: renewed, but Stop was asked for the turn). A lease that lapsed while
+# its writer was only slow (an overloaded host) is taken again, unless a recovery of the turn has begun
+# or another turn holds the conversation (0: the writer stops). Atomic with CLAIM_RECOVERY, so a turn is
+# either saved by its writer or recovered. KEYS: lock, recovery, turn; ARGV: turn id, lease ms.
+RENEW_LEASE = """
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+elseif holder or redis.call('exists', KEYS[2]) == 1 or redis.call('hget', KEYS[3], 'status') ~= 'running' then
+  return 0
+else
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+if redis.call('hexists', KEYS[3], 'cancel') == 1 then return 2 end
+return 1
+"""
+
+# One host saves an orphaned turn, and only while its writer does not hold the lease.
+# KEYS: lock, recovery; ARGV: turn id.
+CLAIM_RECOVERY = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return 0 end
+if redis.call('set', KEYS[2], '1', 'NX', 'EX', 60) then return 1 end
+return 0
+"""
+
+
+class TurnStore(TurnEventStore):
+    """Turns: the commands of their keys (see store.Store)."""
+
+    def _claim_request(self, pipe: Any, uid: str, request_id: str, turn_id: str) -> None:
+        """Record that a client request starts `turn_id` (two replies: whether it was new, and the turn
+        id of the request that holds the id)."""
+        key = self.keys.request(uid, request_id)
+        pipe.set(key, turn_id, nx=True, ex=REQUEST_ID_SECONDS)
+        pipe.get(key)
+
+    async def undo_repeated_start(self, uid: str, sid: str, turn_id: str, *, locked: bool,
+                                  hits: list[tuple[str, str, int, int]]) -> None:
+        """A repeated request took the lock and counted its limits in the same round trip that found it
+        repeated (lock_turn): give the lock back and the counts, so a double click counts once."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if locked:
+                pipe.eval(RELEASE_LOCK, 1, self.keys.lock(uid, sid), turn_id)
+            for name, key, window, _ in hits:
+                pipe.decr(self.keys.limit(name, key, window))
+            await pipe.execute()
+
+    async def forget_request(self, uid: str, request_id: str) -> None:
+        """A request that started nothing (refused): the same id may try again."""
+        await self.redis.delete(self.keys.request(uid, request_id))
+
+    async def lock_turn(self, uid: str, sid: str, *, turn_id: str, hits: list[tuple[str, str, int, int]],
+                        request_id: str | None = None) -> TurnLock:
+        """Claim the client's request id (if any), read the metadata, take the conversation's lock and
+        count limits: one round trip (`earlier`: the request repeats one that started that turn).
+
+        The lock is a lease of `lease_ms`: the writer renews it while the reply generates
+        (renew_leases), so a host that dies frees the conversation within seconds.
+        `hits` are (limit name, key, window number, window seconds) counters to increment,
+        as in count_hits(). Whether the caller may go on is the core's decision; it gives
+        the lock back with release_lock() when not.
+        """
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if request_id:
+                self._claim_request(pipe, uid, request_id, turn_id)
+            pipe.hgetall(k.meta(uid, sid))
+            pipe.set(k.lock(uid, sid), turn_id, nx=True, px=self.lease_ms)
+            pipe.llen(k.messages(uid, sid))
+            self._count_hits(pipe, hits)
+            replies = await pipe.execute()
+        earlier = None
+        if request_id:
+            claimed, holder, *replies = replies
+            earlier = None if claimed else (holder or None)
+        meta, locked, length, *counts = replies
+        if meta and meta.get("user_id") != uid:
+            meta = {}
+        return TurnLock(meta=meta, locked=bool(locked), length=int(length), counts=[int(c) for c in counts[0::2]],
+                        earlier=earlier)
+
+    async def release_lock(self, uid: str, sid: str, holder: str) -> None:
+        """Give the lock back, if `holder` (a turn id) still holds it."""
+        await self.redis.eval(RELEASE_LOCK, 1, self.keys.lock(uid, sid), holder)
+
+    async def renew_leases(self, held: list[tuple[TurnRef, str]], finished: list[TurnRef]) -> list[Lease]:
+        """Renew the locks of the turns generating here (turn, session id) and list them as running with
+        their new deadline; forget the `finished` ones. One pipeline. Says, per held turn, whether its
+        lock was lost or Stop was asked for it (request_cancel)."""
+        k = self.keys
+        deadline = (time.time() * 1000) + self.lease_ms
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ref, sid in held:
+                pipe.eval(RENEW_LEASE, 3, k.lock(ref.user_id, sid), k.recovery(ref), k.turn(ref),
+                          ref.turn_id, self.lease_ms)
+            if held:
+                pipe.zadd(k.running, {k.running_member(ref): deadline for ref, _ in held})
+            if finished:
+                pipe.zrem(k.running, *[k.running_member(ref) for ref in finished])
+            results = await pipe.execute()
+        return [Lease(int(result)) for result in results[: len(held)]]
+
+    async def lapsed_turns(self, limit: int = 100) -> list[TurnRef]:
+        """Turns listed as running whose writer stopped renewing its lease."""
+        members = await self.redis.zrangebyscore(self.keys.running, "-inf", time.time() * 1000, start=0, num=limit)
+        return [self.keys.running_ref(member) for member in members]
+
+    async def forget_running(self, refs: list[TurnRef]) -> None:
+        if refs:
+            await self.redis.zrem(self.keys.running, *[self.keys.running_member(ref) for ref in refs])
+
+    async def save_turn_start(
+        self, conversation: Conversation, message: Message | None, *, turn_id: str, context_messages: int
+    ) -> list[Message]:
+        """Save the user message and the turn's state, and read the context window back: one MULTI.
+
+        `conversation` already carries what the turn changes (title, preview, role, count,
+        updated); the lock makes this the only writer of its count while the turn starts.
+        The window is the last `context_messages` messages (LRANGE -N -1), whatever the length.
+        A user message is also indexed by its id (editing it by id needs its conversation).
+        """
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
+        ref = TurnRef(uid, turn_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if message is not None:  # None: a retry or a regenerated reply answers the message already there
+                pipe.rpush(k.messages(uid, sid), message.to_json())
+                pipe.set(k.message(uid, message.id), sid, ex=self.conversation_ttl)
+            pipe.hset(
+                k.meta(uid, sid),
+                mapping={
+                    "title": conversation.title, "preview": conversation.preview, "role": conversation.role,
+                    "count": conversation.message_count, "updated": repr(conversation.updated), "turn": turn_id,
+                    "last": turn_id,
+                },
+            )
+            pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
+            pipe.hset(k.turn(ref), mapping={"session_id": sid, "user_id": uid, "status": "running", "message_id": ""})
+            pipe.expire(k.turn(ref), TURN_RETENTION_SECONDS)
+            self._refresh_ttls(pipe, uid, sid, versions=False)
+            pipe.lrange(k.messages(uid, sid), -context_messages, -1)
+            results = await pipe.execute()
+        return [Message.from_json(raw) for raw in results[-1]]
+
+    async def finish_turn(
+        self,
+        conversation: Conversation,
+        *,
+        turn_id: str,
+        reply: Message | None,
+        preview: str = "",
+        final_event: TurnEvent,
+        unwritten: list[TurnEvent] | None = None,
+        release_lock: bool = True,
+        conversation_exists: bool = True,
+    ) -> None:
+        """Save the reply, write the stream's last chunks and final event, release the lock: one MULTI.
+
+        `preview` is what the session list shows for the conversation once `reply` is saved.
+        """
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
+        ref = TurnRef(uid, turn_id)
+        now = time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if reply is not None and conversation_exists:
+                pipe.rpush(k.messages(uid, sid), reply.to_json())
+                pipe.hincrby(k.meta(uid, sid), "count", 1)
+                pipe.hset(k.meta(uid, sid), mapping={"preview": preview, "updated": repr(now), "turn": ""})
+                pipe.zadd(k.index(uid), {sid: now * 1000})
+            elif conversation_exists:
+                pipe.hset(k.meta(uid, sid), "turn", "")
+            pipe.hset(
+                k.turn(ref),
+                mapping={"status": reply.status if reply else "error", "message_id": reply.id if reply else ""},
+            )
+            if unwritten:
+                pipe.xadd(k.events(ref), entry_fields(unwritten), id=f"0-{unwritten[-1].seq}",
+                          maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.xadd(k.events(ref), event_fields(final_event), id=f"0-{final_event.seq}",
+                      maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.expire(k.events(ref), STREAM_RETENTION_SECONDS)
+            if release_lock:
+                pipe.eval(RELEASE_LOCK, 1, k.lock(uid, sid), turn_id)
+            if conversation_exists:
+                self._refresh_ttls(pipe, uid, sid)
+            await pipe.execute()
+        if self.cluster:
+            await self._wake_readers([ref])
+
+    async def abandon_turn(self, conversation: Conversation, turn_id: str, final_event: TurnEvent) -> None:
+        """A turn whose save failed: its state says error, readers elsewhere get the error event, the
+        lock goes. Each command on its own: where a full Redis refuses some, the others still apply."""
+        sid, uid, k = conversation.id, conversation.user_id, self.keys
+        ref = TurnRef(uid, turn_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(k.events(ref), event_fields(final_event), id=f"0-{final_event.seq}")
+            pipe.expire(k.events(ref), STREAM_RETENTION_SECONDS)
+            pipe.eval(RELEASE_LOCK, 1, k.lock(uid, sid), turn_id)
+            pipe.hset(k.turn(ref), "status", "error")
+            pipe.hset(k.meta(uid, sid), "turn", "")
+            await pipe.execute(raise_on_error=False)
+        if self.cluster:
+            await self._wake_readers([ref])
+
+    async def claim_recovery(self, ref: TurnRef, session_id: str) -> bool:
+        """One host saves an orphaned turn (the others wait for its result); never while its writer
+        holds the lease again."""
+        k = self.keys
+        return bool(await self.redis.eval(CLAIM_RECOVERY, 2, k.lock(ref.user_id, session_id), k.recovery(ref),
+                                          ref.turn_id))
+
+    async def turn_saved(self, ref: TurnRef) -> bool:
+        """Whether the turn's end is already saved (a save whose reply was lost on the way back)."""
+        return await self.redis.hget(self.keys.turn(ref), "status") not in (None, "running")
+
+    async def get_turn(self, ref: TurnRef) -> TurnInfo | None:
+        data = await self.redis.hgetall(self.keys.turn(ref))
+        if not data or data.get("user_id") != ref.user_id:
+            return None
+        return TurnInfo(
+            id=ref.turn_id, session_id=data.get("session_id", ""), user_id=ref.user_id,
+            status=data.get("status", "running"), message_id=data.get("message_id", ""),
+        )
+
+    async def lock_holder(self, uid: str, sid: str) -> str | None:
+        """The id of the turn that holds the conversation's lock, if any."""
+        return await self.redis.get(self.keys.lock(uid, sid))
