@@ -90,3 +90,13 @@ def test_every_module_lives_in_a_layer() -> None:
     assert {path.name for path in WEBAPP.iterdir() if path.is_dir() and path.name != "__pycache__"} == {
         "base", "storage", "llm", "core", "web"}
     assert all(RANKS.get(layer(module)) is not None for module in imports())
+
+
+def test_no_class_is_over_300_lines() -> None:
+    """A class that grows past this is two concepts (the Store was 966 lines, TurnWriter 430)."""
+    long = []
+    for path in WEBAPP.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 300:
+                long.append(f"{module_of(path)}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == [], long
