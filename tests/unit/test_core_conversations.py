@@ -3,10 +3,12 @@ of their list, a new conversation, renaming, deleting and undoing, and someone e
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
+from tests.fake_upstream import parse_whoami
 from tests.unit.wiring import Core
 from webapp.base.errors import (
     EmptyTitle,
@@ -14,10 +16,12 @@ from webapp.base.errors import (
     SessionNotFound,
     TooManyConversations,
     UndoExpired,
+    UnknownModel,
     UnknownRole,
 )
 from webapp.base.i18n import t
 from webapp.base.models import WELCOME
+from webapp.core.auto_title import TitleWriter
 from webapp.core.conversations import Conversations
 
 ALICE, BOB = "alice", "bob"
@@ -78,6 +82,40 @@ async def test_switching_the_role_is_stored_and_an_unknown_role_changes_nothing(
         await core.conversations.update(conversation, role_id="r_0123456789abcdef")  # no such custom role
 
     assert (await core.store.get_conversation(ALICE, conversation.id)).role == "programmer"
+
+
+async def test_a_conversation_switched_to_another_offered_model_is_answered_by_it(core: Core) -> None:
+    conversation = await core.conversations.create(ALICE)
+    assert await core.conversations.models() == ["fake-model", "fake-model-large"]  # the API's list, default first
+
+    await core.conversations.update(conversation, model="fake-model-large")
+    with pytest.raises(UnknownModel):
+        await core.conversations.update(conversation, model="gpt-9")
+    await core.finish(ALICE, await core.writer.start_turn(conversation.id, ALICE, "who? [[whoami]]", None, "en"))
+
+    reply = (await core.history(ALICE, conversation.id))[-1]
+    assert parse_whoami(reply.content)["model"] == reply.model == "fake-model-large"
+    assert (await core.store.get_conversation(ALICE, conversation.id)).model == "fake-model-large"
+
+
+async def test_the_model_titles_a_conversation_after_its_first_exchange_but_a_rename_wins(core: Core) -> None:
+    titles = TitleWriter(core.store, core.provider, core.search, enabled=True)  # AUTO_TITLE=true
+    core.writer.saved_hooks.append(titles.reply_saved)
+    titled, renamed = await core.conversations.create(ALICE), await core.conversations.create(ALICE)
+    try:
+        await core.finish(ALICE, await core.writer.start_turn(titled.id, ALICE, "tell me about owls", None, "en"))
+        slow = await core.writer.start_turn(renamed.id, ALICE, "and ravens [[tokens:20]] [[delay:10]]", None, "en")
+        await core.conversations.update(await core.conversations.owned(renamed.id, ALICE), title="My ravens")
+        await core.finish(ALICE, slow)
+        while titles.tasks:
+            await asyncio.wait(set(titles.tasks))
+    finally:
+        await titles.aclose()
+
+    first = await core.store.get_conversation(ALICE, titled.id)
+    assert first.title_by == "model" and first.title not in ("", "tell me about owls")
+    second = await core.store.get_conversation(ALICE, renamed.id)
+    assert (second.title, second.title_by) == ("My ravens", "user")
 
 
 async def test_delete_removes_the_conversation_and_its_messages_for_good(core: Core) -> None:
