@@ -22,17 +22,8 @@ from webapp import __version__
 from webapp.base.metrics import Metrics
 from webapp.base.processes import stop_task
 from webapp.config import Settings, get_settings
-from webapp.core.accounts import Accounts
-from webapp.core.auto_title import TitleWriter
-from webapp.core.conversations import Conversations
-from webapp.core.limits import Limit, Limits
-from webapp.core.portability import Portability
-from webapp.core.search import SearchIndex
-from webapp.core.sharing import Shares
-from webapp.core.turns.channels import ConversationChannels
-from webapp.core.turns.leases import LeaseKeeper
-from webapp.core.turns.reader import TurnReader
-from webapp.core.turns.writer import TurnWriter
+from webapp.core.limits import Limit
+from webapp.core.services import build_services
 from webapp.llm.providers import Provider, create_provider
 from webapp.storage.migrate import migrate_layout
 from webapp.storage.redis_checks import check_redis
@@ -117,30 +108,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await store.aclose()
             raise
         provider = create_provider(settings)
-        writer = TurnWriter(store, provider, settings, app.state.metrics)
-        reader = TurnReader(store, writer.local_run, app.state.metrics, settings.max_streams_per_user,
-                            recovery=writer.recovery)
-        leases = LeaseKeeper(store, writer.recovery, writer.held_leases, writer.lease_lost, writer.cancel_requested)
-        writer.ended = leases.turn_ended
-        limits = Limits(store)
-        app.state.store, app.state.provider, app.state.limits = store, provider, limits
-        app.state.turn_writer, app.state.turn_reader = writer, reader
-        search = SearchIndex(store)
-        titles = TitleWriter(store, provider, search, enabled=settings.auto_title and not settings.demo_mode)
-        channels = ConversationChannels(writer.started_since)
-        writer.started_hooks += [search.turn_started, channels.turn_started]
-        writer.saved_hooks += [search.reply_saved, titles.reply_saved]
-        app.state.conversations = Conversations(store, writer, reader, settings.max_conversations_per_user,
-                                                search=search)
-        app.state.roles, app.state.shares, app.state.channels = writer.roles, Shares(store), channels
-        app.state.portability = Portability(store, writer.roles, search,
-                                            max_conversations=settings.max_conversations_per_user,
-                                            max_messages=settings.max_messages_per_conversation,
-                                            models=provider.models)
-        app.state.accounts = Accounts(store, settings, limits)
-        writer.start()
-        search.start()
-        leases.start()
+        services = build_services(store, provider, settings, app.state.metrics)
+        state = app.state
+        state.store, state.provider, state.limits = store, provider, services.limits
+        state.turn_writer, state.turn_reader = services.writer, services.reader
+        state.conversations, state.accounts = services.conversations, services.accounts
+        state.portability = services.portability
+        state.roles, state.shares, state.channels = services.roles, services.shares, services.channels
+        services.start()
         tune_garbage_collection()
         warming = asyncio.create_task(asyncio.to_thread(warm_up, provider), name="warm-up")
         log.info(
@@ -151,13 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await stop_task(warming)
-            await writer.aclose()
-            await titles.aclose()
-            await search.aclose()
-            await leases.aclose()
-            await reader.aclose()
-            await provider.aclose()
-            await store.aclose()
+            await services.aclose()
 
     app = FastAPI(
         title="Chat server",

@@ -220,8 +220,6 @@ async def test_everything_a_conversation_and_its_turns_leave_in_redis_expires(co
 # the client --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="Store.aclose() calls Redis.aclose() on clients made with connection_pool=...: "
-                                       "redis-py then leaves the pool (and its open connections) alone")
 async def test_closing_the_store_closes_its_connections(core: Core) -> None:
     watcher = redis.asyncio.Redis.from_url(core.settings.redis_url, decode_responses=True)
     store = await connect_store(core.settings)

@@ -39,9 +39,14 @@ class StoreBase:
         self.cluster = cluster
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
-        if self.blocking_redis is not self.redis:
-            await self.blocking_redis.aclose()
+        """Close both clients and their connections: redis-py leaves a pool that was handed to a client
+        (redis_client.py makes them so) open unless asked, and a Cluster client closes its nodes' own."""
+        clients = [self.redis] if self.blocking_redis is self.redis else [self.redis, self.blocking_redis]
+        for client in clients:
+            if self.cluster:
+                await client.aclose()
+            else:
+                await client.aclose(close_connection_pool=True)
 
     async def ping(self) -> bool:
         try:

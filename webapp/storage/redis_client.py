@@ -217,7 +217,7 @@ class ClusterRedis:
 
     async def aclose(self) -> None:
         for client in self.nodes.values():
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)  # (its pool was handed to it: closed only when asked)
         self.nodes = {}
         await self.cluster.aclose()
 
