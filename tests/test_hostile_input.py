@@ -663,7 +663,7 @@ MALFORMED_ROWS = [
         params={"session_id": "{tsid}"}, headers={"Last-Event-ID": "{tid}:99999999999999999999"}),
     Row("number: page stream after=99999999999999999999", "GET", "/c/{tsid}/turns/{tid}/events", FOUR_XX | {200},
         params={"after": "99999999999999999999"}),
-    # the web UI's streams read their query by hand (direct_routes.py): a 422 where Query(...) gave one
+    # the web UI's streams read their query by hand (routing.py): a 422 where Query(...) gave one
     Row("number: page stream after=-1", "GET", "/c/{tsid}/turns/{tid}/events", only(422), params={"after": "-1"}),
     Row("number: page stream after=1.5", "GET", "/c/{tsid}/turns/{tid}/events", only(422), params={"after": "1.5"}),
     Row("bool: page stream searching=maybe", "GET", "/c/{tsid}/turns/{tid}/events", only(422),

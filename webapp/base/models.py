@@ -148,7 +148,7 @@ class Creation:
 
 
 class Lease(IntEnum):
-    """What renewing a generating turn's lease found (store.RENEW_LEASE returns these numbers)."""
+    """What renewing a generating turn's lease found (storage/turns.py RENEW_LEASE returns these numbers)."""
 
     LOST = 0  # another host recovers the turn, or another turn holds the conversation: stop, save nothing
     HELD = 1

@@ -3,7 +3,7 @@
 Redis has no full-text search without modules, and scanning a user's conversations
 stops scaling long before MAX_CONVERSATIONS_PER_USER. So each conversation's title and
 messages are cut into terms as they are saved, and each term keeps the set of
-conversations holding it (store.py: `{uid}:w:{term}`, all in the owner's slot). A query
+conversations holding it (storage/search.py: `{uid}:w:{term}`, all in the owner's slot). A query
 is the intersection of its terms' sets with the session index, newest activity first,
 in one MULTI whatever the number of conversations.
 

@@ -1,7 +1,7 @@
 """Server-Sent Events on the wire: framing, resume ids, and a leaner EventSourceResponse.
 
 The one module that relies on sse-starlette's private parts (listed in
-webapp/library_internals.py, checked by tests/unit/test_library_internals.py):
+webapp/base/library_internals.py, checked by tests/unit/test_library_internals.py):
 `EventSourceResponse._listen_for_exit_signal`, `_send_with_timeout`, `_stream_response`,
 `_ping_interval`, and the attributes `active`, `send_timeout`, `data_sender_callable`,
 `background`, `sep`. sse-starlette is pinned to the release range they were tested with.

@@ -10,7 +10,7 @@ within about TURN_LEASE_SECONDS plus one tick.
 
 A lease that lapsed because this worker was slow (an overloaded host, a long pause) is
 taken again at the next renewal, unless another host has begun to recover the turn or
-another turn holds the conversation (store.RENEW_LEASE, atomic with the recovery's
+another turn holds the conversation (storage/turns.py RENEW_LEASE, atomic with the recovery's
 claim). Then the turn stops: it must not save a second reply over the one recovery saved.
 
 The renewal also says when Stop was asked for a turn (store.request_cancel marks it): a

@@ -1,7 +1,7 @@
 """The writer of a turn: start it, generate the reply, save it, cancel it.
 
 Generation runs as a server-side task that does not depend on any HTTP connection.
-Its events are kept in memory for readers on this worker (turn_reader.py follows them
+Its events are kept in memory for readers on this worker (reader.py follows them
 with no Redis round trip per reader per chunk) and written to a per-turn Redis Stream
 in pipelined batches, so a reader on another worker, or one resuming with
 Last-Event-ID after a reload, can follow the same reply. When the turn ends the whole
