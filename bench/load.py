@@ -31,6 +31,7 @@ import secrets
 import statistics
 import sys
 import time
+import urllib.request
 from collections import deque
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
@@ -50,6 +51,7 @@ from bench.servers import (  # noqa: E402
     REPO_ROOT,
     App,
     FakeModel,
+    Relay,
     Usage,
     Watcher,
     Workdir,
@@ -64,6 +66,7 @@ from webapp.core.roles import get_role  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SWEEP = "1,10,50,200,500,1000"
 TURNS = 3
+RELAY_ENV = "BENCH_RELAY_URL"  # the relay that stores nothing (bench/relay.py; workers inherit it)
 UI_CHANNEL_ENV = "BENCH_UI_CHANNEL"  # how a web UI visitor's page channel connects (--ui-channel; workers inherit it)
 TURN_TIMEOUT_S = 120  # a web UI turn's limit, start to done (its channel's pings keep the read timeout away)
 ROLE = get_role("assistant")
@@ -247,6 +250,10 @@ class User:
         self.runs = 0
         self.finished_at = 0.0
 
+    @property
+    def relay_url(self) -> str:
+        return os.environ.get(RELAY_ENV, "")
+
     def message(self, phase: str, turn: int) -> str:
         # the fake model echoes the first 30 characters: unique per user, run, turn and phase
         return f"{self.tag}{phase[0]}{self.runs % 10}-u{self.index:04d}-t{turn} how do streamed replies work?"
@@ -313,6 +320,112 @@ class User:
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             return TurnResult(self.index, turn, "failed", detail=type(exc).__name__), ""
         return self._judge(turn, "".join(parts), expected, done, ttft, total, "")
+
+    # -- through the relay that stores nothing (bench/relay.py): the floor a server's turn can cost
+
+    async def run_relay(self) -> list[TurnResult]:
+        self.runs += 1
+        history: list[dict[str, str]] = [
+            {"role": "system", "content": ROLE.system_prompt},
+            {"role": "assistant", "content": WELCOME},
+        ]
+        results = []
+        for turn in range(1, TURNS + 1):
+            message = self.message("relay", turn)
+            history.append({"role": "user", "content": message})
+            body = orjson.dumps({"messages": history})
+            started = time.perf_counter()
+            try:
+                async with self.http.post(f"{self.relay_url}/chat/stream", data=body) as response:
+                    outcome = await self._seed_events(response, started)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                outcome = TurnResult(self.index, turn, "failed", detail=type(exc).__name__)
+            if isinstance(outcome, TurnResult):
+                results.append(outcome)
+                results += self._skipped(turn)
+                break
+            text, done, ttft, total, error = outcome
+            result, _ = self._judge(turn, text, self.expected(turn, message), done, ttft, total, error)
+            results.append(result)
+            if result.outcome != "ok":
+                results += self._skipped(turn)
+                break
+            history.append({"role": "assistant", "content": text})
+        self.finished_at = time.monotonic()
+        return results
+
+    async def _seed_events(self, response: aiohttp.ClientResponse,
+                           started: float) -> TurnResult | tuple[str, bool, float | None, float | None, str]:
+        """A stream of the seed's events read to its end: (text, ended, ttft, total, error)."""
+        if response.status != 200:
+            body = (await response.text())[:200]
+            return TurnResult(self.index, 0, "failed", detail=f"HTTP {response.status} {body}")
+        parts: list[str] = []
+        ttft: float | None = None
+        total: float | None = None
+        done = False
+        error = ""
+        reader = SSEData()
+        async for data in response.content.iter_any():
+            for payload in reader.feed(data):
+                event = orjson.loads(payload)
+                kind = event.get("type")
+                if kind == "chunk":
+                    if ttft is None and event.get("content"):
+                        ttft = time.perf_counter() - started
+                    parts.append(event.get("content", ""))
+                elif kind == "end":
+                    done = True
+                    total = time.perf_counter() - started
+                elif kind == "error":
+                    error = f"error event: {event.get('content', '')}"
+        return "".join(parts), done, ttft, total, error
+
+    # -- through the app's JSON API: create a session, then per turn POST it and follow its events_url
+
+    async def run_json(self) -> list[TurnResult]:
+        self.runs += 1
+        sent: list[str] = []
+        replies: list[str] = []
+        started = time.perf_counter()
+        try:
+            async with self.http.post(f"{self.app_url}/api/sessions", json={"role": ROLE.id}) as response:
+                if response.status != 201:
+                    raise ValueError(f"HTTP {response.status}")
+                session_id = (await response.json())["id"]
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+            return self._start_failed("POST /api/sessions", exc)
+        self.conversations.append((session_id, sent, replies))
+        self.start_latency = time.perf_counter() - started
+        results = []
+        for turn in range(1, TURNS + 1):
+            message = self.message("json", turn)
+            sent.append(message)
+            started = time.perf_counter()
+            try:
+                async with self.http.post(f"{self.app_url}/api/sessions/{session_id}/turns",
+                                          json={"message": message}) as response:
+                    if response.status != 202:
+                        raise ValueError(f"HTTP {response.status} {(await response.text())[:200]}")
+                    events_url = (await response.json())["events_url"]
+                async with self.http.get(f"{self.app_url}{events_url}") as response:
+                    outcome = await self._seed_events(response, started)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+                outcome = TurnResult(self.index, turn, "failed", detail=f"{type(exc).__name__} {exc}"[:200])
+            if isinstance(outcome, TurnResult):
+                results.append(outcome)
+                results += self._skipped(turn)
+                break
+            text, done, ttft, total, error = outcome
+            result, _ = self._judge(turn, text, self.expected(turn, message), done, ttft, total, error)
+            results.append(result)
+            if result.outcome in ("ok", "wrong"):
+                replies.append(text)
+            if result.outcome != "ok":
+                results += self._skipped(turn)
+                break
+        self.finished_at = time.monotonic()
+        return results
 
     # -- through the app
 
@@ -836,6 +949,8 @@ def phase_summary(result: dict[str, Any], usage: dict[str, Usage]) -> dict[str, 
             for k in range(1, TURNS + 1)
         },
         "loadgen_cpu_s": round(result["cpu_s"], 2),
+        **{f"{name}_per_turn": round(result[name] / max(1, len(turns)), 1)
+           for name in ("redis_commands", "redis_round_trips") if name in result},
         "connections_opened": result.get("connections", 0),
         "usage": {name: asdict(u) for name, u in usage.items()},
         "problems": sorted({f"{t['outcome']}: {t['detail']}" for t in turns if t["outcome"] != "ok"})[:10],
@@ -855,35 +970,46 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
-LABELS = {"direct": "direct", "app": "API", "ui": "web UI"}
+LABELS = {"direct": "direct", "relay": "relay", "app": "API", "json": "JSON API", "ui": "web UI"}
+PATHS = {"api": "app", "json": "json", "ui": "ui"}  # --paths names -> phase kinds
+
+
+def ratio_key(kind: str) -> str:
+    return "ratio" if kind == "app" else f"{kind}_ratio"
 
 
 def _app_phases(step: dict[str, Any]) -> list[str]:
-    return [kind for kind in ("app", "ui") if kind in step]
+    return [kind for kind in ("app", "json", "ui") if kind in step]
+
+
+def _floor_phases(step: dict[str, Any]) -> list[str]:
+    return [kind for kind in ("direct", "relay") if kind in step]
 
 
 def step_block(step: dict[str, Any]) -> str:
     """The table of one N, printed as soon as it is measured."""
     d = step["direct"]
     walls = step.get("walls_s", {})
-    ratios = ", ".join(f"{LABELS[k]} {step[f'{k}_ratio' if k == 'ui' else 'ratio']:.2f}" for k in _app_phases(step))
+    ratios = ", ".join(f"{LABELS[k]} {step[ratio_key(k)]:.2f}" for k in ("relay", *_app_phases(step)) if k in step)
     lines = [
         f"N={step['users']} users x {TURNS} turns: wall ratio to direct {ratios}"
         f" (fastest of {len(walls.get('direct', [1]))} runs each; walls {walls};"
         f" bad turns in all runs {step.get('bad_turns_all_runs')})",
+        "  over the relay (median walls): " + (", ".join(
+            f"{LABELS[k]} {step[k]['over_relay']:.3f}" for k in _app_phases(step) if "over_relay" in step[k]) or "-"),
         f"  {'':7} {'wall s':>7} {'TTFT p50':>9} {'p95':>6} {'p99':>6} {'total p50':>10} {'p99':>6}"
         f" {'ok':>5} {'failed':>6} {'lost':>5} {'wrong':>5}",
     ]
-    for kind in ("direct", *_app_phases(step)):
+    for kind in (*_floor_phases(step), *_app_phases(step)):
         p = step[kind]
         lines.append(
-            f"  {LABELS[kind]:7} {p['wall_s']:7.2f} {_fmt(p['ttft_ms']['p50']):>9} {_fmt(p['ttft_ms']['p95']):>6}"
+            f"  {LABELS[kind]:8} {p['wall_s']:7.2f} {_fmt(p['ttft_ms']['p50']):>9} {_fmt(p['ttft_ms']['p95']):>6}"
             f" {_fmt(p['ttft_ms']['p99']):>6} {_fmt(p['total_ms']['p50']):>10} {_fmt(p['total_ms']['p99']):>6}"
             f" {p['ok']:>5} {p['failed']:>6} {p['lost']:>5} {p['wrong']:>5}"
         )
     by_turn = lambda p: "/".join(_fmt(p["ttft_p99_ms_by_turn"][str(k)]) for k in range(1, TURNS + 1))  # noqa: E731
     lines.append("  TTFT p99 by turn 1/2/3: " + ", ".join(
-        f"{LABELS[k]} {by_turn(step[k])} ms" for k in ("direct", *_app_phases(step))))
+        f"{LABELS[k]} {by_turn(step[k])} ms" for k in (*_floor_phases(step), *_app_phases(step))))
     if "ui" in step and step["ui"].get("posted_p99_ms_by_turn"):
         posted = step["ui"]["posted_p99_ms_by_turn"]
         lines.append("  web UI post answered, p99 by turn 1/2/3: "
@@ -898,12 +1024,17 @@ def step_block(step: dict[str, Any]) -> str:
         f"  history: {history['missing']} missing, {history['duplicated']} duplicated,"
         f" {len(history['problems'])} other problems" + (f"; {starts}" if starts else "")
     )
+    if "relay" in step:
+        r = step["relay"]
+        lines.append(f"  relay: RSS peak {r['usage']['relay']['rss_peak_mb']} MB, CPU {r['usage']['relay']['cpu_s']} s"
+                     f" ({r.get('relay_cpu_ms_per_turn', '?')} ms/turn)")
     for kind in _app_phases(step):
         p = step[kind]
         usage = p["usage"]
         lines.append(
             f"  {LABELS[kind]}: app RSS peak {usage['app']['rss_peak_mb']} MB, CPU {usage['app']['cpu_s']} s"
-            f" ({p['app_cpu_ms_per_turn']} ms/turn)"
+            f" ({p['app_cpu_ms_per_turn']} ms/turn; Redis {p.get('redis_commands_per_turn', '?')} commands,"
+            f" {p.get('redis_round_trips_per_turn', '?')} round trips per turn)"
             f" | redis: RSS peak {usage['redis']['rss_peak_mb']} MB, CPU {usage['redis']['cpu_s']} s"
             f" | fake model CPU {usage['upstream']['cpu_s']} s (direct {d['usage']['upstream']['cpu_s']} s)"
             f" | load generator CPU {p['loadgen_cpu_s']} s (direct {d['loadgen_cpu_s']} s)"
@@ -912,9 +1043,9 @@ def step_block(step: dict[str, Any]) -> str:
     lines.append(
         "  other work on the machine meanwhile, % of a core: " + ", ".join(
             f"{LABELS[k]} {step[k]['usage']['others']['cpu_s'] / step[k]['wall_s']:.0%}"
-            for k in ("direct", *_app_phases(step)))
+            for k in (*_floor_phases(step), *_app_phases(step)))
     )
-    problems = [x for k in ("direct", *_app_phases(step)) for x in step[k]["problems"]] + history["problems"]
+    problems = [x for k in (*_floor_phases(step), *_app_phases(step)) for x in step[k]["problems"]] + history["problems"]
     for problem in problems[:5]:
         lines.append(f"  ! {problem}")
     return "\n".join(lines)
@@ -935,7 +1066,7 @@ def summary_table(steps: list[dict[str, Any]]) -> str:
         duo = lambda p: "/".join(_fmt(p["total_ms"][k]) for k in ("p50", "p99"))  # noqa: E731
         for kind in _app_phases(s):
             a = s[kind]
-            ratio = s["ui_ratio" if kind == "ui" else "ratio"]
+            ratio = s[ratio_key(kind)]
             bad = lambda key: d[key] + a[key]  # noqa: E731
             start = "/".join(_fmt(a.get("chat_start_ms", {}).get(k)) for k in ("p50", "p99"))
             others = "/".join(f"{p['usage']['others']['cpu_s'] / p['wall_s']:.0%}" for p in (d, a))
@@ -952,7 +1083,40 @@ def summary_table(steps: list[dict[str, Any]]) -> str:
 TARGET_RATIOS = {50: 1.05, 200: 1.20, 500: 1.70}  # issue 10: the API path
 UI_RATIO_SLACK = {50: 1.10, 200: 1.10, 500: 1.20}  # issue 19: the web UI path within 10/10/20% of the API's
 UI_CPU_SLACK = 1.3  # CPU per web UI turn at most 1.3x the API turn's
+RELAY_SLACK = {50: 1.03, 200: 1.05, 500: 1.10, 1000: 1.10}  # issue 32: the seed and JSON APIs over the relay
+RELAY_TTFT_SLACK_MS = {50: 50, 200: 50}
+RSS_LIMITS_MB = {500: 200, 1000: 160}
 UI_TTFT_SLACK_MS = 50
+
+
+def median_wall(step: dict[str, Any], kind: str) -> float:
+    walls = step.get("walls_s", {}).get(kind)
+    return statistics.median(walls) if walls else float(step[kind]["wall_s"])
+
+
+class RedisCounter:
+    """Redis commands (the server's count) and round trips (the app's own count, /metrics) so far."""
+
+    def __init__(self, apps: list[App], redis_url: str | None) -> None:
+        import redis
+
+        self.app_urls = [host.url for host in apps]
+        self.client = None if redis_url else redis.Redis(unix_socket_path=str(apps[0].redis_socket))
+
+    def read(self) -> tuple[int | None, int | None]:
+        commands = int(self.client.info("stats")["total_commands_processed"]) if self.client else None
+        trips = 0
+        for url in self.app_urls:
+            try:
+                with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+                    text = response.read().decode()
+            except OSError:
+                return commands, None
+            found = re.search(r"^chat_redis_round_trips (\S+)$", text, re.M)
+            if found is None:
+                return commands, None  # (an app revision from before the count)
+            trips += int(float(found.group(1)))
+        return commands, trips
 
 
 def median_ratio(step: dict[str, Any], kind: str) -> float:
@@ -960,7 +1124,7 @@ def median_ratio(step: dict[str, Any], kind: str) -> float:
     walls = step.get("walls_s", {})
     if walls.get(kind) and walls.get("direct"):
         return statistics.median(walls[kind]) / statistics.median(walls["direct"])
-    return float(step["ui_ratio" if kind == "ui" else "ratio"])
+    return float(step[ratio_key(kind)])
 
 
 def targets(steps: list[dict[str, Any]]) -> list[tuple[str, bool]]:
@@ -997,14 +1161,36 @@ def targets(steps: list[dict[str, Any]]) -> list[tuple[str, bool]]:
     for s in steps:
         h = s["history"]
         bad = sum(s.get("bad_turns_all_runs", {}).values()) or sum(
-            s[k][key] for k in ("direct", *_app_phases(s)) for key in ("failed", "lost", "wrong"))
+            s[k][key] for k in (*_floor_phases(s), *_app_phases(s)) for key in ("failed", "lost", "wrong"))
         bad += h["missing"] + h["duplicated"] + len(h["problems"])
         found.append((f"{s['users']} users: {bad} failed, lost, wrong or not-once-in-history replies", bad == 0))
-    for users in (500, 1000):
+    for users, limit in RSS_LIMITS_MB.items():
         step = by_users.get(users)
-        if step:
+        if step and _app_phases(step):
             rss = max(step[k]["usage"]["app"]["rss_peak_mb"] for k in _app_phases(step))
-            found.append((f"{users} users: app RSS peak {rss} MB <= 200 MB", rss <= 200))
+            found.append((f"{users} users: app RSS peak {rss} MB <= {limit} MB", rss <= limit))
+    return found + relay_targets(steps)
+
+
+def relay_targets(steps: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """Issue 32's: the seed API and the JSON API over the relay that stores nothing (medians of the sitting)."""
+    found: list[tuple[str, bool]] = []
+    for step in steps:
+        users = step["users"]
+        if "relay" not in step or users not in RELAY_SLACK:
+            continue
+        for kind in ("app", "json"):
+            if kind not in step:
+                continue
+            over = median_wall(step, kind) / median_wall(step, "relay")
+            slack = RELAY_SLACK[users]
+            found.append((f"{users} users: {LABELS[kind]} over the relay {over:.3f} <= {slack:.2f} (medians of"
+                          f" {len(step['walls_s'][kind])} runs)", over <= slack))
+            if users in RELAY_TTFT_SLACK_MS:
+                a, r = step[kind]["ttft_ms"]["p99"], step["relay"]["ttft_ms"]["p99"]
+                if a is not None and r is not None:
+                    found.append((f"{users} users: {LABELS[kind]} TTFT p99 {a:.0f} ms <= relay {r:.0f}"
+                                  f" + {RELAY_TTFT_SLACK_MS[users]} ms", a <= r + RELAY_TTFT_SLACK_MS[users]))
     return found
 
 
@@ -1012,12 +1198,12 @@ def targets(steps: list[dict[str, Any]]) -> list[tuple[str, bool]]:
 
 
 async def run(args: argparse.Namespace, apps: list[App], model: FakeModel, workdir: Path,
-              redis_pids: list[int]) -> dict[str, Any]:
+              redis_pids: list[int], relay: Relay) -> dict[str, Any]:
     app = apps[0]
     app_urls = ",".join(host.url for host in apps)
     sweep = [int(n) for n in args.users.split(",") if n.strip()]
-    app_phases = [{"api": "app", "ui": "ui"}[p.strip()] for p in args.paths.split(",") if p.strip()]
-    phases = ["direct", *app_phases]
+    app_phases = [PATHS[p.strip()] for p in args.paths.split(",") if p.strip()]
+    phases = ["direct", "relay", *app_phases]
     if args.procs > 1:
         workers: Workers = ProcessWorkers(args.procs, app_urls, model.url, args.tokens)
         loadgen_pids = workers.pids
@@ -1025,9 +1211,11 @@ async def run(args: argparse.Namespace, apps: list[App], model: FakeModel, workd
         workers = LocalWorkers(app_urls, model.url, args.tokens)
         loadgen_pids = [os.getpid()]
     watched: dict[str, int | list[int]] = {"app": [host.pid for host in apps],
-                                           "redis": redis_pids or [app.redis_pid], "upstream": model.pid}
+                                           "redis": redis_pids or [app.redis_pid], "upstream": model.pid,
+                                           "relay": relay.pid}
     watched.update({f"loadgen{i}": pid for i, pid in enumerate(loadgen_pids)})
     watcher = Watcher(watched).start()
+    counter = RedisCounter(apps, os.environ.get("BENCH_REDIS_URL"))
     steps: list[dict[str, Any]] = []
     profile: dict[str, Any] | None = None
     try:
@@ -1048,9 +1236,15 @@ async def run(args: argparse.Namespace, apps: list[App], model: FakeModel, workd
                 for kind in phases:
                     await asyncio.sleep(args.pause)
                     waited[kind].append(round(await asyncio.to_thread(wait_for_quiet, args.quiet_wait), 1))
+                    before = await asyncio.to_thread(counter.read)
                     watcher.begin()
                     result = await workers.phase(kind)
-                    runs[kind].append((result, watcher.end()))
+                    usage = watcher.end()
+                    after = await asyncio.to_thread(counter.read)
+                    for name, start, end in zip(("redis_commands", "redis_round_trips"), before, after):
+                        if start is not None and end is not None:
+                            result[name] = end - start
+                    runs[kind].append((result, usage))
             # other work on a shared machine only ever adds time: keep each phase's fastest run
             for kind in phases:
                 results[kind], usages[kind] = min(runs[kind], key=lambda run: run[0]["wall"])
@@ -1066,9 +1260,13 @@ async def run(args: argparse.Namespace, apps: list[App], model: FakeModel, workd
                     kind: sum(1 for r, _ in runs[kind] for t in r["turns"] if t["outcome"] != "ok") for kind in runs
                 },
             }
+            step["relay_ratio"] = round(step["relay"]["wall_s"] / step["direct"]["wall_s"], 3)
+            step["relay"]["relay_cpu_ms_per_turn"] = round(
+                1000 * step["relay"]["usage"]["relay"]["cpu_s"] / max(1, step["relay"]["turns"]), 1)
             for kind in app_phases:
-                key = "ui_ratio" if kind == "ui" else "ratio"
-                step[key] = round(step[kind]["wall_s"] / step["direct"]["wall_s"], 3)
+                step[ratio_key(kind)] = round(step[kind]["wall_s"] / step["direct"]["wall_s"], 3)
+                if "relay" in step:
+                    step[kind]["over_relay"] = round(median_wall(step, kind) / median_wall(step, "relay"), 3)
                 step[kind]["app_cpu_ms_per_turn"] = round(
                     1000 * step[kind]["usage"]["app"]["cpu_s"] / max(1, step[kind]["turns"]), 1
                 )
@@ -1118,7 +1316,8 @@ def main() -> int:
     parser.add_argument("--ttft-ms", type=float, default=BENCH_TTFT_MS)
     parser.add_argument("--token-delay-ms", type=float, default=BENCH_TOKEN_DELAY_MS)
     parser.add_argument("--tokens", type=int, default=BENCH_TOKENS)
-    parser.add_argument("--paths", default="api,ui", help="app paths to measure: api, ui or both (default api,ui)")
+    parser.add_argument("--paths", default="api,json,ui",
+                        help="app paths to measure: api (the seed API), json (the JSON API), ui (default all three)")
     parser.add_argument("--procs", type=int, default=1, help="load-generator processes (default 1)")
     parser.add_argument("--ui-channel", choices=("own", "pooled"), default="own",
                         help="a web UI visitor's page channel: on a connection of its own, opened for it (a browser "
@@ -1156,6 +1355,8 @@ def main() -> int:
     revision = git_revision(args.rev)  # once: HEAD may move while the benchmark runs
     with Workdir("load", keep=args.keep) as workdir:
         model = FakeModel(args.ttft_ms, args.token_delay_ms, args.tokens, workdir).start()
+        relay = Relay(model.url, workdir).start()
+        os.environ[RELAY_ENV] = relay.url  # the load generator's workers (and their processes) read it
         cluster = None
         apps: list[App] = []
         redis_pids: list[int] = []
@@ -1169,6 +1370,7 @@ def main() -> int:
                 cluster.start()
                 redis_pids = [process.pid for process in cluster.processes]
                 hosts_env["REDIS_URL"] = cluster.url
+                os.environ["BENCH_REDIS_URL"] = cluster.url  # (commands per turn: one server's count only)
             for index in range(args.hosts):
                 host_dir = workdir / f"host{index}" if index else workdir
                 host_dir.mkdir(parents=True, exist_ok=True)
@@ -1181,6 +1383,7 @@ def main() -> int:
                 host.stop()
             if cluster is not None:
                 cluster.stop()
+            relay.stop()
             model.stop()
             raise
         app = apps[0]
@@ -1195,12 +1398,13 @@ def main() -> int:
         print(flush=True)
         try:
             loop_run = _runner()
-            outcome = loop_run(run(args, apps, model, workdir, redis_pids))
+            outcome = loop_run(run(args, apps, model, workdir, redis_pids, relay))
         finally:
             for host in apps:
                 host.stop()
             if cluster is not None:
                 cluster.stop()
+            relay.stop()
             model.stop()
         app_errors = [line for host in apps for line in host.log_tail(2000).splitlines()
                       if " ERROR " in line or "Traceback" in line]

@@ -248,6 +248,37 @@ class FakeModel:
 
 
 @dataclass
+class Relay:
+    """bench/relay.py in its own process: the server that stores nothing, in front of the same model."""
+
+    upstream_url: str
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> Relay:
+        log = self.workdir / "relay.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.relay", "--port", str(self.port), "--upstream", f"{self.upstream_url}/v1"],
+            cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )
+        _wait_http(f"{self.url}/healthz", 20, self.process, log)
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=20)
+
+
+@dataclass
 class App:
     """`python -m webapp` with a fresh DATA_DIR (so an embedded redis-server), one worker."""
 

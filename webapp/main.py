@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.portability = services.portability
         state.roles, state.shares, state.channels = services.roles, services.shares, services.channels
         services.start()
+        app.state.metrics.redis_round_trips.set_function(store.round_trips)
         tune_garbage_collection()
         warming = asyncio.create_task(asyncio.to_thread(warm_up, provider), name="warm-up")
         log.info(

@@ -28,6 +28,10 @@ class Metrics:
         )
         self.upstream_errors = Counter("chat_upstream_errors", "Failed model calls", registry=self.registry)
         self.redis_errors = Counter("chat_redis_errors", "Failed Redis operations", registry=self.registry)
+        self.redis_round_trips = Gauge(
+            "chat_redis_round_trips", "Commands and pipelines this worker has sent to Redis since it started "
+            "(blocking reads not counted)", registry=self.registry,
+        )
 
     def turn_started(self) -> None:
         self.active_turns.inc()

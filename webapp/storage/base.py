@@ -48,6 +48,11 @@ class StoreBase:
             else:
                 await client.aclose(close_connection_pool=True)
 
+    def round_trips(self) -> int:
+        """Commands and pipelines sent on the command pool(s) since start (a Cluster's: every node's)."""
+        clients = self.redis.nodes.values() if self.cluster else [self.redis]
+        return sum(getattr(client.connection_pool, "checkouts", 0) for client in clients)
+
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())

@@ -112,8 +112,10 @@ class LeanConnectionPool(ConnectionPool):
         super().__init__(connection_class=connection_class, **kwargs)
         self.wait_timeout = wait_timeout
         self._waiters: deque[asyncio.Future[AbstractConnection]] = deque()
+        self.checkouts = 0  # one per command or pipeline sent: the round trips (chat_redis_round_trips)
 
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> AbstractConnection:
+        self.checkouts += 1
         if self._available_connections:
             connection = self._available_connections.pop()
         elif len(self._in_use_connections) < self.max_connections:
