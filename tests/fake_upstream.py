@@ -14,7 +14,10 @@ the request's number, so a regenerated answer differs. ``[[echo]]`` makes the re
 message itself (directives removed, trimmed), streamed in pieces of ECHO_PIECE characters: a test
 chooses what the model says, e.g. Markdown or hostile text. ``[[whoami]]`` makes the reply
 ``model={model} temperature={t} system={the whole system prompt}``: which model and which system
-prompt (a custom role's, say) the request carried (``parse_whoami`` reads it back).
+prompt (a custom role's, say) the request carried (``parse_whoami`` reads it back). Upstreams that
+answer 200 but not as they should: ``[[html]]`` (an HTML page), ``[[json]]`` (a plain, non-streamed
+completion), ``[[nodone]]`` (the stream's tokens, then a clean close with no finish reason and no
+``[DONE]``), ``[[big:N]]`` (one delta of N characters).
 
 Run it alone for a benchmark::
 
@@ -54,7 +57,9 @@ HEADER_TOKENS = 3  # "ctx=..", " sys=..", " last=.." are the first three tokens
 STALL_SECONDS = 120.0
 ECHO_PIECE = 8  # characters per streamed token of an echoed reply
 
-_DIRECTIVE = re.compile(r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft|echo|once|vary|whoami)(?::(\d+))?\]\]")
+_DIRECTIVE = re.compile(
+    r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft|echo|once|vary|whoami|html|json|nodone|big)(?::(\d+))?\]\]"
+)
 _WHOAMI = re.compile(r"^model=(\S*) temperature=(\S*) system=(.*)$", re.DOTALL)
 _REPLY = re.compile(r"^ctx=(\d+) sys=(\S+) last=(.*?)((?: t\d+)*)(?: v\d+)?$", re.DOTALL)
 
@@ -142,6 +147,9 @@ class Behaviour:
     once: bool = False  # misbehave only the first time this message is seen (then a Retry works)
     vary: bool = False  # end the reply with the request's number, so two answers to one context differ
     whoami: bool = False  # the reply names the model, temperature and system prompt it was asked with
+    answer_as: str = ""  # "html" or "json": a 200 that is not an event stream
+    no_ending: bool = False  # the stream closes cleanly without a finish reason or [DONE]
+    big: int = 0  # one extra delta of this many characters after the header
 
     def with_directives(self, text: str) -> Behaviour:
         changes: dict[str, Any] = {}
@@ -169,6 +177,12 @@ class Behaviour:
                 changes["vary"] = True
             elif name == "whoami":
                 changes["whoami"] = True
+            elif name in ("html", "json"):
+                changes["answer_as"] = name
+            elif name == "nodone":
+                changes["no_ending"] = True
+            elif name == "big" and number is not None:
+                changes["big"] = number
         return replace(self, **changes)
 
 
@@ -365,9 +379,14 @@ class FakeUpstream:
         self.requests_served += 1
         if behaviour.vary:
             tokens = tokens + [f" v{self.requests_served}"]
+        if behaviour.big:
+            tokens = tokens[:1] + ["x" * (behaviour.big - 1) + "y"] + tokens[1:]
         completion_id = f"chatcmpl-fake-{next(self._ids)}"
         created = int(time.time())
-        if not body.get("stream"):
+        if behaviour.answer_as == "html":  # a proxy's or a web server's page where the API should be
+            return web.Response(body=b"<!doctype html><title>Welcome</title><h1>It works!</h1>",
+                                content_type="text/html", charset="utf-8")
+        if not body.get("stream") or behaviour.answer_as == "json":
             await asyncio.sleep(behaviour.ttft_ms / 1000)
             return self._completion(completion_id, created, model, "".join(tokens), len(messages))
         return await self._stream(request, behaviour, tokens, completion_id, created, model)
@@ -440,7 +459,8 @@ class FakeUpstream:
             await response.write(frame(delta))
         if behaviour.drop_after is not None and behaviour.drop_after <= len(tokens):
             return self._abort(request, response)
-        await response.write(frame({}, "stop") + b"data: [DONE]\n\n")
+        if not behaviour.no_ending:
+            await response.write(frame({}, "stop") + b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 

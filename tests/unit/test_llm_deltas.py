@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.llm.providers import UpstreamError, delta_text
+from webapp.llm.providers import Finishing, UpstreamError, delta_text
 
 
 def test_a_data_line_gives_its_delta_text() -> None:
@@ -52,3 +52,12 @@ def test_an_error_object_in_the_stream_raises_an_upstream_error() -> None:
         delta_text(b'data: {"error":{"message":"overloaded","type":"server_error"}}')
     assert caught.value.key == "error.upstream"
     assert "overloaded" not in str(caught.value)  # the raw error is never what the user sees
+
+
+def test_a_chunk_with_a_finish_reason_says_the_reply_is_whole_with_or_without_text() -> None:
+    last = delta_text(b'data: {"choices":[{"delta":{"content":"bye"},"finish_reason":"stop"}]}')
+    assert last == "bye" and isinstance(last, Finishing)
+    empty = delta_text(b'data: {"choices":[{"delta":{},"finish_reason":"length"}]}')
+    assert empty == "" and isinstance(empty, Finishing)
+    assert not isinstance(delta_text(b'data: {"choices":[{"delta":{"content":"x"},"finish_reason":null}]}'),
+                          Finishing)

@@ -102,6 +102,14 @@ CATALOG: dict[str, dict[Lang, str]] = {
     },
     "error.no_such_version": {"zh": "该版本不存在", "en": "No such version"},
     "error.interrupted": {"zh": "回复已中断", "en": "The reply was interrupted"},
+    "error.upstream_not_stream": {
+        "zh": "AI服务返回的是 {content_type}，而不是流式回复",
+        "en": "The AI service answered with {content_type}, not a streamed reply",
+    },
+    "error.upstream_incomplete": {
+        "zh": "AI服务的回复未正常结束，可能不完整（已保留目前的内容）",
+        "en": "The AI service's reply ended abruptly and may be incomplete (what it wrote is kept)",
+    },
     "error.invalid_input": {"zh": "请求参数无效", "en": "Invalid request"},
     "error.title_empty": {"zh": "标题不能为空", "en": "The title cannot be empty"},
     "error.not_found": {"zh": "页面不存在", "en": "Page not found"},

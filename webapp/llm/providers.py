@@ -22,11 +22,14 @@ TITLE_TIMEOUT_SECONDS = 20.0
 
 
 class UpstreamError(Exception):
-    """The model failed; `key` is the catalog key of what the user is told (never the raw error)."""
+    """The model failed; `key` is the catalog key of what the user is told (never the raw error), `params`
+    what it names; `status` is what the text had so far is saved as (`interrupted`: cut off, not failed)."""
 
-    def __init__(self, key: str = "error.upstream") -> None:
+    def __init__(self, key: str = "error.upstream", *, status: str = "error", **params: str) -> None:
         super().__init__(key)
         self.key = key
+        self.status = status
+        self.params = params
 
 
 class Provider(Protocol):
@@ -111,17 +114,29 @@ class OpenAIProvider:
                                 await asyncio.sleep(0.3)
                                 continue
                             raise UpstreamError(_status_key(response.status))
+                        _require_event_stream(response.headers.get("Content-Type"))
                         # whatever arrived, split into lines here: one await per packet, not per line
-                        buffer = b""
+                        buffer, finished = b"", False
                         async for data in response.content.iter_any():
                             watch.touch()
                             *lines, buffer = (buffer + data).split(b"\n")
                             for line in lines:
                                 text = delta_text(line)
+                                if text is None:
+                                    return
+                                if text.__class__ is Finishing:
+                                    finished = True
                                 if text:
                                     yield text
-                                elif text is None:
-                                    return
+                        last = delta_text(buffer)  # a last line with no newline after it
+                        if last is None:
+                            return
+                        if last:
+                            yield last
+                        if not finished and last.__class__ is not Finishing:
+                            # closed with neither [DONE] nor a finish reason: the reply may be cut off
+                            log.warning("upstream stream ended without [DONE] or a finish reason")
+                            raise UpstreamError("error.upstream_incomplete", status="interrupted")
                         return
                 except aiohttp.ClientConnectionError:
                     if attempt == 1 and not watch.touched:
@@ -261,6 +276,19 @@ def _default_first(default: str, names: list[str]) -> list[str]:
     return [default] + [name for name in names if name != default]
 
 
+def _require_event_stream(content_type: str | None) -> None:
+    """A 200 that is not an event stream (a proxy's HTML page, a non-streamed JSON body) is no reply:
+    the user is told what came instead of saving an empty one. No Content-Type at all is let through
+    (the stream's ending then says whether a reply came)."""
+    if content_type is None:
+        return
+    mime = content_type.partition(";")[0].strip().lower()
+    if mime != "text/event-stream":
+        shown = "".join(char for char in mime if char.isprintable())[:80] or "?"
+        log.warning("upstream answered 200 with %s, not text/event-stream (is OPENAI_BASE_URL the API's?)", shown)
+        raise UpstreamError("error.upstream_not_stream", content_type=shown)
+
+
 def _status_key(status: int) -> str:
     if status in (401, 403):
         return "error.upstream_auth"
@@ -331,8 +359,14 @@ def _demo_pieces(text: str, size: int = 3) -> list[str]:
     return pieces
 
 
+class Finishing(str):
+    """delta_text's answer for a chunk with a finish reason (its text, often empty): the reply is whole
+    even when no `[DONE]` follows."""
+
+
 def delta_text(line: bytes) -> str | None:
-    """The text of one SSE line of a chat.completion.chunk stream; None at `[DONE]`."""
+    """The text of one SSE line of a chat.completion.chunk stream; None at `[DONE]`; a Finishing for
+    the chunk that carries the finish reason."""
     if not line.startswith(b"data:"):
         return ""
     payload = line[5:].strip()
@@ -346,9 +380,13 @@ def delta_text(line: bytes) -> str | None:
         log.warning("upstream sent an error event")
         raise UpstreamError()
     try:
-        return data["choices"][0]["delta"].get("content") or ""
+        choice = data["choices"][0]
+        text = choice["delta"].get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
         return ""
+    if choice.get("finish_reason"):
+        return Finishing(text)
+    return text
 
 
 def create_provider(settings: Settings) -> Provider:

@@ -20,7 +20,7 @@ class TurnGenerating(WriterState):
     """Generating a reply: a part of TurnWriter (writer.py)."""
 
     async def _generate(self, run: TurnRun, messages: list[dict[str, str]]) -> None:
-        status, error_key = "complete", ""
+        status, error_key, error_params = "complete", "", {}
         try:
             # a reply may take TURN_TIMEOUT_SECONDS at most (its lease is renewed until then)
             async with asyncio.timeout(max(1, self.settings.turn_timeout_seconds - 5)):
@@ -35,13 +35,13 @@ class TurnGenerating(WriterState):
             status = "interrupted"
             error_key = "" if run.cancel_reason == "user" else "error.interrupted"
         except UpstreamError as exc:
-            status, error_key = "error", exc.key
+            status, error_key, error_params = exc.status, exc.key, exc.params
             self.metrics.upstream_error()
         except Exception:
             log.exception("turn %s failed", run.id)
             status, error_key = "error", "error.upstream"
             self.metrics.upstream_error()
-        await asyncio.shield(self._finish(run, status, error_key))
+        await asyncio.shield(self._finish(run, status, error_key, error_params))
 
     def _add_text(self, run: TurnRun, delta: str) -> None:
         """Queue a delta; emit at once if the last event is older than the coalescing window."""

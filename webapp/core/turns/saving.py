@@ -30,7 +30,8 @@ from webapp.core.turns.writer_state import WriterState
 class TurnSaving(WriterState):
     """Saving a reply: a part of TurnWriter (writer.py)."""
 
-    async def _finish(self, run: TurnRun, status: str, error_key: str) -> None:
+    async def _finish(self, run: TurnRun, status: str, error_key: str,
+                      error_params: dict[str, str] | None = None) -> None:
         if run.flush_handle is not None:
             run.flush_handle.cancel()
         self._emit_pending(run)
@@ -41,7 +42,7 @@ class TurnSaving(WriterState):
                             role_id=run.role.id, role_name=run.role.name_zh if run.role.custom else "",
                             model=run.model or self.provider.model)
         if error_key:
-            final = TurnEvent(seq=run.next_seq(), type="error", content=t(error_key, run.lang))
+            final = TurnEvent(seq=run.next_seq(), type="error", content=t(error_key, run.lang, **(error_params or {})))
         else:
             final = TurnEvent(seq=run.next_seq(), type="end", message_id=reply.id if reply else "")
         if not await self._save(run, reply, final):

@@ -1,0 +1,66 @@
+"""How a reply ends says what was saved (issue 34): an upstream that answers 200 with something else than
+an event stream, a stream that stops without its proper ending, a save that fails. On a real redis-server
+with the fake model over HTTP."""
+
+from __future__ import annotations
+
+from tests.unit.wiring import Core
+from webapp.base.i18n import t
+from webapp.base.models import TurnEvent
+from webapp.storage.keys import TurnRef
+
+ALICE = "alice"
+
+
+def text_of(events: list[TurnEvent]) -> str:
+    return "".join(e.content for e in events if e.type == "chunk")
+
+
+async def test_an_upstream_that_answers_200_with_an_html_page_is_an_error_naming_its_content_type(
+        core: Core) -> None:
+    conversation = await core.conversations.create(ALICE)
+
+    started = await core.writer.start_turn(conversation.id, ALICE, "hello [[html]]", None, "en")
+    events = await core.finish(ALICE, started)
+
+    assert [e.type for e in events] == ["error"]
+    assert "text/html" in events[-1].content
+    assert events[-1].content == t("error.upstream_not_stream", "en", content_type="text/html")
+    history = await core.history(ALICE, conversation.id)
+    assert [(m.role, m.content) for m in history][1:] == [("user", "hello [[html]]")], "no empty reply saved"
+    assert (await core.store.get_turn(TurnRef(ALICE, started.id))).status == "error"
+
+
+async def test_an_upstream_that_answers_a_plain_json_completion_is_an_error_naming_its_content_type(
+        core: Core) -> None:
+    conversation = await core.conversations.create(ALICE)
+
+    started = await core.writer.start_turn(conversation.id, ALICE, "hello [[json]]", None, "zh")
+    events = await core.finish(ALICE, started)
+
+    assert [e.type for e in events] == ["error"] and "application/json" in events[-1].content
+    assert [m.role for m in await core.history(ALICE, conversation.id)] == ["assistant", "user"]
+
+
+async def test_a_stream_that_closes_without_done_or_a_finish_reason_is_saved_interrupted(core: Core) -> None:
+    conversation = await core.conversations.create(ALICE)
+
+    started = await core.writer.start_turn(conversation.id, ALICE, "cut short [[nodone]]", None, "en")
+    events = await core.finish(ALICE, started)
+
+    assert events[-1].type == "error"
+    assert events[-1].content == t("error.upstream_incomplete", "en")
+    reply = (await core.history(ALICE, conversation.id))[-1]
+    assert (reply.role, reply.status, reply.content) == ("assistant", "interrupted", text_of(events))
+    assert reply.content.startswith("ctx=2") and reply.content.endswith(" t9")  # every token that came
+    assert (await core.store.get_turn(TurnRef(ALICE, started.id))).status == "interrupted"
+    assert await core.store.lock_holder(ALICE, conversation.id) is None
+
+
+async def test_a_stream_with_a_finish_reason_is_complete(core: Core) -> None:
+    conversation = await core.conversations.create(ALICE)
+
+    events = await core.finish(ALICE, await core.writer.start_turn(conversation.id, ALICE, "whole", None, "en"))
+
+    assert events[-1].type == "end"
+    assert (await core.history(ALICE, conversation.id))[-1].status == "complete"
