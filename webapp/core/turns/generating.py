@@ -5,13 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from webapp.base.models import (
-    TurnEvent,
-)
-from webapp.core.turns.run import (
-    TurnRun,
-    log,
-)
+from webapp.base.models import TurnEvent
+from webapp.core.turns.run import TurnRun, log
 from webapp.core.turns.writer_state import WriterState
 from webapp.llm.providers import UpstreamError
 

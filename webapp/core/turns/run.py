@@ -14,13 +14,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webapp.base.i18n import Lang
-from webapp.base.models import (
-    TERMINAL,
-    BranchState,
-    Conversation,
-    Message,
-    TurnEvent,
-)
+from webapp.base.models import TERMINAL, BranchState, Conversation, Message, TurnEvent
 from webapp.core.roles import Role
 from webapp.storage.keys import TurnRef
 from webapp.storage.store import Store

@@ -12,18 +12,9 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webapp.base.i18n import t
-from webapp.base.models import (
-    Message,
-    TurnEvent,
-    new_message_id,
-    now_iso,
-)
+from webapp.base.models import Message, TurnEvent, new_message_id, now_iso
 from webapp.core.titles import make_preview
-from webapp.core.turns.run import (
-    SavedReply,
-    TurnRun,
-    log,
-)
+from webapp.core.turns.run import SavedReply, TurnRun, log
 from webapp.core.turns.writer_state import WriterState
 
 

@@ -16,26 +16,12 @@ from webapp.base.errors import (
     VersionLimit,
 )
 from webapp.base.i18n import Lang
-from webapp.base.models import (
-    WELCOME,
-    BranchState,
-    Conversation,
-    Message,
-    TurnLock,
-    new_id,
-    new_message_id,
-    now_iso,
-)
+from webapp.base.models import WELCOME, BranchState, Conversation, Message, TurnLock, new_id, new_message_id, now_iso
 from webapp.core.context import build_context, validate_message
 from webapp.core.limits import active, refuse_if_over
 from webapp.core.roles import Role
 from webapp.core.titles import make_preview, make_title
-from webapp.core.turns.run import (
-    Plan,
-    RepeatedRequest,
-    Started,
-    TurnRun,
-)
+from webapp.core.turns.run import Plan, RepeatedRequest, Started, TurnRun
 from webapp.core.turns.writer_state import WriterState
 from webapp.core.versions import TooManyVersions, fork
 from webapp.storage.keys import TurnRef

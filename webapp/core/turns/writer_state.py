@@ -9,20 +9,12 @@ from typing import Callable
 from redis.exceptions import RedisError
 
 from webapp.base.metrics import Metrics
-from webapp.base.models import (
-    Conversation,
-    Message,
-    TurnInfo,
-)
+from webapp.base.models import Conversation, Message, TurnInfo
 from webapp.config import Settings
 from webapp.core.limits import Limit
 from webapp.core.roles import RoleBook
 from webapp.core.turns.recovery import OrphanRecovery
-from webapp.core.turns.run import (
-    RATE_WINDOW_SECONDS,
-    EventWriter,
-    TurnRun,
-)
+from webapp.core.turns.run import RATE_WINDOW_SECONDS, EventWriter, TurnRun
 from webapp.llm.providers import Provider
 from webapp.storage.keys import TurnRef
 from webapp.storage.store import Store
