@@ -72,4 +72,5 @@ def test_ci_run_installs_the_locks_into_a_new_empty_virtualenv_and_the_tests_pas
                         "test_ui_browser.test_three_messages_stream_and_text_grows_before_the_end"):
         ran = [outcome for name, outcome in outcomes.items() if name.endswith(plugin_test)]
         assert ran == [[]], f"{plugin_test}: {ran} (expected one pass, not skipped)\n{output[-2000:]}"
-    assert not [name for name, outcome in outcomes.items() if outcome], output[-2000:]
+    failed = [name for name, outcome in outcomes.items() if {"failure", "error"} & set(outcome)]
+    assert not failed, output[-2000:]  # (an expected failure, xfail, is reported as skipped: it counts as run)
