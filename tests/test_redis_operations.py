@@ -105,6 +105,53 @@ def test_an_identity_whose_claim_marker_is_gone_cannot_be_claimed_while_its_data
     assert "my secret plans" not in history.text
 
 
+@pytest.mark.single_redis
+def test_an_identity_whose_keys_with_a_ttl_were_all_evicted_cannot_be_taken_over(
+    tmp_path: Path, upstream: ThreadedFakeUpstream
+) -> None:
+    """volatile-* evicts any key with a TTL (issue 34): a Redis filled up until every such key of the
+    victim is gone must still refuse its user_id to a client without the victim's cookie."""
+    process, url = redis_with(tmp_path, "--maxmemory-policy", "volatile-random")
+    (tmp_path / "app").mkdir()
+    app = _start_app(tmp_path / "app", {"REDIS_URL": url, "OPENAI_API_KEY": "test-key",
+                                        "OPENAI_BASE_URL": upstream.base_url})
+    filler = redis.Redis.from_url(url)
+    try:
+        with httpx.Client(base_url=app.base_url, timeout=30) as owner:
+            name = unique("victim")
+            chat = start_chat(owner, user_id=name)
+            stream_turn(owner, chat, "my secret plans")
+            from tests.conftest import KEYS
+
+            def evictable() -> list[bytes]:
+                return [key for key in filler.keys(f"{KEYS.owner(name)}*") if filler.pttl(key) > 0]
+
+            assert KEYS.index(name).encode() in evictable()
+            filler.config_set("maxmemory", filler.info("memory")["used_memory"] + 2_000_000)
+            written = 0
+            while evictable():  # Redis evicts at random among the keys with a TTL as the filler goes in
+                with filler.pipeline(transaction=False) as pipe:
+                    for _ in range(500):
+                        pipe.set(f"filler:{written}", b"x" * 1000, ex=3600)
+                        written += 1
+                    pipe.execute()
+                assert written < 2_000_000, "the victim's keys were never evicted"
+            filler.config_set("maxmemory", 0)
+            filler.delete(*filler.keys("filler:*"))
+
+            with httpx.Client(base_url=app.base_url, timeout=30) as stranger:
+                taken = stranger.post("/chat/start", params={"user_id": name})
+                assert taken.status_code == 403, taken.text
+                later = start_chat(owner, user_id=name)  # the victim goes on, with the cookie
+                stream_turn(owner, later, "my later plans")
+                assert "my later plans" not in stranger.get("/api/sessions").text
+    finally:
+        filler.close()
+        _stop_app(app)
+        process.terminate()
+        process.wait()
+
+
 # limits -------------------------------------------------------------------
 
 

@@ -49,6 +49,27 @@ async def test_an_identity_with_a_history_cannot_be_claimed_again(core: Core) ->
     assert not await core.store.claim_user("visitor-2")
 
 
+async def test_a_claim_marker_has_no_ttl_and_frees_the_identity_once_its_time_has_passed(core: Core) -> None:
+    """No eviction policy can take the marker (volatile-* evicts only keys with a TTL), and an identity
+    whose data has all expired is free again, as when the marker had the data's TTL."""
+    assert await core.store.claim_user("visitor-3")
+    claim = core.store.keys.claim("visitor-3")
+    assert await core.store.redis.ttl(claim) == -1
+    assert int(await core.store.redis.get(claim)) >= time.time() + core.settings.index_ttl - 2
+
+    await core.store.redis.set(claim, int(time.time()) - 1)  # its data's time is over
+
+    assert not await core.store.identity_exists("visitor-3")
+    assert await core.store.claim_user("visitor-3")
+
+
+async def test_an_identity_with_api_tokens_or_shared_links_stays_someones_without_its_history(core: Core) -> None:
+    await core.store.redis.hset(core.store.keys.tokens("visitor-4"), "t1", "{}")
+    await core.store.redis.hset(core.store.keys.shares("visitor-5"), "s1", "token")
+
+    assert not await core.store.claim_user("visitor-4") and not await core.store.claim_user("visitor-5")
+
+
 # limits ---------------------------------------------------------------------------
 
 
@@ -204,7 +225,8 @@ async def test_stop_is_marked_only_on_a_running_turn(core: Core) -> None:
 
 
 async def test_everything_a_conversation_and_its_turns_leave_in_redis_expires(core: Core) -> None:
-    """Anonymous data never stays for good: every key of an identity has a TTL (accounts aside)."""
+    """Anonymous data never stays for good: every key of an identity has a TTL (accounts aside), but for
+    the claim marker, which no eviction may take (issue 34): it holds the time the rest expires."""
     conversation = await core.conversations.create(ALICE)
     await core.finish(ALICE, await core.writer.start_turn(conversation.id, ALICE, "first [[vary]]", None, "en"))
     await core.finish(ALICE, await core.writer.regenerate(conversation.id, ALICE, "en"))  # versions and forks too
@@ -214,7 +236,9 @@ async def test_everything_a_conversation_and_its_turns_leave_in_redis_expires(co
     owned = await core.store.redis.keys(f"*{{{ALICE}}}*")
     assert len(owned) > 10
     forever = [key for key in owned if await core.store.redis.ttl(key) < 0]
-    assert forever == []
+    assert forever == [core.store.keys.claim(ALICE)]
+    longest = max([await core.store.redis.ttl(key) for key in owned if key not in forever])
+    assert abs(int(await core.store.redis.get(forever[0])) - (time.time() + longest)) <= 2
 
 
 # the client --------------------------------------------------------------------------

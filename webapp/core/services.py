@@ -20,6 +20,7 @@ from webapp.core.turns.leases import LeaseKeeper
 from webapp.core.turns.reader import TurnReader
 from webapp.core.turns.writer import TurnWriter
 from webapp.llm.providers import Provider
+from webapp.storage.redis_checks import EvictionWatch
 from webapp.storage.store import Store
 
 
@@ -39,12 +40,15 @@ class Services:
     shares: Shares
     portability: Portability
     accounts: Accounts
+    eviction_watch: EvictionWatch
 
     def start(self) -> None:
-        """The background tasks: the event writer and cancel listener, the search index, the lease keeper."""
+        """The background tasks: the event writer and cancel listener, the search index, the lease keeper,
+        the eviction policy's re-check."""
         self.writer.start()
         self.search.start()
         self.leases.start()
+        self.eviction_watch.start()
 
     async def aclose(self) -> None:
         """Running replies saved first, then the queues, then the clients."""
@@ -52,6 +56,7 @@ class Services:
         await self.titles.aclose()
         await self.search.aclose()
         await self.leases.aclose()
+        await self.eviction_watch.aclose()
         await self.reader.aclose()
         await self.provider.aclose()
         await self.store.aclose()
@@ -74,4 +79,5 @@ def build_services(store: Store, provider: Provider, settings: Settings, metrics
                               max_messages=settings.max_messages_per_conversation, models=provider.models)
     return Services(store=store, provider=provider, writer=writer, reader=reader, leases=leases, limits=limits,
                     search=search, titles=titles, channels=channels, conversations=conversations, roles=writer.roles,
-                    shares=Shares(store), portability=portability, accounts=Accounts(store, settings, limits))
+                    shares=Shares(store), portability=portability, accounts=Accounts(store, settings, limits),
+                    eviction_watch=EvictionWatch(store, settings))

@@ -4,6 +4,7 @@ Keys are named in keys.py and listed, with type and TTL, in store.py."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -88,7 +89,7 @@ class StoreBase:
             pipe.expire(k.forks(uid, sid), self.conversation_ttl)
         pipe.expire(k.meta(uid, sid), self.index_ttl)
         pipe.expire(k.index(uid), self.index_ttl)
-        pipe.expire(k.claim(uid), self.index_ttl)
+        pipe.set(k.claim(uid), claim_deadline(self.index_ttl))  # no TTL: see identities.CLAIM_IDENTITY
 
     def _count_hits(self, pipe: Any, hits: list[tuple[str, str, int, int]]) -> None:
         """INCR each (limit name, key, window number, window seconds) counter; it expires with its window.
@@ -119,3 +120,8 @@ class StoreBase:
 def conversation_of(uid: str, sid: str, meta: dict[str, str]) -> Conversation | None:
     """The conversation a metadata hash describes, if it is `uid`'s (None: absent, or another's)."""
     return Conversation.from_hash(sid, meta) if meta and meta.get("user_id") == uid else None
+
+
+def claim_deadline(index_ttl: int) -> int:
+    """What an identity's claim marker holds: when its data expires unless used again (unix seconds)."""
+    return int(time.time()) + index_ttl

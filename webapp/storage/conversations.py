@@ -9,14 +9,15 @@ from typing import Iterable
 import orjson
 
 from webapp.base.models import Conversation, Creation, Message
-from webapp.storage.base import conversation_of
+from webapp.storage.base import claim_deadline, conversation_of
 from webapp.storage.search import SearchStore
 
 # Write a new conversation, unless one with its id exists (0) or its owner has ARGV[2] (when not 0)
 # already (-1); 1 when written. Also returns how many conversations the owner had before: one round
 # trip, and two creates racing (a double click) write one conversation and never pass the limit.
 # KEYS: meta, messages, index, claim, versions, forks; ARGV: session id, limit, index score, first
-# message JSON, conversation TTL, index TTL, then the metadata hash as field, value, ...
+# message JSON, conversation TTL, index TTL, then the metadata hash as field, value, ... (the claim marker
+# holds when the identity's data expires: the index score's second plus the index TTL; identities.py)
 CREATE_CONVERSATION = """
 local count = redis.call('zcard', KEYS[3])
 if redis.call('exists', KEYS[1]) == 1 then return {0, count} end
@@ -24,7 +25,7 @@ if tonumber(ARGV[2]) > 0 and count >= tonumber(ARGV[2]) then return {-1, count} 
 redis.call('hset', KEYS[1], unpack(ARGV, 7))
 redis.call('rpush', KEYS[2], ARGV[4])
 redis.call('zadd', KEYS[3], ARGV[3], ARGV[1])
-redis.call('set', KEYS[4], '1', 'EX', ARGV[6])
+redis.call('set', KEYS[4], string.format('%d', math.floor(tonumber(ARGV[3]) / 1000) + tonumber(ARGV[6])))
 for _, key in ipairs({KEYS[2], KEYS[5], KEYS[6]}) do redis.call('expire', key, ARGV[5]) end
 for _, key in ipairs({KEYS[1], KEYS[3]}) do redis.call('expire', key, ARGV[6]) end
 return {1, count}
@@ -177,7 +178,7 @@ class ConversationStore(SearchStore):
                 if message.role == "user":
                     pipe.set(k.message(uid, message.id), sid, ex=self.conversation_ttl)
             pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
-            pipe.set(k.claim(uid), "1", ex=self.index_ttl)
+            pipe.set(k.claim(uid), claim_deadline(self.index_ttl))
             self._index_commands(pipe, uid, sid, terms)
             self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()

@@ -4,31 +4,48 @@ Keys are named in keys.py and listed, with type and TTL, in store.py."""
 
 from __future__ import annotations
 
+import time
+
 import orjson
 
 from webapp.storage.base import StoreBase
 
-# Claim an identity only if nothing of it exists: not its marker, its index, nor an account. Under a
-# policy that evicts keys, a marker alone could be evicted while the history stays.
-CLAIM_IDENTITY = (
-    "if redis.call('exists', KEYS[1], KEYS[2], KEYS[3]) > 0 then return 0 end "
-    "redis.call('set', KEYS[1], '1', 'EX', ARGV[1]) return 1"
-)
+# Whether an identity is someone's (1), and when free and ARGV[2] is given, claim it (1 too; 0: not
+# claimed). Someone's: anything that proves ownership exists (its conversation index, an account,
+# API tokens, shared links, roles, sign-ins), or its claim marker holds a time to come. The marker has
+# no TTL, so no eviction policy can free an identity whose data lives (a volatile-* policy evicts only
+# keys with one); its value is when the identity's data expires, refreshed with it (base._refresh_ttls),
+# after which the id is free again. A marker from before (a TTL, any value) holds until it expires.
+# KEYS: claim, index, account, tokens, shares, roles, signins; ARGV: now (s), deadline (s) or "".
+CLAIM_IDENTITY = """
+if redis.call('exists', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]) > 0 then
+  return ARGV[2] == '' and 1 or 0
+end
+local held = redis.call('get', KEYS[1])
+if held and (redis.call('pttl', KEYS[1]) >= 0 or (tonumber(held) or 0) > tonumber(ARGV[1])) then
+  return ARGV[2] == '' and 1 or 0
+end
+if ARGV[2] == '' then return 0 end
+redis.call('set', KEYS[1], ARGV[2])
+return 1
+"""
 
 
 class IdentityStore(StoreBase):
     """Identities: the commands of their keys (see store.Store)."""
 
     async def claim_user(self, uid: str) -> bool:
-        """Claim an identity of which nothing exists yet; False when it is (or was) someone's."""
-        k = self.keys
-        return bool(await self.redis.eval(CLAIM_IDENTITY, 3, k.claim(uid), k.index(uid), k.account(uid),
-                                          self.index_ttl))
+        """Claim an identity of which nothing exists yet; False when it is someone's."""
+        now = int(time.time())
+        return bool(await self.redis.eval(CLAIM_IDENTITY, 7, *self._ownership_keys(uid), now, now + self.index_ttl))
 
     async def identity_exists(self, uid: str) -> bool:
-        """Whether an identity has been claimed (or still has data)."""
+        """Whether an identity is someone's (claimed, or holding data)."""
+        return bool(await self.redis.eval(CLAIM_IDENTITY, 7, *self._ownership_keys(uid), int(time.time()), ""))
+
+    def _ownership_keys(self, uid: str) -> tuple[str, ...]:
         k = self.keys
-        return bool(await self.redis.exists(k.claim(uid), k.index(uid), k.account(uid)))
+        return k.claim(uid), k.index(uid), k.account(uid), k.tokens(uid), k.shares(uid), k.roles(uid), k.signins(uid)
 
     async def count_conversations(self, uid: str) -> int:
         return int(await self.redis.zcard(self.keys.index(uid)))

@@ -9,7 +9,7 @@ Keys (all under REDIS_PREFIX, default `chat:`). `{uid}` is a Redis Cluster hash 
 everything of one identity lives in one slot, so every MULTI and script touches one
 slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names them all):
 
-    {uid}:claim                        claim marker of an identity (string, index TTL)
+    {uid}:claim                        claim marker of an identity: when its data expires (unix s); no TTL, never evicted
     {uid}:sessions                     ZSET session_id -> last activity (ms), index TTL
     {uid}:s:{sid}                      HASH metadata (user_id, title, preview, role, count, created, updated, turn: the running turn, last: the newest turn)
     {uid}:s:{sid}:messages             LIST of JSON messages, RPUSH (chronological), conversation TTL
