@@ -21,7 +21,9 @@ from webapp.web.deps import (
     SeedUser,
     WriterDep,
     client_ip,
+    services,
 )
+from webapp.web.htmx import lang_of
 from webapp.web.schemas import (
     HistoryMessage,
     HistoryOut,
@@ -50,9 +52,10 @@ RequestId = Annotated[str | None, Header(alias="Idempotency-Key", max_length=100
 # the seed's API ---------------------------------------------------------------
 
 @router.post("/chat/start", response_model=StartOut, tags=["seed"])
-async def start_chat(user: SeedCreator, conversations: ConversationsDep, lang: LangDep) -> StartOut:
+async def start_chat(request: Request, user: SeedCreator) -> StartOut:
     """Create a conversation; the stored welcome message is the seed's (Chinese)."""
-    conversation = await conversations.create(user)
+    # (services read by hand, not as dependencies: each one's solving costs on every turn's request)
+    conversation, lang = await services(request).conversations.create(user), lang_of(request)
     return StartOut(session_id=conversation.id, user_id=user, message=t("session_created", lang),
                     welcome_message=t("welcome", "zh"))
 
@@ -139,10 +142,10 @@ def turn_out(request: Request, turn_id: str) -> TurnOut:
 
 @router.post("/api/sessions/{session_id}/turns", response_model=TurnOut, status_code=202, tags=["turns"])
 async def create_turn(
-    conversation: OwnedConversation, body: TurnIn, writer: WriterDep, lang: LangDep, request: Request,
-    request_id: RequestId = None,
+    conversation: OwnedConversation, body: TurnIn, request: Request, request_id: RequestId = None,
 ) -> TurnOut:
     """Send a message. With an `Idempotency-Key`, a repeated request starts nothing and answers the same turn."""
+    writer, lang = services(request).turn_writer, lang_of(request)  # (by hand: see start_chat)
     started = await writer.start_turn(conversation.id, conversation.user_id, body.message, body.role, lang, client_ip(request),
                                       request_id=request_id)
     return turn_out(request, started.id)
