@@ -269,3 +269,32 @@ def test_older_messages_are_reached_by_paging_back(client: httpx.Client) -> None
 
     assert [len(p) for p in pages] == [1, 3, 3]
     assert [m["id"] for p in pages for m in p] == [m["id"] for m in everything]
+
+
+def test_a_megabyte_delta_streams_as_lines_an_aiohttp_client_reads_with_its_default_limits(
+    client: httpx.Client,
+) -> None:
+    """A model that sends 1 MB in one delta (issue 34 G): events of at most 64 KB, so a client whose
+    line limit is aiohttp's default (512 KiB) reads the reply whole."""
+    import asyncio
+
+    import aiohttp
+
+    from tests.conftest import run_async
+
+    session = create_session(client)
+    started = post_turn(client, session["id"], "all at once [[big:1000000]]").json()
+
+    async def read() -> list[dict]:
+        async with aiohttp.ClientSession(base_url=str(client.base_url), cookies=dict(client.cookies)) as http:
+            async with http.get(started["events_url"]) as response:
+                assert response.status == 200
+                lines = [line async for line in response.content]  # aiohttp's readline: 512 KiB at most
+        return [json.loads(line[5:]) for line in lines if line.startswith(b"data:")]
+
+    events = run_async(lambda: asyncio.wait_for(read(), 30))
+
+    assert events[-1]["type"] == "end"
+    text = "".join(e["content"] for e in events if e["type"] == "chunk")
+    assert "x" * 999_999 + "y" in text
+    assert text == messages_of(client, session["id"])["items"][-1]["content"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from tests.unit.wiring import Core
 from webapp.base.i18n import t
+from webapp.base.metrics import Metrics
 from webapp.base.models import TurnEvent
+from webapp.core.turns.reader import TurnReader
 from webapp.storage.keys import TurnRef
 
 ALICE = "alice"
@@ -64,3 +66,19 @@ async def test_a_stream_with_a_finish_reason_is_complete(core: Core) -> None:
 
     assert events[-1].type == "end"
     assert (await core.history(ALICE, conversation.id))[-1].status == "complete"
+
+
+async def test_a_huge_delta_reaches_readers_as_events_of_at_most_64_kb(core: Core) -> None:
+    conversation = await core.conversations.create(ALICE)
+
+    started = await core.writer.start_turn(conversation.id, ALICE, "a lot [[big:1000000]]", None, "en")
+    events = await core.finish(ALICE, started)
+    replayed = await core.read_to_end(ALICE, started.id, reader=TurnReader(core.store, lambda _: None, Metrics()))
+
+    for seen in (events, replayed):  # from memory, and from the turn's Redis stream
+        assert seen[-1].type == "end"
+        assert max(len(e.content.encode()) for e in seen) <= 64 * 1024
+        assert len([e for e in seen if e.type == "chunk"]) >= 1_000_000 // (64 * 1024)
+    reply = (await core.history(ALICE, conversation.id))[-1]
+    assert reply.content == text_of(events) == text_of(replayed)
+    assert "x" * 999_999 + "y" in reply.content

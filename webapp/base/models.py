@@ -153,6 +153,7 @@ class Lease(IntEnum):
     LOST = 0  # another host recovers the turn, or another turn holds the conversation: stop, save nothing
     HELD = 1
     CANCEL = 2  # held, and Stop was asked for the turn (its pub/sub message may have been missed)
+    ENDED = 3  # its writer saved it meanwhile (a renewal racing the save): nothing to renew, nothing lost
 
 
 @dataclass

@@ -28,12 +28,18 @@ RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call(
 # Renew a writer's lease (1; 2: renewed, but Stop was asked for the turn). A lease that lapsed while
 # its writer was only slow (an overloaded host) is taken again, unless a recovery of the turn has begun
 # or another turn holds the conversation (0: the writer stops). Atomic with CLAIM_RECOVERY, so a turn is
-# either saved by its writer or recovered. KEYS: lock, recovery, turn; ARGV: turn id, lease ms.
+# either saved by its writer or recovered. A turn its writer saved since the renewal was asked for (the
+# save gives the lock back, and the next turn may take it) is 3: over, not lost.
+# KEYS: lock, recovery, turn; ARGV: turn id, lease ms.
 RENEW_LEASE = """
 local holder = redis.call('get', KEYS[1])
 if holder == ARGV[1] then
   redis.call('pexpire', KEYS[1], ARGV[2])
-elseif holder or redis.call('exists', KEYS[2]) == 1 or redis.call('hget', KEYS[3], 'status') ~= 'running' then
+elseif redis.call('exists', KEYS[2]) == 1 then
+  return 0
+elseif redis.call('hget', KEYS[3], 'status') ~= 'running' then
+  return 3
+elseif holder then
   return 0
 else
   redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])

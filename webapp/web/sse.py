@@ -17,6 +17,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Message, Receive, Scope, Send
 
 from webapp.base.models import TurnEvent
+from webapp.core.turns.run import MAX_EVENT_CHARS
 from webapp.core.pagination import MAX_INDEX
 
 PING_SECONDS = 15
@@ -50,10 +51,12 @@ def seed_payload(event: TurnEvent, session_id: str) -> dict[str, str]:
 
 
 def merged(batch: list[TurnEvent]) -> list[TurnEvent]:
-    """Chunks a reader has not sent yet go out as one event: a slow reader catches up in one write."""
+    """Chunks a reader has not sent yet go out as one event: a slow reader catches up in one write
+    (of events of MAX_EVENT_CHARS at most, as the writer makes them)."""
     out: list[TurnEvent] = []
     for event in batch:
-        if out and event.type == "chunk" and out[-1].type == "chunk":
+        if (out and event.type == "chunk" and out[-1].type == "chunk"
+                and len(out[-1].content) + len(event.content) <= MAX_EVENT_CHARS):
             out[-1] = TurnEvent(seq=event.seq, type="chunk", content=out[-1].content + event.content)
         else:
             out.append(event)

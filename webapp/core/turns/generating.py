@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from webapp.base.models import TurnEvent
-from webapp.core.turns.run import TurnRun, log
+from webapp.core.turns.run import MAX_EVENT_CHARS, TurnRun, log
 from webapp.core.turns.writer_state import WriterState
 from webapp.llm.providers import UpstreamError
 
@@ -59,8 +59,18 @@ class TurnGenerating(WriterState):
         run.flush_handle = None
         if not run.pending or run.finished:
             return
-        event = TurnEvent(seq=run.next_seq(), type="chunk", content="".join(run.pending))
+        content = "".join(run.pending)
         run.pending.clear()
         run.last_emit = asyncio.get_running_loop().time()
+        if len(content) > MAX_EVENT_CHARS:
+            self._emit_split(run, content)
+            return
+        event = TurnEvent(seq=run.next_seq(), type="chunk", content=content)
         run.publish(event)
         self.stream_writer.add(run.ref, event)
+
+    def _emit_split(self, run: TurnRun, content: str) -> None:
+        for start in range(0, len(content), MAX_EVENT_CHARS):
+            event = TurnEvent(seq=run.next_seq(), type="chunk", content=content[start : start + MAX_EVENT_CHARS])
+            run.publish(event)
+            self.stream_writer.add(run.ref, event)

@@ -75,7 +75,9 @@ class LeaseKeeper:
             raise
         for lease, (ref, _) in zip(renewed, held):
             if lease is Lease.LOST:
-                log.warning("turn %s: its lease lapsed (Redis unreachable?); stopping it", ref.turn_id)
+                log.warning("turn %s: its lease lapsed (not renewed for %.0f s: Redis unreachable, or this host "
+                            "stalled) and another host recovers it or another turn holds its conversation; "
+                            "stopping it", ref.turn_id, self.store.lease_ms / 1000)
                 self.lost(ref.turn_id)
             elif lease is Lease.CANCEL:
                 self.cancelled(ref.turn_id)

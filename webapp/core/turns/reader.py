@@ -20,7 +20,7 @@ from webapp.base.metrics import Metrics
 from webapp.base.models import TERMINAL, TurnEvent, TurnInfo
 from webapp.core.turns.followers import REMOTE_BLOCK_MS, Subscription, make_follower
 from webapp.core.turns.recovery import OrphanRecovery
-from webapp.core.turns.run import TurnRun
+from webapp.core.turns.run import MAX_EVENT_CHARS, TurnRun
 from webapp.storage.keys import TurnRef
 from webapp.storage.store import Store
 
@@ -148,9 +148,13 @@ class TurnReader:
         message = await self.store.find_message(turn.user_id, turn.session_id, turn.message_id) if turn.message_id else None
         failed = turn.status == "error" or (message is not None and message.status == "error")
         if after == 0 and message is not None:
-            final = TurnEvent(seq=2, type="error", content=t("error.upstream")) if failed else \
-                TurnEvent(seq=2, type="end", message_id=message.id)
-            yield [TurnEvent(seq=1, type="chunk", content=message.content), final]
+            text = message.content
+            chunks = [TurnEvent(seq=n + 1, type="chunk", content=text[start : start + MAX_EVENT_CHARS])
+                      for n, start in enumerate(range(0, max(len(text), 1), MAX_EVENT_CHARS))]
+            last = len(chunks) + 1
+            final = TurnEvent(seq=last, type="error", content=t("error.upstream")) if failed else \
+                TurnEvent(seq=last, type="end", message_id=message.id)
+            yield [*chunks, final]
         elif after == 0:
             yield [TurnEvent(seq=1, type="error", content=t("error.upstream")) if failed else TurnEvent(seq=1, type="end")]
 

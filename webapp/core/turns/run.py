@@ -23,6 +23,10 @@ log = logging.getLogger("webapp.turns")
 
 RATE_WINDOW_SECONDS = 60
 
+# The most text one event carries (at most 64 KB of UTF-8): a model may send a huge delta in one piece,
+# and one SSE line of a megabyte is past what clients read (aiohttp's default limit is 512 KiB).
+MAX_EVENT_CHARS = 16384
+
 # what a start does, decided under the lock: (list index to fork at, or None; the new user message, or None)
 Plan = Callable[[Conversation, "BranchState | None"], tuple["int | None", "str | None"]]
 
