@@ -111,3 +111,31 @@ def test_closing_drops_the_waiting_titles_and_cancels_the_writers() -> None:
         assert not writer.waiting and not writer.tasks and not store.set
 
     asyncio.run(main())
+
+
+def test_titles_wait_while_replies_are_being_written_and_go_in_the_lull() -> None:
+    async def main() -> None:
+        replies_being_written = [10]
+        model, store, writer = writer_of()
+        writer.busy, writer.quiet_turns = (lambda: replies_being_written[0]), 4
+        model.release.set()
+        writer.reply_saved(*first_exchange(1))
+        await asyncio.sleep(0.6)
+        assert model.asked == [] and store.set == []  # ten replies streaming: the title waits
+        replies_being_written[0] = 3
+        await writers_done(writer)
+        assert model.asked == ["question 1"] and store.set == ["s1"]
+
+    asyncio.run(main())
+
+
+def test_a_title_waits_for_a_lull_at_most_max_wait_after_its_reply() -> None:
+    async def main() -> None:
+        model, store, writer = writer_of()
+        writer.busy, writer.quiet_turns, writer.max_wait = (lambda: 1000), 4, 0.3
+        model.release.set()
+        writer.reply_saved(*first_exchange(1))
+        await writers_done(writer)
+        assert store.set == ["s1"]  # written under load all the same, once it had waited long enough
+
+    asyncio.run(main())

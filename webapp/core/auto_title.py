@@ -14,6 +14,10 @@ response and its task: with 1000 new conversations, 600 at once, ~3 MB of the ap
 and as many extra requests against the API's rate limit while replies still stream
 (bench/README.md, issue 19). A title is a nicety: under a burst it comes a little later,
 and past TITLE_BACKLOG waiting the oldest is dropped (its first message stays the title).
+
+Titles also yield to replies: while more than TITLE_QUIET_TURNS replies are being written on this
+worker, a title waits (at most TITLE_MAX_WAIT seconds after its reply), so under load the model's and
+the worker's time goes to the replies users are watching, and the titles follow in the next lull.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from redis.exceptions import RedisError
 
@@ -41,6 +45,9 @@ QUESTION_CHARS = 1000
 ANSWER_CHARS = 1000
 TITLE_WRITERS = 8  # title calls to the model at once
 TITLE_BACKLOG = 1000  # titles waiting for a writer (at most ~4 MB); past it the oldest is dropped
+TITLE_QUIET_TURNS = 4  # replies being written on this worker at most, for a title to be asked for now
+TITLE_MAX_WAIT = 30.0  # seconds a title waits for a lull at most, after its reply was saved
+TITLE_POLL_SECONDS = 0.25
 
 
 def tidy_title(text: str) -> str:
@@ -63,11 +70,14 @@ class TitleJob(NamedTuple):
     question: str
     answer: str
     model: str | None
+    saved_at: float  # (the event loop's clock) when its reply was saved
 
 
 class TitleWriter:
     def __init__(self, store: Store, provider: Provider, search: SearchIndex, *, enabled: bool,
-                 writers: int = TITLE_WRITERS, backlog: int = TITLE_BACKLOG) -> None:
+                 writers: int = TITLE_WRITERS, backlog: int = TITLE_BACKLOG,
+                 busy: Callable[[], int] = lambda: 0, quiet_turns: int = TITLE_QUIET_TURNS,
+                 max_wait: float = TITLE_MAX_WAIT) -> None:
         self.store = store
         self.provider = provider
         self.search = search
@@ -76,6 +86,7 @@ class TitleWriter:
         self.waiting: deque[TitleJob] = deque(maxlen=backlog)
         self.tasks: set[asyncio.Task[None]] = set()
         self.dropping = False
+        self.busy, self.quiet_turns, self.max_wait = busy, quiet_turns, max_wait  # busy(): replies being written
 
     def reply_saved(self, run: Any, reply: Message) -> None:
         """The turn writer's hook: after a first exchange that ended well, title it in the background."""
@@ -89,7 +100,7 @@ class TitleWriter:
         self.dropping = len(self.waiting) == self.waiting.maxlen
         self.waiting.append(TitleJob(run.conversation.user_id, run.conversation.id, run.conversation.title,
                                      run.user_message.content[:QUESTION_CHARS], reply.content[:ANSWER_CHARS],
-                                     run.model or None))
+                                     run.model or None, asyncio.get_running_loop().time()))
         if len(self.tasks) < self.writers:
             self.tasks.add(asyncio.create_task(self._drain()))
 
@@ -100,11 +111,18 @@ class TitleWriter:
             while self.waiting:
                 job = self.waiting.popleft()
                 try:
-                    await self.write(*job)
+                    await self._until_quiet(job.saved_at)
+                    await self.write(job.user_id, job.session_id, job.first_title, job.question, job.answer, job.model)
                 except Exception:  # one title's surprise must not leave the others waiting for a writer
                     log.exception("title for %s failed", job.session_id)
         finally:
             self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _until_quiet(self, saved_at: float) -> None:
+        """Until at most `quiet_turns` replies are being written here, or `max_wait` after the reply."""
+        loop = asyncio.get_running_loop()
+        while self.busy() > self.quiet_turns and loop.time() - saved_at < self.max_wait:
+            await asyncio.sleep(TITLE_POLL_SECONDS)
 
     async def write(self, user_id: str, session_id: str, first_title: str, question: str, answer: str,
                     model: str | None) -> str | None:

@@ -69,7 +69,8 @@ def build_services(store: Store, provider: Provider, settings: Settings, metrics
     writer.ended = leases.turn_ended
     limits = Limits(store)
     search = SearchIndex(store)
-    titles = TitleWriter(store, provider, search, enabled=settings.auto_title and not settings.demo_mode)
+    titles = TitleWriter(store, provider, search, enabled=settings.auto_title and not settings.demo_mode,
+                         busy=lambda: len(writer.runs))
     channels = ConversationChannels(writer.started_since)
     # told of every turn once its user message is saved, and of every reply once it is saved
     writer.started_hooks += [search.turn_started, channels.turn_started]
