@@ -26,9 +26,11 @@ from tests.conftest import (
     TEST_SECRET_KEY,
     AppServer,
     RedisServer,
+    SSEEvent,
     _start_app,
     _stop_app,
     create_session,
+    iter_sse,
     read_events,
     start_chat,
     unique,
@@ -36,6 +38,9 @@ from tests.conftest import (
 from tests.fake_upstream import ThreadedFakeUpstream
 
 PASSWORD = "correct horse battery"
+ACCOUNTS_SETTINGS = dict(AUTH="accounts", SIGN_INS_PER_IP_PER_MINUTE="100", SIGNUPS_PER_IP_PER_HOUR="3",
+                         SIGN_IN_FAILURES_PER_ACCOUNT_AND_IP_PER_HOUR="5", SIGN_IN_FAILURES_PER_ACCOUNT_PER_HOUR="15")
+EN = {"Accept-Language": "en"}
 API_KEY = "sk-test-never-shown-3141592653"
 _addresses = itertools.count(1)
 
@@ -66,8 +71,16 @@ def start(redis_server: RedisServer, upstream: ThreadedFakeUpstream, tmp_path_fa
 @pytest.fixture(scope="module")
 def accounts_app(redis_server: RedisServer, upstream: ThreadedFakeUpstream,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
-    app = start(redis_server, upstream, tmp_path_factory, AUTH="accounts", SIGN_INS_PER_IP_PER_MINUTE="100",
-                SIGN_INS_PER_ACCOUNT_PER_MINUTE="5", SIGNUPS_PER_IP_PER_HOUR="3")
+    app = start(redis_server, upstream, tmp_path_factory, **ACCOUNTS_SETTINGS)
+    yield app
+    _stop_app(app)
+
+
+@pytest.fixture(scope="module")
+def accounts_app_b(redis_server: RedisServer, upstream: ThreadedFakeUpstream,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """A second host of the same accounts instance: the same Redis, the same SECRET_KEY."""
+    app = start(redis_server, upstream, tmp_path_factory, **ACCOUNTS_SETTINGS)
     yield app
     _stop_app(app)
 
@@ -143,7 +156,9 @@ def test_sign_up_sign_in_and_sign_out(accounts_app: AppServer, make: Any) -> Non
     assert right.status_code == 303 and right.headers["location"] == "/"  # next is only ever one of our pages
     assert [s["id"] for s in second.get("/api/sessions").json()["items"]] == [session_id]
 
-    out = second.post("/logout")
+    assert second.post("/logout").status_code == 403  # a forged sign-out: no page token
+    assert second.get("/api/sessions").status_code == 200
+    out = second.post("/logout", data={"csrf_token": page_token_of(second)})
     assert out.status_code == 303 and out.headers["location"] == "/login"
     assert second.get("/api/sessions").status_code == 401
     assert first.get("/api/sessions").status_code == 200  # only that browser
@@ -161,16 +176,56 @@ def test_a_taken_username_and_a_short_password_are_refused(accounts_app: AppServ
     assert bad_name.status_code == 400 and "<b>x</b>" not in bad_name.text.replace("&lt;b&gt;", "")
 
 
-def test_sign_out_everywhere_ends_every_sign_in(accounts_app: AppServer, make: Any) -> None:
-    laptop, phone = make(accounts_app), make(accounts_app)
+def test_sign_out_everywhere_ends_every_sign_in_and_offers_to_revoke_the_api_tokens(
+    accounts_app: AppServer, make: Any
+) -> None:
+    laptop, phone = make(accounts_app, headers=EN), make(accounts_app)
     username = sign_up(laptop, **new_ip())
     assert phone.post("/login", data={"username": username, "password": PASSWORD}).status_code == 303
-    token = page_token_of(laptop)
+    token = laptop.post("/api/tokens", json={"name": "script"}).json()["token"]
+    script = make(accounts_app, headers={"Authorization": f"Bearer {token}"})
     settings = BeautifulSoup(laptop.get("/settings").text, "html.parser")
-    assert settings.select_one('form[action="/logout"] input[name="everywhere"]')
-    assert laptop.post("/logout", data={"everywhere": "1", "csrf_token": token}).status_code == 303
-    assert phone.get("/api/sessions").status_code == 401
-    assert laptop.get("/api/sessions").status_code == 401
+    form = settings.select_one('form[action="/logout"]')
+    assert form.select_one('input[name="everywhere"]') and form.select_one('input[name="tokens"][type="checkbox"]')
+    assert "(1)" in form.get_text()  # says how many tokens it would revoke
+
+    out = laptop.post("/logout", data={"everywhere": "1", "csrf_token": page_token_of(laptop)})
+    assert out.status_code == 303
+    notice = BeautifulSoup(laptop.get(out.headers["location"]).text, "html.parser").select_one('[role="status"]')
+    assert notice.get_text(strip=True) == ("Signed out everywhere: 2 sign-ins ended. API tokens still work "
+                                           "(revoke them in Settings).")
+    assert phone.get("/api/sessions").status_code == 401 and laptop.get("/api/sessions").status_code == 401
+    assert script.get("/api/sessions").status_code == 200  # kept, as the page said
+
+    assert laptop.post("/login", data={"username": username, "password": PASSWORD}).status_code == 303
+    out = laptop.post("/logout", data={"everywhere": "1", "tokens": "1", "csrf_token": page_token_of(laptop)})
+    notice = BeautifulSoup(laptop.get(out.headers["location"]).text, "html.parser").select_one('[role="status"]')
+    assert notice.get_text(strip=True) == "Signed out everywhere: 1 sign-ins ended and 1 API tokens revoked."
+    assert script.get("/api/sessions").status_code == 401
+
+
+@pytest.mark.parametrize("password, rule", [
+    ("password", "one of the most common passwords"),
+    ("12345678", "one of the most common passwords"),
+    ("Qwerty123", "one of the most common passwords"),
+    ("        ", "at least 8 characters"),  # eight spaces
+    ("\u200b" * 8, "at least 8 characters"),  # eight zero-width spaces
+    ("short", "at least 8 characters"),
+    ("{username}", "may not be or contain the username"),
+    ("{username}-2026", "may not be or contain the username"),
+])
+def test_weak_passwords_are_refused_with_the_rule_they_break(accounts_app: AppServer, make: Any, password: str,
+                                                             rule: str) -> None:
+    client = make(accounts_app, headers=EN)
+    username = unique("pw")[:30]
+    refused = client.post("/signup", data={"username": username, "password": password.format(username=username)},
+                          headers=new_ip())
+    assert refused.status_code == 400
+    assert rule in BeautifulSoup(refused.text, "html.parser").select_one('[role="alert"]').get_text()
+    assert "chat_signin" not in refused.cookies
+    chinese = make(accounts_app).post("/signup", data={"username": username, "password": "password"},
+                                      headers=new_ip())
+    assert "最常见的密码" in chinese.text
 
 
 def test_the_anonymous_history_is_claimed_at_sign_up(
@@ -187,15 +242,34 @@ def test_the_anonymous_history_is_claimed_at_sign_up(
     assert history["total"] == 1
 
 
-def test_brute_force_sign_in_hits_the_per_account_limit(accounts_app: AppServer, make: Any) -> None:
+def test_a_guesser_cannot_lock_the_owner_out(accounts_app: AppServer, make: Any) -> None:
+    """Five wrong passwords an hour per (account, address), fifteen per account from browsers that never
+    signed in to it (ACCOUNTS_SETTINGS): a guesser is held where it guesses, the owner signs in from
+    elsewhere, and when guessers at many addresses reach the account's ceiling, the owner's own
+    browser still signs in."""
     owner = make(accounts_app)
-    username = sign_up(owner, **new_ip())
-    attacker = make(accounts_app)
-    statuses = [attacker.post("/login", data={"username": username, "password": f"guess-{n:04d}"},
-                              headers=new_ip()).status_code for n in range(7)]
-    assert statuses[:5] == [401] * 5 and statuses[5:] == [429, 429]
-    limited = attacker.post("/login", data={"username": username, "password": PASSWORD}, headers=new_ip())
-    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0  # even the right password
+    username = sign_up(owner, **new_ip())  # (this browser now carries its mark: chat_known)
+    guesser, guesser_ip = make(accounts_app, headers=EN), new_ip()
+    statuses = [guesser.post("/login", data={"username": username, "password": f"guess-{n:04d}"},
+                             headers=guesser_ip).status_code for n in range(8)]
+    assert statuses == [401] * 5 + [429] * 3
+    held = guesser.post("/login", data={"username": username, "password": PASSWORD}, headers=guesser_ip)
+    assert held.status_code == 429 and int(held.headers["Retry-After"]) > 60  # even the right password, there
+    assert "Too many wrong passwords from here" in held.text
+    new_browser = make(accounts_app)
+    assert new_browser.post("/login", data={"username": username, "password": PASSWORD},
+                            headers=new_ip()).status_code == 303  # the owner, elsewhere
+
+    for _ in range(2):  # two more addresses: fifteen wrong passwords for the account in all
+        address = new_ip()
+        assert [make(accounts_app).post("/login", data={"username": username, "password": "wrong-guess"},
+                                        headers=address).status_code for _ in range(5)] == [401] * 5
+    stranger = make(accounts_app, headers=EN).post("/login", data={"username": username, "password": PASSWORD},
+                                                   headers=new_ip())
+    assert stranger.status_code == 429 and "Sign in from a device you used before" in stranger.text
+    assert owner.post("/logout", data={"csrf_token": page_token_of(owner)}).status_code == 303
+    back = owner.post("/login", data={"username": username, "password": PASSWORD}, headers=new_ip())
+    assert back.status_code == 303 and owner.get("/api/sessions").status_code == 200
 
 
 def test_sign_ups_per_ip_are_limited(accounts_app: AppServer, make: Any) -> None:
@@ -298,6 +372,125 @@ def test_the_seed_api_is_token_only_in_accounts_mode(accounts_app: AppServer, ma
     chat = start_chat(as_script)
     assert as_script.post("/chat/start", params={"user_id": "someone-else"}).status_code == 403
     assert chat["session_id"] in [s["id"] for s in client.get("/api/sessions").json()["items"]]
+
+
+# ------------------------------------------------------------------ open streams end with their credential
+
+SLOW = "[[tokens:600]] [[delay:50]]"  # a reply that takes ~30 s: its streams stay open until ended
+
+
+class OpenStream(threading.Thread):
+    """A stream read in a thread of its own, every event with the time it arrived."""
+
+    def __init__(self, app: AppServer, path: str, *, params: dict[str, str] | None = None,
+                 cookies: Any = None, token: str | None = None) -> None:
+        super().__init__(daemon=True)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=app.base_url, cookies=cookies, headers=headers, timeout=60)
+        self.path, self.params = path, params
+        self.status = 0
+        self.events: list[tuple[float, SSEEvent]] = []
+        self.ended_at: float | None = None
+        self.opened = threading.Event()
+        self.start()
+        assert self.opened.wait(10), f"{path} did not answer"
+
+    def run(self) -> None:
+        try:
+            with self.client.stream("GET", self.path, params=self.params) as response:
+                self.status = response.status_code
+                self.opened.set()
+                for event in iter_sse(response):
+                    self.events.append((time.monotonic(), event))
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.ended_at = time.monotonic()
+            self.opened.set()
+            self.client.close()
+
+    def farewell_after(self, moment: float, timeout: float = 5.0) -> tuple[float, SSEEvent]:
+        """(seconds from `moment` to the stream's end, its last event) once it ended."""
+        self.join(timeout)
+        assert self.ended_at is not None, f"{self.path} still open {timeout} s later"
+        assert self.events, f"{self.path} ended with no event"
+        return self.ended_at - moment, self.events[-1][1]
+
+    def still_open(self) -> bool:
+        return self.is_alive() and self.ended_at is None
+
+
+def test_open_streams_end_within_two_seconds_when_their_sign_in_or_token_ends_on_any_host(
+    accounts_app: AppServer, accounts_app_b: AppServer, make: Any,
+) -> None:
+    """Two hosts of one instance on one Redis. Streams opened on either host (a page's channel, a turn's
+    web and API streams, the seed's stream) with a cookie or a token end with a clear last event
+    within 2 s of a token's deletion, a sign-out, or a sign-out everywhere on the other host (or this
+    one), and a reconnect is refused; streams of what was not revoked go on."""
+    a, b = accounts_app, accounts_app_b
+    laptop = make(a, headers=EN)
+    username = sign_up(laptop, **new_ip())
+    phone = make(b)
+    assert phone.post("/login", data={"username": username, "password": PASSWORD}).status_code == 303
+    created = laptop.post("/api/tokens", json={"name": "script"}).json()
+    token_id, token = created["id"], created["token"]
+    sids = [create_session(laptop)["id"] for _ in range(5)]
+
+    def slow_turn(client: httpx.Client, sid: str) -> str:
+        posted = client.post(f"/api/sessions/{sid}/turns", json={"message": f"{unique('slow')} {SLOW}"})
+        assert posted.status_code == 202, f"{posted.status_code}; the hosts' logs: {a.log()[-2000:]}{b.log()[-2000:]}"
+        return posted.json()["turn_id"]
+
+    script_a = make(a, headers={"Authorization": f"Bearer {token}"})
+    streams = {
+        "laptop channel on B": OpenStream(b, f"/c/{sids[0]}/events", params={"channel": "laptopch"},
+                                          cookies=laptop.cookies),
+        "laptop API turn on B": OpenStream(b, f"/api/turns/{slow_turn(laptop, sids[1])}/events",
+                                           cookies=laptop.cookies),
+        "laptop web turn on A": OpenStream(a, f"/c/{sids[4]}/turns/{slow_turn(laptop, sids[4])}/events",
+                                           cookies=laptop.cookies),
+        "token seed stream on B": OpenStream(b, "/chat/stream", token=token,
+                                             params={"session_id": sids[2], "message": f"{unique('seed')} {SLOW}"}),
+        "token API turn on A": OpenStream(a, f"/api/turns/{slow_turn(script_a, sids[3])}/events", token=token),
+        "phone channel on A": OpenStream(a, f"/c/{sids[0]}/events", params={"channel": "phonech"},
+                                         cookies=phone.cookies),
+    }
+    assert all(stream.status == 200 for stream in streams.values()), {k: s.status for k, s in streams.items()}
+    time.sleep(0.5)
+    took: dict[str, float] = {}
+
+    def ended(names: list[str], moment: float) -> None:
+        for name in names:
+            seconds, last = streams[name].farewell_after(moment)
+            took[name] = round(seconds, 3)
+            assert seconds < 2.0, (name, seconds)
+            if last.event in ("revoked", "done"):  # the web UI's: a bubble saying so, with the sign-in link
+                assert ("signed out or revoked" in last.data or "已退出或令牌已撤销" in last.data) \
+                    and 'href="/login"' in last.data, (name, last)
+            else:
+                assert last.data["type"] == "error" and last.data["code"] == "revoked", (name, last)
+
+    moment = time.monotonic()
+    assert laptop.delete(f"/api/tokens/{token_id}").status_code == 204  # on A
+    ended(["token seed stream on B", "token API turn on A"], moment)
+    assert all(streams[name].still_open() for name in streams if not name.startswith("token"))
+    assert make(b, headers={"Authorization": f"Bearer {token}"}).get("/chat/stream", params={
+        "session_id": sids[2], "message": "again"}).status_code == 401
+
+    moment = time.monotonic()
+    assert phone.post("/logout", data={"csrf_token": page_token_of(phone)}).status_code == 303  # on B
+    ended(["phone channel on A"], moment)
+    assert all(streams[name].still_open() for name in streams if name.startswith("laptop"))
+
+    moment = time.monotonic()
+    laptop_cookies = httpx.Cookies(laptop.cookies)
+    out = laptop.post("/logout", data={"everywhere": "1", "csrf_token": page_token_of(laptop)})  # on A
+    assert out.status_code == 303
+    ended(["laptop channel on B", "laptop API turn on B", "laptop web turn on A"], moment)
+    for host in (a, b):
+        again = make(host, cookies=laptop_cookies).get(f"/c/{sids[0]}/events", params={"channel": "again"})
+        assert again.status_code == 401
+    print(f"\nstreams ended after revocation (s): {took}")
 
 
 # ------------------------------------------------------------------ a trusted SSO proxy
@@ -447,6 +640,12 @@ def test_abuse_limits_are_clear_errors(limited_app: AppServer, make: Any) -> Non
     finally:
         for stream in streams:
             stream.__exit__(None, None, None)
+
+
+def test_api_docs_are_off_by_default_with_accounts(accounts_app: AppServer, make: Any) -> None:
+    client = make(accounts_app)
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 404, path
 
 
 def test_ops_endpoints_can_be_token_protected_and_the_api_key_never_shows(

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from bs4 import BeautifulSoup
 
-from tests.conftest import create_session, messages_of, page_token, start_chat, unique
+from tests.conftest import (
+    RedisServer,
+    _start_app,
+    _stop_app,
+    create_session,
+    messages_of,
+    page_token,
+    start_chat,
+    unique,
+)
 
 HX = {"HX-Request": "true"}
 
@@ -44,7 +54,7 @@ ROUTES = [
     Route("POST", "/settings/tokens/{tid}/revoke", page=True),
     Route("POST", "/login", page=False, form={"username": "someone", "password": "a password"}),
     Route("POST", "/signup", page=False, form={"username": "someone", "password": "a password"}),
-    Route("POST", "/logout", page=False),
+    Route("POST", "/logout", page=True),  # a forged sign-out would end the victim's sign-in
     Route("POST", "/c/{sid}/regenerate", page=True),
     Route("POST", "/c/{sid}/messages/1/edit", page=True, form={"message": "forged edit", "message_id": "m_0"}),
     Route("POST", "/c/{sid}/messages/2/version", page=True, form={"to": "1"}),
@@ -249,3 +259,38 @@ def test_a_same_origin_request_passes_behind_a_proxy_that_rewrites_host(client: 
     forwarded = client.post("/api/sessions", json={}, headers={"Origin": "https://chat.example.com",
                                                                 "X-Forwarded-Host": "chat.example.com"})
     assert forwarded.status_code == 201
+
+
+def test_x_forwarded_host_names_this_site_only_when_a_trusted_proxy_sends_it(
+    redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    """Anyone can send X-Forwarded-Host: from a peer that is no trusted proxy (FORWARDED_ALLOW_IPS names
+    another address), a foreign Origin that the header repeats is still another site."""
+    app = _start_app(tmp_path, {"REDIS_URL": redis_server.url, "OPENAI_API_KEY": "",
+                                "FORWARDED_ALLOW_IPS": "10.9.9.9"})
+    try:
+        with httpx.Client(base_url=app.base_url, timeout=30) as client:
+            forged = client.post("/api/sessions", json={}, headers={"Origin": "https://evil.example",
+                                                                     "X-Forwarded-Host": "evil.example"})
+            assert forged.status_code == 403
+            assert client.get("/api/sessions").json()["items"] == []
+            assert client.post("/api/sessions", json={}).status_code == 201  # a script sends no Origin
+    finally:
+        _stop_app(app)
+
+
+def test_metrics_and_the_upstream_probe_answer_this_machine_or_a_token_only(client: httpx.Client) -> None:
+    """No METRICS_TOKEN: /metrics and /readyz?upstream=1 answer the machine itself (and FORWARDED_ALLOW_IPS),
+    not a visitor a proxy relays (its X-Forwarded-For names the visitor). /readyz stays open (health checks)."""
+    visitor = {"X-Forwarded-For": "203.0.113.7"}  # relayed by the trusted proxy 127.0.0.1
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/metrics", headers=visitor).status_code == 403
+    assert client.get("/readyz", params={"upstream": "1"}, headers=visitor).status_code == 403
+    assert client.get("/readyz", headers=visitor).status_code == 200
+    claimed = {"X-Forwarded-For": "127.0.0.1, 203.0.113.7"}  # a visitor claiming to be the machine itself
+    assert client.get("/metrics", headers=claimed).status_code == 403
+
+
+def test_api_docs_are_on_in_anonymous_mode(client: httpx.Client) -> None:
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 200, path

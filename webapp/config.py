@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     session_index_ttl_days: int = Field(30, ge=1)
     rate_limit_per_minute: int = Field(10, ge=0, description="turns per user per minute; 0 = off")
     secret_key: str = ""
-    metrics_token: str = ""
+    metrics_token: str = Field(
+        "", description="when set, /metrics needs Authorization: Bearer <token>; unset: only this machine and "
+                        "FORWARDED_ALLOW_IPS may read it")
     metrics_enabled: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     forwarded_allow_ips: str = Field("127.0.0.1", description="proxies trusted for X-Forwarded-*; '*' on a PaaS")
@@ -77,8 +79,11 @@ class Settings(BaseSettings):
     # limits (0 = off), counted in Redis across workers and hosts
     turns_per_ip_per_minute: int = Field(60, ge=0)
     new_identities_per_ip_per_hour: int = Field(30, ge=0)
-    sign_ins_per_ip_per_minute: int = Field(10, ge=0)
-    sign_ins_per_account_per_minute: int = Field(5, ge=0)
+    sign_ins_per_ip_per_minute: int = Field(10, ge=0, description="sign-in attempts per client address")
+    sign_in_failures_per_account_and_ip_per_hour: int = Field(
+        10, ge=0, description="wrong passwords for one account from one address")
+    sign_in_failures_per_account_per_hour: int = Field(
+        100, ge=0, description="wrong passwords for one account from browsers that never signed in to it")
     signups_per_ip_per_hour: int = Field(5, ge=0)
     max_conversations_per_user: int = Field(2000, ge=0)
     max_messages_per_conversation: int = Field(2000, ge=0, description="a full conversation refuses new turns")
@@ -87,6 +92,8 @@ class Settings(BaseSettings):
     max_roles_per_user: int = Field(50, ge=0, le=1000, description="custom roles a user may create")
     max_import_bytes: int = Field(20_000_000, ge=1024, description="largest data file /api/import accepts")
     readyz_token: str = Field("", description="when set, /readyz?upstream=1 needs Authorization: Bearer <token>")
+    api_docs: Literal["auto", "on", "off"] = Field(
+        "auto", description="/docs, /redoc, /openapi.json: on, off; auto = on when AUTH=anonymous, else off")
 
     @field_validator("redis_url")
     @classmethod
@@ -108,6 +115,11 @@ class Settings(BaseSettings):
         if self.seed_api != "auto":
             return self.seed_api
         return "on" if self.auth == "anonymous" else "token"
+
+    @property
+    def api_docs_on(self) -> bool:
+        """Whether /docs, /redoc and /openapi.json answer (API_DOCS; auto: only when anonymous)."""
+        return self.api_docs == "on" or (self.api_docs == "auto" and self.auth == "anonymous")
 
     @property
     def demo_mode(self) -> bool:

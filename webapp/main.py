@@ -31,7 +31,7 @@ from webapp.storage.redis_client import connect_store
 from webapp.web.csrf import require_csrf_token
 from webapp.web.edge import Edge
 from webapp.web.error_handlers import install_error_handlers
-from webapp.web.peers import TrustedProxies
+from webapp.web.peers import TrustedProxies, is_internal
 from webapp.web.render import compile_all
 from webapp.web.routes import api, auth, pages, roles, sharing, stream, transfer
 from webapp.web.routes.plain import PLAIN_ROUTES
@@ -81,6 +81,16 @@ def bearer_matches(request: Request, token: str) -> bool:
     return hmac.compare_digest(given, f"Bearer {token}".encode())
 
 
+def ops_refusal(request: Request, token: str) -> Response | None:
+    """/metrics and /readyz?upstream=1: with a token, only `Authorization: Bearer <token>`; without one,
+    only this machine and the trusted proxies (peers.is_internal). None: allowed."""
+    if token:
+        return None if bearer_matches(request, token) else PlainTextResponse("unauthorized", status_code=401)
+    if is_internal(request):
+        return None
+    return PlainTextResponse("forbidden: set METRICS_TOKEN to reach this from elsewhere", status_code=403)
+
+
 def configure_logging(level: str) -> None:
     """key=value lines on stderr; also in uvicorn's worker processes, which start unconfigured."""
     if not logging.getLogger().handlers:
@@ -115,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.conversations, state.accounts = services.conversations, services.accounts
         state.portability = services.portability
         state.roles, state.shares, state.channels = services.roles, services.shares, services.channels
+        state.revocations = services.revocations
         services.start()
         app.state.metrics.redis_round_trips.set_function(store.round_trips)
         tune_garbage_collection()
@@ -129,8 +140,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await stop_task(warming)
             await services.aclose()
 
+    docs = settings.api_docs_on
     app = FastAPI(
         title="Chat server",
+        # the API's map: on where anyone may use the app anyway (AUTH=anonymous), else asked for (API_DOCS)
+        docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         description="Multi-turn AI chat with streamed, durable replies (OpenAI-compatible models, Redis).",
         version=__version__,
         lifespan=lifespan,
@@ -159,9 +174,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["ops"])
     async def readyz(request: Request, upstream: bool = False) -> Response:
-        """Readiness: Redis, and with `?upstream=1` the model endpoint too (READYZ_TOKEN may guard that)."""
-        if upstream and settings.readyz_token and not bearer_matches(request, settings.readyz_token):
-            return PlainTextResponse("unauthorized", status_code=401)
+        """Readiness: Redis, and with `?upstream=1` the model endpoint too (a call that may cost: guarded as
+        /metrics is, by READYZ_TOKEN or METRICS_TOKEN, else only for this machine and the trusted proxies)."""
+        if upstream and (refusal := ops_refusal(request, settings.readyz_token or settings.metrics_token)):
+            return refusal
         checks = {"redis": await request.app.state.store.check_write(HOST_ID)}
         if upstream:
             checks["upstream"] = await request.app.state.provider.ping()
@@ -172,8 +188,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics(request: Request) -> Response:
         if not settings.metrics_enabled:
             return PlainTextResponse("metrics are disabled", status_code=404)
-        if settings.metrics_token and not bearer_matches(request, settings.metrics_token):
-            return PlainTextResponse("unauthorized", status_code=401)
+        if refusal := ops_refusal(request, settings.metrics_token):
+            return refusal
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     # cross-site requests are refused by the input guard (edge.py), for every route. The routes of

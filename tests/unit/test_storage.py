@@ -13,6 +13,7 @@ import redis.asyncio
 from tests.unit.wiring import Core
 from webapp.base.models import Conversation, Message, TurnEvent, new_id, new_message_id, now_iso
 from webapp.core.roles import custom_role
+from webapp.storage.base import split_count
 from webapp.storage.keys import TurnRef
 from webapp.storage.redis_client import connect_store
 
@@ -73,14 +74,19 @@ async def test_an_identity_with_api_tokens_or_shared_links_stays_someones_withou
 # limits ---------------------------------------------------------------------------
 
 
-async def test_hits_are_counted_per_limit_key_and_window_and_expire_with_their_window(core: Core) -> None:
+async def test_hits_are_counted_per_limit_key_and_window_with_the_previous_windows_count(core: Core) -> None:
+    """Each hit answers (this window's count, the previous window's) packed in one integer: the sliding
+    window's two counters in the one reply the turn's lock round trip reads per counter."""
     hits = [("turns-user", ALICE, 100, 60), ("turns-user", BOB, 100, 60), ("turns-user", ALICE, 101, 60)]
 
-    assert await core.store.count_hits(hits) == [1, 1, 1]
-    assert await core.store.count_hits(hits[:1]) == [2]
+    assert [split_count(n) for n in await core.store.count_hits(hits)] == [(1, 0), (1, 0), (1, 1)]
+    assert [split_count(n) for n in await core.store.count_hits(hits[:1])] == [(2, 0)]
+    assert [split_count(n) for n in await core.store.count_hits(hits[2:])] == [(2, 2)]
 
     ttl = await core.store.redis.ttl(core.store.keys.limit("turns-user", ALICE, 100))
-    assert 60 < ttl <= 90
+    assert 120 < ttl <= 150  # read as the previous window all through the next one
+    await core.store.uncount_hits(hits[:1])
+    assert [split_count(n) for n in await core.store.count_hits(hits[2:])] == [(3, 1)]
 
 
 # conversations and messages --------------------------------------------------------

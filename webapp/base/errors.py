@@ -170,12 +170,42 @@ class RateLimited(ChatError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class SignInsHereLimited(RateLimited):
+    """Too many wrong passwords for one account from one address."""
+
+    key = "error.sign_ins_here_limited"
+
+
+class AccountSignInsLimited(RateLimited):
+    """Too many wrong passwords for one account from browsers that never signed in to it."""
+
+    key = "error.account_sign_ins_limited"
+
+
 class InvalidUsername(ChatError):
     key = "error.invalid_username"
 
 
 class WeakPassword(ChatError):
+    """A password the policy refuses (core/passwords.py); each rule has its own message."""
+
     key = "error.weak_password"
+
+
+class PasswordTooShort(WeakPassword):
+    key = "error.password_short"
+
+
+class PasswordTooLong(WeakPassword):
+    key = "error.password_long"
+
+
+class CommonPassword(WeakPassword):
+    key = "error.password_common"
+
+
+class PasswordHasUsername(WeakPassword):
+    key = "error.password_username"
 
 
 class SignInRequired(ChatError):

@@ -43,6 +43,32 @@ CATALOG: dict[str, dict[Lang, str]] = {
         "en": "A username is 3 to 32 letters, digits or _ . -",
     },
     "error.weak_password": {"zh": "密码至少需要8个字符", "en": "A password needs at least 8 characters"},
+    "error.sign_ins_here_limited": {
+        "zh": "从这里输错密码的次数太多，请 {minutes} 分钟后再试",
+        "en": "Too many wrong passwords from here; try again in {minutes} min",
+    },
+    "error.account_sign_ins_limited": {
+        "zh": "这个账号最近有太多次失败的登录尝试。请在以前登录过的设备上登录，或 {minutes} 分钟后再试",
+        "en": "This account has had too many failed sign-ins lately. Sign in from a device you used before, "
+              "or try again in {minutes} min",
+    },
+    "error.revoked": {
+        "zh": "登录已失效（已退出或令牌已撤销），请重新登录",
+        "en": "This sign-in or token has ended (signed out or revoked); sign in again",
+    },
+    "error.password_short": {
+        "zh": "密码至少需要 {limit} 个字符（首尾空格和不可见字符不计）",
+        "en": "A password needs at least {limit} characters (spaces at either end and invisible ones do not count)",
+    },
+    "error.password_long": {"zh": "密码最多 {limit} 个字符", "en": "A password may have at most {limit} characters"},
+    "error.password_common": {
+        "zh": "这是最常见的密码之一，很容易被猜到，请换一个（可以用几个词组成的短语）",
+        "en": "This is one of the most common passwords and easy to guess; choose another (a few words make a good one)",
+    },
+    "error.password_username": {
+        "zh": "密码不能是用户名，也不能包含用户名",
+        "en": "A password may not be or contain the username",
+    },
     "error.sign_in_required": {"zh": "请先登录", "en": "Please sign in"},
     "error.bad_credentials": {"zh": "用户名或密码错误", "en": "Wrong username or password"},
     "error.bad_token": {"zh": "API令牌无效或已撤销", "en": "The API token is invalid or revoked"},
@@ -178,6 +204,15 @@ CATALOG: dict[str, dict[Lang, str]] = {
     "ui.logout": {"zh": "退出登录", "en": "Sign out"},
     "ui.logout_everywhere": {"zh": "在所有设备上退出", "en": "Sign out everywhere"},
     "ui.signed_out_everywhere": {"zh": "已在所有设备上退出", "en": "Signed out on every device"},
+    "ui.signed_out_with_tokens": {
+        "zh": "已在所有设备上退出：结束了 {signins} 个登录，撤销了 {tokens} 个 API 令牌。",
+        "en": "Signed out everywhere: {signins} sign-ins ended and {tokens} API tokens revoked.",
+    },
+    "ui.signed_out_tokens_kept": {
+        "zh": "已在所有设备上退出：结束了 {signins} 个登录。API 令牌仍然有效（可在设置中撤销）。",
+        "en": "Signed out everywhere: {signins} sign-ins ended. API tokens still work (revoke them in Settings).",
+    },
+    "ui.logout_tokens_too": {"zh": "同时撤销我的全部 API 令牌（{n} 个）", "en": "Also revoke all my API tokens ({n})"},
     "ui.username": {"zh": "用户名", "en": "Username"},
     "ui.password": {"zh": "密码", "en": "Password"},
     "ui.settings": {"zh": "设置", "en": "Settings"},

@@ -76,7 +76,8 @@ def _check_sse_starlette() -> list[str]:
     problems = _missing(EventSourceResponse, ("_listen_for_exit_signal", "_send_with_timeout", "_stream_response"),
                         "EventSourceResponse")
     problems += _missing(response, ("_ping_interval", "ping_interval", "active", "send_timeout",
-                                    "data_sender_callable", "background", "sep"), "EventSourceResponse()")
+                                    "data_sender_callable", "background", "sep", "_response_started"),
+                         "EventSourceResponse()")
     problems += _parameters(EventSourceResponse._stream_response, ("self", "send"), "EventSourceResponse._stream_response")
     problems += _parameters(EventSourceResponse._send_with_timeout, ("self", "send", "message"),
                             "EventSourceResponse._send_with_timeout")
@@ -186,7 +187,8 @@ OVERRIDES = (
         ),
         relies_on=("EventSourceResponse._listen_for_exit_signal", "EventSourceResponse._send_with_timeout",
                    "EventSourceResponse._stream_response", "EventSourceResponse()._ping_interval",
-                   "EventSourceResponse().active/send_timeout/data_sender_callable/background/sep"),
+                   "EventSourceResponse().active/send_timeout/data_sender_callable/background/sep",
+                   "EventSourceResponse()._response_started (a revoked stream's last event needs the start sent)"),
         check=_check_sse_starlette,
     ),
     Override(

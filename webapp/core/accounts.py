@@ -7,6 +7,15 @@
   signs nobody in. Each is revocable, and "sign out everywhere" drops them all.
 - An API token is shown once; Redis keeps its SHA-256.
 - Signing in from a browser that has an anonymous history claims that history.
+- Passwords follow the policy of passwords.py (NIST SP 800-63B); what is hashed is their NFKC form.
+- Sign-in throttling that a guesser cannot turn against the owner: attempts per address
+  (SIGN_INS_PER_IP_PER_MINUTE), failures per (account, address) (SIGN_IN_FAILURES_PER_ACCOUNT_AND_IP_PER_HOUR),
+  and a much higher ceiling of failures per account from browsers that never signed in to it
+  (SIGN_IN_FAILURES_PER_ACCOUNT_PER_HOUR), which a browser that has (`known_device`, a signed
+  cookie the web edge keeps) does not meet. Nothing locks an account: a guesser from one address
+  is held at that address; a guesser from many, at the ceiling, while the owner's own browsers
+  still sign in. A right password counts no failure (the attempt's counts are given back).
+- Ending a sign-in or a token ends the streams opened with it, on every host (revocations.py).
 """
 
 from __future__ import annotations
@@ -16,19 +25,16 @@ import hashlib
 import re
 import secrets
 from functools import cache
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from webapp.base.errors import (
-    BadCredentials,
-    InvalidUsername,
-    SignupClosed,
-    TokenNotFound,
-    UsernameTaken,
-    WeakPassword,
-)
+from webapp.base.errors import (AccountSignInsLimited, BadCredentials, InvalidUsername, RateLimited,
+                                SignInsHereLimited, SignupClosed, TokenNotFound, UsernameTaken)
 from webapp.config import Settings
 from webapp.core.context import check_text
 from webapp.core.limits import Limit, Limits
+from webapp.core.passwords import MAX_PASSWORD, check_password, normalized
+from webapp.core.revocations import Revocations
 from webapp.storage.store import Store
 
 if TYPE_CHECKING:
@@ -36,9 +42,15 @@ if TYPE_CHECKING:
 
 USERNAME = re.compile(r"[A-Za-z0-9_.\-]{3,32}")
 PROXY_USERNAME = re.compile(r"[A-Za-z0-9_.@+\-]{1,64}")  # SSO proxies often send e-mail addresses
-MIN_PASSWORD = 8
-MAX_PASSWORD = 256
 TOKEN_PREFIX = "chat_"
+
+
+@dataclass(frozen=True)
+class SignedOut:
+    """What "sign out everywhere" ended: sign-ins (this one included) and API tokens."""
+
+    signins: int
+    tokens: int
 
 
 @cache
@@ -72,26 +84,41 @@ def _verify(password_hash: str, password: str) -> bool:
         return False
 
 
+def _verify_typed(password_hash: str, password: str) -> tuple[bool, bool]:
+    """(right, rehash): the NFKC form is what is hashed now; a hash made before that was of the
+    password as typed, tried when the two differ (and then rehashed)."""
+    form = normalized(password)
+    if _verify(password_hash, form):
+        return True, False
+    if form != password and password_hash and _verify(password_hash, password):
+        return True, True
+    return False, False
+
+
 class Accounts:
-    def __init__(self, store: Store, settings: Settings, limits: Limits) -> None:
+    def __init__(self, store: Store, settings: Settings, limits: Limits,
+                 revocations: Revocations | None = None) -> None:
         self.store = store
         self.settings = settings
         self.limits = limits
+        self.revocations = revocations or Revocations(store)  # (a CLI's: it has no streams to end)
         self.signin_ttl = settings.session_days * 86400
         minute, hour = 60, 3600
         self.sign_ins_per_ip = Limit("signin-ip", settings.sign_ins_per_ip_per_minute, minute)
-        self.sign_ins_per_account = Limit("signin-account", settings.sign_ins_per_account_per_minute, minute)
+        self.failures_per_account_ip = Limit("signin-fail-here", settings.sign_in_failures_per_account_and_ip_per_hour,
+                                             hour, SignInsHereLimited)
+        self.failures_per_account = Limit("signin-fail", settings.sign_in_failures_per_account_per_hour, hour,
+                                          AccountSignInsLimited)
         self.signups_per_ip = Limit("signup-ip", settings.signups_per_ip_per_hour, hour)
 
     # accounts -----------------------------------------------------------
 
     @staticmethod
     def check_credentials(username: str, password: str) -> tuple[str, str]:
+        """The username, and the password to hash (its NFKC form), or the rule they break."""
         if not USERNAME.fullmatch(username or ""):
             raise InvalidUsername()
-        if len(password or "") < MIN_PASSWORD or len(password) > MAX_PASSWORD:
-            raise WeakPassword()
-        return username, check_text(password)
+        return username, check_password(check_text(password or ""), username)
 
     async def create_user(self, username: str, password: str) -> str:
         """A new account (sign-up, or `python -m webapp create-user`); its uid."""
@@ -111,17 +138,30 @@ class Accounts:
         uid = await self.create_user(username, password)
         return await self._signed_in(uid, anonymous_uid)
 
-    async def sign_in(self, username: str, password: str, *, ip: str, anonymous_uid: str | None) -> str:
-        """Check the password (limited per IP and per account); the cookie value of the sign-in."""
-        await self.limits.hit((self.sign_ins_per_ip, ip), (self.sign_ins_per_account, (username or "").lower()))
+    async def sign_in(self, username: str, password: str, *, ip: str, anonymous_uid: str | None,
+                      known_device: bool = False) -> str:
+        """Check the password; the cookie value of the sign-in. Throttled (see the module's docstring):
+        `known_device`: the browser signed in to this account before (its failures meet no ceiling
+        of the account's, only those of its address)."""
+        name = (username or "").lower()[:64]
+        failures = [(self.failures_per_account_ip, f"{name}|{ip}")]
+        if not known_device:
+            failures.append((self.failures_per_account, name))
+        try:  # counted before the password is tried, so that attempts in parallel cannot pass a limit
+            await self.limits.hit((self.sign_ins_per_ip, ip), *failures)
+        except RateLimited:  # no password was tried: no failure (hammering a held address moves no ceiling)
+            await self.limits.give_back(*failures)
+            raise
         found = await self.store.account_by_name(username) if USERNAME.fullmatch(username or "") else None
         password_hash = found[1].get("password", "") if found else ""
-        ok = await asyncio.to_thread(_verify, password_hash, password or "")
+        password = (password or "")[: MAX_PASSWORD * 4]  # (hashing megabytes is the guesser's cost, not ours)
+        ok, rehash = await asyncio.to_thread(_verify_typed, password_hash, password)
         if not found or not password_hash or not ok:
             raise BadCredentials()
+        await self.limits.give_back(*failures)  # a right password is no failure
         uid = found[0]
-        if hasher().check_needs_rehash(password_hash):
-            await self.store.set_password(uid, await asyncio.to_thread(_hash, password))
+        if rehash or hasher().check_needs_rehash(password_hash):
+            await self.store.set_password(uid, await asyncio.to_thread(_hash, normalized(password)))
         return await self._signed_in(uid, anonymous_uid)
 
     async def _signed_in(self, uid: str, anonymous_uid: str | None) -> str:
@@ -132,15 +172,25 @@ class Accounts:
         await self.store.add_signin(uid, digest(cookie), self.signin_ttl)
         return cookie
 
+    @staticmethod
+    def credential_of(secret: str) -> str:
+        """The hash a sign-in cookie or an API token is known by (what a stream watches: revocations.py)."""
+        return digest(secret)
+
     async def user_of_signin(self, cookie: str) -> str | None:
         return await self.store.signin_user(digest(cookie)) if cookie else None
 
     async def sign_out(self, cookie: str) -> None:
-        if cookie:
-            await self.store.remove_signin(digest(cookie))
+        """End this sign-in, and the streams opened with it on every host."""
+        if cookie and await self.store.remove_signin(digest(cookie)):
+            await self.revocations.revoke([digest(cookie)])
 
-    async def sign_out_everywhere(self, uid: str) -> int:
-        return await self.store.remove_all_signins(uid)
+    async def sign_out_everywhere(self, uid: str, *, tokens: bool = False) -> SignedOut:
+        """End every sign-in of the user (and with `tokens`, every API token), and their streams."""
+        signins = await self.store.remove_all_signins(uid)
+        revoked_tokens = await self.store.remove_all_tokens(uid) if tokens else []
+        await self.revocations.revoke(signins + revoked_tokens)
+        return SignedOut(signins=len(signins), tokens=len(revoked_tokens))
 
     async def username_of(self, uid: str) -> str:
         account = await self.store.account(uid)
@@ -175,8 +225,11 @@ class Accounts:
                 for token_id, data in await self.store.list_tokens(uid)]
 
     async def revoke_token(self, uid: str, token_id: str) -> None:
-        if not await self.store.remove_token(uid, token_id):
+        """The token stops working, and the streams opened with it end, on every host."""
+        revoked = await self.store.remove_token(uid, token_id)
+        if revoked is None:
             raise TokenNotFound()
+        await self.revocations.revoke([revoked])
 
     async def user_of_token(self, token: str) -> str | None:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:

@@ -12,6 +12,7 @@ from webapp.core.auto_title import TitleWriter
 from webapp.core.conversations import Conversations
 from webapp.core.limits import Limits
 from webapp.core.portability import Portability
+from webapp.core.revocations import Revocations
 from webapp.core.roles import RoleBook
 from webapp.core.search import SearchIndex
 from webapp.core.sharing import Shares
@@ -41,14 +42,16 @@ class Services:
     portability: Portability
     accounts: Accounts
     eviction_watch: EvictionWatch
+    revocations: Revocations
 
     def start(self) -> None:
         """The background tasks: the event writer and cancel listener, the search index, the lease keeper,
-        the eviction policy's re-check."""
+        the eviction policy's re-check, the revocation listener."""
         self.writer.start()
         self.search.start()
         self.leases.start()
         self.eviction_watch.start()
+        self.revocations.start()
 
     async def aclose(self) -> None:
         """Running replies saved first, then the queues, then the clients."""
@@ -57,6 +60,7 @@ class Services:
         await self.search.aclose()
         await self.leases.aclose()
         await self.eviction_watch.aclose()
+        await self.revocations.aclose()
         await self.reader.aclose()
         await self.provider.aclose()
         await self.store.aclose()
@@ -68,6 +72,7 @@ def build_services(store: Store, provider: Provider, settings: Settings, metrics
     leases = LeaseKeeper(store, writer.recovery, writer.held_leases, writer.lease_lost, writer.cancel_requested)
     writer.ended = leases.turn_ended
     limits = Limits(store)
+    revocations = Revocations(store)
     search = SearchIndex(store)
     titles = TitleWriter(store, provider, search, enabled=settings.auto_title and not settings.demo_mode,
                          busy=lambda: len(writer.runs))
@@ -80,5 +85,5 @@ def build_services(store: Store, provider: Provider, settings: Settings, metrics
                               max_messages=settings.max_messages_per_conversation, models=provider.models)
     return Services(store=store, provider=provider, writer=writer, reader=reader, leases=leases, limits=limits,
                     search=search, titles=titles, channels=channels, conversations=conversations, roles=writer.roles,
-                    shares=Shares(store), portability=portability, accounts=Accounts(store, settings, limits),
-                    eviction_watch=EvictionWatch(store, settings))
+                    shares=Shares(store), portability=portability, accounts=Accounts(store, settings, limits, revocations),
+                    eviction_watch=EvictionWatch(store, settings), revocations=revocations)

@@ -5,7 +5,7 @@ Keys are named in keys.py and listed, with type and TTL, in store.py."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 import orjson
 
@@ -57,22 +57,25 @@ class AccountStore(StoreBase):
     async def signin_user(self, digest: str) -> str | None:
         return await self.redis.hget(self.keys.signin(digest), "uid")
 
-    async def remove_signin(self, digest: str) -> None:
+    async def remove_signin(self, digest: str) -> bool:
+        """End one sign-in; whether it was one."""
         k = self.keys
         uid = await self.redis.hget(k.signin(digest), "uid")
-        await self.redis.delete(k.signin(digest))
+        removed = await self.redis.delete(k.signin(digest))
         if uid:
             await self.redis.srem(k.signins(uid), digest)
+        return bool(removed)
 
-    async def remove_all_signins(self, uid: str) -> int:
+    async def remove_all_signins(self, uid: str) -> list[str]:
+        """End every sign-in of a user: their hashes."""
         k = self.keys
         digests = await self.redis.smembers(k.signins(uid))
         async with self.redis.pipeline(transaction=False) as pipe:  # one key per command: any slots
             for digest in digests:
                 pipe.delete(k.signin(digest))
             pipe.delete(k.signins(uid))
-            await pipe.execute()
-        return len(digests)
+            removed = await pipe.execute()
+        return [digest for digest, gone in zip(digests, removed) if gone]
 
     async def add_token(self, uid: str, token_id: str, digest: str, name: str) -> None:
         k = self.keys
@@ -88,11 +91,56 @@ class AccountStore(StoreBase):
         return sorted(((token_id, orjson.loads(raw)) for token_id, raw in rows.items()),
                       key=lambda row: row[1].get("created", 0))
 
-    async def remove_token(self, uid: str, token_id: str) -> bool:
+    async def remove_token(self, uid: str, token_id: str) -> str | None:
+        """Revoke one of a user's tokens: its hash (None: no such token)."""
         k = self.keys
         raw = await self.redis.hget(k.tokens(uid), token_id)
         if raw is None:
-            return False
-        await self.redis.delete(k.token(orjson.loads(raw)["hash"]))  # stops working before it is unlisted
+            return None
+        digest = orjson.loads(raw)["hash"]
+        await self.redis.delete(k.token(digest))  # stops working before it is unlisted
         await self.redis.hdel(k.tokens(uid), token_id)
-        return True
+        return str(digest)
+
+    async def remove_all_tokens(self, uid: str) -> list[str]:
+        """Revoke every token of a user: their hashes."""
+        k = self.keys
+        rows = await self.redis.hgetall(k.tokens(uid))
+        digests = [str(orjson.loads(raw)["hash"]) for raw in rows.values()]
+        async with self.redis.pipeline(transaction=False) as pipe:  # one key per command: any slots
+            for digest in digests:
+                pipe.delete(k.token(digest))  # they stop working before they are unlisted
+            if rows:
+                pipe.hdel(k.tokens(uid), *rows)
+            await pipe.execute()
+        return digests
+
+    # revocations: every worker ends the streams opened with a credential that ends ------------
+
+    async def announce_revoked(self, digests: list[str]) -> None:
+        """Tell every worker on every host that these sign-ins or tokens (by hash) are no longer valid."""
+        if digests:
+            await self.redis.publish(self.keys.revoked_channel, " ".join(digests))
+
+    async def revoked_credentials(self) -> AsyncIterator[list[str]]:
+        """The hashes of the sign-ins and tokens revoked anywhere, as they are announced; the first item
+        is [] once subscribed (so that a listener that reconnects can check what it missed)."""
+        pubsub = self.blocking_redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.keys.revoked_channel)
+            yield []
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield message["data"].split()
+        finally:
+            await pubsub.aclose()
+
+    async def credentials_valid(self, digests: list[str]) -> list[bool]:
+        """Whether each hash is still a sign-in or a token: one pipeline, one key per command (any slots)."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for digest in digests:
+                pipe.exists(k.signin(digest))
+                pipe.exists(k.token(digest))
+            found = await pipe.execute()
+        return [bool(signin or token) for signin, token in zip(found[0::2], found[1::2])]

@@ -31,6 +31,7 @@ class Keys:
         self.running = prefix + "turns:running"
         self.layout = prefix + "layout"
         self.wake_channel = prefix + "wake"
+        self.revoked_channel = prefix + "revoked"
 
     # one identity's slot ---------------------------------------------------
 

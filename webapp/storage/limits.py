@@ -1,4 +1,4 @@
-"""Rate limits: fixed-window counters.
+"""Rate limits: the counters of sliding windows (core/limits.py says how they count).
 
 Keys are named in keys.py and listed, with type and TTL, in store.py."""
 
@@ -13,9 +13,18 @@ class LimitStore(StoreBase):
     async def count_hits(self, hits: list[tuple[str, str, int, int]]) -> list[int]:
         """Count one hit in each (limit name, key, window number, window seconds): one round trip.
 
-        Returns each window's count including this hit; whether that is too many is the caller's call.
+        Returns, per hit, this window's count including the hit and the previous window's, packed
+        (base.split_count); whether that is too many is the caller's call.
         """
         async with self.redis.pipeline(transaction=False) as pipe:
             self._count_hits(pipe, hits)
             results = await pipe.execute()
         return [int(count) for count in results[0::2]]
+
+    async def uncount_hits(self, hits: list[tuple[str, str, int, int]]) -> None:
+        """Take back one hit from each counter (counted a moment ago); the counter keeps its expiry."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, key, window, seconds in hits:
+                pipe.decr(self.keys.limit(name, key, window))
+                pipe.expire(self.keys.limit(name, key, window), 2 * seconds + 30)  # (one made anew: not forever)
+            await pipe.execute()

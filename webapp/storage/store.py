@@ -33,7 +33,8 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     {uid}:searchidx                    marker: the search index holds every conversation, index TTL
     {uid}:tmp:{rand}                   ZSET scratch result of one search, deleted in the same MULTI
     share:{sha256}                     JSON {uid, sid} of a read-only link, by the hash of its token; no TTL
-    limit:{name}:{key}:{window}        fixed-window counter of a limit (key hash-tagged), expires after its window
+    limit:{name}:{key}:{window}        a limit's hits in one window (key hash-tagged): read as the previous
+                                       window through the next one (a sliding window), then expires
     account:name:{username}            the uid of a username (lower case); no TTL
     signin:{sha256}                    HASH a sign-in (uid, created), by the hash of its cookie; session TTL
     token:{sha256}                     the uid of a personal API token, by the hash of the token; no TTL
@@ -43,6 +44,7 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     readyz:{host}                      /readyz's keyed write, 10 s
     cancel                             pub/sub channel: turn ids to cancel, on whichever worker runs them
     wake                               pub/sub channel (Cluster only): the turns whose events a flush wrote
+    revoked                            pub/sub channel: hashes of sign-ins and tokens just revoked (their streams end)
 """
 
 from __future__ import annotations

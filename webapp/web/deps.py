@@ -103,10 +103,13 @@ async def _resolve_user(request: Request, claimed: str | None, *, creating: bool
         identity = await app.accounts.user_of_token(token) if token else None
         if identity is None or (settings.auth != "anonymous" and not identity.startswith("a_")):
             raise BadToken()  # (a token of an anonymous identity is no key to an accounts instance)
+        request.state.credential = app.accounts.credential_of(token)  # (a stream ends with it: revocations.py)
     elif settings.auth == "accounts":
-        identity = await app.accounts.user_of_signin(request.cookies.get(SIGNIN_COOKIE, ""))
+        cookie = request.cookies.get(SIGNIN_COOKIE, "")
+        identity = await app.accounts.user_of_signin(cookie)
         if identity is None:
             raise SignInRequired()
+        request.state.credential = app.accounts.credential_of(cookie)
     elif settings.auth == "proxy":
         name = trusted_proxy_user(request)
         if not name:

@@ -18,6 +18,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from webapp.base.metrics import Metrics
 from webapp.web.access import AccessLog
 from webapp.web.identity import IdentityCookie
+from webapp.web.peers import TrustedProxies
 from webapp.web.security import SECURITY_HEADERS, InputGuard, refuse
 
 
@@ -32,7 +33,7 @@ class Edge:
         # uvicorn's own middleware (FORWARDED_ALLOW_IPS), so the rules are exactly uvicorn's
         self.proxy = ProxyHeadersMiddleware(_nothing, trusted_hosts=trusted_hosts)
         self.access = AccessLog(metrics, log_requests)
-        self.guard = InputGuard(max_body_bytes, larger_bodies)
+        self.guard = InputGuard(max_body_bytes, larger_bodies, TrustedProxies(trusted_hosts))
         self.identity = IdentityCookie(secret)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

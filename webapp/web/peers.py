@@ -39,6 +39,20 @@ class TrustedProxies:
         return any(address in network for network in self.networks)
 
 
+def is_internal(request: Request) -> bool:
+    """The caller is this machine or one of the proxies FORWARDED_ALLOW_IPS names (not when that is '*'):
+    who may read /metrics and /readyz?upstream=1 when no token guards them. The address is the one a
+    trusted proxy's X-Forwarded-For gave, so a visitor relayed by a proxy on this machine is not internal."""
+    host = request.client.host if request.client else ""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return True
+    except ValueError:
+        return False
+    trusted: TrustedProxies = request.app.state.trusted_proxies
+    return not trusted.any and host in trusted
+
+
 def trusted_proxy_user(request: Request) -> str:
     """AUTH=proxy: the user a trusted proxy names; "" when the header is missing or the peer untrusted."""
     settings = request.app.state.settings

@@ -24,6 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 from webapp.base.errors import ChatError, CrossSiteRequest, RequestTooLarge, UndecodableText
 from webapp.web.error_handlers import error_response
 from webapp.web.forms import FORM_TYPE
+from webapp.web.peers import TrustedProxies
 
 _FORM_BYTES = FORM_TYPE.encode()  # (as the ASGI headers have it)
 
@@ -51,16 +52,18 @@ class InputGuard:
     they are read whole, checked and handed on; other bodies stream through, counted.
     """
 
-    def __init__(self, max_bytes: int, larger: dict[str, int] | None = None) -> None:
+    def __init__(self, max_bytes: int, larger: dict[str, int] | None = None,
+                 trusted: TrustedProxies | None = None) -> None:
         self.max_bytes = max_bytes
         self.larger = larger or {}  # paths that take bigger bodies (a data file to import)
+        self.trusted = trusted or TrustedProxies("")  # whose X-Forwarded-Host counts (FORWARDED_ALLOW_IPS)
 
     def refusal(self, scope: Scope) -> type[ChatError] | None:
         """What is wrong with the request line and headers, if anything."""
         if scope["query_string"] and not _decodes(scope["query_string"]):
             return UndecodableText
         unsafe = scope["method"] not in ("GET", "HEAD", "OPTIONS")
-        if (unsafe or scope["path"] == "/chat/stream") and _cross_site(scope):
+        if (unsafe or scope["path"] == "/chat/stream") and _cross_site(scope, self.trusted):
             return CrossSiteRequest
         return None
 
@@ -128,8 +131,9 @@ async def refuse(scope: Scope, receive: Receive, send: Send, error: type[ChatErr
     await response(scope, receive, send)
 
 
-def _cross_site(scope: Scope) -> bool:
+def _cross_site(scope: Scope, trusted: TrustedProxies) -> bool:
     """A request another site's page made the browser send: Sec-Fetch-Site, else a foreign Origin.
+    X-Forwarded-Host names this site only when a trusted proxy sent it (anyone can send the header).
 
     Checked in the middleware rather than as a route dependency: every state-changing request pays
     it, and a middleware check costs a fraction of FastAPI's dependency solving.
@@ -153,6 +157,8 @@ def _cross_site(scope: Scope) -> bool:
         return True
     # the host only: behind a TLS proxy that is not in FORWARDED_ALLOW_IPS the app sees http while
     # the browser says https; what matters is that the page was this site's
+    if forwarded_host is not None and scope["state"].get("peer", "") not in trusted:
+        forwarded_host = None
     return origin.partition("://")[2] not in (host or "", forwarded_host or "")
 
 

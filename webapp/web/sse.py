@@ -4,7 +4,7 @@ The one module that relies on sse-starlette's private parts (listed in
 webapp/base/library_internals.py, checked by tests/unit/test_library_internals.py):
 `EventSourceResponse._listen_for_exit_signal`, `_send_with_timeout`, `_stream_response`,
 `_ping_interval`, and the attributes `active`, `send_timeout`, `data_sender_callable`,
-`background`, `sep`. sse-starlette is pinned to the release range they were tested with.
+`background`, `sep`, `_response_started`. sse-starlette is pinned to the release range they were tested with.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import datetime, timezone
+from functools import partial
+from typing import Callable
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from webapp.base.models import TurnEvent
@@ -142,6 +145,10 @@ class TurnEventResponse(EventSourceResponse):
     _streamer: asyncio.Task[None] | None = None
     _stopped = False
     _send: Send | None = None
+    # watch(end) -> unwatch, or None when already revoked (core/revocations.py); the last event then
+    watch: Callable[[Callable[[], None]], Callable[[], None] | None] | None = None
+    farewell = b""
+    _revoked = False
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         self.last_send = asyncio.get_running_loop().time()
@@ -156,6 +163,11 @@ class TurnEventResponse(EventSourceResponse):
             self._stopped = True
             self.active = False
             self._streamer.cancel()
+
+    def revoke(self) -> None:
+        """The credential the stream was opened with has ended: its last event is `farewell`."""
+        self._revoked = True
+        self.stop()
 
     async def send_ping(self) -> None:
         if self.active and self._send is not None:
@@ -172,6 +184,11 @@ class TurnEventResponse(EventSourceResponse):
         self._streamer = asyncio.current_task()
         self._send = send
         self.last_send = asyncio.get_running_loop().time()
+        unwatch = self.watch(self.revoke) if self.watch is not None else None
+        if self.watch is not None and unwatch is None:  # revoked since the request's credential was read
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self.farewell, "more_body": False})
+            return
         watcher = asyncio.ensure_future(self._until_disconnect(receive))
         watcher.add_done_callback(self.stop)
         if self._ping_interval > 0:
@@ -183,9 +200,14 @@ class TurnEventResponse(EventSourceResponse):
                 raise
             self._streamer.uncancel()
         finally:
+            client_left = watcher.done()
+            if unwatch is not None:
+                unwatch()
             OPEN_STREAMS.discard(self)
             watcher.remove_done_callback(self.stop)
             watcher.cancel()
+        if self._revoked and self._response_started and not client_left:
+            await send({"type": "http.response.body", "body": self.farewell, "more_body": False})
         if self.background is not None:
             await self.background()
 
@@ -197,6 +219,21 @@ class TurnEventResponse(EventSourceResponse):
 
 
 
-def stream_response(events: object) -> TurnEventResponse:
-    """An SSE response of the app: pings every PING_SECONDS, never buffered by a proxy."""
-    return TurnEventResponse(events, ping=PING_SECONDS, headers=STREAM_HEADERS)
+def stream_response(events: object, request: Request | None = None, farewell: bytes = b"") -> TurnEventResponse:
+    """An SSE response of the app: pings every PING_SECONDS, never buffered by a proxy. Opened with a
+    sign-in or a token (`request.state.credential`), it ends with the event `farewell` when that is
+    revoked, on whichever host (core/revocations.py)."""
+    response = TurnEventResponse(events, ping=PING_SECONDS, headers=STREAM_HEADERS)
+    credential = getattr(request.state, "credential", None) if request is not None else None
+    if credential:
+        response.watch = partial(request.app.state.revocations.watch, credential)  # type: ignore[union-attr]
+        response.farewell = farewell
+    return response
+
+
+def farewell_frame(data: str, event: str | None = None) -> bytes:
+    """The last event of a revoked stream: no id (a reconnect must not resume from it); unnamed for the
+    JSON streams, whose clients read `message` events."""
+    if event:
+        return named_event_frame(event, None, data)
+    return b"data: " + data.encode() + b"\r\n\r\n"

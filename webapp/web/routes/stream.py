@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import html
 import time
+from functools import cache
 from typing import Annotated, AsyncIterator, Callable
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from webapp.base.errors import ChatError, InvalidId, TurnNotFound
-from webapp.base.i18n import Lang
+from webapp.base.i18n import Lang, t
 from webapp.base.ids import check_id
 from webapp.base.models import Conversation, TurnEvent, TurnInfo
 from webapp.core.conversations import Conversations
@@ -18,12 +19,8 @@ from webapp.core.turns.channels import CHANNEL_ID, CHANNEL_ID_MAX, missed, new_c
 from webapp.core.turns.reader import TurnReader
 from webapp.web.csrf import request_token
 from webapp.web.deps import (
-    ConversationsDep,
     CurrentUser,
-    LangDep,
-    ReaderDep,
     SeedUser,
-    WriterDep,
     client_ip,
     current_user,
     owned_conversation_of,
@@ -35,6 +32,7 @@ from webapp.web.routes.pages import conversation_pane
 from webapp.web.routing import query_bool, query_int, query_text
 from webapp.web.sse import (
     MAX_SEQ,
+    farewell_frame,
     json_event_frame,
     merged,
     named_event_frame,
@@ -46,6 +44,20 @@ from webapp.web.sse import (
 router = APIRouter(tags=["turns"])
 # (the web UI's streams are plain routes, routes/plain.py: conversation_turn_events, conversation_events;
 # their errors are JSON, as every stream's: an EventSource reads no error page)
+
+
+@cache
+def json_farewell(lang: Lang) -> bytes:
+    """A JSON stream's last event when its sign-in or token ends: an error in the seed's shape."""
+    return farewell_frame(orjson.dumps({"type": "error", "code": "revoked", "content": t("error.revoked", lang)})
+                          .decode())
+
+
+@cache
+def html_farewell(lang: Lang, event: str) -> bytes:
+    """A web UI stream's last event when its sign-in ends: `done` for a turn's stream (it replaces the
+    bubble), `revoked` for a page's channel (it closes the channel: sse-close)."""
+    return farewell_frame(render_fragment("partials/signed_out.html", lang), event)
 
 
 async def json_events(reader: TurnReader, turn: TurnInfo, after: int) -> AsyncIterator[bytes]:
@@ -61,16 +73,15 @@ async def json_events(reader: TurnReader, turn: TurnInfo, after: int) -> AsyncIt
 async def chat_stream(
     request: Request,
     user: SeedUser,
-    writer: WriterDep,
-    reader: ReaderDep,
-    conversations: ConversationsDep,
-    lang: LangDep,
     session_id: str,
     message: str | None = None,
     role: str | None = Query(None, description="assistant, teacher or programmer; omitted keeps the conversation's"),
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
 ) -> Response:
     """A reconnect carrying Last-Event-ID resumes the running turn instead of sending the message twice."""
+    # (services read by hand, not as dependencies: FastAPI's solving of each was a tenth of a turn's CPU)
+    state, lang = services(request), lang_of(request)
+    writer, reader = state.turn_writer, state.turn_reader
     reader.check_stream_slot(user)
     resume_id, after = parse_last_event_id(last_event_id)
     if resume_id:
@@ -82,21 +93,22 @@ async def chat_stream(
             turn = None
         if turn is None:
             return Response(status_code=204)
-        return stream_response(json_events(reader, turn, after))
+        return stream_response(json_events(reader, turn, after), request, json_farewell(lang))
     # the ownership check rides in the same Redis round trip that takes the turn's lock
     run = await writer.start_turn(check_id(session_id), user, message, role, lang, client_ip(request))
     turn = TurnInfo(id=run.id, session_id=run.conversation.id, user_id=user, status="running")
-    return stream_response(json_events(reader, turn, 0))
+    return stream_response(json_events(reader, turn, 0), request, json_farewell(lang))
 
 
 @router.get("/api/turns/{turn_id}/events", name="turn_events", summary="Follow a turn's reply (resumable)")
 async def api_turn_events(
+    request: Request,
     turn_id: str,
     user: CurrentUser,
-    reader: ReaderDep,
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
     after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
 ) -> Response:
+    reader, lang = services(request).turn_reader, lang_of(request)  # (by hand: see chat_stream)
     reader.check_stream_slot(user)
     _, seq = parse_last_event_id(last_event_id)
     if after is not None:
@@ -104,7 +116,7 @@ async def api_turn_events(
     turn = await reader.resumable(check_id(turn_id), user, seq)
     if turn is None:
         return Response(status_code=204)
-    return stream_response(json_events(reader, turn, seq))
+    return stream_response(json_events(reader, turn, seq), request, json_farewell(lang))
 
 
 # the web UI's stream: HTML for htmx's SSE extension -------------------------------
@@ -167,7 +179,8 @@ async def conversation_turn_events(request: Request) -> Response:
     reader.check_stream_slot(user)
     _, seq = parse_last_event_id(request.headers.get("last-event-id"))
     return stream_response(html_events(reader, conversations, session_id, user, turn, max(seq, after or 0), lang,
-                                       request_token(request), sidebar_item=not searching))
+                                       request_token(request), sidebar_item=not searching),
+                           request, html_farewell(lang, "done"))
 
 
 # the web UI's channel: one stream per open conversation page, for all of its turns ---------
@@ -198,7 +211,7 @@ async def conversation_events(request: Request) -> Response:
     conversation = run.conversation if run is not None else await owned_conversation_of(request, session_id, user)
     reader.check_stream_slot(user)
     return stream_response(channel_events(request, conversation, read_at, channel or new_channel_id(), seen_id,
-                                          seen_seq, lang))
+                                          seen_seq, lang), request, html_farewell(lang, "revoked"))
 
 
 async def channel_events(request: Request, conversation: Conversation, read_at: float, channel_id: str,
