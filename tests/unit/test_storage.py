@@ -265,3 +265,27 @@ async def test_closing_the_store_closes_its_connections(core: Core) -> None:
         for client in (store.redis, store.blocking_redis):
             await client.connection_pool.disconnect()
         await watcher.aclose()
+
+
+async def test_terms_a_conversation_already_holds_cost_one_command_and_their_ttls_are_still_renewed(core: Core) -> None:
+    store, k = core.store, core.store.keys
+    words = [f"word{i}" for i in range(40)]
+    await store.index_terms([(ALICE, "s1", words)])
+    assert await store.redis.smembers(k.term(ALICE, "word7")) == {"s1"}
+
+    async def commands() -> int:
+        return int((await store.redis.info("stats"))["total_commands_processed"])
+
+    before = await commands()
+    await store.index_terms([(ALICE, "s1", [*words, "fresh"])])  # a later turn: one new word
+    spent = await commands() - before - 1  # (less the INFO itself)
+    assert spent <= len(words) + 1 + 8, spent  # one SADD per known term, the new one's few, the call
+    assert await store.redis.smembers(k.term(ALICE, "fresh")) == {"s1"}
+    assert "fresh" in await store.redis.zrange(k.lexicon(ALICE), 0, -1)
+
+    # a day on (the conversation's term set has less than TTL - 1 day left): every term's TTL is renewed
+    await store.redis.expire(k.conversation_terms(ALICE, "s1"), 60)
+    await store.redis.expire(k.term(ALICE, "word7"), 60)
+    await store.index_terms([(ALICE, "s1", words)])
+    assert await store.redis.ttl(k.term(ALICE, "word7")) > store.index_ttl - 60
+    assert await store.redis.ttl(k.conversation_terms(ALICE, "s1")) > store.index_ttl - 60
