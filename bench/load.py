@@ -269,6 +269,10 @@ class User:
     # -- straight to the model
 
     async def run_direct(self) -> list[TurnResult]:
+        return await self._run_context_kept("direct", self._direct_turn)
+
+    async def _run_context_kept(self, phase: str, turn_of: Any) -> list[TurnResult]:
+        """3 turns where the client keeps the conversation and sends it whole each time (no server stores it)."""
         self.runs += 1
         history: list[dict[str, str]] = [
             {"role": "system", "content": ROLE.system_prompt},
@@ -276,9 +280,9 @@ class User:
         ]
         results = []
         for turn in range(1, TURNS + 1):
-            message = self.message("direct", turn)
+            message = self.message(phase, turn)
             history.append({"role": "user", "content": message})
-            result, reply = await self._direct_turn(turn, history, self.expected(turn, message))
+            result, reply = await turn_of(turn, history, self.expected(turn, message))
             results.append(result)
             if result.outcome != "ok":
                 results += self._skipped(turn)
@@ -324,35 +328,24 @@ class User:
     # -- through the relay that stores nothing (bench/relay.py): the floor a server's turn can cost
 
     async def run_relay(self) -> list[TurnResult]:
-        self.runs += 1
-        history: list[dict[str, str]] = [
-            {"role": "system", "content": ROLE.system_prompt},
-            {"role": "assistant", "content": WELCOME},
-        ]
-        results = []
-        for turn in range(1, TURNS + 1):
-            message = self.message("relay", turn)
-            history.append({"role": "user", "content": message})
-            body = orjson.dumps({"messages": history})
-            started = time.perf_counter()
-            try:
-                async with self.http.post(f"{self.relay_url}/chat/stream", data=body) as response:
-                    outcome = await self._seed_events(response, started)
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-                outcome = TurnResult(self.index, turn, "failed", detail=type(exc).__name__)
-            if isinstance(outcome, TurnResult):
-                results.append(outcome)
-                results += self._skipped(turn)
-                break
-            text, done, ttft, total, error = outcome
-            result, _ = self._judge(turn, text, self.expected(turn, message), done, ttft, total, error)
-            results.append(result)
-            if result.outcome != "ok":
-                results += self._skipped(turn)
-                break
-            history.append({"role": "assistant", "content": text})
-        self.finished_at = time.monotonic()
-        return results
+        return await self._run_context_kept("relay", self._relay_turn)
+
+    async def _relay_turn(self, turn: int, messages: list[dict[str, str]], expected: str) -> tuple[TurnResult, str]:
+        request = self.http.post(f"{self.relay_url}/chat/stream", data=orjson.dumps({"messages": messages}))
+        return await self._seed_turn(turn, request, expected)
+
+    async def _seed_turn(self, turn: int, request: Any, expected: str) -> tuple[TurnResult, str]:
+        """A turn whose reply is a stream of the seed's events (`request`: aiohttp's, not yet sent)."""
+        started = time.perf_counter()
+        try:
+            async with request as response:
+                outcome = await self._seed_events(response, started)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            return TurnResult(self.index, turn, "failed", detail=type(exc).__name__), ""
+        if isinstance(outcome, TurnResult):
+            return TurnResult(self.index, turn, "failed", detail=outcome.detail), ""
+        text, done, ttft, total, error = outcome
+        return self._judge(turn, text, expected, done, ttft, total, error)
 
     async def _seed_events(self, response: aiohttp.ClientResponse,
                            started: float) -> TurnResult | tuple[str, bool, float | None, float | None, str]:
@@ -459,34 +452,8 @@ class User:
 
     async def _app_turn(self, turn: int, message: str) -> tuple[TurnResult, str]:
         params = {"user_id": self.user_id, "session_id": self.session_id, "message": message, "role": ROLE.id}
-        parts: list[str] = []
-        ttft = None
-        total = None
-        done = False
-        error = ""
-        started = time.perf_counter()
-        try:
-            async with self.http.get(f"{self.app_url}/chat/stream", params=params) as response:
-                if response.status != 200:
-                    body = (await response.text())[:200]
-                    return TurnResult(self.index, turn, "failed", detail=f"HTTP {response.status} {body}"), ""
-                reader = SSEData()
-                async for data in response.content.iter_any():
-                    for payload in reader.feed(data):
-                        event = orjson.loads(payload)
-                        kind = event.get("type")
-                        if kind == "chunk":
-                            if ttft is None and event.get("content"):
-                                ttft = time.perf_counter() - started
-                            parts.append(event.get("content", ""))
-                        elif kind == "end":
-                            done = True
-                            total = time.perf_counter() - started
-                        elif kind == "error":
-                            error = f"error event: {event.get('content', '')}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            return TurnResult(self.index, turn, "failed", detail=type(exc).__name__), ""
-        return self._judge(turn, "".join(parts), self.expected(turn, message), done, ttft, total, error)
+        return await self._seed_turn(turn, self.http.get(f"{self.app_url}/chat/stream", params=params),
+                                     self.expected(turn, message))
 
     async def check_history(self) -> tuple[int, int, str]:
         """Over all its app runs: (replies missing from /chat/history, replies in it more than once,

@@ -210,8 +210,34 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 
+class Served:
+    """A server of the benchmark's own (the fake model, the relay) in its own process, on a free port."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def launch(self, module: str, args: list[str], health: str) -> None:
+        log = self.workdir / f"{module.rpartition('.')[2]}.log"
+        self.process = subprocess.Popen([sys.executable, "-m", module, "--port", str(self.port), *args],
+                                        cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        _wait_http(f"{self.url}{health}", 20, self.process, log)
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=20)
+
+
 @dataclass
-class FakeModel:
+class FakeModel(Served):
     """bench/fake_upstream.py in its own process."""
 
     ttft_ms: float
@@ -221,34 +247,14 @@ class FakeModel:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
     def start(self) -> FakeModel:
-        log = self.workdir / "fake_upstream.log"
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "bench.fake_upstream", "--port", str(self.port),
-                "--ttft-ms", str(self.ttft_ms), "--token-delay-ms", str(self.token_delay_ms),
-                "--tokens", str(self.tokens),
-            ],
-            cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        )
-        _wait_http(f"{self.url}/_requests", 20, self.process, log)
+        self.launch("bench.fake_upstream", ["--ttft-ms", str(self.ttft_ms), "--token-delay-ms", str(self.token_delay_ms),
+                                            "--tokens", str(self.tokens)], "/_requests")
         return self
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout=20)
 
 
 @dataclass
-class Relay:
+class Relay(Served):
     """bench/relay.py in its own process: the server that stores nothing, in front of the same model."""
 
     upstream_url: str
@@ -256,26 +262,9 @@ class Relay:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
     def start(self) -> Relay:
-        log = self.workdir / "relay.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.relay", "--port", str(self.port), "--upstream", f"{self.upstream_url}/v1"],
-            cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        )
-        _wait_http(f"{self.url}/healthz", 20, self.process, log)
+        self.launch("bench.relay", ["--upstream", f"{self.upstream_url}/v1"], "/healthz")
         return self
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout=20)
 
 
 @dataclass
