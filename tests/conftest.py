@@ -292,6 +292,8 @@ def _start_app(data_dir: Path, settings: dict[str, str]) -> AppServer:
             "NEW_IDENTITIES_PER_IP_PER_HOUR": "0",
             "SIGN_INS_PER_IP_PER_MINUTE": "0",
             "SIGNUPS_PER_IP_PER_HOUR": "0",
+            "CONVERSATIONS_PER_MINUTE": "0",  # tests make many per identity: the tests of limits turn them on
+            "IMPORTS_PER_HOUR": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -8,6 +8,7 @@ redis-server. Tests that count per client IP speak through X-Forwarded-For from 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -646,6 +647,58 @@ def test_api_docs_are_off_by_default_with_accounts(accounts_app: AppServer, make
     client = make(accounts_app)
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert client.get(path).status_code == 404, path
+
+
+@pytest.fixture(scope="module")
+def doors_app(redis_server: RedisServer, upstream: ThreadedFakeUpstream,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """The limits of the doors that write besides a turn, low enough to reach."""
+    app = start(redis_server, upstream, tmp_path_factory, CONVERSATIONS_PER_MINUTE="5", IMPORTS_PER_HOUR="3",
+                IMPORT_BYTES_PER_HOUR="3000000", MAX_IMPORT_MESSAGE_CHARS="50000")
+    yield app
+    _stop_app(app)
+
+
+def test_conversations_made_per_minute_are_limited(doors_app: AppServer, make: Any) -> None:
+    """The probe made 300 conversations in a second; now the sixth of five a minute is a 429 and makes
+    nothing, by the API, the seed's /chat/start and the web UI's New chat alike."""
+    client = make(doors_app, headers=EN)
+    statuses = [client.post("/api/sessions", json={}).status_code for _ in range(7)]
+    assert statuses == [201] * 5 + [429] * 2
+    refused = client.post("/api/sessions", json={})
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 61
+    assert client.post("/chat/start").status_code == 429
+    assert len(client.get("/api/sessions").json()["items"]) == 5
+    other = make(doors_app)
+    assert other.post("/api/sessions", json={}).status_code == 201  # per user
+
+
+def export_of(conversations: int, message_chars: int, messages: int = 2) -> bytes:
+    return json.dumps({"format": "chat-export", "version": 1, "conversations": [
+        {"title": f"imported {n}", "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+         "messages": [{"role": ("user", "assistant")[m % 2], "content": "字" * message_chars}
+                      for m in range(messages)]} for n in range(conversations)]}, ensure_ascii=False).encode()
+
+
+def test_imports_are_limited_per_hour_in_number_and_bytes_and_message_length(doors_app: AppServer,
+                                                                              make: Any) -> None:
+    """The probe added 93 MB in 2.8 s with four 18 MB imports, and messages of 200,000 characters. Now: a
+    message over MAX_IMPORT_MESSAGE_CHARS refuses the file (409, nothing written), and the bytes and the
+    imports an hour are counted (429 with Retry-After, nothing written)."""
+    client = make(doors_app, headers=EN)
+    create_session(client)
+    json_type = {"content-type": "application/json"}
+    long_message = client.post("/api/import", content=export_of(1, 50_001), headers=json_type)
+    assert long_message.status_code == 409 and "characters per message: 50000" in long_message.json()["detail"]
+    big = export_of(7, 50_000)  # ~2.1 MB (the characters are 3 bytes each)
+    assert client.post("/api/import", content=big, headers=json_type).status_code == 201
+    again = client.post("/api/import", content=big, headers=json_type)  # 4.2 MB within the hour: over 3 MB
+    assert again.status_code == 429 and int(again.headers["Retry-After"]) > 60
+    assert "Too many or too large imports this hour" in again.json()["detail"]
+    assert len(client.get("/api/sessions", params={"limit": 100}).json()["items"]) == 1 + 7
+    small = export_of(1, 10)
+    assert [client.post("/api/import", content=small, headers=json_type).status_code
+            for _ in range(3)] == [201, 201, 429]  # three imports an hour, the big one counted
 
 
 def test_ops_endpoints_can_be_token_protected_and_the_api_key_never_shows(

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         100, ge=0, description="wrong passwords for one account from browsers that never signed in to it")
     signups_per_ip_per_hour: int = Field(5, ge=0)
     max_conversations_per_user: int = Field(2000, ge=0)
+    conversations_per_minute: int = Field(10, ge=0, description="conversations a user may create per minute")
+    imports_per_hour: int = Field(10, ge=0, description="data files a user may import per hour")
+    import_bytes_per_hour: int = Field(50_000_000, ge=0, description="bytes of data files a user may import per hour")
+    max_import_message_chars: int = Field(
+        50_000, ge=1, description="longest message an imported file may hold (replies are longer than typed text)")
     max_messages_per_conversation: int = Field(2000, ge=0, description="a full conversation refuses new turns")
     max_streams_per_user: int = Field(20, ge=0, description="open SSE connections per identity, per worker")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body accepted")

@@ -3,11 +3,17 @@ chosen moments, and what the core decides from them."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.unit.wiring import Core
-from webapp.base.errors import RateLimited
+from webapp.base.errors import ImportsLimited, ImportTooBig, RateLimited
+from webapp.core.conversations import Conversations
+from webapp.core.export_format import ExportFile
 from webapp.core.limits import Limit, refuse_if_over
+from webapp.core.portability import Portability
+from webapp.storage.base import split_count
 
 PER_MINUTE = Limit("turns-user", 10, 60)
 WINDOW_START = 29_000_000 * 60  # a minute's first second (a moment of 2025), so the test chooses the timing
@@ -62,3 +68,51 @@ async def test_retry_after_is_when_the_next_hit_fits(core: Core, start: float) -
     assert not await hit(core, PER_MINUTE, key, now + wait - 1.5)
     await core.store.uncount_hits([PER_MINUTE.counter(key, now + wait - 1.5)])  # (a look, not a hit)
     assert await hit(core, PER_MINUTE, key, now + wait)
+
+
+# the doors that write besides a turn ----------------------------------------------------------------------
+
+
+async def test_conversations_made_per_minute_are_counted_in_the_script_that_makes_them(core: Core) -> None:
+    """CONVERSATIONS_PER_MINUTE: the fourth of three a minute is refused (Retry-After) and made nowhere;
+    a refused one does not count; another user is not affected."""
+    limited = Conversations(core.store, core.writer, core.reader, max_per_user=100, search=core.search,
+                            per_minute=3)
+    made = [await limited.create("maker") for _ in range(3)]
+    for _ in range(3):
+        with pytest.raises(RateLimited) as refused:
+            await limited.create("maker")
+    assert 1 <= refused.value.retry_after <= 61
+    assert len((await limited.browse("maker")).items) == 3 == len(made)
+    assert (await limited.create("someone-else")).user_id == "someone-else"
+    packed = await core.store.count_hits([limited.made_per_minute.counter("maker", time.time())])
+    assert split_count(packed[0])[0] == 4  # the three made, and this look: the refused ones gave theirs back
+
+
+def export_file(messages: int = 1, chars: int = 10) -> ExportFile:
+    return ExportFile.model_validate({"format": "chat-export", "version": 1, "conversations": [{
+        "title": "imported", "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+        "messages": [{"role": "user" if n % 2 == 0 else "assistant", "content": "x" * chars}
+                     for n in range(messages)]}]})
+
+
+async def test_imports_are_limited_per_hour_by_count_and_bytes_and_message_length(core: Core) -> None:
+    limited = Portability(core.store, core.roles, core.search, max_conversations=1000, max_messages=100,
+                          models=core.provider.models, limits=core.limits, imports_per_hour=3,
+                          import_bytes_per_hour=10_000, max_message_chars=500)
+    with pytest.raises(ImportTooBig) as too_long:
+        await limited.import_("importer", export_file(chars=501), size=700)
+    assert too_long.value.params == {"what": "characters per message", "limit": 500}
+    for _ in range(3):
+        await limited.import_("importer", export_file(), size=100)
+    with pytest.raises(ImportsLimited):  # the fourth this hour
+        await limited.import_("importer", export_file(), size=100)
+    assert len((await core.conversations.browse("importer")).items) == 3
+
+    with pytest.raises(ImportsLimited) as big:  # 12 KB in one go, of 10 KB an hour (~10,000 bytes)
+        await limited.import_("heavy", export_file(), size=12_000)
+    assert big.value.retry_after >= 3600  # bigger than an hour's allowance: nothing fades enough sooner
+    await limited.import_("heavy", export_file(), size=6_000)
+    with pytest.raises(ImportsLimited):
+        await limited.import_("heavy", export_file(), size=6_000)  # 12 KB within the hour
+    assert len((await core.conversations.browse("heavy")).items) == 1

@@ -17,12 +17,12 @@ from webapp.storage.redis_client import connect_store
 
 def core_settings(redis_url: str, upstream_url: str, **changes: Any) -> Settings:
     """The app's settings for a test: Redis and the fake model given, no `.env` read, limits as shipped
-    except the per-address ones (a test has no address)."""
+    except the per-address ones (a test has no address) and conversations per minute (tests make many)."""
     values: dict[str, Any] = {
         "redis_url": redis_url, "redis_cluster": False, "openai_api_key": "test-key",
         "openai_base_url": upstream_url, "openai_model": "fake-model", "openai_timeout": 3, "auto_title": False,
         "secret_key": "unit-test-secret-key-0123456789", "turns_per_ip_per_minute": 0,
-        "sign_ins_per_ip_per_minute": 0, "signups_per_ip_per_hour": 0,
+        "sign_ins_per_ip_per_minute": 0, "signups_per_ip_per_hour": 0, "conversations_per_minute": 0,
     }
     values.update(changes)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

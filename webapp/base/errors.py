@@ -170,6 +170,12 @@ class RateLimited(ChatError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class ImportsLimited(RateLimited):
+    """IMPORTS_PER_HOUR or IMPORT_BYTES_PER_HOUR reached: nothing was imported."""
+
+    key = "error.imports_limited"
+
+
 class SignInsHereLimited(RateLimited):
     """Too many wrong passwords for one account from one address."""
 

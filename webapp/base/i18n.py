@@ -43,6 +43,10 @@ CATALOG: dict[str, dict[Lang, str]] = {
         "en": "A username is 3 to 32 letters, digits or _ . -",
     },
     "error.weak_password": {"zh": "密码至少需要8个字符", "en": "A password needs at least 8 characters"},
+    "error.imports_limited": {
+        "zh": "这一小时内导入的文件太多或太大，未导入任何内容。请 {minutes} 分钟后再试",
+        "en": "Too many or too large imports this hour; nothing was imported. Try again in {minutes} min",
+    },
     "error.sign_ins_here_limited": {
         "zh": "从这里输错密码的次数太多，请 {minutes} 分钟后再试",
         "en": "Too many wrong passwords from here; try again in {minutes} min",

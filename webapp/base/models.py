@@ -139,12 +139,15 @@ class TurnInfo:
 
 @dataclass(frozen=True)
 class Creation:
-    """What store.create_conversation did: `written`, or not because the id `existed` (else: the
-    owner is at the limit); `earlier`, how many conversations the owner had before."""
+    """What store.create_conversation did: `written`, or not because the id `existed`, or the owner is
+    over the creation rate (`rate_limited`; `rate_counts`: its packed counts), else at the limit;
+    `earlier`, how many conversations the owner had before."""
 
     written: bool
     existed: bool
     earlier: int
+    rate_limited: bool = False
+    rate_counts: int = 0
 
 
 class Lease(IntEnum):

@@ -28,8 +28,8 @@ from functools import cache
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from webapp.base.errors import (AccountSignInsLimited, BadCredentials, InvalidUsername, RateLimited,
-                                SignInsHereLimited, SignupClosed, TokenNotFound, UsernameTaken)
+from webapp.base.errors import (AccountSignInsLimited, BadCredentials, InvalidUsername, SignInsHereLimited,
+                                SignupClosed, TokenNotFound, UsernameTaken)
 from webapp.config import Settings
 from webapp.core.context import check_text
 from webapp.core.limits import Limit, Limits
@@ -147,11 +147,9 @@ class Accounts:
         failures = [(self.failures_per_account_ip, f"{name}|{ip}")]
         if not known_device:
             failures.append((self.failures_per_account, name))
-        try:  # counted before the password is tried, so that attempts in parallel cannot pass a limit
-            await self.limits.hit((self.sign_ins_per_ip, ip), *failures)
-        except RateLimited:  # no password was tried: no failure (hammering a held address moves no ceiling)
-            await self.limits.give_back(*failures)
-            raise
+        # counted before the password is tried, so that attempts in parallel cannot pass a limit; a refused
+        # one tried no password and counts nothing (hammering a held address moves no ceiling nearer)
+        await self.limits.hit((self.sign_ins_per_ip, ip), *failures, refund_refused=True)
         found = await self.store.account_by_name(username) if USERNAME.fullmatch(username or "") else None
         password_hash = found[1].get("password", "") if found else ""
         password = (password or "")[: MAX_PASSWORD * 4]  # (hashing megabytes is the guesser's cost, not ours)

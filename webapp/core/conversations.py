@@ -40,6 +40,7 @@ from webapp.base.models import (
     now_iso,
 )
 from webapp.core.context import check_text, validate_message
+from webapp.core.limits import Limit, refuse_if_over
 from webapp.core.pagination import format_cursor, parse_cursor
 from webapp.core.roles import Role, RoleBook, role_or_default
 from webapp.core.search import SearchIndex, indexable
@@ -121,11 +122,13 @@ class Conversations:
     """Create, find, change and delete a user's conversations; build what their pages show."""
 
     def __init__(self, store: Store, writer: TurnWriter, reader: TurnReader, max_per_user: int = 0,
-                 search: SearchIndex | None = None) -> None:
+                 search: SearchIndex | None = None, per_minute: int = 0) -> None:
         self.store = store
         self.writer = writer
         self.reader = reader
         self.max_per_user = max_per_user
+        # conversations made per user per minute (CONVERSATIONS_PER_MINUTE), counted in the creating script
+        self.made_per_minute = Limit("conversations-user", per_minute, 60)
         self.roles: RoleBook = writer.roles
         self.search = search or SearchIndex(store)
 
@@ -225,7 +228,12 @@ class Conversations:
             preview=make_preview(welcome.content),
             role=role.id, message_count=1, created=now, updated=now, title_by="user" if title.strip() else "",
         )
-        creation = await self.store.create_conversation(conversation, welcome, limit=self.max_per_user)
+        rate = self.made_per_minute
+        creation = await self.store.create_conversation(
+            conversation, welcome, limit=self.max_per_user,
+            rate=(rate.counter(user_id, now), rate.per_window, rate.weight_of_previous(now)))
+        if creation.rate_limited:  # (the script took the refused one back: it made nothing)
+            refuse_if_over([(rate, user_id)], [creation.rate_counts], now, counted=False)
         if not creation.written and not creation.existed:
             raise TooManyConversations(limit=self.max_per_user)
         if creation.written and conversation.title:

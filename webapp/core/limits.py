@@ -49,15 +49,18 @@ class Limit:
         current, previous = split_count(packed)
         return current + math.floor(previous * self.weight_of_previous(now))
 
-    def retry_after(self, packed: int, now: float) -> int:
-        """Seconds until one more hit fits, if nothing else is counted meanwhile."""
+    def retry_after(self, packed: int, now: float, amount: int = 1, *, counted: bool = True) -> int:
+        """Seconds until one more hit (of `amount`) fits, if nothing else is counted meanwhile. `packed`
+        includes the refused hit; `counted`: it stays counted (a turn's does), else it was taken back."""
         current, previous = split_count(packed)
+        current -= 0 if counted else amount
         window, elapsed = self.window_seconds, (now % self.window_seconds) / self.window_seconds
-        room = self.per_window - current - 1  # what the previous window's fading hits must come under
+        room = self.per_window - current - amount  # what the previous window's fading hits must come under
         if room >= 0 and previous > 0:  # later in this window: floor(previous * (1 - elapsed')) <= room
             wait = (1 - (room + 1) / previous - elapsed) * window
-        else:  # in the next one: 1 + floor(current * (1 - elapsed')) <= per_window
-            fade = 1 - self.per_window / current if current > self.per_window else 0.0
+        else:  # in the next one: amount + floor(current * (1 - elapsed')) <= per_window
+            left = self.per_window - amount + 1
+            fade = 1.0 if left <= 0 else (1 - left / current if current > left else 0.0)
             wait = (1 - elapsed + fade) * window
         return max(1, math.ceil(wait + 0.001))
 
@@ -70,12 +73,14 @@ def active(*checks: Check) -> list[Check]:
     return [(limit, key) for limit, key in checks if limit.per_window > 0 and key]
 
 
-def refuse_if_over(checks: list[Check], counts: list[int], now: float) -> None:
-    """429, with the seconds until a hit fits again, for the first limit these counts exceed
-    (`counts`: the store's packed replies, one per check)."""
-    for (limit, _), packed in zip(checks, counts):
+def refuse_if_over(checks: list[Check], counts: list[int], now: float, amounts: tuple[int, ...] = (), *,
+                   counted: bool = True) -> None:
+    """429, with the seconds until such a hit fits again, for the first limit these counts exceed
+    (`counts`: the store's packed replies, one per check; `amounts`: what each hit counted, when not 1;
+    `counted`: a refused hit stays counted, as a turn's does, else it is taken back)."""
+    for (limit, _), packed, amount in zip(checks, counts, amounts + (1,) * len(checks)):
         if limit.count(packed, now) > limit.per_window:
-            retry_after = limit.retry_after(packed, now)
+            retry_after = limit.retry_after(packed, now, amount, counted=counted)
             raise limit.error(retry_after=retry_after, minutes=math.ceil(retry_after / 60))
 
 
@@ -83,18 +88,32 @@ class Limits:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def hit(self, *checks: Check) -> None:
-        """Count one hit of each (limit, key) and refuse when any is over: one round trip."""
-        counted = active(*checks)
+    async def hit(self, *checks: Check, amounts: tuple[int, ...] = (), refund_refused: bool = False) -> None:
+        """Count one hit of each (limit, key) and refuse when any is over: one round trip. `amounts`:
+        how much each check counts, when not 1 (the kilobytes of an import). `refund_refused`: a refused
+        request counts nothing (it did nothing: a sign-in that tried no password, an import not made)."""
+        counted = [(check, amount) for check, amount in zip(checks, amounts + (1,) * len(checks)) if active(check)]
         if not counted:
             return
         now = time.time()
-        counts = await self.store.count_hits([limit.counter(key, now) for limit, key in counted])
-        refuse_if_over(counted, counts, now)
+        hits = [_counter(limit, key, now, amount) for (limit, key), amount in counted]
+        counts = await self.store.count_hits(hits)
+        try:
+            refuse_if_over([check for check, _ in counted], counts, now, tuple(amount for _, amount in counted),
+                           counted=not refund_refused)
+        except RateLimited:
+            if refund_refused:
+                await self.store.uncount_hits(hits)
+            raise
 
-    async def give_back(self, *checks: Check) -> None:
-        """Uncount a hit just counted (a sign-in that turned out right counts no failure)."""
-        counted = active(*checks)
+    async def give_back(self, *checks: Check, amounts: tuple[int, ...] = ()) -> None:
+        """Uncount what was just counted (a sign-in that turned out right counts no failure)."""
+        counted = [(check, amount) for check, amount in zip(checks, amounts + (1,) * len(checks)) if active(check)]
         if counted:
             now = time.time()
-            await self.store.uncount_hits([limit.counter(key, now) for limit, key in counted])
+            await self.store.uncount_hits([_counter(limit, key, now, amount) for (limit, key), amount in counted])
+
+
+def _counter(limit: Limit, key: str, now: float, amount: int) -> tuple[str, str, int, int] | tuple[str, str, int, int, int]:
+    """The counter of a hit, with its amount when that is not 1 (as the store takes it)."""
+    return limit.counter(key, now) + ((amount,) if amount != 1 else ())

@@ -14,10 +14,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from webapp.base.errors import ImportTooBig
+from webapp.base.errors import ImportsLimited, ImportTooBig
 from webapp.base.i18n import Lang, t
 from webapp.base.models import WELCOME, Conversation, Message, new_id, new_message_id
 from webapp.core.export_format import ExportConversation, ExportFile
+from webapp.core.limits import Limit, Limits
 from webapp.core.roles import BUILTIN_ROLES, DEFAULT_ROLE, RoleBook, answered_by, custom_role
 from webapp.core.search import SearchIndex, terms_of
 from webapp.core.titles import clean_title, make_preview
@@ -60,13 +61,20 @@ def to_markdown(conversation: Conversation, messages: list[Message], role_name: 
 
 class Portability:
     def __init__(self, store: Store, roles: RoleBook, search: SearchIndex, *, max_conversations: int,
-                 max_messages: int, models: Any) -> None:
+                 max_messages: int, models: Any, limits: Limits | None = None, imports_per_hour: int = 0,
+                 import_bytes_per_hour: int = 0, max_message_chars: int = 0) -> None:
         self.store = store
         self.roles = roles
         self.search = search
         self.max_conversations = max_conversations
         self.max_messages = max_messages
+        self.max_message_chars = max_message_chars  # MAX_IMPORT_MESSAGE_CHARS (0: the file format's own)
         self.models = models  # async () -> the models offered
+        self.limits = limits or Limits(store)
+        hour = 3600
+        self.imports_per_hour = Limit("imports-user", imports_per_hour, hour, ImportsLimited)
+        # counted in kilobytes: a sliding window's counts stay under a million (storage/base.py COUNT_HIT)
+        self.import_kb_per_hour = Limit("import-kb-user", -(-import_bytes_per_hour // 1024), hour, ImportsLimited)
 
     async def conversation(self, conversation: Conversation) -> dict[str, Any]:
         messages = await self.store.all_messages(conversation)
@@ -88,8 +96,13 @@ class Portability:
         return {"format": FORMAT, "version": VERSION, "exported_at": _iso(datetime.now(timezone.utc).timestamp()),
                 "roles": roles, "conversations": conversations}
 
-    async def import_(self, user_id: str, data: ExportFile) -> tuple[list[str], int]:
-        """Write the file's roles and conversations as the caller's, with new ids: (conversation ids, roles)."""
+    async def import_(self, user_id: str, data: ExportFile, size: int = 0) -> tuple[list[str], int]:
+        """Write the file's roles and conversations as the caller's, with new ids: (conversation ids, roles).
+        `size`: the file's bytes, counted toward IMPORT_BYTES_PER_HOUR (with IMPORTS_PER_HOUR) once the file
+        is known to fit every other limit; nothing is written when it does not."""
+        if self.max_message_chars and any(len(message.content) > self.max_message_chars
+                                          for conversation in data.conversations for message in conversation.messages):
+            raise ImportTooBig(what="characters per message", limit=self.max_message_chars)
         existing_roles = await self.roles.own(user_id)
         if self.roles.max_per_user and len(existing_roles) + len(data.roles) > self.roles.max_per_user:
             raise ImportTooBig(what="roles", limit=self.roles.max_per_user)
@@ -100,6 +113,9 @@ class Portability:
                         None)
         if too_long is not None:
             raise ImportTooBig(what="messages", limit=self.max_messages)
+        kilobytes = max(1, -(-size // 1024))
+        await self.limits.hit((self.imports_per_hour, user_id), (self.import_kb_per_hour, user_id),
+                              amounts=(1, kilobytes), refund_refused=True)  # (refused: nothing imported)
         offered = set(await self.models())
         new_role_ids: dict[str, str] = {}
         for item in data.roles:

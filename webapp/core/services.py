@@ -80,9 +80,13 @@ def build_services(store: Store, provider: Provider, settings: Settings, metrics
     # told of every turn once its user message is saved, and of every reply once it is saved
     writer.started_hooks += [search.turn_started, channels.turn_started]
     writer.saved_hooks += [search.reply_saved, titles.reply_saved]
-    conversations = Conversations(store, writer, reader, settings.max_conversations_per_user, search=search)
+    conversations = Conversations(store, writer, reader, settings.max_conversations_per_user, search=search,
+                                  per_minute=settings.conversations_per_minute)
     portability = Portability(store, writer.roles, search, max_conversations=settings.max_conversations_per_user,
-                              max_messages=settings.max_messages_per_conversation, models=provider.models)
+                              max_messages=settings.max_messages_per_conversation, models=provider.models,
+                              limits=limits, imports_per_hour=settings.imports_per_hour,
+                              import_bytes_per_hour=settings.import_bytes_per_hour,
+                              max_message_chars=settings.max_import_message_chars)
     return Services(store=store, provider=provider, writer=writer, reader=reader, leases=leases, limits=limits,
                     search=search, titles=titles, channels=channels, conversations=conversations, roles=writer.roles,
                     shares=Shares(store), portability=portability, accounts=Accounts(store, settings, limits, revocations),

@@ -14,9 +14,10 @@ from webapp.storage.keys import Keys
 
 # One hit of a sliding-window limit (core/limits.py): count it in this window, read the previous
 # window's count, and answer both packed in one integer (previous * COUNT_BASE + current), as the
-# turn's lock round trip reads one integer per counter. KEYS: this window's counter, the previous one's.
+# turn's lock round trip reads one integer per counter. KEYS: this window's counter, the previous one's;
+# ARGV: how much the hit counts (1, or an import's kilobytes).
 COUNT_HIT = (
-    "local n = redis.call('incr', KEYS[1]) local p = tonumber(redis.call('get', KEYS[2]) or '0') "
+    "local n = redis.call('incrby', KEYS[1], ARGV[1]) local p = tonumber(redis.call('get', KEYS[2]) or '0') "
     "return math.min(math.max(p, 0), 999999) * 1000000 + math.min(math.max(n, 0), 999999)"
 )
 COUNT_BASE = 1_000_000  # each count saturates at COUNT_BASE - 1, far above any limit
@@ -106,14 +107,14 @@ class StoreBase:
         pipe.expire(k.index(uid), self.index_ttl)
         pipe.set(k.claim(uid), claim_deadline(self.index_ttl))  # no TTL: see identities.CLAIM_IDENTITY
 
-    def _count_hits(self, pipe: Any, hits: list[tuple[str, str, int, int]]) -> None:
+    def _count_hits(self, pipe: Any, hits: list[tuple[str, str, int, int]] | list[tuple[Any, ...]]) -> None:
         """Count a hit on each (limit name, key, window number, window seconds) counter, which lives
         through the next window too (where it is the previous one). Each adds two commands and two
         replies to the pipeline, as the fixed windows did: the packed counts (COUNT_HIT, split_count),
         then the EXPIRE's. Both keys share the limit key's hash tag: one slot."""
-        for name, key, window, seconds in hits:
+        for name, key, window, seconds, *amount in hits:  # (an amount after them: an import's kilobytes)
             current = self.keys.limit(name, key, window)
-            pipe.eval(COUNT_HIT, 2, current, self.keys.limit(name, key, window - 1))
+            pipe.eval(COUNT_HIT, 2, current, self.keys.limit(name, key, window - 1), amount[0] if amount else 1)
             pipe.expire(current, 2 * seconds + 30)
 
     async def _load_conversations(self, uid: str, sids: list[str]) -> list[Conversation]:

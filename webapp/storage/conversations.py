@@ -12,23 +12,38 @@ from webapp.base.models import Conversation, Creation, Message
 from webapp.storage.base import claim_deadline, conversation_of
 from webapp.storage.search import SearchStore
 
-# Write a new conversation, unless one with its id exists (0) or its owner has ARGV[2] (when not 0)
-# already (-1); 1 when written. Also returns how many conversations the owner had before: one round
-# trip, and two creates racing (a double click) write one conversation and never pass the limit.
-# KEYS: meta, messages, index, claim, versions, forks; ARGV: session id, limit, index score, first
-# message JSON, conversation TTL, index TTL, then the metadata hash as field, value, ... (the claim marker
-# holds when the identity's data expires: the index score's second plus the index TTL; identities.py)
+# Write a new conversation, unless one with its id exists (0), its owner has ARGV[2] (when not 0)
+# already (-1), or its owner is over the creation rate ARGV[7] (when not 0; -2): 1 when written. Also
+# returns how many conversations the owner had before, and the rate's packed counts (base.COUNT_HIT's
+# shape; a refused creation is not counted): one round trip, and two creates racing (a double click)
+# write one conversation and never pass the limits. KEYS: meta, messages, index, claim, versions, forks,
+# the rate's counter of this window and of the previous one (the owner's slot: the key is the uid);
+# ARGV: session id, limit, index score, first message JSON, conversation TTL, index TTL, the rate per
+# window, the previous window's weight, the counter's TTL, then the metadata hash as field, value, ...
+# (the claim marker holds when the identity's data expires: the index score's second plus the index
+# TTL; identities.py)
 CREATE_CONVERSATION = """
 local count = redis.call('zcard', KEYS[3])
-if redis.call('exists', KEYS[1]) == 1 then return {0, count} end
-if tonumber(ARGV[2]) > 0 and count >= tonumber(ARGV[2]) then return {-1, count} end
-redis.call('hset', KEYS[1], unpack(ARGV, 7))
+if redis.call('exists', KEYS[1]) == 1 then return {0, count, 0} end
+if tonumber(ARGV[2]) > 0 and count >= tonumber(ARGV[2]) then return {-1, count, 0} end
+local rate = 0
+if tonumber(ARGV[7]) > 0 then
+  local n = redis.call('incr', KEYS[7])
+  redis.call('expire', KEYS[7], ARGV[9])
+  local p = math.max(tonumber(redis.call('get', KEYS[8]) or '0'), 0)
+  rate = math.min(p, 999999) * 1000000 + math.min(n, 999999)
+  if n + math.floor(p * tonumber(ARGV[8])) > tonumber(ARGV[7]) then
+    redis.call('decr', KEYS[7])
+    return {-2, count, rate}
+  end
+end
+redis.call('hset', KEYS[1], unpack(ARGV, 10))
 redis.call('rpush', KEYS[2], ARGV[4])
 redis.call('zadd', KEYS[3], ARGV[3], ARGV[1])
 redis.call('set', KEYS[4], string.format('%d', math.floor(tonumber(ARGV[3]) / 1000) + tonumber(ARGV[6])))
 for _, key in ipairs({KEYS[2], KEYS[5], KEYS[6]}) do redis.call('expire', key, ARGV[5]) end
 for _, key in ipairs({KEYS[1], KEYS[3]}) do redis.call('expire', key, ARGV[6]) end
-return {1, count}
+return {1, count, rate}
 """
 
 # A generated title lands only on the title made from the first message, never on a user's rename.
@@ -44,17 +59,22 @@ class ConversationStore(SearchStore):
     """Conversations: the commands of their keys (see store.Store)."""
 
     async def create_conversation(self, conversation: Conversation, first_message: Message, *,
-                                  limit: int = 0) -> Creation:
+                                  limit: int = 0, rate: tuple[tuple[str, str, int, int], int, float] | None = None,
+                                  ) -> Creation:
         """Write a new conversation with its first message and list it in its owner's index, unless
-        one with its id exists or the owner has `limit` (0: no limit) already. One atomic round trip."""
+        one with its id exists, the owner has `limit` (0: no limit) already, or is over `rate`: (the
+        counter, as limits.count_hits takes it, keyed by the owner; its limit per window; the previous
+        window's weight). One atomic round trip."""
         sid, uid, k = conversation.id, conversation.user_id, self.keys
         fields = [str(item) for pair in conversation.to_hash().items() for item in pair]
-        outcome, earlier = await self.redis.eval(
-            CREATE_CONVERSATION, 6, k.meta(uid, sid), k.messages(uid, sid), k.index(uid), k.claim(uid),
-            k.versions(uid, sid), k.forks(uid, sid),
+        (name, key, window, seconds), per_window, weight = rate or (("none", uid, 0, 60), 0, 0.0)
+        outcome, earlier, counts = await self.redis.eval(
+            CREATE_CONVERSATION, 8, k.meta(uid, sid), k.messages(uid, sid), k.index(uid), k.claim(uid),
+            k.versions(uid, sid), k.forks(uid, sid), k.limit(name, key, window), k.limit(name, key, window - 1),
             sid, limit, conversation.updated * 1000, first_message.to_json(), self.conversation_ttl, self.index_ttl,
-            *fields)
-        return Creation(written=outcome == 1, existed=outcome == 0, earlier=int(earlier))
+            per_window, repr(weight), 2 * seconds + 30, *fields)
+        return Creation(written=outcome == 1, existed=outcome == 0, earlier=int(earlier), rate_limited=outcome == -2,
+                        rate_counts=int(counts))
 
     async def get_conversation(self, uid: str, sid: str) -> Conversation | None:
         """The user's conversation `sid`; None when it does not exist under that user."""

@@ -59,9 +59,10 @@ def parse_export(raw: bytes) -> ExportFile:
 async def import_everything(request: Request, user: CreatingUser, portability: PortabilityDep) -> ImportOut:
     """A file of /api/export, as new conversations and roles of the caller (new ids; nothing else touched).
     The body is limited to MAX_IMPORT_BYTES; the file is refused whole when it is invalid or would pass
-    a limit."""
-    data = parse_export(await request.body())
-    ids, roles = await portability.import_(user, data)
+    a limit (conversations, roles, messages, MAX_IMPORT_MESSAGE_CHARS, IMPORTS_PER_HOUR and
+    IMPORT_BYTES_PER_HOUR)."""
+    raw = await request.body()
+    ids, roles = await portability.import_(user, parse_export(raw), size=len(raw))
     return ImportOut(conversations=len(ids), roles=roles, ids=ids)
 
 
@@ -72,5 +73,5 @@ async def import_page(request: Request, user: CreatingUser, portability: Portabi
     raw = await file.read(limit + 1)
     if len(raw) > limit:
         raise RequestTooLarge()
-    ids, roles = await portability.import_(user, parse_export(raw))
+    ids, roles = await portability.import_(user, parse_export(raw), size=len(raw))
     return see_other(f"/settings?imported={len(ids)}")
