@@ -200,7 +200,7 @@ def serve(settings: Settings) -> None:
         # too (browsers retry such a post once, other clients fail it)
         timeout_keep_alive=settings.keep_alive_seconds,
         loop="auto",
-        http="auto",
+        http="webapp.web.slow_clients:GuardedHttpToolsProtocol",  # httptools, with deadlines for slow clients
         ws="none",  # (nothing of the app speaks WebSocket: no module of it loaded when installed)
     )
     if settings.web_concurrency > 1:  # (uvicorn's workers share one socket: each loop accepts in its turn)

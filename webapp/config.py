@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     web_concurrency: int = Field(1, ge=1, le=64)
+    header_timeout_seconds: float = Field(
+        5, gt=0, le=300, description="a request's line and headers must arrive within this long, else 408 and closed")
+    body_timeout_seconds: float = Field(
+        10, gt=0, le=3600, description="a request body may pause this long (and must average 1 KB/s after it)")
     keep_alive_seconds: int = Field(
         75, ge=1, le=3600,
         description="an idle HTTP connection stays open this long: longer than the idle timeout of a load balancer "

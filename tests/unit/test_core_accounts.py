@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -146,6 +147,8 @@ async def test_a_guesser_is_held_per_address_and_per_account_but_the_owners_know
     """Failures per (account, address), then a ceiling per account for browsers that never signed in to
     it; a right password counts no failure; nothing locks the owner's known browser out."""
     await core.accounts.create_user("alice", PASSWORD)
+    if 3600 - time.time() % 3600 < 8:  # every attempt in one hour's window (the next one rounds one more in)
+        await asyncio.sleep(3600 - time.time() % 3600)
     here = core.settings.sign_in_failures_per_account_and_ip_per_hour
     for _ in range(here):
         with pytest.raises(BadCredentials):
@@ -153,7 +156,7 @@ async def test_a_guesser_is_held_per_address_and_per_account_but_the_owners_know
     for _ in range(20):  # held there, however often it tries (and that moves the account's ceiling no nearer)
         with pytest.raises(SignInsHereLimited) as held:
             await core.accounts.sign_in("alice", PASSWORD, ip="203.0.113.1", anonymous_uid=None)
-    assert 60 < held.value.retry_after <= 3600
+    assert 1 <= held.value.retry_after <= 3600
     await core.accounts.sign_in("Alice", PASSWORD, ip="198.51.100.7", anonymous_uid=None)  # the owner, elsewhere
     for _ in range(here * 3):  # a right password counted nothing
         await core.accounts.sign_in("alice", PASSWORD, ip="198.51.100.7", anonymous_uid=None)

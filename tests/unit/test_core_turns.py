@@ -341,7 +341,7 @@ async def test_the_eleventh_turn_in_a_minute_is_refused(core: Core) -> None:
     with pytest.raises(RateLimited) as refused:
         await core.writer.start_turn(conversations[10].id, ALICE, "one more", None, "en")
 
-    assert 1 <= refused.value.retry_after <= limit.window_seconds + 1
+    assert 1 <= refused.value.retry_after <= 2 * limit.window_seconds  # (a sliding window: core/limits.py)
     assert len(await core.history(ALICE, conversations[10].id)) == 1, "the refused message is not stored"
     assert await core.store.lock_holder(ALICE, conversations[10].id) is None
     other = await core.conversations.create(BOB)

@@ -87,6 +87,26 @@ def _check_sse_starlette() -> list[str]:
     return problems
 
 
+def _check_uvicorn() -> list[str]:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+    problems = _missing(HttpToolsProtocol, ("connection_made", "connection_lost", "on_message_begin",
+                                            "on_headers_complete", "on_body", "on_message_complete"),
+                        "HttpToolsProtocol")
+    source = inspect.getsource(HttpToolsProtocol.__init__) + inspect.getsource(HttpToolsProtocol.on_message_begin)
+    for attribute in ("self.loop", "self.transport", "self.cycle", "self.headers"):
+        if attribute not in source:
+            problems.append(f"HttpToolsProtocol no longer sets {attribute}")
+    cycle_source = inspect.getsource(RequestResponseCycle.__init__)
+    for attribute in ("self.response_started", "self.response_complete"):
+        if attribute not in cycle_source:
+            problems.append(f"RequestResponseCycle no longer sets {attribute}")
+    for method in ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete"):
+        problems += _parameters(getattr(HttpToolsProtocol, method), ("self",) + (("body",) if method == "on_body" else ()),
+                                f"HttpToolsProtocol.{method}")
+    return problems
+
+
 # the nodes _Precompute reads, makes, or (the statements that stop an include being inlined) finds
 _JINJA_NODE_FIELDS: dict[str, tuple[str, ...]] = {
     "Template": ("body",), "Call": ("node", "args", "kwargs", "dyn_args", "dyn_kwargs"), "Name": ("name",),
@@ -190,6 +210,21 @@ OVERRIDES = (
                    "EventSourceResponse().active/send_timeout/data_sender_callable/background/sep",
                    "EventSourceResponse()._response_started (a revoked stream's last event needs the start sent)"),
         check=_check_sse_starlette,
+    ),
+    Override(
+        library="uvicorn",
+        tested="0.55",
+        where="webapp/web/slow_clients.py: GuardedHttpToolsProtocol",
+        why=(
+            "uvicorn has no deadline for a request that is arriving (only for an idle connection), and no ASGI "
+            "middleware sees a request before its headers are complete: a request whose head or body stalls "
+            "held its connection for good. The guard is uvicorn's httptools protocol with a timer armed by "
+            "its parser callbacks."
+        ),
+        relies_on=("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol: connection_made/lost, on_message_begin, "
+                   "on_headers_complete, on_body, on_message_complete; self.loop/transport/cycle/headers",
+                   "RequestResponseCycle().response_started/response_complete"),
+        check=_check_uvicorn,
     ),
     Override(
         library="jinja2",
