@@ -4,6 +4,9 @@ with the fake model over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from tests.unit.wiring import Core
 from webapp.base.i18n import t
 from webapp.base.metrics import Metrics
@@ -82,3 +85,35 @@ async def test_a_huge_delta_reaches_readers_as_events_of_at_most_64_kb(core: Cor
     reply = (await core.history(ALICE, conversation.id))[-1]
     assert reply.content == text_of(events) == text_of(replayed)
     assert "x" * 999_999 + "y" in reply.content
+
+
+async def test_a_reply_that_cannot_be_saved_says_so_frees_its_conversation_and_is_not_saved_later(
+        core: Core) -> None:
+    """Redis full (noeviction) while a reply is written: `error` says it could not be saved, and that is
+    true for good: no recovery finds its text later (before: saved as interrupted once memory was back),
+    and the conversation is free for Retry at once."""
+    conversation = await core.conversations.create(ALICE)
+    started = await core.writer.start_turn(conversation.id, ALICE, "keep me [[tokens:60]] [[delay:20]]", None, "en")
+    ref = TurnRef(ALICE, started.id)
+    while not await core.store.read_events(ref, 0):  # some of it is in the turn's stream
+        await asyncio.sleep(0.02)
+    redis = core.store.redis
+    policy = (await redis.config_get("maxmemory-policy"))["maxmemory-policy"]
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", 1)
+    try:
+        events = await core.finish(ALICE, started)
+        ended = time.monotonic()
+        while await core.store.lock_holder(ALICE, conversation.id) is not None:
+            assert time.monotonic() - ended < 1, "the conversation stays locked"
+            await asyncio.sleep(0.02)
+    finally:
+        await redis.config_set("maxmemory", 0)
+        await redis.config_set("maxmemory-policy", policy)
+
+    assert events[-1].type == "error" and events[-1].content == t("error.save_failed", "en")
+    assert text_of(events)  # the reader saw text arrive, which the error says is not kept
+    await core.writer.recovery.recover(ref)  # what any host's sweep, a reader or the next turn would do
+    assert [m.role for m in await core.history(ALICE, conversation.id)] == ["assistant", "user"]
+    retry = await core.writer.regenerate(conversation.id, ALICE, "en")
+    assert (await core.finish(ALICE, retry))[-1].type == "end"

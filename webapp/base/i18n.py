@@ -121,6 +121,11 @@ CATALOG: dict[str, dict[Lang, str]] = {
         "zh": "回复未能保存（存储服务异常），你的消息已保留，请重试",
         "en": "The reply could not be saved (storage trouble); your message is kept, please retry",
     },
+    "error.save_pending": {
+        "zh": "回复暂时无法保存（存储服务不可用）；存储恢复后，已写入的部分会作为中断的回复保留",
+        "en": "The reply could not be saved yet (storage unreachable); once storage is back, the part it "
+              "holds is kept as an interrupted reply",
+    },
     "error.message_not_found": {"zh": "消息不存在", "en": "Message not found"},
     "error.nothing_to_regenerate": {
         "zh": "只能重新生成最后一条回复",

@@ -7,12 +7,11 @@ from __future__ import annotations
 import logging
 from typing import AsyncIterator, Iterable
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webapp.base.models import TurnEvent
 from webapp.storage.base import StoreBase
+from webapp.storage.failures import PASSING
 from webapp.storage.keys import TurnRef
 
 log = logging.getLogger("webapp.store")
@@ -57,9 +56,9 @@ class TurnEventStore(StoreBase):
             results = await pipe.execute(raise_on_error=False)
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
-            connection = [e for e in errors if isinstance(e, (RedisConnectionError, RedisTimeoutError))]
-            if connection:
-                raise connection[0]
+            passing = [e for e in errors if isinstance(e, PASSING)]  # (a restart, a failover: written again)
+            if passing:
+                raise passing[0]
             # "ID equal or smaller": a resent pipeline whose first run was applied; the entries are there
             log.warning("event write refused: %s", errors[0])
         if self.cluster:

@@ -48,6 +48,23 @@ if redis.call('hexists', KEYS[3], 'cancel') == 1 then return 2 end
 return 1
 """
 
+# A turn whose save failed for good: nothing of its reply is kept, now or later, and its conversation is
+# free at once (0, and nothing done: another host has begun to recover it, and will keep its text). Its
+# stream goes (a recovery would save the text it holds), then, each on its own, what a full Redis
+# (noeviction) may refuse: the turn's state, the final event for readers elsewhere. DEL and HDEL are
+# never refused for memory. KEYS: lock, recovery, turn, events, meta; ARGV: turn id, the final event's
+# seq, type, text, the stream's retention (s).
+ABANDON_TURN = """
+if redis.call('exists', KEYS[2]) == 1 then return 0 end
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+if redis.call('hget', KEYS[5], 'turn') == ARGV[1] then redis.call('hdel', KEYS[5], 'turn') end
+redis.call('del', KEYS[4])
+redis.pcall('hset', KEYS[3], 'status', 'error', 'message_id', '')
+redis.pcall('xadd', KEYS[4], '0-' .. ARGV[2], 't', ARGV[3], 'c', ARGV[4])
+redis.call('expire', KEYS[4], ARGV[5])
+return 1
+"""
+
 # One host saves an orphaned turn, and only while its writer does not hold the lease.
 # KEYS: lock, recovery; ARGV: turn id.
 CLAIM_RECOVERY = """
@@ -219,20 +236,17 @@ class TurnStore(TurnEventStore):
         if self.cluster:
             await self._wake_readers([ref])
 
-    async def abandon_turn(self, conversation: Conversation, turn_id: str, final_event: TurnEvent) -> None:
-        """A turn whose save failed: its state says error, readers elsewhere get the error event, the
-        lock goes. Each command on its own: where a full Redis refuses some, the others still apply."""
+    async def abandon_turn(self, conversation: Conversation, turn_id: str, final_event: TurnEvent) -> bool:
+        """A turn whose save failed for good: nothing of its reply stays, the lock goes, readers elsewhere get
+        the final event where Redis takes it (ABANDON_TURN). False: another host recovers the turn."""
         sid, uid, k = conversation.id, conversation.user_id, self.keys
         ref = TurnRef(uid, turn_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(k.events(ref), event_fields(final_event), id=f"0-{final_event.seq}")
-            pipe.expire(k.events(ref), STREAM_RETENTION_SECONDS)
-            pipe.eval(RELEASE_LOCK, 1, k.lock(uid, sid), turn_id)
-            pipe.hset(k.turn(ref), "status", "error")
-            pipe.hset(k.meta(uid, sid), "turn", "")
-            await pipe.execute(raise_on_error=False)
+        done = await self.redis.eval(ABANDON_TURN, 5, k.lock(uid, sid), k.recovery(ref), k.turn(ref), k.events(ref),
+                                     k.meta(uid, sid), turn_id, final_event.seq, final_event.type, final_event.content,
+                                     STREAM_RETENTION_SECONDS)
         if self.cluster:
             await self._wake_readers([ref])
+        return bool(done)
 
     async def claim_recovery(self, ref: TurnRef, session_id: str) -> bool:
         """One host saves an orphaned turn (the others wait for its result); never while its writer
@@ -240,10 +254,6 @@ class TurnStore(TurnEventStore):
         k = self.keys
         return bool(await self.redis.eval(CLAIM_RECOVERY, 2, k.lock(ref.user_id, session_id), k.recovery(ref),
                                           ref.turn_id))
-
-    async def turn_saved(self, ref: TurnRef) -> bool:
-        """Whether the turn's end is already saved (a save whose reply was lost on the way back)."""
-        return await self.redis.hget(self.keys.turn(ref), "status") not in (None, "running")
 
     async def get_turn(self, ref: TurnRef) -> TurnInfo | None:
         data = await self.redis.hgetall(self.keys.turn(ref))

@@ -9,13 +9,12 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webapp.base.i18n import Lang
 from webapp.base.models import TERMINAL, BranchState, Conversation, Message, TurnEvent
 from webapp.core.roles import Role
+from webapp.storage.failures import PASSING
 from webapp.storage.keys import TurnRef
 from webapp.storage.store import Store
 
@@ -172,7 +171,7 @@ class EventWriter:
             try:
                 await self.store.append_events(batch.items())
                 backoff = self.interval
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except PASSING as exc:
                 log.warning("event write failed (%s), retrying", type(exc).__name__)
                 for ref, events in batch.items():
                     self.pending[ref] = events + self.pending.get(ref, [])

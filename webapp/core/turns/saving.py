@@ -1,5 +1,12 @@
 """Saving a reply: the final event and the history in one MULTI (`end` always means saved), or what
-is kept of it when the model or Redis fails."""
+is kept of it when the model or Redis fails.
+
+Every ending says what was saved (README, "How a turn works"): `end`, the reply; `error`, why it did
+not finish, what it wrote so far being saved with it as a marked reply (failed, or interrupted), except
+when the error says it could not be saved: then nothing of it is saved, now or later (no recovery finds
+its text), and its conversation is free at once. Where Redis cannot even be told so, the error says
+the text may still be kept once Redis is back; where another host's recovery saved the turn first, the
+ending is that recovery's (interrupted), not this writer's."""
 
 from __future__ import annotations
 
@@ -7,15 +14,14 @@ import asyncio
 import time
 from dataclasses import replace
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webapp.base.i18n import t
 from webapp.base.models import Message, TurnEvent, new_message_id, now_iso
 from webapp.core.titles import make_preview
 from webapp.core.turns.run import SavedReply, TurnRun, log
 from webapp.core.turns.writer_state import WriterState
+from webapp.storage.failures import PASSING
 
 
 class TurnSaving(WriterState):
@@ -36,12 +42,13 @@ class TurnSaving(WriterState):
             final = TurnEvent(seq=run.next_seq(), type="error", content=t(error_key, run.lang, **(error_params or {})))
         else:
             final = TurnEvent(seq=run.next_seq(), type="end", message_id=reply.id if reply else "")
-        if not await self._save(run, reply, final):
+        saved = await self._save(run, reply, final)
+        if saved is None:
             # never `end` for text that is not in the history: the reader is told, the user
             # message stays, and the conversation is unlocked so Retry works
-            final = TurnEvent(seq=final.seq, type="error", content=t("error.save_failed", run.lang))
-            status = "error"
-            await self._release_after_failed_save(run, final)
+            final, status = await self._abandon(run, final.seq), "error"
+        elif saved is not final:  # another host recovered the turn first: its ending is the true one
+            final, status = saved, "interrupted"
         elif reply is not None:
             for hook in self.saved_hooks:
                 try:
@@ -61,13 +68,15 @@ class TurnSaving(WriterState):
             f"{ttft * 1000:.0f}" if ttft is not None else "-", duration * 1000, len(content), final.seq,
         )
 
-    async def _save(self, run: TurnRun, reply: Message | None, final: TurnEvent) -> bool:
-        """Save the reply; a Redis outage is retried for as long as a turn may run. False: not saved.
+    async def _save(self, run: TurnRun, reply: Message | None, final: TurnEvent) -> TurnEvent | None:
+        """Save the reply; a Redis outage, failover or restart is retried for as long as a turn may run.
+        Returns the final event the turn was saved with (`final`, or another host's recovery's), None
+        when it was not saved.
 
-        Only connection failures are retried, and a retry first asks whether the
-        previous attempt was applied after all (its reply lost on the way back), so
-        a reply is never saved twice. A conversation deleted while its reply was
-        generating gets only the final event, not a new history.
+        Only failures that pass by themselves are retried (storage/failures.py), and a retry first
+        asks whether the previous attempt was applied after all (its reply lost on the way back), so
+        a reply is never saved twice. A conversation deleted while its reply was generating gets only
+        the final event, not a new history.
         """
         deadline = time.monotonic() + self.settings.turn_timeout_seconds
         backoff = 0.1
@@ -80,8 +89,12 @@ class TurnSaving(WriterState):
             attempt += 1
             try:
                 unwritten = await self.stream_writer.take(run.ref) if unwritten is None else unwritten
-                if (attempt > 1 or run.lease_lost) and await self.store.turn_saved(run.ref):
-                    return True  # saved by the first attempt after all, or by another host's recovery
+                if attempt > 1 or run.lease_lost:
+                    info = await self.store.get_turn(run.ref)
+                    if info is not None and info.status != "running":  # saved by the first attempt after all,
+                        if reply is None or info.message_id == reply.id:  # or by another host's recovery
+                            return final
+                        return TurnEvent(seq=final.seq, type="error", content=t("error.interrupted", run.lang))
                 await self.store.finish_turn(
                     run.conversation, turn_id=run.id, reply=reply, preview=preview,
                     final_event=final, unwritten=unwritten, conversation_exists=exists,
@@ -91,27 +104,32 @@ class TurnSaving(WriterState):
                     run.saved = SavedReply(reply=reply, index=before.message_count, conversation=replace(
                         before, preview=preview, message_count=before.message_count + 1,
                         updated=time.time(), running_turn_id=None), before=run.user_message, forked=run.forked)
-                return True
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+                return final
+            except PASSING as exc:
                 self.metrics.redis_error()
                 if time.monotonic() > deadline:
                     log.error("turn %s: reply lost, Redis unreachable for %ss: %s", run.id,
                               self.settings.turn_timeout_seconds, type(exc).__name__)
-                    return False
+                    return None
                 log.warning("turn %s: saving failed (%s), retrying", run.id, type(exc).__name__)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except RedisError as exc:  # a command refused: retrying would not help
                 self.metrics.redis_error()
                 log.error("turn %s: saving failed: %s", run.id, exc)
-                return False
+                return None
 
-    async def _release_after_failed_save(self, run: TurnRun, final: TurnEvent) -> None:
-        """Best effort (Redis may be refusing writes): mark the turn failed, unlock the conversation."""
+    async def _abandon(self, run: TurnRun, seq: int) -> TurnEvent:
+        """After a failed save: make sure nothing of the reply is kept and free the conversation, and say
+        so; or, where that cannot be made sure of, say what may still happen to the text."""
+        final = TurnEvent(seq=seq, type="error", content=t("error.save_failed", run.lang))
         try:
-            await self.store.abandon_turn(run.conversation, run.id, final)
+            if await self.store.abandon_turn(run.conversation, run.id, final):
+                return final
+            return TurnEvent(seq=seq, type="error", content=t("error.interrupted", run.lang))  # another host keeps it
         except RedisError as exc:
             log.error("turn %s: could not release the conversation after a failed save: %s", run.id, exc)
+            return TurnEvent(seq=seq, type="error", content=t("error.save_pending", run.lang))
 
     async def _conversation_exists(self, run: TurnRun) -> bool:
         try:
