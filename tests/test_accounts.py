@@ -704,6 +704,31 @@ def test_imports_are_limited_per_hour_in_number_and_bytes_and_message_length(doo
             for _ in range(3)] == [201, 201, 429]  # three imports an hour, the big one counted
 
 
+def test_a_storage_quota_refuses_what_would_not_fit_and_says_so(
+    redis_server: RedisServer, upstream: ThreadedFakeUpstream, tmp_path_factory: pytest.TempPathFactory, make: Any,
+) -> None:
+    """STORAGE_QUOTA_BYTES (1 MB here): a user's data as Redis holds it, shown in Settings; an import that
+    would pass it is a 413 naming the figures and writes nothing; deleting makes room."""
+    app = start(redis_server, upstream, tmp_path_factory, STORAGE_QUOTA_BYTES="1000000")
+    try:
+        client = make(app, headers=EN)
+        create_session(client)
+        json_type = {"content-type": "application/json"}
+        assert client.post("/api/import", content=export_of(2, 50_000), headers=json_type).status_code == 201
+        shown = BeautifulSoup(client.get("/settings").text, "html.parser").select_one("#storage-used").get_text()
+        assert shown.startswith("Storage used: 0.") and shown.endswith("of 1.0 MB"), shown
+        full = client.post("/api/import", content=export_of(2, 50_000), headers=json_type)
+        assert full.status_code == 413 and "Your storage is full" in full.json()["detail"]
+        listed = client.get("/api/sessions").json()["items"]
+        assert len(listed) == 3
+        for item in listed:
+            if item["title"].startswith("imported"):
+                assert client.delete(f"/api/sessions/{item['id']}").status_code == 204
+        assert client.post("/api/import", content=export_of(2, 50_000), headers=json_type).status_code == 201
+    finally:
+        _stop_app(app)
+
+
 def test_ops_endpoints_can_be_token_protected_and_the_api_key_never_shows(
     limited_app: AppServer, make: Any
 ) -> None:

@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     signups_per_ip_per_hour: int = Field(5, ge=0)
     max_conversations_per_user: int = Field(2000, ge=0)
     conversations_per_minute: int = Field(10, ge=0, description="conversations a user may create per minute")
+    storage_quota_bytes: int = Field(
+        100_000_000, ge=0, description="what one user's conversations and roles may take in Redis; 0 = no quota")
     imports_per_hour: int = Field(10, ge=0, description="data files a user may import per hour")
     import_bytes_per_hour: int = Field(50_000_000, ge=0, description="bytes of data files a user may import per hour")
     max_import_message_chars: int = Field(

@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.conversations, state.accounts = services.conversations, services.accounts
         state.portability = services.portability
         state.roles, state.shares, state.channels = services.roles, services.shares, services.channels
-        state.revocations = services.revocations
+        state.revocations, state.quota = services.revocations, services.quota
         services.start()
         app.state.metrics.redis_round_trips.set_function(store.round_trips)
         tune_garbage_collection()

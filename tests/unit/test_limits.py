@@ -3,16 +3,18 @@ chosen moments, and what the core decides from them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 
 from tests.unit.wiring import Core
-from webapp.base.errors import ImportsLimited, ImportTooBig, RateLimited
+from webapp.base.errors import ImportsLimited, ImportTooBig, RateLimited, StorageFull
 from webapp.core.conversations import Conversations
 from webapp.core.export_format import ExportFile
 from webapp.core.limits import Limit, refuse_if_over
 from webapp.core.portability import Portability
+from webapp.core.quota import StorageQuota
 from webapp.storage.base import split_count
 
 PER_MINUTE = Limit("turns-user", 10, 60)
@@ -116,3 +118,40 @@ async def test_imports_are_limited_per_hour_by_count_and_bytes_and_message_lengt
     with pytest.raises(ImportsLimited):
         await limited.import_("heavy", export_file(), size=6_000)  # 12 KB within the hour
     assert len((await core.conversations.browse("heavy")).items) == 1
+
+
+async def test_the_storage_quota_refuses_imports_and_new_conversations_when_full(core: Core) -> None:
+    """STORAGE_QUOTA_BYTES: measured exactly (MEMORY USAGE); an import that would not fit and a new
+    conversation of a full user are refused (413, with the figures), and deleting makes room again."""
+    user = "hoarder"
+    big_file = export_file(messages=40, chars=5000)
+    await Portability(core.store, core.roles, core.search, max_conversations=100, max_messages=100,
+                      models=core.provider.models).import_(user, big_file, size=200_000)
+    used = await core.store.measure_usage(user)
+    assert used > 200_000  # 40 messages of 5,000 characters, as Redis holds them
+    quota = StorageQuota(core.store, used + 100_000)
+    importing = Portability(core.store, core.roles, core.search, max_conversations=100, max_messages=100,
+                            models=core.provider.models, quota=quota)
+    with pytest.raises(StorageFull) as full:
+        await importing.import_(user, export_file(), size=150_000)
+    assert full.value.status == 413 and full.value.params["quota"] == round((used + 100_000) / 1e6, 1)
+    assert len((await core.conversations.browse(user)).items) == 1  # nothing written
+    await importing.import_(user, export_file(), size=1_000)
+
+    tight = StorageQuota(core.store, await core.store.measure_usage(user))  # full, as measured now
+    making = Conversations(core.store, core.writer, core.reader, max_per_user=100, search=core.search, quota=tight)
+    with pytest.raises(StorageFull):
+        await making.create(user)
+    assert len((await making.browse(user)).items) == 2
+    biggest = next(c for c in (await making.browse(user)).items if c.message_count == 40)
+    await making.delete(biggest)
+    await making.create(user)  # room made: no figure since the delete, so made, and measured in the background
+    assert len((await making.browse(user)).items) == 2
+    await asyncio.gather(*tight.measuring.values())
+    assert 0 < (await core.store.cached_usage(user) or 0) < tight.quota_bytes
+    await making.create("newcomer")  # no figure yet: made, and measured in the background
+    for _ in range(50):
+        if await core.store.cached_usage("newcomer") is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert 0 < (await core.store.cached_usage("newcomer") or 0) < 10_000

@@ -101,7 +101,7 @@ def conversation_page() -> dict[str, Any]:
         "error": "Wrong username or password", "notice": "", "allow_signup": True, "message": "Not found: <nothing>",
         "back": f"/c/{conv.id}", "form": {"name": "Critic <new>", "model": "gpt-4o", "temperature": "1.5"},
         "limits": {"name": 40, "description": 200, "prompt": 4000}, "max_roles": 20,
-        "accounts": True, "imported": 3, "new_token": "cht_0123456789abcdef<>",
+        "accounts": True, "imported": 3, "new_token": "cht_0123456789abcdef<>", "storage": {"used": 1.5, "quota": 100.0},
         "tokens": [{"id": "tk_1", "name": "CLI <laptop>", "created": OLD}, {"id": "tk_2", "name": "", "created": 0}],
         "share_url": "https://chat.example/s/abc?x=1&y=<2>",
     }
@@ -126,7 +126,7 @@ def first_visit() -> dict[str, Any]:
         "user_message": None, "was_empty": True, "sidebar": False, "turn_id": "", "reply": None, "reply_index": 0,
         "error_text": "", "sidebar_item": None,
         "action": "/signup", "heading": "ui.signup", "next": "/", "username": "", "error": "", "notice": "Signed out",
-        "allow_signup": False, "form": {}, "accounts": False, "imported": None, "new_token": "", "tokens": [],
+        "allow_signup": False, "form": {}, "accounts": False, "imported": None, "new_token": "", "tokens": [], "storage": None,
         "share_url": "",
     }
 

@@ -261,6 +261,13 @@ class ConversationFull(ChatError):
     key = "error.conversation_full"
 
 
+class StorageFull(ChatError):
+    """STORAGE_QUOTA_BYTES reached: nothing large is written until conversations are deleted."""
+
+    status = 413
+    key = "error.storage_full"
+
+
 class RequestTooLarge(ChatError):
     status = 413
     key = "error.request_too_large"

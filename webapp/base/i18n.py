@@ -43,6 +43,12 @@ CATALOG: dict[str, dict[Lang, str]] = {
         "en": "A username is 3 to 32 letters, digits or _ . -",
     },
     "error.weak_password": {"zh": "密码至少需要8个字符", "en": "A password needs at least 8 characters"},
+    "error.storage_full": {
+        "zh": "存储空间已满（已用 {used} MB，上限 {quota} MB）。请删除一些对话（可先导出）后再试",
+        "en": "Your storage is full ({used} MB of {quota} MB). Delete some conversations (export them first "
+              "if you like) and try again",
+    },
+    "ui.storage_used": {"zh": "已用存储：{used} MB（上限 {quota} MB）", "en": "Storage used: {used} MB of {quota} MB"},
     "error.imports_limited": {
         "zh": "这一小时内导入的文件太多或太大，未导入任何内容。请 {minutes} 分钟后再试",
         "en": "Too many or too large imports this hour; nothing was imported. Try again in {minutes} min",

@@ -140,14 +140,17 @@ class TurnInfo:
 @dataclass(frozen=True)
 class Creation:
     """What store.create_conversation did: `written`, or not because the id `existed`, or the owner is
-    over the creation rate (`rate_limited`; `rate_counts`: its packed counts), else at the limit;
-    `earlier`, how many conversations the owner had before."""
+    over the creation rate (`rate_limited`; `rate_counts`: its packed counts), or their storage is full
+    (`storage_full`), else at the limit; `earlier`, how many conversations the owner had before;
+    `storage_used`: the owner's storage as last measured (None: no recent measurement)."""
 
     written: bool
     existed: bool
     earlier: int
     rate_limited: bool = False
     rate_counts: int = 0
+    storage_full: bool = False
+    storage_used: int | None = None
 
 
 class Lease(IntEnum):

@@ -41,6 +41,7 @@ from webapp.base.models import (
 )
 from webapp.core.context import check_text, validate_message
 from webapp.core.limits import Limit, refuse_if_over
+from webapp.core.quota import StorageQuota
 from webapp.core.pagination import format_cursor, parse_cursor
 from webapp.core.roles import Role, RoleBook, role_or_default
 from webapp.core.search import SearchIndex, indexable
@@ -117,18 +118,40 @@ class ConversationList:
     cursor: str | None = None
 
 
+async def write_new(store: Store, conversation: Conversation, welcome: Message, *, max_per_user: int, rate: Limit,
+                    quota: StorageQuota, now: float) -> Creation:
+    """Write a new conversation in the one script that also checks the owner's count, creation rate and
+    storage (storage/conversations.py): RateLimited or StorageFull when one is passed. A "full" figure is
+    measured afresh before it refuses (and the write tried once more when there is room now)."""
+    user_id = conversation.user_id
+    for _ in range(2):
+        creation = await store.create_conversation(
+            conversation, welcome, limit=max_per_user,
+            rate=(rate.counter(user_id, now), rate.per_window, rate.weight_of_previous(now)), quota=quota.quota_bytes)
+        if not creation.storage_full:
+            break
+        await quota.check_room(user_id)
+    if creation.storage_used is None:
+        quota.measure_soon(user_id)
+    if creation.storage_full:
+        quota.refuse_full(creation.storage_used or 0)
+    if creation.rate_limited:  # (the script took the refused one back: it made nothing)
+        refuse_if_over([(rate, user_id)], [creation.rate_counts], now, counted=False)
+    return creation
+
 
 class Conversations:
     """Create, find, change and delete a user's conversations; build what their pages show."""
 
     def __init__(self, store: Store, writer: TurnWriter, reader: TurnReader, max_per_user: int = 0,
-                 search: SearchIndex | None = None, per_minute: int = 0) -> None:
+                 search: SearchIndex | None = None, per_minute: int = 0, quota: StorageQuota | None = None) -> None:
         self.store = store
         self.writer = writer
         self.reader = reader
         self.max_per_user = max_per_user
         # conversations made per user per minute (CONVERSATIONS_PER_MINUTE), counted in the creating script
         self.made_per_minute = Limit("conversations-user", per_minute, 60)
+        self.quota = quota or StorageQuota(store, 0)
         self.roles: RoleBook = writer.roles
         self.search = search or SearchIndex(store)
 
@@ -228,12 +251,8 @@ class Conversations:
             preview=make_preview(welcome.content),
             role=role.id, message_count=1, created=now, updated=now, title_by="user" if title.strip() else "",
         )
-        rate = self.made_per_minute
-        creation = await self.store.create_conversation(
-            conversation, welcome, limit=self.max_per_user,
-            rate=(rate.counter(user_id, now), rate.per_window, rate.weight_of_previous(now)))
-        if creation.rate_limited:  # (the script took the refused one back: it made nothing)
-            refuse_if_over([(rate, user_id)], [creation.rate_counts], now, counted=False)
+        creation = await write_new(self.store, conversation, welcome, max_per_user=self.max_per_user,
+                                   rate=self.made_per_minute, quota=self.quota, now=now)
         if not creation.written and not creation.existed:
             raise TooManyConversations(limit=self.max_per_user)
         if creation.written and conversation.title:
@@ -337,12 +356,14 @@ class Conversations:
         await self.writer.stop_reply(conversation)
         await self._forget(conversation)
         await self.store.delete_conversation(conversation)
+        await self.quota.changed(conversation.user_id)  # (room made: a "full" figure is measured again)
 
     async def delete_undoably(self, conversation: Conversation) -> None:
         """Delete, keeping a copy for UNDO_SECONDS so the web UI's Undo can put it back."""
         await self.writer.stop_reply(conversation)
         await self._forget(conversation)
         await self.store.delete_undoably(conversation, keep_seconds=UNDO_SECONDS)
+        await self.quota.changed(conversation.user_id)
 
     async def _forget(self, conversation: Conversation) -> None:
         """What a deleted conversation leaves elsewhere: its read-only link and its search entries."""

@@ -19,6 +19,7 @@ from webapp.base.i18n import Lang, t
 from webapp.base.models import WELCOME, Conversation, Message, new_id, new_message_id
 from webapp.core.export_format import ExportConversation, ExportFile
 from webapp.core.limits import Limit, Limits
+from webapp.core.quota import StorageQuota
 from webapp.core.roles import BUILTIN_ROLES, DEFAULT_ROLE, RoleBook, answered_by, custom_role
 from webapp.core.search import SearchIndex, terms_of
 from webapp.core.titles import clean_title, make_preview
@@ -62,7 +63,8 @@ def to_markdown(conversation: Conversation, messages: list[Message], role_name: 
 class Portability:
     def __init__(self, store: Store, roles: RoleBook, search: SearchIndex, *, max_conversations: int,
                  max_messages: int, models: Any, limits: Limits | None = None, imports_per_hour: int = 0,
-                 import_bytes_per_hour: int = 0, max_message_chars: int = 0) -> None:
+                 import_bytes_per_hour: int = 0, max_message_chars: int = 0,
+                 quota: StorageQuota | None = None) -> None:
         self.store = store
         self.roles = roles
         self.search = search
@@ -71,6 +73,7 @@ class Portability:
         self.max_message_chars = max_message_chars  # MAX_IMPORT_MESSAGE_CHARS (0: the file format's own)
         self.models = models  # async () -> the models offered
         self.limits = limits or Limits(store)
+        self.quota = quota or StorageQuota(store, 0)
         hour = 3600
         self.imports_per_hour = Limit("imports-user", imports_per_hour, hour, ImportsLimited)
         # counted in kilobytes: a sliding window's counts stay under a million (storage/base.py COUNT_HIT)
@@ -113,6 +116,7 @@ class Portability:
                         None)
         if too_long is not None:
             raise ImportTooBig(what="messages", limit=self.max_messages)
+        await self.quota.check_room(user_id, adding=size)
         kilobytes = max(1, -(-size // 1024))
         await self.limits.hit((self.imports_per_hour, user_id), (self.import_kb_per_hour, user_id),
                               amounts=(1, kilobytes), refund_refused=True)  # (refused: nothing imported)
@@ -126,6 +130,7 @@ class Portability:
         ids = []
         for item in data.conversations:
             ids.append(await self._import_conversation(user_id, item, new_role_ids, offered))
+        await self.quota.changed(user_id)
         return ids, len(data.roles)
 
     async def _import_conversation(self, user_id: str, item: ExportConversation, new_role_ids: dict[str, str],

@@ -12,6 +12,7 @@ from webapp.core.auto_title import TitleWriter
 from webapp.core.conversations import Conversations
 from webapp.core.limits import Limits
 from webapp.core.portability import Portability
+from webapp.core.quota import StorageQuota
 from webapp.core.revocations import Revocations
 from webapp.core.roles import RoleBook
 from webapp.core.search import SearchIndex
@@ -43,6 +44,7 @@ class Services:
     accounts: Accounts
     eviction_watch: EvictionWatch
     revocations: Revocations
+    quota: StorageQuota
 
     def start(self) -> None:
         """The background tasks: the event writer and cancel listener, the search index, the lease keeper,
@@ -80,14 +82,16 @@ def build_services(store: Store, provider: Provider, settings: Settings, metrics
     # told of every turn once its user message is saved, and of every reply once it is saved
     writer.started_hooks += [search.turn_started, channels.turn_started]
     writer.saved_hooks += [search.reply_saved, titles.reply_saved]
+    quota = StorageQuota(store, settings.storage_quota_bytes)
     conversations = Conversations(store, writer, reader, settings.max_conversations_per_user, search=search,
-                                  per_minute=settings.conversations_per_minute)
+                                  per_minute=settings.conversations_per_minute, quota=quota)
     portability = Portability(store, writer.roles, search, max_conversations=settings.max_conversations_per_user,
                               max_messages=settings.max_messages_per_conversation, models=provider.models,
                               limits=limits, imports_per_hour=settings.imports_per_hour,
                               import_bytes_per_hour=settings.import_bytes_per_hour,
-                              max_message_chars=settings.max_import_message_chars)
+                              max_message_chars=settings.max_import_message_chars, quota=quota)
     return Services(store=store, provider=provider, writer=writer, reader=reader, leases=leases, limits=limits,
                     search=search, titles=titles, channels=channels, conversations=conversations, roles=writer.roles,
                     shares=Shares(store), portability=portability, accounts=Accounts(store, settings, limits, revocations),
-                    eviction_watch=EvictionWatch(store, settings), revocations=revocations)
+                    eviction_watch=EvictionWatch(store, settings), revocations=revocations,
+                    quota=quota)

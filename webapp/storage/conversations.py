@@ -13,19 +13,23 @@ from webapp.storage.base import claim_deadline, conversation_of
 from webapp.storage.search import SearchStore
 
 # Write a new conversation, unless one with its id exists (0), its owner has ARGV[2] (when not 0)
-# already (-1), or its owner is over the creation rate ARGV[7] (when not 0; -2): 1 when written. Also
-# returns how many conversations the owner had before, and the rate's packed counts (base.COUNT_HIT's
-# shape; a refused creation is not counted): one round trip, and two creates racing (a double click)
-# write one conversation and never pass the limits. KEYS: meta, messages, index, claim, versions, forks,
-# the rate's counter of this window and of the previous one (the owner's slot: the key is the uid);
-# ARGV: session id, limit, index score, first message JSON, conversation TTL, index TTL, the rate per
-# window, the previous window's weight, the counter's TTL, then the metadata hash as field, value, ...
+# already (-1), its storage as last measured is at the quota ARGV[10] (when not 0; -3), or it is over
+# the creation rate ARGV[7] (when not 0; -2): 1 when written. Also returns how many conversations the
+# owner had before, the rate's packed counts (base.COUNT_HIT's shape; a refused creation is not
+# counted) and the storage measured (-1: none recent): one round trip, and two creates racing (a double
+# click) write one conversation and never pass the limits. KEYS: meta, messages, index, claim, versions,
+# forks, the rate's counter of this window and of the previous one (the owner's slot: the key is the
+# uid), the usage; ARGV: session id, limit, index score, first message JSON, conversation TTL, index TTL,
+# the rate per window, the previous window's weight, the counter's TTL, the quota in bytes, then the
+# metadata hash as field, value, ...
 # (the claim marker holds when the identity's data expires: the index score's second plus the index
 # TTL; identities.py)
 CREATE_CONVERSATION = """
 local count = redis.call('zcard', KEYS[3])
-if redis.call('exists', KEYS[1]) == 1 then return {0, count, 0} end
-if tonumber(ARGV[2]) > 0 and count >= tonumber(ARGV[2]) then return {-1, count, 0} end
+local used = tonumber(redis.call('get', KEYS[9]) or '-1')
+if redis.call('exists', KEYS[1]) == 1 then return {0, count, 0, used} end
+if tonumber(ARGV[2]) > 0 and count >= tonumber(ARGV[2]) then return {-1, count, 0, used} end
+if tonumber(ARGV[10]) > 0 and used >= tonumber(ARGV[10]) then return {-3, count, 0, used} end
 local rate = 0
 if tonumber(ARGV[7]) > 0 then
   local n = redis.call('incr', KEYS[7])
@@ -34,16 +38,16 @@ if tonumber(ARGV[7]) > 0 then
   rate = math.min(p, 999999) * 1000000 + math.min(n, 999999)
   if n + math.floor(p * tonumber(ARGV[8])) > tonumber(ARGV[7]) then
     redis.call('decr', KEYS[7])
-    return {-2, count, rate}
+    return {-2, count, rate, used}
   end
 end
-redis.call('hset', KEYS[1], unpack(ARGV, 10))
+redis.call('hset', KEYS[1], unpack(ARGV, 11))
 redis.call('rpush', KEYS[2], ARGV[4])
 redis.call('zadd', KEYS[3], ARGV[3], ARGV[1])
 redis.call('set', KEYS[4], string.format('%d', math.floor(tonumber(ARGV[3]) / 1000) + tonumber(ARGV[6])))
 for _, key in ipairs({KEYS[2], KEYS[5], KEYS[6]}) do redis.call('expire', key, ARGV[5]) end
 for _, key in ipairs({KEYS[1], KEYS[3]}) do redis.call('expire', key, ARGV[6]) end
-return {1, count, rate}
+return {1, count, rate, used}
 """
 
 # A generated title lands only on the title made from the first message, never on a user's rename.
@@ -60,21 +64,24 @@ class ConversationStore(SearchStore):
 
     async def create_conversation(self, conversation: Conversation, first_message: Message, *,
                                   limit: int = 0, rate: tuple[tuple[str, str, int, int], int, float] | None = None,
-                                  ) -> Creation:
+                                  quota: int = 0) -> Creation:
         """Write a new conversation with its first message and list it in its owner's index, unless
-        one with its id exists, the owner has `limit` (0: no limit) already, or is over `rate`: (the
-        counter, as limits.count_hits takes it, keyed by the owner; its limit per window; the previous
-        window's weight). One atomic round trip."""
+        one with its id exists, the owner has `limit` (0: no limit) already, their storage as last
+        measured (usage.py) is at `quota` bytes (0: none), or they are over `rate`: (the counter, as
+        limits.count_hits takes it, keyed by the owner; its limit per window; the previous window's
+        weight). One atomic round trip."""
         sid, uid, k = conversation.id, conversation.user_id, self.keys
         fields = [str(item) for pair in conversation.to_hash().items() for item in pair]
         (name, key, window, seconds), per_window, weight = rate or (("none", uid, 0, 60), 0, 0.0)
-        outcome, earlier, counts = await self.redis.eval(
-            CREATE_CONVERSATION, 8, k.meta(uid, sid), k.messages(uid, sid), k.index(uid), k.claim(uid),
+        outcome, earlier, counts, used = await self.redis.eval(
+            CREATE_CONVERSATION, 9, k.meta(uid, sid), k.messages(uid, sid), k.index(uid), k.claim(uid),
             k.versions(uid, sid), k.forks(uid, sid), k.limit(name, key, window), k.limit(name, key, window - 1),
+            k.usage(uid),
             sid, limit, conversation.updated * 1000, first_message.to_json(), self.conversation_ttl, self.index_ttl,
-            per_window, repr(weight), 2 * seconds + 30, *fields)
+            per_window, repr(weight), 2 * seconds + 30, quota, *fields)
         return Creation(written=outcome == 1, existed=outcome == 0, earlier=int(earlier), rate_limited=outcome == -2,
-                        rate_counts=int(counts))
+                        rate_counts=int(counts), storage_full=outcome == -3,
+                        storage_used=None if int(used) < 0 else int(used))
 
     async def get_conversation(self, uid: str, sid: str) -> Conversation | None:
         """The user's conversation `sid`; None when it does not exist under that user."""

@@ -93,6 +93,9 @@ class Keys:
     def roles(self, uid: str) -> str:
         return self.owner(uid) + ":roles"
 
+    def usage(self, uid: str) -> str:
+        return self.owner(uid) + ":usage"
+
     def shares(self, uid: str) -> str:
         return self.owner(uid) + ":shares"
 

@@ -26,6 +26,7 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     {uid}:signins                      SET the sign-in hashes of a user (sign out everywhere)
     {uid}:tokens                       HASH token id -> JSON {name, created, hash} of a user's tokens
     {uid}:roles                        HASH role id -> JSON of a custom role; index TTL, refreshed when listed
+    {uid}:usage                        the bytes the user's data took when last measured (core/quota.py), 10 min
     {uid}:shares                       HASH session id -> the read-only link's token; no TTL (revoked with it)
     {uid}:w:{term}                     SET session ids whose title or messages hold a search term, index TTL
     {uid}:lex                          ZSET (all scores 0) every search term of the user: prefix lookups, index TTL
@@ -57,10 +58,12 @@ from webapp.storage.messages import MessageStore
 from webapp.storage.roles import RoleStore
 from webapp.storage.shares import ShareStore
 from webapp.storage.turns import TurnStore
+from webapp.storage.usage import UsageStore
 
 
-class Store(ConversationStore, MessageStore, TurnStore, IdentityStore, AccountStore, LimitStore, RoleStore, ShareStore):
+class Store(ConversationStore, MessageStore, TurnStore, IdentityStore, AccountStore, LimitStore, RoleStore, ShareStore,
+            UsageStore):
     """The one object the core is handed: each concept's commands come from its own module
     (conversations, messages, turns and turn_events, identities, accounts, limits, roles, shares,
-    search; the connection in base), composed here. Modules own their keys' commands; keys.py
+    search, usage; the connection in base), composed here. Modules own their keys' commands; keys.py
     names every key."""

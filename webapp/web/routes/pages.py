@@ -481,10 +481,14 @@ async def undo_delete(view: ViewDep, session_id: str, user: CurrentUser, convers
 
 async def settings_page(view: View, user: str, accounts: Accounts, new_token: str = "",
                         status: int = 200, imported: int | None = None) -> Response:
-    mode = view.request.app.state.settings.auth
+    state = view.request.app.state
+    mode = state.settings.auth
     username = await accounts.username_of(user) if mode != "anonymous" else ""
+    quota = state.quota
+    storage = ({"used": round(await quota.usage(user) / 1e6, 1), "quota": round(quota.quota_bytes / 1e6, 1)}
+               if quota.quota_bytes and not is_newcomer(view.request) else None)
     return view.render("settings.html", status=status, tokens=await accounts.tokens(user), new_token=new_token,
-                       username=username, accounts=mode == "accounts", imported=imported)
+                       username=username, accounts=mode == "accounts", imported=imported, storage=storage)
 
 
 @router.get("/settings")
