@@ -20,6 +20,7 @@ from tests.conftest import (
     _start_app,
     _stop_app,
     create_session,
+    iter_sse,
     messages_of,
     post_turn,
     read_sse,
@@ -245,3 +246,24 @@ def test_on_a_cluster_many_remote_readers_share_one_wake_up_connection(
     assert during == before, f"{during - before} more pub/sub connections for {readers} readers"
     texts = {"".join(e["data"]["content"] for e in r if e["data"]["type"] == "chunk") for r in results if r}
     assert len(texts) == 1 and "" not in texts and all(r and r[-1]["data"]["type"] == "end" for r in results)
+
+
+def test_a_reader_on_another_process_gets_the_reply_at_the_flush_cadence(
+    app_server: AppServer, second_app: AppServer
+) -> None:
+    """On one Redis and on a Cluster alike (issue 34: on a Cluster the wake-ups failed with a KeyError
+    every 0.5 s and readers fell back to a read a second): events arrive about every STREAM_FLUSH_MS."""
+    flush = 0.1  # STREAM_FLUSH_MS's default
+    with httpx.Client(base_url=app_server.base_url, timeout=30) as client:
+        session = create_session(client)
+        started = post_turn(client, session["id"], unique("cadence") + " [[tokens:60]] [[delay:40]]").json()
+        arrivals: list[float] = []
+        with httpx.Client(base_url=second_app.base_url, timeout=30, cookies=client.cookies) as other:
+            with other.stream("GET", started["events_url"]) as response:
+                for event in iter_sse(response):
+                    if event.type == "chunk":
+                        arrivals.append(time.monotonic())
+    gaps = sorted(later - earlier for earlier, later in zip(arrivals, arrivals[1:]))
+    assert len(arrivals) >= 10, f"{len(arrivals)} events for a reply of 2.4 s"
+    assert gaps[len(gaps) // 2] <= 2 * flush, f"median gap {gaps[len(gaps) // 2] * 1000:.0f} ms"
+    assert "wake-ups failed" not in second_app.log()

@@ -36,6 +36,7 @@ from typing import Any, Iterable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterPubSub
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -189,6 +190,8 @@ class ClusterRedis:
         self.bounded = bounded
         self.nodes: dict[str, Redis] = {}
         self.router = _NodeRouter(self)
+        self._refreshing: asyncio.Future[None] | None = None
+        self._refreshed_at = -REFRESH_SECONDS
 
     def __getattr__(self, name: str) -> Any:
         if name in ROUTED_COMMANDS:
@@ -197,6 +200,9 @@ class ClusterRedis:
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
         return SlotTransaction(self) if transaction else NodePipeline(self)
+
+    def pubsub(self, **kwargs: Any) -> ClusterPubSub:
+        return _ClusterPubSub(self, **kwargs)
 
     async def node_for(self, key: str) -> Redis:
         """A one-Redis client for the master that serves `key`'s slot now."""
@@ -214,8 +220,29 @@ class ClusterRedis:
         return client
 
     async def refresh(self) -> None:
-        """Ask the cluster again which node serves which slots (after MOVED, or a failover)."""
-        await self.cluster.nodes_manager.initialize()
+        """Ask the cluster again which node serves which slots (after MOVED, or a failover): one question
+        at a time, which every caller meanwhile waits for."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._refresh())
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh(self) -> None:
+        try:
+            await self.cluster.nodes_manager.initialize()
+        finally:
+            self._refreshed_at = asyncio.get_running_loop().time()
+
+    async def node_failed(self) -> None:
+        """A node did not answer (killed, its host gone): its slots may have a new master by now. The
+        slot map is asked for again, at most every REFRESH_SECONDS however many commands failed, so the
+        app follows a failover within about that of the promotion; until then the commands fail (the
+        turn's save and event writes, and the lease keeper, try again)."""
+        if asyncio.get_running_loop().time() - self._refreshed_at < REFRESH_SECONDS:
+            return
+        try:
+            await self.refresh()
+        except Exception as exc:  # (no node answered: the next failure asks again)
+            log.warning("Redis Cluster: reading the slot map failed (%s)", type(exc).__name__)
 
     async def aclose(self) -> None:
         for client in self.nodes.values():
@@ -234,6 +261,8 @@ ROUTED_COMMANDS = frozenset({
     "xadd", "xrange", "rename",
 })
 _REDIRECTED = (AskError, ClusterDownError, TryAgainError)  # refused before anything ran (MovedError is an AskError)
+_UNANSWERED = (RedisConnectionError, RedisTimeoutError)  # the node itself: down, or gone
+REFRESH_SECONDS = 0.5
 
 
 def _command_key(args: tuple[Any, ...]) -> str | None:
@@ -254,11 +283,18 @@ class _NodeRouter(Redis):
         key = _command_key(args)
         if key is None:
             return await self.owner.cluster.execute_command(*args, **options)
+        node = await self.owner.node_for(key)
         try:
-            return await (await self.owner.node_for(key)).execute_command(*args, **options)
+            return await node.execute_command(*args, **options)
         except _REDIRECTED:
             await self.owner.refresh()
             return await self.owner.cluster.execute_command(*args, **options)
+        except _UNANSWERED:
+            await self.owner.node_failed()
+            moved = await self.owner.node_for(key)
+            if moved is node:
+                raise
+            return await moved.execute_command(*args, **options)  # its slot has a new master: once more there
 
 
 class _QueuedCommands:
@@ -310,6 +346,9 @@ class NodePipeline(_QueuedCommands):
             async with self.owner.cluster.pipeline(transaction=False) as pipe:
                 self.replay(pipe, range(len(self.calls)))
                 return await pipe.execute(raise_on_error=raise_on_error)
+        except _UNANSWERED:  # (the others' commands may have run: the caller decides whether to resend)
+            await self.owner.node_failed()
+            raise
         results: list[Any] = [None] * len(self.calls)
         for (_, indices), group_replies in zip(groups.values(), replies):
             for index, reply in zip(indices, group_replies):
@@ -338,7 +377,32 @@ class SlotTransaction(_QueuedCommands):
                 if attempt == 2:
                     raise
                 await self.owner.refresh()
+            except _UNANSWERED:
+                await self.owner.node_failed()
+                if attempt == 2 or await self.owner.node_for(self.key_of(0)) is client:
+                    raise
+                # its slot has a new master: the dead one applied nothing it could have replicated, or
+                # lost it with it; a save checks that anyway before it resends (saving.py)
         raise AssertionError("unreachable")
+
+
+class _ClusterPubSub(ClusterPubSub):
+    """redis-py's Cluster pub/sub, which picks its node from the client's slot map on its first command:
+    the map is read first (a map never read is empty, and the pick a KeyError each time: issue 34), and
+    read again when the node picked does not answer (killed, failed over), so the next try finds a live
+    one."""
+
+    def __init__(self, owner: ClusterRedis, **kwargs: Any) -> None:
+        super().__init__(owner.cluster, **kwargs)
+        self.owner = owner
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self.owner.cluster.initialize()  # (a no-op once it has been)
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except _UNANSWERED:
+            await self.owner.node_failed()
+            raise
 
 
 PROTOCOL = 2  # RESP2: see the module docstring
