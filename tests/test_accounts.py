@@ -776,6 +776,38 @@ def test_sign_up_and_chat_in_chromium(browser: Any, accounts_app: AppServer, jav
     assert csp_reports == []
 
 
+@pytest.mark.browser
+def test_an_open_page_says_so_when_its_sign_in_ends_elsewhere(browser: Any, accounts_app: AppServer,
+                                                              make: Any) -> None:
+    """The page's channel (htmx's SSE extension) shows the last event of a revoked stream and closes:
+    a conversation open in Chromium, "sign out everywhere" from another device."""
+    context = browser.new_context(base_url=accounts_app.base_url, extra_http_headers={"Accept-Language": "en-US,en",
+                                                                                        **new_ip()})
+    try:
+        page = context.new_page()
+        page.goto("/signup")
+        username = unique("tab")[:30]
+        page.fill("#username", username)
+        page.fill("#password", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{accounts_app.base_url}/")
+        page.fill("#composer-input", "hello before the sign-out")
+        page.press("#composer-input", "Enter")
+        page.wait_for_selector(".msg--assistant:not(.msg--streaming) >> nth=1", timeout=15_000)
+        page.wait_for_url("**/c/*")
+        page.wait_for_timeout(500)  # (the channel is open once the page has settled)
+        other = make(accounts_app)
+        assert other.post("/login", data={"username": username, "password": PASSWORD}).status_code == 303
+        began = time.monotonic()
+        assert other.post("/logout", data={"everywhere": "1", "csrf_token": page_token_of(other)}).status_code == 303
+        page.wait_for_selector("#signed-out", timeout=3_000)
+        assert time.monotonic() - began < 3
+        assert "signed out or revoked" in page.inner_text("#signed-out")
+        assert page.get_attribute("#signed-out a", "href") == "/login"
+    finally:
+        context.close()
+
+
 def test_page_forms_of_a_signed_in_user_need_that_sign_ins_token(accounts_app: AppServer, make: Any) -> None:
     client, other = make(accounts_app), make(accounts_app)
     sign_up(client, **new_ip())

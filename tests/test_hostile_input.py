@@ -652,6 +652,11 @@ MALFORMED_ROWS = [
         params={"before": "99999999999999999999"}, headers=HX),
     Row("number: page before=-1", "GET", "/c/{sid}", params={"before": "-1"}),
     Row("number: readyz upstream=maybe", "GET", "/readyz", params={"upstream": "maybe"}),
+    # imports: a message past MAX_IMPORT_MESSAGE_CHARS (50,000) refuses the whole file
+    Row("import: a message of 200,000 characters", "POST", "/api/import", only(409), json={
+        "format": "chat-export", "version": 1, "conversations": [{
+            "title": "too long", "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            "messages": [{"role": "user", "content": "x" * 200_000}]}]}),
     # what only the machine itself (or a token) may read: not a visitor a proxy relays, whatever it claims
     Row("ops: /metrics for a relayed visitor", "GET", "/metrics", only(403), headers={"X-Forwarded-For": "203.0.113.7"}),
     Row("ops: /metrics for a visitor claiming loopback", "GET", "/metrics", only(403),
