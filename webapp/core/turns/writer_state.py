@@ -14,7 +14,7 @@ from webapp.config import Settings
 from webapp.core.limits import Limit
 from webapp.core.roles import RoleBook
 from webapp.core.turns.recovery import OrphanRecovery
-from webapp.core.turns.run import RATE_WINDOW_SECONDS, EventWriter, TurnRun
+from webapp.core.turns.run import RATE_WINDOW_SECONDS, EventWriter, TurnRun, log
 from webapp.llm.providers import Provider
 from webapp.storage.keys import TurnRef
 from webapp.storage.store import Store
@@ -112,5 +112,7 @@ class WriterState:
                     self.cancel_requested(turn_id)
             except asyncio.CancelledError:
                 raise
-            except RedisError:
+            except Exception as exc:  # never die: a Stop asked on another worker would then wait for a lease tick
+                if not isinstance(exc, RedisError):
+                    log.exception("listening for Stop requests failed, retrying")
                 await asyncio.sleep(1)
