@@ -20,16 +20,16 @@ from webapp.core.turns.reader import TurnReader
 from webapp.web.csrf import request_token
 from webapp.web.deps import (
     CurrentUser,
-    SeedUser,
     client_ip,
     current_user,
     owned_conversation_of,
+    seed_user_of,
     services,
 )
 from webapp.web.htmx import View, lang_of
 from webapp.web.render import render_fragment
 from webapp.web.routes.pages import conversation_pane
-from webapp.web.routing import query_bool, query_int, query_text
+from webapp.web.routing import documented_query, query_bool, query_int, query_text, required_query
 from webapp.web.sse import (
     MAX_SEQ,
     farewell_frame,
@@ -69,17 +69,25 @@ async def json_events(reader: TurnReader, turn: TurnInfo, after: int) -> AsyncIt
             yield json_event_frame(f"{turn.id}:{event.seq}", encode(event))
 
 
-@router.get("/chat/stream", summary="Send a message and stream the reply (the seed's API)")
-async def chat_stream(
-    request: Request,
-    user: SeedUser,
-    session_id: str,
-    message: str | None = None,
-    role: str | None = Query(None, description="assistant, teacher or programmer; omitted keeps the conversation's"),
-    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-) -> Response:
+CHAT_STREAM_QUERY = documented_query(
+    ("session_id", "query", True, ""),
+    ("message", "query", False, ""),
+    ("role", "query", False, "assistant, teacher or programmer; omitted keeps the conversation's"),
+    ("user_id", "query", False, "the caller's own id (the seed API names it)"),
+    ("Last-Event-ID", "header", False, ""),
+)
+
+
+@router.get("/chat/stream", summary="Send a message and stream the reply (the seed's API)",
+            openapi_extra=CHAT_STREAM_QUERY)
+async def chat_stream(request: Request) -> Response:
     """A reconnect carrying Last-Event-ID resumes the running turn instead of sending the message twice."""
-    # (services read by hand, not as dependencies: FastAPI's solving of each was a tenth of a turn's CPU)
+    # every turn of the seed API comes here: its query, user and services are read by hand, as the plain
+    # routes' are (FastAPI's solving of its fields and dependencies was a tenth of the turn's CPU)
+    user = await seed_user_of(request)
+    session_id = required_query(request, "session_id")
+    query = request.query_params
+    message, role, last_event_id = query.get("message"), query.get("role"), request.headers.get("last-event-id")
     state, lang = services(request), lang_of(request)
     writer, reader = state.turn_writer, state.turn_reader
     reader.check_stream_slot(user)
