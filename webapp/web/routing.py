@@ -116,13 +116,14 @@ def required_query(request: Request, name: str) -> str:
     return value
 
 
-def documented_query(*fields: tuple[str, str, bool, str]) -> dict[str, Any]:
+def documented_query(*fields: tuple[Any, ...]) -> dict[str, Any]:
     """`openapi_extra` for a FastAPI route that reads its query by hand (no parameters for FastAPI to
-    solve on every request): (name, where: query or header, required, description) of each field, as
-    FastAPI would have described them, and its 422."""
+    solve on every request): (name, where: path, query or header, required, description[, the value's
+    schema: a string by default]) of each field, as FastAPI would have described them, and its 422."""
     parameters = []
-    for name, where, required, description in fields:
-        schema: dict[str, Any] = {"type": "string"} if required else {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    for name, where, required, description, *value in fields:
+        kind = value[0] if value else {"type": "string"}
+        schema: dict[str, Any] = dict(kind) if required else {"anyOf": [kind, {"type": "null"}]}
         parameter: dict[str, Any] = {"name": name, "in": where, "required": required, "schema": schema}
         if description:
             parameter["description"] = schema["description"] = description

@@ -5,10 +5,10 @@ from __future__ import annotations
 import html
 import time
 from functools import cache
-from typing import Annotated, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from webapp.base.errors import ChatError, InvalidId, TurnNotFound
 from webapp.base.i18n import Lang, t
@@ -19,7 +19,6 @@ from webapp.core.turns.channels import CHANNEL_ID, CHANNEL_ID_MAX, missed, new_c
 from webapp.core.turns.reader import TurnReader
 from webapp.web.csrf import request_token
 from webapp.web.deps import (
-    CurrentUser,
     client_ip,
     current_user,
     owned_conversation_of,
@@ -108,17 +107,22 @@ async def chat_stream(request: Request) -> Response:
     return stream_response(json_events(reader, turn, 0), request, json_farewell(lang))
 
 
-@router.get("/api/turns/{turn_id}/events", name="turn_events", summary="Follow a turn's reply (resumable)")
-async def api_turn_events(
-    request: Request,
-    turn_id: str,
-    user: CurrentUser,
-    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
-) -> Response:
-    reader, lang = services(request).turn_reader, lang_of(request)  # (by hand: see chat_stream)
+TURN_EVENTS_QUERY = documented_query(
+    ("turn_id", "path", True, ""),
+    ("after", "query", False, "", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}),
+    ("Last-Event-ID", "header", False, ""),
+)
+
+
+@router.get("/api/turns/{turn_id}/events", name="turn_events", summary="Follow a turn's reply (resumable)",
+            openapi_extra=TURN_EVENTS_QUERY)
+async def api_turn_events(request: Request) -> Response:
+    # every turn of the JSON API comes here: read by hand, as chat_stream
+    user = await current_user(request)
+    turn_id, after = request.path_params["turn_id"], query_int(request, "after", None, low=0, high=MAX_SEQ)
+    reader, lang = services(request).turn_reader, lang_of(request)
     reader.check_stream_slot(user)
-    _, seq = parse_last_event_id(last_event_id)
+    _, seq = parse_last_event_id(request.headers.get("last-event-id"))
     if after is not None:
         seq = max(seq, after)
     turn = await reader.resumable(check_id(turn_id), user, seq)
