@@ -69,6 +69,8 @@ class EvictionWatch:
                 await self.check()
             except RedisError:  # unreachable: the turns and /readyz say so
                 pass
+            except Exception as exc:  # (a Cluster's client raises its own kinds): never end the watch
+                log.warning("checking the eviction policy failed (%s)", type(exc).__name__)
 
     async def check(self) -> None:
         policies = await self.store.eviction_policies()
