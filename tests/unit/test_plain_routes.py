@@ -209,6 +209,7 @@ def test_the_query_is_read_as_pydantic_reads_it(
     {"after": "-1"}, {"after": "101"}, {"after": "1.5"}, {"after": "abc"}, {"after": ""}, {"after": "9" * 30},
     {"after": "\u0663"}, {"after": "\uff15"}, {"after": "5."}, {"after": "1e1"},
     {"searching": "maybe"}, {"searching": " true"}, {"channel": "a b"}, {"channel": "<b>"}, {"channel": "c" * 9},
+    {"after": "1" * 5000}, {"after": "0" * 5000 + "1"},  # (past Python's 4,300 digits: a 422, not a 500)
 ])
 def test_a_bad_query_is_a_422_naming_nothing_it_should_not(client: TestClient, params: dict[str, str]) -> None:
     response = client.get("/q", params=params, headers=EN)

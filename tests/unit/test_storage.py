@@ -289,3 +289,20 @@ async def test_terms_a_conversation_already_holds_cost_one_command_and_their_ttl
     await store.index_terms([(ALICE, "s1", words)])
     assert await store.redis.ttl(k.term(ALICE, "word7")) > store.index_ttl - 60
     assert await store.redis.ttl(k.conversation_terms(ALICE, "s1")) > store.index_ttl - 60
+
+
+async def test_a_terms_set_that_expired_while_the_conversation_still_names_it_comes_back(core: Core) -> None:
+    store, k = core.store, core.store.keys
+    await store.index_terms([(ALICE, "s1", ["foo", "bar"])])
+    await store.redis.delete(k.term(ALICE, "foo"))  # expired (or evicted) alone: the conversation's list still names it
+    await store.index_terms([(ALICE, "s1", ["foo"])])  # within the day: a known term costs one SADD, nothing more
+    assert await store.redis.smembers(k.term(ALICE, "foo")) == set()
+
+    await store.index_terms([(ALICE, "s1", ["bar"])], renew=True)  # a rebuild, an undo: every term written again
+    assert await store.redis.smembers(k.term(ALICE, "foo")) == {"s1"}
+
+    await store.redis.delete(k.term(ALICE, "foo"))
+    await store.redis.expire(k.conversation_terms(ALICE, "s1"), 60)  # a day on
+    await store.index_terms([(ALICE, "s1", ["baz"])])  # a turn that does not even say "foo"
+    assert await store.redis.smembers(k.term(ALICE, "foo")) == {"s1"}
+    assert await store.redis.ttl(k.term(ALICE, "foo")) > store.index_ttl - 60

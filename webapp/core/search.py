@@ -159,7 +159,7 @@ class SearchIndex:
             if message.kind != "welcome":
                 terms |= terms_of(message.content)
         if terms:
-            await self.store.index_terms([(conversation.user_id, conversation.id, terms)])
+            await self.store.index_terms([(conversation.user_id, conversation.id, terms)], renew=True)
 
     async def remove(self, conversation: Conversation) -> None:
         await self.store.unindex_conversation(conversation.user_id, conversation.id)

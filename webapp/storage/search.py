@@ -75,24 +75,33 @@ return found
 """
 
 # Index one conversation's new terms: KEYS = lexicon, the conversation's term set, then each term's set;
-# ARGV = conversation id, TTL, then the terms (in KEYS' order). One call instead of two commands per
-# term: a reply has dozens of terms, and each command queued in a pipeline costs the app more than
-# the server. A term the conversation already holds costs one SADD: its set and the lexicon are written
-# only for a term new to the conversation, and every term's TTL is renewed once a day (or half the TTL,
-# if shorter: when the conversation's own term set, renewed with them, has less left than that): a
-# later turn mostly repeats words, and its terms were ~270 of a turn's Redis commands.
+# ARGV = conversation id, TTL, the prefix of a term's key, '1' to renew every term, then the terms (in
+# KEYS' order). One call instead of two commands per term: a reply has dozens of terms, and each command
+# queued in a pipeline costs the app more than the server. A term the conversation already holds costs
+# one SADD: its set and the lexicon are written for a term new to the conversation. Once a day (or half
+# the TTL, if shorter: when the conversation's own term set has less left than that), on a rebuild and
+# on an undo, every term the conversation holds gets its set written again and its TTL renewed, so a
+# term's set that expired or was evicted since (the conversation's list still naming it) comes back.
+# (Its term keys share the conversation's hash tag: one slot.) A later turn mostly repeats words, and
+# its terms were ~270 of a turn's Redis commands.
 INDEX_TERMS = """
-local sid, ttl = ARGV[1], tonumber(ARGV[2])
-local renew = redis.call('ttl', KEYS[2]) < ttl - math.min(86400, ttl / 2)
+local sid, ttl, owner = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local renew = ARGV[4] == '1' or redis.call('ttl', KEYS[2]) < ttl - math.min(86400, ttl / 2)
 for i = 3, #KEYS do
-  local term = ARGV[i]
-  if redis.call('sadd', KEYS[2], term) == 1 or renew then
+  local term = ARGV[i + 2]
+  if redis.call('sadd', KEYS[2], term) == 1 and not renew then
     redis.call('sadd', KEYS[i], sid)
     redis.call('expire', KEYS[i], ttl)
     redis.call('zadd', KEYS[1], 0, term)
   end
 end
 if renew then
+  for _, term in ipairs(redis.call('smembers', KEYS[2])) do
+    local key = owner .. term
+    redis.call('sadd', key, sid)
+    redis.call('expire', key, ttl)
+    redis.call('zadd', KEYS[1], 0, term)
+  end
   redis.call('expire', KEYS[2], ttl)
   redis.call('expire', KEYS[1], ttl)
 end
@@ -141,20 +150,21 @@ class SearchStore(StoreBase):
         matches.sort(key=lambda c: order[c.id])
         return matches[:limit]
 
-    def _index_commands(self, pipe: Any, uid: str, sid: str, terms: Iterable[str]) -> None:
+    def _index_commands(self, pipe: Any, uid: str, sid: str, terms: Iterable[str], *, renew: bool = False) -> None:
         k = self.keys
         terms = list(terms)
         if not terms:
             return
         owner = k.term(uid, "")  # (every term's key is this plus the term)
         pipe.eval(INDEX_TERMS, len(terms) + 2, k.lexicon(uid), k.conversation_terms(uid, sid),
-                  *[owner + term for term in terms], sid, self.index_ttl, *terms)
+                  *[owner + term for term in terms], sid, self.index_ttl, owner, "1" if renew else "0", *terms)
 
-    async def index_terms(self, entries: Iterable[tuple[str, str, Iterable[str]]]) -> None:
-        """Add (uid, sid, terms) entries to their owners' search indexes: one pipeline for them all."""
+    async def index_terms(self, entries: Iterable[tuple[str, str, Iterable[str]]], *, renew: bool = False) -> None:
+        """Add (uid, sid, terms) entries to their owners' search indexes: one pipeline for them all.
+        `renew`: every term each conversation holds is written again (a rebuild, an undo)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for uid, sid, terms in entries:
-                self._index_commands(pipe, uid, sid, terms)
+                self._index_commands(pipe, uid, sid, terms, renew=renew)
             await pipe.execute()
 
     async def unindex_conversation(self, uid: str, sid: str) -> None:

@@ -91,7 +91,11 @@ def query_int(request: Request, name: str, default: int | None, *, low: int, hig
         return default
     if not INTEGER.fullmatch(value):
         raise _invalid(name, "int_parsing", value, "Input should be a valid integer")
-    number = int(value.strip().partition(".")[0])
+    try:
+        number = int(value.strip().partition(".")[0])
+    except ValueError:  # past Python's 4,300 digits: pydantic says the same
+        raise _invalid(name, "int_parsing_size", value, "Unable to parse input string as an integer, exceeded"
+                       " maximum size") from None
     if not low <= number <= high:
         raise _invalid(name, "range", value, f"Input should be between {low} and {high}")
     return number
