@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webapp import __version__
@@ -112,7 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await check_redis(store, settings)
             await migrate_layout(store)
-        except (RedisConnectionError, RedisTimeoutError) as exc:  # started before Redis: /readyz tells
+        # started before Redis (a Cluster not up yet says so with its own exception): /readyz tells
+        except (RedisConnectionError, RedisTimeoutError, RedisClusterException) as exc:
             log.error("Redis is not reachable (%s); the key layout check runs at the next start", exc)
         except BaseException:
             await store.aclose()

@@ -166,3 +166,16 @@ def test_an_unknown_api_path_gets_json_404_even_from_a_browser(client: TestClien
     response = client.get("/api/nope", headers={"Accept": "text/html"})
     assert response.status_code == 404
     assert response.json() == {"detail": "页面不存在"}
+
+
+def test_the_app_starts_while_its_redis_cluster_is_not_up_yet_and_readiness_says_so() -> None:
+    """A PaaS may start the app before its Cluster: it serves, and /readyz answers 503 until Redis does."""
+    from fastapi.testclient import TestClient
+
+    from webapp.config import Settings
+    from webapp.main import create_app
+
+    settings = Settings(_env_file=None, redis_url="redis://127.0.0.1:1", redis_cluster=True,  # type: ignore[call-arg]
+                        secret_key="unit-test-secret-key-0123456789", openai_api_key="k")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 503

@@ -21,7 +21,6 @@ import logging
 import time
 from typing import Callable
 
-from redis.exceptions import RedisError
 
 from webapp.storage.store import Store
 
@@ -96,7 +95,7 @@ class Revocations:
                         await self._check_watched()
             except asyncio.CancelledError:
                 raise
-            except RedisError as exc:
+            except Exception as exc:  # (a Cluster not up yet raises its own, not a RedisError): never die
                 log.warning("revocation listener: %s; subscribing again", exc)
                 await asyncio.sleep(1)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from webapp.base.models import Conversation
 from webapp.storage.keys import Keys
@@ -73,7 +73,7 @@ class StoreBase:
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
-        except RedisError:
+        except (RedisError, RedisClusterException):  # (a Cluster with no node reachable: not a RedisError)
             return False
 
     async def check_write(self, host: str) -> bool:
@@ -85,7 +85,7 @@ class StoreBase:
                 pipe.get(key)
                 _, value = await pipe.execute()
             return value == "1"
-        except RedisError:
+        except (RedisError, RedisClusterException):  # (a Cluster with no node reachable: not a RedisError)
             return False
 
     async def eviction_policies(self) -> set[str]:

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from webapp.base.errors import ChatError, SignInRequired
@@ -66,8 +66,9 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             return RedirectResponse(target, status_code=303)
         return error_response(request, exc.key, exc.status, exc.params, headers=exc.headers)
 
+    @app.exception_handler(RedisClusterException)  # (a Cluster with no node reachable: not a RedisError)
     @app.exception_handler(RedisError)
-    async def storage_error(request: Request, exc: RedisError) -> Response:
+    async def storage_error(request: Request, exc: Exception) -> Response:
         metrics.redis_error()
         log.error("redis error on %s: %s", request.url.path, type(exc).__name__)
         return error_response(request, "error.storage", 503)
