@@ -46,6 +46,7 @@ from bench.load import (  # noqa: E402
     LocalWorkers,
     RedisCounter,
     _runner,
+    measured_phase,
     phase_summary,
 )
 from bench.servers import App, FakeModel, Relay, Watcher, Workdir, export_revision, git_revision, wait_for_quiet  # noqa: E402
@@ -78,14 +79,7 @@ async def sitting(args: argparse.Namespace, model: FakeModel, relay: Relay, apps
                 for kind, side in order:
                     await asyncio.sleep(args.pause)
                     await asyncio.to_thread(wait_for_quiet, args.quiet_wait)
-                    before = await asyncio.to_thread(counters[side].read)
-                    watcher.begin()
-                    result = await workers[side].phase(kind)
-                    usage = watcher.end()
-                    after = await asyncio.to_thread(counters[side].read)
-                    for name, start, end in zip(("redis_commands", "redis_round_trips"), before, after):
-                        if start is not None and end is not None:
-                            result[name] = end - start
+                    result, usage = await measured_phase(workers[side], kind, watcher, counters[side])
                     summary = phase_summary(result, usage)
                     app_cpu = usage[f"app_{side}"].cpu_s if kind not in ("direct", "relay") else usage["relay"].cpu_s
                     summary["cpu_ms_per_turn"] = round(1000 * app_cpu / max(1, summary["turns"]), 2)

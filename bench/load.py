@@ -1086,6 +1086,21 @@ class RedisCounter:
         return commands, trips
 
 
+async def measured_phase(workers: Workers, kind: str, watcher: Watcher,
+                         counter: RedisCounter) -> tuple[dict[str, Any], dict[str, Usage]]:
+    """One phase: its result (with the Redis commands and round trips it took, where counted) and the
+    processes' usage meanwhile."""
+    before = await asyncio.to_thread(counter.read)
+    watcher.begin()
+    result = await workers.phase(kind)
+    usage = watcher.end()
+    after = await asyncio.to_thread(counter.read)
+    for name, start, end in zip(("redis_commands", "redis_round_trips"), before, after):
+        if start is not None and end is not None:
+            result[name] = end - start
+    return result, usage
+
+
 def median_ratio(step: dict[str, Any], kind: str) -> float:
     """The phase's median wall over the direct phase's median wall (the fastest runs' ratio without walls)."""
     walls = step.get("walls_s", {})
@@ -1203,15 +1218,7 @@ async def run(args: argparse.Namespace, apps: list[App], model: FakeModel, workd
                 for kind in phases:
                     await asyncio.sleep(args.pause)
                     waited[kind].append(round(await asyncio.to_thread(wait_for_quiet, args.quiet_wait), 1))
-                    before = await asyncio.to_thread(counter.read)
-                    watcher.begin()
-                    result = await workers.phase(kind)
-                    usage = watcher.end()
-                    after = await asyncio.to_thread(counter.read)
-                    for name, start, end in zip(("redis_commands", "redis_round_trips"), before, after):
-                        if start is not None and end is not None:
-                            result[name] = end - start
-                    runs[kind].append((result, usage))
+                    runs[kind].append(await measured_phase(workers, kind, watcher, counter))
             # other work on a shared machine only ever adds time: keep each phase's fastest run
             for kind in phases:
                 results[kind], usages[kind] = min(runs[kind], key=lambda run: run[0]["wall"])

@@ -213,8 +213,13 @@ def redis_server() -> Iterator[RedisServer]:
         finally:
             cluster.stop()
         return
-    # A short path: unix socket paths are limited to ~107 bytes.
-    directory = Path(tempfile.mkdtemp(prefix="chat-redis-"))
+    yield from temporary_redis_server("chat-redis-")
+
+
+def temporary_redis_server(prefix: str) -> Iterator[RedisServer]:
+    """A real redis-server in a new temporary directory (a short path: unix socket paths are limited to
+    ~107 bytes), stopped and removed after use."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
     server = RedisServer(directory)
     server.start()
     try:

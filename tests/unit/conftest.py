@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, temporary_redis_server
 from tests.fake_upstream import ThreadedFakeUpstream
 from webapp.base.metrics import Metrics
 
@@ -70,14 +67,7 @@ def event_loop() -> Iterator[asyncio.AbstractEventLoop]:
 @pytest.fixture(scope="session")
 def unit_redis() -> Iterator[RedisServer]:
     """One redis-server for the in-process tier, apart from the one the app processes use."""
-    directory = Path(tempfile.mkdtemp(prefix="unit-redis-"))  # short: unix socket paths are limited
-    server = RedisServer(directory)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    yield from temporary_redis_server("unit-redis-")
 
 
 @pytest.fixture

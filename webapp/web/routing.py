@@ -80,7 +80,7 @@ class PageRouter(APIRouter):
 # the query's fields, read by hand: a 422 where FastAPI's `Query(...)` gave one (an explicit empty
 # pattern-checked field, `channel=`, counts as absent) -------------------------------------
 
-def _invalid(name: str, kind: str, value: str, message: str) -> RequestValidationError:
+def _invalid(name: str, kind: str, value: str | None, message: str) -> RequestValidationError:
     return RequestValidationError([{"type": kind, "loc": ("query", name), "input": value, "msg": message}])
 
 
@@ -117,8 +117,7 @@ def required_query(request: Request, name: str) -> str:
     """A query field FastAPI would have required (`name: str`): a 422 naming it when absent."""
     value = request.query_params.get(name)
     if value is None:
-        raise RequestValidationError([{"type": "missing", "loc": ("query", name), "input": None,
-                                       "msg": "Field required"}])
+        raise _invalid(name, "missing", None, "Field required")
     return value
 
 
