@@ -15,6 +15,7 @@ from typing import AsyncIterator
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -37,6 +38,7 @@ from webapp.web.render import compile_all
 from webapp.web.routes import api, auth, pages, roles, sharing, stream, transfer
 from webapp.web.routes.plain import PLAIN_ROUTES
 from webapp.web.routes.transfer import IMPORT_PATHS
+from webapp.web.sse import SERVER_SEND
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST_ID = f"{socket.gethostname()}:{os.getpid()}"  # /readyz's own key: hosts never share one
@@ -103,6 +105,14 @@ def configure_logging(level: str) -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
+class ChatApp(FastAPI):
+    """The app: FastAPI, noting the server's `send` in each request's scope for the streams (web/sse.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
@@ -143,7 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.aclose()
 
     docs = settings.api_docs_on
-    app = FastAPI(
+    app = ChatApp(
         title="Chat server",
         # the API's map: on where anyone may use the app anyway (AUTH=anonymous), else asked for (API_DOCS)
         docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,

@@ -92,3 +92,24 @@ def test_seed_payload_of_an_error_carries_the_message() -> None:
 def test_a_named_event_framed_by_hand_is_what_sse_starlette_would_send(data: str, event_id: str | None) -> None:
     expected = ServerSentEvent(data=data, event="chunk", id=event_id, sep="\r\n").encode()
     assert named_event_frame("chunk", event_id, data) == expected
+
+
+def test_the_send_wrappers_a_streams_events_skip_only_watch_a_response_start_and_end() -> None:
+    """A stream's events go straight to the server's `send` (sse.SERVER_SEND), past the middleware
+    between, which is right only while each of those only watches the start (and the Edge the end).
+    A middleware that changes bodies (GZip, say) must not be added without routing events through it."""
+    from webapp.main import create_app
+
+    layer = create_app().build_middleware_stack()
+    names = []
+    while layer is not None and not hasattr(layer, "routes"):
+        names.append(f"{type(layer).__module__}.{type(layer).__qualname__}")
+        layer = getattr(layer, "app", None)
+    assert names == [
+        "starlette.middleware.errors.ServerErrorMiddleware",
+        "fastapi.telemetry._asgi.ExceptionTelemetryMiddleware",
+        "fastapi._body_limit.AppBodyLimitMiddleware",
+        "webapp.web.edge.Edge",
+        "starlette.middleware.exceptions.ExceptionMiddleware",
+        "fastapi.middleware.asyncexitstack.AsyncExitStackMiddleware",
+    ]

@@ -24,6 +24,11 @@ from webapp.core.turns.run import MAX_EVENT_CHARS
 from webapp.core.pagination import MAX_INDEX
 
 PING_SECONDS = 15
+# the server's own `send`, noted in the scope by the app (main.ChatApp): a stream's events go straight
+# to it once the response has started, past the send wrappers between (Starlette's error and exception
+# middleware, FastAPI's body limit, request_response's, the Edge's), each of which only watches for the
+# response's start (and the Edge for its end, which still passes them all)
+SERVER_SEND = "webapp.server_send"
 STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
 
 
@@ -150,10 +155,12 @@ class TurnEventResponse(EventSourceResponse):
     farewell = b""
     _revoked = False
 
+    _events_send: Send | None = None
+
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         self.last_send = asyncio.get_running_loop().time()
         if self.send_timeout is None:
-            await send(message)
+            await (self._events_send or send)(message)
         else:
             await super()._send_with_timeout(send, message)
 
@@ -183,6 +190,7 @@ class TurnEventResponse(EventSourceResponse):
             return
         self._streamer = asyncio.current_task()
         self._send = send
+        self._events_send = scope.get(SERVER_SEND)
         self.last_send = asyncio.get_running_loop().time()
         unwatch = self.watch(self.revoke) if self.watch is not None else None
         if self.watch is not None and unwatch is None:  # revoked since the request's credential was read
