@@ -83,6 +83,8 @@ async def sitting(args: argparse.Namespace, model: FakeModel, relay: Relay, apps
                     summary = phase_summary(result, usage)
                     app_cpu = usage[f"app_{side}"].cpu_s if kind not in ("direct", "relay") else usage["relay"].cpu_s
                     summary["cpu_ms_per_turn"] = round(1000 * app_cpu / max(1, summary["turns"]), 2)
+                    calls = usage[f"app_{side}"].syscalls if kind not in ("direct", "relay") else usage["relay"].syscalls
+                    summary["syscalls_per_turn"] = round(calls / max(1, summary["turns"]), 1)
                     runs.setdefault(kind if kind in ("direct", "relay") else f"{kind}/{side}", []).append(summary)
             histories = {side: await workers[side].history() for side in workers}
             for side in workers:
@@ -107,13 +109,15 @@ def render_step(step: dict[str, Any], paths: list[str]) -> str:
     runs = step["runs"]
     relay = median(runs["relay"], "wall_s")
     lines = [f"N={step['users']}: median walls (s) direct {median(runs['direct'], 'wall_s'):.2f},"
-             f" relay {relay:.2f} ({median(runs['relay'], 'cpu_ms_per_turn'):.2f} ms CPU/turn)"]
+             f" relay {relay:.2f} ({median(runs['relay'], 'cpu_ms_per_turn'):.2f} ms CPU,"
+             f" {median(runs['relay'], 'syscalls_per_turn'):.0f} system calls per turn)"]
     for kind in paths:
         for side in ("ref", "work"):
             r = runs[f"{kind}/{side}"]
             lines.append(
                 f"  {LABELS[kind]:8} {side:4}  wall {median(r, 'wall_s'):.2f} s, over relay {median(r, 'wall_s') / relay:.3f},"
                 f" TTFT p99 {p99(r):.0f} ms (relay {p99(runs['relay']):.0f}), app CPU {median(r, 'cpu_ms_per_turn'):.2f} ms/turn,"
+                f" {median(r, 'syscalls_per_turn'):.0f} system calls/turn,"
                 f" Redis {r[-1].get('redis_commands_per_turn', '?')} commands / {r[-1].get('redis_round_trips_per_turn', '?')}"
                 f" round trips per turn, bad {sum(x['failed'] + x['lost'] + x['wrong'] for x in r)}")
     return "\n".join(lines)

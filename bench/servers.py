@@ -74,6 +74,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
+def syscalls(pid: int) -> int:
+    """Read and write system calls of a process so far (/proc/<pid>/io: syscr + syscw). Each socket
+    send or receive is one; where system calls are dear (a sandboxed kernel), they are much of a
+    turn's CPU, and the count does not move with the machine's other work as CPU time does."""
+    try:
+        fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return int(fields["syscr"]) + int(fields["syscw"])
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
 def machine_busy_seconds() -> float:
     """CPU time all cores spent not idle since boot (from /proc/stat), in seconds."""
     try:
@@ -111,6 +122,7 @@ class Usage:
     cpu_s: float
     rss_peak_mb: float
     rss_end_mb: float
+    syscalls: int = 0  # read and write system calls (syscalls())
 
 
 class Watcher:
@@ -125,6 +137,7 @@ class Watcher:
         self.interval = interval
         self._peaks = {name: 0 for name in self.pids}
         self._cpu_start = {name: 0.0 for name in self.pids}
+        self._calls_start = {name: 0 for name in self.pids}
         self._machine_start = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -159,6 +172,7 @@ class Watcher:
             for name, pids in self.pids.items():
                 self._peaks[name] = self._rss(pids)
                 self._cpu_start[name] = self._cpu(pids)
+                self._calls_start[name] = sum(syscalls(pid) for pid in pids)
 
     def end(self) -> dict[str, Usage]:
         """Usage per named process (or group), plus `others`: CPU the rest of the machine used meanwhile
@@ -172,6 +186,7 @@ class Watcher:
                     cpu_s=round(self._cpu(pids) - self._cpu_start[name], 2),
                     rss_peak_mb=round(peak / 2**20, 1),
                     rss_end_mb=round(now / 2**20, 1),
+                    syscalls=sum(syscalls(pid) for pid in pids) - self._calls_start[name],
                 )
             ours = sum(u.cpu_s for u in usage.values())
             others = max(0.0, machine_busy_seconds() - self._machine_start - ours)

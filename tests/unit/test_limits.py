@@ -149,6 +149,8 @@ async def test_the_storage_quota_refuses_imports_and_new_conversations_when_full
     assert len((await making.browse(user)).items) == 2
     await asyncio.gather(*tight.measuring.values())
     assert 0 < (await core.store.cached_usage(user) or 0) < tight.quota_bytes
+    await making.create("newcomer")  # their first: all they have is a welcome message, nothing to measure
+    assert not tight.measuring and await core.store.cached_usage("newcomer") is None
     await making.create("newcomer")  # no figure yet: made, and measured in the background
     for _ in range(50):
         if await core.store.cached_usage("newcomer") is not None:

@@ -131,7 +131,9 @@ async def write_new(store: Store, conversation: Conversation, welcome: Message, 
         if not creation.storage_full:
             break
         await quota.check_room(user_id)
-    if creation.storage_used is None:
+    if creation.storage_used is None and creation.earlier:
+        # (a user's first conversation is all they have, a welcome message: nothing to measure yet; the
+        # next creation measures, so what goes unmeasured is one conversation at most)
         quota.measure_soon(user_id)
     if creation.storage_full:
         quota.refuse_full(creation.storage_used or 0)
