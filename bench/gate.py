@@ -165,6 +165,8 @@ def main() -> int:
     parser.add_argument("--quiet-wait", type=float, default=15.0)
     parser.add_argument("--tokens", type=int, default=BENCH_TOKENS)
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--work-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the work tree's app only (what a setting costs: --ref HEAD --work-env X=0)")
     args = parser.parse_args()
     ref = git_revision(args.ref)
     work = git_revision(None)
@@ -178,7 +180,10 @@ def main() -> int:
         try:
             for side, source in (("ref", export_revision(ref, workdir / "src")), ("work", None)):
                 (workdir / side).mkdir()
-                apps[side] = App(model.url, workdir / side, env={"SECRET_KEY": "gate-" + secrets.token_hex(16)},
+                env = {"SECRET_KEY": "gate-" + secrets.token_hex(16)}
+                if side == "work":
+                    env.update(item.split("=", 1) for item in args.work_env)
+                apps[side] = App(model.url, workdir / side, env=env,
                                  **({"source": source} if source else {})).start()
             print(f"gate: work tree {work} against {ref}; relay {relay.url}; fake model {model.url}; work dir {workdir}",
                   flush=True)
