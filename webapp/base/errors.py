@@ -170,6 +170,19 @@ class RateLimited(ChatError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class OverBudget(RateLimited):
+    """The user's monthly token budget is used up: no turn starts until it resets (`resets`, a date)."""
+
+    key = "error.over_budget"
+
+
+class BudgetBusy(ChatError):
+    """A user with a token budget has one reply written at a time (core/spending.py says why)."""
+
+    status = 409
+    key = "error.budget_busy"
+
+
 class ImportsLimited(RateLimited):
     """IMPORTS_PER_HOUR or IMPORT_BYTES_PER_HOUR reached: nothing was imported."""
 

@@ -400,6 +400,49 @@ CATALOG: dict[str, dict[Lang, str]] = {
     "time.date": {"zh": "{y}年{m}月{d}日", "en": "{y}-{m:02d}-{d:02d}"},
 }
 
+# usage, budgets, admin (issue 36)
+CATALOG.update({
+    "error.over_budget": {
+        "zh": "本月的 token 额度已用完（已用 {used}，额度 {budget}），将于 {resets}（UTC）重置。你输入的内容已保留",
+        "en": "Your monthly token budget is used up ({used} of {budget}); it resets on {resets} (UTC). "
+              "What you typed is kept",
+    },
+    "error.budget_busy": {
+        "zh": "另一条回复正在生成；有 token 额度的账户一次只能生成一条，请稍候再试",
+        "en": "Another reply is being written; with a token budget, one is written at a time. Try again shortly",
+    },
+    "error.admin_only": {"zh": "仅管理员可以访问此页面", "en": "Only admins can open this page"},
+    "error.user_not_found": {"zh": "用户不存在", "en": "User not found"},
+    "error.account_disabled": {"zh": "此账户已被停用", "en": "This account is disabled"},
+    "ui.usage": {"zh": "用量", "en": "Usage"},
+    "ui.usage_title": {"zh": "最近 30 天的用量", "en": "Usage in the last 30 days"},
+    "ui.usage_month": {
+        "zh": "本月已用 {used} tokens，额度 {budget}，{resets} 重置", "en": "This month: {used} tokens of {budget}; resets {resets}",
+    },
+    "ui.usage_month_unlimited": {"zh": "本月已用 {used} tokens（无额度限制）", "en": "This month: {used} tokens (no budget)"},
+    "ui.usage_none": {"zh": "最近 30 天没有用量", "en": "No usage in the last 30 days"},
+    "ui.usage_chart": {"zh": "每日 token 用量图", "en": "Tokens per day"},
+    "ui.day": {"zh": "日期", "en": "Day"},
+    "ui.tokens_in": {"zh": "输入", "en": "In"},
+    "ui.tokens_out": {"zh": "输出", "en": "Out"},
+    "ui.tokens": {"zh": "tokens", "en": "tokens"},
+    "ui.replies": {"zh": "回复数", "en": "Replies"},
+    "ui.cost": {"zh": "费用", "en": "Cost"},
+    "ui.total": {"zh": "合计", "en": "Total"},
+    "ui.by_model": {"zh": "按模型", "en": "By model"},
+    "ui.by_day": {"zh": "按日期和模型", "en": "By day and model"},
+    "ui.estimated": {"zh": "估算", "en": "estimated"},
+    "ui.estimated_note": {
+        "zh": "标记“估算”的数字来自未报告用量的模型，按字符数估算", "en": "Numbers marked estimated come from a model that "
+        "reported none: counted from the characters",
+    },
+    "ui.reply_usage": {
+        "zh": "{model} · 输入 {input} · 输出 {output} tokens · {rate} tokens/秒",
+        "en": "{model} · {input} in · {output} out tokens · {rate} tokens/s",
+    },
+    "ui.conversation_usage": {"zh": "本对话共 {tokens} tokens", "en": "This conversation: {tokens} tokens"},
+})
+
 
 def pick_lang(accept_language: str | None, cookie: str | None = None) -> Lang:
     """The remembered switch wins; otherwise the first zh/en in Accept-Language; zh by default."""

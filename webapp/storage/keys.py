@@ -96,6 +96,15 @@ class Keys:
     def usage(self, uid: str) -> str:
         return self.owner(uid) + ":usage"
 
+    def spending(self, uid: str, month: str) -> str:
+        return f"{self.owner(uid)}:spend:{month}"
+
+    def budget(self, uid: str) -> str:
+        return self.owner(uid) + ":budget"
+
+    def budget_lane(self, uid: str) -> str:
+        return self.owner(uid) + ":lane"
+
     def shares(self, uid: str) -> str:
         return self.owner(uid) + ":shares"
 

@@ -27,6 +27,10 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     {uid}:tokens                       HASH token id -> JSON {name, created, hash} of a user's tokens
     {uid}:roles                        HASH role id -> JSON of a custom role; index TTL, refreshed when listed
     {uid}:usage                        the bytes the user's data took when last measured (core/quota.py), 10 min
+    {uid}:spend:{YYYY-MM}              HASH a month's tokens: t (in + out), "DD|model|i|o|n|e" (in, out, replies, estimated
+                                       replies per day and model), summed in the save's MULTI; index TTL
+    {uid}:budget                       a user's own monthly token budget, set by an admin (0 = none); no TTL
+    {uid}:lane                         the turn id holding a budgeted user's one reply at a time; TURN_TIMEOUT_SECONDS
     {uid}:shares                       HASH session id -> the read-only link's token; no TTL (revoked with it)
     {uid}:w:{term}                     SET session ids whose title or messages hold a search term, index TTL
     {uid}:lex                          ZSET (all scores 0) every search term of the user: prefix lookups, index TTL
