@@ -137,3 +137,16 @@ async def test_a_lane_left_by_a_turn_that_no_longer_runs_is_taken_over(budgeted:
     ended = (await budgeted.store.get_conversation(ALICE, sid)).last_turn_id
     await budgeted.store.redis.set(budgeted.store.keys.budget_lane(ALICE), ended)  # as a dead host leaves it
     await reply_of(budgeted, ALICE, "second", sid)
+
+
+async def test_a_replys_usage_survives_export_and_import(core: Core) -> None:
+    from webapp.core.export_format import ExportFile
+
+    await reply_of(core, ALICE, "exported")
+    exported = await core.portability.everything(ALICE)
+    recorded = exported["conversations"][0]["messages"][-1]["usage"]
+    assert recorded["output_tokens"] == 12 and recorded["estimated"] is False
+    ids, _ = await core.portability.import_(BOB, ExportFile.model_validate(exported))
+    reply = (await core.history(BOB, ids[0]))[-1]
+    assert reply.usage is not None and reply.usage.output_tokens == 12
+    assert (await core.writer.spending.report(BOB)).total.tokens == 0  # spent by Alice, not by Bob now
