@@ -36,6 +36,9 @@ async def test_a_reply_keeps_the_models_token_counts(core: Core, upstream: Threa
     assert reply.usage.output_tokens == 12  # the fake's tokens per reply
     assert reply.usage.duration_ms >= reply.usage.ttft_ms > 0
     assert Message.from_json(reply.to_json()).usage == reply.usage  # as stored, read back
+    sid = (await core.conversations.browse(ALICE)).items[0].id
+    conversation = await core.store.get_conversation(ALICE, sid)
+    assert conversation.tokens == reply.usage.input_tokens + reply.usage.output_tokens
 
 
 async def test_a_model_that_reports_nothing_gets_an_estimate_marked_so(core: Core) -> None:
@@ -69,7 +72,7 @@ async def test_the_sum_rides_in_the_saves_multi(core: Core) -> None:
     after = await core.store.redis.info("commandstats")
     hincrby = after.get("cmdstat_hincrby", {}).get("calls", 0) - before.get("cmdstat_hincrby", {}).get("calls", 0)
     exec_calls = after["cmdstat_exec"]["calls"] - before["cmdstat_exec"]["calls"]
-    assert hincrby == 4 + 1  # in, out, replies, the month's total (+1: the save's message count)
+    assert hincrby == 4 + 1 + 1  # in, out, replies, the month's total; the conversation's total; its count
     assert exec_calls == 2  # the start's MULTI and the save's, as before
 
 

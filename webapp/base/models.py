@@ -122,6 +122,7 @@ class Conversation:
     model: str = ""  # the model the user picked for it ("" = its role's, else the app's)
     title_by: str = ""  # "user" once renamed (a generated title never replaces it), "model" once generated
     last_turn_id: str = ""  # the newest turn started (running or not): an open page tells whether it missed one
+    tokens: int = 0  # what its replies cost, in and out (regenerated and edited-away ones included)
 
     @property
     def untouched(self) -> bool:
@@ -133,7 +134,7 @@ class Conversation:
         return {
             "user_id": self.user_id, "title": self.title, "preview": self.preview, "role": self.role,
             "count": self.message_count, "created": repr(self.created), "updated": repr(self.updated), "turn": "", "last": "",
-            "model": self.model, "title_by": self.title_by,
+            "model": self.model, "title_by": self.title_by, "tok": self.tokens,
         }
 
     @classmethod
@@ -151,6 +152,7 @@ class Conversation:
             model=data.get("model", ""),
             title_by=data.get("title_by", ""),
             last_turn_id=data.get("last", ""),
+            tokens=int(data.get("tok", 0) or 0),
         )
 
 

@@ -152,6 +152,7 @@ class Portability:
             preview=make_preview(last.content) if last else "", message_count=len(messages),
             created=item.created_at.timestamp(), updated=item.updated_at.timestamp(),
             model=item.model if item.model in offered else "", title_by="user" if item.title else "",
+            tokens=sum(m.usage.input_tokens + m.usage.output_tokens for m in messages if m.usage),
         )
         terms = terms_of(conversation.title)
         for message in messages:

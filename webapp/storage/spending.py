@@ -16,12 +16,15 @@ from webapp.storage.keys import TurnRef
 TOTAL = "t"  # the month hash's field of the month's tokens (in + out)
 
 # Take the budget lane from a turn that holds it but no longer runs (its host died before giving it
-# back, or it was saved without reaching the release): KEYS lane, that turn's state hash; ARGV the new
+# back, or another host's recovery saved it); a holder whose state is not written yet is starting: KEYS lane, that turn's state hash; ARGV the new
 # turn id, ms, the holder seen. 1: taken.
 TAKE_LANE = """
 local holder = redis.call('get', KEYS[1])
 if holder and holder ~= ARGV[3] then return 0 end
-if holder and redis.call('hget', KEYS[2], 'status') == 'running' then return 0 end
+if holder then
+  local status = redis.call('hget', KEYS[2], 'status')
+  if not status or status == 'running' then return 0 end  -- running, or starting (its state not written yet)
+end
 redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """

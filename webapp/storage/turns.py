@@ -243,6 +243,8 @@ class TurnStore(TurnEventStore, SpendingStore):
                 pipe.eval(RELEASE_LOCK, 1, k.lock(uid, sid), turn_id)
             if spending_day and reply is not None and reply.usage is not None:
                 self._count_spending(pipe, uid, spending_day, reply.model, reply.usage)
+                if conversation_exists:
+                    pipe.hincrby(k.meta(uid, sid), "tok", reply.usage.input_tokens + reply.usage.output_tokens)
             if lane:
                 self._release_lane(pipe, uid, turn_id)
             if conversation_exists:

@@ -24,6 +24,7 @@ from webapp.core.conversations import Conversations
 from webapp.core.portability import Portability
 from webapp.core.roles import Role, RoleBook
 from webapp.core.sharing import Shares
+from webapp.core.spending import Spending
 from webapp.core.turns.reader import TurnReader
 from webapp.core.turns.writer import TurnWriter
 from webapp.storage.store import Store
@@ -70,9 +71,14 @@ async def get_portability(request: Request) -> Portability:
     return request.app.state.portability
 
 
+async def get_spending(request: Request) -> Spending:
+    return request.app.state.turn_writer.spending
+
+
 RolesDep = Annotated[RoleBook, Depends(get_roles)]
 SharesDep = Annotated[Shares, Depends(get_shares)]
 PortabilityDep = Annotated[Portability, Depends(get_portability)]
+SpendingDep = Annotated[Spending, Depends(get_spending)]
 ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
 WriterDep = Annotated[TurnWriter, Depends(get_writer)]
 ReaderDep = Annotated[TurnReader, Depends(get_reader)]

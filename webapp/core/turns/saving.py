@@ -110,6 +110,8 @@ class TurnSaving(WriterState):
                     before = run.conversation
                     run.saved = SavedReply(reply=reply, index=before.message_count, conversation=replace(
                         before, preview=preview, message_count=before.message_count + 1,
+                        tokens=before.tokens + (reply.usage.input_tokens + reply.usage.output_tokens
+                                                if reply.usage else 0),
                         updated=time.time(), running_turn_id=None), before=run.user_message, forked=run.forked)
                 return final
             except PASSING as exc:
