@@ -183,6 +183,23 @@ class BudgetBusy(ChatError):
     key = "error.budget_busy"
 
 
+class AccountDisabled(ChatError):
+    status = 403
+    key = "error.account_disabled"
+
+
+class AdminOnly(ChatError):
+    """Every admin route answers this to anyone else (403 whether or not the thing exists: no leak)."""
+
+    status = 403
+    key = "error.admin_only"
+
+
+class UserNotFound(ChatError):
+    status = 404
+    key = "error.user_not_found"
+
+
 class ImportsLimited(RateLimited):
     """IMPORTS_PER_HOUR or IMPORT_BYTES_PER_HOUR reached: nothing was imported."""
 

@@ -9,10 +9,10 @@ from typing import Any, AsyncIterator
 
 import orjson
 
-from webapp.storage.base import StoreBase
+from webapp.storage.directory import DirectoryStore
 
 
-class AccountStore(StoreBase):
+class AccountStore(DirectoryStore):
     """Accounts, their sign-ins and their personal API tokens: the commands of their keys (see store.Store)."""
 
     async def create_account(self, uid: str, username: str, password_hash: str) -> bool:
@@ -20,11 +20,13 @@ class AccountStore(StoreBase):
         k = self.keys
         if not await self.redis.set(k.account_name(username), uid, nx=True):
             return False
+        created = time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.account(uid), mapping={"username": username, "password": password_hash,
-                                               "created": repr(time.time())})
+                                               "created": repr(created)})
             pipe.set(k.claim(uid), "1")  # the account's identity is never free to claim
             await pipe.execute()
+        await self.list_user(uid, username, created)  # (the directory's keys are in other slots)
         return True
 
     async def account_by_name(self, username: str) -> tuple[str, dict[str, str]] | None:

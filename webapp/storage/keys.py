@@ -32,6 +32,9 @@ class Keys:
         self.layout = prefix + "layout"
         self.wake_channel = prefix + "wake"
         self.revoked_channel = prefix + "revoked"
+        self.users = prefix + "users"
+        self.user_names = prefix + "users:names"
+        self.audit = prefix + "admin:audit"
 
     # one identity's slot ---------------------------------------------------
 

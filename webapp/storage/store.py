@@ -43,6 +43,9 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     account:name:{username}            the uid of a username (lower case); no TTL
     signin:{sha256}                    HASH a sign-in (uid, created), by the hash of its cookie; session TTL
     token:{sha256}                     the uid of a personal API token, by the hash of the token; no TTL
+    users                              ZSET uid -> created (s) of every account: the admin page's pages; no TTL
+    users:names                        ZSET (all scores 0) "username|uid" (lower case): the admin page's search; no TTL
+    admin:audit                        LIST JSON {who, what, whom, detail, at} of admin actions, newest first, last 1000
     turns:running                      ZSET "uid/tid" -> lease deadline (ms) of every generating turn
     follower:{worker}:wake             STREAM a worker's follower wake-up (one Redis only)
     layout                             the key layout version (a one-off migration at start, migrate.py)
@@ -56,6 +59,7 @@ from __future__ import annotations
 
 from webapp.storage.accounts import AccountStore
 from webapp.storage.conversations import ConversationStore
+from webapp.storage.directory import DirectoryStore
 from webapp.storage.identities import IdentityStore
 from webapp.storage.limits import LimitStore
 from webapp.storage.messages import MessageStore
@@ -66,8 +70,8 @@ from webapp.storage.usage import UsageStore
 
 
 class Store(ConversationStore, MessageStore, TurnStore, IdentityStore, AccountStore, LimitStore, RoleStore, ShareStore,
-            UsageStore):
+            UsageStore, DirectoryStore):
     """The one object the core is handed: each concept's commands come from its own module
     (conversations, messages, turns and turn_events, identities, accounts, limits, roles, shares,
-    search, usage; the connection in base), composed here. Modules own their keys' commands; keys.py
+    search, usage, spending, directory; the connection in base), composed here. Modules own their keys' commands; keys.py
     names every key."""

@@ -20,6 +20,7 @@ from webapp.base.i18n import Lang
 from webapp.base.ids import check_user_id
 from webapp.base.models import Conversation
 from webapp.core.accounts import Accounts
+from webapp.core.admin import Admin
 from webapp.core.conversations import Conversations
 from webapp.core.portability import Portability
 from webapp.core.roles import Role, RoleBook
@@ -72,7 +73,7 @@ async def get_portability(request: Request) -> Portability:
 
 
 async def get_spending(request: Request) -> Spending:
-    return request.app.state.turn_writer.spending
+    return request.app.state.spending
 
 
 RolesDep = Annotated[RoleBook, Depends(get_roles)]
@@ -230,3 +231,19 @@ async def owned_role(role_id: Annotated[str, Path(max_length=40)], user: Current
 
 
 OwnedRole = Annotated[Role, Depends(owned_role)]
+
+
+async def get_admin(request: Request) -> Admin:
+    return request.app.state.admin
+
+
+AdminDep = Annotated[Admin, Depends(get_admin)]
+
+
+async def admin_user(request: Request, user: CurrentUser, admin: AdminDep) -> str:
+    """The caller's username if they are an admin (ADMIN_USERS); 403 for anyone else, whatever the
+    route or the user it names (no route tells a non-admin whether a user exists)."""
+    return await admin.admin_name(user)
+
+
+AdminUser = Annotated[str, Depends(admin_user)]

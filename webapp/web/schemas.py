@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator
 from webapp.base.models import Conversation, Message
 from webapp.core.context import check_text
 from webapp.core.roles import DESCRIPTION_CHARS, MODEL_CHARS, NAME_CHARS, PROMPT_CHARS, Role
+from webapp.core.admin import MAX_BUDGET, UserPage
 from webapp.core.spending import UsageReport, UsageRow
 
 
@@ -258,3 +259,36 @@ class UsageOut(BaseModel):
         return cls(rows=[UsageRowOut.of(r) for r in report.rows], models=[UsageRowOut.of(r) for r in report.models],
                    total=UsageRowOut.of(report.total), month_tokens=report.month_tokens, budget=report.budget,
                    resets=report.resets)
+
+
+class AdminUserOut(BaseModel):
+    id: str
+    username: str
+    created: float = Field(description="unix seconds")
+    last_active: float = Field(description="unix seconds of the last activity in a conversation; 0: none")
+    conversations: int
+    tokens_this_month: int
+    budget: int = Field(description="the monthly token budget that applies; 0 = none")
+    own_budget: int | None = Field(description="set by an admin; null: the default applies")
+    disabled: bool
+    storage_bytes: int | None = Field(description="as last measured (storage quota); null: not measured lately")
+    admin: bool
+
+
+class AdminUserPage(BaseModel):
+    users: list[AdminUserOut]
+    total: int
+    page: int
+    pages: int
+
+    @classmethod
+    def of(cls, page: UserPage) -> "AdminUserPage":
+        return cls(users=[AdminUserOut(id=r.uid, username=r.username, created=r.created, last_active=r.last_active,
+                                       conversations=r.conversations, tokens_this_month=r.tokens, budget=r.budget,
+                                       own_budget=r.own_budget, disabled=r.disabled, storage_bytes=r.storage,
+                                       admin=r.admin) for r in page.rows],
+                   total=page.total, page=page.page, pages=page.pages)
+
+
+class AdminBudgetIn(BaseModel):
+    tokens: int | None = Field(description="tokens a month; 0 = unlimited; null = the default", ge=0, le=MAX_BUDGET)
