@@ -149,7 +149,9 @@ class Admin:
         sids = await self.store.session_ids(uid)
         for start in range(0, len(sids), 50):
             for conversation in await self.store.load_conversations(uid, sids[start:start + 50]):
+                said = [m.id for m in await self.store.all_messages(conversation) if m.role == "user"]
                 await self.conversations.delete(conversation)
+                await self.store.forget_message_ids(uid, said)
         await self.store.remove_user(uid, username, months_back(SPENDING_MONTHS), share_digest)
         await self.store.audit(admin, "delete", username or uid)
         log.info("admin %s deleted user %s (%d conversations)", admin, uid, len(sids))

@@ -108,6 +108,12 @@ class DirectoryStore(StoreBase):
             pipe.delete(k.claim(uid))
             await pipe.execute()
 
+    async def forget_message_ids(self, uid: str, mids: list[str]) -> None:
+        """The pointers from a deleted user's message ids to their conversations (those of versions edited
+        away expire with the conversation TTL)."""
+        for start in range(0, len(mids), 500):
+            await self.redis.delete(*[self.keys.message(uid, mid) for mid in mids[start:start + 500]])
+
     async def audit(self, who: str, what: str, whom: str, detail: str = "") -> None:
         entry = orjson.dumps({"who": who, "what": what, "whom": whom, "detail": detail, "at": time.time()})
         async with self.redis.pipeline(transaction=False) as pipe:
