@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect
 
 from tests.conftest import AppServer, RedisServer, _stop_app, unique
 from tests.fake_upstream import ThreadedFakeUpstream
@@ -16,6 +15,13 @@ from tests.ui_fixtures import send, wait_reply_done
 pytestmark = pytest.mark.browser
 
 CHIEF = "boss_" + unique("b")[-6:]
+
+
+def expect(locator: Any) -> Any:
+    """Playwright's waiting assertions (imported here: the browser fixture skips when Playwright is absent)."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
 
 
 def test_usage_page_shows_the_reply_numbers_table_and_chart_in_both_themes(open_page: Callable[..., Any]) -> None:
