@@ -13,7 +13,7 @@ import pytest
 import redis
 from bs4 import BeautifulSoup
 
-from tests.conftest import AppServer, RedisServer, _stop_app, create_session, post_turn, unique
+from tests.conftest import AppServer, RedisServer, _stop_app, all_keys, create_session, post_turn, unique
 from tests.fake_upstream import ThreadedFakeUpstream
 from tests.test_accounts import (
     ACCOUNTS_SETTINGS,
@@ -210,7 +210,7 @@ def test_a_password_reset_is_shown_once_and_ends_the_old_one(admin_hosts: tuple[
 
 
 def test_deleting_a_user_removes_all_their_data(admin_hosts: tuple[AppServer, AppServer], clients: Any,
-                                                redis_server: RedisServer) -> None:
+                                                redis_client: redis.Redis) -> None:
     a, _ = admin_hosts
     admin = admin_client(a, clients)
     user = clients(a)
@@ -225,8 +225,8 @@ def test_deleting_a_user_removes_all_their_data(admin_hosts: tuple[AppServer, Ap
             events.read()
     user.post(f"/api/sessions/{sid}/share")
     assert form(admin, f"/admin/users/{uid}/delete", confirm=name.upper()).status_code == 303
-    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    left = [key for key in r.scan_iter(match=f"*{{{uid}}}*")]
+    r = redis_client
+    left = all_keys(r, f"*{{{uid}}}*")
     lasting = [key for key in left if r.ttl(key) < 0 or r.ttl(key) > 86400]
     assert lasting == [], lasting  # only a turn's state and pointers, which expire within a day
     assert r.get(f"chat:account:name:{name.lower()}") is None
