@@ -65,7 +65,7 @@ async def measure(url: str, count: int, repeat: int) -> list[dict[str, object]]:
                         admin_users="user00000", token_budget_monthly=100_000)
     redis = create_single_redis(settings, bounded=True)
     store = Store(redis, conversation_ttl=86400 * 7, index_ttl=86400 * 30, turn_timeout=600)
-    admin = Admin(store, settings, None, None, Spending(store, settings), StorageQuota(store, 0))  # type: ignore[arg-type]
+    admin = Admin(store, settings, None, None, Spending(store, settings), StorageQuota(store, 0), None)  # type: ignore[arg-type]
     started = time.perf_counter()
     await seed(store, count, random.Random(36))
     print(f"seeded {count} accounts in {time.perf_counter() - started:.1f} s")

@@ -233,3 +233,31 @@ def test_deleting_a_user_removes_all_their_data(admin_hosts: tuple[AppServer, Ap
     assert admin.get("/api/admin/users", params={"q": name}).json()["total"] == 0
     assert clients(a).post("/login", data={"username": name, "password": PASSWORD}).status_code == 401
     assert "deleted" in BeautifulSoup(admin.get("/admin").text, "html.parser").select_one("#admin-audit").get_text()
+
+
+def test_an_admins_role_published_to_everyone_can_be_picked_not_edited(admin_hosts: tuple[AppServer, AppServer],
+                                                                        clients: Any) -> None:
+    from tests.conftest import api_turn
+    from tests.fake_upstream import parse_whoami
+
+    a, b = admin_hosts
+    admin = admin_client(a, clients)
+    prompt = f"You answer in the house style {unique('house')}."
+    role = admin.post("/api/roles", json={"name": "House <style>", "system_prompt": prompt}).json()
+    user = clients(b)
+    sign_up(user, **new_ip())
+    assert form(user, "/admin/roles/publish", role_id=role["id"]).status_code == 403  # not an admin
+    assert form(admin, "/admin/roles/publish", role_id="r_" + "0" * 16).status_code == 404  # not the admin's
+    assert form(admin, "/admin/roles/publish", role_id=role["id"]).status_code == 303
+    seen = next(r for r in user.get("/api/roles").json() if r["id"] == role["id"])
+    assert seen["published"] is True and seen["system_prompt"] == ""  # picked, its prompt not shown
+    sid = create_session(user, role=role["id"])["id"]
+    turn = api_turn(user, sid, f"{unique('who')} [[whoami]]")
+    assert parse_whoami(turn.text)["system"] == prompt
+    assert user.patch(f"/api/roles/{role['id']}", json={"name": "Mine now"}).status_code == 404
+    assert user.delete(f"/api/roles/{role['id']}").status_code == 404
+    assert "House &lt;style&gt;" in admin.get("/admin").text
+    assert form(admin, f"/admin/roles/{role['id']}/unpublish").status_code == 303
+    assert role["id"] not in [r["id"] for r in user.get("/api/roles").json()]
+    assert parse_whoami(api_turn(user, sid, f"{unique('who')} [[whoami]]").text)["system"] != prompt  # the default
+    assert "published the role" in admin.get("/admin").text

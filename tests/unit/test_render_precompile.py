@@ -82,7 +82,7 @@ def conversation_page() -> dict[str, Any]:
     ]
     return {
         # the conversation pane (pages.pane_values, with the roles and models the selectors offer)
-        "conv": conv, "role": BUILTIN_ROLES["assistant"], "roles": [*BUILTIN_ROLES.values(), poet],
+        "conv": conv, "role": BUILTIN_ROLES["assistant"], "roles": [*BUILTIN_ROLES.values(), replace(poet, id="r_0a1b2c3d4e5f6a7e", published=True), poet],
         "models": ["gpt-4o-mini", "gpt-4o", 'o1 "preview"'], "messages": messages, "first_index": 30,
         "streaming": None, "no_reply_text": "", "retry_text": "Once more", "retry_for": messages[-1].id,
         "is_empty": False, "versions": {31: (2, 3), 32: (1, 2), 35: (3, 3)}, "max_chars": 8000, "last_index": 35,
@@ -132,8 +132,12 @@ def admin_values(empty: bool = False) -> dict[str, Any]:
                      query="" if empty else "b&<")
     audit = [] if empty else [{"who": "ann", "what": "disable", "whom": "bob<b>", "detail": "", "at": OLD},
                               {"who": "ann", "what": "budget", "whom": "bob<b>", "detail": "500", "at": OLD}]
+    poet = custom_role("Poet <3", 'Writes & "rhymes"', "You write short poems.", role_id="r_0a1b2c3d4e5f6a7c",
+                       created=OLD)
+    shared = replace(custom_role("Team <voice>", "", "House style.", role_id="r_0a1b2c3d4e5f6a7d", created=OLD),
+                     published=True)
     return {"users": users, "audit": audit, "notice": "", "new_password": "" if empty else "pw-<secret>",
-            "password_for": "bob<b>"}
+            "password_for": "bob<b>", "published": [] if empty else [shared], "own_roles": [] if empty else [poet]}
 
 
 def first_visit() -> dict[str, Any]:

@@ -480,6 +480,20 @@ CATALOG.update({
     "ui.audit_budget": {"zh": "设置额度", "en": "set the budget of"},
     "ui.audit_reset_password": {"zh": "重置密码", "en": "reset the password of"},
     "ui.audit_delete": {"zh": "删除", "en": "deleted"},
+    "ui.audit_publish_role": {"zh": "向所有人发布角色", "en": "published the role"},
+    "ui.audit_unpublish_role": {"zh": "撤回角色", "en": "withdrew the role"},
+    "ui.roles_for_everyone": {"zh": "所有人可用的角色", "en": "Roles for everyone"},
+    "ui.roles_for_everyone_hint": {
+        "zh": "发布你自己的角色后，所有用户都能在内置角色旁选用它，但不能修改；修改后再次发布即可更新",
+        "en": "A role of yours, once published, appears beside the built-in ones for every user, who cannot edit "
+              "it; publish it again after an edit to update it",
+    },
+    "ui.publish_role": {"zh": "发布我的角色", "en": "Publish one of my roles"},
+    "ui.publish": {"zh": "发布", "en": "Publish"},
+    "ui.unpublish": {"zh": "撤回", "en": "Withdraw"},
+    "ui.unpublish_named": {"zh": "撤回 {name}", "en": "Withdraw {name}"},
+    "ui.no_published_roles": {"zh": "还没有发布的角色", "en": "No roles published yet"},
+    "ui.role_published": {"zh": "管理员发布", "en": "from an admin"},
 })
 
 

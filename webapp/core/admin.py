@@ -13,11 +13,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from webapp.base.errors import AdminOnly, InvalidInput, UserNotFound
+from webapp.base.errors import AdminOnly, InvalidInput, RoleNotFound, UserNotFound
 from webapp.config import Settings
 from webapp.core.accounts import Accounts
 from webapp.core.conversations import Conversations
 from webapp.core.quota import StorageQuota
+from webapp.core.roles import CUSTOM_ID, RoleBook, role_record
 from webapp.core.sharing import share_digest
 from webapp.core.spending import Spending
 from webapp.storage.spending import utc_day
@@ -65,8 +66,9 @@ def months_back(count: int, at: float | None = None) -> list[str]:
 
 class Admin:
     def __init__(self, store: Store, settings: Settings, accounts: Accounts, conversations: Conversations,
-                 spending: Spending, quota: StorageQuota) -> None:
+                 spending: Spending, quota: StorageQuota, roles: RoleBook) -> None:
         self.store = store
+        self.roles = roles
         self.accounts = accounts
         self.conversations = conversations
         self.spending = spending
@@ -155,6 +157,22 @@ class Admin:
         await self.store.remove_user(uid, username, months_back(SPENDING_MONTHS), share_digest)
         await self.store.audit(admin, "delete", username or uid)
         log.info("admin %s deleted user %s (%d conversations)", admin, uid, len(sids))
+
+    async def publish_role(self, admin: str, admin_uid: str, role_id: str) -> None:
+        """One of the admin's own roles, copied for everyone (beside the built-in ones; nobody else can edit
+        it; publishing again after an edit updates the copy)."""
+        role = await self.roles.own_role(admin_uid, role_id)
+        await self.store.publish_role(role.id, role_record(role))
+        await self.store.audit(admin, "publish_role", role.name_zh)
+
+    async def unpublish_role(self, admin: str, role_id: str) -> None:
+        """Conversations that used it answer as the default role from then on (and say so)."""
+        if not CUSTOM_ID.fullmatch(role_id):
+            raise RoleNotFound()
+        published = {role.id: role for role in await self.roles.published()}
+        if role_id not in published or not await self.store.unpublish_role(role_id):
+            raise RoleNotFound()
+        await self.store.audit(admin, "unpublish_role", published[role_id].name_zh)
 
     async def audit(self, count: int = 50) -> list[dict[str, object]]:
         return await self.store.audit_entries(count)

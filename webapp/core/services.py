@@ -95,7 +95,7 @@ def build_services(store: Store, provider: Provider, settings: Settings, metrics
                               import_bytes_per_hour=settings.import_bytes_per_hour,
                               max_message_chars=settings.max_import_message_chars, quota=quota)
     accounts = Accounts(store, settings, limits, revocations)
-    admin = Admin(store, settings, accounts, conversations, writer.spending, quota)
+    admin = Admin(store, settings, accounts, conversations, writer.spending, quota, writer.roles)
     return Services(store=store, provider=provider, writer=writer, reader=reader, leases=leases, limits=limits,
                     search=search, titles=titles, channels=channels, conversations=conversations, roles=writer.roles,
                     shares=Shares(store), portability=portability, accounts=accounts,

@@ -35,6 +35,7 @@ class Keys:
         self.users = prefix + "users"
         self.user_names = prefix + "users:names"
         self.audit = prefix + "admin:audit"
+        self.published_roles = prefix + "roles:published"
 
     # one identity's slot ---------------------------------------------------
 

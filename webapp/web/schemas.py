@@ -201,6 +201,7 @@ class CustomRoleOut(RoleOut):
     name: str = Field("", description="a custom role's name (built-in ones: the Chinese name)")
     description: str = ""
     custom: bool = False
+    published: bool = Field(False, description="an admin published it to everyone: it may be picked, not edited")
     system_prompt: str = ""
     model: str = ""
     temperature: float | None = None
@@ -209,8 +210,8 @@ class CustomRoleOut(RoleOut):
     def of(cls, role: Role) -> "CustomRoleOut":
         return cls(id=role.id, name_zh=role.name_zh, name_en=role.name_en, description_zh=role.description_zh,
                    description_en=role.description_en, name=role.name_zh, description=role.description_zh,
-                   custom=role.custom,
-                   system_prompt=role.system_prompt if role.custom else "", model=role.model,
+                   custom=role.custom, published=role.published,
+                   system_prompt=role.system_prompt if role.custom and not role.published else "", model=role.model,
                    temperature=role.temperature)
 
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Form, Path, Query, Response
 
 from webapp.base.errors import InvalidInput
 from webapp.core.admin import UserPage
-from webapp.web.deps import AdminDep, AdminUser
+from webapp.web.deps import AdminDep, AdminUser, CurrentUser
 from webapp.web.error_handlers import PAGE_TAG
 from webapp.web.htmx import View, ViewDep, see_other
 from webapp.web.routing import PageRouter
@@ -25,16 +25,35 @@ PageNumber = Annotated[int, Query(ge=1, le=100_000)]
 Search = Annotated[str, Query(max_length=64)]
 
 
-async def admin_page(view: View, admin: AdminDep, page: int = 1, q: str = "", *, status: int = 200,
+async def admin_page(view: View, admin: AdminDep, admin_uid: str, page: int = 1, q: str = "", *, status: int = 200,
                      notice: str = "", new_password: str = "", password_for: str = "") -> Response:
     users: UserPage = await admin.users(page, q)
+    published = await admin.roles.published()
+    shared = {role.id for role in published}
+    own_roles = [role for role in await admin.roles.own(admin_uid) if role.id not in shared]
     return view.render("admin.html", status=status, users=users, audit=await admin.audit(),
-                       notice=notice, new_password=new_password, password_for=password_for)
+                       notice=notice, new_password=new_password, password_for=password_for,
+                       published=published, own_roles=own_roles)
 
 
 @page_router.get("/admin")
-async def admin_home(view: ViewDep, _: AdminUser, admin: AdminDep, page: PageNumber = 1, q: Search = "") -> Response:
-    return await admin_page(view, admin, page, q)
+async def admin_home(view: ViewDep, _: AdminUser, user: CurrentUser, admin: AdminDep, page: PageNumber = 1,
+                     q: Search = "") -> Response:
+    return await admin_page(view, admin, user, page, q)
+
+
+@page_router.post("/admin/roles/publish")
+async def publish_role(who: AdminUser, user: CurrentUser, admin: AdminDep,
+                       role_id: Annotated[str, Form(max_length=40)] = "") -> Response:
+    """One of the admin's own roles, for everyone (a copy: publish again after editing it)."""
+    await admin.publish_role(who, user, role_id)
+    return see_other("/admin#published-roles")
+
+
+@page_router.post("/admin/roles/{role_id}/unpublish")
+async def unpublish_role(role_id: Annotated[str, Path(max_length=40)], who: AdminUser, admin: AdminDep) -> Response:
+    await admin.unpublish_role(who, role_id)
+    return see_other("/admin#published-roles")
 
 
 @page_router.post("/admin/users/{uid}/disable")
@@ -61,11 +80,12 @@ async def set_budget(uid: UserId, who: AdminUser, admin: AdminDep, budget: Annot
 
 
 @page_router.post("/admin/users/{uid}/password")
-async def reset_password(view: ViewDep, uid: UserId, who: AdminUser, admin: AdminDep) -> Response:
+async def reset_password(view: ViewDep, uid: UserId, who: AdminUser, user: CurrentUser, admin: AdminDep) -> Response:
     """The new password is on this answer only (like a new API token): not stored anywhere readable."""
     password = await admin.reset_password(who, uid)
     account = await admin.store.account(uid)
-    return await admin_page(view, admin, new_password=password, password_for=(account or {}).get("username", ""))
+    return await admin_page(view, admin, user, new_password=password,
+                            password_for=(account or {}).get("username", ""))
 
 
 @page_router.post("/admin/users/{uid}/delete")
