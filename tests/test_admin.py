@@ -4,6 +4,7 @@ password resets, deleting a user with all their data, the audit list, CSRF and h
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -261,3 +262,52 @@ def test_an_admins_role_published_to_everyone_can_be_picked_not_edited(admin_hos
     assert role["id"] not in [r["id"] for r in user.get("/api/roles").json()]
     assert parse_whoami(api_turn(user, sid, f"{unique('who')} [[whoami]]").text)["system"] != prompt  # the default
     assert "published the role" in admin.get("/admin").text
+
+
+@pytest.fixture(scope="module")
+def proxy_hosts(redis_server: RedisServer, upstream: ThreadedFakeUpstream,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppServer, AppServer]]:
+    settings = {"AUTH": "proxy", "FORWARDED_ALLOW_IPS": "127.0.0.1", "ADMIN_USERS": "sso-boss@example.com"}
+    a = start(redis_server, upstream, tmp_path_factory, **settings)
+    b = start(redis_server, upstream, tmp_path_factory, **settings)
+    yield a, b
+    _stop_app(a)
+    _stop_app(b)
+
+
+class HeaderStream(OpenStream):
+    """An OpenStream whose requests carry `headers` (a trusted proxy's user header)."""
+
+    def __init__(self, app: AppServer, path: str, headers: dict[str, str]) -> None:
+        threading.Thread.__init__(self, daemon=True)
+        self.client = httpx.Client(base_url=app.base_url, headers=headers, timeout=60)
+        self.path, self.params = path, None
+        self.status = 0
+        self.events = []
+        self.ended_at = None
+        self.opened = threading.Event()
+        self.start()
+        assert self.opened.wait(10), f"{path} did not answer"
+
+
+def test_behind_a_proxy_a_disabled_user_is_refused_and_their_open_stream_ends(
+        proxy_hosts: tuple[AppServer, AppServer], clients: Any) -> None:
+    a, b = proxy_hosts
+    boss = clients(a, headers={"Remote-User": "sso-boss@example.com"})
+    name = f"{unique('carol')[-10:]}@example.com"
+    carol = clients(b, headers={"Remote-User": name})
+    sid = create_session(carol)["id"]
+    assert carol.get("/admin").status_code == 403
+    posted = carol.post(f"/api/sessions/{sid}/turns", json={"message": f"{unique('slow')} {SLOW}"})
+    assert posted.status_code == 202
+    stream = HeaderStream(b, posted.json()["events_url"], {"Remote-User": name})
+    assert stream.status == 200
+    time.sleep(0.3)
+    moment = time.monotonic()
+    assert form(boss, f"/admin/users/{uid_of(boss, name)}/disable").status_code == 303  # on host A
+    seconds, last = stream.farewell_after(moment)
+    assert seconds < 2.0, seconds
+    assert last.data["type"] == "error" and last.data["code"] == "revoked"
+    assert carol.get("/api/sessions").status_code == 403
+    assert form(boss, f"/admin/users/{uid_of(boss, name)}/enable").status_code == 303
+    assert carol.get("/api/sessions").status_code == 200

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 USERNAME = re.compile(r"[A-Za-z0-9_.\-]{3,32}")
 PROXY_USERNAME = re.compile(r"[A-Za-z0-9_.@+\-]{1,64}")  # SSO proxies often send e-mail addresses
 TOKEN_PREFIX = "chat_"
+USER_CREDENTIAL = "user:"
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,12 @@ class Accounts:
     def credential_of(secret: str) -> str:
         """The hash a sign-in cookie or an API token is known by (what a stream watches: revocations.py)."""
         return digest(secret)
+
+    @staticmethod
+    def user_credential(uid: str) -> str:
+        """What a trusted proxy's user's streams are watched by (no sign-in of ours): the user itself,
+        revoked when an admin disables or deletes them (storage/accounts.py credentials_valid)."""
+        return USER_CREDENTIAL + uid
 
     async def user_of_signin(self, cookie: str) -> str | None:
         return await self.store.signin_user(digest(cookie)) if cookie else None

@@ -124,6 +124,7 @@ class Admin:
         await self.store.set_disabled(uid, disabled)
         if disabled:  # their sign-ins and tokens end, and every stream opened with them, on every host
             await self.accounts.sign_out_everywhere(uid, tokens=True)
+            await self.accounts.revocations.revoke([self.accounts.user_credential(uid)])  # (a proxy user's)
         await self.store.audit(admin, "disable" if disabled else "enable", account.get("username", uid))
 
     async def set_budget(self, admin: str, uid: str, tokens: int | None) -> None:
@@ -148,6 +149,7 @@ class Admin:
         username = account.get("username", "")
         await self.store.set_disabled(uid, True)
         await self.accounts.sign_out_everywhere(uid, tokens=True)
+        await self.accounts.revocations.revoke([self.accounts.user_credential(uid)])
         sids = await self.store.session_ids(uid)
         for start in range(0, len(sids), 50):
             for conversation in await self.store.load_conversations(uid, sids[start:start + 50]):

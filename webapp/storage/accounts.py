@@ -138,11 +138,17 @@ class AccountStore(DirectoryStore):
             await pubsub.aclose()
 
     async def credentials_valid(self, digests: list[str]) -> list[bool]:
-        """Whether each hash is still a sign-in or a token: one pipeline, one key per command (any slots)."""
+        """Whether each hash is still a sign-in or a token (or, `user:{uid}`, an enabled account): one pipeline,
+        one key per command (any slots)."""
         k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
             for digest in digests:
-                pipe.exists(k.signin(digest))
-                pipe.exists(k.token(digest))
+                if digest.startswith("user:"):  # a proxy user's streams: valid while the account is, and enabled
+                    pipe.exists(k.account(digest[5:]))
+                    pipe.hget(k.account(digest[5:]), "disabled")
+                else:
+                    pipe.exists(k.signin(digest))
+                    pipe.exists(k.token(digest))
             found = await pipe.execute()
-        return [bool(signin or token) for signin, token in zip(found[0::2], found[1::2])]
+        return [bool(first) and not second if digest.startswith("user:") else bool(first or second)
+                for digest, first, second in zip(digests, found[0::2], found[1::2])]

@@ -122,6 +122,7 @@ async def _resolve_user(request: Request, claimed: str | None, *, creating: bool
         if not name:
             raise SignInRequired()
         identity = await app.accounts.proxy_user(name)
+        request.state.credential = app.accounts.user_credential(identity)  # (a disable ends its streams)
     else:
         identity = request.state.identity
     if identity:
