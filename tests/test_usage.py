@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
-import redis
 from bs4 import BeautifulSoup
 
 from tests.conftest import (
@@ -25,7 +22,6 @@ from tests.conftest import (
     post_turn,
     read_events,
     unique,
-    wait_until,
 )
 from tests.fake_upstream import PROMPT_TOKENS_PER_MESSAGE, ThreadedFakeUpstream
 
@@ -164,3 +160,12 @@ def test_concurrent_turns_from_two_hosts_overshoot_by_one_reply_at_most(
     finally:
         client_a.close()
         client_b.close()
+
+
+def test_the_demo_model_reports_an_estimate(demo_client: httpx.Client) -> None:
+    sid = create_session(demo_client)["id"]
+    assert api_turn(demo_client, sid, "你好, how are you?").ended
+    reply = demo_client.get(f"/api/sessions/{sid}/messages").json()["items"][-1]
+    assert reply["usage"]["estimated"] is True and reply["usage"]["output_tokens"] > 0
+    usage = demo_client.get("/api/usage").json()
+    assert usage["rows"][0]["model"] == "demo" and usage["total"]["estimated"] == 1
