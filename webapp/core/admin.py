@@ -135,18 +135,21 @@ class Admin:
         await self.store.set_budget(uid, tokens)
         await self.store.audit(admin, "budget", account.get("username", uid), "default" if tokens is None else str(tokens))
 
-    async def reset_password(self, admin: str, uid: str) -> str:
-        """A new random password (shown once to the admin); the user's sign-ins end."""
+    async def reset_password(self, admin: str, uid: str) -> tuple[str, str]:
+        """(username, a new random password, shown once to the admin); the user's sign-ins end."""
         account = await self._account(uid)
         password = await self.accounts.new_password(uid)
         await self.store.audit(admin, "reset_password", account.get("username", uid))
-        return password
+        return account.get("username", ""), password
 
-    async def delete_user(self, admin: str, uid: str) -> None:
-        """The user and all their data: sign-ins and tokens first (their streams end), their replies
-        stopped, conversations, links, roles, search index, spending, budget, the account."""
+    async def delete_user(self, admin: str, uid: str, *, confirm: str) -> None:
+        """The user and all their data, once `confirm` repeats their username: sign-ins and tokens first
+        (their streams end), their replies stopped, conversations, links, roles, search index, spending,
+        budget, the account."""
         account = await self._account(uid)
         username = account.get("username", "")
+        if confirm.strip().lower() != username.lower():
+            raise InvalidInput()
         await self.store.set_disabled(uid, True)
         await self.accounts.sign_out_everywhere(uid, tokens=True)
         await self.accounts.revocations.revoke([self.accounts.user_credential(uid)])

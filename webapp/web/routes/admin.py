@@ -82,10 +82,8 @@ async def set_budget(uid: UserId, who: AdminUser, admin: AdminDep, budget: Annot
 @page_router.post("/admin/users/{uid}/password")
 async def reset_password(view: ViewDep, uid: UserId, who: AdminUser, user: CurrentUser, admin: AdminDep) -> Response:
     """The new password is on this answer only (like a new API token): not stored anywhere readable."""
-    password = await admin.reset_password(who, uid)
-    account = await admin.store.account(uid)
-    return await admin_page(view, admin, user, new_password=password,
-                            password_for=(account or {}).get("username", ""))
+    username, password = await admin.reset_password(who, uid)
+    return await admin_page(view, admin, user, new_password=password, password_for=username)
 
 
 @page_router.post("/admin/users/{uid}/delete")
@@ -93,10 +91,7 @@ async def delete_user(uid: UserId, who: AdminUser, admin: AdminDep,
                       confirm: Annotated[str, Form(max_length=64)] = "",
                       back: Annotated[str, Form(max_length=200)] = "") -> Response:
     """Deleted only when `confirm` repeats the username (the form asks for it)."""
-    account = await admin.store.account(uid)
-    if not account or confirm.strip().lower() != account.get("username", "").lower():
-        raise InvalidInput()
-    await admin.delete_user(who, uid)
+    await admin.delete_user(who, uid, confirm=confirm)
     return see_other(_back(back))
 
 
