@@ -107,16 +107,15 @@ class Spending:
 
     async def check_start(self, user_id: str, turn_id: str, found: tuple[int, int | None, bool, str] | None) -> bool:
         """May the turn start (what the lock round trip read: storage/spending.budget_replies)? OverBudget,
-        BudgetBusy, or whether it holds the lane (to give back when saved, or if the start fails)."""
+        BudgetBusy, or whether it holds the lane (to give back when saved; the caller gives back a lane the
+        lock round trip took when the start fails, this refusal included)."""
         if found is None:
             return False
         spent, own, taken, holder = found
         limit = self.budget_of(own)
         if not limit:
             return taken
-        if spent >= limit:
-            if taken:
-                await self.store.release_lane(user_id, turn_id)
+        if spent >= limit:  # (a lane taken is given back by the caller, with the conversation's lock)
             resets, seconds = month_resets()
             raise OverBudget(retry_after=seconds, used=spent, budget=limit, resets=resets)
         if not taken and not await self.store.take_stale_lane(user_id, turn_id, holder, self.lane_ms):
