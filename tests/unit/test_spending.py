@@ -153,3 +153,25 @@ async def test_a_replys_usage_survives_export_and_import(core: Core) -> None:
     reply = (await core.history(BOB, ids[0]))[-1]
     assert reply.usage is not None and reply.usage.output_tokens == 12
     assert (await core.writer.spending.report(BOB)).total.tokens == 0  # spent by Alice, not by Bob now
+
+
+async def test_a_reply_another_host_recovers_counts_its_text_estimated_and_frees_the_lane(budgeted: Core) -> None:
+    """Its writer died mid-reply (its lease lapsed): what the stream holds is saved, and summed."""
+    from webapp.base.models import TurnEvent, new_id, new_message_id, now_iso
+    from webapp.storage.keys import TurnRef
+
+    conversation = await budgeted.conversations.create(ALICE)
+    turn_id = new_id()
+    conversation.running_turn_id = turn_id
+    asked = Message(id=new_message_id(), role="user", content="tell me", ts=now_iso())
+    await budgeted.store.save_turn_start(conversation, asked, turn_id=turn_id, context_messages=5)
+    await budgeted.store.redis.set(budgeted.store.keys.budget_lane(ALICE), turn_id)  # as its start took it
+    ref = TurnRef(ALICE, turn_id)
+    await budgeted.store.append_events([(ref, [TurnEvent(1, "chunk", "half of a long answer")])])
+    await budgeted.writer.recovery.recover(ref, lock_taken=True)
+    reply = (await budgeted.history(ALICE, conversation.id))[-1]
+    assert reply.status == "interrupted" and reply.usage.estimated
+    assert reply.usage.output_tokens == estimate_tokens("half of a long answer")
+    report = await budgeted.writer.spending.report(ALICE)
+    assert report.rows[0].model == "" and report.total.output_tokens == reply.usage.output_tokens
+    assert await budgeted.store.redis.get(budgeted.store.keys.budget_lane(ALICE)) is None

@@ -43,7 +43,7 @@ def field_of(day: str, model: str, kind: str) -> str:
 
 def parse_field(name: str) -> tuple[str, str, str] | None:
     """(day of month, model, kind) of a month hash's field; None for the total."""
-    if name == TOTAL or len(name) < 6 or name[2] != "|":
+    if name == TOTAL or len(name) < 5 or name[2] != "|":
         return None
     model, _, kind = name[3:].rpartition("|")
     return name[:2], model, kind
