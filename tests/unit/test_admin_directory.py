@@ -45,6 +45,8 @@ async def test_the_directory_pages_newest_first_and_finds_names_by_prefix(accoun
     assert await core.admin.admin_name(uids[0]) == "chief"  # ADMIN_USERS is case-blind
     with pytest.raises(AdminOnly):
         await core.admin.admin_name(uids[1])
+    with pytest.raises(InvalidInput):  # an admin does not lock themselves out
+        await core.admin.set_disabled("chief", uids[0], True)
 
 
 async def test_a_disabled_user_cannot_sign_in_and_a_deleted_one_leaves_nothing(accounts_core: Core) -> None:

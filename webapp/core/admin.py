@@ -121,11 +121,18 @@ class Admin:
 
     async def set_disabled(self, admin: str, uid: str, disabled: bool) -> None:
         account = await self._account(uid)
+        self._not_oneself(admin, account)
         await self.store.set_disabled(uid, disabled)
         if disabled:  # their sign-ins and tokens end, and every stream opened with them, on every host
             await self.accounts.sign_out_everywhere(uid, tokens=True)
             await self.accounts.revocations.revoke([self.accounts.user_credential(uid)])  # (a proxy user's)
         await self.store.audit(admin, "disable" if disabled else "enable", account.get("username", uid))
+
+    @staticmethod
+    def _not_oneself(admin: str, account: dict[str, str]) -> None:
+        """An admin does not lock themselves out (another admin may)."""
+        if account.get("username", "").lower() == admin.lower():
+            raise InvalidInput()
 
     async def set_budget(self, admin: str, uid: str, tokens: int | None) -> None:
         """A user's own monthly budget (0: unlimited), or None: the default again."""
@@ -147,6 +154,7 @@ class Admin:
         (their streams end), their replies stopped, conversations, links, roles, search index, spending,
         budget, the account."""
         account = await self._account(uid)
+        self._not_oneself(admin, account)
         username = account.get("username", "")
         if confirm.strip().lower() != username.lower():
             raise InvalidInput()
