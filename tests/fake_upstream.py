@@ -19,6 +19,11 @@ answer 200 but not as they should: ``[[html]]`` (an HTML page), ``[[json]]`` (a 
 completion), ``[[nodone]]`` (the stream's tokens, then a clean close with no finish reason and no
 ``[DONE]``), ``[[big:N]]`` (one delta of N characters).
 
+Token counts: asked for them (``stream_options: {"include_usage": true}``), a stream ends, as OpenAI's
+does, with a chunk of no choices and ``usage``: ``prompt_tokens`` = PROMPT_TOKENS_PER_MESSAGE per
+message received, ``completion_tokens`` = the reply's streamed tokens. ``[[nousage]]`` (or the server's
+``report_usage=False``) sends none, as many OpenAI-compatible servers do.
+
 Run it alone for a benchmark::
 
     python tests/fake_upstream.py --port 9000 --ttft-ms 100 --token-delay-ms 20 --tokens 50
@@ -56,9 +61,10 @@ DEFAULT_MODEL = "fake-model"
 HEADER_TOKENS = 3  # "ctx=..", " sys=..", " last=.." are the first three tokens
 STALL_SECONDS = 120.0
 ECHO_PIECE = 8  # characters per streamed token of an echoed reply
+PROMPT_TOKENS_PER_MESSAGE = 10  # the prompt_tokens reported: this many per message of the request
 
 _DIRECTIVE = re.compile(
-    r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft|echo|once|vary|whoami|html|json|nodone|big)(?::(\d+))?\]\]"
+    r"\[\[(fail|stall_after|stall|drop|tokens|delay|ttft|echo|once|vary|whoami|html|json|nodone|big|nousage)(?::(\d+))?\]\]"
 )
 _WHOAMI = re.compile(r"^model=(\S*) temperature=(\S*) system=(.*)$", re.DOTALL)
 _REPLY = re.compile(r"^ctx=(\d+) sys=(\S+) last=(.*?)((?: t\d+)*)(?: v\d+)?$", re.DOTALL)
@@ -150,6 +156,7 @@ class Behaviour:
     answer_as: str = ""  # "html" or "json": a 200 that is not an event stream
     no_ending: bool = False  # the stream closes cleanly without a finish reason or [DONE]
     big: int = 0  # one extra delta of this many characters after the header
+    usage: bool = True  # report token counts when asked (stream_options.include_usage)
 
     def with_directives(self, text: str) -> Behaviour:
         changes: dict[str, Any] = {}
@@ -183,6 +190,8 @@ class Behaviour:
                 changes["no_ending"] = True
             elif name == "big" and number is not None:
                 changes["big"] = number
+            elif name == "nousage":
+                changes["usage"] = False
         return replace(self, **changes)
 
 
@@ -214,11 +223,12 @@ class FakeUpstream:
         tokens: int = 12,
         model: str = DEFAULT_MODEL,
         max_records: int = 100_000,
+        report_usage: bool = True,
     ) -> None:
         self.host = host
         self.port = port
         self.model = model
-        self.defaults = Behaviour(ttft_ms=ttft_ms, token_delay_ms=token_delay_ms, tokens=tokens)
+        self.defaults = Behaviour(ttft_ms=ttft_ms, token_delay_ms=token_delay_ms, tokens=tokens, usage=report_usage)
         self.seen_once: set[str] = set()
         self.requests_served = 0
         self._records: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_records)
@@ -286,6 +296,7 @@ class FakeUpstream:
                 "path": request.path,
                 "model": (body or {}).get("model"),
                 "stream": bool((body or {}).get("stream")),
+                "stream_options": (body or {}).get("stream_options"),
                 "messages": messages,
                 "last_user_message": last_user,
                 "headers": headers,
@@ -389,7 +400,9 @@ class FakeUpstream:
         if not body.get("stream") or behaviour.answer_as == "json":
             await asyncio.sleep(behaviour.ttft_ms / 1000)
             return self._completion(completion_id, created, model, "".join(tokens), len(messages))
-        return await self._stream(request, behaviour, tokens, completion_id, created, model)
+        wants_usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
+        counts = (PROMPT_TOKENS_PER_MESSAGE * len(messages), len(tokens)) if wants_usage and behaviour.usage else None
+        return await self._stream(request, behaviour, tokens, completion_id, created, model, counts)
 
     def _completion(
         self, completion_id: str, created: int, model: str, text: str, prompt_messages: int
@@ -423,6 +436,7 @@ class FakeUpstream:
         completion_id: str,
         created: int,
         model: str,
+        counts: tuple[int, int] | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -460,7 +474,14 @@ class FakeUpstream:
         if behaviour.drop_after is not None and behaviour.drop_after <= len(tokens):
             return self._abort(request, response)
         if not behaviour.no_ending:
-            await response.write(frame({}, "stop") + b"data: [DONE]\n\n")
+            last = frame({}, "stop")
+            if counts is not None:  # OpenAI's usage chunk: no choices, after the finish reason
+                last += b"data: " + _dumps({
+                    "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [], "usage": {"prompt_tokens": counts[0], "completion_tokens": counts[1],
+                                             "total_tokens": counts[0] + counts[1]},
+                }) + b"\n\n"
+            await response.write(last + b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 

@@ -245,8 +245,8 @@ def test_conversation_keys_expire_after_7_and_30_days(
     assert 30 * DAY - 120 <= meta_ttl <= 30 * DAY
     stored = [json.loads(raw) for raw in redis_client.lrange(KEYS.messages(uid, sid), 0, -1)]
     fields = {"id", "role", "content", "ts", "status"}
-    # the welcome says it is one; a reply records the role ("r") and model ("mo") that wrote it
-    assert [set(m) for m in stored] == [fields | {"k"}, fields, fields | {"r", "mo"}]
+    # the welcome says it is one; a reply records the role ("r") and model ("mo") that wrote it, and its usage ("u")
+    assert [set(m) for m in stored] == [fields | {"k"}, fields, fields | {"r", "mo", "u"}]
     assert stored[0]["k"] == "welcome"
     assert [m["content"] for m in stored] == [WELCOME, "keep me a week", turn.text]
 

@@ -24,6 +24,16 @@ class Settings(BaseSettings):
     openai_model: str = "gpt-4o-mini"
     openai_timeout: float = Field(60.0, gt=0, description="seconds to wait for the next token")
     openai_models: str = Field("", description="comma list of the models offered; unset: the API's /v1/models")
+    openai_stream_usage: bool = Field(
+        True, description="ask the API for each reply's token counts (stream_options.include_usage); false for "
+                          "an API that refuses it: the counts are then estimated")
+    model_prices: str = Field(
+        "", description="per million tokens, input/output, per model: 'gpt-4o=2.5/10,gpt-4o-mini=0.15/0.6' "
+                        "(a cost column on /usage)")
+    token_budget_monthly: int = Field(
+        0, ge=0, description="tokens (in + out) a user may use per calendar month (UTC); 0 = no budget. "
+                             "An admin may set another per user")
+    admin_users: str = Field("", description="AUTH=accounts: comma list of the usernames that may use /admin")
     auto_title: bool = Field(True, description="after the first exchange the model writes the conversation's title")
     redis_url: str = ""
     redis_cluster: bool | None = Field(None, description="REDIS_URL names a Cluster node; unset: ask the server")
@@ -111,6 +121,20 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str) -> str:
         if value and not value.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
             raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        return value
+
+    @field_validator("model_prices")
+    @classmethod
+    def _prices(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            model, sep, pair = item.rpartition("=")
+            price_in, slash, price_out = pair.partition("/")
+            try:
+                ok = bool(sep and slash and model.strip()) and float(price_in) >= 0 and float(price_out) >= 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"'{item}' is not model=input/output (prices per million tokens)")
         return value
 
     @field_validator("openai_base_url")

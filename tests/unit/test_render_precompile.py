@@ -19,10 +19,13 @@ import pytest
 from jinja2 import Environment, meta, nodes
 
 from webapp.base.i18n import Lang, t
-from webapp.base.models import WELCOME, Conversation, Message
+from webapp.base.models import WELCOME, Conversation, Message, Usage
+from webapp.core.admin import UserPage, UserRow
 from webapp.core.conversations import DRAFT_ID, Streaming
+from webapp.core.spending import UsageReport, UsageRow
 from webapp.core.roles import BUILTIN_ROLES, custom_role
 from webapp.web.render import TEMPLATES_DIR, LocalizedEnvironment, environment, ui_context
+from webapp.web.routes.usage import chart_bars
 
 LANGS: tuple[Lang, ...] = ("zh", "en")
 TEMPLATE_FILES = sorted(path.relative_to(TEMPLATES_DIR).as_posix() for path in TEMPLATES_DIR.rglob("*") if path.is_file())
@@ -70,7 +73,8 @@ def conversation_page() -> dict[str, Any]:
              "| day | what |\n|:--|--:|\n| Fri | <talk> |\n\n```python\nprint('<hi>' & 1)\n```\n\n```\nplain <code>\n```")
     messages = [
         message(30, "user", "What's <script>alert(1)</script> & why?\nSecond line"),
-        message(31, "assistant", reply, role_id="teacher", model="gpt-4o-mini"),
+        message(31, "assistant", reply, role_id="teacher", model="gpt-4o-mini",
+                usage=Usage(input_tokens=1200, output_tokens=340, ttft_ms=420, duration_ms=5100)),
         message(32, "user", "Shorter, please"),
         message(33, "assistant", "Roses are <red>", status="interrupted", role_id=poet.id, role_name="Poet <3", model="gpt-4o"),
         message(34, "user", "Once more"),
@@ -78,7 +82,7 @@ def conversation_page() -> dict[str, Any]:
     ]
     return {
         # the conversation pane (pages.pane_values, with the roles and models the selectors offer)
-        "conv": conv, "role": BUILTIN_ROLES["assistant"], "roles": [*BUILTIN_ROLES.values(), poet],
+        "conv": conv, "role": BUILTIN_ROLES["assistant"], "roles": [*BUILTIN_ROLES.values(), replace(poet, id="r_0a1b2c3d4e5f6a7e", published=True), poet],
         "models": ["gpt-4o-mini", "gpt-4o", 'o1 "preview"'], "messages": messages, "first_index": 30,
         "streaming": None, "no_reply_text": "", "retry_text": "Once more", "retry_for": messages[-1].id,
         "is_empty": False, "versions": {31: (2, 3), 32: (1, 2), 35: (3, 3)}, "max_chars": 8000, "last_index": 35,
@@ -104,7 +108,36 @@ def conversation_page() -> dict[str, Any]:
         "accounts": True, "imported": 3, "new_token": "cht_0123456789abcdef<>", "storage": {"used": 1.5, "quota": 100.0},
         "tokens": [{"id": "tk_1", "name": "CLI <laptop>", "created": OLD}, {"id": "tk_2", "name": "", "created": 0}],
         "share_url": "https://chat.example/s/abc?x=1&y=<2>",
+        # usage and admin pages
+        "is_admin": True, **usage_values(), **admin_values(),
     }
+
+
+def usage_values(empty: bool = False) -> dict[str, Any]:
+    rows = [] if empty else [UsageRow("2024-03-05", 'gpt-4o "mini" <x>', 1200, 340, 3, 1, 0.0123),
+                             UsageRow("2024-03-04", "demo", 10, 20, 1, 1, None)]
+    total = UsageRow("", "", 1210, 360, 4, 2, 0.0123)
+    report = UsageReport(rows=rows, days=[("2024-03-04", 30), ("2024-03-05", 1540)], models=rows, total=total,
+                         month_tokens=1570, budget=0 if empty else 100_000, resets="2024-04-01", priced=not empty)
+    bars, top = chart_bars(report.days)
+    return {"report": report, "bars": bars, "top": top, "chart_width": 600, "chart_height": 160}
+
+
+def admin_values(empty: bool = False) -> dict[str, Any]:
+    row = UserRow(uid="a_" + "0" * 24, username="ann_o'neil", created=OLD, last_active=OLD + 60, conversations=3,
+                  tokens=1570, budget=100_000, own_budget=None, disabled=False, storage=1_500_000, admin=True)
+    other = replace(row, uid="a_" + "1" * 24, username="bob<b>", last_active=0, own_budget=0, budget=0,
+                    disabled=True, storage=None, admin=False)
+    users = UserPage(rows=[] if empty else [row, other], total=0 if empty else 120, page=2, pages=3,
+                     query="" if empty else "b&<")
+    audit = [] if empty else [{"who": "ann", "what": "disable", "whom": "bob<b>", "detail": "", "at": OLD},
+                              {"who": "ann", "what": "budget", "whom": "bob<b>", "detail": "500", "at": OLD}]
+    poet = custom_role("Poet <3", 'Writes & "rhymes"', "You write short poems.", role_id="r_0a1b2c3d4e5f6a7c",
+                       created=OLD)
+    shared = replace(custom_role("Team <voice>", "", "House style.", role_id="r_0a1b2c3d4e5f6a7d", created=OLD),
+                     published=True)
+    return {"users": users, "audit": audit, "notice": "", "new_password": "" if empty else "pw-<secret>",
+            "password_for": "bob<b>", "published": [] if empty else [shared], "own_roles": [] if empty else [poet]}
 
 
 def first_visit() -> dict[str, Any]:
@@ -127,7 +160,7 @@ def first_visit() -> dict[str, Any]:
         "error_text": "", "sidebar_item": None,
         "action": "/signup", "heading": "ui.signup", "next": "/", "username": "", "error": "", "notice": "Signed out",
         "allow_signup": False, "form": {}, "accounts": False, "imported": None, "new_token": "", "tokens": [], "storage": None,
-        "share_url": "",
+        "share_url": "", "is_admin": False, **usage_values(empty=True), **admin_values(empty=True),
     }
 
 

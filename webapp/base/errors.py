@@ -170,6 +170,36 @@ class RateLimited(ChatError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class OverBudget(RateLimited):
+    """The user's monthly token budget is used up: no turn starts until it resets (`resets`, a date)."""
+
+    key = "error.over_budget"
+
+
+class BudgetBusy(ChatError):
+    """A user with a token budget has one reply written at a time (core/spending.py says why)."""
+
+    status = 409
+    key = "error.budget_busy"
+
+
+class AccountDisabled(ChatError):
+    status = 403
+    key = "error.account_disabled"
+
+
+class AdminOnly(ChatError):
+    """Every admin route answers this to anyone else (403 whether or not the thing exists: no leak)."""
+
+    status = 403
+    key = "error.admin_only"
+
+
+class UserNotFound(ChatError):
+    status = 404
+    key = "error.user_not_found"
+
+
 class ImportsLimited(RateLimited):
     """IMPORTS_PER_HOUR or IMPORT_BYTES_PER_HOUR reached: nothing was imported."""
 

@@ -400,6 +400,102 @@ CATALOG: dict[str, dict[Lang, str]] = {
     "time.date": {"zh": "{y}年{m}月{d}日", "en": "{y}-{m:02d}-{d:02d}"},
 }
 
+# usage, budgets, admin (issue 36)
+CATALOG.update({
+    "error.over_budget": {
+        "zh": "本月的 token 额度已用完（已用 {used}，额度 {budget}），将于 {resets}（UTC）重置。你输入的内容已保留",
+        "en": "Your monthly token budget is used up ({used} of {budget}); it resets on {resets} (UTC). "
+              "What you typed is kept",
+    },
+    "error.budget_busy": {
+        "zh": "另一条回复正在生成；有 token 额度的账户一次只能生成一条，请稍候再试",
+        "en": "Another reply is being written; with a token budget, one is written at a time. Try again shortly",
+    },
+    "error.admin_only": {"zh": "仅管理员可以访问此页面", "en": "Only admins can open this page"},
+    "error.user_not_found": {"zh": "用户不存在", "en": "User not found"},
+    "error.account_disabled": {"zh": "此账户已被停用", "en": "This account is disabled"},
+    "ui.usage": {"zh": "用量", "en": "Usage"},
+    "ui.usage_title": {"zh": "最近 30 天的用量", "en": "Usage in the last 30 days"},
+    "ui.usage_month": {
+        "zh": "本月已用 {used} tokens，额度 {budget}，{resets} 重置", "en": "This month: {used} tokens of {budget}; resets {resets}",
+    },
+    "ui.usage_month_unlimited": {"zh": "本月已用 {used} tokens（无额度限制）", "en": "This month: {used} tokens (no budget)"},
+    "ui.usage_none": {"zh": "最近 30 天没有用量", "en": "No usage in the last 30 days"},
+    "ui.usage_chart": {"zh": "每日 token 用量图", "en": "Tokens per day"},
+    "ui.day": {"zh": "日期", "en": "Day"},
+    "ui.tokens_in": {"zh": "输入", "en": "In"},
+    "ui.tokens_out": {"zh": "输出", "en": "Out"},
+    "ui.tokens": {"zh": "tokens", "en": "tokens"},
+    "ui.replies": {"zh": "回复数", "en": "Replies"},
+    "ui.cost": {"zh": "费用", "en": "Cost"},
+    "ui.total": {"zh": "合计", "en": "Total"},
+    "ui.by_model": {"zh": "按模型", "en": "By model"},
+    "ui.by_day": {"zh": "按日期和模型", "en": "By day and model"},
+    "ui.estimated": {"zh": "估算", "en": "estimated"},
+    "ui.estimated_note": {
+        "zh": "标记“估算”的数字来自未报告用量的模型，按字符数估算", "en": "Numbers marked estimated come from a model that "
+        "reported none: counted from the characters",
+    },
+    "ui.reply_usage": {
+        "zh": "{model} · 输入 {input} · 输出 {output} tokens · {rate} tokens/秒",
+        "en": "{model} · {input} in · {output} out tokens · {rate} tokens/s",
+    },
+    "ui.conversation_usage": {"zh": "本对话共 {tokens} tokens", "en": "This conversation: {tokens} tokens"},
+    "ui.admin": {"zh": "管理", "en": "Admin"},
+    "ui.admin_search": {"zh": "按用户名前缀查找", "en": "Find users by the start of their name"},
+    "ui.admin_find": {"zh": "查找", "en": "Find"},
+    "ui.admin_count": {"zh": "共 {n} 个用户 · 第 {page}/{pages} 页", "en": "{n} users · page {page} of {pages}"},
+    "ui.created": {"zh": "创建于", "en": "Created"},
+    "ui.last_active": {"zh": "最近活动", "en": "Last active"},
+    "ui.conversations": {"zh": "对话数", "en": "Conversations"},
+    "ui.tokens_month": {"zh": "本月 tokens", "en": "Tokens this month"},
+    "ui.budget": {"zh": "月度额度", "en": "Monthly budget"},
+    "ui.budget_set": {"zh": "月度额度（tokens，0 = 不限，留空 = 默认）", "en": "Monthly budget (tokens; 0 = unlimited; empty = default)"},
+    "ui.storage": {"zh": "存储", "en": "Storage"},
+    "ui.status": {"zh": "状态", "en": "Status"},
+    "ui.actions": {"zh": "操作", "en": "Actions"},
+    "ui.manage": {"zh": "管理", "en": "Manage"},
+    "ui.unlimited": {"zh": "不限", "en": "unlimited"},
+    "ui.default": {"zh": "默认", "en": "default"},
+    "ui.active": {"zh": "正常", "en": "active"},
+    "ui.disabled": {"zh": "已停用", "en": "disabled"},
+    "ui.enable": {"zh": "启用", "en": "Enable"},
+    "ui.disable": {"zh": "停用", "en": "Disable"},
+    "ui.reset_password": {"zh": "重置密码", "en": "Reset password"},
+    "ui.password_once": {
+        "zh": "{name} 的新密码如下，只显示这一次；请安全地告知对方", "en": "The new password of {name}, shown this once: "
+        "pass it on safely",
+    },
+    "ui.delete_user": {"zh": "删除用户及其全部数据", "en": "Delete the user and all their data"},
+    "ui.delete_user_confirm": {"zh": "输入用户名 {name} 以确认", "en": "Type the username {name} to confirm"},
+    "ui.no_users": {"zh": "没有找到用户", "en": "No users found"},
+    "ui.pages": {"zh": "分页", "en": "Pages"},
+    "ui.previous": {"zh": "上一页", "en": "Previous"},
+    "ui.next": {"zh": "下一页", "en": "Next"},
+    "ui.audit": {"zh": "管理操作记录", "en": "Admin actions"},
+    "ui.audit_none": {"zh": "还没有管理操作", "en": "No admin actions yet"},
+    "ui.audit_entry": {"zh": "{who} 对 {whom}：{what}", "en": "{who} · {what} · {whom}"},
+    "ui.audit_disable": {"zh": "停用", "en": "disabled"},
+    "ui.audit_enable": {"zh": "启用", "en": "enabled"},
+    "ui.audit_budget": {"zh": "设置额度", "en": "set the budget of"},
+    "ui.audit_reset_password": {"zh": "重置密码", "en": "reset the password of"},
+    "ui.audit_delete": {"zh": "删除", "en": "deleted"},
+    "ui.audit_publish_role": {"zh": "向所有人发布角色", "en": "published the role"},
+    "ui.audit_unpublish_role": {"zh": "撤回角色", "en": "withdrew the role"},
+    "ui.roles_for_everyone": {"zh": "所有人可用的角色", "en": "Roles for everyone"},
+    "ui.roles_for_everyone_hint": {
+        "zh": "发布你自己的角色后，所有用户都能在内置角色旁选用它，但不能修改；修改后再次发布即可更新",
+        "en": "A role of yours, once published, appears beside the built-in ones for every user, who cannot edit "
+              "it; publish it again after an edit to update it",
+    },
+    "ui.publish_role": {"zh": "发布我的角色", "en": "Publish one of my roles"},
+    "ui.publish": {"zh": "发布", "en": "Publish"},
+    "ui.unpublish": {"zh": "撤回", "en": "Withdraw"},
+    "ui.unpublish_named": {"zh": "撤回 {name}", "en": "Withdraw {name}"},
+    "ui.no_published_roles": {"zh": "还没有发布的角色", "en": "No roles published yet"},
+    "ui.role_published": {"zh": "管理员发布", "en": "from an admin"},
+})
+
 
 def pick_lang(accept_language: str | None, cookie: str | None = None) -> Lang:
     """The remembered switch wins; otherwise the first zh/en in Accept-Language; zh by default."""

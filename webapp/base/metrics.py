@@ -28,6 +28,8 @@ class Metrics:
         )
         self.upstream_errors = Counter("chat_upstream_errors", "Failed model calls", registry=self.registry)
         self.redis_errors = Counter("chat_redis_errors", "Failed Redis operations", registry=self.registry)
+        self.tokens = Counter("chat_tokens", "Tokens of saved replies (provider counts or estimates)",
+                              ["model", "kind"], registry=self.registry)
         self.redis_round_trips = Gauge(
             "chat_redis_round_trips", "Commands and pipelines this worker has sent to Redis since it started "
             "(blocking reads not counted)", registry=self.registry,
@@ -40,6 +42,10 @@ class Metrics:
         self.active_turns.dec()
         self.turns.labels(status).inc()
         self.turn_duration.observe(seconds)
+
+    def tokens_used(self, model: str, input_tokens: int, output_tokens: int) -> None:
+        self.tokens.labels(model, "input").inc(input_tokens)
+        self.tokens.labels(model, "output").inc(output_tokens)
 
     def observe_ttft(self, seconds: float) -> None:
         self.ttft.observe(seconds)

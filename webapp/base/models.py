@@ -30,6 +30,41 @@ def new_message_id() -> str:
 
 
 @dataclass
+class Usage:
+    """What a reply cost: tokens in and out (the provider's count, or an estimate when it sent none), how
+    long until its first token and in all (ms). Stored in a message's JSON as `u` (compact keys)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    estimated: bool = False
+    ttft_ms: int = 0
+    duration_ms: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Output tokens per second of generating (from the first token on, where known)."""
+        seconds = (self.duration_ms - self.ttft_ms) / 1000 if self.duration_ms > self.ttft_ms else 0
+        return round(self.output_tokens / seconds, 1) if seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, int]:
+        data = {"i": self.input_tokens, "o": self.output_tokens, "f": self.ttft_ms, "d": self.duration_ms}
+        if self.estimated:
+            data["e"] = 1
+        return data
+
+    @classmethod
+    def from_dict(cls, data: object) -> "Usage | None":
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(input_tokens=max(0, int(data.get("i", 0))), output_tokens=max(0, int(data.get("o", 0))),
+                       estimated=bool(data.get("e")), ttft_ms=max(0, int(data.get("f", 0))),
+                       duration_ms=max(0, int(data.get("d", 0))))
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclass
 class Message:
     id: str
     role: str  # "user" | "assistant"
@@ -40,6 +75,7 @@ class Message:
     role_id: str = ""  # a reply: the AI role that answered...
     role_name: str = ""  # ...its name then (a custom role may be renamed or deleted later)
     model: str = ""  # ...and the model that wrote it
+    usage: Usage | None = None  # ...and what it cost (tokens, timing)
 
     def to_json(self) -> bytes:
         data = {"id": self.id, "role": self.role, "content": self.content, "ts": self.ts, "status": self.status}
@@ -51,6 +87,8 @@ class Message:
             data["rn"] = self.role_name
         if self.model:
             data["mo"] = self.model
+        if self.usage is not None:
+            data["u"] = self.usage.to_dict()
         return orjson.dumps(data)
 
     @classmethod
@@ -66,6 +104,7 @@ class Message:
             role_id=data.get("r", ""),
             role_name=data.get("rn", ""),
             model=data.get("mo", ""),
+            usage=Usage.from_dict(data["u"]) if "u" in data else None,
         )
 
 
@@ -83,6 +122,7 @@ class Conversation:
     model: str = ""  # the model the user picked for it ("" = its role's, else the app's)
     title_by: str = ""  # "user" once renamed (a generated title never replaces it), "model" once generated
     last_turn_id: str = ""  # the newest turn started (running or not): an open page tells whether it missed one
+    tokens: int = 0  # what its replies cost, in and out (regenerated and edited-away ones included)
 
     @property
     def untouched(self) -> bool:
@@ -94,7 +134,7 @@ class Conversation:
         return {
             "user_id": self.user_id, "title": self.title, "preview": self.preview, "role": self.role,
             "count": self.message_count, "created": repr(self.created), "updated": repr(self.updated), "turn": "", "last": "",
-            "model": self.model, "title_by": self.title_by,
+            "model": self.model, "title_by": self.title_by, "tok": self.tokens,
         }
 
     @classmethod
@@ -112,6 +152,7 @@ class Conversation:
             model=data.get("model", ""),
             title_by=data.get("title_by", ""),
             last_turn_id=data.get("last", ""),
+            tokens=int(data.get("tok", 0) or 0),
         )
 
 
@@ -171,6 +212,7 @@ class TurnLock:
     length: int  # messages in the active branch (the truth where the stored count drifted)
     counts: list[int]  # each limit's count in its window, this turn included
     earlier: str | None = None  # the turn an identical request (same request id) started before
+    budget: tuple[int, int | None, bool, str] | None = None  # budgets on: (tokens this month, own budget, lane taken, lane holder)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from functools import cache
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from webapp.base.errors import (AccountSignInsLimited, BadCredentials, InvalidUsername, SignInsHereLimited,
+from webapp.base.errors import (AccountDisabled, AccountSignInsLimited, BadCredentials, InvalidUsername, SignInsHereLimited,
                                 SignupClosed, TokenNotFound, UsernameTaken)
 from webapp.config import Settings
 from webapp.core.context import check_text
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 USERNAME = re.compile(r"[A-Za-z0-9_.\-]{3,32}")
 PROXY_USERNAME = re.compile(r"[A-Za-z0-9_.@+\-]{1,64}")  # SSO proxies often send e-mail addresses
 TOKEN_PREFIX = "chat_"
+USER_CREDENTIAL = "user:"
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,10 @@ class Accounts:
             raise BadCredentials()
         await self.limits.give_back(*failures)  # a right password is no failure
         uid = found[0]
+        if found[1].get("disabled"):
+            raise AccountDisabled()
+        # (an account made before the admin directory joins it at its next sign-in)
+        await self.store.list_user(uid, found[1].get("username", username), float(found[1].get("created") or 0))
         if rehash or hasher().check_needs_rehash(password_hash):
             await self.store.set_password(uid, await asyncio.to_thread(_hash, normalized(password)))
         return await self._signed_in(uid, anonymous_uid)
@@ -175,6 +180,12 @@ class Accounts:
         """The hash a sign-in cookie or an API token is known by (what a stream watches: revocations.py)."""
         return digest(secret)
 
+    @staticmethod
+    def user_credential(uid: str) -> str:
+        """What a trusted proxy's user's streams are watched by (no sign-in of ours): the user itself,
+        revoked when an admin disables or deletes them (storage/accounts.py credentials_valid)."""
+        return USER_CREDENTIAL + uid
+
     async def user_of_signin(self, cookie: str) -> str | None:
         return await self.store.signin_user(digest(cookie)) if cookie else None
 
@@ -190,6 +201,13 @@ class Accounts:
         await self.revocations.revoke(signins + revoked_tokens)
         return SignedOut(signins=len(signins), tokens=len(revoked_tokens))
 
+    async def new_password(self, uid: str) -> str:
+        """Replace the password with a random one (an admin's reset: shown to them once) and end the sign-ins."""
+        password = secrets.token_urlsafe(12)
+        await self.store.set_password(uid, await asyncio.to_thread(_hash, password))
+        await self.sign_out_everywhere(uid)
+        return password
+
     async def username_of(self, uid: str) -> str:
         account = await self.store.account(uid)
         return account.get("username", "") if account else ""
@@ -200,6 +218,8 @@ class Accounts:
             raise InvalidUsername()
         found = await self.store.account_by_name(username)
         if found:
+            if found[1].get("disabled"):
+                raise AccountDisabled()
             return found[0]
         uid = "a_" + secrets.token_hex(12)
         if await self.store.create_account(uid, username, ""):

@@ -19,6 +19,18 @@ EXPORT_MAX_MESSAGES = 10_000
 EXPORT_MAX_CONVERSATIONS = 10_000
 
 
+class ExportUsage(BaseModel):
+    """What a reply cost, as it was recorded (an import does not add it to this month's spending)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input_tokens: int = Field(0, ge=0, le=10**9)
+    output_tokens: int = Field(0, ge=0, le=10**9)
+    estimated: bool = False
+    ttft_ms: int = Field(0, ge=0, le=10**9)
+    duration_ms: int = Field(0, ge=0, le=10**9)
+
+
 class ExportMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -30,6 +42,7 @@ class ExportMessage(BaseModel):
     role_id: str = Field("", max_length=40)
     role_name: str = Field("", max_length=NAME_CHARS)
     model: str = Field("", max_length=MODEL_CHARS)
+    usage: ExportUsage | None = None
 
     _text = field_validator("content", "role_name", "model")(lambda cls, value: check_text(value))
 

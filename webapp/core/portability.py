@@ -16,7 +16,7 @@ from typing import Any
 
 from webapp.base.errors import ImportsLimited, ImportTooBig
 from webapp.base.i18n import Lang, t
-from webapp.base.models import WELCOME, Conversation, Message, new_id, new_message_id
+from webapp.base.models import WELCOME, Conversation, Message, Usage, new_id, new_message_id
 from webapp.core.export_format import ExportConversation, ExportFile
 from webapp.core.limits import Limit, Limits
 from webapp.core.quota import StorageQuota
@@ -36,7 +36,10 @@ def _iso(epoch: float) -> str:
 def message_record(message: Message) -> dict[str, Any]:
     return {"role": message.role, "content": message.content, "ts": message.ts, "status": message.status,
             "kind": message.kind, "role_id": message.role_id, "role_name": message.role_name,
-            "model": message.model}
+            "model": message.model,
+            **({"usage": {"input_tokens": message.usage.input_tokens, "output_tokens": message.usage.output_tokens,
+                          "estimated": message.usage.estimated, "ttft_ms": message.usage.ttft_ms,
+                          "duration_ms": message.usage.duration_ms}} if message.usage else {})}
 
 
 def conversation_record(conversation: Conversation, messages: list[Message]) -> dict[str, Any]:
@@ -140,7 +143,8 @@ class Portability:
             role_id = new_role_ids.get(record.role_id, record.role_id if record.role_id in BUILTIN_ROLES else "")
             messages.append(Message(id=new_message_id(), role=record.role, content=record.content, ts=record.ts,
                                     status=record.status, kind=record.kind, role_id=role_id,
-                                    role_name=record.role_name, model=record.model))
+                                    role_name=record.role_name, model=record.model,
+                                    usage=Usage(**record.usage.model_dump()) if record.usage else None))
         role = new_role_ids.get(item.role) or (item.role if item.role in BUILTIN_ROLES else DEFAULT_ROLE)
         last = next((m for m in reversed(messages)), None)
         conversation = Conversation(
@@ -148,6 +152,7 @@ class Portability:
             preview=make_preview(last.content) if last else "", message_count=len(messages),
             created=item.created_at.timestamp(), updated=item.updated_at.timestamp(),
             model=item.model if item.model in offered else "", title_by="user" if item.title else "",
+            tokens=sum(m.usage.input_tokens + m.usage.output_tokens for m in messages if m.usage),
         )
         terms = terms_of(conversation.title)
         for message in messages:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from webapp.base.errors import RoleLimit, RoleNotFound, UnknownRole
@@ -40,6 +40,7 @@ class Role:
     temperature: float | None = None  # None = the model's default
     custom: bool = False
     created: float = 0.0
+    published: bool = False  # an admin's role published to everyone: picked, never edited, by other users
 
     def name(self, lang: Lang) -> str:
         return self.name_zh if lang == "zh" else self.name_en
@@ -135,17 +136,26 @@ class RoleBook:
         records = await self.store.list_roles(user_id)
         return sorted((role_from_record(rid, data) for rid, data in records.items()), key=lambda r: r.created)
 
+    async def published(self) -> list[Role]:
+        """The roles an admin published to everyone (core/admin.py): beside the built-in ones, not editable."""
+        records = await self.store.published_roles()
+        return sorted((replace(role_from_record(rid, data), published=True) for rid, data in records.items()),
+                      key=lambda r: r.created)
+
     async def all(self, user_id: str) -> list[Role]:
-        return list(BUILTIN_ROLES.values()) + await self.own(user_id)
+        own = await self.own(user_id)
+        mine = {role.id for role in own}
+        published = [role for role in await self.published() if role.id not in mine]
+        return list(BUILTIN_ROLES.values()) + published + own
 
     async def get(self, user_id: str, role_id: str | None) -> Role:
-        """A role the user may pick by id (built-in or theirs); UnknownRole otherwise (someone else's too)."""
+        """A role the user may pick by id (built-in, published or theirs); UnknownRole otherwise (someone else's too)."""
         if not role_id or role_id in BUILTIN_ROLES:
             return get_role(role_id)
         if CUSTOM_ID.fullmatch(role_id):
-            data = await self.store.get_role(user_id, role_id)
+            data, published = await self.store.own_or_published_role(user_id, role_id)
             if data is not None:
-                return role_from_record(role_id, data)
+                return replace(role_from_record(role_id, data), published=published)
         raise UnknownRole()
 
     async def own_role(self, user_id: str, role_id: str) -> Role:
@@ -162,10 +172,11 @@ class RoleBook:
         falls back to the default and says so."""
         if not role_id or role_id in BUILTIN_ROLES or not role_id.startswith(CUSTOM_PREFIX):
             return ResolvedRole(role_or_default(role_id))
-        data = await self.store.get_role(user_id, role_id) if CUSTOM_ID.fullmatch(role_id) else None
+        data, published = (await self.store.own_or_published_role(user_id, role_id) if CUSTOM_ID.fullmatch(role_id)
+                           else (None, False))
         if data is None:
             return ResolvedRole(BUILTIN_ROLES[DEFAULT_ROLE], missing=True)
-        return ResolvedRole(role_from_record(role_id, data))
+        return ResolvedRole(replace(role_from_record(role_id, data), published=published))
 
     async def create(self, user_id: str, role: Role) -> Role:
         if not await self.store.add_role(user_id, role.id, role_record(role), self.max_per_user):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from webapp.base.metrics import Metrics
 from webapp.config import Settings
 from webapp.core.accounts import Accounts
+from webapp.core.admin import Admin
 from webapp.core.auto_title import TitleWriter
 from webapp.core.conversations import Conversations
 from webapp.core.limits import Limits
@@ -17,6 +18,7 @@ from webapp.core.revocations import Revocations
 from webapp.core.roles import RoleBook
 from webapp.core.search import SearchIndex
 from webapp.core.sharing import Shares
+from webapp.core.spending import Spending
 from webapp.core.turns.channels import ConversationChannels
 from webapp.core.turns.leases import LeaseKeeper
 from webapp.core.turns.reader import TurnReader
@@ -45,6 +47,8 @@ class Services:
     eviction_watch: EvictionWatch
     revocations: Revocations
     quota: StorageQuota
+    spending: Spending
+    admin: Admin
 
     def start(self) -> None:
         """The background tasks: the event writer and cancel listener, the search index, the lease keeper,
@@ -90,8 +94,10 @@ def build_services(store: Store, provider: Provider, settings: Settings, metrics
                               limits=limits, imports_per_hour=settings.imports_per_hour,
                               import_bytes_per_hour=settings.import_bytes_per_hour,
                               max_message_chars=settings.max_import_message_chars, quota=quota)
+    accounts = Accounts(store, settings, limits, revocations)
+    admin = Admin(store, settings, accounts, conversations, writer.spending, quota, writer.roles)
     return Services(store=store, provider=provider, writer=writer, reader=reader, leases=leases, limits=limits,
                     search=search, titles=titles, channels=channels, conversations=conversations, roles=writer.roles,
-                    shares=Shares(store), portability=portability, accounts=Accounts(store, settings, limits, revocations),
+                    shares=Shares(store), portability=portability, accounts=accounts,
                     eviction_watch=EvictionWatch(store, settings), revocations=revocations,
-                    quota=quota)
+                    quota=quota, spending=writer.spending, admin=admin)

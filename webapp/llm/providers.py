@@ -11,6 +11,7 @@ import orjson
 import yarl
 
 from webapp.base.i18n import Lang, t
+from webapp.base.models import Usage
 from webapp.config import Settings
 
 log = logging.getLogger("webapp.llm")
@@ -37,8 +38,9 @@ class Provider(Protocol):
     model: str
 
     def stream(self, messages: ChatMessages, *, role_name: str, lang: Lang, model: str | None = None,
-               temperature: float | None = None) -> AsyncIterator[str]:
-        """Yield the reply's text deltas; raise UpstreamError on failure. `model` None: the default."""
+               temperature: float | None = None, usage: Usage | None = None) -> AsyncIterator[str]:
+        """Yield the reply's text deltas; raise UpstreamError on failure. `model` None: the default.
+        When the model reports what the reply cost, its tokens go into `usage` (`estimated` cleared)."""
         ...
 
     async def models(self) -> list[str]:
@@ -82,6 +84,7 @@ class OpenAIProvider:
         self.base_url = (settings.openai_base_url or "https://api.openai.com/v1").rstrip("/")
         self.completions_url = yarl.URL(self.base_url + "/chat/completions")  # parsed once, not per reply
         self.api_key = settings.openai_api_key
+        self.ask_usage = settings.openai_stream_usage
         self._client: Any = None
         self._ping: asyncio.Future[bool] | None = None
         self._ping_at = 0.0
@@ -97,13 +100,15 @@ class OpenAIProvider:
         )
 
     async def stream(self, messages: ChatMessages, *, role_name: str, lang: Lang, model: str | None = None,
-                     temperature: float | None = None) -> AsyncIterator[str]:
+                     temperature: float | None = None, usage: Usage | None = None) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         watch = _IdleWatch(loop, task, self.token_timeout)
         request: dict[str, Any] = {"model": model or self.model, "messages": messages, "stream": True}
         if temperature is not None:
             request["temperature"] = temperature
+        if self.ask_usage:  # the last chunk (no choices) then carries the reply's token counts
+            request["stream_options"] = {"include_usage": True}
         body = orjson.dumps(request)
         try:
             for attempt in (1, 2):
@@ -124,13 +129,15 @@ class OpenAIProvider:
                                 text = delta_text(line)
                                 if text is None:
                                     return
-                                if text.__class__ is Finishing:
-                                    finished = True
+                                if text.__class__ is not str:
+                                    finished = finished or text.__class__ is Finishing
+                                    _take_usage(text, usage)
                                 if text:
                                     yield text
                         last = delta_text(buffer)  # a last line with no newline after it
                         if last is None:
                             return
+                        _take_usage(last, usage)
                         if last:
                             yield last
                         if not finished and last.__class__ is not Finishing:
@@ -318,7 +325,8 @@ class DemoProvider:
         raise UpstreamError()  # titles come from the first message in demo mode
 
     async def stream(self, messages: ChatMessages, *, role_name: str, lang: Lang, model: str | None = None,
-                     temperature: float | None = None) -> AsyncIterator[str]:
+                     temperature: float | None = None, usage: Usage | None = None) -> AsyncIterator[str]:
+        """(No token counts: the turn estimates them, marked as estimated.)"""
         history = [m for m in messages if m["role"] != "system"]
         last = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
         last = " ".join(last.split())
@@ -361,7 +369,34 @@ def _demo_pieces(text: str, size: int = 3) -> list[str]:
 
 class Finishing(str):
     """delta_text's answer for a chunk with a finish reason (its text, often empty): the reply is whole
-    even when no `[DONE]` follows."""
+    even when no `[DONE]` follows. `counts`: (prompt, completion) tokens when the chunk carries them."""
+
+    counts: tuple[int, int] | None = None
+
+
+class Counted(str):
+    """delta_text's answer (always "") for the chunk `stream_options.include_usage` adds at the end: no
+    choices, the reply's `usage`."""
+
+    counts: tuple[int, int] | None = None
+
+
+def _counts(data: Any) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of a chunk's `usage`, if it has one."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    try:
+        return max(0, int(usage.get("prompt_tokens") or 0)), max(0, int(usage.get("completion_tokens") or 0))
+    except (TypeError, ValueError):
+        return None
+
+
+def _take_usage(text: str, usage: Usage | None) -> None:
+    counts = getattr(text, "counts", None)
+    if counts is not None and usage is not None:
+        usage.input_tokens, usage.output_tokens = counts
+        usage.estimated = False
 
 
 def delta_text(line: bytes) -> str | None:
@@ -383,9 +418,16 @@ def delta_text(line: bytes) -> str | None:
         choice = data["choices"][0]
         text = choice["delta"].get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
-        return ""
+        counts = _counts(data)
+        if counts is None:
+            return ""
+        counted = Counted()
+        counted.counts = counts
+        return counted
     if choice.get("finish_reason"):
-        return Finishing(text)
+        finishing = Finishing(text)
+        finishing.counts = _counts(data)
+        return finishing
     return text
 
 

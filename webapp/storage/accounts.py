@@ -9,10 +9,10 @@ from typing import Any, AsyncIterator
 
 import orjson
 
-from webapp.storage.base import StoreBase
+from webapp.storage.directory import DirectoryStore
 
 
-class AccountStore(StoreBase):
+class AccountStore(DirectoryStore):
     """Accounts, their sign-ins and their personal API tokens: the commands of their keys (see store.Store)."""
 
     async def create_account(self, uid: str, username: str, password_hash: str) -> bool:
@@ -20,11 +20,13 @@ class AccountStore(StoreBase):
         k = self.keys
         if not await self.redis.set(k.account_name(username), uid, nx=True):
             return False
+        created = time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.account(uid), mapping={"username": username, "password": password_hash,
-                                               "created": repr(time.time())})
+                                               "created": repr(created)})
             pipe.set(k.claim(uid), "1")  # the account's identity is never free to claim
             await pipe.execute()
+        await self.list_user(uid, username, created)  # (the directory's keys are in other slots)
         return True
 
     async def account_by_name(self, username: str) -> tuple[str, dict[str, str]] | None:
@@ -136,11 +138,17 @@ class AccountStore(StoreBase):
             await pubsub.aclose()
 
     async def credentials_valid(self, digests: list[str]) -> list[bool]:
-        """Whether each hash is still a sign-in or a token: one pipeline, one key per command (any slots)."""
+        """Whether each hash is still a sign-in or a token (or, `user:{uid}`, an enabled account): one pipeline,
+        one key per command (any slots)."""
         k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
             for digest in digests:
-                pipe.exists(k.signin(digest))
-                pipe.exists(k.token(digest))
+                if digest.startswith("user:"):  # a proxy user's streams: valid while the account is, and enabled
+                    pipe.exists(k.account(digest[5:]))
+                    pipe.hget(k.account(digest[5:]), "disabled")
+                else:
+                    pipe.exists(k.signin(digest))
+                    pipe.exists(k.token(digest))
             found = await pipe.execute()
-        return [bool(signin or token) for signin, token in zip(found[0::2], found[1::2])]
+        return [bool(first) and not second if digest.startswith("user:") else bool(first or second)
+                for digest, first, second in zip(digests, found[0::2], found[1::2])]

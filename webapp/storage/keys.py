@@ -32,6 +32,10 @@ class Keys:
         self.layout = prefix + "layout"
         self.wake_channel = prefix + "wake"
         self.revoked_channel = prefix + "revoked"
+        self.users = prefix + "users"
+        self.user_names = prefix + "users:names"
+        self.audit = prefix + "admin:audit"
+        self.published_roles = prefix + "roles:published"
 
     # one identity's slot ---------------------------------------------------
 
@@ -95,6 +99,15 @@ class Keys:
 
     def usage(self, uid: str) -> str:
         return self.owner(uid) + ":usage"
+
+    def spending(self, uid: str, month: str) -> str:
+        return f"{self.owner(uid)}:spend:{month}"
+
+    def budget(self, uid: str) -> str:
+        return self.owner(uid) + ":budget"
+
+    def budget_lane(self, uid: str) -> str:
+        return self.owner(uid) + ":lane"
 
     def shares(self, uid: str) -> str:
         return self.owner(uid) + ":shares"

@@ -43,3 +43,25 @@ class RoleStore(StoreBase):
 
     async def delete_role(self, uid: str, role_id: str) -> bool:
         return bool(await self.redis.hdel(self.keys.roles(uid), role_id))
+
+    # roles an admin published to everyone ---------------------------------------------
+
+    async def own_or_published_role(self, uid: str, role_id: str) -> tuple[dict[str, Any] | None, bool]:
+        """The user's own role of that id, else the published one (and whether it is that): one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.roles(uid), role_id)
+            pipe.hget(self.keys.published_roles, role_id)
+            own, published = await pipe.execute()
+        if own:
+            return orjson.loads(own), False
+        return (orjson.loads(published), True) if published else (None, False)
+
+    async def published_roles(self) -> dict[str, dict[str, Any]]:
+        rows = await self.redis.hgetall(self.keys.published_roles)
+        return {role_id: orjson.loads(raw) for role_id, raw in rows.items()}
+
+    async def publish_role(self, role_id: str, record: dict[str, Any]) -> None:
+        await self.redis.hset(self.keys.published_roles, role_id, orjson.dumps(record))
+
+    async def unpublish_role(self, role_id: str) -> bool:
+        return bool(await self.redis.hdel(self.keys.published_roles, role_id))

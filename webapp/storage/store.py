@@ -27,6 +27,10 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     {uid}:tokens                       HASH token id -> JSON {name, created, hash} of a user's tokens
     {uid}:roles                        HASH role id -> JSON of a custom role; index TTL, refreshed when listed
     {uid}:usage                        the bytes the user's data took when last measured (core/quota.py), 10 min
+    {uid}:spend:{YYYY-MM}              HASH a month's tokens: t (in + out), "DD|model|i|o|n|e" (in, out, replies, estimated
+                                       replies per day and model), summed in the save's MULTI; index TTL
+    {uid}:budget                       a user's own monthly token budget, set by an admin (0 = none); no TTL
+    {uid}:lane                         the turn id holding a budgeted user's one reply at a time; TURN_TIMEOUT_SECONDS
     {uid}:shares                       HASH session id -> the read-only link's token; no TTL (revoked with it)
     {uid}:w:{term}                     SET session ids whose title or messages hold a search term, index TTL
     {uid}:lex                          ZSET (all scores 0) every search term of the user: prefix lookups, index TTL
@@ -39,6 +43,10 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     account:name:{username}            the uid of a username (lower case); no TTL
     signin:{sha256}                    HASH a sign-in (uid, created), by the hash of its cookie; session TTL
     token:{sha256}                     the uid of a personal API token, by the hash of the token; no TTL
+    users                              ZSET uid -> created (s) of every account: the admin page's pages; no TTL
+    users:names                        ZSET (all scores 0) "username|uid" (lower case): the admin page's search; no TTL
+    roles:published                    HASH role id -> JSON of a role an admin published to everyone (a copy); no TTL
+    admin:audit                        LIST JSON {who, what, whom, detail, at} of admin actions, newest first, last 1000
     turns:running                      ZSET "uid/tid" -> lease deadline (ms) of every generating turn
     follower:{worker}:wake             STREAM a worker's follower wake-up (one Redis only)
     layout                             the key layout version (a one-off migration at start, migrate.py)
@@ -52,6 +60,7 @@ from __future__ import annotations
 
 from webapp.storage.accounts import AccountStore
 from webapp.storage.conversations import ConversationStore
+from webapp.storage.directory import DirectoryStore
 from webapp.storage.identities import IdentityStore
 from webapp.storage.limits import LimitStore
 from webapp.storage.messages import MessageStore
@@ -62,8 +71,8 @@ from webapp.storage.usage import UsageStore
 
 
 class Store(ConversationStore, MessageStore, TurnStore, IdentityStore, AccountStore, LimitStore, RoleStore, ShareStore,
-            UsageStore):
+            UsageStore, DirectoryStore):
     """The one object the core is handed: each concept's commands come from its own module
     (conversations, messages, turns and turn_events, identities, accounts, limits, roles, shares,
-    search, usage; the connection in base), composed here. Modules own their keys' commands; keys.py
+    search, usage, spending, directory; the connection in base), composed here. Modules own their keys' commands; keys.py
     names every key."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from webapp.base.models import Conversation, Lease, Message, TurnEvent, TurnInfo, TurnLock
 from webapp.storage.keys import TurnRef
+from webapp.storage.spending import SpendingStore
 from webapp.storage.turn_events import (
     STREAM_MAXLEN,
     STREAM_RETENTION_SECONDS,
@@ -74,7 +75,7 @@ return 0
 """
 
 
-class TurnStore(TurnEventStore):
+class TurnStore(TurnEventStore, SpendingStore):
     """Turns: the commands of their keys (see store.Store)."""
 
     def _claim_request(self, pipe: Any, uid: str, request_id: str, turn_id: str) -> None:
@@ -100,7 +101,7 @@ class TurnStore(TurnEventStore):
         await self.redis.delete(self.keys.request(uid, request_id))
 
     async def lock_turn(self, uid: str, sid: str, *, turn_id: str, hits: list[tuple[str, str, int, int]],
-                        request_id: str | None = None) -> TurnLock:
+                        request_id: str | None = None, budget_month: str = "") -> TurnLock:
         """Claim the client's request id (if any), read the metadata, take the conversation's lock and
         count limits: one round trip (`earlier`: the request repeats one that started that turn).
 
@@ -108,7 +109,8 @@ class TurnStore(TurnEventStore):
         (renew_leases), so a host that dies frees the conversation within seconds.
         `hits` are (limit name, key, window number, window seconds) counters to increment,
         as in count_hits(). Whether the caller may go on is the core's decision; it gives
-        the lock back with release_lock() when not.
+        the lock back with release_lock() when not. With a `budget_month` (budgets are on), the same round
+        trip reads the user's tokens that month and own budget, and takes their budget lane if free.
         """
         k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -117,6 +119,8 @@ class TurnStore(TurnEventStore):
             pipe.hgetall(k.meta(uid, sid))
             pipe.set(k.lock(uid, sid), turn_id, nx=True, px=self.lease_ms)
             pipe.llen(k.messages(uid, sid))
+            if budget_month:
+                self._read_budget(pipe, uid, budget_month, turn_id, self.turn_timeout * 1000)
             self._count_hits(pipe, hits)
             replies = await pipe.execute()
         earlier = None
@@ -124,10 +128,13 @@ class TurnStore(TurnEventStore):
             claimed, holder, *replies = replies
             earlier = None if claimed else (holder or None)
         meta, locked, length, *counts = replies
+        budget = None
+        if budget_month:
+            budget, counts = self.budget_replies(counts[:4]), counts[4:]
         if meta and meta.get("user_id") != uid:
             meta = {}
         return TurnLock(meta=meta, locked=bool(locked), length=int(length), counts=[int(c) for c in counts[0::2]],
-                        earlier=earlier)
+                        earlier=earlier, budget=budget)
 
     async def release_lock(self, uid: str, sid: str, holder: str) -> None:
         """Give the lock back, if `holder` (a turn id) still holds it."""
@@ -202,10 +209,14 @@ class TurnStore(TurnEventStore):
         unwritten: list[TurnEvent] | None = None,
         release_lock: bool = True,
         conversation_exists: bool = True,
+        spending_day: str = "",
+        lane: bool = False,
     ) -> None:
         """Save the reply, write the stream's last chunks and final event, release the lock: one MULTI.
 
-        `preview` is what the session list shows for the conversation once `reply` is saved.
+        `preview` is what the session list shows for the conversation once `reply` is saved. With a
+        `spending_day` (YYYY-MM-DD), the reply's tokens are added to its user's sums (even when its
+        conversation was deleted meanwhile: they were spent); `lane`: the turn gives its budget lane back.
         """
         sid, uid, k = conversation.id, conversation.user_id, self.keys
         ref = TurnRef(uid, turn_id)
@@ -230,6 +241,12 @@ class TurnStore(TurnEventStore):
             pipe.expire(k.events(ref), STREAM_RETENTION_SECONDS)
             if release_lock:
                 pipe.eval(RELEASE_LOCK, 1, k.lock(uid, sid), turn_id)
+            if spending_day and reply is not None and reply.usage is not None:
+                self._count_spending(pipe, uid, spending_day, reply.model, reply.usage)
+                if conversation_exists:
+                    pipe.hincrby(k.meta(uid, sid), "tok", reply.usage.input_tokens + reply.usage.output_tokens)
+            if lane:
+                self._release_lane(pipe, uid, turn_id)
             if conversation_exists:
                 self._refresh_ttls(pipe, uid, sid)
             await pipe.execute()

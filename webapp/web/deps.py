@@ -20,10 +20,12 @@ from webapp.base.i18n import Lang
 from webapp.base.ids import check_user_id
 from webapp.base.models import Conversation
 from webapp.core.accounts import Accounts
+from webapp.core.admin import Admin
 from webapp.core.conversations import Conversations
 from webapp.core.portability import Portability
 from webapp.core.roles import Role, RoleBook
 from webapp.core.sharing import Shares
+from webapp.core.spending import Spending
 from webapp.core.turns.reader import TurnReader
 from webapp.core.turns.writer import TurnWriter
 from webapp.storage.store import Store
@@ -70,9 +72,14 @@ async def get_portability(request: Request) -> Portability:
     return request.app.state.portability
 
 
+async def get_spending(request: Request) -> Spending:
+    return request.app.state.spending
+
+
 RolesDep = Annotated[RoleBook, Depends(get_roles)]
 SharesDep = Annotated[Shares, Depends(get_shares)]
 PortabilityDep = Annotated[Portability, Depends(get_portability)]
+SpendingDep = Annotated[Spending, Depends(get_spending)]
 ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
 WriterDep = Annotated[TurnWriter, Depends(get_writer)]
 ReaderDep = Annotated[TurnReader, Depends(get_reader)]
@@ -115,6 +122,7 @@ async def _resolve_user(request: Request, claimed: str | None, *, creating: bool
         if not name:
             raise SignInRequired()
         identity = await app.accounts.proxy_user(name)
+        request.state.credential = app.accounts.user_credential(identity)  # (a disable ends its streams)
     else:
         identity = request.state.identity
     if identity:
@@ -224,3 +232,19 @@ async def owned_role(role_id: Annotated[str, Path(max_length=40)], user: Current
 
 
 OwnedRole = Annotated[Role, Depends(owned_role)]
+
+
+async def get_admin(request: Request) -> Admin:
+    return request.app.state.admin
+
+
+AdminDep = Annotated[Admin, Depends(get_admin)]
+
+
+async def admin_user(request: Request, user: CurrentUser, admin: AdminDep) -> str:
+    """The caller's username if they are an admin (ADMIN_USERS); 403 for anyone else, whatever the
+    route or the user it names (no route tells a non-admin whether a user exists)."""
+    return await admin.admin_name(user)
+
+
+AdminUser = Annotated[str, Depends(admin_user)]

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field, field_validator
 from webapp.base.models import Conversation, Message
 from webapp.core.context import check_text
 from webapp.core.roles import DESCRIPTION_CHARS, MODEL_CHARS, NAME_CHARS, PROMPT_CHARS, Role
+from webapp.core.admin import MAX_BUDGET, UserPage
+from webapp.core.spending import UsageReport, UsageRow
 
 
 def _iso(epoch: float) -> str:
@@ -71,6 +73,15 @@ class SessionPage(BaseModel):
     next_cursor: str | None
 
 
+class MessageUsageOut(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    estimated: bool = Field(description="the model reported no counts: estimated from the characters")
+    ttft_ms: int = Field(description="from the turn's start to the first token")
+    duration_ms: int = Field(description="from the turn's start to the saved reply")
+    tokens_per_second: float = Field(description="output tokens per second after the first token")
+
+
 class MessageOut(BaseModel):
     id: str
     role: str
@@ -83,12 +94,17 @@ class MessageOut(BaseModel):
     role_id: str = Field("", description="a reply: the AI role that answered")
     role_name: str = Field("", description="a reply of a custom role: its name then")
     model: str = Field("", description="a reply: the model that wrote it")
+    usage: MessageUsageOut | None = Field(None, description="a reply: what it cost (tokens) and how fast it came")
 
     @classmethod
     def of(cls, message: Message, index: int = 0, version: tuple[int, int] = (1, 1)) -> "MessageOut":
+        u = message.usage
+        usage = MessageUsageOut(input_tokens=u.input_tokens, output_tokens=u.output_tokens, estimated=u.estimated,
+                                ttft_ms=u.ttft_ms, duration_ms=u.duration_ms,
+                                tokens_per_second=u.tokens_per_second) if u else None
         return cls(id=message.id, role=message.role, content=message.content, ts=message.ts, status=message.status,
                    index=index, version=version[0], versions=version[1], role_id=message.role_id,
-                   role_name=message.role_name, model=message.model)
+                   role_name=message.role_name, model=message.model, usage=usage)
 
 
 class MessageEdit(BaseModel):
@@ -185,6 +201,7 @@ class CustomRoleOut(RoleOut):
     name: str = Field("", description="a custom role's name (built-in ones: the Chinese name)")
     description: str = ""
     custom: bool = False
+    published: bool = Field(False, description="an admin published it to everyone: it may be picked, not edited")
     system_prompt: str = ""
     model: str = ""
     temperature: float | None = None
@@ -193,8 +210,8 @@ class CustomRoleOut(RoleOut):
     def of(cls, role: Role) -> "CustomRoleOut":
         return cls(id=role.id, name_zh=role.name_zh, name_en=role.name_en, description_zh=role.description_zh,
                    description_en=role.description_en, name=role.name_zh, description=role.description_zh,
-                   custom=role.custom,
-                   system_prompt=role.system_prompt if role.custom else "", model=role.model,
+                   custom=role.custom, published=role.published,
+                   system_prompt=role.system_prompt if role.custom and not role.published else "", model=role.model,
                    temperature=role.temperature)
 
 
@@ -212,3 +229,67 @@ class ImportOut(BaseModel):
     conversations: int
     roles: int
     ids: list[str] = Field(description="the new ids of the imported conversations, in the file's order")
+
+
+class UsageRowOut(BaseModel):
+    day: str = Field("", description="YYYY-MM-DD (UTC); empty in totals")
+    model: str = Field("", description="empty in the grand total")
+    input_tokens: int
+    output_tokens: int
+    replies: int
+    estimated: int = Field(0, description="replies whose counts are estimates (the model reported none)")
+    cost: float | None = Field(None, description="at MODEL_PRICES (per million tokens); null: no price known")
+
+    @classmethod
+    def of(cls, row: UsageRow) -> "UsageRowOut":
+        return cls(day=row.day, model=row.model, input_tokens=row.input_tokens, output_tokens=row.output_tokens,
+                   replies=row.replies, estimated=row.estimated,
+                   cost=round(row.cost, 6) if row.cost is not None else None)
+
+
+class UsageOut(BaseModel):
+    rows: list[UsageRowOut] = Field(description="the last 30 days by day and model, newest first")
+    models: list[UsageRowOut] = Field(description="the same 30 days by model")
+    total: UsageRowOut
+    month_tokens: int = Field(description="tokens in and out this calendar month (UTC)")
+    budget: int = Field(description="the monthly token budget; 0 = none")
+    resets: str = Field(description="the date (UTC) the month's count starts again")
+
+    @classmethod
+    def of(cls, report: UsageReport) -> "UsageOut":
+        return cls(rows=[UsageRowOut.of(r) for r in report.rows], models=[UsageRowOut.of(r) for r in report.models],
+                   total=UsageRowOut.of(report.total), month_tokens=report.month_tokens, budget=report.budget,
+                   resets=report.resets)
+
+
+class AdminUserOut(BaseModel):
+    id: str
+    username: str
+    created: float = Field(description="unix seconds")
+    last_active: float = Field(description="unix seconds of the last activity in a conversation; 0: none")
+    conversations: int
+    tokens_this_month: int
+    budget: int = Field(description="the monthly token budget that applies; 0 = none")
+    own_budget: int | None = Field(description="set by an admin; null: the default applies")
+    disabled: bool
+    storage_bytes: int | None = Field(description="as last measured (storage quota); null: not measured lately")
+    admin: bool
+
+
+class AdminUserPage(BaseModel):
+    users: list[AdminUserOut]
+    total: int
+    page: int
+    pages: int
+
+    @classmethod
+    def of(cls, page: UserPage) -> "AdminUserPage":
+        return cls(users=[AdminUserOut(id=r.uid, username=r.username, created=r.created, last_active=r.last_active,
+                                       conversations=r.conversations, tokens_this_month=r.tokens, budget=r.budget,
+                                       own_budget=r.own_budget, disabled=r.disabled, storage_bytes=r.storage,
+                                       admin=r.admin) for r in page.rows],
+                   total=page.total, page=page.page, pages=page.pages)
+
+
+class AdminBudgetIn(BaseModel):
+    tokens: int | None = Field(description="tokens a month; 0 = unlimited; null = the default", ge=0, le=MAX_BUDGET)

@@ -9,6 +9,7 @@ from webapp.base.models import TurnEvent
 from webapp.core.turns.run import MAX_EVENT_CHARS, TurnRun, log
 from webapp.core.turns.writer_state import WriterState
 from webapp.llm.providers import UpstreamError
+from webapp.llm.tokens import estimate_usage
 
 
 class TurnGenerating(WriterState):
@@ -21,7 +22,7 @@ class TurnGenerating(WriterState):
             async with asyncio.timeout(max(1, self.settings.turn_timeout_seconds - 5)):
                 async for delta in self.provider.stream(
                     messages, role_name=run.role.name(run.lang), lang=run.lang, model=run.model or None,
-                    temperature=run.role.temperature,
+                    temperature=run.role.temperature, usage=run.usage,
                 ):
                     self._add_text(run, delta)
         except TimeoutError:
@@ -36,6 +37,8 @@ class TurnGenerating(WriterState):
             log.exception("turn %s failed", run.id)
             status, error_key = "error", "error.upstream"
             self.metrics.upstream_error()
+        if run.usage.estimated:  # the model sent no counts (or was cut off before its last chunk)
+            estimate_usage(messages, "".join(run.text), run.usage)
         await asyncio.shield(self._finish(run, status, error_key, error_params))
 
     def _add_text(self, run: TurnRun, delta: str) -> None:

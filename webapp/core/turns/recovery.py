@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 
 from webapp.base.i18n import t
-from webapp.base.models import TERMINAL, Conversation, Message, TurnEvent, TurnInfo, new_message_id, now_iso
+from webapp.base.models import TERMINAL, Conversation, Message, TurnEvent, TurnInfo, Usage, new_message_id, now_iso
 from webapp.core.titles import make_preview
+from webapp.llm.tokens import estimate_tokens
 from webapp.storage.keys import TurnRef
+from webapp.storage.spending import utc_day
 from webapp.storage.store import Store
 
 log = logging.getLogger("webapp.turns")
@@ -52,12 +54,14 @@ class OrphanRecovery:
         content = "".join(e.content for e in events if e.type == "chunk")
         reply = None
         if content:
-            reply = Message(id=new_message_id(), role="assistant", content=content, ts=now_iso(), status="interrupted")
+            # what it cost is known only in part: its text, estimated (the prompt and the model went with the host)
+            reply = Message(id=new_message_id(), role="assistant", content=content, ts=now_iso(), status="interrupted",
+                            usage=Usage(output_tokens=estimate_tokens(content), estimated=True))
         final = TurnEvent(seq=(events[-1].seq if events else 0) + 1, type="error", content=t("error.interrupted"))
         # the lock is not the orphan's any more (that is how it was found): leave it alone
         await self.store.finish_turn(
             conversation, turn_id=ref.turn_id, reply=reply, preview=make_preview(content), final_event=final,
-            release_lock=False, conversation_exists=exists,
+            release_lock=False, conversation_exists=exists, spending_day=utc_day(), lane=True,
         )
         log.warning("turn %s: its writer is gone; saved %d chars as interrupted", ref.turn_id, len(content))
         return await self.store.get_turn(ref)

@@ -12,7 +12,7 @@ from typing import AsyncIterator, Callable
 from redis.exceptions import RedisError
 
 from webapp.base.i18n import Lang
-from webapp.base.models import TERMINAL, BranchState, Conversation, Message, TurnEvent
+from webapp.base.models import TERMINAL, BranchState, Conversation, Message, TurnEvent, Usage
 from webapp.core.roles import Role
 from webapp.storage.failures import PASSING
 from webapp.storage.keys import TurnRef
@@ -85,6 +85,8 @@ class TurnRun:
     forked: bool = False  # a regenerate or an edit: the reply starts a new version of the branch
     asked: bool = False  # this turn stored a new user message (not a retry, regenerate or edit)
     saved: "SavedReply | None" = None  # once saved: what the page's final bubble shows, without a read
+    usage: Usage = field(default_factory=lambda: Usage(estimated=True))  # the model's counts, else estimated
+    lane: bool = False  # it holds its user's budget lane (core/spending.py): given back when saved
 
     @property
     def ref(self) -> TurnRef:

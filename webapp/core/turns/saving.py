@@ -22,6 +22,7 @@ from webapp.core.titles import make_preview
 from webapp.core.turns.run import SavedReply, TurnRun, log
 from webapp.core.turns.writer_state import WriterState
 from webapp.storage.failures import PASSING
+from webapp.storage.spending import utc_day
 
 
 class TurnSaving(WriterState):
@@ -35,9 +36,12 @@ class TurnSaving(WriterState):
         content = "".join(run.text)
         reply = None
         if content or status == "complete":
+            usage = run.usage
+            usage.duration_ms = round((time.perf_counter() - run.started) * 1000)
+            usage.ttft_ms = round((run.first_token_at - run.started) * 1000) if run.first_token_at else 0
             reply = Message(id=new_message_id(), role="assistant", content=content, ts=now_iso(), status=status,
                             role_id=run.role.id, role_name=run.role.name_zh if run.role.custom else "",
-                            model=run.model or self.provider.model)
+                            model=run.model or self.provider.model, usage=usage)
         if error_key:
             final = TurnEvent(seq=run.next_seq(), type="error", content=t(error_key, run.lang, **(error_params or {})))
         else:
@@ -50,6 +54,8 @@ class TurnSaving(WriterState):
         elif saved is not final:  # another host recovered the turn first: its ending is the true one
             final, status = saved, "interrupted"
         elif reply is not None:
+            if reply.usage is not None:
+                self.metrics.tokens_used(reply.model, reply.usage.input_tokens, reply.usage.output_tokens)
             for hook in self.saved_hooks:
                 try:
                     hook(run, reply)
@@ -98,11 +104,14 @@ class TurnSaving(WriterState):
                 await self.store.finish_turn(
                     run.conversation, turn_id=run.id, reply=reply, preview=preview,
                     final_event=final, unwritten=unwritten, conversation_exists=exists,
+                    spending_day=utc_day() if reply is not None else "", lane=run.lane,
                 )
                 if reply is not None and exists:  # (what finish_turn wrote to the conversation)
                     before = run.conversation
                     run.saved = SavedReply(reply=reply, index=before.message_count, conversation=replace(
                         before, preview=preview, message_count=before.message_count + 1,
+                        tokens=before.tokens + (reply.usage.input_tokens + reply.usage.output_tokens
+                                                if reply.usage else 0),
                         updated=time.time(), running_turn_id=None), before=run.user_message, forked=run.forked)
                 return final
             except PASSING as exc:

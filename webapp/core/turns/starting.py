@@ -32,13 +32,16 @@ class TurnStarting(WriterState):
 
     async def lock_conversation(self, session_id: str, user_id: str, holder: str, *,
                                 hits: list[tuple[str, str, int, int]] | None = None,
-                                request_id: str | None = None) -> TurnLock:
+                                request_id: str | None = None, budget_month: str = "") -> TurnLock:
         """Take the conversation's lock for `holder` (a turn, or a version switch), checking ownership in the
         same round trip: 404 for a conversation that is not the user's, 409 while another holds it.
         The caller gives it back with store.release_lock(user_id, session_id, holder). A turn's
         `request_id` is claimed in that round trip too: RepeatedRequest when it repeats one."""
         lock = await self.store.lock_turn(user_id, session_id, turn_id=holder, hits=hits or [],
-                                          request_id=request_id)
+                                          request_id=request_id, budget_month=budget_month)
+        if lock.budget is not None and lock.budget[2] and (lock.earlier is not None or not lock.locked
+                                                           or lock.meta.get("user_id") != user_id):
+            await self.store.release_lane(user_id, holder)  # (a turn that will not start gives its lane back)
         if lock.earlier is not None:
             await self.store.undo_repeated_start(user_id, session_id, holder, locked=lock.locked, hits=hits or [])
             raise RepeatedRequest(lock.earlier)
@@ -151,9 +154,12 @@ class TurnStarting(WriterState):
         now = time.time()
         checks = active((self.turns_per_user, user_id), (self.turns_per_ip, client_ip))
         lock = await self.lock_conversation(session_id, user_id, turn_id, request_id=request_id,
-                                            hits=[limit.counter(key, now) for limit, key in checks])
+                                            hits=[limit.counter(key, now) for limit, key in checks],
+                                            budget_month=self.spending.budget_month())
+        lane = bool(lock.budget and lock.budget[2])
         try:
             refuse_if_over(checks, lock.counts, now)
+            lane = await self.spending.check_start(user_id, turn_id, lock.budget)  # before the model is called
             conversation = Conversation.from_hash(session_id, lock.meta)
             conversation.message_count = lock.length  # (messages expire before the metadata does)
             if conversation.running_turn_id:  # the last turn's writer died: save its reply first
@@ -191,6 +197,8 @@ class TurnStarting(WriterState):
             )
         except BaseException:
             await self.store.release_lock(user_id, session_id, turn_id)
+            if lane:
+                await self.store.release_lane(user_id, turn_id)
             raise
         user_message = message or next((m for m in reversed(context) if m.role == "user"), None)
         messages = build_context(role, context, self.settings.context_chars)
@@ -198,7 +206,7 @@ class TurnStarting(WriterState):
         model = conversation.model or role.model
         run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang, user_message=user_message,
                       model=model, first_exchange=message is not None and conversation.message_count == 2,
-                      forked=fork_index is not None, asked=message is not None and fork_index is None)
+                      forked=fork_index is not None, asked=message is not None and fork_index is None, lane=lane)
         self.runs[turn_id] = run
         for hook in self.started_hooks:
             hook(run)

@@ -13,6 +13,7 @@ from webapp.base.models import Conversation, Message, TurnInfo
 from webapp.config import Settings
 from webapp.core.limits import Limit
 from webapp.core.roles import RoleBook
+from webapp.core.spending import Spending
 from webapp.core.turns.recovery import OrphanRecovery
 from webapp.core.turns.run import RATE_WINDOW_SECONDS, EventWriter, TurnRun, log
 from webapp.llm.providers import Provider
@@ -37,6 +38,7 @@ class WriterState:
         self.turns_per_ip = Limit("turns-ip", settings.turns_per_ip_per_minute, RATE_WINDOW_SECONDS)
         self._cancel_listener: asyncio.Task[None] | None = None
         self.roles = RoleBook(store, settings.max_roles_per_user)
+        self.spending = Spending(store, settings)
         # told of every turn once its user message is saved, and of every reply once it is saved
         # (the search index, the title writer); they queue work, they must not block
         self.started_hooks: list[Callable[[TurnRun], None]] = []

@@ -487,8 +487,10 @@ async def settings_page(view: View, user: str, accounts: Accounts, new_token: st
     quota = state.quota
     storage = ({"used": round(await quota.usage(user) / 1e6, 1), "quota": round(quota.quota_bytes / 1e6, 1)}
                if quota.quota_bytes and not is_newcomer(view.request) else None)
+    is_admin = mode != "anonymous" and await state.admin.is_admin(user)
     return view.render("settings.html", status=status, tokens=await accounts.tokens(user), new_token=new_token,
-                       username=username, accounts=mode == "accounts", imported=imported, storage=storage)
+                       username=username, accounts=mode == "accounts", imported=imported, storage=storage,
+                       is_admin=is_admin)
 
 
 @router.get("/settings")

@@ -1,0 +1,73 @@
+"""The admin's core in-process on a real redis-server: the user directory (an index: pages newest first,
+a name prefix search), each user's figures, admins only, disable, and a delete that leaves no key."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterator
+
+import pytest
+
+from tests.fake_upstream import ThreadedFakeUpstream
+from tests.unit.wiring import Core, core_settings, start_core
+from webapp.base.errors import AccountDisabled, AdminOnly, InvalidInput, UserNotFound
+from webapp.base.models import Usage
+from webapp.core.roles import custom_role
+from webapp.storage.spending import utc_day
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def accounts_core(event_loop: asyncio.AbstractEventLoop, unit_redis: Any,
+                  upstream: ThreadedFakeUpstream) -> Iterator[Core]:
+    settings = core_settings(unit_redis.url, upstream.base_url, auth="accounts", admin_users="Chief")
+    built = event_loop.run_until_complete(start_core(settings))
+    try:
+        yield built
+    finally:
+        event_loop.run_until_complete(built.aclose())
+
+
+async def test_the_directory_pages_newest_first_and_finds_names_by_prefix(accounts_core: Core) -> None:
+    core = accounts_core
+    uids = [await core.accounts.create_user(name, PASSWORD) for name in ("chief", "ann_1", "ann_2", "bob")]
+    async with core.store.redis.pipeline(transaction=True) as pipe:
+        core.store._count_spending(pipe, uids[1], utc_day(), "m", Usage(100, 20))
+        await pipe.execute()
+    page = await core.admin.users()
+    assert [row.username for row in page.rows] == ["bob", "ann_2", "ann_1", "chief"] and page.total == 4
+    found = await core.admin.users(query="ANN")
+    assert sorted(row.username for row in found.rows) == ["ann_1", "ann_2"] and found.total == 2
+    ann = next(row for row in found.rows if row.username == "ann_1")
+    assert ann.tokens == 120 and not ann.disabled and not ann.admin
+    assert (await core.admin.users(page=2)).rows == []
+    assert await core.admin.admin_name(uids[0]) == "chief"  # ADMIN_USERS is case-blind
+    with pytest.raises(AdminOnly):
+        await core.admin.admin_name(uids[1])
+    with pytest.raises(InvalidInput):  # an admin does not lock themselves out
+        await core.admin.set_disabled("chief", uids[0], True)
+
+
+async def test_a_disabled_user_cannot_sign_in_and_a_deleted_one_leaves_nothing(accounts_core: Core) -> None:
+    core = accounts_core
+    uid = await core.accounts.create_user("carol", PASSWORD)
+    await core.roles.create(uid, custom_role("Critic", "", "Point out one weakness."))
+    conversation = await core.conversations.create(uid)
+    await core.finish(uid, await core.writer.start_turn(conversation.id, uid, "hello there", None, "en"))
+    await core.admin.set_disabled("chief", uid, True)
+    with pytest.raises(AccountDisabled):
+        await core.accounts.sign_in("carol", PASSWORD, ip="", anonymous_uid=None)
+    await core.admin.set_disabled("chief", uid, False)
+    await core.accounts.sign_in("carol", PASSWORD, ip="", anonymous_uid=None)
+    with pytest.raises(InvalidInput):
+        await core.admin.delete_user("chief", uid, confirm="someone")
+    with pytest.raises(UserNotFound):
+        await core.admin.delete_user("chief", "a_" + "f" * 24, confirm="x")
+    await core.search.flush()
+    await core.admin.delete_user("chief", uid, confirm="CAROL")
+    left = [key for key in await core.store.redis.keys(f"*{{{uid}}}*")
+            if not 0 <= await core.store.redis.ttl(key) <= 86400]
+    assert left == []
+    assert await core.store.account_by_name("carol") is None
+    assert [entry["what"] for entry in await core.admin.audit()] == ["delete", "enable", "disable"]

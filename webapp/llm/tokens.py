@@ -1,0 +1,31 @@
+"""Token estimates for replies whose provider reports no counts (the demo model, an API that ignores
+`stream_options.include_usage`): no tokenizer, which would download its vocabulary at run time.
+
+About four characters per token for Latin text, about one per CJK character (what OpenAI's and
+Qwen's tokenizers give for Chinese prose, to within a third). Counted in C, not per character in
+Python: UTF-8 takes one byte for ASCII and three for CJK, so the bytes beyond one per character, halved,
+count the wide characters."""
+
+from __future__ import annotations
+
+import math
+
+from webapp.base.models import Usage
+
+MESSAGE_OVERHEAD = 4  # the chat format's tokens around each message (role, separators)
+
+
+def estimate_tokens(text: str) -> int:
+    if not text:
+        return 0
+    chars = len(text)
+    wide = (len(text.encode("utf-8", "replace")) - chars) / 2
+    return math.ceil(wide + (chars - min(wide, chars)) / 4)
+
+
+def estimate_usage(messages: list[dict[str, str]], reply: str, usage: Usage) -> Usage:
+    """Fill `usage` with an estimate of the prompt `messages` and the `reply` (marked estimated)."""
+    usage.input_tokens = sum(estimate_tokens(m.get("content") or "") + MESSAGE_OVERHEAD for m in messages)
+    usage.output_tokens = estimate_tokens(reply)
+    usage.estimated = True
+    return usage
