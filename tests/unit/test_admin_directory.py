@@ -49,6 +49,21 @@ async def test_the_directory_pages_newest_first_and_finds_names_by_prefix(accoun
         await core.admin.set_disabled("chief", uids[0], True)
 
 
+async def test_the_admin_sees_each_users_storage_against_the_quota(accounts_core: Core) -> None:
+    """Issue 33's per-user storage quota, seen by an admin: unmeasured users show none and are measured
+    in the background, so the next look shows what Redis holds for them."""
+    core = accounts_core
+    uid = await core.accounts.create_user("hoarder", PASSWORD)
+    for _ in range(2):
+        await core.conversations.create(uid, title="kept <b>")
+    core.quota.measuring.clear()
+    first = next(row for row in (await core.admin.users()).rows if row.username == "hoarder")
+    if first.storage is None:  # not measured recently: measured now, off the request's path
+        await asyncio.gather(*core.quota.measuring.values())
+    again = next(row for row in (await core.admin.users()).rows if row.username == "hoarder")
+    assert again.storage == await core.store.measure_usage(uid) and 0 < again.storage < core.quota.quota_bytes
+
+
 async def test_a_disabled_user_cannot_sign_in_and_a_deleted_one_leaves_nothing(accounts_core: Core) -> None:
     core = accounts_core
     uid = await core.accounts.create_user("carol", PASSWORD)
