@@ -123,6 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await check_redis(store, settings)
             await migrate_layout(store)
+            if settings.admin_users:  # (accounts made before the admin directory: listed once)
+                await store.fill_directory()
         # started before Redis (a Cluster not up yet says so with its own exception): /readyz tells
         except (RedisConnectionError, RedisTimeoutError, RedisClusterException) as exc:
             log.error("Redis is not reachable (%s); the key layout check runs at the next start", exc)

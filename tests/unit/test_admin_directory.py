@@ -86,3 +86,20 @@ async def test_a_disabled_user_cannot_sign_in_and_a_deleted_one_leaves_nothing(a
     assert left == []
     assert await core.store.account_by_name("carol") is None
     assert [entry["what"] for entry in await core.admin.audit()] == ["delete", "enable", "disable"]
+
+
+async def test_accounts_made_before_the_directory_are_listed_once_at_start(accounts_core: Core) -> None:
+    """An upgrade: accounts whose names exist but the directory does not know (made by a version without
+    it) are listed by fill_directory, once (a marker), and a fill run again changes nothing."""
+    core = accounts_core
+    store, k = core.store, core.store.keys
+    uids = [await core.accounts.create_user(name, PASSWORD) for name in ("old_ann", "Old_Bob")]
+    await store.redis.delete(k.users, k.user_names, k.users_filled)  # as a version before the directory left them
+    assert (await core.admin.users()).total == 0
+    assert await store.fill_directory() == 2
+    page = await core.admin.users()
+    assert sorted(row.uid for row in page.rows) == sorted(uids) and page.total == 2
+    assert [row.username for row in (await core.admin.users(query="old_b")).rows] == ["Old_Bob"]
+    assert await store.fill_directory() == 0  # done once
+    await store.redis.delete(k.users_filled)
+    assert await store.fill_directory() == 2 and (await core.admin.users()).total == 2  # again: the same

@@ -34,6 +34,35 @@ class DirectoryStore(StoreBase):
             self._list_user(pipe, uid, username, created)
             await pipe.execute()
 
+    async def fill_directory(self) -> int:
+        """Once per Redis (a marker says it is done): list the accounts made before the directory existed,
+        found by their name keys. The one SCAN of the app, at start, on an upgrade; a fill cut off half-way
+        is run again (listing is idempotent). The number of accounts listed."""
+        k = self.keys
+        if await self.redis.exists(k.users_filled):
+            return 0
+        listed = 0
+        names = [key async for key in self.redis.scan_iter(match=k.account_name("*"), count=1000)]
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.get(key)
+                uids = await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for uid in uids:
+                    if uid:
+                        pipe.hmget(k.account(uid), "username", "created")
+                accounts = await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for uid, (username, created) in zip([u for u in uids if u], accounts):
+                    if username:
+                        self._list_user(pipe, uid, username, float(created or 0))
+                        listed += 1
+                await pipe.execute()
+        await self.redis.set(k.users_filled, "1")
+        return listed
+
     async def user_page(self, offset: int, count: int, prefix: str = "") -> tuple[list[str], int]:
         """(uids, how many match): newest accounts first; with a `prefix`, by name from it."""
         k = self.keys

@@ -34,6 +34,7 @@ class Keys:
         self.revoked_channel = prefix + "revoked"
         self.users = prefix + "users"
         self.user_names = prefix + "users:names"
+        self.users_filled = prefix + "users:filled"
         self.audit = prefix + "admin:audit"
         self.published_roles = prefix + "roles:published"
 

@@ -45,6 +45,7 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     token:{sha256}                     the uid of a personal API token, by the hash of the token; no TTL
     users                              ZSET uid -> created (s) of every account: the admin page's pages; no TTL
     users:names                        ZSET (all scores 0) "username|uid" (lower case): the admin page's search; no TTL
+    users:filled                       marker: the accounts made before the directory are in it (fill_directory); no TTL
     roles:published                    HASH role id -> JSON of a role an admin published to everyone (a copy); no TTL
     admin:audit                        LIST JSON {who, what, whom, detail, at} of admin actions, newest first, last 1000
     turns:running                      ZSET "uid/tid" -> lease deadline (ms) of every generating turn
