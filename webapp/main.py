@@ -34,7 +34,7 @@ from webapp.web.edge import Edge
 from webapp.web.error_handlers import install_error_handlers
 from webapp.web.peers import TrustedProxies, is_internal
 from webapp.web.render import compile_all
-from webapp.web.routes import api, auth, pages, roles, sharing, stream, transfer
+from webapp.web.routes import api, auth, pages, roles, sharing, shelves, stream, transfer
 from webapp.web.routes.plain import PLAIN_ROUTES
 from webapp.web.routes.transfer import IMPORT_PATHS
 
@@ -201,7 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(api.router)
     app.include_router(auth.router)  # before a sign-in there is no CSRF token to check
-    for module in (roles, sharing, transfer):
+    for module in (roles, sharing, transfer, shelves):
         app.include_router(module.api_router)
         app.include_router(module.page_router, dependencies=[Depends(require_csrf_token)])
     app.include_router(sharing.shared_router)  # read-only links: no identity, no forms

@@ -42,10 +42,10 @@ from webapp.base.models import (
 from webapp.core.context import check_text, validate_message
 from webapp.core.limits import Limit, refuse_if_over
 from webapp.core.quota import StorageQuota
-from webapp.core.pagination import format_cursor, parse_cursor
 from webapp.core.roles import Role, RoleBook, role_or_default
-from webapp.core.search import SearchIndex, indexable
-from webapp.core.shelves import ARCHIVED, SIDEBAR_PER_FOLDER, Folder, Shelves
+from webapp.core.listing import SEARCH_LIMIT, UNDO_SECONDS, ConversationList, ConversationListing, search_filters
+from webapp.core.search import SearchIndex
+from webapp.core.shelves import ARCHIVED, FOLDER, PINNED, Shelves
 from webapp.core.sharing import share_digest
 from webapp.core.titles import clean_title, make_preview
 from webapp.core.turns.reader import TurnReader
@@ -54,8 +54,6 @@ from webapp.core.turns.writer import TurnWriter
 from webapp.core.versions import TooManyVersions, parse_label, switch
 from webapp.storage.store import Store
 
-UNDO_SECONDS = 600  # how long a deleted conversation can be put back
-SEARCH_LIMIT = 30
 DRAFT_ID = "new"  # stands for the draft's id in its forms' paths (/c/new/messages): it is no conversation's
 _FIRST_SEND = uuid.UUID("5d0f1c2e-8a4b-4f51-9c7e-2b6f3a1d9e40")  # namespace of ids made from a first send
 
@@ -109,23 +107,6 @@ class TurnOutcome:
     conversation: Conversation | None = None  # as the turn left it (the sidebar's item); None if deleted
 
 
-@dataclass
-class ConversationList:
-    """A page of the session list, or search results (then no further pages). On the sidebar's first
-    page, its groups too: the pinned conversations and the folders (shelves.py). `archived` / `folder`:
-    the list is the archive's / that folder's."""
-
-    items: list[Conversation]
-    next_cursor: str | None = None
-    query: str = ""
-    cursor: str | None = None
-    pinned: list[Conversation] = field(default_factory=list)
-    folders: list[Folder] = field(default_factory=list)
-    archived: bool = False
-    folder: Folder | None = None
-    grouped: bool = False  # the sidebar's list: pinned and filed conversations are in their groups, not in it
-
-
 async def write_new(store: Store, conversation: Conversation, welcome: Message, *, max_per_user: int, rate: Limit,
                     quota: StorageQuota, now: float) -> Creation:
     """Write a new conversation in the one script that also checks the owner's count, creation rate and
@@ -148,7 +129,7 @@ async def write_new(store: Store, conversation: Conversation, welcome: Message, 
     return creation
 
 
-class Conversations:
+class Conversations(ConversationListing):
     """Create, find, change and delete a user's conversations; build what their pages show."""
 
     def __init__(self, store: Store, writer: TurnWriter, reader: TurnReader, max_per_user: int = 0,
@@ -179,58 +160,6 @@ class Conversations:
         if session_id is None:
             raise MessageNotFound()
         return await self.owned(session_id, user_id)
-
-    async def browse(self, user_id: str, *, query: str = "", cursor: str | None = None,
-                     limit: int = SEARCH_LIMIT, archived: bool = False, folder: str = "",
-                     grouped: bool = False) -> ConversationList:
-        """Newest activity first, a page at a time after `cursor`; or those matching `query`.
-
-        Archived conversations are only in the archive (`archived`; newest archived first); `folder`: one
-        folder's. `grouped` (the sidebar): pinned and filed conversations come on the first page in
-        their groups, not in the list. A query may hold filters: `in:archived`, `pinned`, `folder:name`."""
-        text, filters = search_filters(query)
-        archived = archived or filters.archived
-        shelf = await self.shelves.folder(user_id, folder) if folder else None
-        if filters.folder is not None:
-            shelf = await self.shelves.folder_named(user_id, filters.folder) or Folder(id="", name=filters.folder)
-        if text.strip():
-            if indexable(text):
-                await self.search.flush()  # what this worker has queued, so a search finds it at once
-                found = await self.search.search(user_id, text, limit=limit * 3)
-            else:  # a single letter says too little for the index: look through the newest ones
-                found = await self.store.search_conversations(user_id, text, limit=limit * 3)
-            kept = [c for c in found if bool(c.archived) == archived and (not filters.pinned or c.pinned)
-                    and (shelf is None or c.folder == shelf.id)]
-            return ConversationList(items=kept[:limit], query=query, archived=archived, folder=shelf)
-        if filters.pinned:
-            page = await self.store.list_shelf(user_id, mode="main", limit=1, groups=1)
-            items = [c for c in await self.store.load_conversations(user_id, page.pinned)
-                     if shelf is None or c.folder == shelf.id]
-            return ConversationList(items=items, query=query, archived=archived, folder=shelf)
-        if shelf is not None and not shelf.id:
-            return ConversationList(items=[], query=query, folder=shelf)
-        mode = ARCHIVED if archived else "folder" if shelf else "main" if grouped else "all"
-        first = cursor is None and grouped and mode == "main"
-        page = await self.store.list_shelf(user_id, mode=mode, folder=shelf.id if shelf else "",
-                                           cursor=parse_cursor(cursor), limit=limit,
-                                           groups=SIDEBAR_PER_FOLDER if first else 0)
-        sids = [sid for sid, _ in page.rows]
-        grouped_sids = page.pinned + [sid for _, _, _, inside in page.folders for sid in inside]
-        loaded = {c.id: c for c in await self.store.load_conversations(user_id, sids + grouped_sids)}
-        items = [loaded[sid] for sid in sids if sid in loaded]
-        next_cursor = format_cursor(page.rows[-1][::-1]) if page.has_more and page.rows else None
-        folders = sorted((Folder(id=fid, name=str(record.get("name", "")), count=count,
-                                 items=[loaded[sid] for sid in inside if sid in loaded])
-                          for fid, record, count, inside in page.folders), key=lambda f: f.name.casefold())
-        return ConversationList(items=items, next_cursor=next_cursor, cursor=cursor, query=query,
-                                pinned=[loaded[sid] for sid in page.pinned if sid in loaded], folders=folders,
-                                archived=archived, folder=shelf, grouped=grouped and mode == "main")
-
-    async def latest(self, user_id: str) -> Conversation | None:
-        """The most recent conversation not archived."""
-        page = await self.store.list_shelf(user_id, mode="all", limit=1)
-        recent = await self.store.load_conversations(user_id, [sid for sid, _ in page.rows])
-        return recent[0] if recent else None
 
     async def versions_of(self, conversation: Conversation) -> dict[int, tuple[int, int]]:
         """(shown, count) by list index, where a message has versions."""
@@ -348,7 +277,7 @@ class Conversations:
         conversation = first.started.conversation
         if first.only_one and not query.strip():
             return ConversationList(items=[conversation])
-        return await self.browse(conversation.user_id, query=query, limit=SEARCH_LIMIT)
+        return await self.browse(conversation.user_id, query=query, limit=SEARCH_LIMIT, grouped=True)
 
     async def first_with_role(self, user_id: str, role_id: str) -> Conversation:
         """The draft's role chosen: the conversation it stands for, made now with that role (an
@@ -370,15 +299,25 @@ class Conversations:
     # changing -----------------------------------------------------------
 
     async def update(self, conversation: Conversation, *, title: str | None = None,
-                     role_id: str | None = None, model: str | None = None) -> Conversation:
+                     role_id: str | None = None, model: str | None = None, pinned: bool | None = None,
+                     archived: bool | None = None, folder_id: str | None = None) -> Conversation:
         """Rename, switch the role and/or the model ("" = back to the role's or the app's); a title
-        that is empty once cleaned is refused. A rename is the user's: no generated title replaces it."""
+        that is empty once cleaned is refused. A rename is the user's: no generated title replaces it.
+        Pin, archive, move into a folder (`folder_id`; "": out of any), as shelves.py rules, before
+        anything else is written (a refusal there leaves the rest unchanged)."""
         clean = clean_title(check_text(title)) if title is not None else None
         if clean is not None and not clean:
             raise EmptyTitle()
         role = (await self.roles.get(conversation.user_id, role_id)).id if role_id is not None else None
         if model is not None and model and model not in await self.writer.provider.models():
             raise UnknownModel()
+        shelved = False
+        for what, on in ((ARCHIVED, archived), (PINNED, pinned), (FOLDER, folder_id)):
+            if on is not None:
+                await self.shelves.keep(conversation.user_id, [conversation.id], what, on)
+                shelved = True
+        if shelved:
+            conversation = await self.owned(conversation.id, conversation.user_id)
         await self.store.update_conversation(conversation, title=None, role=role)
         if clean is not None:
             await self.store.rename_conversation(conversation, clean)
@@ -479,37 +418,6 @@ class Conversations:
         reply_index = first_index + messages.index(reply) if reply is not None else 0
         return TurnOutcome(reply=reply, error_text=error_text, retry_text=last_user.content if last_user else "",
                            reply_index=reply_index, versions=_versions(labels), conversation=fresh)
-
-
-@dataclass
-class SearchFilters:
-    archived: bool = False
-    pinned: bool = False
-    folder: str | None = None
-
-
-def search_filters(query: str) -> tuple[str, SearchFilters]:
-    """The words of a search, and its filters: `in:archived`, `pinned` (or `is:pinned`), `folder:name`
-    (a name with spaces in quotes: `folder:"my work"`)."""
-    filters, words = SearchFilters(), []
-    rest = query
-    while rest.strip():
-        rest = rest.lstrip()
-        if rest.lower().startswith('folder:"') and '"' in rest[8:]:
-            end = rest.index('"', 8)
-            filters.folder, rest = rest[8:end], rest[end + 1:]
-            continue
-        word, _, rest = rest.partition(" ")
-        lower = word.lower()
-        if lower == "in:archived":
-            filters.archived = True
-        elif lower in ("pinned", "is:pinned"):
-            filters.pinned = True
-        elif lower.startswith("folder:") and len(word) > 7:
-            filters.folder = word[7:]
-        else:
-            words.append(word)
-    return " ".join(words), filters
 
 
 def _versions(labels: dict[int, str]) -> dict[int, tuple[int, int]]:
