@@ -7,13 +7,15 @@ JavaScript off; HTMX gets the sidebar's list again (its groups and its items) in
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, Form, Response
 
 from webapp.base.errors import InvalidInput, TooManyInBatch, UndoExpired
-from webapp.base.ids import check_id
+from webapp.base.ids import UUID_PATTERN, check_id
 from webapp.base.i18n import t
 from webapp.core.listing import SEARCH_LIMIT
 from webapp.core.shelves import ARCHIVED, FOLDER, MAX_BATCH, PINNED
@@ -99,6 +101,17 @@ async def act_on_batch(conversations: Any, user: str, action: str, ids: list[str
 
 # the sidebar's forms -----------------------------------------------------------------
 
+VIEW_QUERY = re.compile(rf"(?:^|&)(archived=1|folder={UUID_PATTERN})(?:&|$)")
+
+
+def back_to(view: View) -> str:
+    """Where a form without JavaScript goes back to: the page it came from, in the sidebar's view it
+    showed (the archive, a folder)."""
+    referer = view.request.headers.get("referer", "")
+    shown = VIEW_QUERY.search(urlsplit(referer).query) if referer else None
+    return view.referer() + (f"?{shown.group(1)}" if shown else "")
+
+
 async def sidebar_list(view: View, conversations: Any, user: str, headers: dict[str, str] | None = None,
                        toast: dict[str, Any] | None = None, back: str = "") -> Response:
     """HTMX: the sidebar's list again (its groups too), with a toast; otherwise back to the page."""
@@ -109,7 +122,7 @@ async def sidebar_list(view: View, conversations: Any, user: str, headers: dict[
                 "listed": found, "active_id": view.active_id, "current_path": view.current_path,
                 "toast": toast, "folders_all": await conversations.shelves.folders(user)}
 
-    return await view.fragment_or_redirect("partials/session_list.html", back or view.referer(), values,
+    return await view.fragment_or_redirect("partials/session_list.html", back or back_to(view), values,
                                            headers=headers)
 
 
@@ -122,7 +135,7 @@ async def keep(view: ViewDep, conversation: OwnedConversation, user: CurrentUser
         raise InvalidInput()
     on: bool | str = value if what == "folder" else value == "1"
     await conversations.shelves.keep(user, [conversation.id], WHAT[what], on)
-    return await sidebar_list(view, conversations, user, back=view.referer())
+    return await sidebar_list(view, conversations, user)
 
 
 @page_router.post("/folders")
@@ -162,9 +175,13 @@ async def bulk_form(view: ViewDep, user: CurrentUser, conversations: Conversatio
         raise UndoExpired()
     else:
         toast = {"text": t("ui.bulk_done", view.lang, n=len(done))}
-    back = view.referer()
+    back = back_to(view)
     if not view.fragment and action == "delete" and done:
-        back += ("&" if "?" in back else "?") + "batch=" + ",".join(done)
+        if any(sid in back for sid in done):  # the page it came from is gone: the newest one left
+            latest = await conversations.latest(user)
+            back = f"/c/{latest.id}" if latest else "/"
+        if back != "/":
+            back += ("&" if "?" in back else "?") + "batch=" + ",".join(done)
     return await sidebar_list(view, conversations, user, toast=toast, back=back)
 
 
