@@ -188,7 +188,7 @@ def test_cross_site_requests_and_forms_without_a_token_are_refused(make_client: 
 
 
 def test_the_sidebar_forms_work_without_javascript(client: httpx.Client) -> None:
-    a, b = (create_session(client)["id"] for _ in range(2))
+    keep, a, b = (create_session(client)["id"] for _ in range(3))
     client.get(f"/c/{a}")  # the identity cookie and its page
     assert client.post("/folders", data={"name": "<script>alert(1)</script>"},
                        headers={"Referer": f"http://x/c/{a}"}).status_code == 303
@@ -205,7 +205,9 @@ def test_the_sidebar_forms_work_without_javascript(client: httpx.Client) -> None
     assert archived.status_code == 303
     assert f"conv-{a}" in client.get(f"/c/{b}?archived=1").text
     bulk = client.post("/bulk", data={"action": "delete", "ids": [a, b]}, headers={"Referer": f"http://x/c/{b}"})
-    assert bulk.status_code == 303 and "batch=" in bulk.headers["location"]
+    # the page it came from is gone: the newest one left, with the batch's one Undo
+    assert bulk.status_code == 303 and bulk.headers["location"] == f"/c/{keep}?batch={a},{b}"
+    assert 'data-undo-batch' in client.get(bulk.headers["location"]).text
     assert client.get("/api/sessions", params={"archived": "true"}).json()["items"] == []
     undo = client.post("/bulk", data={"action": "restore", "ids": [a, b]})
     assert undo.status_code == 303

@@ -217,3 +217,20 @@ def test_search_filters_are_read_from_the_query() -> None:
     assert (text, filters.archived, filters.folder, filters.pinned) == ("kumquat", True, "my work", True)
     text, filters = search_filters("folder:Home tea")
     assert (text, filters.folder) == ("tea", "Home")
+
+
+async def test_an_anonymous_history_claimed_at_sign_in_keeps_its_pins_archive_and_folders(core: Core) -> None:
+    pinned, archived, filed = [await core.conversations.create(ALICE, title=t) for t in ("p", "a", "f")]
+    shelves = core.conversations.shelves
+    folder = await shelves.create_folder(ALICE, "Kept")
+    await shelves.keep(ALICE, [pinned.id], PINNED, True)
+    await shelves.keep(ALICE, [archived.id], ARCHIVED, True)
+    await shelves.keep(ALICE, [filed.id], FOLDER, folder.id)
+
+    await core.store.move_conversations(ALICE, BOB)
+
+    sidebar = await core.conversations.browse(BOB, grouped=True)
+    assert [c.id for c in sidebar.pinned] == [pinned.id]
+    assert [(f.name, [c.id for c in f.items]) for f in sidebar.folders] == [("Kept", [filed.id])]
+    assert [c.id for c in (await core.conversations.browse(BOB, archived=True)).items] == [archived.id]
+    assert await core.store.redis.exists(*core.store.keys.shelves(ALICE)[:2], core.store.keys.filed(ALICE)) == 0
