@@ -179,7 +179,7 @@ def test_cross_site_requests_and_forms_without_a_token_are_refused(make_client: 
     assert client.post("/api/sessions/bulk", json={"action": "delete", "ids": [sid]}, headers=evil).status_code == 403
     tokenless = make_client(page_token=False)
     tokenless.cookies.update(client.cookies)
-    for path, data in ((f"/c/{sid}/keep", {"what": "pin", "value": "1"}), ("/folders", {"name": "x"}),
+    for path, data in ((f"/c/{sid}/keep", {"do": "pin"}), ("/folders", {"name": "x"}),
                        (f"/folders/{folder['id']}/delete", {}), ("/bulk", {"action": "delete", "ids": sid}),
                        ("/bulk/export", {"ids": sid})):
         assert tokenless.post(path, data=data).status_code == 403, path
@@ -193,7 +193,7 @@ def test_the_sidebar_forms_work_without_javascript(client: httpx.Client) -> None
     assert client.post("/folders", data={"name": "<script>alert(1)</script>"},
                        headers={"Referer": f"http://x/c/{a}"}).status_code == 303
     folder = client.get("/api/folders").json()[0]
-    pin = client.post(f"/c/{a}/keep", data={"what": "pin", "value": "1"})
+    pin = client.post(f"/c/{a}/keep", data={"do": "pin"})
     assert pin.status_code == 303
     assert client.post(f"/c/{b}/keep", data={"what": "folder", "value": folder["id"]}).status_code == 303
     page = client.get(f"/c/{a}").text
@@ -201,7 +201,7 @@ def test_the_sidebar_forms_work_without_javascript(client: httpx.Client) -> None
     assert 'class="shelf shelf--pinned"' in page
     assert client.get(f"/c/{a}/move").status_code == 200
     assert f'id="move-{a}"' in client.get(f"/c/{a}/move").text
-    archived = client.post(f"/c/{a}/keep", data={"what": "archive", "value": "1"})
+    archived = client.post(f"/c/{a}/keep", data={"do": "archive"})
     assert archived.status_code == 303
     assert f"conv-{a}" in client.get(f"/c/{b}?archived=1").text
     bulk = client.post("/bulk", data={"action": "delete", "ids": [a, b]}, headers={"Referer": f"http://x/c/{b}"})
@@ -214,4 +214,4 @@ def test_the_sidebar_forms_work_without_javascript(client: httpx.Client) -> None
     assert client.get(f"/api/sessions/{a}").status_code == 200
     exported = client.post("/bulk/export", data={"ids": [a, b]})
     assert exported.status_code == 200 and len(exported.json()["conversations"]) == 2
-    assert client.post(f"/c/{a}/keep", data={"what": "nonsense", "value": "1"}).status_code == 422
+    assert client.post(f"/c/{a}/keep", data={"do": "nonsense"}).status_code == 422

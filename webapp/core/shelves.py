@@ -31,7 +31,7 @@ from webapp.storage.store import Store
 MAX_PINS = 100
 MAX_FOLDERS = 50
 FOLDER_NAME_CHARS = 40
-SIDEBAR_PER_FOLDER = 10  # each folder in the sidebar shows its newest few; its own view lists them all
+SIDEBAR_PER_FOLDER = 5  # each folder in the sidebar shows its newest few; its own view lists them all
 MAX_BATCH = 200  # conversations one batch action takes
 
 PINNED, ARCHIVED, FOLDER = "pinned", "archived", "folder"

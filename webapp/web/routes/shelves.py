@@ -30,7 +30,8 @@ page_router = PageRouter(include_in_schema=False, tags=[PAGE_TAG])
 
 FormText = Annotated[str, Form(max_length=200)]
 FormIds = Annotated[list[str], Form(max_length=MAX_BATCH)]
-WHAT = {"pin": PINNED, "archive": ARCHIVED, "folder": FOLDER}
+DOING: dict[str, tuple[str, bool]] = {"pin": (PINNED, True), "unpin": (PINNED, False), "archive": (ARCHIVED, True),
+                                      "unarchive": (ARCHIVED, False)}
 
 
 # the JSON API ------------------------------------------------------------------------
@@ -128,13 +129,16 @@ async def sidebar_list(view: View, conversations: Any, user: str, headers: dict[
 
 @page_router.post("/c/{session_id}/keep")
 async def keep(view: ViewDep, conversation: OwnedConversation, user: CurrentUser, conversations: ConversationsDep,
-               what: FormText = "", value: FormText = "") -> Response:
-    """Pin or unpin (`what` pin, `value` 1 or 0), archive or restore (archive), move to a folder
-    (folder, `value` its id; empty: none)."""
-    if what not in WHAT:
+               do: FormText = "", what: FormText = "", value: FormText = "") -> Response:
+    """The item's menu: `do` pin, unpin, archive or unarchive; or move into a folder (`what` folder,
+    `value` its id; empty: out of any)."""
+    if do in DOING:
+        kept, on = DOING[do]
+    elif what == "folder":
+        kept, on = FOLDER, value
+    else:
         raise InvalidInput()
-    on: bool | str = value if what == "folder" else value == "1"
-    await conversations.shelves.keep(user, [conversation.id], WHAT[what], on)
+    await conversations.shelves.keep(user, [conversation.id], kept, on)
     return await sidebar_list(view, conversations, user)
 
 
