@@ -19,7 +19,7 @@ from webapp.base.errors import (
     TooManyPins,
 )
 from webapp.core import shelves as shelves_module
-from webapp.core.conversations import search_filters
+from webapp.core.listing import search_filters
 from webapp.core.shelves import ARCHIVED, FOLDER, PINNED
 
 ALICE, BOB = "alice", "bob"
@@ -234,3 +234,29 @@ async def test_an_anonymous_history_claimed_at_sign_in_keeps_its_pins_archive_an
     assert [(f.name, [c.id for c in f.items]) for f in sidebar.folders] == [("Kept", [filed.id])]
     assert [c.id for c in (await core.conversations.browse(BOB, archived=True)).items] == [archived.id]
     assert await core.store.redis.exists(*core.store.keys.shelves(ALICE)[:2], core.store.keys.filed(ALICE)) == 0
+
+
+async def test_an_import_makes_each_folder_once_whatever_the_case_and_refuses_too_many_before_writing(
+        core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    from webapp.core.export_format import ExportFile
+    from webapp.core.portability import Portability
+
+    portability = Portability(core.store, core.roles, core.search, max_conversations=0, max_messages=0,
+                              models=core.provider.models)
+
+    def file(*folders: str) -> ExportFile:
+        conversations = [{"title": f"c{n}", "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z",
+                          "messages": [], "folder": name} for n, name in enumerate(folders)]
+        return ExportFile.model_validate({"format": "chat-export", "version": 1, "conversations": conversations})
+
+    await core.conversations.shelves.create_folder(ALICE, "Home")
+    await portability.import_(ALICE, file("work", " Work ", "HOME"))
+    assert sorted(f.name for f in await core.conversations.shelves.folders(ALICE)) == ["Home", "work"]
+    monkeypatch.setattr(shelves_module, "MAX_FOLDERS", 3)
+    import webapp.core.portability as portability_module
+    monkeypatch.setattr(portability_module, "MAX_FOLDERS", 3)
+    before = await core.store.count_conversations(ALICE)
+    with pytest.raises(Exception) as refused:
+        await portability.import_(ALICE, file("a", "b"))
+    assert refused.type.__name__ == "ImportTooBig"
+    assert await core.store.count_conversations(ALICE) == before

@@ -43,7 +43,7 @@ from webapp.core.context import check_text, validate_message
 from webapp.core.limits import Limit, refuse_if_over
 from webapp.core.quota import StorageQuota
 from webapp.core.roles import Role, RoleBook, role_or_default
-from webapp.core.listing import SEARCH_LIMIT, UNDO_SECONDS, ConversationList, ConversationListing, search_filters
+from webapp.core.listing import SEARCH_LIMIT, UNDO_SECONDS, ConversationList, ConversationListing
 from webapp.core.search import SearchIndex
 from webapp.core.shelves import ARCHIVED, FOLDER, PINNED, Shelves
 from webapp.core.sharing import share_digest

@@ -106,7 +106,8 @@ class Portability:
         and folders."""
         roles = [{"id": r.id, "name": r.name_zh, "description": r.description_zh, "system_prompt": r.system_prompt,
                   "model": r.model, "temperature": r.temperature} for r in await self.roles.own(user_id)]
-        folder_names = {fid: str(record.get("name", "")) for fid, record in (await self.store.folders_of(user_id)).items()}
+        folder_names = {fid: str(record.get("name", ""))
+                        for fid, record in (await self.store.folders_of(user_id)).items()}
         conversations = []
         sids = [check_id(sid) for sid in session_ids] if session_ids is not None else \
             await self.store.session_ids(user_id)
@@ -148,30 +149,30 @@ class Portability:
                                item.model if item.model in offered else "", item.temperature)
             await self.roles.create(user_id, role)
             new_role_ids[item.id] = role.id
-        for name in folders:
-            if folders[name] is None:
-                folders[name] = (await self.shelves.create_folder(user_id, name)).id
+        for key, (name, fid) in folders.items():
+            if fid is None:
+                folders[key] = (name, (await self.shelves.create_folder(user_id, name)).id)
         pins = MAX_PINS - len((await self.store.list_shelf(user_id, mode="main", limit=1, groups=1)).pinned)
         ids = []
-        for item in data.conversations:
-            pinned = item.pinned and not item.archived and pins > 0
+        for record in data.conversations:
+            pinned = record.pinned and not record.archived and pins > 0
             pins -= pinned
-            ids.append(await self._import_conversation(user_id, item, new_role_ids, offered,
-                                                       folders.get(item.folder) or "", pinned))
+            folder = folders[folder_name(record.folder).casefold()][1] or "" if record.folder else ""
+            ids.append(await self._import_conversation(user_id, record, new_role_ids, offered, folder, pinned))
         await self.quota.changed(user_id)
         return ids, len(data.roles)
 
-    async def _folders_for(self, user_id: str, data: ExportFile) -> dict[str, str | None]:
-        """The file's folders by name: the caller's of that name (its id), or None (made by the import);
-        ImportTooBig when they would be more than MAX_FOLDERS. (Over MAX_PINS, the rest come unpinned.)"""
-        wanted = {folder_name(f.name) for f in data.folders} | {folder_name(c.folder) for c in data.conversations
-                                                                 if c.folder}
+    async def _folders_for(self, user_id: str, data: ExportFile) -> dict[str, tuple[str, str | None]]:
+        """The file's folders by case-folded name: (the name, the caller's folder of that name or None: made
+        by the import); BadFolderName for a blank one, ImportTooBig when they would be more than
+        MAX_FOLDERS: checked before anything is written. (Over MAX_PINS, the rest come unpinned.)"""
+        names = [folder_name(f.name) for f in data.folders] + [folder_name(c.folder) for c in data.conversations
+                                                                if c.folder]
         existing = {f.name.casefold(): f.id for f in await self.shelves.folders(user_id)}
-        found: dict[str, str | None] = {}
-        for name in wanted:
-            found[name] = existing.get(name.casefold())
-        new = {name.casefold() for name, fid in found.items() if fid is None}
-        if len(existing) + len(new) > MAX_FOLDERS:
+        found: dict[str, tuple[str, str | None]] = {}
+        for name in names:
+            found.setdefault(name.casefold(), (name, existing.get(name.casefold())))
+        if len(existing) + sum(1 for _, fid in found.values() if fid is None) > MAX_FOLDERS:
             raise ImportTooBig(what="folders", limit=MAX_FOLDERS)
         return found
 

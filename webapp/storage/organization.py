@@ -210,8 +210,8 @@ class OrganizationStore(StoreBase):
         rows, more, pinned, shelves = await self.redis.eval(
             LIST_SHELF, 5, k.index(uid), *k.shelves(uid), mode, folder, score, last_id, limit, self.index_ttl, groups)
         pairs = [(str(rows[i]), float(rows[i + 1])) for i in range(0, len(rows), 2)]
-        folders = [(str(shelves[i]), orjson.loads(shelves[i + 1]), int(shelves[i + 2]), [str(s) for s in shelves[i + 3]])
-                   for i in range(0, len(shelves), 4)]
+        folders = [(str(shelves[i]), orjson.loads(shelves[i + 1]), int(shelves[i + 2]),
+                    [str(sid) for sid in shelves[i + 3]]) for i in range(0, len(shelves), 4)]
         return ShelfPage(rows=pairs, has_more=bool(more), pinned=[str(s) for s in pinned], folders=folders)
 
     async def shelve(self, uid: str, sids: list[str], field: str, value: str, *, max_pins: int) -> list[int]:

@@ -132,6 +132,7 @@ async def keep(view: ViewDep, conversation: OwnedConversation, user: CurrentUser
                do: FormText = "", what: FormText = "", value: FormText = "") -> Response:
     """The item's menu: `do` pin, unpin, archive or unarchive; or move into a folder (`what` folder,
     `value` its id; empty: out of any)."""
+    on: bool | str
     if do in DOING:
         kept, on = DOING[do]
     elif what == "folder":
@@ -195,4 +196,5 @@ async def bulk_export(user: CurrentUser, portability: PortabilityDep, ids: FormI
     check_batch(ids)
     data = await portability.everything(user, ids)
     return Response(orjson.dumps(data), media_type="application/json", headers={
-        "Content-Disposition": 'attachment; filename="chat-export-selection.json"', "Cache-Control": "private, no-store"})
+        "Content-Disposition": 'attachment; filename="chat-export-selection.json"',
+        "Cache-Control": "private, no-store"})
