@@ -260,3 +260,31 @@ async def test_an_import_makes_each_folder_once_whatever_the_case_and_refuses_to
         await portability.import_(ALICE, file("a", "b"))
     assert refused.type.__name__ == "ImportTooBig"
     assert await core.store.count_conversations(ALICE) == before
+
+
+async def test_pages_of_a_list_with_equal_activity_times_and_many_skipped_neither_repeat_nor_skip(core: Core) -> None:
+    from webapp.base.models import Conversation, new_id
+
+    made = []
+    for n in range(40):  # four activity times, ten conversations each
+        conversation = Conversation(id=new_id(), user_id=ALICE, title=f"t{n}", preview="", role="assistant",
+                                    message_count=0, created=1000.0, updated=1000.0 + n // 10)
+        await core.store.import_conversation(conversation, [], terms=[])
+        made.append(conversation.id)
+    shelves = core.conversations.shelves
+    folder = await shelves.create_folder(ALICE, "f")
+    await shelves.keep(ALICE, made[0:25:3], PINNED, True)
+    await shelves.keep(ALICE, made[1:40:4], FOLDER, folder.id)
+    await shelves.keep(ALICE, made[2:40:5], ARCHIVED, True)
+    hidden = {made[i] for i in range(40) if (i % 3 == 0 and i < 25) or i % 4 == 1 or i % 5 == 2}
+    for grouped, archived, expected in ((True, False, set(made) - hidden),
+                                        (False, False, set(made) - {made[i] for i in range(2, 40, 5)}),
+                                        (False, True, {made[i] for i in range(2, 40, 5)})):
+        seen, cursor = [], None
+        while True:
+            page = await core.conversations.browse(ALICE, cursor=cursor, limit=3, grouped=grouped, archived=archived)
+            seen += [c.id for c in page.items]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert len(seen) == len(set(seen)) and set(seen) == expected, (grouped, archived)

@@ -32,10 +32,12 @@ local cur_score, cur_id = tonumber(ARGV[3]), ARGV[4]
 for i = 2, 5 do redis.call('expire', KEYS[i], ARGV[6]) end
 local folders = {}
 local filed = {}
-local raw = redis.call('hgetall', KEYS[5])
-for i = 1, #raw, 2 do filed[raw[i]] = raw[i + 1] end
-raw = redis.call('hgetall', KEYS[4])
-for i = 1, #raw, 2 do folders[raw[i]] = raw[i + 1] end
+if mode == 'main' or mode == 'folder' or groups > 0 then  -- (the others need no filing: a home visit's list)
+  local raw = redis.call('hgetall', KEYS[5])
+  for i = 1, #raw, 2 do filed[raw[i]] = raw[i + 1] end
+  raw = redis.call('hgetall', KEYS[4])
+  for i = 1, #raw, 2 do folders[raw[i]] = raw[i + 1] end
+end
 local function filing(sid)
   local fid = filed[sid]
   if fid and folders[fid] then return fid end
@@ -65,7 +67,7 @@ if mode == 'folder' then
 else
   local key = mode == 'archived' and KEYS[3] or KEYS[1]
   local top = cur_score and ARGV[3] or '+inf'
-  local offset, batch, going = 0, 200, true
+  local offset, batch, going = 0, math.min(200, limit + 8), true  -- (a home visit asks for 1: reads 9)
   while going do
     local page = redis.call('zrevrangebyscore', key, top, '-inf', 'WITHSCORES', 'LIMIT', offset, batch)
     for i = 1, #page, 2 do
@@ -79,6 +81,7 @@ else
     end
     if #page < 2 * batch then going = false end
     offset = offset + batch
+    batch = math.min(500, batch * 2)
   end
 end
 local pinned, shelves = {}, {}
