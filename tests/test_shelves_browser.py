@@ -51,6 +51,12 @@ def test_pin_archive_move_and_select_by_keyboard(open_page: Callable[..., Any], 
     page.keyboard.press("m")
     page.wait_for_selector(f"#move-{c}")
     wait_focus(page, f"#move-{c}")
+    page.keyboard.press("Escape")  # changed their mind: the item as it was, focused
+    page.wait_for_selector(f"#move-{c}", state="detached")
+    wait_focus(page, f"#conv-{c} .session__link")
+    page.keyboard.press("m")
+    page.wait_for_selector(f"#move-{c}")
+    wait_focus(page, f"#move-{c}")
     page.select_option(f"#move-{c}", label="Work")
     page.keyboard.press("Enter")
     page.wait_for_selector(f"details.folder #conv-{c}", state="attached")

@@ -52,6 +52,7 @@ async def create_folder(body: FolderIn, user: CurrentUser, conversations: Conver
 @api_router.patch("/api/folders/{folder_id}", response_model=FolderOut)
 async def rename_folder(folder_id: str, body: FolderIn, user: CurrentUser,
                         conversations: ConversationsDep) -> FolderOut:
+    """Rename a folder (the same rules as a new one's name)."""
     folder = await conversations.shelves.rename_folder(user, folder_id, body.name)
     return FolderOut(id=folder.id, name=folder.name)
 
