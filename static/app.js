@@ -587,6 +587,13 @@
       move.requestSubmit();
       return;
     }
+    const menu = target.closest && target.closest("details.session__menu[open]");
+    if (menu && key === "Escape") {
+      event.preventDefault();
+      menu.open = false;
+      $("summary", menu).focus();
+      return;
+    }
     if (move && key === "Escape") {
       event.preventDefault();
       htmx.trigger($("a[hx-get]", move), "click");
@@ -624,6 +631,13 @@
       const folder = link.closest("details.folder");
       if (folder) folder.open = true;
       link.focus();
+    }
+  });
+
+  // an item's menu closes when the click is elsewhere (one open at a time)
+  document.addEventListener("click", (event) => {
+    for (const menu of $$("details.session__menu[open]")) {
+      if (!menu.contains(event.target)) menu.open = false;
     }
   });
 

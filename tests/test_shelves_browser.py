@@ -62,6 +62,14 @@ def test_pin_archive_move_and_select_by_keyboard(open_page: Callable[..., Any], 
     page.wait_for_selector(f"details.folder #conv-{c}", state="attached")
     assert session_state(page, c)["folder_id"]
 
+    # the item's menu by keyboard: opened on its summary, closed with Esc
+    page.focus(f"#conv-{d} .session__menu > summary")
+    page.keyboard.press("Enter")
+    assert page.eval_on_selector(f"#conv-{d} .session__menu", "d => d.open")
+    page.keyboard.press("Escape")
+    assert not page.eval_on_selector(f"#conv-{d} .session__menu", "d => d.open")
+    wait_focus(page, f"#conv-{d} .session__menu > summary")
+
     # x selects the focused one; the batch bar appears and archives the selection
     page.focus(f"#conv-{d} .session__link")
     page.keyboard.press("x")

@@ -159,6 +159,7 @@ class ConversationListing:
             raise UndoExpired()
         return restored
 
+    # Conversations' own (conversations.py): a batch does what a single delete and undo do
     async def undo_delete(self, user_id: str, session_id: str) -> Conversation:
         raise NotImplementedError
 
