@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import orjson
 from fastapi import APIRouter, Form, Response
 
-from webapp.base.errors import InvalidInput, TooManyInBatch, UndoExpired
+from webapp.base.errors import FolderNameTaken, InvalidInput, TooManyInBatch, UndoExpired
 from webapp.base.ids import UUID_PATTERN, check_id
 from webapp.base.i18n import t
 from webapp.core.listing import SEARCH_LIMIT
@@ -147,7 +147,11 @@ async def keep(view: ViewDep, conversation: OwnedConversation, user: CurrentUser
 @page_router.post("/folders")
 async def create_folder_form(view: ViewDep, user: CurrentUser, conversations: ConversationsDep,
                              name: FormText = "") -> Response:
-    await conversations.shelves.create_folder(user, name)
+    """A new folder; one of that name already (a double click, a form sent again) is no error here."""
+    try:
+        await conversations.shelves.create_folder(user, name)
+    except FolderNameTaken:
+        pass
     return await sidebar_list(view, conversations, user)
 
 
