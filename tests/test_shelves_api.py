@@ -133,7 +133,17 @@ def test_another_users_conversations_and_folders_are_not_found(make_client: Call
     exported = mallory.post("/api/sessions/bulk", json={"action": "export", "ids": [sid]}).json()
     assert exported["export"]["conversations"] == []
     assert mallory.post("/api/sessions/bulk", json={"action": "restore", "ids": [sid]}).status_code == 410
+    # the sidebar's forms alike
+    mallory.get("/")
+    assert mallory.post(f"/c/{sid}/keep", data={"do": "pin"}).status_code == 404
+    assert mallory.get(f"/c/{sid}/move").status_code == 404
+    assert mallory.post(f"/c/{mine}/keep", data={"what": "folder", "value": folder["id"]}).status_code == 404
+    assert mallory.post(f"/folders/{folder['id']}/rename", data={"name": "x"}).status_code == 404
+    assert mallory.post(f"/folders/{folder['id']}/delete").status_code == 404
+    assert mallory.post("/bulk", data={"action": "archive", "ids": [sid]}).status_code == 303
+    assert mallory.post("/bulk/export", data={"ids": [sid]}).json()["conversations"] == []
     assert alice.get(f"/api/sessions/{sid}").json()["pinned"] is False
+    assert alice.get(f"/api/sessions/{sid}").json()["archived"] is False
     assert alice.get("/api/folders").json() == [folder]
     assert mallory.get("/api/sessions", params={"folder": folder["id"]}).status_code == 404
 

@@ -18,7 +18,6 @@ from webapp.base.errors import (
     BadFolderName,
     FolderNameTaken,
     FolderNotFound,
-    SessionNotFound,
     TooManyFolders,
     TooManyInBatch,
     TooManyPins,
@@ -70,8 +69,8 @@ class Shelves:
     async def keep(self, user_id: str, session_ids: list[str], what: str, on: bool | str) -> int:
         """Pin (`what` PINNED), archive (ARCHIVED) or file into a folder (FOLDER, `on` its id; "" for none)
         the user's conversations `session_ids`, or undo it (`on` False): each atomically, all in one round
-        trip. Another's or a missing conversation is SessionNotFound when it is the only one; in a batch it
-        is skipped. How many were changed."""
+        trip. Another's or a missing conversation is skipped (routes of one conversation check ownership
+        first: OwnedConversation). How many were changed."""
         if len(session_ids) > MAX_BATCH:
             raise TooManyInBatch(limit=MAX_BATCH)
         sids = [check_id(sid) for sid in dict.fromkeys(session_ids)]
@@ -84,8 +83,6 @@ class Shelves:
             raise FolderNotFound()
         if -1 in outcomes:
             raise TooManyPins(limit=MAX_PINS)
-        if len(sids) == 1 and outcomes == [-2]:
-            raise SessionNotFound()
         return sum(1 for outcome in outcomes if outcome == 1)
 
     async def folders(self, user_id: str) -> list[Folder]:
