@@ -195,7 +195,10 @@ def test_header_and_footer_fit_at_desktop_and_phone_widths(open_page: Callable[.
                                                          lang: str, width: int) -> None:
     page = open_page(lang=lang, viewport={"width": width, "height": 800})
     title = "你好，这是一个相当长的对话标题" if lang == "zh" else "A fairly long conversation title here"
-    make_conversations(page, [title])
+    older, _ = make_conversations(page, ["置顶的对话" if lang == "zh" else "A pinned one", title])
+    page.request.patch(f"/api/sessions/{older}", data={"pinned": True})
+    page.request.post("/api/folders", data={"name": "工作" if lang == "zh" else "Work"})
+    page.reload()
     page.screenshot(path=str(artifacts / f"header-{width}-{lang}.png"))
     # the title stays readable: more than a character or two
     title_box = page.locator(".chat__title").bounding_box()
