@@ -634,6 +634,16 @@
     }
   });
 
+  // a reply's sidebar item moves to the top of the list, not into the archive's or a folder's view
+  // (the turn's answer does not know which view the sidebar shows; a whole new list still lands)
+  document.addEventListener("htmx:oobBeforeSwap", (event) => {
+    const { target, fragment } = event.detail;
+    if (!target || target.id !== "session-list" || !$("#shelves .shelf__view")) return;
+    const whole = fragment && (fragment.id === "session-list"
+      || (fragment.querySelector && fragment.querySelector("#session-list")));
+    if (!whole) event.detail.shouldSwap = false;
+  });
+
   // an item's menu closes when the click is elsewhere (one open at a time)
   document.addEventListener("click", (event) => {
     for (const menu of $$("details.session__menu[open]")) {

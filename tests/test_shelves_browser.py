@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.ui_fixtures import wait_focus
+from tests.ui_fixtures import send, wait_focus, wait_reply_done
 
 pytestmark = pytest.mark.browser
 
@@ -112,6 +112,23 @@ def test_shift_click_selects_a_range_and_one_undo_restores_a_deleted_batch(
     page.click("#toasts [data-undo-batch]")
     page.wait_for_selector(f"#conv-{shown[1]}")
     assert len(page.request.get("/api/sessions").json()["items"]) == 5
+    assert page.errors == []
+
+
+def test_sending_in_an_archived_conversation_from_the_archive_view_brings_it_back(
+        open_page: Callable[..., Any]) -> None:
+    page = open_page()
+    kept, archived = make_conversations(page, ["kept", "archived one"])
+    page.request.patch(f"/api/sessions/{archived}", data={"archived": True})
+    page.goto(f"/c/{archived}?archived=1")
+    page.wait_for_selector(f".shelf__view ~ #session-list #conv-{archived}, #session-list #conv-{archived}")
+    send(page, "back to this one")
+    wait_reply_done(page)
+    page.wait_for_selector(f"#conv-{archived}", state="detached")  # it left the archive's view
+    assert page.locator(f"#session-list #conv-{kept}").count() == 0  # and nothing else came into it
+    assert session_state(page, archived)["archived"] is False
+    page.goto(f"/c/{archived}")
+    page.wait_for_selector(f"#session-list #conv-{archived}")
     assert page.errors == []
 
 
