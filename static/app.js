@@ -116,7 +116,8 @@
 
   // ------------------------------------------------------------ sidebar and drawer
 
-  const results = () => $$("#session-list .session__link");
+  // every conversation the sidebar shows (pinned, in an open folder, the list), in its order
+  const results = () => $$("#sidebar .session__link").filter((link) => link.offsetParent !== null);
   const drawer = () => $("#drawer-toggle");
 
   function closeDrawer() {
@@ -129,7 +130,7 @@
   function markActive() {
     const match = location.pathname.match(/^\/c\/([0-9a-f-]{36})/);
     const current = opening || (match && match[1]);
-    for (const item of $$("#session-list .session")) {
+    for (const item of $$("#sidebar .session")) {
       const on = !!current && item.id === "conv-" + current;
       item.classList.toggle("is-active", on);
       const link = $(".session__link", item);
@@ -571,6 +572,166 @@
     if (close) close.closest(".toast").remove();
   });
 
+
+  // ------------------------------------------------------------ pins, archive, folders, selection (issue 37)
+
+  // p pins, e archives, m moves, x selects the focused conversation of the sidebar: each presses the
+  // control its menu has (the same form a click or a page without JavaScript posts)
+  let refocus = null;
+  document.addEventListener("keydown", (event) => {
+    const { key, target } = event;
+    const move = target.closest && target.closest("form.move");
+    if (move && key === "Enter" && target.tagName === "SELECT") {  // (a select does not submit its form)
+      event.preventDefault();
+      refocus = move.closest(".session").id;
+      move.requestSubmit();
+      return;
+    }
+    const menu = target.closest && target.closest("details.session__menu[open]");
+    if (menu && key === "Escape") {
+      event.preventDefault();
+      menu.open = false;
+      $("summary", menu).focus();
+      return;
+    }
+    if (move && key === "Escape") {
+      event.preventDefault();
+      htmx.trigger($("a[hx-get]", move), "click");
+      return;
+    }
+    if (event.ctrlKey || event.metaKey || event.altKey || inTextField(target)) return;
+    const item = target.closest && target.closest("#sidebar .session");
+    if (!item || !["p", "e", "m", "x"].includes(key)) return;
+    event.preventDefault();
+    if (key === "x") {
+      const box = $(".session__select", item);
+      if (box) {
+        box.checked = !box.checked;
+        lastPicked = box;
+        selectionChanged();
+      }
+      return;
+    }
+    const control = $(`[data-key="${key}"]`, item);
+    if (!control) return;
+    refocus = item.id;
+    control.click();
+  });
+
+  // after the list comes back, the conversation acted on keeps the focus (wherever its group is now)
+  document.addEventListener("htmx:afterSettle", () => {
+    if (!refocus) return;
+    const again = document.getElementById(refocus);
+    refocus = null;
+    if (!focusLost()) return;
+    const field = again && $("select, input.rename__input", again);
+    const link = again && $(".session__link", again);
+    if (field) field.focus();
+    else if (link) {
+      const folder = link.closest("details.folder");
+      if (folder) folder.open = true;
+      link.focus();
+    }
+  });
+
+  // a reply's sidebar item moves to the top of the list, not into the archive's or a folder's view
+  // (the turn's answer does not know which view the sidebar shows; a whole new list still lands)
+  document.addEventListener("htmx:oobBeforeSwap", (event) => {
+    const { target, fragment } = event.detail;
+    if (!target || target.id !== "session-list" || !$("#shelves .shelf__view")) return;
+    const whole = fragment && (fragment.id === "session-list"
+      || (fragment.querySelector && fragment.querySelector("#session-list")));
+    if (!whole) event.detail.shouldSwap = false;
+  });
+
+  // an item's menu closes when the click is elsewhere (one open at a time)
+  document.addEventListener("click", (event) => {
+    for (const menu of $$("details.session__menu[open]")) {
+      if (!menu.contains(event.target)) menu.open = false;
+    }
+  });
+
+  // selection: checkboxes (Shift+click picks the range from the last one picked); the batch bar shows
+  // once something is picked
+  let lastPicked = null;
+  const boxes = () => $$("#sidebar .session__select").filter((box) => box.offsetParent !== null || box.checked);
+
+  function selectionChanged() {
+    const bar = $("#bulk");
+    if (!bar) return;
+    const count = $$("#sidebar .session__select:checked").length;
+    bar.classList.toggle("is-active", count > 0);
+    const label = $(".bulk__count", bar);
+    if (label) label.textContent = count ? label.dataset.countText.replace("{n}", count) : "";
+  }
+
+  document.addEventListener("click", (event) => {
+    const box = event.target.closest && event.target.closest(".session__select");
+    if (!box) return;
+    if (event.shiftKey && lastPicked && lastPicked !== box && lastPicked.isConnected) {
+      const all = boxes();
+      const [from, to] = [all.indexOf(lastPicked), all.indexOf(box)].sort((a, b) => a - b);
+      if (from >= 0) for (const other of all.slice(from, to + 1)) other.checked = box.checked;
+    }
+    lastPicked = box;
+    selectionChanged();
+  });
+  document.addEventListener("htmx:afterSwap", selectionChanged);
+
+  // folders open or closed as this browser left them
+  const FOLDERS_KEY = "folders-open";
+  function openFolders() {
+    try { return new Set(JSON.parse(localStorage.getItem(FOLDERS_KEY) || "[]")); } catch (_) { return new Set(); }
+  }
+  function restoreFolders(root) {
+    const open = openFolders();
+    for (const folder of $$("details.folder", root && root.querySelectorAll ? root : document)) {
+      folder.open = open.has(folder.dataset.folder);
+    }
+  }
+  document.addEventListener("toggle", (event) => {
+    const folder = event.target;
+    if (!(folder instanceof HTMLDetailsElement) || !folder.classList.contains("folder")) return;
+    const open = openFolders();
+    if (folder.open) open.add(folder.dataset.folder);
+    else open.delete(folder.dataset.folder);
+    try { localStorage.setItem(FOLDERS_KEY, JSON.stringify([...open])); } catch (_) { /* private mode */ }
+  }, true);
+  document.addEventListener("htmx:load", (event) => {
+    restoreFolders(event.target.parentNode || document);
+    for (const item of $$(".session", event.target.querySelectorAll ? event.target : document)) item.draggable = true;
+  });
+
+  // drag a conversation onto a folder to move it there, onto the list to take it out of its folder
+  document.addEventListener("dragstart", (event) => {
+    const item = event.target.closest && event.target.closest("#sidebar .session");
+    if (!item || !event.dataTransfer) return;
+    event.dataTransfer.setData("text/x-conversation", item.dataset.id);
+    event.dataTransfer.effectAllowed = "move";
+  });
+  const dropZone = (target) => target.closest && target.closest("#sidebar details.folder, #session-list");
+  document.addEventListener("dragover", (event) => {
+    const zone = dropZone(event.target);
+    if (!zone || !event.dataTransfer || !event.dataTransfer.types.includes("text/x-conversation")) return;
+    event.preventDefault();
+    for (const other of $$(".is-drop-target")) if (other !== zone) other.classList.remove("is-drop-target");
+    zone.classList.add("is-drop-target");
+  });
+  document.addEventListener("dragleave", (event) => {
+    const zone = dropZone(event.target);
+    if (zone && !zone.contains(event.relatedTarget)) zone.classList.remove("is-drop-target");
+  });
+  document.addEventListener("drop", (event) => {
+    const zone = dropZone(event.target);
+    const id = event.dataTransfer && event.dataTransfer.getData("text/x-conversation");
+    if (!zone || !id) return;
+    event.preventDefault();
+    zone.classList.remove("is-drop-target");
+    const folder = zone.matches("details.folder") ? zone.dataset.folder : "";
+    htmx.ajax("POST", `/c/${id}/keep`, { target: "#session-list", swap: "outerHTML",
+                                         values: { what: "folder", value: folder } });
+  });
+
   // ------------------------------------------------------------ local times
 
   function localTimes(root) {
@@ -592,6 +753,8 @@
     localTimes(document);
     startToasts();
     markActive();
+    restoreFolders(document);
+    for (const item of $$("#sidebar .session")) item.draggable = true;
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -35,7 +35,7 @@ from webapp.web.edge import Edge
 from webapp.web.error_handlers import install_error_handlers
 from webapp.web.peers import TrustedProxies, is_internal
 from webapp.web.render import compile_all
-from webapp.web.routes import admin, api, auth, pages, roles, sharing, stream, transfer, usage
+from webapp.web.routes import admin, api, auth, pages, roles, sharing, shelves, stream, transfer, usage
 from webapp.web.routes.plain import PLAIN_ROUTES
 from webapp.web.routes.transfer import IMPORT_PATHS
 from webapp.web.sse import SERVER_SEND
@@ -214,7 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(api.router)
     app.include_router(auth.router)  # before a sign-in there is no CSRF token to check
-    for module in (roles, sharing, transfer, usage, admin):
+    for module in (roles, sharing, transfer, usage, admin, shelves):
         app.include_router(module.api_router)
         app.include_router(module.page_router, dependencies=[Depends(require_csrf_token)])
     app.include_router(sharing.shared_router)  # read-only links: no identity, no forms

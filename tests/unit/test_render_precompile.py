@@ -23,6 +23,8 @@ from webapp.base.models import WELCOME, Conversation, Message, Usage
 from webapp.core.admin import UserPage, UserRow
 from webapp.core.conversations import DRAFT_ID, Streaming
 from webapp.core.spending import UsageReport, UsageRow
+from webapp.core.listing import ConversationList
+from webapp.core.shelves import Folder
 from webapp.core.roles import BUILTIN_ROLES, custom_role
 from webapp.web.render import TEMPLATES_DIR, LocalizedEnvironment, environment, ui_context
 from webapp.web.routes.usage import chart_bars
@@ -35,6 +37,7 @@ OLD = 1_700_000_000.0  # 2023-11-14: the sidebar and token lists show a date, no
 TS = "2024-03-05T09:07:00.000+00:00"
 CSRF = "csrf-token-1"
 CHANNEL = "c0ffee0123456789"
+FOLDER_ID = "f0f0f0f0-2222-4a3b-9c8d-777788889999"
 
 
 def plain_twin(app: LocalizedEnvironment) -> Environment:
@@ -67,6 +70,10 @@ def conversation_page() -> dict[str, Any]:
                            role="assistant", message_count=1, created=OLD, updated=OLD - 86400, running_turn_id="t_9")
     renaming = Conversation(id="7c6d5e4f-2222-4a3b-9c8d-777788889999", user_id="u_1", title="Rust & <lifetimes>",
                             preview="'a outlives 'b", role="programmer", message_count=4, created=OLD, updated=OLD - 900_000)
+    pinned = Conversation(id="1a1a1a1a-4444-4c2d-8e3f-444455556666", user_id="u_1", title="Pinned <one>",
+                          preview="p", role="assistant", message_count=2, created=OLD, updated=OLD, pinned=OLD * 1000)
+    filed = Conversation(id="2b2b2b2b-5555-4c2d-8e3f-444455556666", user_id="u_1", title="Filed & away",
+                         preview="f", role="assistant", message_count=2, created=OLD, updated=OLD, folder=FOLDER_ID)
     poet = custom_role("Poet <3", 'Writes & "rhymes"', "You write short poems.", "gpt-4o", 0.7,
                        role_id="r_0a1b2c3d4e5f6a7b", created=OLD)
     reply = ("Here is a plan:\n\n1. **Book** the room\n2. Ask [Ann](https://example.com/ann?x=1&y=2)\n\n"
@@ -110,6 +117,13 @@ def conversation_page() -> dict[str, Any]:
         "share_url": "https://chat.example/s/abc?x=1&y=<2>",
         # usage and admin pages
         "is_admin": True, **usage_values(), **admin_values(),
+        # the sidebar's groups: a pinned conversation, a folder holding one, one being moved, a batch's undo
+        "listed": ConversationList(items=[conv, running, renaming], grouped=True, pinned=[pinned],
+                                   folders=[Folder(id=FOLDER_ID, name="Work <&> \"stuff\"", count=12, items=[filed]),
+                                            Folder(id="9e9e9e9e-3333-4a3b-9c8d-777788889999", name="empty")]),
+        "folders_all": [Folder(id=FOLDER_ID, name="Work <&> \"stuff\"")], "moving_id": filed.id,
+        "batch_ids": [running.id, renaming.id], "undo_ids": [running.id], "undo_action": "unarchive",
+        "toast": {"text": "Archived 2 <conversations>", "undo_ids": [running.id], "undo_action": "unarchive"},
     }
 
 
@@ -161,6 +175,8 @@ def first_visit() -> dict[str, Any]:
         "action": "/signup", "heading": "ui.signup", "next": "/", "username": "", "error": "", "notice": "Signed out",
         "allow_signup": False, "form": {}, "accounts": False, "imported": None, "new_token": "", "tokens": [], "storage": None,
         "share_url": "", "is_admin": False, **usage_values(empty=True), **admin_values(empty=True),
+        "listed": None, "folders_all": [], "moving_id": "", "batch_ids": [], "undo_ids": [],
+        "undo_action": "", "toast": None,
     }
 
 
@@ -176,6 +192,7 @@ def reply_streaming() -> dict[str, Any]:
         "streaming": Streaming(turn_id="t_2", after=4, text="Partial <b>reply</b> & more"), "retry_text": "",
         "retry_for": "", "versions": {1: (1, 2)}, "channel_id": "", "searching": True, "query": "friday & <plans>",
         "sessions": [conv], "next_cursor": None, "cursor": None, "refresh_seconds": 2, "oob": True,
+        "listed": ConversationList(items=[conv], folder=Folder(id=FOLDER_ID, name="Work")),
         "m": messages[2], "idx": 2, "user_message": messages[3], "was_empty": True, "reply": messages[1],
         "reply_index": 1, "error_text": "", "sidebar": True, "sidebar_item": conv, "text": "Restored", "kind": "",
     }
@@ -190,6 +207,7 @@ def no_reply() -> dict[str, Any]:
         **page, "messages": messages, "last_index": 34, "retry_text": "", "retry_for": "",
         "no_reply_text": "Once more, with <feeling>", "error_text": "", "reply": None, "turn_id": "t_3",
         "cursor": "1700000000.0:abc", "sessions": [], "next_cursor": None, "editing_id": "",
+        "listed": ConversationList(items=[], archived=True), "moving_id": "",
         "m": messages[4], "idx": 34, "channel_id": CHANNEL, "sidebar_item": page["conv"],
     }
 

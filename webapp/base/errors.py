@@ -306,3 +306,33 @@ class RequestTooLarge(ChatError):
 class TooManyStreams(ChatError):
     status = 429
     key = "error.too_many_streams"
+
+
+class TooManyPins(ChatError):
+    status = 409
+    key = "error.too_many_pins"
+
+
+class TooManyFolders(ChatError):
+    status = 409
+    key = "error.too_many_folders"
+
+
+class FolderNotFound(ChatError):
+    status = 404
+    key = "error.folder_not_found"
+
+
+class FolderNameTaken(ChatError):
+    status = 409
+    key = "error.folder_name_taken"
+
+
+class BadFolderName(ChatError):
+    status = 422
+    key = "error.folder_name"
+
+
+class TooManyInBatch(ChatError):
+    status = 422
+    key = "error.batch_too_big"

@@ -123,6 +123,9 @@ class Conversation:
     title_by: str = ""  # "user" once renamed (a generated title never replaces it), "model" once generated
     last_turn_id: str = ""  # the newest turn started (running or not): an open page tells whether it missed one
     tokens: int = 0  # what its replies cost, in and out (regenerated and edited-away ones included)
+    pinned: float = 0  # when it was pinned (ms; 0: not pinned)
+    archived: float = 0  # when it was archived (ms; 0: not archived)
+    folder: str = ""  # the id of the user's folder it is in ("": none)
 
     @property
     def untouched(self) -> bool:
@@ -135,7 +138,17 @@ class Conversation:
             "user_id": self.user_id, "title": self.title, "preview": self.preview, "role": self.role,
             "count": self.message_count, "created": repr(self.created), "updated": repr(self.updated), "turn": "", "last": "",
             "model": self.model, "title_by": self.title_by, "tok": self.tokens,
+            **self.shelf_fields(),
         }
+
+    def shelf_fields(self) -> dict[str, str]:
+        """Where the user keeps it (pinned, archived, in a folder): only what is set is stored."""
+        fields = {"pinned": repr(self.pinned)} if self.pinned else {}
+        if self.archived:
+            fields["archived"] = repr(self.archived)
+        if self.folder:
+            fields["folder"] = self.folder
+        return fields
 
     @classmethod
     def from_hash(cls, sid: str, data: dict[str, str]) -> "Conversation":
@@ -153,6 +166,9 @@ class Conversation:
             title_by=data.get("title_by", ""),
             last_turn_id=data.get("last", ""),
             tokens=int(data.get("tok", 0) or 0),
+            pinned=float(data.get("pinned", 0) or 0),
+            archived=float(data.get("archived", 0) or 0),
+            folder=data.get("folder", ""),
         )
 
 

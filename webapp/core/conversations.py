@@ -42,9 +42,10 @@ from webapp.base.models import (
 from webapp.core.context import check_text, validate_message
 from webapp.core.limits import Limit, refuse_if_over
 from webapp.core.quota import StorageQuota
-from webapp.core.pagination import format_cursor, parse_cursor
 from webapp.core.roles import Role, RoleBook, role_or_default
-from webapp.core.search import SearchIndex, indexable
+from webapp.core.listing import SEARCH_LIMIT, UNDO_SECONDS, ConversationList, ConversationListing
+from webapp.core.search import SearchIndex
+from webapp.core.shelves import ARCHIVED, FOLDER, PINNED, Shelves
 from webapp.core.sharing import share_digest
 from webapp.core.titles import clean_title, make_preview
 from webapp.core.turns.reader import TurnReader
@@ -53,8 +54,6 @@ from webapp.core.turns.writer import TurnWriter
 from webapp.core.versions import TooManyVersions, parse_label, switch
 from webapp.storage.store import Store
 
-UNDO_SECONDS = 600  # how long a deleted conversation can be put back
-SEARCH_LIMIT = 30
 DRAFT_ID = "new"  # stands for the draft's id in its forms' paths (/c/new/messages): it is no conversation's
 _FIRST_SEND = uuid.UUID("5d0f1c2e-8a4b-4f51-9c7e-2b6f3a1d9e40")  # namespace of ids made from a first send
 
@@ -108,16 +107,6 @@ class TurnOutcome:
     conversation: Conversation | None = None  # as the turn left it (the sidebar's item); None if deleted
 
 
-@dataclass
-class ConversationList:
-    """A page of the session list, or search results (then no further pages)."""
-
-    items: list[Conversation]
-    next_cursor: str | None = None
-    query: str = ""
-    cursor: str | None = None
-
-
 async def write_new(store: Store, conversation: Conversation, welcome: Message, *, max_per_user: int, rate: Limit,
                     quota: StorageQuota, now: float) -> Creation:
     """Write a new conversation in the one script that also checks the owner's count, creation rate and
@@ -142,7 +131,7 @@ async def write_new(store: Store, conversation: Conversation, welcome: Message, 
     return creation
 
 
-class Conversations:
+class Conversations(ConversationListing):
     """Create, find, change and delete a user's conversations; build what their pages show."""
 
     def __init__(self, store: Store, writer: TurnWriter, reader: TurnReader, max_per_user: int = 0,
@@ -156,6 +145,7 @@ class Conversations:
         self.quota = quota or StorageQuota(store, 0)
         self.roles: RoleBook = writer.roles
         self.search = search or SearchIndex(store)
+        self.shelves = Shelves(store)
 
     # finding ------------------------------------------------------------
 
@@ -172,23 +162,6 @@ class Conversations:
         if session_id is None:
             raise MessageNotFound()
         return await self.owned(session_id, user_id)
-
-    async def browse(self, user_id: str, *, query: str = "", cursor: str | None = None,
-                     limit: int = SEARCH_LIMIT) -> ConversationList:
-        """Newest activity first, a page at a time after `cursor`; or those matching `query`."""
-        if query.strip():
-            if indexable(query):
-                await self.search.flush()  # what this worker has queued, so a search finds it at once
-                found = await self.search.search(user_id, query, limit=limit)
-            else:  # a single letter says too little for the index: look through the newest ones
-                found = await self.store.search_conversations(user_id, query, limit=limit)
-            return ConversationList(items=found, query=query)
-        items, next_cursor = await self.store.list_conversations(user_id, limit=limit, cursor=parse_cursor(cursor))
-        return ConversationList(items=items, next_cursor=format_cursor(next_cursor), cursor=cursor)
-
-    async def latest(self, user_id: str) -> Conversation | None:
-        recent, _ = await self.store.list_conversations(user_id, limit=1)
-        return recent[0] if recent else None
 
     async def versions_of(self, conversation: Conversation) -> dict[int, tuple[int, int]]:
         """(shown, count) by list index, where a message has versions."""
@@ -306,7 +279,7 @@ class Conversations:
         conversation = first.started.conversation
         if first.only_one and not query.strip():
             return ConversationList(items=[conversation])
-        return await self.browse(conversation.user_id, query=query, limit=SEARCH_LIMIT)
+        return await self.browse(conversation.user_id, query=query, limit=SEARCH_LIMIT, grouped=True)
 
     async def first_with_role(self, user_id: str, role_id: str) -> Conversation:
         """The draft's role chosen: the conversation it stands for, made now with that role (an
@@ -328,15 +301,25 @@ class Conversations:
     # changing -----------------------------------------------------------
 
     async def update(self, conversation: Conversation, *, title: str | None = None,
-                     role_id: str | None = None, model: str | None = None) -> Conversation:
+                     role_id: str | None = None, model: str | None = None, pinned: bool | None = None,
+                     archived: bool | None = None, folder_id: str | None = None) -> Conversation:
         """Rename, switch the role and/or the model ("" = back to the role's or the app's); a title
-        that is empty once cleaned is refused. A rename is the user's: no generated title replaces it."""
+        that is empty once cleaned is refused. A rename is the user's: no generated title replaces it.
+        Pin, archive, move into a folder (`folder_id`; "": out of any), as shelves.py rules, before
+        anything else is written (a refusal there leaves the rest unchanged)."""
         clean = clean_title(check_text(title)) if title is not None else None
         if clean is not None and not clean:
             raise EmptyTitle()
         role = (await self.roles.get(conversation.user_id, role_id)).id if role_id is not None else None
         if model is not None and model and model not in await self.writer.provider.models():
             raise UnknownModel()
+        shelved = False
+        for what, on in ((ARCHIVED, archived), (PINNED, pinned), (FOLDER, folder_id)):
+            if on is not None:
+                await self.shelves.keep(conversation.user_id, [conversation.id], what, on)
+                shelved = True
+        if shelved:
+            conversation = await self.owned(conversation.id, conversation.user_id)
         await self.store.update_conversation(conversation, title=None, role=role)
         if clean is not None:
             await self.store.rename_conversation(conversation, clean)

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from webapp.core.context import check_text
+from webapp.core.shelves import FOLDER_NAME_CHARS
 from webapp.core.roles import DESCRIPTION_CHARS, MODEL_CHARS, NAME_CHARS, PROMPT_CHARS
 
 EXPORT_MESSAGE_CHARS = 200_000
@@ -57,8 +58,11 @@ class ExportConversation(BaseModel):
     created_at: datetime
     updated_at: datetime
     messages: list[ExportMessage] = Field(max_length=EXPORT_MAX_MESSAGES)
+    pinned: bool = False
+    archived: bool = False
+    folder: str = Field("", max_length=FOLDER_NAME_CHARS, description="the name of its folder")
 
-    _text = field_validator("title")(lambda cls, value: check_text(value))
+    _text = field_validator("title", "folder")(lambda cls, value: check_text(value))
 
 
 class ExportRole(BaseModel):
@@ -74,6 +78,14 @@ class ExportRole(BaseModel):
     _text = field_validator("name", "description", "system_prompt", "model")(lambda cls, value: check_text(value))
 
 
+class ExportFolder(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=FOLDER_NAME_CHARS)
+
+    _text = field_validator("name")(lambda cls, value: check_text(value))
+
+
 class ExportFile(BaseModel):
     """A user's data as /api/export writes it and /api/import reads it back."""
 
@@ -83,4 +95,5 @@ class ExportFile(BaseModel):
     version: Literal[1]
     exported_at: datetime | None = None
     roles: list[ExportRole] = Field(default_factory=list, max_length=1000)
+    folders: list[ExportFolder] = Field(default_factory=list, max_length=1000)
     conversations: list[ExportConversation] = Field(default_factory=list, max_length=EXPORT_MAX_CONVERSATIONS)

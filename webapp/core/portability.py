@@ -11,17 +11,20 @@ import is all or nothing as far as validation and limits go.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 from webapp.base.errors import ImportsLimited, ImportTooBig
 from webapp.base.i18n import Lang, t
+from webapp.base.ids import check_id
 from webapp.base.models import WELCOME, Conversation, Message, Usage, new_id, new_message_id
 from webapp.core.export_format import ExportConversation, ExportFile
 from webapp.core.limits import Limit, Limits
 from webapp.core.quota import StorageQuota
 from webapp.core.roles import BUILTIN_ROLES, DEFAULT_ROLE, RoleBook, answered_by, custom_role
 from webapp.core.search import SearchIndex, terms_of
+from webapp.core.shelves import MAX_FOLDERS, MAX_PINS, Shelves, folder_name
 from webapp.core.titles import clean_title, make_preview
 from webapp.storage.store import Store
 
@@ -42,10 +45,20 @@ def message_record(message: Message) -> dict[str, Any]:
                           "duration_ms": message.usage.duration_ms}} if message.usage else {})}
 
 
-def conversation_record(conversation: Conversation, messages: list[Message]) -> dict[str, Any]:
-    return {"id": conversation.id, "title": conversation.title, "role": conversation.role,
-            "model": conversation.model, "created_at": _iso(conversation.created),
-            "updated_at": _iso(conversation.updated), "messages": [message_record(m) for m in messages]}
+def conversation_record(conversation: Conversation, messages: list[Message],
+                        folder_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """A conversation in the file; where the user kept it (pinned, archived, its folder by name: folder
+    ids are the exporter's) too."""
+    record = {"id": conversation.id, "title": conversation.title, "role": conversation.role,
+              "model": conversation.model, "created_at": _iso(conversation.created),
+              "updated_at": _iso(conversation.updated), "messages": [message_record(m) for m in messages]}
+    if conversation.pinned:
+        record["pinned"] = True
+    if conversation.archived:
+        record["archived"] = True
+    if folder_names and conversation.folder in folder_names:
+        record["folder"] = folder_names[conversation.folder]
+    return record
 
 
 def to_markdown(conversation: Conversation, messages: list[Message], role_name: str, lang: Lang) -> str:
@@ -77,6 +90,7 @@ class Portability:
         self.models = models  # async () -> the models offered
         self.limits = limits or Limits(store)
         self.quota = quota or StorageQuota(store, 0)
+        self.shelves = Shelves(store)
         hour = 3600
         self.imports_per_hour = Limit("imports-user", imports_per_hour, hour, ImportsLimited)
         # counted in kilobytes: a sliding window's counts stay under a million (storage/base.py COUNT_HIT)
@@ -90,17 +104,24 @@ class Portability:
         resolved = await self.roles.resolve(conversation.user_id, conversation.role)
         return to_markdown(conversation, await self.store.all_messages(conversation), resolved.role.name(lang), lang)
 
-    async def everything(self, user_id: str) -> dict[str, Any]:
+    async def everything(self, user_id: str, session_ids: list[str] | None = None) -> dict[str, Any]:
+        """All of the user's data; or (`session_ids`: a batch export) those conversations, with the roles
+        and folders."""
         roles = [{"id": r.id, "name": r.name_zh, "description": r.description_zh, "system_prompt": r.system_prompt,
                   "model": r.model, "temperature": r.temperature} for r in await self.roles.own(user_id)]
+        folder_names = {fid: str(record.get("name", ""))
+                        for fid, record in (await self.store.folders_of(user_id)).items()}
         conversations = []
-        sids = await self.store.session_ids(user_id)
+        sids = [check_id(sid) for sid in session_ids] if session_ids is not None else \
+            await self.store.session_ids(user_id)
         for start in range(0, len(sids), 50):
             for conversation in await self.store.load_conversations(user_id, sids[start : start + 50]):
-                conversations.append(conversation_record(conversation, await self.store.all_messages(conversation)))
+                conversations.append(conversation_record(conversation, await self.store.all_messages(conversation),
+                                                         folder_names))
         conversations.sort(key=lambda c: c["updated_at"])  # oldest first: importing keeps the order
         return {"format": FORMAT, "version": VERSION, "exported_at": _iso(datetime.now(timezone.utc).timestamp()),
-                "roles": roles, "conversations": conversations}
+                "roles": roles, "folders": [{"name": name} for name in sorted(folder_names.values())],
+                "conversations": conversations}
 
     async def import_(self, user_id: str, data: ExportFile, size: int = 0) -> tuple[list[str], int]:
         """Write the file's roles and conversations as the caller's, with new ids: (conversation ids, roles).
@@ -119,6 +140,7 @@ class Portability:
                         None)
         if too_long is not None:
             raise ImportTooBig(what="messages", limit=self.max_messages)
+        folders = await self._folders_for(user_id, data)
         await self.quota.check_room(user_id, adding=size)
         kilobytes = max(1, -(-size // 1024))
         await self.limits.hit((self.imports_per_hour, user_id), (self.import_kb_per_hour, user_id),
@@ -130,14 +152,35 @@ class Portability:
                                item.model if item.model in offered else "", item.temperature)
             await self.roles.create(user_id, role)
             new_role_ids[item.id] = role.id
+        for key, (name, fid) in folders.items():
+            if fid is None:
+                folders[key] = (name, (await self.shelves.create_folder(user_id, name)).id)
+        pins = MAX_PINS - len((await self.store.list_shelf(user_id, mode="main", limit=1, groups=1)).pinned)
         ids = []
-        for item in data.conversations:
-            ids.append(await self._import_conversation(user_id, item, new_role_ids, offered))
+        for record in data.conversations:
+            pinned = record.pinned and not record.archived and pins > 0
+            pins -= pinned
+            folder = folders[folder_name(record.folder).casefold()][1] or "" if record.folder else ""
+            ids.append(await self._import_conversation(user_id, record, new_role_ids, offered, folder, pinned))
         await self.quota.changed(user_id)
         return ids, len(data.roles)
 
+    async def _folders_for(self, user_id: str, data: ExportFile) -> dict[str, tuple[str, str | None]]:
+        """The file's folders by case-folded name: (the name, the caller's folder of that name or None: made
+        by the import); BadFolderName for a blank one, ImportTooBig when they would be more than
+        MAX_FOLDERS: checked before anything is written. (Over MAX_PINS, the rest come unpinned.)"""
+        names = [folder_name(f.name) for f in data.folders] + [folder_name(c.folder) for c in data.conversations
+                                                                if c.folder]
+        existing = {f.name.casefold(): f.id for f in await self.shelves.folders(user_id)}
+        found: dict[str, tuple[str, str | None]] = {}
+        for name in names:
+            found.setdefault(name.casefold(), (name, existing.get(name.casefold())))
+        if len(existing) + sum(1 for _, fid in found.values() if fid is None) > MAX_FOLDERS:
+            raise ImportTooBig(what="folders", limit=MAX_FOLDERS)
+        return found
+
     async def _import_conversation(self, user_id: str, item: ExportConversation, new_role_ids: dict[str, str],
-                                   offered: set[str]) -> str:
+                                   offered: set[str], folder: str = "", pinned: bool = False) -> str:
         messages = []
         for record in item.messages:
             role_id = new_role_ids.get(record.role_id, record.role_id if record.role_id in BUILTIN_ROLES else "")
@@ -153,6 +196,8 @@ class Portability:
             created=item.created_at.timestamp(), updated=item.updated_at.timestamp(),
             model=item.model if item.model in offered else "", title_by="user" if item.title else "",
             tokens=sum(m.usage.input_tokens + m.usage.output_tokens for m in messages if m.usage),
+            pinned=time.time() * 1000 if pinned else 0, archived=time.time() * 1000 if item.archived else 0,
+            folder=folder,
         )
         terms = terms_of(conversation.title)
         for message in messages:

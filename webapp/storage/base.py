@@ -107,6 +107,27 @@ class StoreBase:
         pipe.expire(k.index(uid), self.index_ttl)
         pipe.set(k.claim(uid), claim_deadline(self.index_ttl))  # no TTL: see identities.CLAIM_IDENTITY
 
+    def _unshelve(self, pipe: Any, uid: str, sids: list[str]) -> None:
+        """A deleted conversation leaves the owner's pins, archive and folders (organization.py)."""
+        pinned, archived, _, filed = self.keys.shelves(uid)
+        pipe.zrem(pinned, *sids)
+        pipe.zrem(archived, *sids)
+        pipe.hdel(filed, *sids)
+
+    def _reshelve(self, pipe: Any, conversation: Conversation) -> None:
+        """A conversation written back (undo, import, a move between identities) goes back where its
+        metadata says it was kept."""
+        pinned, archived, _, filed = self.keys.shelves(conversation.user_id)
+        if conversation.pinned:
+            pipe.zadd(pinned, {conversation.id: conversation.pinned})
+            pipe.expire(pinned, self.index_ttl)
+        if conversation.archived:
+            pipe.zadd(archived, {conversation.id: conversation.archived})
+            pipe.expire(archived, self.index_ttl)
+        if conversation.folder:
+            pipe.hset(filed, conversation.id, conversation.folder)
+            pipe.expire(filed, self.index_ttl)
+
     def _count_hits(self, pipe: Any, hits: list[tuple[str, str, int, int]] | list[tuple[Any, ...]]) -> None:
         """Count a hit on each (limit name, key, window number, window seconds) counter, which lives
         through the next window too (where it is the previous one). Each adds two commands and two
@@ -132,7 +153,10 @@ class StoreBase:
             else:
                 missing.append(sid)
         if missing:
-            await self.redis.zrem(self.keys.index(uid), *missing)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.index(uid), *missing)
+                self._unshelve(pipe, uid, missing)
+                await pipe.execute()
         return found
 
 

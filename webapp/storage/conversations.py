@@ -127,6 +127,7 @@ class ConversationStore(SearchStore):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*self.keys.conversation_keys(uid, sid))
             pipe.zrem(self.keys.index(uid), sid)
+            self._unshelve(pipe, uid, [sid])
             await pipe.execute()
 
     async def restore_conversation(self, conversation: Conversation, messages: list[Message],
@@ -144,6 +145,7 @@ class ConversationStore(SearchStore):
                 pipe.rpush(k.messages(uid, sid), *[m.to_json() for m in messages])
             pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
             self._refresh_ttls(pipe, uid, sid)
+            self._reshelve(pipe, conversation)
             await pipe.execute()
 
     async def delete_undoably(self, conversation: Conversation, *, keep_seconds: int) -> None:
@@ -153,12 +155,17 @@ class ConversationStore(SearchStore):
             pipe.lrange(k.messages(uid, sid), 0, -1)
             pipe.hgetall(k.versions(uid, sid))
             pipe.hgetall(k.forks(uid, sid))
-            messages, versions, forks = await pipe.execute()
-        copy = orjson.dumps({"meta": conversation.to_hash(), "messages": messages, "versions": versions, "forks": forks})
+            pipe.hmget(k.meta(uid, sid), "pinned", "archived", "folder")
+            messages, versions, forks, shelf = await pipe.execute()
+        # (where it was kept as stored now: the caller's copy may be older than a pin)
+        meta = {**conversation.to_hash(), **{name: value for name, value in zip(("pinned", "archived", "folder"), shelf)
+                                             if value}}
+        copy = orjson.dumps({"meta": meta, "messages": messages, "versions": versions, "forks": forks})
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(k.trash(uid, sid), copy, ex=keep_seconds)
             pipe.delete(*k.conversation_keys(uid, sid))
             pipe.zrem(k.index(uid), sid)
+            self._unshelve(pipe, uid, [sid])
             await pipe.execute()
 
     async def undo_delete(self, uid: str, sid: str) -> Conversation | None:
@@ -208,4 +215,5 @@ class ConversationStore(SearchStore):
             pipe.set(k.claim(uid), claim_deadline(self.index_ttl))
             self._index_commands(pipe, uid, sid, terms)
             self._refresh_ttls(pipe, uid, sid)
+            self._reshelve(pipe, conversation)
             await pipe.execute()

@@ -8,6 +8,7 @@ import time
 
 import orjson
 
+from webapp.base.models import Conversation
 from webapp.storage.base import StoreBase
 
 # Whether an identity is someone's (1), and when free and ARGV[2] is given, claim it (1 too; 0: not
@@ -59,6 +60,12 @@ class IdentityStore(StoreBase):
         """
         k = self.keys
         rows = await self.redis.zrange(k.index(from_uid), 0, -1, withscores=True)
+        folders = await self.redis.hgetall(k.folders(from_uid))
+        if folders:  # (folder ids are random: the two identities' folders never share one)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(k.folders(to_uid), mapping=folders)
+                pipe.expire(k.folders(to_uid), self.index_ttl)
+                await pipe.execute()
         for sid, score in rows:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(k.meta(from_uid, sid))
@@ -84,9 +91,11 @@ class IdentityStore(StoreBase):
                             pipe.set(k.message(to_uid, message["id"]), sid, ex=self.conversation_ttl)
                     pipe.zadd(k.index(to_uid), {sid: score})
                     self._refresh_ttls(pipe, to_uid, sid)
+                    self._reshelve(pipe, Conversation.from_hash(sid, meta))
                     await pipe.execute()
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(*k.conversation_keys(from_uid, sid))
                 pipe.zrem(k.index(from_uid), sid)
+                self._unshelve(pipe, from_uid, [sid])
                 await pipe.execute()
         return len(rows)

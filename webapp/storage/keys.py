@@ -113,6 +113,22 @@ class Keys:
     def shares(self, uid: str) -> str:
         return self.owner(uid) + ":shares"
 
+    def pinned(self, uid: str) -> str:
+        return self.owner(uid) + ":pinned"
+
+    def archived(self, uid: str) -> str:
+        return self.owner(uid) + ":archived"
+
+    def folders(self, uid: str) -> str:
+        return self.owner(uid) + ":folders"
+
+    def filed(self, uid: str) -> str:
+        return self.owner(uid) + ":filed"
+
+    def shelves(self, uid: str) -> tuple[str, str, str, str]:
+        """A user's organisation of their conversations (organization.py): pins, archive, folders, filing."""
+        return self.pinned(uid), self.archived(uid), self.folders(uid), self.filed(uid)
+
     def term(self, uid: str, term: str) -> str:
         return f"{self.owner(uid)}:w:{term}"
 

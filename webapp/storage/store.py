@@ -11,7 +11,8 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
 
     {uid}:claim                        claim marker of an identity: when its data expires (unix s); no TTL, never evicted
     {uid}:sessions                     ZSET session_id -> last activity (ms), index TTL
-    {uid}:s:{sid}                      HASH metadata (user_id, title, preview, role, count, created, updated, turn: the running turn, last: the newest turn)
+    {uid}:s:{sid}                      HASH metadata (user_id, title, preview, role, count, created, updated, turn: the running turn, last: the newest turn;
+                                       pinned, archived: ms, folder: id when set)
     {uid}:s:{sid}:messages             LIST of JSON messages, RPUSH (chronological), conversation TTL
     {uid}:s:{sid}:lock                 the running turn's id: a lease its writer keeps renewing (a few seconds)
     {uid}:s:{sid}:versions             HASH list index -> "shown/count" where a message has versions
@@ -32,6 +33,12 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     {uid}:budget                       a user's own monthly token budget, set by an admin (0 = none); no TTL
     {uid}:lane                         the turn id holding a budgeted user's one reply at a time; TURN_TIMEOUT_SECONDS
     {uid}:shares                       HASH session id -> the read-only link's token; no TTL (revoked with it)
+    {uid}:pinned                       ZSET session id -> when pinned (ms), index TTL, renewed when the sidebar is listed
+    {uid}:archived                     ZSET session id -> when archived (ms), index TTL, renewed when listed
+    {uid}:folders                      HASH folder id -> JSON {name, created} of a user's folders, index TTL, renewed when listed
+    {uid}:filed                        HASH session id -> folder id (a conversation is in at most one), index TTL, renewed when listed
+                                       (the metadata hash carries the same three facts, `pinned`, `archived`, `folder`;
+                                       one MULTI writes both; an archived conversation's keys take the index TTL)
     {uid}:w:{term}                     SET session ids whose title or messages hold a search term, index TTL
     {uid}:lex                          ZSET (all scores 0) every search term of the user: prefix lookups, index TTL
     {uid}:s:{sid}:terms                SET the search terms of a conversation (to unindex it), index TTL
@@ -65,6 +72,7 @@ from webapp.storage.directory import DirectoryStore
 from webapp.storage.identities import IdentityStore
 from webapp.storage.limits import LimitStore
 from webapp.storage.messages import MessageStore
+from webapp.storage.organization import OrganizationStore
 from webapp.storage.roles import RoleStore
 from webapp.storage.shares import ShareStore
 from webapp.storage.turns import TurnStore
@@ -72,8 +80,8 @@ from webapp.storage.usage import UsageStore
 
 
 class Store(ConversationStore, MessageStore, TurnStore, IdentityStore, AccountStore, LimitStore, RoleStore, ShareStore,
-            UsageStore, DirectoryStore):
+            UsageStore, DirectoryStore, OrganizationStore):
     """The one object the core is handed: each concept's commands come from its own module
     (conversations, messages, turns and turn_events, identities, accounts, limits, roles, shares,
-    search, usage, spending, directory; the connection in base), composed here. Modules own their keys' commands; keys.py
+    search, usage, spending, directory, organization; the connection in base), composed here. Modules own their keys' commands; keys.py
     names every key."""

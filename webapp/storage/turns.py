@@ -167,7 +167,8 @@ class TurnStore(TurnEventStore, SpendingStore):
             await self.redis.zrem(self.keys.running, *[self.keys.running_member(ref) for ref in refs])
 
     async def save_turn_start(
-        self, conversation: Conversation, message: Message | None, *, turn_id: str, context_messages: int
+        self, conversation: Conversation, message: Message | None, *, turn_id: str, context_messages: int,
+        unarchive: bool = False,
     ) -> list[Message]:
         """Save the user message and the turn's state, and read the context window back: one MULTI.
 
@@ -175,6 +176,7 @@ class TurnStore(TurnEventStore, SpendingStore):
         updated); the lock makes this the only writer of its count while the turn starts.
         The window is the last `context_messages` messages (LRANGE -N -1), whatever the length.
         A user message is also indexed by its id (editing it by id needs its conversation).
+        `unarchive`: the conversation leaves the archive (two more commands, only then).
         """
         sid, uid, k = conversation.id, conversation.user_id, self.keys
         ref = TurnRef(uid, turn_id)
@@ -191,6 +193,9 @@ class TurnStore(TurnEventStore, SpendingStore):
                 },
             )
             pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
+            if unarchive:
+                pipe.hdel(k.meta(uid, sid), "archived")
+                pipe.zrem(k.archived(uid), sid)
             pipe.hset(k.turn(ref), mapping={"session_id": sid, "user_id": uid, "status": "running", "message_id": ""})
             pipe.expire(k.turn(ref), TURN_RETENTION_SECONDS)
             self._refresh_ttls(pipe, uid, sid, versions=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -45,6 +46,11 @@ class SessionPatch(BaseModel):
     title: str | None = Field(None, max_length=200)
     role: str | None = Field(None, max_length=40)
     model: str | None = Field(None, max_length=MODEL_CHARS, description="a model of /api/models; empty: the default")
+    pinned: bool | None = Field(None, description="pin (at most 100, newest pin first) or unpin; pinning unarchives")
+    archived: bool | None = Field(None, description="archive (leaves the lists, unpinned, kept as long as the "
+                                                    "user's data; a message sent in it restores it) or restore")
+    folder_id: str | None = Field(None, max_length=36, description="move into that folder of /api/folders; "
+                                                                   "empty or null: out of any folder")
 
 
 class SessionOut(BaseModel):
@@ -57,6 +63,9 @@ class SessionOut(BaseModel):
     updated_at: str
     running_turn_id: str | None
     model: str = Field("", description="the model picked for it; empty: its role's, else the default")
+    pinned: bool = False
+    archived: bool = False
+    folder_id: str | None = Field(None, description="the folder it is in, if any")
 
     @classmethod
     def of(cls, conversation: Conversation) -> "SessionOut":
@@ -65,6 +74,8 @@ class SessionOut(BaseModel):
             preview=conversation.preview, message_count=conversation.message_count,
             created_at=_iso(conversation.created), updated_at=_iso(conversation.updated),
             running_turn_id=conversation.running_turn_id, model=conversation.model,
+            pinned=bool(conversation.pinned), archived=bool(conversation.archived),
+            folder_id=conversation.folder or None,
         )
 
 
@@ -293,3 +304,27 @@ class AdminUserPage(BaseModel):
 
 class AdminBudgetIn(BaseModel):
     tokens: int | None = Field(description="tokens a month; 0 = unlimited; null = the default", ge=0, le=MAX_BUDGET)
+
+
+# folders and batches (issue 37) --------------------------------------------------------
+
+class FolderIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200, description="1 to 40 characters once whitespace is collapsed; "
+                                                                 "unique among the caller's folders (case-folded)")
+
+
+class FolderOut(BaseModel):
+    id: str
+    name: str
+
+
+class BulkIn(BaseModel):
+    action: Literal["delete", "restore", "archive", "unarchive", "pin", "unpin", "move", "export"]
+    ids: list[Annotated[str, Field(max_length=36)]] = Field(min_length=1, max_length=200)
+    folder_id: str | None = Field(None, max_length=36, description="move: the folder (none: out of any)")
+
+
+class BulkOut(BaseModel):
+    done: int = Field(description="how many conversations the action changed (export: how many it holds)")
+    ids: list[str] = Field(description="the ids changed; after delete, what `restore` takes to undo the batch")
+    export: dict[str, Any] | None = Field(None, description="export: the file /api/export writes, these only")

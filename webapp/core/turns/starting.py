@@ -192,8 +192,11 @@ class TurnStarting(WriterState):
                 conversation.message_count += 1
             conversation.updated = time.time()
             conversation.running_turn_id = turn_id
+            unarchive = bool(conversation.archived)  # sending in an archived conversation brings it back
+            conversation.archived = 0
             context = await self.store.save_turn_start(
-                conversation, message, turn_id=turn_id, context_messages=self.settings.context_messages
+                conversation, message, turn_id=turn_id, context_messages=self.settings.context_messages,
+                unarchive=unarchive,
             )
         except BaseException:
             await self.store.release_lock(user_id, session_id, turn_id)

@@ -79,9 +79,14 @@ async def list_sessions(
     conversations: ConversationsDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
-    q: Annotated[str | None, Query(max_length=200, description="search titles and messages")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="search titles and messages; filters "
+                                                               "`in:archived`, `pinned`, `folder:name`")] = None,
+    archived: Annotated[bool, Query(description="the archive (newest archived first) instead")] = False,
+    folder: Annotated[str | None, Query(max_length=36, description="that folder's conversations")] = None,
 ) -> SessionPage:
-    found = await conversations.browse(user, query=q or "", cursor=cursor, limit=limit)
+    """Newest activity first, archived ones left out (they are `archived=true`'s)."""
+    found = await conversations.browse(user, query=q or "", cursor=cursor, limit=limit, archived=archived,
+                                       folder=folder or "")
     return SessionPage(items=[SessionOut.of(c) for c in found.items], next_cursor=found.next_cursor)
 
 
@@ -100,8 +105,12 @@ async def get_session(conversation: OwnedConversation) -> SessionOut:
 @router.patch("/api/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
 async def update_session(conversation: OwnedConversation, body: SessionPatch,
                          conversations: ConversationsDep) -> SessionOut:
-    return SessionOut.of(await conversations.update(conversation, title=body.title, role_id=body.role,
-                                                    model=body.model))
+    """Rename, switch role or model; pin, archive, move into a folder (`folder_id`)."""
+    conversation = await conversations.update(conversation, title=body.title, role_id=body.role, model=body.model,
+                                              pinned=body.pinned, archived=body.archived,
+                                              folder_id=(body.folder_id or "") if "folder_id" in body.model_fields_set
+                                              else None)
+    return SessionOut.of(conversation)
 
 
 @router.delete("/api/sessions/{session_id}", status_code=204, tags=["sessions"])

@@ -17,7 +17,7 @@ from fastapi import Form, Path, Query, Request, Response
 
 from webapp.base.errors import ChatError
 from webapp.base.i18n import LANG_COOKIE, t
-from webapp.base.ids import ID_PATTERN, ID_QUERY, check_id
+from webapp.base.ids import ID_PATTERN, ID_QUERY, UUID_PATTERN, check_id
 from webapp.base.models import Conversation
 from webapp.core.accounts import Accounts
 from webapp.core.conversations import DRAFT_ID, SEARCH_LIMIT, ConversationList, Conversations, ConversationView
@@ -61,6 +61,7 @@ Query200 = Annotated[str, Query(max_length=200)]
 DeletedId = Annotated[str | None, Query(pattern=ID_QUERY)]
 DELETED_ID_MAX = 100  # (home reads `deleted` by hand: ids.ID_PATTERN, the compiled twin of ID_QUERY)
 Before = Annotated[int | None, Query(ge=0, le=MAX_INDEX)]
+BatchIds = Annotated[str, Query(max_length=8000, pattern=f"^({UUID_PATTERN})(,{UUID_PATTERN})*$")]
 
 
 def typed(text: str) -> str:
@@ -101,7 +102,16 @@ def pane_values(pane: ConversationView, *, max_chars: int, demo: bool) -> dict[s
 
 
 def list_values(found: ConversationList) -> dict[str, Any]:
-    return {"sessions": found.items, "next_cursor": found.next_cursor, "query": found.query, "cursor": found.cursor}
+    """The sidebar's list: its items, and (`listed`) its groups or the view it is (archive, a folder)."""
+    return {"sessions": found.items, "next_cursor": found.next_cursor, "query": found.query, "cursor": found.cursor,
+            "listed": found}
+
+
+async def browse_sidebar(conversations: Conversations, user: str, *, query: str = "", cursor: str | None = None,
+                         archived: bool = False, folder: str = "") -> ConversationList:
+    """What the sidebar lists: its groups and the rest, the archive, or a folder; search results."""
+    return await conversations.browse(user, query=query, cursor=cursor, limit=SEARCH_LIMIT, archived=archived,
+                                      folder=folder, grouped=not (archived or folder))
 
 
 async def conversation_pane(view: View, conversations: Conversations, conversation: Conversation,
@@ -127,7 +137,7 @@ async def render_conversation(
     before: int | None = None, query: str = "", cursor: str | None = None, editing_id: str = "",
     draft: str = "", form_error: str = "", deleted: str | None = None, status: int = 200,
     headers: dict[str, str] | None = None, editing_index: int | None = None, edit_text: str = "",
-    edit_error: str = "",
+    edit_error: str = "", moving_id: str = "", archived: bool = False, folder: str = "", batch: str = "",
 ) -> Response:
     """The conversation pane for HTMX, the whole page (with the sidebar) otherwise."""
     values = await conversation_pane(view, conversations, conversation, before)
@@ -136,7 +146,8 @@ async def render_conversation(
     if editing_index is not None:
         values["editing_index"] = editing_index
     return await render_pane(view, conversations, values, user, query=query, cursor=cursor, editing_id=editing_id,
-                             deleted=deleted, status=status, headers=headers)
+                             deleted=deleted, status=status, headers=headers, moving_id=moving_id,
+                             archived=archived, folder=folder, batch=batch)
 
 
 async def render_draft(view: View, conversations: Conversations, user: str, *, draft: str = "",
@@ -155,12 +166,16 @@ async def render_draft(view: View, conversations: Conversations, user: str, *, d
 async def render_pane(
     view: View, conversations: Conversations, values: dict[str, Any], user: str, *, query: str = "",
     cursor: str | None = None, editing_id: str = "", deleted: str | None = None, status: int = 200,
-    headers: dict[str, str] | None = None, listed: ConversationList | None = None,
+    headers: dict[str, str] | None = None, listed: ConversationList | None = None, moving_id: str = "",
+    archived: bool = False, folder: str = "", batch: str = "",
 ) -> Response:
     async def whole_page() -> dict[str, Any]:
-        found = listed if listed is not None else await conversations.browse(
-            user, query=query, cursor=cursor, limit=SEARCH_LIMIT)
-        return {**list_values(found), "editing_id": editing_id, "deleted_id": deleted,
+        found = listed if listed is not None else await browse_sidebar(
+            conversations, user, query=query, cursor=cursor, archived=archived, folder=folder)
+        folders_all = found.folders if found.grouped else await conversations.shelves.folders(user) \
+            if listed is None else []
+        return {**list_values(found), "editing_id": editing_id, "deleted_id": deleted, "moving_id": moving_id,
+                "folders_all": folders_all, "batch_ids": batch.split(",") if batch else [],
                 "refresh_seconds": REFRESH_SECONDS if values["streaming"] else 0}
 
     return await view.fragment_or_page("partials/conversation.html", "chat.html", values,
@@ -235,10 +250,12 @@ async def choose_first_role(view: ViewDep, user: CreatingUser, conversations: Co
 async def conversation_page(
     view: ViewDep, conversation: OwnedConversation, user: CurrentUser, conversations: ConversationsDep,
     before: Before = None, q: Query200 = "", cursor: str | None = None, deleted: DeletedId = None,
+    archived: bool = False, folder: Annotated[str, Query(max_length=36)] = "", batch: BatchIds = "",
 ) -> Response:
-    """`deleted` (set after a delete without JavaScript) shows the Undo toast that HTMX would have."""
+    """`deleted` (set after a delete without JavaScript) shows the Undo toast that HTMX would have; `batch`
+    (after a batch's delete) the one Undo of the batch. `archived`, `folder`: what the sidebar lists."""
     return await render_conversation(view, conversations, conversation, user, before=before, query=q,
-                                     cursor=cursor, deleted=deleted)
+                                     cursor=cursor, deleted=deleted, archived=archived, folder=folder, batch=batch)
 
 
 @router.post("/c")
@@ -255,13 +272,17 @@ async def new_conversation(view: ViewDep, user: CreatingUser, conversations: Con
 
 @router.get("/sidebar")
 async def sidebar(view: ViewDep, user: CurrentUser, conversations: ConversationsDep, q: Query200 = "",
-                  cursor: str | None = None) -> Response:
-    """The session list (first page or search results), or the next page of it after `cursor`."""
+                  cursor: str | None = None, archived: bool = False,
+                  folder: Annotated[str, Query(max_length=36)] = "") -> Response:
+    """The session list (first page, with its groups, or search results), or the next page of it after
+    `cursor`; `archived`: the archive's, `folder`: a folder's."""
     more = bool(cursor and not q.strip())
 
     async def values() -> dict[str, Any]:
-        found = await conversations.browse(user, query=q, cursor=cursor, limit=SEARCH_LIMIT)
-        return {**list_values(found), "active_id": view.active_id, "current_path": view.current_path}
+        found = await browse_sidebar(conversations, user, query=q, cursor=cursor, archived=archived, folder=folder)
+        folders_all = found.folders if found.grouped else await conversations.shelves.folders(user)
+        return {**list_values(found), "active_id": view.active_id, "current_path": view.current_path,
+                "folders_all": folders_all}
 
     name = "partials/session_items.html" if more else "partials/session_list.html"
     return await view.fragment_or_redirect(name, "/", values)
@@ -425,6 +446,17 @@ async def switch_role(view: ViewDep, conversation: OwnedConversation, conversati
 @router.get("/c/{session_id}/item")
 async def session_item(view: ViewDep, conversation: OwnedConversation) -> Response:
     return view.render("partials/session_item.html", c=conversation, active_id=view.active_id)
+
+
+@router.get("/c/{session_id}/move")
+async def move_form(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
+                    conversations: ConversationsDep) -> Response:
+    """The item as a form to move it into a folder (without JS: the page with that form in its sidebar)."""
+    folders = await conversations.shelves.folders(user)
+    return await view.fragment_or(
+        "partials/session_item_move.html", {"c": conversation, "active_id": view.active_id, "folders_all": folders},
+        lambda: render_conversation(view, conversations, conversation, user, moving_id=conversation.id),
+    )
 
 
 @router.get("/c/{session_id}/title/edit")
