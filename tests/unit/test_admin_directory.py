@@ -70,6 +70,10 @@ async def test_a_disabled_user_cannot_sign_in_and_a_deleted_one_leaves_nothing(a
     await core.roles.create(uid, custom_role("Critic", "", "Point out one weakness."))
     conversation = await core.conversations.create(uid)
     await core.finish(uid, await core.writer.start_turn(conversation.id, uid, "hello there", None, "en"))
+    folder = await core.conversations.shelves.create_folder(uid, "Kept")  # (issue 37's keys go too)
+    await core.conversations.update(conversation, pinned=True, folder_id=folder.id)
+    archived = await core.conversations.create(uid)
+    await core.conversations.update(archived, archived=True)
     await core.admin.set_disabled("chief", uid, True)
     with pytest.raises(AccountDisabled):
         await core.accounts.sign_in("carol", PASSWORD, ip="", anonymous_uid=None)

@@ -114,7 +114,8 @@ class DirectoryStore(StoreBase):
 
     async def remove_user(self, uid: str, username: str, months: list[str], digest_of: Any) -> None:
         """An account's last keys, once its conversations, sign-ins and tokens are gone: its links (by
-        `digest_of(token)`), roles, spending of `months`, budget, search index, storage figure, the account,
+        `digest_of(token)`), roles, spending of `months`, budget, search index, storage figure, pins, archive
+        and folders, the account,
         its name and claim, its place in the directory. (A turn's state and events, and the pointers from
         message ids, expire on their own within a day.)"""
         k = self.keys
@@ -127,6 +128,7 @@ class DirectoryStore(StoreBase):
                 pipe.delete(*[k.term(uid, term) for term in terms[start:start + 500]])
             for key in (k.shares(uid), k.roles(uid), k.tokens(uid), k.signins(uid), k.budget(uid), k.budget_lane(uid),
                         k.usage(uid), k.lexicon(uid), k.search_ready(uid), k.index(uid),
+                        k.pinned(uid), k.archived(uid), k.folders(uid), k.filed(uid),
                         *[k.spending(uid, month) for month in months]):
                 pipe.delete(key)
             pipe.zrem(k.users, uid)
