@@ -60,8 +60,9 @@ def clients() -> Iterator[Any]:
 def admin_client(app: AppServer, clients: Any) -> httpx.Client:
     client = clients(app)
     login = client.post("/login", data={"username": ADMIN, "password": PASSWORD})
-    if login.status_code != 303:
-        sign_up(client, ADMIN)
+    if login.status_code != 303:  # (an ADMIN_USERS name is made by the operator: sign-up refuses it)
+        app.create_user(ADMIN, PASSWORD)
+        assert client.post("/login", data={"username": ADMIN, "password": PASSWORD}).status_code == 303
     return client
 
 
@@ -109,6 +110,7 @@ def test_admin_actions_need_the_page_token_and_refuse_hostile_input(admin_hosts:
                       data={"csrf_token": page_token_of(admin)}).status_code in (403, 400)
     assert form(admin, f"/admin/users/{target}/budget", budget="lots").status_code == 422
     assert form(admin, f"/admin/users/{target}/budget", budget="-5").status_code == 422
+    assert form(admin, f"/admin/users/{target}/budget", budget="\u00b2").status_code == 422  # a digit, no number
     assert form(admin, "/admin/users/a_not-an-id/disable").status_code == 422
     assert form(admin, f"/admin/users/{'a_' + 'f' * 24}/disable").status_code == 404
     assert form(admin, f"/admin/users/{target}/delete", confirm="someone").status_code == 422
@@ -234,6 +236,21 @@ def test_deleting_a_user_removes_all_their_data(admin_hosts: tuple[AppServer, Ap
     assert admin.get("/api/admin/users", params={"q": name}).json()["total"] == 0
     assert clients(a).post("/login", data={"username": name, "password": PASSWORD}).status_code == 401
     assert "deleted" in BeautifulSoup(admin.get("/admin").text, "html.parser").select_one("#admin-audit").get_text()
+
+
+def test_an_admin_name_can_be_neither_signed_up_for_nor_freed_by_a_delete(admin_hosts: tuple[AppServer, AppServer],
+                                                                          clients: Any) -> None:
+    """ADMIN_USERS lists names: whoever holds one is an admin. Sign-up refuses them (the operator makes them
+    with create-user), and another admin cannot delete one (its name, freed, would be anyone's)."""
+    a, _ = admin_hosts
+    admin = admin_client(a, clients)
+    refused = clients(a).post("/signup", data={"username": "Someone_Else", "password": PASSWORD})
+    assert refused.status_code == 409 and "ADMIN_USERS" in refused.text
+    a.create_user("someone_else", PASSWORD)
+    other = uid_of(admin, "someone_else")
+    deleting = form(admin, f"/admin/users/{other}/delete", confirm="someone_else")
+    assert deleting.status_code == 409 and "ADMIN_USERS" in deleting.text
+    assert clients(a).post("/login", data={"username": "someone_else", "password": PASSWORD}).status_code == 303
 
 
 def test_an_admins_role_published_to_everyone_can_be_picked_not_edited(admin_hosts: tuple[AppServer, AppServer],

@@ -305,3 +305,8 @@ def load_settings() -> Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return load_settings()
+
+
+def admin_names(settings: Settings) -> frozenset[str]:
+    """ADMIN_USERS as lower-case names."""
+    return frozenset(name.strip().lower() for name in settings.admin_users.split(",") if name.strip())

@@ -107,3 +107,34 @@ async def test_accounts_made_before_the_directory_are_listed_once_at_start(accou
     assert await store.fill_directory() == 0  # done once
     await store.redis.delete(k.users_filled)
     assert await store.fill_directory() == 2 and (await core.admin.users()).total == 2  # again: the same
+
+
+async def test_a_disable_landing_while_a_password_is_checked_leaves_no_sign_in(accounts_core: Core) -> None:
+    """The race: an admin disables the user (flag, then every sign-in ended) after the sign-in read the
+    account and before it made its own sign-in. The flag is read again once that exists: refused, ended."""
+    core = accounts_core
+    uid = await core.accounts.create_user("racer", PASSWORD)
+    made = core.accounts._signed_in
+
+    async def disabled_meanwhile(user: str, anonymous: str | None) -> str:
+        await core.admin.set_disabled("chief", user, True)  # (as another request does, during the hash check)
+        return await made(user, anonymous)
+
+    core.accounts._signed_in = disabled_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(AccountDisabled):
+        await core.accounts.sign_in("racer", PASSWORD, ip="", anonymous_uid=None)
+    assert await core.store.redis.scard(core.store.keys.signins(uid)) == 0
+
+
+async def test_an_admin_name_is_not_for_sign_up_and_an_admins_account_is_not_deleted(accounts_core: Core) -> None:
+    from webapp.base.errors import AdminProtected, NameKeptForAdmin
+
+    core = accounts_core
+    with pytest.raises(NameKeptForAdmin):
+        await core.accounts.sign_up("CHIEF", PASSWORD, ip="", anonymous_uid=None)
+    await core.accounts.create_user("chief", PASSWORD)  # the operator's way (python -m webapp create-user)
+    second = await core.accounts.create_user("deputy", PASSWORD)
+    core.admin.names = frozenset({"chief", "deputy"})
+    with pytest.raises(AdminProtected):
+        await core.admin.delete_user("chief", second, confirm="deputy")
+    assert await core.store.account_by_name("deputy") is not None

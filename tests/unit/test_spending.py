@@ -142,6 +142,29 @@ async def test_a_lane_left_by_a_turn_that_no_longer_runs_is_taken_over(budgeted:
     await reply_of(budgeted, ALICE, "second", sid)
 
 
+async def test_a_lane_left_by_a_host_that_died_while_starting_frees_in_seconds(budgeted: Core) -> None:
+    """A host that died between the lock round trip (which took the lane) and the start's save left a lane
+    whose turn has no state: "starting" for LANE_STARTING_MS, then free (not for TURN_TIMEOUT_SECONDS)."""
+    from webapp.storage.spending import LANE_STARTING_MS
+
+    sid = (await budgeted.conversations.create(ALICE)).id
+    lane, lane_ms = budgeted.store.keys.budget_lane(ALICE), budgeted.writer.spending.lane_ms
+    await budgeted.store.redis.set(lane, "t-starting", px=lane_ms)  # taken a moment ago: still starting
+    with pytest.raises(BudgetBusy):
+        await budgeted.writer.start_turn(sid, ALICE, "too soon", None, "en")
+    await budgeted.store.redis.set(lane, "t-died", px=lane_ms - LANE_STARTING_MS - 1000)  # taken 11 s ago
+    await reply_of(budgeted, ALICE, "after the crash", sid)
+    assert await budgeted.store.redis.get(lane) is None
+
+
+async def test_a_provider_reporting_absurd_token_counts_cannot_break_the_save() -> None:
+    from webapp.llm.providers import MAX_COUNT, _counts
+
+    assert _counts({"usage": {"prompt_tokens": 10**30, "completion_tokens": -4}}) == (MAX_COUNT, 0)
+    assert _counts({"usage": {"prompt_tokens": "12", "completion_tokens": 3}}) == (12, 3)
+    assert _counts({"usage": {"prompt_tokens": "lots"}}) is None
+
+
 async def test_a_replys_usage_survives_export_and_import(core: Core) -> None:
     from webapp.core.export_format import ExportFile
 

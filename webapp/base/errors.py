@@ -279,6 +279,20 @@ class UsernameTaken(ChatError):
     key = "error.username_taken"
 
 
+class NameKeptForAdmin(ChatError):
+    """Sign-up of a name in ADMIN_USERS: whoever took it would be an admin (the CLI's create-user makes it)."""
+
+    status = 409
+    key = "error.name_kept_for_admin"
+
+
+class AdminProtected(ChatError):
+    """An admin's account is not deleted from the admin page: its name, freed, would make the next sign-up an admin."""
+
+    status = 409
+    key = "error.admin_protected"
+
+
 class TooManyConversations(ChatError):
     status = 409
     key = "error.too_many_conversations"

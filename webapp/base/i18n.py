@@ -86,6 +86,11 @@ CATALOG: dict[str, dict[Lang, str]] = {
     "error.seed_api_off": {"zh": "该接口已关闭", "en": "This API is turned off"},
     "error.token_not_found": {"zh": "令牌不存在", "en": "Token not found"},
     "error.username_taken": {"zh": "该用户名已被使用", "en": "This username is taken"},
+    "error.name_kept_for_admin": {"zh": "该用户名留给管理员（ADMIN_USERS）：请由运维用 python -m webapp create-user 创建",
+                                  "en": "This name is kept for an admin (ADMIN_USERS): the operator creates it with "
+                                        "python -m webapp create-user"},
+    "error.admin_protected": {"zh": "不能在此删除管理员账号：请先从 ADMIN_USERS 中移除该用户名",
+                              "en": "An admin's account can't be deleted here: take the name out of ADMIN_USERS first"},
     "error.conversation_full": {
         "zh": "这个对话已有 {limit} 条消息，达到上限。请开始新对话。",
         "en": "This conversation has reached its limit of {limit} messages. Start a new chat to go on.",

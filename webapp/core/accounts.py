@@ -28,9 +28,10 @@ from functools import cache
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from webapp.base.errors import (AccountDisabled, AccountSignInsLimited, BadCredentials, InvalidUsername, SignInsHereLimited,
+from webapp.base.errors import (AccountDisabled, AccountSignInsLimited, BadCredentials, InvalidUsername, NameKeptForAdmin,
+                                SignInsHereLimited,
                                 SignupClosed, TokenNotFound, UsernameTaken)
-from webapp.config import Settings
+from webapp.config import Settings, admin_names
 from webapp.core.context import check_text
 from webapp.core.limits import Limit, Limits
 from webapp.core.passwords import MAX_PASSWORD, check_password, normalized
@@ -135,6 +136,8 @@ class Accounts:
         if not self.settings.allow_signup:
             raise SignupClosed()
         self.check_credentials(username, password)
+        if (username or "").strip().lower() in admin_names(self.settings):
+            raise NameKeptForAdmin()
         await self.limits.hit((self.signups_per_ip, ip))
         uid = await self.create_user(username, password)
         return await self._signed_in(uid, anonymous_uid)
@@ -165,7 +168,13 @@ class Accounts:
         await self.store.list_user(uid, found[1].get("username", username), float(found[1].get("created") or 0))
         if rehash or hasher().check_needs_rehash(password_hash):
             await self.store.set_password(uid, await asyncio.to_thread(_hash, normalized(password)))
-        return await self._signed_in(uid, anonymous_uid)
+        cookie = await self._signed_in(uid, anonymous_uid)
+        # an admin's disable landing while the password was checked signed out every sign-in but this one
+        # (made after): the flag, set before that sweep, is read again
+        if (await self.store.account(uid) or {}).get("disabled"):
+            await self.sign_out(cookie)
+            raise AccountDisabled()
+        return cookie
 
     async def _signed_in(self, uid: str, anonymous_uid: str | None) -> str:
         if anonymous_uid and anonymous_uid != uid and not anonymous_uid.startswith("a_"):

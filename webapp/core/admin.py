@@ -13,8 +13,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from webapp.base.errors import AdminOnly, InvalidInput, RoleNotFound, UserNotFound
-from webapp.config import Settings
+from webapp.base.errors import AdminOnly, AdminProtected, InvalidInput, RoleNotFound, UserNotFound
+from webapp.config import Settings, admin_names
 from webapp.core.accounts import Accounts
 from webapp.core.conversations import Conversations
 from webapp.core.quota import StorageQuota
@@ -73,7 +73,7 @@ class Admin:
         self.conversations = conversations
         self.spending = spending
         self.quota = quota
-        self.names = {name.strip().lower() for name in settings.admin_users.split(",") if name.strip()}
+        self.names = admin_names(settings)
         self.enabled = settings.auth != "anonymous" and bool(self.names)
 
     async def admin_name(self, uid: str) -> str:
@@ -156,6 +156,8 @@ class Admin:
         account = await self._account(uid)
         self._not_oneself(admin, account)
         username = account.get("username", "")
+        if username.lower() in self.names:
+            raise AdminProtected()
         if confirm.strip().lower() != username.lower():
             raise InvalidInput()
         await self.store.set_disabled(uid, True)

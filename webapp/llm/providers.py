@@ -381,13 +381,18 @@ class Counted(str):
     counts: tuple[int, int] | None = None
 
 
+MAX_COUNT = 10**9  # tokens one reply may report (far past any context window)
+
+
 def _counts(data: Any) -> tuple[int, int] | None:
     """(prompt, completion) tokens of a chunk's `usage`, if it has one."""
     usage = data.get("usage") if isinstance(data, dict) else None
     if not isinstance(usage, dict):
         return None
     try:
-        return max(0, int(usage.get("prompt_tokens") or 0)), max(0, int(usage.get("completion_tokens") or 0))
+        # (capped: a count past what a Redis integer holds would fail one HINCRBY of the save's MULTI)
+        return (min(MAX_COUNT, max(0, int(usage.get("prompt_tokens") or 0))),
+                min(MAX_COUNT, max(0, int(usage.get("completion_tokens") or 0))))
     except (TypeError, ValueError):
         return None
 

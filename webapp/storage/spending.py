@@ -16,18 +16,25 @@ from webapp.storage.keys import TurnRef
 TOTAL = "t"  # the month hash's field of the month's tokens (in + out)
 
 # Take the budget lane from a turn that holds it but no longer runs (its host died before giving it
-# back, or another host's recovery saved it); a holder whose state is not written yet is starting: KEYS lane, that turn's state hash; ARGV the new
-# turn id, ms, the holder seen. 1: taken.
+# back, or another host's recovery saved it). A holder whose state is not written yet is starting, for
+# LANE_STARTING_MS at most (a start writes it in its next round trip): after that its host died between
+# the two, and the lane is free. KEYS lane, that turn's state hash; ARGV the new turn id, the lane's ms,
+# the holder seen, LANE_STARTING_MS. 1: taken.
 TAKE_LANE = """
 local holder = redis.call('get', KEYS[1])
 if holder and holder ~= ARGV[3] then return 0 end
 if holder then
   local status = redis.call('hget', KEYS[2], 'status')
-  if not status or status == 'running' then return 0 end  -- running, or starting (its state not written yet)
+  if status == 'running' then return 0 end
+  if not status then
+    local left = redis.call('pttl', KEYS[1])
+    if left > 0 and tonumber(ARGV[2]) - left < tonumber(ARGV[4]) then return 0 end  -- still starting
+  end
 end
 redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+LANE_STARTING_MS = 10_000
 RELEASE_LANE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -82,7 +89,7 @@ class SpendingStore(StoreBase):
         """The lane from `holder` if that turn no longer runs (or from no one)."""
         k = self.keys
         return bool(await self.redis.eval(TAKE_LANE, 2, k.budget_lane(uid), k.turn(TurnRef(uid, holder)),
-                                          turn_id, lane_ms, holder))
+                                          turn_id, lane_ms, holder, LANE_STARTING_MS))
 
     async def release_lane(self, uid: str, turn_id: str) -> None:
         await self.redis.eval(RELEASE_LANE, 1, self.keys.budget_lane(uid), turn_id)

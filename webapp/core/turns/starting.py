@@ -199,9 +199,11 @@ class TurnStarting(WriterState):
                 unarchive=unarchive,
             )
         except BaseException:
-            await self.store.release_lock(user_id, session_id, turn_id)
-            if lane:
-                await self.store.release_lane(user_id, turn_id)
+            try:
+                await self.store.release_lock(user_id, session_id, turn_id)
+            finally:
+                if lane:
+                    await self.store.release_lane(user_id, turn_id)
             raise
         user_message = message or next((m for m in reversed(context) if m.role == "user"), None)
         messages = build_context(role, context, self.settings.context_chars)

@@ -73,7 +73,7 @@ async def set_budget(uid: UserId, who: AdminUser, admin: AdminDep, budget: Annot
                      back: Annotated[str, Form(max_length=200)] = "") -> Response:
     """`budget`: tokens a month (0 = unlimited); empty: the default again."""
     value = budget.strip().replace(",", "").replace("_", "")
-    if value and not value.isdigit():
+    if value and not (value.isascii() and value.isdigit()):  # ("²" is a digit to str.isdigit, no number to int)
         raise InvalidInput()
     await admin.set_budget(who, uid, int(value) if value else None)
     return see_other(_back(back))
