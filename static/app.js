@@ -703,9 +703,12 @@
   });
 
   // drag a conversation onto a folder to move it there, onto the list to take it out of its folder
+  // (only a drag that started on this page counts: data dragged in from elsewhere names no path here)
+  let dragged = "";
   document.addEventListener("dragstart", (event) => {
     const item = event.target.closest && event.target.closest("#sidebar .session");
     if (!item || !event.dataTransfer) return;
+    dragged = item.dataset.id || "";
     event.dataTransfer.setData("text/x-conversation", item.dataset.id);
     event.dataTransfer.effectAllowed = "move";
   });
@@ -724,7 +727,9 @@
   document.addEventListener("drop", (event) => {
     const zone = dropZone(event.target);
     const id = event.dataTransfer && event.dataTransfer.getData("text/x-conversation");
-    if (!zone || !id) return;
+    const mine = id && id === dragged && /^[0-9a-f-]{36}$/.test(id);
+    dragged = "";
+    if (!zone || !mine) return;
     event.preventDefault();
     zone.classList.remove("is-drop-target");
     const folder = zone.matches("details.folder") ? zone.dataset.folder : "";

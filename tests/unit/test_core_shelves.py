@@ -176,9 +176,9 @@ async def test_someone_elses_conversation_cannot_be_pinned_archived_or_filed(cor
     mine = await core.conversations.create(ALICE)
     folder = await core.conversations.shelves.create_folder(ALICE, "f")
     for what, value in ((PINNED, True), (ARCHIVED, True), (FOLDER, folder.id)):
-        assert await core.conversations.shelves.keep(ALICE, [theirs.id], what, value) == 0
+        assert await core.conversations.shelves.keep(ALICE, [theirs.id], what, value) == []
         # in a batch it is skipped, the caller's own done
-        assert await core.conversations.shelves.keep(ALICE, [theirs.id, mine.id], what, value) == 1
+        assert await core.conversations.shelves.keep(ALICE, [theirs.id, mine.id], what, value) == [mine.id]
     assert not (await core.store.get_conversation(BOB, theirs.id)).pinned  # type: ignore[union-attr]
     assert await core.store.redis.exists(*core.store.keys.shelves(BOB)) == 0
 
@@ -286,3 +286,61 @@ async def test_pages_of_a_list_with_equal_activity_times_and_many_skipped_neithe
                 break
             cursor = page.next_cursor
         assert len(seen) == len(set(seen)) and set(seen) == expected, (grouped, archived)
+
+
+async def test_a_batch_answers_the_ids_it_changed_not_the_first_ones_sent(core: Core) -> None:
+    """The batch's answer is what its Undo takes: another's and missing ids are skipped wherever they stand."""
+    theirs = await core.conversations.create(BOB)
+    mine = await core.conversations.create(ALICE)
+    missing = "9e9e9e9e-1111-4a3b-9c8d-777788889999"
+    changed = await core.conversations.shelves.keep(ALICE, [theirs.id, missing, mine.id, mine.id], ARCHIVED, True)
+    assert changed == [mine.id]
+
+
+async def test_a_folder_filter_naming_no_folder_finds_nothing(core: Core) -> None:
+    await core.conversations.create(ALICE, title="kumquat notes")
+    await core.search.flush()
+    assert (await core.conversations.browse(ALICE, query="kumquat")).items  # (found without the filter)
+    assert (await core.conversations.browse(ALICE, query="folder:nosuch kumquat")).items == []
+    assert (await core.conversations.browse(ALICE, query="folder:nosuch")).items == []
+
+
+async def test_folder_names_lose_control_and_invisible_characters_and_are_normalized(core: Core) -> None:
+    shelves = core.conversations.shelves
+    made = await shelves.create_folder(ALICE, "Wo\u200brk\x1b\u202e")
+    assert made.name == "Work"
+    with pytest.raises(FolderNameTaken):  # "Work" with a zero-width space is no other folder
+        await shelves.create_folder(ALICE, "Work\u200b")
+    composed = await shelves.create_folder(ALICE, "Cafe\u0301")  # NFD: the same name as NFC "Café"
+    assert composed.name == "Caf\u00e9"
+    with pytest.raises(FolderNameTaken):
+        await shelves.create_folder(ALICE, "Caf\u00e9")
+    with pytest.raises(BadFolderName):
+        await shelves.create_folder(ALICE, "\u200b\ufeff\x00")
+
+
+async def test_archived_conversations_keys_live_with_the_users_data_after_undo_and_each_day(core: Core) -> None:
+    """Archived: the index TTL on every key of the conversation, put back by an undo (not the conversation
+    TTL), and renewed once a day when the sidebar is listed, as the index is."""
+    store, k = core.store, core.store.keys
+    conversation = await core.conversations.create(ALICE, title="old news")
+    await core.conversations.shelves.keep(ALICE, [conversation.id], ARCHIVED, True)
+    archived = await store.get_conversation(ALICE, conversation.id)
+    assert archived is not None and archived.archived
+    await core.conversations.delete_undoably(archived)
+    await core.conversations.undo_delete(ALICE, conversation.id)
+    messages = k.messages(ALICE, conversation.id)
+    assert await store.redis.ttl(messages) > store.conversation_ttl  # the index TTL, not 7 days
+    await store.redis.expire(messages, 1000)  # weeks later
+    await store.redis.delete(k.archive_renewed(ALICE))  # a day on
+    await core.conversations.browse(ALICE, grouped=True)  # the sidebar
+    assert await store.redis.ttl(messages) > store.index_ttl - 60
+    await store.redis.expire(messages, 1000)
+    await core.conversations.browse(ALICE, grouped=True)  # the same day: nothing more
+    assert await store.redis.ttl(messages) <= 1000
+
+
+async def test_a_batch_export_holds_each_conversation_once(core: Core) -> None:
+    conversation = await core.conversations.create(ALICE, title="once")
+    exported = await core.portability.everything(ALICE, [conversation.id] * 5)
+    assert [c["id"] for c in exported["conversations"]] == [conversation.id]

@@ -90,6 +90,8 @@ class ConversationListing:
         shelf = await self.shelves.folder(user_id, folder) if folder else None
         if filters.folder is not None:
             shelf = await self.shelves.folder_named(user_id, filters.folder) or Folder(id="", name=filters.folder)
+        if shelf is not None and not shelf.id:  # `folder:` naming no folder of the user's: nothing is in it
+            return ConversationList(items=[], query=query, folder=shelf)
         if text.strip():
             if indexable(text):
                 await self.search.flush()  # what this worker has queued, so a search finds it at once
@@ -104,10 +106,10 @@ class ConversationListing:
             items = [c for c in await self.store.load_conversations(user_id, page.pinned)
                      if shelf is None or c.folder == shelf.id]
             return ConversationList(items=items, query=query, archived=archived, folder=shelf)
-        if shelf is not None and not shelf.id:
-            return ConversationList(items=[], query=query, folder=shelf)
         mode = ARCHIVED if archived else "folder" if shelf else "main" if grouped else "all"
         first = cursor is None and grouped and mode == "main"
+        if first:  # the sidebar: once a day the archive's TTLs are renewed with the rest (storage/organization.py)
+            await self.store.renew_archive(user_id)
         page = await self.store.list_shelf(user_id, mode=mode, folder=shelf.id if shelf else "",
                                            cursor=parse_cursor(cursor), limit=limit,
                                            groups=SIDEBAR_PER_FOLDER if first else 0)

@@ -112,7 +112,7 @@ class Portability:
         folder_names = {fid: str(record.get("name", ""))
                         for fid, record in (await self.store.folders_of(user_id)).items()}
         conversations = []
-        sids = [check_id(sid) for sid in session_ids] if session_ids is not None else \
+        sids = [check_id(sid) for sid in dict.fromkeys(session_ids)] if session_ids is not None else \
             await self.store.session_ids(user_id)
         for start in range(0, len(sids), 50):
             for conversation in await self.store.load_conversations(user_id, sids[start : start + 50]):

@@ -11,6 +11,7 @@ case-folded); a conversation is in at most one folder; deleting a folder keeps i
 from __future__ import annotations
 
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,11 @@ class Folder:
 
 
 def folder_name(name: str) -> str:
-    """A folder's name as kept: whitespace collapsed; BadFolderName when empty or too long."""
-    clean = " ".join(check_text(name).split())
+    """A folder's name as kept: NFC, control and format characters (NUL, ESC, RTL overrides, zero-width
+    spaces) dropped, whitespace collapsed; BadFolderName when nothing visible is left or too long."""
+    text = unicodedata.normalize("NFC", check_text(name))
+    clean = " ".join("".join(char for char in text if unicodedata.category(char) not in ("Cc", "Cf")
+                             or char in "\t\n\r").split())
     if not clean or len(clean) > FOLDER_NAME_CHARS:
         raise BadFolderName(limit=FOLDER_NAME_CHARS)
     return clean
@@ -66,11 +70,11 @@ class Shelves:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def keep(self, user_id: str, session_ids: list[str], what: str, on: bool | str) -> int:
+    async def keep(self, user_id: str, session_ids: list[str], what: str, on: bool | str) -> list[str]:
         """Pin (`what` PINNED), archive (ARCHIVED) or file into a folder (FOLDER, `on` its id; "" for none)
         the user's conversations `session_ids`, or undo it (`on` False): each atomically, all in one round
         trip. Another's or a missing conversation is skipped (routes of one conversation check ownership
-        first: OwnedConversation). How many were changed."""
+        first: OwnedConversation). The ids of those changed (what a batch's undo takes)."""
         if len(session_ids) > MAX_BATCH:
             raise TooManyInBatch(limit=MAX_BATCH)
         sids = [check_id(sid) for sid in dict.fromkeys(session_ids)]
@@ -83,7 +87,7 @@ class Shelves:
             raise FolderNotFound()
         if -1 in outcomes:
             raise TooManyPins(limit=MAX_PINS)
-        return sum(1 for outcome in outcomes if outcome == 1)
+        return [sid for sid, outcome in zip(sids, outcomes) if outcome == 1]
 
     async def folders(self, user_id: str) -> list[Folder]:
         """The user's folders, by name."""

@@ -124,6 +124,8 @@ class StoreBase:
         if conversation.archived:
             pipe.zadd(archived, {conversation.id: conversation.archived})
             pipe.expire(archived, self.index_ttl)
+            for key in self.keys.conversation_keys(conversation.user_id, conversation.id):  # (as archiving does)
+                pipe.expire(key, self.index_ttl)
         if conversation.folder:
             pipe.hset(filed, conversation.id, conversation.folder)
             pipe.expire(filed, self.index_ttl)

@@ -125,6 +125,9 @@ class Keys:
     def filed(self, uid: str) -> str:
         return self.owner(uid) + ":filed"
 
+    def archive_renewed(self, uid: str) -> str:
+        return self.owner(uid) + ":archived:renewed"
+
     def shelves(self, uid: str) -> tuple[str, str, str, str]:
         """A user's organisation of their conversations (organization.py): pins, archive, folders, filing."""
         return self.pinned(uid), self.archived(uid), self.folders(uid), self.filed(uid)

@@ -217,6 +217,21 @@ class OrganizationStore(StoreBase):
                     [str(sid) for sid in shelves[i + 3]]) for i in range(0, len(shelves), 4)]
         return ShelfPage(rows=pairs, has_more=bool(more), pinned=[str(s) for s in pinned], folders=folders)
 
+    async def renew_archive(self, uid: str) -> int:
+        """Archived conversations live as long as the user's data: once a day (a marker, set when the
+        sidebar is listed), every archived conversation's keys get the index TTL again, as the index has.
+        The number renewed (0: done already today)."""
+        k = self.keys
+        if not await self.redis.set(k.archive_renewed(uid), "1", nx=True, ex=86400):
+            return 0
+        sids = await self.redis.zrange(k.archived(uid), 0, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                for key in k.conversation_keys(uid, sid):
+                    pipe.expire(key, self.index_ttl)
+            await pipe.execute()
+        return len(sids)
+
     async def shelve(self, uid: str, sids: list[str], field: str, value: str, *, max_pins: int) -> list[int]:
         """Set (or with "" clear) `field` of each conversation, each one atomically (SHELVE), all in one
         pipeline: its outcome per conversation."""

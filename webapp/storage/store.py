@@ -37,6 +37,7 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     {uid}:archived                     ZSET session id -> when archived (ms), index TTL, renewed when listed
     {uid}:folders                      HASH folder id -> JSON {name, created} of a user's folders, index TTL, renewed when listed
     {uid}:filed                        HASH session id -> folder id (a conversation is in at most one), index TTL, renewed when listed
+    {uid}:archived:renewed             marker: today the archived conversations' keys had their index TTL renewed, 1 day
                                        (the metadata hash carries the same three facts, `pinned`, `archived`, `folder`;
                                        one MULTI writes both; an archived conversation's keys take the index TTL)
     {uid}:w:{term}                     SET session ids whose title or messages hold a search term, index TTL

@@ -97,8 +97,7 @@ async def act_on_batch(conversations: Any, user: str, action: str, ids: list[str
         return [c.id for c in await conversations.undo_batch(user, ids)]
     what, on = {"archive": (ARCHIVED, True), "unarchive": (ARCHIVED, False), "pin": (PINNED, True),
                 "unpin": (PINNED, False), "move": (FOLDER, folder_id)}[action]
-    done = await shelves.keep(user, ids, what, on)
-    return list(dict.fromkeys(ids))[:done] if done else []
+    return await shelves.keep(user, ids, what, on)
 
 
 # the sidebar's forms -----------------------------------------------------------------
