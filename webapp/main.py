@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.portability = services.portability
         state.roles, state.shares, state.channels = services.roles, services.shares, services.channels
         state.revocations, state.quota = services.revocations, services.quota
+        state.uploads = services.uploads
         services.start()
         app.state.metrics.redis_round_trips.set_function(store.round_trips)
         tune_garbage_collection()

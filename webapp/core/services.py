@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from webapp.base.metrics import Metrics
 from webapp.config import Settings
 from webapp.core.accounts import Accounts
+from webapp.core.attachments import Uploads
 from webapp.core.auto_title import TitleWriter
 from webapp.core.conversations import Conversations
 from webapp.core.limits import Limits
@@ -45,6 +46,7 @@ class Services:
     eviction_watch: EvictionWatch
     revocations: Revocations
     quota: StorageQuota
+    uploads: Uploads
 
     def start(self) -> None:
         """The background tasks: the event writer and cancel listener, the search index, the lease keeper,
@@ -94,4 +96,4 @@ def build_services(store: Store, provider: Provider, settings: Settings, metrics
                     search=search, titles=titles, channels=channels, conversations=conversations, roles=writer.roles,
                     shares=Shares(store), portability=portability, accounts=Accounts(store, settings, limits, revocations),
                     eviction_watch=EvictionWatch(store, settings), revocations=revocations,
-                    quota=quota)
+                    quota=quota, uploads=Uploads(store, quota, settings))
