@@ -281,9 +281,14 @@ class FakeUpstream:
              if isinstance(m, dict) and m.get("role") == "user"),
             "",
         )
+        last_parts = next((m.get("content") for m in reversed(messages)
+                           if isinstance(m, dict) and m.get("role") == "user"), "")
         self._records.append(
             {
                 "path": request.path,
+                # the last user message's content parts as received (text is one text part): images arrive
+                # as image_url parts, tests check their data URLs
+                "last_user_parts": last_parts if isinstance(last_parts, list) else [{"type": "text", "text": last_parts}],
                 "model": (body or {}).get("model"),
                 "stream": bool((body or {}).get("stream")),
                 "messages": messages,
