@@ -20,6 +20,7 @@ from webapp.base.i18n import Lang
 from webapp.base.ids import check_user_id
 from webapp.base.models import Conversation
 from webapp.core.accounts import Accounts
+from webapp.core.attachments import Uploads
 from webapp.core.conversations import Conversations
 from webapp.core.portability import Portability
 from webapp.core.roles import Role, RoleBook
@@ -70,6 +71,11 @@ async def get_portability(request: Request) -> Portability:
     return request.app.state.portability
 
 
+def get_uploads(request: Request) -> Uploads:
+    return request.app.state.uploads
+
+
+UploadsDep = Annotated[Uploads, Depends(get_uploads)]
 RolesDep = Annotated[RoleBook, Depends(get_roles)]
 SharesDep = Annotated[Shares, Depends(get_shares)]
 PortabilityDep = Annotated[Portability, Depends(get_portability)]
