@@ -109,6 +109,8 @@ CATALOG: dict[str, dict[Lang, str]] = {
     "error.images_not_supported": {"zh": "模型 {model} 不能查看图片，请换一个模型或移除图片",
                                    "en": "The model {model} cannot see images: pick another model or remove the images"},
     "ui.attach": {"zh": "附加文件", "en": "Attach files"},
+    "key.attach": {"zh": "附加文件 / 粘贴图片或文件（也可拖放到页面上）",
+                   "en": "Attach files / paste an image or file (or drop them on the page)"},
     "ui.attach_remove": {"zh": "移除", "en": "Remove"},
     "ui.attachment_cut": {"zh": "仅发送了前 {kept} 个字符（共 {total} 个）",
                           "en": "only the first {kept} of {total} characters were sent"},
