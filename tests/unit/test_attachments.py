@@ -208,3 +208,28 @@ def test_the_demo_model_says_what_it_received() -> None:
     ])
     assert own == "look"
     assert received == ["`a.csv`: name,size", "image 640×480 (image/jpeg)"]
+
+
+async def test_export_and_import_carry_the_files_as_base64(core: Core) -> None:
+    from webapp.base.errors import InvalidImport
+    from webapp.core.export_format import ExportFile
+
+    core.settings.openai_vision_models = "fake-model"
+    photo = await upload(core, ALICE, "p.png", image_bytes(64, 48))
+    doc = await upload(core, ALICE, "d.txt", b"doc text")
+    conversation = await core.conversations.create(ALICE)
+    await core.finish(ALICE, await core.writer.start_turn(conversation.id, ALICE, "see", None, "en",
+                                                          attachments=[photo.id, doc.id]))
+    exported = await core.portability.everything(ALICE)
+    [record] = exported["conversations"]
+    assert {f["id"] for f in record["files"]} == {photo.id, doc.id}
+    assert [f["data"] for f in record["files"] if f["id"] == doc.id] == [base64.b64encode(b"doc text").decode()]
+    ids, _ = await core.portability.import_(BOB, ExportFile.model_validate(exported))
+    imported = await core.history(BOB, ids[0])
+    assert [a.id for a in imported[-2].attachments] == [photo.id, doc.id]
+    assert (await core.uploads.download(BOB, ids[0], doc.id))[1] == b"doc text"
+    # an edited export cannot make an SVG pass for an image
+    svg = base64.b64encode(b"<svg onload=alert(1)>").decode()
+    record["files"][0].update(kind="image", data=svg, type="image/svg+xml")
+    with pytest.raises(InvalidImport):
+        await core.portability.import_(BOB, ExportFile.model_validate(exported))
