@@ -164,3 +164,22 @@ def test_without_javascript_the_form_sends_text_and_files_in_one_post(demo_page,
     page.click("#composer .round-btn--send")
     page.wait_for_selector(".composer__error")
     assert page.input_value("#composer-input") == "keep this text"
+
+
+def test_hostile_file_names_and_pdf_text_stay_text(demo_page) -> None:
+    from tests.files import pdf_bytes
+
+    page = demo_page()
+    hostile = "<img src=x onerror=window.pwned=1>.txt"
+    page.set_input_files(PICKER, [file(hostile, b"<script>window.pwned=2</script> first", "text/plain"),
+                                  file("x.pdf", pdf_bytes(["<img src=x onerror=window.pwned=3>"]), "application/pdf")])
+    wait_uploaded(page, 2)
+    page.press("#composer-input", "Enter")
+    page.wait_for_selector("#message-list .msg--assistant:not(.msg--streaming) >> text=I received these files")
+    bubble = page.locator("#message-list .msg--user").last
+    assert bubble.locator(".file__chip").first.inner_text().startswith(hostile)
+    reply = page.locator("#message-list .msg--assistant .msg__body").last.inner_text()
+    assert "<img src=x onerror=window.pwned=3>" in reply
+    page.reload()
+    page.wait_for_selector("#message-list .msg--user .file__chip")
+    assert page.evaluate("window.pwned") is None
