@@ -103,7 +103,7 @@ def test_the_no_js_composer_posts_text_and_files_in_one_multipart_form(on, upstr
     assert sent and "widget,3" in sent[-1]["last_user_message"] and "PDF first line" in sent[-1]["last_user_message"]
 
 
-def test_a_refused_file_keeps_the_typed_text_and_stores_nothing(on, redis_server) -> None:
+def test_a_refused_file_keeps_the_typed_text_and_stores_nothing(on, redis_client) -> None:
     client = on(0)
     session = create_session(client)
     response = client.post(f"/c/{session['id']}/messages", data={"message": "keep me <b>typed</b>"},
@@ -112,8 +112,7 @@ def test_a_refused_file_keeps_the_typed_text_and_stores_nothing(on, redis_server
     assert response.status_code == 415
     assert "keep me &lt;b&gt;typed&lt;/b&gt;" in response.text and "cat.png" in response.text
     uid = client.cookies.get("chat_uid").rpartition(".")[0]
-    import redis
-    assert not redis.Redis.from_url(redis_server.url).exists(f"chat:{{{uid}}}:uploads")
+    assert not redis_client.exists(f"chat:{{{uid}}}:uploads")
 
 
 @pytest.mark.parametrize("name, data, status", [

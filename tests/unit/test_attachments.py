@@ -48,7 +48,8 @@ def decoded_image(data_url: str) -> Image.Image:
 async def test_a_photo_reaches_a_vision_model_resized_as_a_data_url(core: Core, upstream) -> None:
     core.settings.openai_vision_models = "other, fake-model"
     photo = await upload(core, ALICE, "holiday.jpeg", image_bytes(4000, 3000, "JPEG"))
-    assert (photo.kind, photo.type, photo.width, photo.height) == ("image", "image/jpeg", 2048, 1536)
+    # (decoded at half scale: a 12 MP JPEG comes out at 2000 px, see core/attachments.py)
+    assert (photo.kind, photo.type, photo.width, photo.height) == ("image", "image/jpeg", 2000, 1500)
     conversation = await core.conversations.create(ALICE)
     started = await core.writer.start_turn(conversation.id, ALICE, "img-marker-1 what is this?", None, "en",
                                            attachments=[photo.id])
@@ -56,7 +57,7 @@ async def test_a_photo_reaches_a_vision_model_resized_as_a_data_url(core: Core, 
     parts = upstream.chat_requests("img-marker-1")[-1]["last_user_parts"]
     assert parts[0] == {"type": "text", "text": "img-marker-1 what is this?"}
     image = decoded_image(parts[1]["image_url"]["url"])
-    assert image.size == (2048, 1536)
+    assert image.size == (2000, 1500)
     stored, data = await core.uploads.download(ALICE, conversation.id, photo.id)
     assert stored == photo and base64.b64decode(parts[1]["image_url"]["url"].partition(",")[2]) == data
     history = await core.history(ALICE, conversation.id)

@@ -3,8 +3,9 @@ what the model is sent.
 
 - Images (PNG, JPEG, WebP, GIF) are decoded and resized to at most IMAGE_MAX_SIDE px on the long side in a
   worker thread (a 12 MP photo is not sent whole, and the event loop never decodes); what is kept is the
-  resized image (JPEG, or PNG where it has transparency). A JPEG is decoded at a reduced scale (`draft`),
-  so a large photo never sits in memory at full size. SVG is no image here: it is text, served as a download.
+  resized image (JPEG, or PNG where it has transparency). A JPEG over twice the maximum is decoded at a
+  reduced scale (`draft`: 1/2, 1/4 or 1/8, keeping at least 3/4 of the maximum), so a large photo never
+  sits in memory at full size: a 12 MP photo comes out at 2000 px, not 2048. SVG is no image here: it is text, served as a download.
 - PDF: its text (pypdf), page by page, until the character budget is reached; encrypted or corrupt: refused.
 - Text (txt, md, csv, json, source code...): UTF-8 that is no image or PDF, by content; its name may not
   claim another type.
@@ -54,6 +55,20 @@ class Prepared:
     attachment: Attachment
     data_b64: str
     text: str
+
+
+B64_CHUNK = 3 * 2**18  # bytes base64-encoded per call: each call holds the GIL, the event loop waits (~1 ms)
+
+
+def to_base64(data: bytes) -> str:
+    """(In a worker thread.) Base64 in slices, so the event loop's thread gets the GIL between them."""
+    return "".join(base64.b64encode(data[i:i + B64_CHUNK]).decode() for i in range(0, len(data), B64_CHUNK))
+
+
+def from_base64(text: str) -> bytes:
+    """(In a worker thread.) The reverse, in slices of whole 4-character groups."""
+    step = B64_CHUNK // 3 * 4
+    return b"".join(base64.b64decode(text[i:i + step]) for i in range(0, len(text), step))
 
 
 def new_file_id() -> str:
@@ -124,11 +139,14 @@ def _prepare_image(name: str, data: bytes, max_pixels: int) -> Prepared:
                 raise UnsupportedAttachment(name=name)
             if image.width * image.height > max_pixels:
                 raise UnreadableAttachment(name=name)
-            image.draft("RGB", (IMAGE_MAX_SIDE, IMAGE_MAX_SIDE))  # JPEG: decode at a reduced scale
-            image.seek(0)  # (a GIF: its first frame)
-            frame = ImageOps.exif_transpose(image)
-            alpha = frame.mode in ("RGBA", "LA", "PA") or (frame.mode == "P" and "transparency" in frame.info)
-            frame = frame.convert("RGBA" if alpha else "RGB")
+            longest = max(image.size)
+            if longest > IMAGE_MAX_SIDE:  # JPEG: decode at 1/2, 1/4, 1/8 scale where that keeps 3/4 of the maximum
+                keep = IMAGE_MAX_SIDE * 3 / 4 / longest
+                image.draft("RGB", (max(1, int(image.width * keep)), max(1, int(image.height * keep))))
+            ImageOps.exif_transpose(image, in_place=True)
+            alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+            mode = "RGBA" if alpha else "RGB"
+            frame = image if image.mode == mode else image.convert(mode)
             frame.thumbnail((IMAGE_MAX_SIDE, IMAGE_MAX_SIDE), Image.Resampling.LANCZOS)
             out = io.BytesIO()
             if alpha:
@@ -145,7 +163,7 @@ def _prepare_image(name: str, data: bytes, max_pixels: int) -> Prepared:
     return Prepared(
         Attachment(id=new_file_id(), name=f"{stem}.{'png' if alpha else 'jpg'}", kind="image",
                    type="image/png" if alpha else "image/jpeg", size=len(stored), width=width, height=height),
-        base64.b64encode(stored).decode(), "")
+        to_base64(stored), "")
 
 
 def _prepare_pdf(name: str, data: bytes, text_chars: int) -> Prepared:
@@ -176,7 +194,7 @@ def _prepare_pdf(name: str, data: bytes, text_chars: int) -> Prepared:
     return Prepared(
         Attachment(id=new_file_id(), name=name, kind="pdf", type="application/pdf", size=len(data),
                    chars=len(text), kept=len(kept), pages=pages, read=read),
-        base64.b64encode(data).decode(), kept)
+        to_base64(data), kept)
 
 
 def _prepare_text(name: str, data: bytes, text_chars: int) -> Prepared:
@@ -187,7 +205,7 @@ def _prepare_text(name: str, data: bytes, text_chars: int) -> Prepared:
     return Prepared(
         Attachment(id=new_file_id(), name=name, kind="text", type="text/plain; charset=utf-8", size=len(data),
                    chars=len(text), kept=len(kept)),
-        base64.b64encode(data).decode(), kept)
+        to_base64(data), kept)
 
 
 def _clean_text(text: str) -> str:
@@ -259,4 +277,4 @@ class Uploads:
         if found is None:
             raise AttachmentNotFound()
         record, data = found
-        return record, await asyncio.to_thread(base64.b64decode, data)
+        return record, await asyncio.to_thread(from_base64, data)
