@@ -233,7 +233,7 @@ class FakeUpstream:
         return f"http://{self.host}:{self.port}/v1"
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 2**20)  # (images as data URLs: as a provider takes them)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/_requests", self._list_requests)
