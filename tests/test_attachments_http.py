@@ -154,6 +154,8 @@ def test_files_are_served_only_to_their_owner_and_through_their_own_share_link(o
     token = alice.post(f"/api/sessions/{session['id']}/share").json()["token"]
     other_token = alice.post(f"/api/sessions/{other['id']}/share").json()["token"]
     anyone = on(1, token=False)
+    shared_page = anyone.get(f"/s/{token}").text
+    assert f'href="/s/{token}/files/{doc["id"]}"' in shared_page and "<img src=x" not in shared_page
     assert anyone.get(f"/s/{token}/files/{doc['id']}").content == b"<script>alert(1)</script>"
     assert anyone.get(f"/s/{other_token}/files/{doc['id']}").status_code == 404
     # the user's upload is not another's to send or discard
@@ -175,3 +177,25 @@ def test_a_cross_site_upload_or_form_is_refused(on) -> None:
     response = no_token.post(f"/c/{session['id']}/messages", data={"message": "hi"},
                              files=[("files", ("a.txt", b"x", "text/plain"))])
     assert response.status_code == 403
+
+
+def test_an_upload_interrupted_halfway_stores_nothing(on, hosts, redis_client) -> None:
+    import socket
+    import time
+
+    client = on(0)
+    create_session(client)  # (the identity cookie)
+    cookie = client.cookies.get("chat_uid")
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.txt\"\r\n"
+            "Content-Type: text/plain\r\n\r\n").encode()
+    host, port = hosts[0].base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall((f"POST /api/files HTTP/1.1\r\nHost: {host}\r\nCookie: chat_uid={cookie}\r\n"
+                      f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 2000000\r\n\r\n").encode()
+                     + head + b"x" * 500_000)
+        time.sleep(0.3)
+    time.sleep(0.5)
+    uid = cookie.rpartition(".")[0]
+    assert not redis_client.exists(f"chat:{{{uid}}}:uploads")
+    assert upload(client, ("after.txt", b"still works", "text/plain")).status_code == 201

@@ -46,7 +46,12 @@ async def upload_form_files(request: Request, uploads: Uploads, user: str) -> li
     return stored
 
 
-@api_router.post("/api/files", response_model=list[AttachmentOut], status_code=201)
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": [FILE_FIELD],
+    "properties": {FILE_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+
+
+@api_router.post("/api/files", response_model=list[AttachmentOut], status_code=201, openapi_extra=UPLOAD_BODY)
 async def upload_files(request: Request, user: CurrentUser, uploads: UploadsDep) -> list[AttachmentOut]:
     """Upload files (multipart/form-data, field `files`, repeated) to send with a turn: their ids go in the
     turn's `attachments`. Kept for an hour unless sent. Images (PNG, JPEG, WebP, GIF) are resized to at most
