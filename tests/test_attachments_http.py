@@ -199,3 +199,16 @@ def test_an_upload_interrupted_halfway_stores_nothing(on, hosts, redis_client) -
     uid = cookie.rpartition(".")[0]
     assert not redis_client.exists(f"chat:{{{uid}}}:uploads")
     assert upload(client, ("after.txt", b"still works", "text/plain")).status_code == 201
+
+
+def test_files_posted_to_another_users_conversation_are_a_404_and_not_kept(on, redis_client) -> None:
+    alice, mallory = on(0), on(1)
+    session = create_session(alice)
+    create_session(mallory)
+    response = mallory.post(f"/c/{session['id']}/messages", data={"message": "mine now"},
+                            files=[("files", ("a.txt", b"mallory's file", "text/plain"))])
+    assert response.status_code == 404
+    uid = mallory.cookies.get("chat_uid").rpartition(".")[0]
+    assert not redis_client.exists(f"chat:{{{uid}}}:uploads")
+    assert [m["content"] for m in alice.get(f"/api/sessions/{session['id']}/messages").json()["items"]
+            if m["role"] == "user"] == []
