@@ -212,3 +212,31 @@ def test_files_posted_to_another_users_conversation_are_a_404_and_not_kept(on, r
     assert not redis_client.exists(f"chat:{{{uid}}}:uploads")
     assert [m["content"] for m in alice.get(f"/api/sessions/{session['id']}/messages").json()["items"]
             if m["role"] == "user"] == []
+
+
+def test_the_edit_form_keeps_the_files_left_ticked(on, upstream) -> None:
+    client = on(0)
+    session = create_session(client)
+    files = upload(client, ("keep.txt", b"kept file", "text/plain"), ("drop.txt", b"dropped file", "text/plain")).json()
+    posted = client.post(f"/api/sessions/{session['id']}/turns", json={"message": unique("edit-me"),
+                                                                       "attachments": [f["id"] for f in files]})
+    assert read_events(client, posted.json()["events_url"]).events[-1].type == "end"
+    [asked] = [m for m in client.get(f"/api/sessions/{session['id']}/messages").json()["items"] if m["role"] == "user"]
+    form = client.get(f"/c/{session['id']}/messages/{asked['index']}/edit", headers={"HX-Request": "true"}).text
+    assert 'name="keep"' in form and "drop.txt" in form
+    marker = unique("edited")
+    response = client.post(f"/c/{session['id']}/messages/{asked['index']}/edit",
+                           data={"message": marker, "message_id": asked["id"], "files_listed": "1",
+                                 "keep": [files[0]["id"]]})
+    assert response.status_code in (200, 303), response.text
+    sent = wait_for_request(upstream, marker)
+    assert "kept file" in sent and "dropped file" not in sent
+
+
+def wait_for_request(upstream: Any, marker: str) -> str:
+    import time
+    for _ in range(100):
+        if upstream.chat_requests(marker):
+            return upstream.chat_requests(marker)[-1]["last_user_message"]
+        time.sleep(0.05)
+    raise AssertionError(f"{marker} never reached the model")

@@ -403,12 +403,14 @@ async def edit_message_form(view: ViewDep, conversation: OwnedConversation, user
 async def edit_message(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
                        conversations: ConversationsDep, writer: WriterDep, index: MessageIndex,
                        message: FormText = "", message_id: FormText = "",
-                       request_id: RequestIdField = "") -> Response:
-    """Save the edited text as a new version of the message and send it; what followed stays a version."""
+                       request_id: RequestIdField = "", files_listed: FormText = "",
+                       keep: Annotated[list[str], Form(max_length=20)] = []) -> Response:  # noqa: B006 (FastAPI copies it)
+    """Save the edited text as a new version of the message and send it; what followed stays a version. Its
+    files go with it, those unticked (`keep`) left out."""
     text = typed(message)
     try:
         await writer.edit(conversation.id, user, message_id, text, view.lang, client_ip(view.request),
-                          request_id=request_id or None)
+                          request_id=request_id or None, attachments=keep if files_listed else None)
     except ChatError as exc:
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, editing_index=index, edit_text=text, edit_error=error_text,
