@@ -215,6 +215,8 @@ def test_files_posted_to_another_users_conversation_are_a_404_and_not_kept(on, r
 
 
 def test_the_edit_form_keeps_the_files_left_ticked(on, upstream) -> None:
+    import time
+
     client = on(0)
     session = create_session(client)
     files = upload(client, ("keep.txt", b"kept file", "text/plain"), ("drop.txt", b"dropped file", "text/plain")).json()
@@ -231,6 +233,20 @@ def test_the_edit_form_keeps_the_files_left_ticked(on, upstream) -> None:
     assert response.status_code in (200, 303), response.text
     sent = wait_for_request(upstream, marker)
     assert "kept file" in sent and "dropped file" not in sent
+    # a file added in the edit form (multipart), the kept one still there (once the reply is saved)
+    for _ in range(100):
+        items = client.get(f"/api/sessions/{session['id']}/messages").json()["items"]
+        if items[-1]["role"] == "assistant" and items[-2]["content"] == marker:
+            break
+        time.sleep(0.05)
+    [asked] = [m for m in client.get(f"/api/sessions/{session['id']}/messages").json()["items"] if m["role"] == "user"]
+    added = unique("added")
+    response = client.post(f"/c/{session['id']}/messages/{asked['index']}/edit",
+                           data={"message": added, "message_id": asked["id"]},
+                           files=[("files", ("new.md", b"# a new file", "text/markdown"))])
+    assert response.status_code in (200, 303), response.text
+    sent = wait_for_request(upstream, added)
+    assert "kept file" in sent and "# a new file" in sent
 
 
 def wait_for_request(upstream: Any, marker: str) -> str:

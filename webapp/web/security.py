@@ -61,11 +61,12 @@ class InputGuard:
 
     def limit(self, scope: Scope) -> int:
         """The largest body a request may send: an import's path, a multipart post of files (the composer's,
-        POST /api/files), else MAX_BODY_BYTES."""
+        an edit's, POST /api/files), else MAX_BODY_BYTES."""
         path = scope["path"]
         if path in self.larger:
             return self.larger[path]
-        if self.upload_bytes and (path == "/api/files" or (path.startswith("/c/") and path.endswith("/messages"))):
+        if self.upload_bytes and (path == "/api/files" or (path.startswith("/c/") and path.endswith(("/messages",
+                                                                                                    "/edit")))):
             for name, value in scope["headers"]:
                 if name == b"content-type" and value.startswith(b"multipart/form-data"):
                     return max(self.upload_bytes, self.max_bytes)

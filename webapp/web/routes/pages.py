@@ -406,16 +406,29 @@ async def edit_message(view: ViewDep, conversation: OwnedConversation, user: Cur
                        request_id: RequestIdField = "", files_listed: FormText = "",
                        keep: Annotated[list[str], Form(max_length=20)] = []) -> Response:  # noqa: B006 (FastAPI copies it)
     """Save the edited text as a new version of the message and send it; what followed stays a version. Its
-    files go with it, those unticked (`keep`) left out."""
-    text = typed(message)
+    files go with it, those unticked (`keep`) left out, files picked in the form added."""
+    text, uploaded = typed(message), []
     try:
+        attachments = keep if files_listed else None
+        if view.request.headers.get("content-type", "").startswith("multipart/form-data"):
+            uploaded = [a.id for a in await upload_form_files(view.request, services(view.request).uploads, user)]
+            if uploaded:
+                attachments = (attachments if attachments is not None else await kept_files(conversations, conversation,
+                                                                                          index)) + uploaded
         await writer.edit(conversation.id, user, message_id, text, view.lang, client_ip(view.request),
-                          request_id=request_id or None, attachments=keep if files_listed else None)
+                          request_id=request_id or None, attachments=attachments)
     except ChatError as exc:
+        await services(view.request).uploads.discard(user, uploaded)
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, editing_index=index, edit_text=text, edit_error=error_text,
             status=status, before=page_ending_at(conversation, index)))
     return await pane_after(view, conversations, conversation, {"HX-Trigger": "sessions-changed"})
+
+
+async def kept_files(conversations: Conversations, conversation: Conversation, index: int) -> list[str]:
+    """The files of the message being edited (a form that listed none, adding some)."""
+    message = await conversations.user_message_at(conversation, index)
+    return [a.id for a in message.attachments]
 
 
 @router.post("/c/{session_id}/messages/{index}/version")
