@@ -256,3 +256,18 @@ def wait_for_request(upstream: Any, marker: str) -> str:
             return upstream.chat_requests(marker)[-1]["last_user_message"]
         time.sleep(0.05)
     raise AssertionError(f"{marker} never reached the model")
+
+
+def test_a_resent_multipart_form_sends_its_files_once_and_keeps_no_copy(on, redis_client, upstream) -> None:
+    client = on(0)
+    session = create_session(client)
+    marker = unique("twice")
+    form = {"message": marker, "request_id": unique("rid")}
+    for _ in range(2):  # a double click without JavaScript
+        response = client.post(f"/c/{session['id']}/messages", data=form,
+                               files=[("files", ("a.txt", b"sent once", "text/plain"))], follow_redirects=False)
+        assert response.status_code == 303
+    uid = client.cookies.get("chat_uid").rpartition(".")[0]
+    assert not redis_client.exists(f"chat:{{{uid}}}:uploads")
+    [asked] = [m for m in client.get(f"/api/sessions/{session['id']}/messages").json()["items"] if m["role"] == "user"]
+    assert len(asked["attachments"]) == 1

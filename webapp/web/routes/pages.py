@@ -222,7 +222,8 @@ async def send_first_message(request: Request) -> Response:
             view, conversations, user, draft=text, form_error=error_text, status=status))
     run = first.started
     path = f"/c/{run.conversation.id}"
-    if run.duplicate:
+    if run.duplicate:  # (a resent form's files: the first one's were sent)
+        await services(request).uploads.discard(user, uploaded)
         return view.no_content_or_redirect(path)
 
     async def values() -> dict[str, Any]:
@@ -340,6 +341,7 @@ async def send_message(request: Request) -> Response:
                                              form_error=error_text, status=status)
         return await view.form_error(exc, page)
     if run.duplicate:  # the same form again (a double click, a resent form): nothing new to show
+        await services(request).uploads.discard(user, uploaded)
         return view.no_content_or_redirect(f"/c/{run.conversation.id}")
     searching = bool(q.strip())
     headers = {"HX-Trigger": "sessions-changed"} if searching else None
