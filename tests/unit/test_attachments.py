@@ -234,3 +234,17 @@ async def test_export_and_import_carry_the_files_as_base64(core: Core) -> None:
     record["files"][0].update(kind="image", data=svg, type="image/svg+xml")
     with pytest.raises(InvalidImport):
         await core.portability.import_(BOB, ExportFile.model_validate(exported))
+
+
+async def test_a_message_of_files_only_can_be_edited_with_no_text_but_not_emptied(core: Core) -> None:
+    from webapp.base.errors import EmptyMessage
+
+    doc = await upload(core, ALICE, "only.txt", b"just a file")
+    conversation = await core.conversations.create(ALICE)
+    await core.finish(ALICE, await core.writer.start_turn(conversation.id, ALICE, "", None, "en", attachments=[doc.id]))
+    asked = (await core.history(ALICE, conversation.id))[-2]
+    await core.finish(ALICE, await core.writer.edit(conversation.id, ALICE, asked.id, "", "en"))
+    edited = (await core.history(ALICE, conversation.id))[-2]
+    assert (edited.content, edited.attachments) == ("", [doc])
+    with pytest.raises(EmptyMessage):
+        await core.writer.edit(conversation.id, ALICE, edited.id, "  ", "en", attachments=[])

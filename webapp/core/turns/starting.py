@@ -95,8 +95,10 @@ class TurnStarting(WriterState):
                    attachments: list[str] | None = None) -> Started:
         """Edit and resend a user message: its old version and everything after it stay as a version.
         Its files go with it, unless `attachments` (file ids: kept ones and new uploads) says otherwise."""
-        text = validate_message(text, self.settings.max_message_chars, with_files=bool(attachments))
-        carried: list[str] = []
+        # (empty text is refused below, under the lock, unless the message carries files)
+        text = validate_message(text, self.settings.max_message_chars,
+                                with_files=attachments is None or bool(attachments))
+        carried: list[str] = []  # the edited message's files, filled in under the lock (the plan), then attached
 
         async def locate(conversation: Conversation) -> int:
             # under the lock, after the request id is claimed: a repeat answers the first turn
