@@ -12,12 +12,12 @@ import pytest
 
 from tests.conftest import AppServer
 from tests.files import image_bytes
-from tests.ui_fixtures import wait_reply_done
 
 pytestmark = pytest.mark.browser
 
 PICKER = "#composer [data-attach]"
 CHIPS = "#composer [data-chips] .chip"
+DONE_REPLY = "#message-list .msg--assistant:not(.msg--streaming) >> text=I received these files"  # (the demo's)
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_picked_files_show_as_chips_and_the_model_and_the_bubble_get_them(demo_p
     page.screenshot(path=str(artifacts / "attachments-chips.png"))
     page.press("#composer-input", "Enter")
     page.wait_for_selector("#message-list .msg--user .file__thumb")
-    wait_reply_done(page)
+    page.wait_for_selector(DONE_REPLY)
     assert page.locator(CHIPS).count() == 0
     bubble = page.locator("#message-list .msg--user").last
     assert bubble.locator(".file__chip").inner_text().startswith("notes <b>.txt")
@@ -111,7 +111,7 @@ def test_alt_u_opens_the_picker_and_a_pasted_or_dropped_file_becomes_a_chip(demo
     assert len(page.input_value("#composer input[name=attachments]").split(",")) == 2
     assert page.locator("#composer .round-btn--send").is_enabled()  # files alone may be sent
     page.press("#composer-input", "Enter")
-    wait_reply_done(page)
+    page.wait_for_selector(DONE_REPLY)
     reply = page.locator("#message-list .msg--assistant .msg__body").last.inner_text()
     assert "a.md" in reply and "dropped.csv" in reply and "pasted.txt" not in reply
 
@@ -175,7 +175,7 @@ def test_hostile_file_names_and_pdf_text_stay_text(demo_page) -> None:
                                   file("x.pdf", pdf_bytes(["<img src=x onerror=window.pwned=3>"]), "application/pdf")])
     wait_uploaded(page, 2)
     page.press("#composer-input", "Enter")
-    page.wait_for_selector("#message-list .msg--assistant:not(.msg--streaming) >> text=I received these files")
+    page.wait_for_selector(DONE_REPLY)
     bubble = page.locator("#message-list .msg--user").last
     assert bubble.locator(".file__chip").first.inner_text().startswith(hostile)
     reply = page.locator("#message-list .msg--assistant .msg__body").last.inner_text()
