@@ -27,7 +27,9 @@
       counter.classList.toggle("is-over", over > 0);
     }
     const send = $(".round-btn--send", form);
-    if (send) send.disabled = !box.value.trim() || over > 0;
+    const files = $$("[data-chips] .chip", form);
+    if (send) send.disabled = (!box.value.trim() && !files.length) || over > 0
+      || files.some((chip) => !chip.dataset.id); // uploading, or refused (remove it to send)
     box.style.height = "auto";
     box.style.height = box.scrollHeight + 2 + "px";
   }
@@ -93,6 +95,8 @@
         try { sessionStorage.removeItem("draft:" + sentFrom.dataset.conversation); } catch (_) { /* see saveDraft */ }
       }
       input().value = "";
+      $$("[data-chips] .chip", elt).forEach((chip) => chip.remove());
+      syncFileIds(elt);
       saveDraft();
       syncComposer();
       // the next message is a new request: a repeat of this one's id would start nothing
@@ -104,6 +108,145 @@
       if (scroller) scroller.scrollTop = 0; // column-reverse: 0 is the newest message
     }
     if (event.detail.successful && elt && elt.classList && elt.classList.contains("retry")) elt.remove();
+  });
+
+  // ------------------------------------------------------------ attachments
+
+  // Without JavaScript the composer posts its file picker as a multipart form. With it, each file is
+  // uploaded as soon as it is picked, pasted or dropped (POST /api/files, with a progress bar), shown as
+  // a chip, and the composer's post stays urlencoded, carrying the files' ids (`attachments`): a refused
+  // file is said on its chip, and the typed text is never touched.
+  const csrfToken = () => { const meta = $('meta[name="csrf-token"]'); return meta ? meta.content : ""; };
+
+  function setUpAttachments(root) {
+    $$("#composer[enctype]", root).forEach((form) => form.removeAttribute("enctype"));
+  }
+
+  function syncFileIds(form) {
+    const field = $('input[name="attachments"]', form);
+    if (field) field.value = $$("[data-chips] .chip[data-id]", form).map((chip) => chip.dataset.id).join(",");
+  }
+
+  function formatSize(bytes) {
+    return bytes < 1024 * 1024 ? (bytes / 1024).toFixed(1) + " KB" : (bytes / 1024 / 1024).toFixed(1) + " MB";
+  }
+
+  function attachFiles(files) {
+    const form = composer();
+    const chips = form && $("[data-chips]", form);
+    if (!chips) return;
+    files.forEach((file) => {
+      const chip = document.createElement("li");
+      chip.className = "chip is-uploading";
+      chip.dataset.name = file.name || "file";
+      if (file.type.startsWith("image/") && file.size < 20 * 1024 * 1024) {
+        const img = document.createElement("img");
+        img.className = "chip__thumb";
+        img.alt = "";
+        const reader = new FileReader();
+        reader.onload = () => { img.src = reader.result; };
+        reader.readAsDataURL(file);
+        chip.append(img);
+      }
+      const name = document.createElement("span");
+      name.className = "chip__name";
+      name.textContent = file.name || "file";
+      const size = document.createElement("span");
+      size.className = "chip__size";
+      size.textContent = formatSize(file.size);
+      const bar = document.createElement("progress");
+      bar.className = "chip__progress";
+      bar.max = file.size || 1;
+      bar.value = 0;
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "chip__remove";
+      remove.dataset.removeFile = "";
+      remove.textContent = "×";
+      remove.setAttribute("aria-label", chips.dataset.removeLabel + " " + (file.name || ""));
+      const error = document.createElement("span");
+      error.className = "chip__error";
+      error.setAttribute("role", "alert");
+      chip.append(name, size, bar, error, remove);
+      chips.append(chip);
+      const xhr = new XMLHttpRequest();
+      chip._xhr = xhr;
+      xhr.open("POST", "/api/files");
+      xhr.setRequestHeader("X-CSRF-Token", csrfToken());
+      xhr.upload.addEventListener("progress", (event) => { if (event.lengthComputable) bar.value = event.loaded; });
+      xhr.addEventListener("load", () => {
+        chip.classList.remove("is-uploading");
+        let body = null;
+        try { body = JSON.parse(xhr.responseText); } catch (_) { /* an error page */ }
+        if (xhr.status === 201 && body && body[0]) {
+          chip.dataset.id = body[0].id;
+          bar.remove();
+        } else {
+          chip.classList.add("is-error");
+          error.textContent = (body && body.detail) || document.body.dataset.networkError;
+        }
+        syncFileIds(form);
+        syncComposer();
+      });
+      xhr.addEventListener("error", () => {
+        chip.classList.remove("is-uploading");
+        chip.classList.add("is-error");
+        error.textContent = document.body.dataset.networkError;
+        syncComposer();
+      });
+      const data = new FormData();
+      data.append("files", file, file.name || "file");
+      xhr.send(data);
+    });
+    syncComposer();
+  }
+
+  document.addEventListener("change", (event) => {
+    if (event.target.matches && event.target.matches("#composer [data-attach]")) {
+      attachFiles(Array.from(event.target.files));
+      event.target.value = ""; // uploaded already: the post carries ids, not the files again
+    }
+  });
+
+  document.addEventListener("click", (event) => {
+    const remove = event.target.closest && event.target.closest("[data-remove-file]");
+    if (!remove) return;
+    const chip = remove.closest(".chip");
+    if (chip._xhr && chip._xhr.readyState !== 4) chip._xhr.abort();
+    if (chip.dataset.id) {
+      fetch("/api/files/" + encodeURIComponent(chip.dataset.id), { method: "DELETE", headers: { "X-CSRF-Token": csrfToken() } });
+    }
+    const form = chip.closest("form");
+    chip.remove();
+    syncFileIds(form);
+    syncComposer();
+    focusComposer();
+  });
+
+  // A pasted image or file (Ctrl+V of a screenshot), or files dropped anywhere on the page.
+  document.addEventListener("paste", (event) => {
+    const files = event.clipboardData ? Array.from(event.clipboardData.files) : [];
+    if (files.length && composer()) {
+      event.preventDefault();
+      attachFiles(files);
+    }
+  });
+  const carriesFiles = (event) => event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files");
+  document.addEventListener("dragover", (event) => {
+    if (carriesFiles(event) && composer()) {
+      event.preventDefault();
+      document.body.classList.add("is-dropping");
+    }
+  });
+  document.addEventListener("dragleave", (event) => {
+    if (!event.relatedTarget) document.body.classList.remove("is-dropping");
+  });
+  document.addEventListener("drop", (event) => {
+    document.body.classList.remove("is-dropping");
+    if (carriesFiles(event) && composer()) {
+      event.preventDefault();
+      attachFiles(Array.from(event.dataTransfer.files));
+    }
   });
 
   // ------------------------------------------------------------ CSRF and keyboard triggers
@@ -245,6 +388,14 @@
     if (ctrl && (key === "/" || key === "?")) {
       event.preventDefault();
       toggleHelp();
+      return;
+    }
+    if (event.altKey && !ctrl && !event.shiftKey && (key.toLowerCase() === "u" || event.code === "KeyU")) {
+      const picker = $("#composer [data-attach]");
+      if (picker) {
+        event.preventDefault();
+        picker.click();
+      }
       return;
     }
     if (ctrl && event.shiftKey && !event.altKey && key.toLowerCase() === "o") {
@@ -750,8 +901,11 @@
 
   // ------------------------------------------------------------ start
 
+  document.addEventListener("htmx:load", () => setUpAttachments(document));
+
   function start() {
     document.documentElement.classList.add("js");
+    setUpAttachments(document);
     keepKeyboardDown();
     restoreDraft();
     syncComposer();

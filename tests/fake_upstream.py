@@ -243,7 +243,7 @@ class FakeUpstream:
         return f"http://{self.host}:{self.port}/v1"
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 2**20)  # (images as data URLs: as a provider takes them)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/_requests", self._list_requests)
@@ -291,9 +291,14 @@ class FakeUpstream:
              if isinstance(m, dict) and m.get("role") == "user"),
             "",
         )
+        last_parts = next((m.get("content") for m in reversed(messages)
+                           if isinstance(m, dict) and m.get("role") == "user"), "")
         self._records.append(
             {
                 "path": request.path,
+                # the last user message's content parts as received (text is one text part): images arrive
+                # as image_url parts, tests check their data URLs
+                "last_user_parts": last_parts if isinstance(last_parts, list) else [{"type": "text", "text": last_parts}],
                 "model": (body or {}).get("model"),
                 "stream": bool((body or {}).get("stream")),
                 "stream_options": (body or {}).get("stream_options"),

@@ -209,6 +209,13 @@ def victim(make_client: Callable[..., httpx.Client]) -> Victim:
     sid = create_session(client)["id"]
     assert client.patch(f"/api/sessions/{sid}", json={"title": title}).status_code == 200
     tid = api_turn(client, sid, f"{secret} my private question").turn_id
+    # a file sent with a turn of `sid`, and one uploaded and not sent yet
+    sent_file, pending = (client.post("/api/files", files=[("files", (name, f"{secret} {name}".encode(), "text/plain"))])
+                          .json()[0]["id"] for name in ("sent.txt", "pending.txt"))
+    with_file = client.post(f"/api/sessions/{sid}/turns", json={"message": f"{secret} see", "attachments": [sent_file]})
+    assert with_file.status_code == 202, with_file.text
+    read_events(client, with_file.json()["events_url"])
+    tid = with_file.json()["turn_id"]
 
     running_secret = unique("a-running")
     rsid = create_session(client)["id"]
@@ -233,7 +240,7 @@ def victim(make_client: Callable[..., httpx.Client]) -> Victim:
 
     ids = {"uid": uid, "sid": sid, "tid": tid, "rsid": rsid, "rtid": started.json()["turn_id"], "dsid": dsid,
            "title": title, "secret": secret, "tokid": token["id"], "token": token["token"],
-           "rid": role.json()["id"], "share": shared.json()["token"]}
+           "rid": role.json()["id"], "share": shared.json()["token"], "fid": sent_file, "pfid": pending}
     return Victim(client, ids, (title, secret, running_secret, deleted_title, token_name, token["token"],
                                 role_name, role_prompt, shared.json()["token"]))
 
@@ -313,6 +320,11 @@ IDOR_ROWS = [
     Row("api: export all (B's own)", "GET", "/api/export", only(200)),
     Row("api: switch A's model", "PATCH", "/api/sessions/{sid}", only(404), json={"model": "fake-model-large"}),
     Row("web: roles page (B's own)", "GET", "/roles", only(200)),
+    Row("web: A's file", "GET", "/c/{sid}/files/{fid}", only(404)),
+    Row("web: A's file through B's own conversation", "GET", "/c/{bsid}/files/{fid}", only(404)),
+    Row("web: A's unsent upload through B's own conversation", "GET", "/c/{bsid}/files/{pfid}", only(404)),
+    Row("api: discard A's upload", "DELETE", "/api/files/{pfid}", only(404)),
+    Row("web: A's file through A's link, naming B's conversation", "GET", "/s/{share}/files/{pfid}", only(404)),
     Row("api: A's token id as a bearer token", "GET", "/api/sessions/{sid}", only(401),
         headers={"Authorization": "Bearer {tokid}"}),
     Row("web: settings page lists tokens", "GET", "/settings", only(200)),

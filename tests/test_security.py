@@ -81,6 +81,8 @@ ROUTES = [
     Route("POST", "/api/sessions/{sid}/share", page=False),
     Route("DELETE", "/api/sessions/{sid}/share", page=False),
     Route("POST", "/api/import", page=False, json={"format": "chat-export", "version": 1, "conversations": []}),
+    Route("POST", "/api/files", page=False),
+    Route("DELETE", "/api/files/f_0000000000000000", page=False),
 ]
 FOREIGN = [
     ("foreign Origin", {"Origin": "https://evil.example"}),

@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body accepted")
     max_roles_per_user: int = Field(50, ge=0, le=1000, description="custom roles a user may create")
     max_import_bytes: int = Field(20_000_000, ge=1024, description="largest data file /api/import accepts")
+    openai_vision_models: str = Field(
+        "", description="comma list of the models that take images (`*`: all); the demo model always does")
+    max_attachment_bytes: int = Field(10_000_000, ge=1024, description="largest file a message may carry")
+    max_attachments: int = Field(5, ge=0, le=20, description="files per message; 0 = attachments off")
+    attachment_text_chars: int = Field(
+        20_000, ge=100, description="a document's text the model is sent at most (the rest is cut, and said so)")
+    image_max_pixels: int = Field(
+        60_000_000, ge=1_000_000, description="a larger image is refused (a decompression bomb)")
     readyz_token: str = Field("", description="when set, /readyz?upstream=1 needs Authorization: Bearer <token>")
     api_docs: Literal["auto", "on", "off"] = Field(
         "auto", description="/docs, /redoc, /openapi.json: on, off; auto = on when AUTH=anonymous, else off")

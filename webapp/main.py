@@ -35,7 +35,7 @@ from webapp.web.edge import Edge
 from webapp.web.error_handlers import install_error_handlers
 from webapp.web.peers import TrustedProxies, is_internal
 from webapp.web.render import compile_all
-from webapp.web.routes import admin, api, auth, pages, roles, sharing, shelves, stream, transfer, usage
+from webapp.web.routes import admin, api, auth, files, pages, roles, sharing, shelves, stream, transfer, usage
 from webapp.web.routes.plain import PLAIN_ROUTES
 from webapp.web.routes.transfer import IMPORT_PATHS
 from webapp.web.sse import SERVER_SEND
@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.roles, state.shares, state.channels = services.roles, services.shares, services.channels
         state.revocations, state.quota = services.revocations, services.quota
         state.spending, state.admin = services.spending, services.admin
+        state.uploads = services.uploads
         services.start()
         app.state.metrics.redis_round_trips.set_function(store.round_trips)
         tune_garbage_collection()
@@ -177,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Edge, metrics=app.state.metrics, log_requests=settings.access_log,
                        trusted_hosts=settings.forwarded_allow_ips, secret=settings.secret_key,
                        max_body_bytes=settings.max_body_bytes,
+                       upload_bytes=settings.max_attachments * settings.max_attachment_bytes + settings.max_body_bytes,
                        larger_bodies=dict.fromkeys(IMPORT_PATHS, settings.max_import_bytes))
 
     install_error_handlers(app, app.state.metrics)
@@ -217,6 +219,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (roles, sharing, transfer, usage, admin, shelves):
         app.include_router(module.api_router)
         app.include_router(module.page_router, dependencies=[Depends(require_csrf_token)])
+    app.include_router(files.api_router)  # (cross-site posts are refused at the edge, as for every API route)
+    app.include_router(files.page_router)  # (GET only)
     app.include_router(sharing.shared_router)  # read-only links: no identity, no forms
     app.include_router(pages.router, dependencies=[Depends(require_csrf_token)])
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")

@@ -324,7 +324,11 @@ async def test_archived_conversations_keys_live_with_the_users_data_after_undo_a
     TTL), and renewed once a day when the sidebar is listed, as the index is."""
     store, k = core.store, core.store.keys
     conversation = await core.conversations.create(ALICE, title="old news")
+    files = k.files(ALICE, conversation.id)  # (its attachments' hash: issue 35)
+    await store.redis.hset(files, "f_1", "{}")
+    await store.redis.expire(files, store.conversation_ttl)
     await core.conversations.shelves.keep(ALICE, [conversation.id], ARCHIVED, True)
+    assert await store.redis.ttl(files) > store.conversation_ttl  # the files live as long as the rest
     archived = await store.get_conversation(ALICE, conversation.id)
     assert archived is not None and archived.archived
     await core.conversations.delete_undoably(archived)

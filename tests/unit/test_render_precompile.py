@@ -19,7 +19,7 @@ import pytest
 from jinja2 import Environment, meta, nodes
 
 from webapp.base.i18n import Lang, t
-from webapp.base.models import WELCOME, Conversation, Message, Usage
+from webapp.base.models import WELCOME, Attachment, Conversation, Message, Usage
 from webapp.core.admin import UserPage, UserRow
 from webapp.core.conversations import DRAFT_ID, Streaming
 from webapp.core.spending import UsageReport, UsageRow
@@ -79,7 +79,13 @@ def conversation_page() -> dict[str, Any]:
     reply = ("Here is a plan:\n\n1. **Book** the room\n2. Ask [Ann](https://example.com/ann?x=1&y=2)\n\n"
              "| day | what |\n|:--|--:|\n| Fri | <talk> |\n\n```python\nprint('<hi>' & 1)\n```\n\n```\nplain <code>\n```")
     messages = [
-        message(30, "user", "What's <script>alert(1)</script> & why?\nSecond line"),
+        message(30, "user", "What's <script>alert(1)</script> & why?\nSecond line", attachments=[
+            Attachment(id="f_00000000000000a1", name='<img src=x onerror="alert(1)">.png', kind="image",
+                       type="image/jpeg", size=123456, width=2048, height=1536),
+            Attachment(id="f_00000000000000a2", name="report <1>.pdf", kind="pdf", type="application/pdf",
+                       size=99999, chars=50000, kept=20000, pages=40, read=12),
+            Attachment(id="f_00000000000000a3", name="notes.md", kind="text", type="text/plain; charset=utf-8",
+                       size=20, chars=30000, kept=20000)]),
         message(31, "assistant", reply, role_id="teacher", model="gpt-4o-mini",
                 usage=Usage(input_tokens=1200, output_tokens=340, ttft_ms=420, duration_ms=5100)),
         message(32, "user", "Shorter, please"),
@@ -93,6 +99,7 @@ def conversation_page() -> dict[str, Any]:
         "models": ["gpt-4o-mini", "gpt-4o", 'o1 "preview"'], "messages": messages, "first_index": 30,
         "streaming": None, "no_reply_text": "", "retry_text": "Once more", "retry_for": messages[-1].id,
         "is_empty": False, "versions": {31: (2, 3), 32: (1, 2), 35: (3, 3)}, "max_chars": 8000, "last_index": 35,
+        "max_attachments": 5,
         "demo": True, "draft": "x" * 8001, "form_error": "The message cannot be longer than 8000 characters",
         "active_id": conv.id, "current_path": f"/c/{conv.id}", "role_missing": True, "channel_id": CHANNEL,
         "editing_index": 32, "edit_text": "Shorter <please>", "edit_error": "Nothing changed", "searching": False,

@@ -312,6 +312,47 @@ class StorageFull(ChatError):
     key = "error.storage_full"
 
 
+class AttachmentTooLarge(ChatError):
+    """A file over MAX_ATTACHMENT_BYTES (the limit is in the message)."""
+
+    status = 413
+    key = "error.attachment_too_large"
+
+
+class TooManyAttachments(ChatError):
+    key = "error.too_many_attachments"
+
+
+class EmptyAttachment(ChatError):
+    key = "error.attachment_empty"
+
+
+class UnsupportedAttachment(ChatError):
+    """Content that is no image, PDF or text, or whose name says another type than its bytes (415)."""
+
+    status = 415
+    key = "error.attachment_type"
+
+
+class UnreadableAttachment(ChatError):
+    """A corrupt image or PDF, an encrypted PDF, an image over IMAGE_MAX_PIXELS."""
+
+    status = 422
+    key = "error.attachment_unreadable"
+
+
+class AttachmentNotFound(ChatError):
+    status = 404
+    key = "error.attachment_not_found"
+
+
+class ImagesNotSupported(ChatError):
+    """Images for a model not listed in OPENAI_VISION_MODELS: refused before the model is called."""
+
+    status = 422
+    key = "error.images_not_supported"
+
+
 class RequestTooLarge(ChatError):
     status = 413
     key = "error.request_too_large"

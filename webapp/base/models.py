@@ -65,6 +65,39 @@ class Usage:
 
 
 @dataclass
+class Attachment:
+    """A file a user message carries (its bytes are in Redis: storage/attachments.py). `kind`: image, pdf or
+    text; `type`: its media type as sniffed from the content; an image's `width` x `height` as stored (resized);
+    a document's `chars` of text, of which the model is sent `kept`; a PDF's `pages`, of which `read`."""
+
+    id: str
+    name: str
+    kind: str
+    type: str
+    size: int
+    width: int = 0
+    height: int = 0
+    chars: int = 0
+    kept: int = 0
+    pages: int = 0
+    read: int = 0
+
+    @property
+    def cut(self) -> bool:
+        return self.kept < self.chars or self.read < self.pages
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {key: value for key, value in self.__dict__.items() if value or key in ("id", "name", "kind", "type")}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Attachment":
+        return cls(**{key: data[key] for key in ATTACHMENT_FIELDS if key in data})
+
+
+ATTACHMENT_FIELDS = ("id", "name", "kind", "type", "size", "width", "height", "chars", "kept", "pages", "read")
+
+
+@dataclass
 class Message:
     id: str
     role: str  # "user" | "assistant"
@@ -76,6 +109,7 @@ class Message:
     role_name: str = ""  # ...its name then (a custom role may be renamed or deleted later)
     model: str = ""  # ...and the model that wrote it
     usage: Usage | None = None  # ...and what it cost (tokens, timing)
+    attachments: list[Attachment] = field(default_factory=list)  # a user message: the files it carries
 
     def to_json(self) -> bytes:
         data = {"id": self.id, "role": self.role, "content": self.content, "ts": self.ts, "status": self.status}
@@ -89,6 +123,8 @@ class Message:
             data["mo"] = self.model
         if self.usage is not None:
             data["u"] = self.usage.to_dict()
+        if self.attachments:
+            data["a"] = [a.to_dict() for a in self.attachments]
         return orjson.dumps(data)
 
     @classmethod
@@ -105,6 +141,7 @@ class Message:
             role_name=data.get("rn", ""),
             model=data.get("mo", ""),
             usage=Usage.from_dict(data["u"]) if "u" in data else None,
+            attachments=[Attachment.from_dict(a) for a in data["a"]] if "a" in data else [],
         )
 
 

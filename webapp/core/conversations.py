@@ -248,7 +248,7 @@ class Conversations(ConversationListing):
                                 is_empty=True)
 
     async def start_first(self, user_id: str, text: str | None, lang: Lang, client_ip: str = "", *,
-                          request_id: str | None = None) -> FirstSend:
+                          request_id: str | None = None, attachments: list[str] | None = None) -> FirstSend:
         """The draft's first send: create the conversation, then start its turn.
 
         A message the writer would refuse (empty, too long) creates nothing. With a request id the
@@ -260,12 +260,12 @@ class Conversations(ConversationListing):
         What this request wrote is all the new conversation's pane shows, so it comes back with
         the turn (FirstSend.pane) rather than read back: a first send costs three round trips.
         """
-        validate_message(text, self.writer.settings.max_message_chars)
+        validate_message(text, self.writer.settings.max_message_chars, with_files=bool(attachments))
         conversation_id = str(uuid.uuid5(_FIRST_SEND, f"{user_id}:{request_id}")) if request_id else None
         role = role_or_default(None)
         conversation, welcome, creation = await self._create(user_id, role, conversation_id=conversation_id)
         run = await self.writer.start_turn(conversation.id, user_id, text, None, lang, client_ip,
-                                           request_id=request_id)
+                                           request_id=request_id, attachments=attachments)
         pane = None
         if creation.written and not run.duplicate and run.user_message is not None:
             pane = ConversationView(conversation=run.conversation, role=role, first_index=0,

@@ -44,8 +44,31 @@ class ExportMessage(BaseModel):
     role_name: str = Field("", max_length=NAME_CHARS)
     model: str = Field("", max_length=MODEL_CHARS)
     usage: ExportUsage | None = None
+    attachments: list[str] = Field(default_factory=list, max_length=20, description="ids of its conversation's files")
 
     _text = field_validator("content", "role_name", "model")(lambda cls, value: check_text(value))
+
+
+class ExportAttachment(BaseModel):
+    """A file of a conversation: its record, its bytes in base64 (`data`), a document's text for the model."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(pattern=r"^f_[0-9a-f]{16}$")
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["image", "pdf", "text"]
+    type: str = Field(max_length=60)
+    size: int = Field(ge=0)
+    width: int = Field(0, ge=0)
+    height: int = Field(0, ge=0)
+    chars: int = Field(0, ge=0)
+    kept: int = Field(0, ge=0)
+    pages: int = Field(0, ge=0)
+    read: int = Field(0, ge=0)
+    data: str = Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$")
+    text: str = Field("", max_length=EXPORT_MESSAGE_CHARS)
+
+    _text = field_validator("name", "text")(lambda cls, value: check_text(value))
 
 
 class ExportConversation(BaseModel):
@@ -61,6 +84,7 @@ class ExportConversation(BaseModel):
     pinned: bool = False
     archived: bool = False
     folder: str = Field("", max_length=FOLDER_NAME_CHARS, description="the name of its folder")
+    files: list[ExportAttachment] = Field(default_factory=list, max_length=EXPORT_MAX_MESSAGES)
 
     _text = field_validator("title", "folder")(lambda cls, value: check_text(value))
 

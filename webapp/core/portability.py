@@ -7,19 +7,27 @@ nothing of anyone else is touched, and ids in the file are only used to link a
 conversation to a role of the same file. The file is validated as a whole (export_format.
 ExportFile) and checked against the caller's limits before anything is written, so an
 import is all or nothing as far as validation and limits go.
+
+Attachments travel in the JSON file: a conversation's `files` (each record with its bytes in base64,
+`data`, and a document's text) and a message's `attachments` (their ids). An import checks them again
+(an image must be the JPEG or PNG the app stores), and their size counts as the file's.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from datetime import datetime, timezone
 from typing import Any
 
-from webapp.base.errors import ImportsLimited, ImportTooBig
+import orjson
+
+from webapp.base.errors import ImportsLimited, ImportTooBig, InvalidImport
 from webapp.base.i18n import Lang, t
 from webapp.base.ids import check_id
-from webapp.base.models import WELCOME, Conversation, Message, Usage, new_id, new_message_id
-from webapp.core.export_format import ExportConversation, ExportFile
+from webapp.base.models import WELCOME, Attachment, Conversation, Message, Usage, new_id, new_message_id
+from webapp.core.attachments import clean_name
+from webapp.core.export_format import ExportAttachment, ExportConversation, ExportFile
 from webapp.core.limits import Limit, Limits
 from webapp.core.quota import StorageQuota
 from webapp.core.roles import BUILTIN_ROLES, DEFAULT_ROLE, RoleBook, answered_by, custom_role
@@ -37,18 +45,23 @@ def _iso(epoch: float) -> str:
 
 
 def message_record(message: Message) -> dict[str, Any]:
-    return {"role": message.role, "content": message.content, "ts": message.ts, "status": message.status,
-            "kind": message.kind, "role_id": message.role_id, "role_name": message.role_name,
-            "model": message.model,
-            **({"usage": {"input_tokens": message.usage.input_tokens, "output_tokens": message.usage.output_tokens,
-                          "estimated": message.usage.estimated, "ttft_ms": message.usage.ttft_ms,
-                          "duration_ms": message.usage.duration_ms}} if message.usage else {})}
+    record = {"role": message.role, "content": message.content, "ts": message.ts, "status": message.status,
+              "kind": message.kind, "role_id": message.role_id, "role_name": message.role_name,
+              "model": message.model}
+    if message.usage:
+        record["usage"] = {"input_tokens": message.usage.input_tokens, "output_tokens": message.usage.output_tokens,
+                           "estimated": message.usage.estimated, "ttft_ms": message.usage.ttft_ms,
+                           "duration_ms": message.usage.duration_ms}
+    if message.attachments:
+        record["attachments"] = [a.id for a in message.attachments]
+    return record
 
 
 def conversation_record(conversation: Conversation, messages: list[Message],
-                        folder_names: dict[str, str] | None = None) -> dict[str, Any]:
+                        folder_names: dict[str, str] | None = None, files: dict[str, str] | None = None) -> dict[str, Any]:
     """A conversation in the file; where the user kept it (pinned, archived, its folder by name: folder
-    ids are the exporter's) too."""
+    ids are the exporter's) too; its files (the files hash, storage/attachments.py) as records with their
+    bytes in base64 (`data`) and a document's text."""
     record = {"id": conversation.id, "title": conversation.title, "role": conversation.role,
               "model": conversation.model, "created_at": _iso(conversation.created),
               "updated_at": _iso(conversation.updated), "messages": [message_record(m) for m in messages]}
@@ -58,7 +71,32 @@ def conversation_record(conversation: Conversation, messages: list[Message],
         record["archived"] = True
     if folder_names and conversation.folder in folder_names:
         record["folder"] = folder_names[conversation.folder]
+    if files:
+        record["files"] = [{**orjson.loads(raw), "data": files.get(fid + ":d", ""), "text": files.get(fid + ":t", "")}
+                           for fid, raw in files.items() if ":" not in fid]
     return record
+
+
+def imported_files(files: list[ExportAttachment]) -> tuple[dict[str, Attachment], dict[str, str]]:
+    """A file's records as the files hash holds them, checked again: an image must be the JPEG or PNG the app
+    stores (an export can be edited), anything else is served as a download."""
+    records: dict[str, Attachment] = {}
+    stored: dict[str, str] = {}
+    for item in files:
+        head = base64.b64decode(item.data[:16] + "=" * (-len(item.data[:16]) % 4))
+        if item.kind == "image":
+            kind_type = "image/png" if head.startswith(b"\x89PNG") else "image/jpeg" if head.startswith(b"\xff\xd8") else ""
+            if not kind_type:
+                raise InvalidImport()
+        else:
+            kind_type = "application/pdf" if item.kind == "pdf" else "text/plain; charset=utf-8"
+        record = Attachment(id=item.id, name=clean_name(item.name), kind=item.kind, type=kind_type,
+                            size=len(item.data) * 3 // 4, width=item.width, height=item.height, chars=item.chars,
+                            kept=item.kept, pages=item.pages, read=item.read)
+        records[item.id] = record
+        stored.update({item.id: orjson.dumps(record.to_dict()).decode(), item.id + ":d": item.data,
+                       item.id + ":t": item.text})
+    return records, stored
 
 
 def to_markdown(conversation: Conversation, messages: list[Message], role_name: str, lang: Lang) -> str:
@@ -71,6 +109,7 @@ def to_markdown(conversation: Conversation, messages: list[Message], role_name: 
         who = t("ui.you", lang) if message.role == "user" else answered_by(message, lang)
         text = t("welcome", lang) if message.kind == WELCOME else message.content
         lines += ["", "---", "", f"**{who}** · {message.ts}", "", text]
+        lines += [f"- 📎 {a.name}" for a in message.attachments]
         if message.status != "complete":
             lines += ["", f"*({message.status})*"]
     return "\n".join(lines) + "\n"
@@ -98,7 +137,9 @@ class Portability:
 
     async def conversation(self, conversation: Conversation) -> dict[str, Any]:
         messages = await self.store.all_messages(conversation)
-        return {"format": "chat-conversation", "version": VERSION, **conversation_record(conversation, messages)}
+        files = await self.store.all_files(conversation.user_id, conversation.id)
+        return {"format": "chat-conversation", "version": VERSION,
+                **conversation_record(conversation, messages, files)}
 
     async def markdown(self, conversation: Conversation, lang: Lang) -> str:
         resolved = await self.roles.resolve(conversation.user_id, conversation.role)
@@ -117,7 +158,8 @@ class Portability:
         for start in range(0, len(sids), 50):
             for conversation in await self.store.load_conversations(user_id, sids[start : start + 50]):
                 conversations.append(conversation_record(conversation, await self.store.all_messages(conversation),
-                                                         folder_names))
+                                                         folder_names,
+                                                         await self.store.all_files(user_id, conversation.id)))
         conversations.sort(key=lambda c: c["updated_at"])  # oldest first: importing keeps the order
         return {"format": FORMAT, "version": VERSION, "exported_at": _iso(datetime.now(timezone.utc).timestamp()),
                 "roles": roles, "folders": [{"name": name} for name in sorted(folder_names.values())],
@@ -182,12 +224,14 @@ class Portability:
     async def _import_conversation(self, user_id: str, item: ExportConversation, new_role_ids: dict[str, str],
                                    offered: set[str], folder: str = "", pinned: bool = False) -> str:
         messages = []
+        files, stored = imported_files(item.files)
         for record in item.messages:
             role_id = new_role_ids.get(record.role_id, record.role_id if record.role_id in BUILTIN_ROLES else "")
             messages.append(Message(id=new_message_id(), role=record.role, content=record.content, ts=record.ts,
                                     status=record.status, kind=record.kind, role_id=role_id,
                                     role_name=record.role_name, model=record.model,
-                                    usage=Usage(**record.usage.model_dump()) if record.usage else None))
+                                    usage=Usage(**record.usage.model_dump()) if record.usage else None,
+                                    attachments=[files[f] for f in record.attachments if f in files]))
         role = new_role_ids.get(item.role) or (item.role if item.role in BUILTIN_ROLES else DEFAULT_ROLE)
         last = next((m for m in reversed(messages)), None)
         conversation = Conversation(
@@ -203,5 +247,5 @@ class Portability:
         for message in messages:
             if message.kind != WELCOME:
                 terms |= terms_of(message.content)
-        await self.store.import_conversation(conversation, messages, terms)
+        await self.store.import_conversation(conversation, messages, terms, stored)
         return conversation.id

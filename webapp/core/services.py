@@ -9,6 +9,7 @@ from webapp.base.metrics import Metrics
 from webapp.config import Settings
 from webapp.core.accounts import Accounts
 from webapp.core.admin import Admin
+from webapp.core.attachments import Uploads
 from webapp.core.auto_title import TitleWriter
 from webapp.core.conversations import Conversations
 from webapp.core.limits import Limits
@@ -49,6 +50,7 @@ class Services:
     quota: StorageQuota
     spending: Spending
     admin: Admin
+    uploads: Uploads
 
     def start(self) -> None:
         """The background tasks: the event writer and cancel listener, the search index, the lease keeper,
@@ -100,4 +102,4 @@ def build_services(store: Store, provider: Provider, settings: Settings, metrics
                     search=search, titles=titles, channels=channels, conversations=conversations, roles=writer.roles,
                     shares=Shares(store), portability=portability, accounts=accounts,
                     eviction_watch=EvictionWatch(store, settings), revocations=revocations,
-                    quota=quota, spending=writer.spending, admin=admin)
+                    quota=quota, spending=writer.spending, admin=admin, uploads=Uploads(store, quota, settings))

@@ -16,7 +16,7 @@ from webapp.config import Settings
 
 log = logging.getLogger("webapp.llm")
 
-ChatMessages = list[dict[str, str]]
+ChatMessages = list[dict[str, Any]]  # content: text, or OpenAI content parts (text, image_url) with images
 PING_CACHE_SECONDS = 10.0
 MODELS_CACHE_SECONDS = 300.0  # the upstream's /v1/models, asked at most this often
 TITLE_TIMEOUT_SECONDS = 20.0
@@ -328,11 +328,14 @@ class DemoProvider:
                      temperature: float | None = None, usage: Usage | None = None) -> AsyncIterator[str]:
         """(No token counts: the turn estimates them, marked as estimated.)"""
         history = [m for m in messages if m["role"] != "system"]
-        last = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+        content = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+        last, received = demo_received(content)
         last = " ".join(last.split())
         if len(last) > 60:
             last = last[:59] + "…"
         text = t("demo.label", lang) + " " + t("demo.reply", lang, role=role_name, count=len(history), last=last)
+        if received:
+            text += "\n\n" + t("demo.attachments", lang) + "\n\n" + "\n".join(f"- {line}" for line in received)
         await asyncio.sleep(self.token_delay * 3)
         for piece in _demo_pieces(text):
             yield piece
@@ -346,6 +349,38 @@ class DemoProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+def demo_received(content: str | list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """What the demo model says it received: the message's own text, and a line per file (a document's name
+    and first line, an image's size)."""
+    parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+    text = "".join(p.get("text", "") for p in parts if p.get("type") == "text")
+    own, _, files = text.partition("\n\n--- file: ")
+    received = []
+    for block in ("--- file: " + files).split("\n\n--- file: ") if files else []:
+        head, _, body = block.removeprefix("--- file: ").partition(" ---\n")
+        first = next((line.strip() for line in body.splitlines() if line.strip()), "")
+        received.append(f"`{head[:80]}`: {first[:80]}")
+    for part in parts:
+        if part.get("type") == "image_url":
+            received.append(_image_size(part["image_url"]["url"]))
+    return own, received
+
+
+def _image_size(url: str) -> str:
+    """"image 800×600 (image/jpeg)" from a data URL: the header only is read."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    head, _, data = url.partition(",")
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            return f"image {image.width}×{image.height} ({head[5:].partition(';')[0]})"
+    except (OSError, ValueError):
+        return "image"
 
 
 def _import_sdk() -> None:

@@ -103,6 +103,7 @@ class StoreBase:
         if versions:  # a turn refreshes them once, when it ends (they live as long as the messages)
             pipe.expire(k.versions(uid, sid), self.conversation_ttl)
             pipe.expire(k.forks(uid, sid), self.conversation_ttl)
+            pipe.expire(k.files(uid, sid), self.conversation_ttl)  # attachments (a no-op where there are none)
         pipe.expire(k.meta(uid, sid), self.index_ttl)
         pipe.expire(k.index(uid), self.index_ttl)
         pipe.set(k.claim(uid), claim_deadline(self.index_ttl))  # no TTL: see identities.CLAIM_IDENTITY

@@ -9,6 +9,7 @@ from typing import Iterable
 import orjson
 
 from webapp.base.models import Conversation, Creation, Message
+from webapp.storage.attachments import AttachmentStore
 from webapp.storage.base import claim_deadline, conversation_of
 from webapp.storage.search import SearchStore
 
@@ -59,7 +60,7 @@ SET_GENERATED_TITLE = (
 )
 
 
-class ConversationStore(SearchStore):
+class ConversationStore(SearchStore, AttachmentStore):
     """Conversations: the commands of their keys (see store.Store)."""
 
     async def create_conversation(self, conversation: Conversation, first_message: Message, *,
@@ -163,6 +164,7 @@ class ConversationStore(SearchStore):
         copy = orjson.dumps({"meta": meta, "messages": messages, "versions": versions, "forks": forks})
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(k.trash(uid, sid), copy, ex=keep_seconds)
+            self._trash_files(pipe, uid, sid, keep_seconds)
             pipe.delete(*k.conversation_keys(uid, sid))
             pipe.zrem(k.index(uid), sid)
             self._unshelve(pipe, uid, [sid])
@@ -179,7 +181,10 @@ class ConversationStore(SearchStore):
         conversation = Conversation.from_hash(sid, copy["meta"])
         messages = [Message.from_json(item) for item in copy["messages"]]
         await self.restore_conversation(conversation, messages, copy.get("versions"), copy.get("forks"))
-        await self.redis.delete(self.keys.trash(uid, sid))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._untrash_files(pipe, uid, sid)
+            pipe.delete(self.keys.trash(uid, sid))
+            await pipe.execute()
         return conversation
 
     async def set_conversation_model(self, conversation: Conversation, model: str) -> None:
@@ -200,7 +205,7 @@ class ConversationStore(SearchStore):
         return await self._load_conversations(uid, sids)
 
     async def import_conversation(self, conversation: Conversation, messages: list[Message],
-                                  terms: Iterable[str]) -> None:
+                                  terms: Iterable[str], files: dict[str, str] | None = None) -> None:
         """Write an imported conversation, list it and index it for search: one MULTI in its owner's slot."""
         sid, uid, k = conversation.id, conversation.user_id, self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -211,6 +216,7 @@ class ConversationStore(SearchStore):
             for message in messages:
                 if message.role == "user":
                     pipe.set(k.message(uid, message.id), sid, ex=self.conversation_ttl)
+            self._write_files(pipe, uid, sid, files or {})
             pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
             pipe.set(k.claim(uid), claim_deadline(self.index_ttl))
             self._index_commands(pipe, uid, sid, terms)

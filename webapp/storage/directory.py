@@ -128,7 +128,8 @@ class DirectoryStore(StoreBase):
                 pipe.delete(*[k.term(uid, term) for term in terms[start:start + 500]])
             for key in (k.shares(uid), k.roles(uid), k.tokens(uid), k.signins(uid), k.budget(uid), k.budget_lane(uid),
                         k.usage(uid), k.lexicon(uid), k.search_ready(uid), k.index(uid),
-                        k.pinned(uid), k.archived(uid), k.folders(uid), k.filed(uid),
+                        k.pinned(uid), k.archived(uid), k.folders(uid), k.filed(uid), k.uploads(uid),
+                        k.archive_renewed(uid),
                         *[k.spending(uid, month) for month in months]):
                 pipe.delete(key)
             pipe.zrem(k.users, uid)

@@ -72,7 +72,8 @@ class IdentityStore(StoreBase):
                 pipe.lrange(k.messages(from_uid, sid), 0, -1)
                 pipe.hgetall(k.versions(from_uid, sid))
                 pipe.hgetall(k.forks(from_uid, sid))
-                meta, messages, versions, forks = await pipe.execute()
+                pipe.hgetall(k.files(from_uid, sid))
+                meta, messages, versions, forks, files = await pipe.execute()
             if meta:
                 meta["user_id"] = to_uid
                 meta["turn"] = meta["last"] = ""  # turn ids are the old identity's
@@ -85,6 +86,8 @@ class IdentityStore(StoreBase):
                         pipe.hset(k.versions(to_uid, sid), mapping=versions)
                     if forks:
                         pipe.hset(k.forks(to_uid, sid), mapping=forks)
+                    if files:
+                        pipe.hset(k.files(to_uid, sid), mapping=files)
                     for raw in messages:
                         message = orjson.loads(raw)
                         if message.get("role") == "user" and message.get("id"):

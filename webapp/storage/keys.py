@@ -64,9 +64,19 @@ class Keys:
     def forks(self, uid: str, sid: str) -> str:
         return self.meta(uid, sid) + ":forks"
 
-    def conversation_keys(self, uid: str, sid: str) -> tuple[str, str, str, str]:
+    def conversation_keys(self, uid: str, sid: str) -> tuple[str, str, str, str, str]:
         """What deleting a conversation removes (the lock stays: a running turn still holds it)."""
-        return self.meta(uid, sid), self.messages(uid, sid), self.versions(uid, sid), self.forks(uid, sid)
+        return (self.meta(uid, sid), self.messages(uid, sid), self.versions(uid, sid), self.forks(uid, sid),
+                self.files(uid, sid))
+
+    def files(self, uid: str, sid: str) -> str:
+        return self.meta(uid, sid) + ":files"
+
+    def trashed_files(self, uid: str, sid: str) -> str:
+        return self.trash(uid, sid) + ":files"
+
+    def uploads(self, uid: str) -> str:
+        return self.owner(uid) + ":uploads"
 
     def message(self, uid: str, mid: str) -> str:
         return f"{self.owner(uid)}:m:{mid}"

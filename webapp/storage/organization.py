@@ -116,14 +116,14 @@ return {rows, more, pinned, shelves}
 # unpins it. An archived conversation's keys take the index TTL (it lives as long as the user's data;
 # docs/organizing.md); out of the archive they take the conversation TTL again. -2: not the owner's
 # (or gone); -1: the pins are at ARGV[5]; -3: no such folder; 1: done. KEYS: meta, pinned, archived,
-# folders, filed, messages, versions, forks. ARGV: uid, field, value, session id, max pins, index TTL,
+# folders, filed, messages, versions, forks, files. ARGV: uid, field, value, session id, max pins, index TTL,
 # conversation TTL.
 SHELVE = """
 if redis.call('hget', KEYS[1], 'user_id') ~= ARGV[1] then return -2 end
 local field, value, sid = ARGV[2], ARGV[3], ARGV[4]
 local function unarchive()
   if redis.call('zrem', KEYS[3], sid) == 1 then
-    for i = 6, 8 do redis.call('expire', KEYS[i], ARGV[7]) end
+    for i = 6, 9 do redis.call('expire', KEYS[i], ARGV[7]) end
   end
   redis.call('hdel', KEYS[1], 'archived')
 end
@@ -149,7 +149,7 @@ elseif field == 'archived' then
     redis.call('zrem', KEYS[2], sid)
     redis.call('hdel', KEYS[1], 'pinned')
     redis.call('expire', KEYS[1], ARGV[6])
-    for i = 6, 8 do redis.call('expire', KEYS[i], ARGV[6]) end
+    for i = 6, 9 do redis.call('expire', KEYS[i], ARGV[6]) end
   end
   redis.call('expire', KEYS[3], ARGV[6])
 else
@@ -203,7 +203,7 @@ class OrganizationStore(StoreBase):
         k = self.keys
         pinned, archived, folders, filed = k.shelves(uid)
         return (k.meta(uid, sid), pinned, archived, folders, filed, k.messages(uid, sid), k.versions(uid, sid),
-                k.forks(uid, sid))
+                k.forks(uid, sid), k.files(uid, sid))
 
     async def list_shelf(self, uid: str, *, mode: str, folder: str = "", cursor: tuple[float, str] | None = None,
                          limit: int = 20, groups: int = 0) -> ShelfPage:
@@ -237,7 +237,7 @@ class OrganizationStore(StoreBase):
         pipeline: its outcome per conversation."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in sids:
-                pipe.eval(SHELVE, 8, *self._shelf_keys(uid, sid), uid, field, value, sid, max_pins, self.index_ttl,
+                pipe.eval(SHELVE, 9, *self._shelf_keys(uid, sid), uid, field, value, sid, max_pins, self.index_ttl,
                           self.conversation_ttl)
             return [int(result) for result in await pipe.execute()]
 

@@ -17,6 +17,11 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
     {uid}:s:{sid}:lock                 the running turn's id: a lease its writer keeps renewing (a few seconds)
     {uid}:s:{sid}:versions             HASH list index -> "shown/count" where a message has versions
     {uid}:s:{sid}:forks                HASH list index -> JSON of the versions kept aside there (versions.py)
+    {uid}:s:{sid}:files                HASH a conversation's attachments: {fid} -> JSON record, {fid}:d -> the bytes
+                                       (an image resized), {fid}:t -> a document's text for the model; conversation TTL
+    {uid}:uploads                      HASH the same for files uploaded but not sent yet (POST /api/files), 1 h from
+                                       the last upload; a turn moves its files into the conversation's hash
+    {uid}:trash:{sid}:files            a deleted conversation's files hash, renamed, kept with its trash copy for undo
     {uid}:m:{mid}                      the session id of a user message (edit by message id), conversation TTL
     {uid}:request:{rid}                the turn a client request id started (a repeated request starts none), 10 min
     {uid}:t:{tid}                      HASH turn state (session_id, user_id, status, message_id; cancel: Stop was asked)
@@ -68,6 +73,7 @@ slot and the same code runs on one Redis, Sentinel and Cluster (keys.py names th
 from __future__ import annotations
 
 from webapp.storage.accounts import AccountStore
+from webapp.storage.attachments import AttachmentStore
 from webapp.storage.conversations import ConversationStore
 from webapp.storage.directory import DirectoryStore
 from webapp.storage.identities import IdentityStore
@@ -81,8 +87,8 @@ from webapp.storage.usage import UsageStore
 
 
 class Store(ConversationStore, MessageStore, TurnStore, IdentityStore, AccountStore, LimitStore, RoleStore, ShareStore,
-            UsageStore, DirectoryStore, OrganizationStore):
+            UsageStore, DirectoryStore, OrganizationStore, AttachmentStore):
     """The one object the core is handed: each concept's commands come from its own module
     (conversations, messages, turns and turn_events, identities, accounts, limits, roles, shares,
-    search, usage, spending, directory, organization; the connection in base), composed here. Modules own their keys' commands; keys.py
+    search, usage, spending, directory, organization, attachments; the connection in base), composed here. Modules own their keys' commands; keys.py
     names every key."""

@@ -8,20 +8,23 @@ from webapp.storage.base import StoreBase
 
 USAGE_SECONDS = 600  # a measurement is reused this long; a write that adds much forgets it at once
 PIPELINE_KEYS = 1000
+ADD_USAGE = "if redis.call('exists', KEYS[1]) == 1 then return redis.call('incrby', KEYS[1], ARGV[1]) end return 0"
 
 
 class UsageStore(StoreBase):
     """A user's storage: measured with MEMORY USAGE over their keys, the last measurement kept."""
 
     async def measure_usage(self, uid: str) -> int:
-        """The bytes Redis holds for the user's conversations (metadata, messages, versions kept aside)
-        and custom roles, exactly (MEMORY USAGE ... SAMPLES 0): one pipeline per thousand keys. Kept for
+        """The bytes Redis holds for the user's conversations (metadata, messages, versions kept aside,
+        attachments), custom roles and files uploaded but not sent, exactly (MEMORY USAGE ... SAMPLES 0): one
+        pipeline per thousand keys. Kept for
         USAGE_SECONDS (cached_usage)."""
         k = self.keys
         sids = await self.redis.zrange(k.index(uid), 0, -1)
-        keys = [k.roles(uid)] + [key for sid in sids
-                                 for key in (k.meta(uid, sid), k.messages(uid, sid), k.versions(uid, sid),
-                                             k.forks(uid, sid))]
+        keys = [k.roles(uid), k.uploads(uid)] + [key for sid in sids
+                                                 for key in (k.meta(uid, sid), k.messages(uid, sid),
+                                                             k.versions(uid, sid), k.forks(uid, sid),
+                                                             k.files(uid, sid))]
         total = 0
         for start in range(0, len(keys), PIPELINE_KEYS):
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -39,3 +42,7 @@ class UsageStore(StoreBase):
     async def forget_usage(self, uid: str) -> None:
         """A write that added much (an import): the next check measures again."""
         await self.redis.delete(self.keys.usage(uid))
+
+    async def add_usage(self, uid: str, added: int) -> None:
+        """Bytes just written (an upload): added to the last measurement, if there is one."""
+        await self.redis.eval(ADD_USAGE, 1, self.keys.usage(uid), added)

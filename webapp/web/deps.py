@@ -21,6 +21,7 @@ from webapp.base.ids import check_user_id
 from webapp.base.models import Conversation
 from webapp.core.accounts import Accounts
 from webapp.core.admin import Admin
+from webapp.core.attachments import Uploads
 from webapp.core.conversations import Conversations
 from webapp.core.portability import Portability
 from webapp.core.roles import Role, RoleBook
@@ -74,6 +75,13 @@ async def get_portability(request: Request) -> Portability:
 
 async def get_spending(request: Request) -> Spending:
     return request.app.state.spending
+
+
+def get_uploads(request: Request) -> Uploads:
+    return request.app.state.uploads
+
+
+UploadsDep = Annotated[Uploads, Depends(get_uploads)]
 
 
 RolesDep = Annotated[RoleBook, Depends(get_roles)]

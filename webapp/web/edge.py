@@ -28,12 +28,13 @@ async def _nothing(scope: Scope, receive: Receive, send: Send) -> None:
 
 class Edge:
     def __init__(self, app: ASGIApp, *, metrics: Metrics, log_requests: bool, trusted_hosts: str,
-                 secret: str, max_body_bytes: int, larger_bodies: dict[str, int] | None = None) -> None:
+                 secret: str, max_body_bytes: int, larger_bodies: dict[str, int] | None = None,
+                 upload_bytes: int = 0) -> None:
         self.app = app
         # uvicorn's own middleware (FORWARDED_ALLOW_IPS), so the rules are exactly uvicorn's
         self.proxy = ProxyHeadersMiddleware(_nothing, trusted_hosts=trusted_hosts)
         self.access = AccessLog(metrics, log_requests)
-        self.guard = InputGuard(max_body_bytes, larger_bodies, TrustedProxies(trusted_hosts))
+        self.guard = InputGuard(max_body_bytes, larger_bodies, TrustedProxies(trusted_hosts), upload_bytes)
         self.identity = IdentityCookie(secret)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

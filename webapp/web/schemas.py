@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from webapp.base.models import Conversation, Message
+from webapp.base.models import Attachment, Conversation, Message
 from webapp.core.context import check_text
 from webapp.core.roles import DESCRIPTION_CHARS, MODEL_CHARS, NAME_CHARS, PROMPT_CHARS, Role
 from webapp.core.admin import MAX_BUDGET, UserPage
@@ -93,6 +93,24 @@ class MessageUsageOut(BaseModel):
     tokens_per_second: float = Field(description="output tokens per second after the first token")
 
 
+class AttachmentOut(BaseModel):
+    id: str
+    name: str = Field(description="the file's name, without a path or control characters")
+    kind: str = Field(description="image, pdf or text")
+    type: str = Field(description="media type, sniffed from the content (an image is stored resized, as JPEG or PNG)")
+    size: int = Field(description="bytes as stored")
+    width: int = 0
+    height: int = 0
+    chars: int = Field(0, description="a document's characters of text...")
+    kept: int = Field(0, description="...of which the model is sent this many (the rest is cut, and it is told)")
+    pages: int = Field(0, description="a PDF's pages...")
+    read: int = Field(0, description="...of which this many were read")
+
+    @classmethod
+    def of(cls, attachment: Attachment) -> "AttachmentOut":
+        return cls(**attachment.__dict__)
+
+
 class MessageOut(BaseModel):
     id: str
     role: str
@@ -106,6 +124,7 @@ class MessageOut(BaseModel):
     role_name: str = Field("", description="a reply of a custom role: its name then")
     model: str = Field("", description="a reply: the model that wrote it")
     usage: MessageUsageOut | None = Field(None, description="a reply: what it cost (tokens) and how fast it came")
+    attachments: list[AttachmentOut] = Field([], description="a user message: its files")
 
     @classmethod
     def of(cls, message: Message, index: int = 0, version: tuple[int, int] = (1, 1)) -> "MessageOut":
@@ -115,11 +134,17 @@ class MessageOut(BaseModel):
                                 tokens_per_second=u.tokens_per_second) if u else None
         return cls(id=message.id, role=message.role, content=message.content, ts=message.ts, status=message.status,
                    index=index, version=version[0], versions=version[1], role_id=message.role_id,
-                   role_name=message.role_name, model=message.model, usage=usage)
+                   role_name=message.role_name, model=message.model, usage=usage,
+                   attachments=[AttachmentOut.of(a) for a in message.attachments])
+
+
+ATTACHMENT_IDS = "ids from POST /api/files (images need a model in OPENAI_VISION_MODELS)"
 
 
 class MessageEdit(BaseModel):
     content: str
+    attachments: list[str] | None = Field(None, max_length=20, description="the files it sends: "
+                                          + ATTACHMENT_IDS + "; unset: the edited message's own")
 
 
 class VersionIn(BaseModel):
@@ -134,8 +159,9 @@ class MessagePage(BaseModel):
 
 
 class TurnIn(BaseModel):
-    message: str
+    message: str = Field("", description="the text; may be empty when it carries files")
     role: str | None = None
+    attachments: list[str] = Field([], max_length=20, description="files it carries: " + ATTACHMENT_IDS)
 
 
 class TurnOut(BaseModel):

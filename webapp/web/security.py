@@ -53,10 +53,24 @@ class InputGuard:
     """
 
     def __init__(self, max_bytes: int, larger: dict[str, int] | None = None,
-                 trusted: TrustedProxies | None = None) -> None:
+                 trusted: TrustedProxies | None = None, upload_bytes: int = 0) -> None:
         self.max_bytes = max_bytes
         self.larger = larger or {}  # paths that take bigger bodies (a data file to import)
         self.trusted = trusted or TrustedProxies("")  # whose X-Forwarded-Host counts (FORWARDED_ALLOW_IPS)
+        self.upload_bytes = upload_bytes  # a multipart body with files (attachments): its own limit
+
+    def limit(self, scope: Scope) -> int:
+        """The largest body a request may send: an import's path, a multipart post of files (the composer's,
+        an edit's, POST /api/files), else MAX_BODY_BYTES."""
+        path = scope["path"]
+        if path in self.larger:
+            return self.larger[path]
+        if self.upload_bytes and (path == "/api/files" or (path.startswith("/c/") and path.endswith(("/messages",
+                                                                                                    "/edit")))):
+            for name, value in scope["headers"]:
+                if name == b"content-type" and value.startswith(b"multipart/form-data"):
+                    return max(self.upload_bytes, self.max_bytes)
+        return self.max_bytes
 
     def refusal(self, scope: Scope) -> type[ChatError] | None:
         """What is wrong with the request line and headers, if anything."""
@@ -73,7 +87,7 @@ class InputGuard:
         if scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return None
         content_type = b""
-        max_bytes = self.larger.get(scope["path"], self.max_bytes)
+        max_bytes = self.limit(scope)
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
                 return RequestTooLarge
@@ -110,7 +124,7 @@ class InputGuard:
         return replayed
 
     def counting(self, scope: Scope, receive: Receive) -> Receive:
-        max_bytes = self.larger.get(scope["path"], self.max_bytes)  # (an import path takes more)
+        max_bytes = self.limit(scope)  # (an import path, or files, take more)
         received = 0
 
         async def counting_receive() -> Message:

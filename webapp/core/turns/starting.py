@@ -8,15 +8,29 @@ import time
 from typing import Awaitable, Callable
 
 from webapp.base.errors import (
+    AttachmentNotFound,
     ConversationFull,
+    ImagesNotSupported,
     MessageNotFound,
     NothingToRegenerate,
     SessionNotFound,
+    TooManyAttachments,
     TurnRunning,
     VersionLimit,
 )
 from webapp.base.i18n import Lang
-from webapp.base.models import WELCOME, BranchState, Conversation, Message, TurnLock, new_id, new_message_id, now_iso
+from webapp.base.models import (
+    WELCOME,
+    Attachment,
+    BranchState,
+    Conversation,
+    Message,
+    TurnLock,
+    new_id,
+    new_message_id,
+    now_iso,
+)
+from webapp.core.attachments import FILE_ID, is_vision_model
 from webapp.core.context import build_context, validate_message
 from webapp.core.limits import active, refuse_if_over
 from webapp.core.roles import Role
@@ -55,18 +69,19 @@ class TurnStarting(WriterState):
 
     async def start_turn(
         self, session_id: str, user_id: str, text: str | None, role_id: str | None, lang: Lang,
-        client_ip: str = "", *, request_id: str | None = None,
+        client_ip: str = "", *, request_id: str | None = None, attachments: list[str] | None = None,
     ) -> Started:
         """Save the user's message and start generating; `role_id` None keeps the conversation's role.
 
         Ownership is checked in the same round trip that takes the lock and counts the
         rate (404 for a conversation that is not the user's), so a turn costs no
-        separate lookup: two round trips whatever the history length.
+        separate lookup: two round trips whatever the history length. Files uploaded before
+        (`attachments`, their ids) cost one more, and one to read them back for the model.
         """
-        text = validate_message(text, self.settings.max_message_chars)
+        text = validate_message(text, self.settings.max_message_chars, with_files=bool(attachments))
         requested = await self.roles.get(user_id, role_id) if role_id else None
         return await self._start(session_id, user_id, lang, client_ip, request_id, requested,
-                                 lambda conversation, state: (None, text))
+                                 lambda conversation, state: (None, text), attachments=attachments)
 
     async def regenerate(self, session_id: str, user_id: str, lang: Lang, client_ip: str = "", *,
                          request_id: str | None = None, reply_id: str | None = None) -> Started:
@@ -79,9 +94,14 @@ class TurnStarting(WriterState):
                                  self._regenerate_plan(reply_id), fork_last=True)
 
     async def edit(self, session_id: str, user_id: str, message_id: str, text: str | None, lang: Lang,
-                   client_ip: str = "", *, request_id: str | None = None) -> Started:
-        """Edit and resend a user message: its old version and everything after it stay as a version."""
-        text = validate_message(text, self.settings.max_message_chars)
+                   client_ip: str = "", *, request_id: str | None = None,
+                   attachments: list[str] | None = None) -> Started:
+        """Edit and resend a user message: its old version and everything after it stay as a version.
+        Its files go with it, unless `attachments` (file ids: kept ones and new uploads) says otherwise."""
+        # (empty text is refused below, under the lock, unless the message carries files)
+        text = validate_message(text, self.settings.max_message_chars,
+                                with_files=attachments is None or bool(attachments))
+        carried: list[str] = []  # the edited message's files, filled in under the lock (the plan), then attached
 
         async def locate(conversation: Conversation) -> int:
             # under the lock, after the request id is claimed: a repeat answers the first turn
@@ -95,9 +115,14 @@ class TurnStarting(WriterState):
             edited = state.message(state.index)
             if edited is None or edited.id != message_id or edited.role != "user":
                 raise MessageNotFound()
+            if attachments is None:
+                carried.extend(a.id for a in edited.attachments)
+            if not text and not (attachments or carried):
+                validate_message(text, self.settings.max_message_chars)  # (raises: nothing to send)
             return state.index, text
 
-        return await self._start(session_id, user_id, lang, client_ip, request_id, None, plan, locate=locate)
+        return await self._start(session_id, user_id, lang, client_ip, request_id, None, plan, locate=locate,
+                                 attachments=carried if attachments is None else attachments)
 
     def _regenerate_plan(self, reply_id: str | None) -> Plan:
         def plan(conversation: Conversation, state: BranchState | None) -> tuple[int | None, str | None]:
@@ -119,12 +144,13 @@ class TurnStarting(WriterState):
     async def _start(
         self, session_id: str, user_id: str, lang: Lang, client_ip: str, request_id: str | None,
         requested: Role | None, plan: Plan, *, locate: Callable[[Conversation], Awaitable[int]] | None = None,
-        fork_last: bool = False,
+        fork_last: bool = False, attachments: list[str] | None = None,
     ) -> Started:
         turn_id = new_id()
         try:
             return await self._start_locked(session_id, user_id, lang, client_ip, requested, plan, turn_id,
-                                            locate=locate, fork_last=fork_last, request_id=request_id)
+                                            locate=locate, fork_last=fork_last, request_id=request_id,
+                                            attachments=attachments)
         except RepeatedRequest as repeat:  # (its id is the first request's: not forgotten)
             return await self._duplicate(session_id, user_id, repeat.turn_id)
         except BaseException:
@@ -149,7 +175,7 @@ class TurnStarting(WriterState):
     async def _start_locked(
         self, session_id: str, user_id: str, lang: Lang, client_ip: str, requested: Role | None, plan: Plan,
         turn_id: str, *, locate: Callable[[Conversation], Awaitable[int]] | None, fork_last: bool,
-        request_id: str | None = None,
+        request_id: str | None = None, attachments: list[str] | None = None,
     ) -> Started:
         now = time.time()
         checks = active((self.turns_per_user, user_id), (self.turns_per_ip, client_ip))
@@ -184,10 +210,13 @@ class TurnStarting(WriterState):
                 await self.store.write_branch(conversation, change, preview=conversation.preview)
                 conversation.message_count = fork_index
             role = requested or (await self.roles.resolve(user_id, conversation.role)).role
-            message = Message(id=new_message_id(), role="user", content=text, ts=now_iso()) if text else None
+            model = conversation.model or role.model
+            files = await self._attach(conversation, attachments, model) if attachments else []
+            message = Message(id=new_message_id(), role="user", content=text or "", ts=now_iso(),
+                              attachments=files) if text or files else None
             conversation.role = role.id
             if message is not None:
-                conversation.title = conversation.title or make_title(message.content)
+                conversation.title = conversation.title or make_title(message.content or files[0].name)
                 conversation.preview = make_preview(message.content)
                 conversation.message_count += 1
             conversation.updated = time.time()
@@ -206,9 +235,14 @@ class TurnStarting(WriterState):
                     await self.store.release_lane(user_id, turn_id)
             raise
         user_message = message or next((m for m in reversed(context) if m.role == "user"), None)
-        messages = build_context(role, context, self.settings.context_chars)
         # the model the user picked for the conversation wins over the role's own, which wins over the default
-        model = conversation.model or role.model
+        vision = is_vision_model(model or self.provider.model, self.settings.openai_vision_models)
+        contents = None
+        if any(m.attachments for m in context):  # (a turn with none reads nothing more)
+            contents = await self.store.file_contents(
+                user_id, session_id, [a.id for m in context for a in m.attachments],
+                data=vision and any(a.kind == "image" for m in context for a in m.attachments))
+        messages = build_context(role, context, self.settings.context_chars, contents, vision=vision)
         run = TurnRun(id=turn_id, conversation=conversation, role=role, lang=lang, user_message=user_message,
                       model=model, first_exchange=message is not None and conversation.message_count == 2,
                       forked=fork_index is not None, asked=message is not None and fork_index is None, lane=lane)
@@ -218,6 +252,22 @@ class TurnStarting(WriterState):
         run.task = asyncio.create_task(self._generate(run, messages), name=f"turn-{turn_id}")
         self.metrics.turn_started()
         return Started(id=turn_id, conversation=conversation, user_message=message)
+
+    async def _attach(self, conversation: Conversation, ids: list[str], model: str) -> list[Attachment]:
+        """The turn's files, moved from the user's uploads into the conversation (one script); images only for
+        a model that takes them, refused before anything is sent."""
+        ids = list(dict.fromkeys(ids))
+        if len(ids) > self.settings.max_attachments:
+            raise TooManyAttachments(limit=self.settings.max_attachments)
+        if not all(FILE_ID.fullmatch(fid) for fid in ids):
+            raise AttachmentNotFound()
+        files = await self.store.attach_files(conversation.user_id, conversation.id, ids)
+        if isinstance(files, str):
+            raise AttachmentNotFound()
+        model = model or self.provider.model
+        if any(f.kind == "image" for f in files) and not is_vision_model(model, self.settings.openai_vision_models):
+            raise ImagesNotSupported(model=model)
+        return files
 
     def _check_room(self, conversation: Conversation) -> None:
         """A conversation at MAX_MESSAGES_PER_CONVERSATION takes no more: nothing a user wrote is trimmed."""

@@ -153,10 +153,11 @@ def turn_out(request: Request, turn_id: str) -> TurnOut:
 async def create_turn(
     conversation: OwnedConversation, body: TurnIn, request: Request, request_id: RequestId = None,
 ) -> TurnOut:
-    """Send a message. With an `Idempotency-Key`, a repeated request starts nothing and answers the same turn."""
+    """Send a message. With an `Idempotency-Key`, a repeated request starts nothing and answers the same turn.
+    Files go first to `POST /api/files`; their ids in `attachments` (422 for images to a model that takes none)."""
     writer, lang = services(request).turn_writer, lang_of(request)  # (by hand: see start_chat)
     started = await writer.start_turn(conversation.id, conversation.user_id, body.message, body.role, lang, client_ip(request),
-                                      request_id=request_id)
+                                      request_id=request_id, attachments=body.attachments)
     return turn_out(request, started.id)
 
 
@@ -178,7 +179,7 @@ async def edit_message(message_id: Annotated[str, Path(max_length=40)], body: Me
     """Edit a user message and resend it: the old version and what followed it stay reachable."""
     conversation = await conversations.of_message(message_id, user)
     started = await writer.edit(conversation.id, user, message_id, body.content, lang, client_ip(request),
-                                request_id=request_id)
+                                request_id=request_id, attachments=body.attachments)
     return turn_out(request, started.id)
 
 

@@ -41,6 +41,7 @@ from webapp.web.deps import (
 from webapp.web.error_handlers import PAGE_TAG
 from webapp.web.forms import form_fields, text_field
 from webapp.web.htmx import View, ViewDep, local_path, see_other
+from webapp.web.routes.files import upload_form_files
 from webapp.web.routing import PageRouter, query_text
 
 MESSAGE_PAGE = 30
@@ -53,6 +54,7 @@ router = PageRouter(include_in_schema=False, tags=[PAGE_TAG])
 
 FormText = Annotated[str, Form()]
 REQUEST_ID_MAX = 100
+ATTACHMENTS_MAX = 20 * 19  # (ids of at most 20 files, comma-separated)
 SEARCH_MAX = 200
 RequestIdField = Annotated[str, Form(max_length=REQUEST_ID_MAX)]
 SearchField = Annotated[str, Form(max_length=SEARCH_MAX)]
@@ -77,6 +79,18 @@ async def sent_form(request: Request) -> tuple[str, str, str, str]:
     fields = await form_fields(request)
     return (text_field(fields, "message"), text_field(fields, "request_id", REQUEST_ID_MAX),
             text_field(fields, "q", SEARCH_MAX), channel_id_or_none(text_field(fields, "channel", CHANNEL_ID_MAX)))
+
+
+async def sent_files(request: Request, user: str) -> tuple[list[str], list[str]]:
+    """The files the composer sends: (all their ids, those uploaded by this request). With JavaScript they were
+    uploaded already (POST /api/files) and come as ids (`attachments`, comma-separated); a form without it
+    is multipart (its file picker), and they are uploaded now. A form without files reads one field more."""
+    fields = await form_fields(request)
+    ids = [i for i in text_field(fields, "attachments", ATTACHMENTS_MAX).split(",") if i]
+    uploaded: list[str] = []
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        uploaded = [a.id for a in await upload_form_files(request, services(request).uploads, user)]
+    return ids + uploaded, uploaded
 
 
 def page_ending_at(conversation: Conversation, index: int) -> int | None:
@@ -123,6 +137,7 @@ async def conversation_pane(view: View, conversations: Conversations, conversati
 async def pane_with_choices(view: View, conversations: Conversations, pane: ConversationView) -> dict[str, Any]:
     settings = view.request.app.state.settings
     values = pane_values(pane, max_chars=settings.max_message_chars, demo=settings.demo_mode)
+    values["max_attachments"] = settings.max_attachments
     return {**values, **await choices(conversations, pane.conversation.user_id)}
 
 
@@ -157,6 +172,7 @@ async def render_draft(view: View, conversations: Conversations, user: str, *, d
     `nothing_yet`: the caller is known to have no conversations (the sidebar is not looked up)."""
     settings = view.request.app.state.settings
     values = pane_values(conversations.draft(user), max_chars=settings.max_message_chars, demo=settings.demo_mode)
+    values["max_attachments"] = settings.max_attachments
     values.update(draft=draft, form_error=form_error, active_id=None, current_path="/",
                   **await choices(conversations, user, newcomer=nothing_yet))
     return await render_pane(view, conversations, values, user, deleted=deleted, status=status,
@@ -210,16 +226,19 @@ async def send_first_message(request: Request) -> Response:
     (A route of every turn: see `sent_form`.)"""
     view, user, conversations = View(request), await creating_user(request), services(request).conversations
     message, request_id, q, _ = await sent_form(request)
-    text = typed(message)
+    text, uploaded = typed(message), []
     try:
+        attachments, uploaded = await sent_files(request, user)
         first = await conversations.start_first(user, text, view.lang, client_ip(view.request),
-                                                request_id=request_id or None)
+                                                request_id=request_id or None, attachments=attachments)
     except ChatError as exc:
+        await services(request).uploads.discard(user, uploaded)
         return await view.form_error(exc, lambda error_text, status: render_draft(
             view, conversations, user, draft=text, form_error=error_text, status=status))
     run = first.started
     path = f"/c/{run.conversation.id}"
-    if run.duplicate:
+    if run.duplicate:  # (a resent form's files: the first one's were sent)
+        await services(request).uploads.discard(user, uploaded)
         return view.no_content_or_redirect(path)
 
     async def values() -> dict[str, Any]:
@@ -330,17 +349,20 @@ async def send_message(request: Request) -> Response:
     view, user, session_id = View(request), await current_user(request), request.path_params["session_id"]
     conversations, writer = services(request).conversations, services(request).turn_writer
     message, request_id, q, channel = await sent_form(request)
-    text = typed(message)
+    text, uploaded = typed(message), []
     try:
+        attachments, uploaded = await sent_files(request, user)
         run = await writer.start_turn(check_id(session_id), user, text, None, view.lang, client_ip(view.request),
-                                      request_id=request_id or None)
+                                      request_id=request_id or None, attachments=attachments)
     except ChatError as exc:
+        await services(request).uploads.discard(user, uploaded)
         async def page(error_text: str, status: int) -> Response:
             conversation = await owned_conversation_of(request, session_id, user)
             return await render_conversation(view, conversations, conversation, user, draft=text,
                                              form_error=error_text, status=status)
         return await view.form_error(exc, page)
     if run.duplicate:  # the same form again (a double click, a resent form): nothing new to show
+        await services(request).uploads.discard(user, uploaded)
         return view.no_content_or_redirect(f"/c/{run.conversation.id}")
     searching = bool(q.strip())
     headers = {"HX-Trigger": "sessions-changed"} if searching else None
@@ -404,17 +426,32 @@ async def edit_message_form(view: ViewDep, conversation: OwnedConversation, user
 async def edit_message(view: ViewDep, conversation: OwnedConversation, user: CurrentUser,
                        conversations: ConversationsDep, writer: WriterDep, index: MessageIndex,
                        message: FormText = "", message_id: FormText = "",
-                       request_id: RequestIdField = "") -> Response:
-    """Save the edited text as a new version of the message and send it; what followed stays a version."""
-    text = typed(message)
+                       request_id: RequestIdField = "", files_listed: FormText = "",
+                       keep: Annotated[list[str], Form(max_length=20)] = []) -> Response:  # noqa: B006 (FastAPI copies it)
+    """Save the edited text as a new version of the message and send it; what followed stays a version. Its
+    files go with it, those unticked (`keep`) left out, files picked in the form added."""
+    text, uploaded = typed(message), []
     try:
+        attachments = keep if files_listed else None
+        if view.request.headers.get("content-type", "").startswith("multipart/form-data"):
+            uploaded = [a.id for a in await upload_form_files(view.request, services(view.request).uploads, user)]
+            if uploaded:
+                attachments = (attachments if attachments is not None else await kept_files(conversations, conversation,
+                                                                                          index)) + uploaded
         await writer.edit(conversation.id, user, message_id, text, view.lang, client_ip(view.request),
-                          request_id=request_id or None)
+                          request_id=request_id or None, attachments=attachments)
     except ChatError as exc:
+        await services(view.request).uploads.discard(user, uploaded)
         return await view.form_error(exc, lambda error_text, status: render_conversation(
             view, conversations, conversation, user, editing_index=index, edit_text=text, edit_error=error_text,
             status=status, before=page_ending_at(conversation, index)))
     return await pane_after(view, conversations, conversation, {"HX-Trigger": "sessions-changed"})
+
+
+async def kept_files(conversations: Conversations, conversation: Conversation, index: int) -> list[str]:
+    """The files of the message being edited (a form that listed none, adding some)."""
+    message = await conversations.user_message_at(conversation, index)
+    return [a.id for a in message.attachments]
 
 
 @router.post("/c/{session_id}/messages/{index}/version")

@@ -69,6 +69,6 @@ async def revoke_share_page(conversation: OwnedConversation, shares: SharesDep) 
 @shared_router.get("/s/{token}", name="shared_page")
 async def shared_page(token: str, view: ViewDep, request: Request) -> Response:
     shared = await (await get_shares(request)).open(token)
-    response = view.render("shared.html", conv=shared.conversation, messages=shared.messages)
+    response = view.render("shared.html", conv=shared.conversation, messages=shared.messages, file_base=f"/s/{token}")
     response.headers.update(NOINDEX)
     return response

@@ -1,0 +1,213 @@
+"""Attachments: does an upload of a large image hold the event loop, and how much memory do many take?
+
+Starts the fake model and the app (its embedded Redis, a vision model), then:
+
+1. **Event loop**: `--chatters` users chat through the JSON API (a turn, then the next) while one user
+   uploads a ~10 MB photo and sends it with a turn, `--uploads` times. A probe asks `GET /healthz` every
+   5 ms all along: its slowest answers, less its median, are the longest time the loop was held (the
+   target: no more than 20 ms at a time; decoding and resizing run in a worker thread).
+2. **Memory**: `--users` users each upload a ~10 MB photo at once; the app's peak RSS over its idle RSS
+   (the target: under +150 MB; the upload is spooled to disk by the multipart parser, at most two files
+   are decoded at a time, and a JPEG is decoded at a reduced scale). Redis's RSS is reported apart: it
+   holds what was stored (the resized images, base64).
+
+    python -m bench.attachments                 # ~1 min
+    python -m bench.attachments --chatters 200  # as the issue asks (longer)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.servers import REPO_ROOT, App, FakeModel, Watcher, Workdir, git_revision, rss_bytes  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def photo(target_bytes: int = 10_000_000) -> bytes:
+    """A noisy JPEG of about `target_bytes` (noise does not compress: a phone photo's worst case)."""
+    from PIL import Image
+
+    side = 2400
+    while True:
+        image = Image.frombytes("RGB", (side * 4 // 3, side), os.urandom(side * 4 // 3 * side * 3))
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=90)
+        if out.tell() >= target_bytes * 0.95:
+            return out.getvalue()
+        side = int(side * (target_bytes / out.tell()) ** 0.5) + 16
+
+
+async def new_user(base: str) -> aiohttp.ClientSession:
+    """A client with an identity of its own (the anonymous cookie) and a conversation."""
+    http = aiohttp.ClientSession(base_url=base, cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with http.post("/api/sessions", json={}) as response:
+        assert response.status == 201, await response.text()
+        http.session_id = (await response.json())["id"]  # type: ignore[attr-defined]
+    return http
+
+
+async def turn(http: aiohttp.ClientSession, message: str, attachments: list[str] | None = None) -> None:
+    body = {"message": message, "attachments": attachments or []}
+    async with http.post(f"/api/sessions/{http.session_id}/turns", json=body) as response:  # type: ignore[attr-defined]
+        assert response.status == 202, await response.text()
+        events = (await response.json())["events_url"]
+    async with http.get(events) as response:
+        await response.read()
+
+
+async def upload(http: aiohttp.ClientSession, data: bytes, name: str = "photo.jpg") -> tuple[str, float]:
+    form = aiohttp.FormData()
+    form.add_field("files", data, filename=name, content_type="image/jpeg")
+    started = time.perf_counter()
+    async with http.post("/api/files", data=form) as response:
+        assert response.status == 201, await response.text()
+        return (await response.json())[0]["id"], time.perf_counter() - started
+
+
+PROBE = """
+import http.client, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+connection = http.client.HTTPConnection(host, port)
+while True:
+    started = time.perf_counter()
+    connection.request("GET", "/healthz")
+    connection.getresponse().read()
+    print(f"{time.time():.4f} {(time.perf_counter() - started) * 1000:.2f}", flush=True)
+    time.sleep(0.005)
+"""
+
+
+class Probe:
+    """GET /healthz every 5 ms from a process of its own (so the load generator's own loop is not measured)."""
+
+    def __init__(self, url: str) -> None:
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.process = subprocess.Popen([sys.executable, "-c", PROBE, host, port], stdout=subprocess.PIPE, text=True)
+
+    def stop(self) -> list[tuple[float, float]]:
+        self.process.terminate()
+        out, _ = self.process.communicate()
+        return [(float(a), float(b)) for a, b in (line.split() for line in out.splitlines() if line.count(" ") == 1)]
+
+
+async def chatter(base: str, stop: asyncio.Event, turns: list[int]) -> None:
+    http = await new_user(base)
+    try:
+        while not stop.is_set():
+            await turn(http, "hello")
+            turns[0] += 1
+    finally:
+        await http.close()
+
+
+async def event_loop_phase(args: argparse.Namespace, app: App, image: bytes) -> dict[str, Any]:
+    stop, turns = asyncio.Event(), [0]
+    chatters = [asyncio.create_task(chatter(app.url, stop, turns)) for _ in range(args.chatters)]
+    uploader = await new_user(app.url)
+    file_id, _ = await upload(uploader, image)  # warm: the first upload's imports (Pillow, the parser) are not measured
+    await turn(uploader, "warm-up", [file_id])
+    await asyncio.sleep(2)  # the chat under way
+    probe = Probe(app.url)
+    await asyncio.sleep(4)  # the chat alone, probed
+    uploads_from = time.time()
+    upload_seconds = []
+    try:
+        for n in range(args.uploads):
+            file_id, seconds = await upload(uploader, image)
+            upload_seconds.append(seconds)
+            await turn(uploader, f"photo {n}", [file_id])
+    finally:
+        samples = probe.stop()
+        stop.set()
+        await uploader.close()
+        await asyncio.gather(*chatters, return_exceptions=True)
+    chat_only = [ms for at, ms in samples if at < uploads_from]
+    during = [ms for at, ms in samples if at >= uploads_from]
+    base = statistics.median(chat_only)
+    return {"chatters": args.chatters, "uploads": args.uploads, "image_mb": round(len(image) / 1e6, 1),
+            "upload_s": [round(s, 2) for s in upload_seconds], "chat_turns": turns[0],
+            "healthz_ms_median_chatting": round(base, 1),
+            "healthz_ms_worst_chatting_only": [round(w, 1) for w in sorted(chat_only)[-5:]],
+            "healthz_ms_worst_during_uploads": [round(w, 1) for w in sorted(during)[-5:]],
+            "loop_held_ms_max": round(max(during) - base, 1),
+            "loop_held_ms_max_without_uploads": round(max(chat_only) - base, 1)}
+
+
+async def memory_phase(args: argparse.Namespace, app: App, image: bytes) -> dict[str, Any]:
+    users = [await new_user(app.url) for _ in range(args.users)]
+    await asyncio.sleep(1)
+    idle_app, idle_redis = rss_bytes(app.pid), rss_bytes(app.redis_pid)
+    watcher = Watcher({"app": app.pid, "redis": app.redis_pid}, interval=0.02).start()
+    watcher.begin()
+    started = time.perf_counter()
+    try:
+        results = await asyncio.gather(*(upload(http, image) for http in users))
+    finally:
+        usage = watcher.end()
+        watcher.stop()
+        for http in users:
+            await http.close()
+    return {"users": args.users, "seconds": round(time.perf_counter() - started, 1),
+            "slowest_upload_s": round(max(s for _, s in results), 1),
+            "app_idle_mb": round(idle_app / 2**20, 1), "app_peak_mb": usage["app"].rss_peak_mb,
+            "app_over_idle_mb": round(usage["app"].rss_peak_mb - idle_app / 2**20, 1),
+            "redis_idle_mb": round(idle_redis / 2**20, 1), "redis_end_mb": usage["redis"].rss_end_mb}
+
+
+async def run(args: argparse.Namespace, app: App) -> dict[str, Any]:
+    image = await asyncio.to_thread(photo)
+    return {"event_loop": await event_loop_phase(args, app, image), "memory": await memory_phase(args, app, image)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chatters", type=int, default=50, help="users chatting during the uploads (issue: 200)")
+    parser.add_argument("--uploads", type=int, default=5)
+    parser.add_argument("--users", type=int, default=50, help="users uploading at once in the memory phase")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    output = args.output or RESULTS / f"attachments-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    with Workdir("attachments") as workdir:
+        model = FakeModel(100.0, 20.0, 50, workdir).start()
+        try:
+            app = App(model.url, workdir, env={
+                "OPENAI_VISION_MODELS": "*", "MAX_ATTACHMENT_BYTES": "12000000", "CONVERSATIONS_PER_MINUTE": "0",
+                "STORAGE_QUOTA_BYTES": "0", "MAX_STREAMS_PER_USER": "0"}).start()
+            try:
+                report = asyncio.run(run(args, app))
+            finally:
+                app.stop()
+        finally:
+            model.stop()
+    report = {"benchmark": "attachments", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "revision": git_revision(),
+              "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()}, **report}
+    output.write_text(json.dumps(report, indent=2))
+    loop, memory = report["event_loop"], report["memory"]
+    print(json.dumps(report, indent=2))
+    print(f"\n  [{'met' if loop['loop_held_ms_max'] <= 20 else 'MISSED'}] event loop held at most "
+          f"{loop['loop_held_ms_max']} ms at a time during {loop['uploads']} uploads of {loop['image_mb']} MB "
+          f"with {loop['chatters']} users chatting (target <= 20 ms)")
+    print(f"  [{'met' if memory['app_over_idle_mb'] < 150 else 'MISSED'}] app peak RSS +{memory['app_over_idle_mb']} MB "
+          f"over idle with {memory['users']} users uploading {loop['image_mb']} MB at once (target < +150 MB)")
+    print(f"\nresults: {output.relative_to(REPO_ROOT) if output.is_relative_to(REPO_ROOT) else output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
