@@ -4,12 +4,14 @@ sidebar's footer at 1280 and 390 px in both languages (screenshots in $TEST_ARTI
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import REPO_ROOT
 from tests.ui_fixtures import send, wait_focus, wait_reply_done
 
 pytestmark = pytest.mark.browser
@@ -132,6 +134,12 @@ def test_sending_in_an_archived_conversation_from_the_archive_view_brings_it_bac
     assert page.errors == []
 
 
+def folders_key() -> str:
+    """The localStorage key app.js keeps the open folders under."""
+    source = (REPO_ROOT / "static" / "app.js").read_text()
+    return re.search(r'FOLDERS_KEY = "([^"]+)"', source).group(1)  # type: ignore[union-attr]
+
+
 def test_folders_open_as_this_browser_left_them_and_take_a_dragged_conversation(
         open_page: Callable[..., Any]) -> None:
     page = open_page()
@@ -144,6 +152,9 @@ def test_folders_open_as_this_browser_left_them_and_take_a_dragged_conversation(
     assert session_state(page, a)["folder_id"] == folder["id"]
     assert not page.eval_on_selector(target, "d => d.open")
     page.click(f"{target} > summary")
+    # (a details element's toggle event, which keeps the state, comes a task after the click)
+    page.wait_for_function("id => (localStorage.getItem(FOLDERS_KEY_NAME) || '').includes(id)".replace(
+        "FOLDERS_KEY_NAME", repr(folders_key())), arg=folder["id"])
     page.reload()
     assert page.eval_on_selector(target, "d => d.open")  # kept by this browser
     page.wait_for_selector(f"{target} #conv-{a}")
