@@ -24,8 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import Workdir, git_revision  # noqa: E402
-from webapp.__main__ import EmbeddedRedis  # noqa: E402
+from bench.servers import git_revision, on_embedded_redis  # noqa: E402
 from webapp.base.models import WELCOME, Conversation, Message, new_id, new_message_id, now_iso  # noqa: E402
 from webapp.config import Settings  # noqa: E402
 from webapp.core.search import SearchIndex, terms_of  # noqa: E402
@@ -131,13 +130,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    with Workdir("search") as workdir:
-        redis_server = EmbeddedRedis(workdir / "data")
-        redis_server.start()
-        try:
-            rows = asyncio.run(measure(redis_server.url, args.conversations, args.repeat))
-        finally:
-            redis_server.stop()
+    rows = on_embedded_redis("search", lambda url: measure(url, args.conversations, args.repeat))
     print(render(rows, args.conversations))
     RESULTS.mkdir(exist_ok=True)
     output = args.output or RESULTS / f"search-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -20,9 +20,12 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable, TypeVar
 from pathlib import Path
 
 from webapp.base.processes import stop_process
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -376,3 +379,18 @@ class Workdir:
     def __exit__(self, *exc: object) -> None:
         if not self.keep:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def on_embedded_redis(name: str, measure: Callable[[str], Awaitable[T]]) -> T:
+    """`measure(redis_url)` run against a fresh embedded redis-server in a work dir of its own, stopped after."""
+    import asyncio
+
+    from webapp.__main__ import EmbeddedRedis
+
+    with Workdir(name) as workdir:
+        server = EmbeddedRedis(workdir / "data")
+        server.start()
+        try:
+            return asyncio.run(measure(server.url))
+        finally:
+            server.stop()
