@@ -79,6 +79,27 @@ async def test_a_model_that_takes_no_images_refuses_them_before_anything_is_sent
     await core.finish(ALICE, started)
 
 
+async def test_a_refused_edit_leaves_the_conversation_and_the_upload_as_they_were(core: Core, upstream) -> None:
+    """An edit whose files are refused (images for a model without vision, an unknown or expired id) is
+    refused before it forks anything or moves a file: the conversation still shows the question and its
+    reply, the upload stays the user's to remove, and nothing of it is served from the conversation."""
+    conversation = await core.conversations.create(ALICE)
+    await core.finish(ALICE, await core.writer.start_turn(conversation.id, ALICE, "kept question", None, "en"))
+    before = await core.history(ALICE, conversation.id)
+    asked = before[-2]
+    photo = await upload(core, ALICE, "shot.png", image_bytes(50, 40))
+    with pytest.raises(ImagesNotSupported):
+        await core.writer.edit(conversation.id, ALICE, asked.id, "with a picture", "en", attachments=[photo.id])
+    with pytest.raises(AttachmentNotFound):
+        await core.writer.edit(conversation.id, ALICE, asked.id, "with a gone file", "en",
+                               attachments=["f_" + "0" * 16])
+    assert await core.history(ALICE, conversation.id) == before
+    assert photo.id in await uploads_left(core, ALICE)
+    assert not await core.store.redis.exists(core.store.keys.files(ALICE, conversation.id))
+    await core.finish(ALICE, await core.writer.edit(conversation.id, ALICE, asked.id, "edited fine", "en"))
+    assert (await core.history(ALICE, conversation.id))[-2].content == "edited fine"
+
+
 async def test_a_pdfs_text_reaches_the_model_and_what_was_cut_is_said(core: Core, upstream) -> None:
     core.settings.attachment_text_chars = 300
     pages = [f"Page {n} says <script>alert({n})</script> " + "x" * 150 for n in range(1, 11)]
@@ -105,6 +126,38 @@ async def test_a_text_file_goes_in_as_text_and_a_message_may_be_only_files(core:
     sent = upstream.chat_requests("--- file: notes.md ---")[-1]["messages"][-1]["content"]
     assert "# First line\nsecond" in sent and "echo hi" in sent
     assert (await core.store.get_conversation(ALICE, conversation.id)).title == "notes.md"
+
+
+async def test_chinese_and_windows_text_files_are_read_and_kept_as_utf8(core: Core) -> None:
+    """A GBK (GB18030) file, as older Chinese editors save, and a UTF-16 one with its BOM (Windows Notepad)
+    are text: read, and kept (and served) as UTF-8. Binary data is no text in any of these."""
+    gbk = await upload(core, ALICE, "笔记.txt", "第一行：你好，世界\n第二行".encode("gbk"))
+    utf16 = await upload(core, ALICE, "notes.txt", "\ufeffHello 世界\r\nline two".encode("utf-16-le"))
+    assert (gbk.kind, utf16.kind) == ("text", "text")
+    conversation = await core.conversations.create(ALICE)
+    await core.finish(ALICE, await core.writer.start_turn(conversation.id, ALICE, "read these", None, "en",
+                                                          attachments=[gbk.id, utf16.id]))
+    _, data = await core.uploads.download(ALICE, conversation.id, gbk.id)
+    assert data.decode("utf-8") == "第一行：你好，世界\n第二行"
+    _, data = await core.uploads.download(ALICE, conversation.id, utf16.id)
+    assert data.decode("utf-8") == "Hello 世界\r\nline two"
+    with pytest.raises(UnsupportedAttachment):
+        await upload(core, ALICE, "noise.txt", bytes(range(128, 256)) * 40)
+
+
+async def test_a_pdf_of_many_pages_is_read_up_to_its_page_bound_and_says_so(core: Core) -> None:
+    from webapp.core.attachments import PDF_MAX_PAGES
+
+    many = await upload(core, ALICE, "many.pdf", pdf_bytes([f"p{n}" for n in range(PDF_MAX_PAGES + 40)]))
+    assert (many.pages, many.read) == (PDF_MAX_PAGES + 40, PDF_MAX_PAGES) and many.cut
+
+
+async def test_a_large_non_jpeg_image_is_refused_before_it_is_decoded(core: Core) -> None:
+    from webapp.core.attachments import OTHER_MAX_PIXELS
+
+    side = int(OTHER_MAX_PIXELS ** 0.5) + 10  # (a PNG this size decodes whole: refused from its header)
+    with pytest.raises(UnreadableAttachment):
+        await upload(core, ALICE, "wide.png", bomb_png(side))
 
 
 @pytest.mark.parametrize("name, data, error", [

@@ -7,7 +7,7 @@ import pytest
 from webapp.base.errors import EmptyMessage, MessageTooLong, UndecodableText
 from webapp.base.models import Message
 from webapp.core.context import build_context, check_text, validate_message
-from webapp.core.roles import BUILTIN_ROLES, Role
+from webapp.core.roles import BUILTIN_ROLES, Role, role_or_default
 
 ROLE: Role = BUILTIN_ROLES["assistant"]
 
@@ -97,3 +97,19 @@ def test_text_that_is_not_valid_unicode_is_refused_with_a_clear_error(text: str)
 
 def test_valid_unicode_including_emoji_and_rtl_passes() -> None:
     assert check_text("😀 שלום \u200b 你好") == "😀 שלום \u200b 你好"
+
+
+def test_the_newest_messages_documents_are_cut_to_the_budget_and_the_cut_is_said() -> None:
+    """The newest message always goes, but five documents of 20,000 characters do not fit a 24,000 budget:
+    each is cut to its share, its block saying how much is included; a document whose text is gone says so."""
+    from webapp.base.models import Attachment
+
+    docs = [Attachment(id=f"f_{n:016x}", name=f"doc{n}.txt", kind="text", type="text/plain", size=20_000,
+                       chars=20_000, kept=20_000) for n in range(5)]
+    files = {a.id: ("", "y" * 20_000) for a in docs}
+    asking = Message(id="m_1", role="user", content="summarize", ts="", attachments=docs)
+    sent = build_context(role_or_default(None), [asking], 24_000, files)[-1]["content"]
+    assert len(sent) < 24_000 + 2_000  # (the blocks' own lines)
+    assert sent.count("only the first 4798 of 20000 characters are included") == 5
+    gone = Message(id="m_2", role="user", content="and this?", ts="", attachments=docs[:1])
+    assert "[file: doc0.txt: no longer stored]" in build_context(role_or_default(None), [gone], 24_000, {})[-1]["content"]

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import io
 import re
 import secrets
+import time
 import unicodedata
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -38,6 +40,9 @@ from webapp.core.quota import MB, StorageQuota
 from webapp.storage.store import Store
 
 IMAGE_MAX_SIDE = 2048
+OTHER_MAX_PIXELS = 25_000_000  # a PNG, WebP or GIF larger than this is refused (decoded whole: ~100 MB at most)
+PDF_MAX_PAGES = 200  # pages of a PDF read at most
+PDF_SECONDS = 15.0  # a PDF's text is read this long at most (then: what was read, the rest said to be cut)
 PROCESSING = 2  # files decoded at once (per worker): bounds the memory of many uploads
 MAX_NAME = 120
 IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -98,13 +103,42 @@ def sniff(data: bytes) -> str:
         return "image"
     if data[:1024].lstrip().startswith(b"%PDF-"):
         return "pdf"
+    # text: its first 64 KB (the whole is decoded in the worker thread, decode_text)
+    return "text" if _text_encoding(data[:65536], partial=len(data) > 65536) else ""
+
+
+def _text_encoding(data: bytes, *, partial: bool = False) -> str:
+    """The encoding text is in: UTF-16 with its BOM (Windows Notepad), UTF-8, else GB18030 (GBK, GB2312: a
+    Chinese user's older files) when that reads as mostly Chinese text; "" when it is no text."""
+    for bom, encoding in ((b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")):
+        if data.startswith(bom):
+            return encoding if _decodes(data[2:], encoding, partial) else ""
     if b"\x00" in data[:8192]:
         return ""
+    if _decodes(data, "utf-8", partial):
+        return "utf-8"
+    if _decodes(data, "gb18030", partial):
+        text = codecs.getincrementaldecoder("gb18030")().decode(data, final=False)
+        chinese = sum(1 for char in text if "\u4e00" <= char <= "\u9fff" or "\u3000" <= char <= "\u303f")
+        if chinese and chinese >= (len(text) - sum(1 for char in text if char.isascii())) * 0.8:
+            return "gb18030"
+    return ""
+
+
+def _decodes(data: bytes, encoding: str, partial: bool) -> bool:
     try:
-        data.decode("utf-8")
+        codecs.getincrementaldecoder(encoding)().decode(data, final=not partial)
     except UnicodeDecodeError:
-        return ""
-    return "text"
+        return False
+    return True
+
+
+def decode_text(data: bytes) -> str:
+    """The text of a text file (the encoding _text_encoding finds), without a BOM."""
+    encoding = _text_encoding(data)
+    if not encoding:
+        raise UnicodeDecodeError("utf-8", data[:1], 0, 1, "no text encoding")
+    return data.decode(encoding).removeprefix("\ufeff")
 
 
 async def prepare(name: str, read: Callable[[], Awaitable[bytes]], *, text_chars: int, max_pixels: int,
@@ -137,7 +171,9 @@ def _prepare_image(name: str, data: bytes, max_pixels: int) -> Prepared:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in IMAGE_TYPES:
                 raise UnsupportedAttachment(name=name)
-            if image.width * image.height > max_pixels:
+            # (only a JPEG decodes at a reduced scale: another format's pixels are all decoded, 4 bytes each)
+            limit = max_pixels if image.format == "JPEG" else min(max_pixels, OTHER_MAX_PIXELS)
+            if image.width * image.height > limit:
                 raise UnreadableAttachment(name=name)
             longest = max(image.size)
             if longest > IMAGE_MAX_SIDE:  # JPEG: decode at 1/2, 1/4, 1/8 scale where that keeps 3/4 of the maximum
@@ -177,8 +213,11 @@ def _prepare_pdf(name: str, data: bytes, text_chars: int) -> Prepared:
         pages = len(reader.pages)
         parts: list[str] = []
         read = used = 0
+        deadline = time.monotonic() + PDF_SECONDS
         for page in reader.pages:
-            if used > text_chars:
+            # (a small PDF may hold thousands of pages sharing one costly content stream: the pages read and
+            # the time they take are bounded, and what was not read is said, as a cut is)
+            if used > text_chars or read >= PDF_MAX_PAGES or time.monotonic() > deadline:
                 break
             text = page.extract_text() or ""
             parts.append(text)
@@ -198,14 +237,18 @@ def _prepare_pdf(name: str, data: bytes, text_chars: int) -> Prepared:
 
 
 def _prepare_text(name: str, data: bytes, text_chars: int) -> Prepared:
-    text = _clean_text(data.decode("utf-8").removeprefix("\ufeff"))
+    try:
+        text = _clean_text(decode_text(data))
+    except UnicodeDecodeError:
+        raise UnsupportedAttachment(name=name) from None
     if not text.strip():
         raise EmptyAttachment(name=name)
     kept = text[:text_chars]
+    stored = data if data.isascii() else text.encode("utf-8")  # (kept as UTF-8, as it is served)
     return Prepared(
-        Attachment(id=new_file_id(), name=name, kind="text", type="text/plain; charset=utf-8", size=len(data),
+        Attachment(id=new_file_id(), name=name, kind="text", type="text/plain; charset=utf-8", size=len(stored),
                    chars=len(text), kept=len(kept)),
-        to_base64(data), kept)
+        to_base64(stored), kept)
 
 
 def _clean_text(text: str) -> str:

@@ -6,6 +6,7 @@ window and its char budget) are tested in-process in milliseconds (tests/unit/).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from webapp.base.errors import EmptyMessage, MessageTooLong, UndecodableText
@@ -57,16 +58,31 @@ def build_context(role: Role, window: list[Message], budget_chars: int,
         kept.append(message)
         used += size
     kept.reverse()
+    # the newest message always goes, but its documents only as far as the budget reaches (the cut is said)
+    newest = kept[-1] if kept else None
+    room = None
+    if newest is not None and used > budget_chars:
+        documents = [a for a in newest.attachments if a.kind != "image"]
+        images = len(newest.attachments) - len(documents)
+        room = max(0, budget_chars - len(newest.content) - images * IMAGE_CHARS) // max(1, len(documents))
     return [{"role": "system", "content": role.system_prompt}] + [
-        {"role": m.role, "content": _content(m, files, vision) if m.attachments else m.content} for m in kept
+        {"role": m.role, "content": _content(m, files, vision, room if m is newest else None) if m.attachments
+         else m.content} for m in kept
     ]
 
 
-def _content(message: Message, files: dict[str, tuple[str, str]], vision: bool) -> str | list[dict[str, Any]]:
+def _content(message: Message, files: dict[str, tuple[str, str]], vision: bool,
+             room: int | None = None) -> str | list[dict[str, Any]]:
+    """`room`: how many characters of each document's text fit the context window (None: all)."""
     text, images = message.content, []
     for attachment in message.attachments:
         data, document = files.get(attachment.id, ("", ""))
-        if attachment.kind != "image":
+        if attachment.kind != "image" and not document and attachment.kept:
+            text += f"\n\n[file: {attachment.name}: no longer stored]"  # (expired, or evicted, with its text)
+        elif attachment.kind != "image":
+            if room is not None and len(document) > room:
+                document = document[:room]
+                attachment = replace(attachment, kept=len(document))  # (its block says how much is included)
             text += document_block(attachment, document)
         elif vision and data:
             images.append(image_part(attachment, data))

@@ -74,6 +74,21 @@ class AttachmentStore(StoreBase):
         raw = await self.redis.hget(self.keys.uploads(uid), fid)
         return Attachment.from_dict(orjson.loads(raw)) if raw else None
 
+    async def file_records(self, uid: str, sid: str, fids: list[str]) -> list[Attachment] | str:
+        """The records of files a turn names (an upload, or one the conversation holds), moving nothing; or the
+        id of one that is neither: what a turn checks before it changes anything."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(k.uploads(uid), fids)
+            pipe.hmget(k.files(uid, sid), fids)
+            uploaded, held = await pipe.execute()
+        records = []
+        for fid, raw in zip(fids, [u or h for u, h in zip(uploaded, held)]):
+            if not raw:
+                return fid
+            records.append(Attachment.from_dict(orjson.loads(raw)))
+        return records
+
     async def attach_files(self, uid: str, sid: str, fids: list[str]) -> list[Attachment] | str:
         """Move uploaded files into the conversation (files it holds already stay: a resend); their records,
         or the id of one that is neither an upload nor the conversation's (nothing moved)."""

@@ -199,6 +199,10 @@ class TurnStarting(WriterState):
             elif locate is not None:
                 state = await self.store.read_branch(conversation, await locate(conversation))
             fork_index, text = plan(conversation, state)
+            role = requested or (await self.roles.resolve(user_id, conversation.role)).role
+            model = conversation.model or role.model
+            if attachments:  # refused (unknown, too many, images for a model without vision) before any change
+                await self._check_attachments(conversation, attachments, model)
             if fork_index is not None:
                 assert state is not None  # a plan forks only where the state it was given reaches
                 before = state.message(fork_index - 1) or await self.store.message_at(conversation, fork_index - 1)
@@ -209,9 +213,7 @@ class TurnStarting(WriterState):
                 conversation.preview = make_preview(before.content) if before else ""
                 await self.store.write_branch(conversation, change, preview=conversation.preview)
                 conversation.message_count = fork_index
-            role = requested or (await self.roles.resolve(user_id, conversation.role)).role
-            model = conversation.model or role.model
-            files = await self._attach(conversation, attachments, model) if attachments else []
+            files = await self._attach(conversation, attachments) if attachments else []
             message = Message(id=new_message_id(), role="user", content=text or "", ts=now_iso(),
                               attachments=files) if text or files else None
             conversation.role = role.id
@@ -253,20 +255,28 @@ class TurnStarting(WriterState):
         self.metrics.turn_started()
         return Started(id=turn_id, conversation=conversation, user_message=message)
 
-    async def _attach(self, conversation: Conversation, ids: list[str], model: str) -> list[Attachment]:
-        """The turn's files, moved from the user's uploads into the conversation (one script); images only for
-        a model that takes them, refused before anything is sent."""
+    async def _check_attachments(self, conversation: Conversation, ids: list[str], model: str) -> None:
+        """The turn's files exist (uploads, or the conversation's own: an edit keeps them), are not too many,
+        and images go only to a model that takes them: checked before the turn changes anything (an edit's
+        fork, a file's move), so a refusal leaves the conversation as it was."""
         ids = list(dict.fromkeys(ids))
         if len(ids) > self.settings.max_attachments:
             raise TooManyAttachments(limit=self.settings.max_attachments)
         if not all(FILE_ID.fullmatch(fid) for fid in ids):
             raise AttachmentNotFound()
-        files = await self.store.attach_files(conversation.user_id, conversation.id, ids)
+        files = await self.store.file_records(conversation.user_id, conversation.id, ids)
         if isinstance(files, str):
             raise AttachmentNotFound()
         model = model or self.provider.model
         if any(f.kind == "image" for f in files) and not is_vision_model(model, self.settings.openai_vision_models):
             raise ImagesNotSupported(model=model)
+
+    async def _attach(self, conversation: Conversation, ids: list[str]) -> list[Attachment]:
+        """The turn's files (checked: _check_attachments), moved from the user's uploads into the conversation
+        (one script)."""
+        files = await self.store.attach_files(conversation.user_id, conversation.id, list(dict.fromkeys(ids)))
+        if isinstance(files, str):  # (an upload that expired in the moment since the check)
+            raise AttachmentNotFound()
         return files
 
     def _check_room(self, conversation: Conversation) -> None:
