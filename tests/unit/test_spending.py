@@ -198,3 +198,18 @@ async def test_a_reply_another_host_recovers_counts_its_text_estimated_and_frees
     report = await budgeted.writer.spending.report(ALICE)
     assert report.rows[0].model == "" and report.total.output_tokens == reply.usage.output_tokens
     assert await budgeted.store.redis.get(budgeted.store.keys.budget_lane(ALICE)) is None
+
+
+def test_an_estimate_counts_content_parts_text_and_images() -> None:
+    """A vision turn's prompt is content parts (issue 35): its text is estimated and each image counts
+    IMAGE_TOKENS (a list here once failed the estimate, and the turn was never saved)."""
+    from webapp.base.models import Usage
+    from webapp.llm.tokens import IMAGE_TOKENS, MESSAGE_OVERHEAD, estimate_tokens, estimate_usage
+
+    parts = [{"type": "text", "text": "what is this?"},
+             {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}}]
+    usage = estimate_usage([{"role": "system", "content": "Be brief."}, {"role": "user", "content": parts}],
+                           "a cat", Usage())
+    assert usage.input_tokens == (estimate_tokens("Be brief.") + estimate_tokens("what is this?") + IMAGE_TOKENS
+                                  + 2 * MESSAGE_OVERHEAD)
+    assert usage.output_tokens == estimate_tokens("a cat") and usage.estimated

@@ -111,6 +111,14 @@ end
 return {rows, more, pinned, shelves}
 """
 
+# The archived conversations' ids, once a day (a marker, 1 day): none, and no marker, for a user who has
+# archived nothing (a first visit stores nothing). KEYS: archived, the marker.
+RENEWING_ARCHIVE = """
+if redis.call('exists', KEYS[1]) == 0 then return {} end
+if not redis.call('set', KEYS[2], '1', 'NX', 'EX', 86400) then return {} end
+return redis.call('zrange', KEYS[1], 0, -1)
+"""
+
 # Keep a conversation somewhere: ARGV[2] "pinned", "archived" or "folder" set to ARGV[3] ("": taken away).
 # Pinned and archived exclude each other: pinning takes a conversation out of the archive, archiving
 # unpins it. An archived conversation's keys take the index TTL (it lives as long as the user's data;
@@ -222,9 +230,9 @@ class OrganizationStore(StoreBase):
         sidebar is listed), every archived conversation's keys get the index TTL again, as the index has.
         The number renewed (0: done already today)."""
         k = self.keys
-        if not await self.redis.set(k.archive_renewed(uid), "1", nx=True, ex=86400):
+        sids = await self.redis.eval(RENEWING_ARCHIVE, 2, k.archived(uid), k.archive_renewed(uid))
+        if not sids:
             return 0
-        sids = await self.redis.zrange(k.archived(uid), 0, -1)
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in sids:
                 for key in k.conversation_keys(uid, sid):

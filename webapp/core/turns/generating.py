@@ -37,8 +37,11 @@ class TurnGenerating(WriterState):
             log.exception("turn %s failed", run.id)
             status, error_key = "error", "error.upstream"
             self.metrics.upstream_error()
-        if run.usage.estimated:  # the model sent no counts (or was cut off before its last chunk)
-            estimate_usage(messages, "".join(run.text), run.usage)
+        try:
+            if run.usage.estimated:  # the model sent no counts (or was cut off before its last chunk)
+                estimate_usage(messages, "".join(run.text), run.usage)
+        except Exception:  # (an estimate never keeps a reply from being saved)
+            log.exception("turn %s: usage not estimated", run.id)
         await asyncio.shield(self._finish(run, status, error_key, error_params))
 
     def _add_text(self, run: TurnRun, delta: str) -> None:
