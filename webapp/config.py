@@ -74,6 +74,9 @@ class Settings(BaseSettings):
                         "FORWARDED_ALLOW_IPS may read it")
     metrics_enabled: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    slow_callback_ms: int = Field(
+        0, ge=0, description="diagnostics: asyncio's debug mode logs every event-loop step longer than this "
+        "(it slows the app: for a benchmark, not production); 0 = off")
     forwarded_allow_ips: str = Field("127.0.0.1", description="proxies trusted for X-Forwarded-*; '*' on a PaaS")
     access_log: bool = True
     stream_coalesce_ms: int = Field(40, ge=0, le=1000)

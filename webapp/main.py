@@ -145,6 +145,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.start()
         app.state.metrics.redis_round_trips.set_function(store.round_trips)
         tune_garbage_collection()
+        if settings.slow_callback_ms:  # (bench.attachments: which step holds the loop, and how long)
+            loop = asyncio.get_running_loop()
+            loop.set_debug(True)
+            loop.slow_callback_duration = settings.slow_callback_ms / 1000
         warming = asyncio.create_task(asyncio.to_thread(warm_up, provider), name="warm-up")
         log.info(
             "ready: model=%s provider=%s redis=%s%s", provider.model, provider.name,
