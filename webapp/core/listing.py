@@ -108,8 +108,6 @@ class ConversationListing:
             return ConversationList(items=items, query=query, archived=archived, folder=shelf)
         mode = ARCHIVED if archived else "folder" if shelf else "main" if grouped else "all"
         first = cursor is None and grouped and mode == "main"
-        if first:  # the sidebar: once a day the archive's TTLs are renewed with the rest (storage/organization.py)
-            await self.store.renew_archive(user_id)
         page = await self.store.list_shelf(user_id, mode=mode, folder=shelf.id if shelf else "",
                                            cursor=parse_cursor(cursor), limit=limit,
                                            groups=SIDEBAR_PER_FOLDER if first else 0)

@@ -24,12 +24,19 @@ from webapp.storage.base import StoreBase
 # of each folder's conversations the sidebar shows (0: no groups). Newest first by the list's score; equal
 # scores in descending id order (as ZREVRANGEBYSCORE gives them), so a (score, id) cursor neither skips
 # nor repeats. A filing into a folder that is gone counts as none. The organisation's four keys live as
-# long as the index when listed (their TTL renewed here: listing is what keeps them).
-# Returns {rows: {sid, score, ...}, has_more, pinned: {sid, ...}, folders: {fid, json, count, {sid, ...}, ...}}.
+# long as the index when listed (their TTL renewed here: listing is what keeps them); and on a sidebar's
+# first page (groups), once a day (KEYS[6], a marker written only for a user who has archived something: a
+# first visit stores nothing), the archived conversations' ids come back too, for their keys' TTL.
+# Returns {rows: {sid, score, ...}, has_more, pinned: {sid, ...}, folders: {fid, json, count, {sid, ...}, ...},
+# archived due for renewal: {sid, ...}}.
 LIST_SHELF = """
 local mode, folder, limit, groups = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[7])
 local cur_score, cur_id = tonumber(ARGV[3]), ARGV[4]
 for i = 2, 5 do redis.call('expire', KEYS[i], ARGV[6]) end
+local due = {}
+if groups > 0 and redis.call('exists', KEYS[3]) == 1 and redis.call('set', KEYS[6], '1', 'NX', 'EX', 86400) then
+  due = redis.call('zrange', KEYS[3], 0, -1)
+end
 local folders = {}
 local filed = {}
 if mode == 'main' or mode == 'folder' or groups > 0 then  -- (the others need no filing: a home visit's list)
@@ -108,15 +115,7 @@ if groups > 0 then
     shelves[#shelves + 1] = sids
   end
 end
-return {rows, more, pinned, shelves}
-"""
-
-# The archived conversations' ids, once a day (a marker, 1 day): none, and no marker, for a user who has
-# archived nothing (a first visit stores nothing). KEYS: archived, the marker.
-RENEWING_ARCHIVE = """
-if redis.call('exists', KEYS[1]) == 0 then return {} end
-if not redis.call('set', KEYS[2], '1', 'NX', 'EX', 86400) then return {} end
-return redis.call('zrange', KEYS[1], 0, -1)
+return {rows, more, pinned, shelves, due}
 """
 
 # Keep a conversation somewhere: ARGV[2] "pinned", "archived" or "folder" set to ARGV[3] ("": taken away).
@@ -218,27 +217,19 @@ class OrganizationStore(StoreBase):
         """A page of the user's conversations as LIST_SHELF lists them (one round trip)."""
         k = self.keys
         score, last_id = (repr(cursor[0]), cursor[1]) if cursor else ("", "")
-        rows, more, pinned, shelves = await self.redis.eval(
-            LIST_SHELF, 5, k.index(uid), *k.shelves(uid), mode, folder, score, last_id, limit, self.index_ttl, groups)
+        rows, more, pinned, shelves, due = await self.redis.eval(
+            LIST_SHELF, 6, k.index(uid), *k.shelves(uid), k.archive_renewed(uid),
+            mode, folder, score, last_id, limit, self.index_ttl, groups)
+        if due:  # archived conversations live as long as the user's data: their keys' TTL, once a day
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in due:
+                    for key in k.conversation_keys(uid, sid):
+                        pipe.expire(key, self.index_ttl)
+                await pipe.execute()
         pairs = [(str(rows[i]), float(rows[i + 1])) for i in range(0, len(rows), 2)]
         folders = [(str(shelves[i]), orjson.loads(shelves[i + 1]), int(shelves[i + 2]),
                     [str(sid) for sid in shelves[i + 3]]) for i in range(0, len(shelves), 4)]
         return ShelfPage(rows=pairs, has_more=bool(more), pinned=[str(s) for s in pinned], folders=folders)
-
-    async def renew_archive(self, uid: str) -> int:
-        """Archived conversations live as long as the user's data: once a day (a marker, set when the
-        sidebar is listed), every archived conversation's keys get the index TTL again, as the index has.
-        The number renewed (0: done already today)."""
-        k = self.keys
-        sids = await self.redis.eval(RENEWING_ARCHIVE, 2, k.archived(uid), k.archive_renewed(uid))
-        if not sids:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                for key in k.conversation_keys(uid, sid):
-                    pipe.expire(key, self.index_ttl)
-            await pipe.execute()
-        return len(sids)
 
     async def shelve(self, uid: str, sids: list[str], field: str, value: str, *, max_pins: int) -> list[int]:
         """Set (or with "" clear) `field` of each conversation, each one atomically (SHELVE), all in one
