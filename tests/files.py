@@ -4,6 +4,7 @@ per page, or encrypted by pypdf), and hostile ones."""
 from __future__ import annotations
 
 import io
+import os
 
 from PIL import Image
 
@@ -11,6 +12,13 @@ from PIL import Image
 def image_bytes(width: int, height: int, fmt: str = "PNG", mode: str = "RGB", color: object = (200, 30, 30)) -> bytes:
     out = io.BytesIO()
     Image.new(mode, (width, height), color).save(out, fmt)
+    return out.getvalue()
+
+
+def noisy_jpeg(width: int, height: int) -> bytes:
+    """A photo's worst case: noise, which JPEG cannot compress (~1 MB at 1600 x 1200)."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(out, "JPEG", quality=90)
     return out.getvalue()
 
 

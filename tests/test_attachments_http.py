@@ -22,7 +22,7 @@ from tests.conftest import (
     unique,
     with_page_token,
 )
-from tests.files import image_bytes, pdf_bytes
+from tests.files import image_bytes, noisy_jpeg, pdf_bytes
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,27 @@ def test_a_photo_uploaded_on_one_host_is_served_and_sent_to_the_model_from_the_o
     [asked] = [m for m in second.get(f"/api/sessions/{session['id']}/messages").json()["items"]
                if m["content"] == marker]
     assert asked["attachments"][0]["id"] == photo["id"]
+
+
+def test_a_large_photo_reaches_the_model_whole_in_a_body_of_known_length(on, upstream) -> None:
+    """(A body over BODY_SLICE is written in slices, the event loop served between them: still one body with
+    its Content-Length, not chunked, which some OpenAI-compatible servers refuse.)"""
+    from webapp.llm.body import SLICE as BODY_SLICE
+
+    client = on(0)
+    session = create_session(client)
+    response = upload(client, ("noise.jpg", noisy_jpeg(1600, 1200), "image/jpeg"))
+    assert response.status_code == 201, response.text
+    [photo] = response.json()
+    marker = unique("large-photo")
+    posted = client.post(f"/api/sessions/{session['id']}/turns", json={"message": marker, "attachments": [photo["id"]]})
+    assert posted.status_code == 202, posted.text
+    assert read_events(client, posted.json()["events_url"]).events[-1].type == "end"
+    [request] = upstream.chat_requests(marker)
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    assert "transfer-encoding" not in headers and int(headers["content-length"]) > 3 * BODY_SLICE
+    served = client.get(f"/c/{session['id']}/files/{photo['id']}").content
+    assert request["last_user_parts"][1]["image_url"]["url"] == "data:image/jpeg;base64," + base64.b64encode(served).decode()
 
 
 def test_the_no_js_composer_posts_text_and_files_in_one_multipart_form(on, upstream) -> None:

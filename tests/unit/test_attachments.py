@@ -146,14 +146,14 @@ async def test_chinese_and_windows_text_files_are_read_and_kept_as_utf8(core: Co
 
 
 async def test_a_pdf_of_many_pages_is_read_up_to_its_page_bound_and_says_so(core: Core) -> None:
-    from webapp.core.attachments import PDF_MAX_PAGES
+    from webapp.core.decoding import PDF_MAX_PAGES
 
     many = await upload(core, ALICE, "many.pdf", pdf_bytes([f"p{n}" for n in range(PDF_MAX_PAGES + 40)]))
     assert (many.pages, many.read) == (PDF_MAX_PAGES + 40, PDF_MAX_PAGES) and many.cut
 
 
 async def test_a_large_non_jpeg_image_is_refused_before_it_is_decoded(core: Core) -> None:
-    from webapp.core.attachments import OTHER_MAX_PIXELS
+    from webapp.core.decoding import OTHER_MAX_PIXELS
 
     side = int(OTHER_MAX_PIXELS ** 0.5) + 10  # (a PNG this size decodes whole: refused from its header)
     with pytest.raises(UnreadableAttachment):

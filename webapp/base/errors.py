@@ -18,6 +18,10 @@ class ChatError(Exception):
         super().__init__(self.key)
         self.params = params
 
+    def __reduce__(self) -> tuple:
+        """Pickled by its class and parameters (a file decoder's refusal crosses from its worker process)."""
+        return _restore, (type(self), self.params), self.__dict__
+
     @property
     def headers(self) -> dict[str, str]:
         """Response headers this error asks for, whatever form (JSON, page, toast) it is shown in."""
@@ -391,3 +395,7 @@ class BadFolderName(ChatError):
 class TooManyInBatch(ChatError):
     status = 422
     key = "error.batch_too_big"
+
+
+def _restore(cls: type[ChatError], params: dict) -> ChatError:
+    return cls(**params)

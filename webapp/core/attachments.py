@@ -1,29 +1,19 @@
 """Attachments: what a file is (sniffed from its bytes, never the client's word), what is kept of it, and
 what the model is sent.
 
-- Images (PNG, JPEG, WebP, GIF) are decoded and resized to at most IMAGE_MAX_SIDE px on the long side in a
-  worker thread (a 12 MP photo is not sent whole, and the event loop never decodes); what is kept is the
-  resized image (JPEG, or PNG where it has transparency). A JPEG over twice the maximum is decoded at a
-  reduced scale (`draft`: 1/2, 1/4 or 1/8, keeping at least 3/4 of the maximum), so a large photo never
-  sits in memory at full size: a 12 MP photo comes out at 2000 px, not 2048. SVG is no image here: it is text, served as a download.
-- PDF: its text (pypdf), page by page, until the character budget is reached; encrypted or corrupt: refused.
-- Text (txt, md, csv, json, source code...): UTF-8 that is no image or PDF, by content; its name may not
-  claim another type.
+- Images (PNG, JPEG, WebP, GIF), resized to at most 2048 px; PDF, read as text; text (txt, md, csv, json, source
+  code...), by content, whose name may not claim another type. SVG is no image here: it is text, served as a
+  download. The decoding runs in worker processes (core/decoding.py), never in the server's.
 A document's text beyond ATTACHMENT_TEXT_CHARS is cut; the model is told what was cut, and so is the user.
-At most PROCESSING files are decoded at a time per worker (memory: see bench/attachments.py).
+At most WORKERS files are decoded (and held in memory) at a time per server process (bench/attachments.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import codecs
-import io
 import re
-import secrets
-import time
 import unicodedata
-from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from webapp.base.errors import (
@@ -36,48 +26,24 @@ from webapp.base.errors import (
 )
 from webapp.base.models import Attachment
 from webapp.config import Settings
+from webapp.core.decoding import WORKERS, Decoder, DecoderCrashed, Prepared, decode, text_encoding
 from webapp.core.quota import MB, StorageQuota
+from webapp.llm.body import InlineImage
 from webapp.storage.store import Store
 
-IMAGE_MAX_SIDE = 2048
-OTHER_MAX_PIXELS = 25_000_000  # a PNG, WebP or GIF larger than this is refused (decoded whole: ~100 MB at most)
-PDF_MAX_PAGES = 200  # pages of a PDF read at most
-PDF_SECONDS = 15.0  # a PDF's text is read this long at most (then: what was read, the rest said to be cut)
-PROCESSING = 2  # files decoded at once (per worker): bounds the memory of many uploads
 MAX_NAME = 120
-IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "jfif", "webp", "gif"}
 BINARY_EXTENSIONS = IMAGE_EXTENSIONS | {"pdf", "svg", "svgz", "bmp", "tif", "tiff", "heic", "zip", "gz", "exe",
                                         "doc", "docx", "xls", "xlsx", "ppt", "pptx"}
 FILE_ID = re.compile(r"f_[0-9a-f]{16}")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
-
-
-@dataclass
-class Prepared:
-    """A file ready to store: its record, its bytes in base64, a document's text for the model."""
-
-    attachment: Attachment
-    data_b64: str
-    text: str
-
-
-B64_CHUNK = 3 * 2**18  # bytes base64-encoded per call: each call holds the GIL, the event loop waits (~1 ms)
-
-
-def to_base64(data: bytes) -> str:
-    """(In a worker thread.) Base64 in slices, so the event loop's thread gets the GIL between them."""
-    return "".join(base64.b64encode(data[i:i + B64_CHUNK]).decode() for i in range(0, len(data), B64_CHUNK))
+B64_CHUNK = 3 * 2**18  # bytes base64-decoded per call (a download): each call holds the GIL (~1 ms)
 
 
 def from_base64(text: str) -> bytes:
-    """(In a worker thread.) The reverse, in slices of whole 4-character groups."""
+    """(In a worker thread.) A stored file's bytes, in slices of whole 4-character groups."""
     step = B64_CHUNK // 3 * 4
     return b"".join(base64.b64decode(text[i:i + step]) for i in range(0, len(text), step))
-
-
-def new_file_id() -> str:
-    return "f_" + secrets.token_hex(8)
 
 
 def clean_name(name: str) -> str:
@@ -103,48 +69,14 @@ def sniff(data: bytes) -> str:
         return "image"
     if data[:1024].lstrip().startswith(b"%PDF-"):
         return "pdf"
-    # text: its first 64 KB (the whole is decoded in the worker thread, decode_text)
-    return "text" if _text_encoding(data[:65536], partial=len(data) > 65536) else ""
-
-
-def _text_encoding(data: bytes, *, partial: bool = False) -> str:
-    """The encoding text is in: UTF-16 with its BOM (Windows Notepad), UTF-8, else GB18030 (GBK, GB2312: a
-    Chinese user's older files) when that reads as mostly Chinese text; "" when it is no text."""
-    for bom, encoding in ((b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")):
-        if data.startswith(bom):
-            return encoding if _decodes(data[2:], encoding, partial) else ""
-    if b"\x00" in data[:8192]:
-        return ""
-    if _decodes(data, "utf-8", partial):
-        return "utf-8"
-    if _decodes(data, "gb18030", partial):
-        text = codecs.getincrementaldecoder("gb18030")().decode(data, final=False)
-        chinese = sum(1 for char in text if "\u4e00" <= char <= "\u9fff" or "\u3000" <= char <= "\u303f")
-        if chinese and chinese >= (len(text) - sum(1 for char in text if char.isascii())) * 0.8:
-            return "gb18030"
-    return ""
-
-
-def _decodes(data: bytes, encoding: str, partial: bool) -> bool:
-    try:
-        codecs.getincrementaldecoder(encoding)().decode(data, final=not partial)
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def decode_text(data: bytes) -> str:
-    """The text of a text file (the encoding _text_encoding finds), without a BOM."""
-    encoding = _text_encoding(data)
-    if not encoding:
-        raise UnicodeDecodeError("utf-8", data[:1], 0, 1, "no text encoding")
-    return data.decode(encoding).removeprefix("\ufeff")
+    # text: its first 64 KB (the whole is decoded in a worker, decoding.decode_text)
+    return "text" if text_encoding(data[:65536], partial=len(data) > 65536) else ""
 
 
 async def prepare(name: str, read: Callable[[], Awaitable[bytes]], *, text_chars: int, max_pixels: int,
-                  max_bytes: int, gate: asyncio.Semaphore) -> Prepared:
-    """A file as it is stored: sniffed, checked against its name, decoded in a worker thread (`gate`: how many
-    at a time)."""
+                  max_bytes: int, gate: asyncio.Semaphore, decoder: Decoder) -> Prepared:
+    """A file as it is stored: sniffed, checked against its name, decoded in a worker process (`gate`: how many
+    at a time, read into memory included)."""
     name = clean_name(name)
     async with gate:
         data = await read()
@@ -157,103 +89,10 @@ async def prepare(name: str, read: Callable[[], Awaitable[bytes]], *, text_chars
             else "binary" if ext in BINARY_EXTENSIONS else "text"
         if not kind or kind != claimed:
             raise UnsupportedAttachment(name=name)
-        if kind == "image":
-            return await asyncio.to_thread(_prepare_image, name, data, max_pixels)
-        if kind == "pdf":
-            return await asyncio.to_thread(_prepare_pdf, name, data, text_chars)
-        return await asyncio.to_thread(_prepare_text, name, data, text_chars)
-
-
-def _prepare_image(name: str, data: bytes, max_pixels: int) -> Prepared:
-    from PIL import Image, ImageOps  # (imported in the worker thread: not on every start)
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in IMAGE_TYPES:
-                raise UnsupportedAttachment(name=name)
-            # (only a JPEG decodes at a reduced scale: another format's pixels are all decoded, 4 bytes each)
-            limit = max_pixels if image.format == "JPEG" else min(max_pixels, OTHER_MAX_PIXELS)
-            if image.width * image.height > limit:
-                raise UnreadableAttachment(name=name)
-            longest = max(image.size)
-            if longest > IMAGE_MAX_SIDE:  # JPEG: decode at 1/2, 1/4, 1/8 scale where that keeps 3/4 of the maximum
-                keep = IMAGE_MAX_SIDE * 3 / 4 / longest
-                image.draft("RGB", (max(1, int(image.width * keep)), max(1, int(image.height * keep))))
-            ImageOps.exif_transpose(image, in_place=True)
-            alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-            mode = "RGBA" if alpha else "RGB"
-            frame = image if image.mode == mode else image.convert(mode)
-            frame.thumbnail((IMAGE_MAX_SIDE, IMAGE_MAX_SIDE), Image.Resampling.LANCZOS)
-            out = io.BytesIO()
-            if alpha:
-                frame.save(out, "PNG", optimize=False)
-            else:
-                frame.save(out, "JPEG", quality=85)
-            width, height = frame.size
-    except (UnsupportedAttachment, UnreadableAttachment):
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError):
-        raise UnreadableAttachment(name=name) from None
-    stored = out.getvalue()
-    stem = name.rpartition(".")[0] or name
-    return Prepared(
-        Attachment(id=new_file_id(), name=f"{stem}.{'png' if alpha else 'jpg'}", kind="image",
-                   type="image/png" if alpha else "image/jpeg", size=len(stored), width=width, height=height),
-        to_base64(stored), "")
-
-
-def _prepare_pdf(name: str, data: bytes, text_chars: int) -> Prepared:
-    from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
-
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise UnreadableAttachment(name=name)
-        pages = len(reader.pages)
-        parts: list[str] = []
-        read = used = 0
-        deadline = time.monotonic() + PDF_SECONDS
-        for page in reader.pages:
-            # (a small PDF may hold thousands of pages sharing one costly content stream: the pages read and
-            # the time they take are bounded, and what was not read is said, as a cut is)
-            if used > text_chars or read >= PDF_MAX_PAGES or time.monotonic() > deadline:
-                break
-            text = page.extract_text() or ""
-            parts.append(text)
-            used += len(text) + 2
-            read += 1
-    except UnreadableAttachment:
-        raise
-    except (PyPdfError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError,
-            NotImplementedError):
-        raise UnreadableAttachment(name=name) from None
-    text = _clean_text("\n\n".join(parts))
-    kept = text[:text_chars]
-    return Prepared(
-        Attachment(id=new_file_id(), name=name, kind="pdf", type="application/pdf", size=len(data),
-                   chars=len(text), kept=len(kept), pages=pages, read=read),
-        to_base64(data), kept)
-
-
-def _prepare_text(name: str, data: bytes, text_chars: int) -> Prepared:
-    try:
-        text = _clean_text(decode_text(data))
-    except UnicodeDecodeError:
-        raise UnsupportedAttachment(name=name) from None
-    if not text.strip():
-        raise EmptyAttachment(name=name)
-    kept = text[:text_chars]
-    stored = data if data.isascii() else text.encode("utf-8")  # (kept as UTF-8, as it is served)
-    return Prepared(
-        Attachment(id=new_file_id(), name=name, kind="text", type="text/plain; charset=utf-8", size=len(stored),
-                   chars=len(text), kept=len(kept)),
-        to_base64(stored), kept)
-
-
-def _clean_text(text: str) -> str:
-    """Text without NULs and lone surrogates (which no store keeps)."""
-    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+        try:
+            return await decoder.call(decode, kind, name, data, text_chars, max_pixels)
+        except DecoderCrashed:  # (a file that kills or hangs its decoder twice)
+            raise UnreadableAttachment(name=name) from None
 
 
 def document_block(attachment: Attachment, text: str) -> str:
@@ -268,7 +107,8 @@ def document_block(attachment: Attachment, text: str) -> str:
 
 
 def image_part(attachment: Attachment, data_b64: str) -> dict:
-    return {"type": "image_url", "image_url": {"url": f"data:{attachment.type};base64,{data_b64}"}}
+    """(The data URL is written into the request's body as the stored base64: llm/body.py.)"""
+    return {"type": "image_url", "image_url": {"url": InlineImage(attachment.type, data_b64)}}
 
 
 def is_vision_model(model: str, vision_models: str) -> bool:
@@ -285,7 +125,12 @@ class Uploads:
         self.store = store
         self.quota = quota
         self.settings = settings
-        self.gate = asyncio.Semaphore(PROCESSING)
+        self.gate = asyncio.Semaphore(WORKERS)
+        self.decoder = Decoder()
+
+    def close(self) -> None:
+        """(At shutdown.) The decoder's worker processes."""
+        self.decoder.close()
 
     def check_count(self, count: int) -> None:
         if count > self.settings.max_attachments:
@@ -299,7 +144,8 @@ class Uploads:
             raise AttachmentTooLarge(name=clean_name(name), limit=round(limit / MB, 1))
         await self.quota.check_room(user_id, adding=size * 4 // 3)
         prepared = await prepare(name, read, text_chars=self.settings.attachment_text_chars,
-                                 max_pixels=self.settings.image_max_pixels, max_bytes=limit, gate=self.gate)
+                                 max_pixels=self.settings.image_max_pixels, max_bytes=limit, gate=self.gate,
+                                 decoder=self.decoder)
         await self.store.save_upload(user_id, prepared.attachment, prepared.data_b64, prepared.text)
         await self.store.add_usage(user_id, len(prepared.data_b64) + len(prepared.text))
         return prepared.attachment

@@ -70,6 +70,7 @@ class Services:
         await self.eviction_watch.aclose()
         await self.revocations.aclose()
         await self.reader.aclose()
+        self.uploads.close()
         await self.provider.aclose()
         await self.store.aclose()
 

@@ -13,6 +13,7 @@ import yarl
 from webapp.base.i18n import Lang, t
 from webapp.base.models import Usage
 from webapp.config import Settings
+from webapp.llm.body import aiohttp_body, encode, url_of
 
 log = logging.getLogger("webapp.llm")
 
@@ -109,11 +110,11 @@ class OpenAIProvider:
             request["temperature"] = temperature
         if self.ask_usage:  # the last chunk (no choices) then carries the reply's token counts
             request["stream_options"] = {"include_usage": True}
-        body = orjson.dumps(request)
+        body = encode(request)  # (images spliced in as stored: llm/body.py)
         try:
             for attempt in (1, 2):
                 try:
-                    async with self.session.post(self.completions_url, data=body) as response:
+                    async with self.session.post(self.completions_url, **aiohttp_body(body)) as response:
                         if response.status != 200:
                             if attempt == 1 and response.status in self.retry_statuses:
                                 await asyncio.sleep(0.3)
@@ -364,7 +365,7 @@ def demo_received(content: str | list[dict[str, Any]]) -> tuple[str, list[str]]:
         received.append(f"`{head[:80]}`: {first[:80]}")
     for part in parts:
         if part.get("type") == "image_url":
-            received.append(_image_size(part["image_url"]["url"]))
+            received.append(_image_size(url_of(part["image_url"]["url"])))
     return own, received
 
 
@@ -473,3 +474,4 @@ def delta_text(line: bytes) -> str | None:
 
 def create_provider(settings: Settings) -> Provider:
     return DemoProvider() if settings.demo_mode else OpenAIProvider(settings)
+

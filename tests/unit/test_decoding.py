@@ -1,0 +1,109 @@
+"""The file decoder's worker processes (real processes): a worker that dies or hangs is replaced, the job
+that did it refused, and a job that shared the pool with it still answered; the workers run below the
+server's CPU priority; a refusal crosses from the worker with its class and parameters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from webapp.base.errors import UnreadableAttachment
+from webapp.core.decoding import NICENESS, Decoder, DecoderCrashed, decode
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_a_job_runs_in_a_worker_process_below_the_servers_priority():
+    async def scenario():
+        decoder = Decoder(workers=1)
+        try:
+            pid = await decoder.call(os.getpid)
+            niceness = await decoder.call(os.nice, 0)
+        finally:
+            decoder.close()
+        return pid, niceness
+
+    pid, niceness = run(scenario())
+    assert pid != os.getpid()
+    assert niceness == min(19, os.nice(0) + NICENESS)
+
+
+def test_a_refusal_crosses_from_the_worker_with_its_class_and_name():
+    async def scenario():
+        decoder = Decoder(workers=1)
+        try:
+            return await decoder.call(decode, "pdf", "broken.pdf", b"%PDF-1.4 not really", 1000, 10**6)
+        finally:
+            decoder.close()
+
+    with pytest.raises(UnreadableAttachment) as refused:
+        run(scenario())
+    assert refused.value.params == {"name": "broken.pdf"}
+
+
+def test_a_job_that_kills_its_worker_is_refused_and_the_next_job_runs():
+    async def scenario():
+        decoder = Decoder(workers=1)
+        try:
+            with pytest.raises(DecoderCrashed):
+                await decoder.call(os._exit, 3)
+            return await decoder.call(pow, 2, 10)
+        finally:
+            decoder.close()
+
+    assert run(scenario()) == 1024
+
+
+def test_a_job_sharing_the_pool_with_a_crash_still_gets_its_answer():
+    async def scenario():
+        decoder = Decoder(workers=2)
+        try:
+            await decoder.call(pow, 1, 1)  # (both workers up)
+            innocent = asyncio.ensure_future(decoder.call(time.sleep, 0.5))
+            await asyncio.sleep(0.1)
+            hostile = asyncio.ensure_future(decoder.call(os._exit, 1))
+            return await asyncio.gather(innocent, hostile, return_exceptions=True)
+        finally:
+            decoder.close()
+
+    innocent, hostile = run(scenario())
+    assert innocent is None  # time.sleep's answer, after a second try alone
+    assert isinstance(hostile, DecoderCrashed)
+
+
+def test_a_job_over_the_timeout_is_stopped_and_the_decoder_goes_on():
+    async def scenario():
+        decoder = Decoder(workers=1, timeout=0.5)
+        try:
+            await decoder.call(pow, 1, 1)
+            pid = await decoder.call(os.getpid)
+            started = time.monotonic()
+            with pytest.raises(DecoderCrashed):
+                await decoder.call(time.sleep, 30)
+            stopped_in = time.monotonic() - started
+            await asyncio.sleep(0.2)
+            return pid, stopped_in, await decoder.call(pow, 3, 3)
+        finally:
+            decoder.close()
+
+    pid, stopped_in, answer = run(scenario())
+    assert stopped_in < 5 and answer == 27
+    assert gone(pid)  # the hung worker was killed, not left to run
+
+
+def gone(pid: int) -> bool:
+    """Whether the process is no more (or a zombie, killed and not reaped yet)."""
+    for _ in range(50):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rpartition(")")[2].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
