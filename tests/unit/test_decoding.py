@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -107,3 +110,27 @@ def gone(pid: int) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+SERVER = """
+import asyncio, os, sys, time
+from webapp.core.decoding import Decoder
+
+async def main():
+    decoder = Decoder(workers=1)
+    print(await decoder.call(os.getpid), flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_servers_worker_goes_with_it():
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(server.stdout.readline())
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        assert gone(worker)  # (within PARENT_CHECK_SECONDS and a little)
+    finally:
+        server.kill()

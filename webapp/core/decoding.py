@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import secrets
 import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -44,6 +45,7 @@ PDF_SECONDS = 15.0  # a PDF's text is read this long at most (then: what was rea
 DECODE_SECONDS = 60.0  # a worker still busy with one file after this long is stopped, and the file refused
 WORKERS = 1  # worker processes (files decoded at once, per server process: the loop keeps a core to itself)
 NICENESS = 10  # the workers' CPU priority below the server's: chat first, uploads with what is left
+PARENT_CHECK_SECONDS = 1.0  # how often a worker looks whether the server is still there
 TASKS_PER_WORKER = 200  # then the worker is replaced (what a decoder's heap grew to is given back)
 IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
@@ -249,10 +251,21 @@ def _new_pool(workers: int, tasks_per_worker: int | None) -> ProcessPoolExecutor
 
 
 def _worker_started() -> None:
-    """(In each worker.) Below the server in CPU priority; Ctrl+C is the server's to handle."""
+    """(In each worker.) Below the server in CPU priority; Ctrl+C is the server's to handle; and gone within a
+    second of the server (a SIGKILLed server's workers would otherwise wait on their queue for ever: each holds
+    both ends of its pipes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(os, "nice"):
         os.nice(NICENESS)
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_SECONDS)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
 
 
 def decode(kind: str, name: str, data: bytes, text_chars: int, max_pixels: int) -> Prepared:
