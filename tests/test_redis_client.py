@@ -188,3 +188,101 @@ def test_the_pool_packs_with_hiredis_and_round_trips_unicode(redis_server: Redis
         assert score == 1764088000123.456
 
     run_with_client(redis_server, body, max_connections=2)
+
+
+def run_with_lean(redis_server: RedisServer, body: Callable[[Redis, Redis], Awaitable[Any]], **pool_options: Any) -> Any:
+    """`body(lean, plain)`: the app's client (LeanRedis: replies read in one loop) and redis-py's own."""
+    from webapp.storage.redis_client import LeanRedis
+
+    async def main() -> Any:
+        lean = LeanRedis(connection_pool=LeanConnectionPool.from_url(redis_server.url, decode_responses=True,
+                                                                     **pool_options))
+        plain = Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            return await body(lean, plain)
+        finally:
+            await lean.aclose()
+            await plain.aclose()
+
+    return run_async(main)
+
+
+async def a_turns_commands(client: Redis, transaction: bool, key: str) -> list[Any]:
+    async with client.pipeline(transaction=transaction) as pipe:
+        pipe.delete(key, key + ":l", key + ":z", key + ":x", key + ":s")
+        pipe.rpush(key + ":l", "你好", "b")
+        pipe.hset(key, mapping={"a": "1", "b": "二"})
+        pipe.hincrby(key, "count", 2)
+        pipe.zadd(key + ":z", {"s": 1.5})
+        pipe.expire(key, 60)
+        pipe.set(key + ":s", "v", nx=True, px=5000)
+        pipe.get(key + ":missing")
+        pipe.lrange(key + ":l", 0, -1)
+        pipe.hgetall(key)
+        pipe.zrange(key + ":z", 0, -1, withscores=True)
+        pipe.xadd(key + ":x", {"t": "chunk"}, id="0-1")
+        pipe.exists(key)
+        return await pipe.execute()
+
+
+@pytest.mark.parametrize("transaction", [True, False])
+def test_a_lean_pipeline_answers_as_redis_pys_does(redis_server: RedisServer, transaction: bool) -> None:
+    async def body(lean: Redis, plain: Redis) -> tuple[list[Any], list[Any]]:
+        return (await a_turns_commands(lean, transaction, "lean-pipe:a"),
+                await a_turns_commands(plain, transaction, "lean-pipe:b"))
+
+    ours, theirs = run_with_lean(redis_server, body)
+    assert ours == theirs and ours[6] is True and ours[7] is None
+    assert ours[9] == {"a": "1", "b": "二", "count": "2"} and ours[10] == [("s", 1.5)]
+
+
+def test_a_lean_pipelines_errors_are_redis_pys(redis_server: RedisServer) -> None:
+    from redis.exceptions import ResponseError
+
+    async def body(lean: Redis, plain: Redis) -> list[Any]:
+        found = []
+        for client in (lean, plain):
+            await client.set("lean-pipe:str", "x")
+            for transaction in (True, False):
+                async with client.pipeline(transaction=transaction) as pipe:  # a runtime error (WRONGTYPE)
+                    pipe.set("lean-pipe:k", "1").lpush("lean-pipe:str", "y").incr("lean-pipe:k")
+                    with pytest.raises(ResponseError) as raised:
+                        await pipe.execute()
+                    found.append(str(raised.value).split(" of pipeline")[0])
+                async with client.pipeline(transaction=transaction) as pipe:  # or in place, not raised
+                    pipe.lpush("lean-pipe:str", "y").get("lean-pipe:k")
+                    replies = await pipe.execute(raise_on_error=False)
+                    found.append([type(r).__name__ for r in replies] + [replies[1]])
+            async with client.pipeline(transaction=True) as pipe:  # refused when queued: EXECABORT
+                pipe.execute_command("SET", "lean-pipe:k")
+                pipe.incr("lean-pipe:k")
+                with pytest.raises(ResponseError) as raised:
+                    await pipe.execute()
+                found.append(str(raised.value)[:60])
+            assert await client.get("lean-pipe:k") in ("2", "3")  # (the aborted MULTI changed nothing)
+        return found
+
+    found = run_with_lean(redis_server, body)
+    assert found[:5] == found[5:] and len(found) == 10
+
+
+def test_a_lean_pipeline_cancelled_mid_reply_leaves_no_reply_behind(redis_server: RedisServer) -> None:
+    async def body(lean: Redis, plain: Redis) -> list[Any]:
+        await lean.delete("lean-pipe:list")
+        await lean.rpush("lean-pipe:list", *[f"item {n} " * 40 for n in range(20000)])
+
+        async def big() -> None:
+            async with lean.pipeline(transaction=True) as pipe:
+                pipe.lrange("lean-pipe:list", 0, -1).lrange("lean-pipe:list", 0, -1)
+                await pipe.execute()
+
+        for _ in range(5):  # cancelled while the replies (megabytes) are still arriving
+            task = asyncio.ensure_future(big())
+            await asyncio.sleep(0.002)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        async with lean.pipeline(transaction=False) as pipe:  # the next borrower reads its own replies
+            pipe.set("lean-pipe:after", "ok").get("lean-pipe:after").llen("lean-pipe:list")
+            return await pipe.execute()
+
+    assert run_with_lean(redis_server, body, max_connections=1) == [True, "ok", 20000]
