@@ -20,6 +20,7 @@ from tests.conftest import (
     page_token,
     read_events,
     unique,
+    wait_until,
     with_page_token,
 )
 from tests.files import image_bytes, noisy_jpeg, pdf_bytes
@@ -292,3 +293,40 @@ def test_a_resent_multipart_form_sends_its_files_once_and_keeps_no_copy(on, redi
     assert not redis_client.exists(f"chat:{{{uid}}}:uploads")
     [asked] = [m for m in client.get(f"/api/sessions/{session['id']}/messages").json()["items"] if m["role"] == "user"]
     assert len(asked["attachments"]) == 1
+
+
+@pytest.mark.redis_restart
+def test_uploads_through_a_redis_restart(on, hosts, redis_server, upstream) -> None:
+    """An upload while Redis is down gets a clear error and the app lives on; once Redis is back (this test
+    Redis keeps nothing), a fresh upload is stored, sent and served, and a file id from before is refused
+    without starting a turn."""
+    client = on(0)
+    session = create_session(client)
+    [before] = upload(client, ("before.txt", b"written before the restart", "text/plain")).json()
+    redis_server.stop()
+    try:
+        during = upload(client, ("during.png", image_bytes(300, 200), "image/png"))
+    finally:
+        redis_server.start()
+    assert during.status_code >= 500 and during.headers["content-type"].startswith("application/json")
+    assert "Traceback" not in during.text and "redis.sock" not in during.text
+    assert hosts[0].process.poll() is None
+
+    def uploaded() -> dict | None:
+        again = on(0)
+        response = upload(again, ("after.png", image_bytes(300, 200), "image/png"))
+        return {"client": again, "file": response.json()[0]} if response.status_code == 201 else None
+
+    found = wait_until(uploaded, timeout=15, interval=0.3)
+    again, photo = found["client"], found["file"]
+    fresh = create_session(again)
+    stale = again.post(f"/api/sessions/{fresh['id']}/turns", json={"message": "old file", "attachments": [before["id"]]})
+    assert stale.status_code == 404, stale.text
+    assert again.get(f"/api/sessions/{fresh['id']}/messages").json()["items"][-1]["role"] != "user"
+    marker = unique("after-restart")
+    posted = again.post(f"/api/sessions/{fresh['id']}/turns", json={"message": marker, "attachments": [photo["id"]]})
+    assert posted.status_code == 202, posted.text
+    assert read_events(again, posted.json()["events_url"]).events[-1].type == "end"
+    assert upstream.chat_requests(marker)[-1]["last_user_parts"][1]["type"] == "image_url"
+    assert again.get(f"/c/{fresh['id']}/files/{photo['id']}").status_code == 200
+    assert session["id"] != fresh["id"]
