@@ -109,6 +109,34 @@ class LeanPipeline(Pipeline):
     Anything unusual (a watched transaction, a command with reply options, another parser) goes the
     way redis-py goes."""
 
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """As redis-py's, less what this app does not use: its observability hooks (an await each, and a
+        task for the shielded release per pipeline). Scripts, WATCH and MULTI by hand go redis-py's way."""
+        stack = self.command_stack
+        if not stack or self.scripts or self.watching or self.explicit_transaction:
+            return await super().execute(raise_on_error)
+        connection = self.connection or await self.connection_pool.get_connection()
+        self.connection = connection
+        run = self._execute_transaction if self.is_transaction else self._execute_pipeline
+        try:
+            return await connection.retry.call_with_retry(
+                lambda: run(connection, stack, raise_on_error),
+                lambda error: self._disconnect_raise_on_watching(connection, error))
+        finally:
+            await self.reset()
+
+    async def reset(self) -> None:
+        pool = self.connection_pool
+        if self.watching or not isinstance(pool, LeanConnectionPool):
+            await super().reset()
+            return
+        self.command_stack = []
+        self.scripts = set()
+        self.explicit_transaction = False
+        connection, self.connection = self.connection, None
+        if connection is not None and not pool.release_now(connection):
+            await asyncio.shield(pool.release(connection))  # (a disconnect first: see LeanConnectionPool.release)
+
     def _plain(self, connection: AbstractConnection, commands: Any) -> bool:
         return (not self.watching and isinstance(getattr(connection, "_parser", None), _AsyncHiredisParser)
                 and connection.protocol in (2, "2")
@@ -209,7 +237,21 @@ async def _fill(parser: Any, replies: list[Any], count: int) -> None:
 
 
 class LeanRedis(Redis):
-    """redis-py's client, its pipelines LeanPipeline."""
+    """redis-py's client, its pipelines LeanPipeline; a command as redis-py sends it (retries, disconnect on
+    error), less its observability hooks (this app exports its own metrics)."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        pool = self.connection_pool
+        if self.single_connection_client or not isinstance(pool, LeanConnectionPool):
+            return await super().execute_command(*args, **options)
+        connection = await pool.get_connection()
+        try:
+            return await connection.retry.call_with_retry(
+                lambda: self._send_command_parse_response(connection, args[0], *args, **options),
+                lambda error: self._close_connection(connection, error))
+        finally:
+            if not pool.release_now(connection):
+                await pool.release(connection)
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         return LeanPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
@@ -278,6 +320,16 @@ class LeanConnectionPool(ConnectionPool):
                 return
         self._in_use_connections.discard(connection)
         self._available_connections.append(connection)
+
+    def release_now(self, connection: AbstractConnection) -> bool:
+        """Give a connection back with no await (a pipeline's reset: no task for a shielded release); False
+        when it must be disconnected first (release does that)."""
+        if connection not in self._in_use_connections:
+            return True
+        if connection.should_reconnect():
+            return False
+        self._pass_on(connection)
+        return True
 
     async def release(self, connection: AbstractConnection) -> None:
         if connection not in self._in_use_connections:
