@@ -281,8 +281,16 @@ def test_a_lean_pipeline_cancelled_mid_reply_leaves_no_reply_behind(redis_server
             await asyncio.sleep(0.002)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        for _ in range(3):  # a single command cancelled mid-reply too
+            task = asyncio.ensure_future(lean.lrange("lean-pipe:list", 0, -1))
+            await asyncio.sleep(0.002)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         async with lean.pipeline(transaction=False) as pipe:  # the next borrower reads its own replies
             pipe.set("lean-pipe:after", "ok").get("lean-pipe:after").llen("lean-pipe:list")
-            return await pipe.execute()
+            replies = await pipe.execute()
+        replies.append(await lean.get("lean-pipe:after"))
+        replies.append(len(lean.connection_pool._in_use_connections))  # every connection given back
+        return replies
 
-    assert run_with_lean(redis_server, body, max_connections=1) == [True, "ok", 20000]
+    assert run_with_lean(redis_server, body, max_connections=1) == [True, "ok", 20000, "ok", 0]
