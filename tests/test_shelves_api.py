@@ -41,7 +41,7 @@ def test_pin_archive_and_folder_by_patch_and_the_lists_that_follow(client: httpx
     assert listed(client) == [c, a]  # archived ones only in the archive
     assert listed(client, archived="true") == [b]
     assert listed(client, folder=folder["id"]) == [c]
-    assert listed(client, q="pinned") == [a]
+    assert listed(client, q="is:pinned") == [a]
     assert listed(client, q="in:archived") == [b]
     assert listed(client, q="folder:work") == [c]
 

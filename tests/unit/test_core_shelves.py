@@ -211,8 +211,10 @@ async def test_the_sidebar_pages_skip_grouped_conversations_without_repeats_or_g
 
 
 def test_search_filters_are_read_from_the_query() -> None:
-    text, filters = search_filters('kumquat in:archived folder:"my work" pinned')
+    text, filters = search_filters('kumquat in:archived folder:"my work" is:pinned')
     assert (text, filters.archived, filters.folder, filters.pinned) == ("kumquat", True, "my work", True)
+    text, filters = search_filters("pinned notes")  # a bare word is searched for, not read as a filter
+    assert (text, filters.pinned) == ("pinned notes", False)
     text, filters = search_filters("folder:Home tea")
     assert (text, filters.folder) == ("tea", "Home")
 

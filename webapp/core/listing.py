@@ -45,8 +45,8 @@ class SearchFilters:
 
 
 def search_filters(query: str) -> tuple[str, SearchFilters]:
-    """The words of a search, and its filters: `in:archived`, `pinned` (or `is:pinned`), `folder:name`
-    (a name with spaces in quotes: `folder:"my work"`)."""
+    """The words of a search, and its filters: `in:archived`, `is:pinned`, `folder:name` (a name with spaces in
+    quotes: `folder:"my work"`). A bare word is a word: "pinned" alone finds conversations that say it."""
     filters, words = SearchFilters(), []
     rest = query
     while rest.strip():
@@ -59,7 +59,7 @@ def search_filters(query: str) -> tuple[str, SearchFilters]:
         lower = word.lower()
         if lower == "in:archived":
             filters.archived = True
-        elif lower in ("pinned", "is:pinned"):
+        elif lower == "is:pinned":
             filters.pinned = True
         elif lower.startswith("folder:") and len(word) > 7:
             filters.folder = word[7:]
@@ -84,7 +84,7 @@ class ConversationListing:
 
         Archived conversations are only in the archive (`archived`; newest archived first); `folder`: one
         folder's. `grouped` (the sidebar): pinned and filed conversations come on the first page in
-        their groups, not in the list. A query may hold filters: `in:archived`, `pinned`, `folder:name`."""
+        their groups, not in the list. A query may hold filters: `in:archived`, `is:pinned`, `folder:name`."""
         text, filters = search_filters(query)
         archived = archived or filters.archived
         shelf = await self.shelves.folder(user_id, folder) if folder else None
