@@ -62,7 +62,55 @@ def _check_redis() -> list[str]:
     problems += _parameters(ConnectionPool.get_connection, ("self", "command_name", "keys", "options"),
                             "ConnectionPool.get_connection")
     problems += _parameters(ConnectionPool.release, ("self", "connection"), "ConnectionPool.release")
+    return problems + _check_redis_replies()
+
+
+def _check_redis_replies() -> list[str]:
+    """LeanPipeline and LeanRedis: replies read off hiredis's reader, redis-py's execute steps kept."""
+    import redis._parsers.hiredis as hiredis_parser
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
+    from redis.asyncio.connection import AbstractConnection
+
+    problems = _missing(hiredis_parser, ("NOT_ENOUGH_DATA", "_AsyncHiredisParser"), "redis._parsers.hiredis")
+    parser = getattr(hiredis_parser, "_AsyncHiredisParser", None)
+    if parser is not None:
+        problems += _missing(parser, ("read_from_socket", "read_response", "on_connect"), "_AsyncHiredisParser")
+        for attribute in ("self._reader", "self._connected"):
+            if attribute not in inspect.getsource(parser):
+                problems.append(f"_AsyncHiredisParser no longer sets {attribute}")
+    client = Redis()  # (no connection is made)
+    pipeline = client.pipeline()
+    problems += _missing(Pipeline, ("_execute_transaction", "_execute_pipeline", "_disconnect_raise_on_watching",
+                                    "raise_first_error", "annotate_exception"), "Pipeline")
+    problems += _missing(pipeline, ("command_stack", "scripts", "watching", "explicit_transaction", "is_transaction",
+                                    "connection", "connection_pool", "response_callbacks"), "Pipeline()")
+    problems += _missing(Redis, ("_send_command_parse_response", "_close_connection"), "Redis")
+    problems += _missing(client, ("single_connection_client", "connection_pool"), "Redis()")
+    connection = client.connection_pool.make_connection()
+    problems += _missing(AbstractConnection, ("_host_error", "send_packed_command"), "AbstractConnection")
+    problems += _missing(connection, ("_parser", "retry", "socket_timeout", "health_check_interval",
+                                      "next_health_check", "protocol"), "Connection()")
+    for method, expected in (("_execute_transaction", ("self", "connection", "commands", "raise_on_error")),
+                             ("_execute_pipeline", ("self", "connection", "commands", "raise_on_error"))):
+        problems += _parameters(getattr(Pipeline, method, None) or (lambda: None), expected, f"Pipeline.{method}")
     return problems
+
+
+def _check_process_pool() -> list[str]:
+    """core/decoding.py: a hung worker is killed through the pool's own table of its processes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pool.submit(int).result(timeout=30)
+        processes = getattr(pool, "_processes", None)
+        if not isinstance(processes, dict) or not all(hasattr(p, "kill") for p in processes.values()):
+            return ["ProcessPoolExecutor._processes is no longer a dict of processes"]
+        return []
+    finally:
+        pool.shutdown()
 
 
 def _check_sse_starlette() -> list[str]:
@@ -184,16 +232,21 @@ OVERRIDES = (
     Override(
         library="redis",
         tested="8.1",
-        where="webapp/storage/redis_client.py: LeanConnectionPool, HiredisPacking",
+        where="webapp/storage/redis_client.py: LeanConnectionPool, HiredisPacking, LeanPipeline, LeanRedis",
         why=(
             "redis-py 8's pools take an asyncio.Lock, record metrics, run a retry wrapper and dispatch an "
             "event on every borrow and return, and its asyncio connections pack commands in Python: a fifth "
             "of a round trip's CPU. The pool keeps redis-py's connections and replaces borrowing/returning "
-            "by working on its idle list and in-use set; connections pack with hiredis like the sync client."
+            "by working on its idle list and in-use set; connections pack with hiredis like the sync client. "
+            "A pipeline's replies are taken off hiredis's reader in one loop (redis-py reads each through four "
+            "coroutines), and its execute and a command skip the observability awaits and the task per release."
         ),
         relies_on=("ConnectionPool._available_connections (list)", "ConnectionPool._in_use_connections (set)",
                    "ConnectionPool.get_connection/release/make_connection",
-                   "AbstractConnection.pack_command/pack_commands/can_read/should_reconnect"),
+                   "AbstractConnection.pack_command/pack_commands/can_read/should_reconnect",
+                   "_AsyncHiredisParser._reader/_connected/read_from_socket, NOT_ENOUGH_DATA",
+                   "Pipeline._execute_transaction/_execute_pipeline/_disconnect_raise_on_watching",
+                   "Redis._send_command_parse_response/_close_connection, AbstractConnection._parser/_host_error"),
         check=_check_redis,
     ),
     Override(
@@ -256,6 +309,17 @@ OVERRIDES = (
         ),
         relies_on=("logging._srcfile: when None, Logger._log does not call findCaller",),
         check=_check_logging,
+    ),
+    Override(
+        library=PYTHON,
+        tested="3.11",
+        where="webapp/core/decoding.py: Decoder._run (a hung decoder)",
+        why=(
+            "A worker process still decoding one file after DECODE_SECONDS (a hostile PDF or image) is killed; "
+            "ProcessPoolExecutor has no public way to stop a busy worker before Python 3.14 (terminate_workers)."
+        ),
+        relies_on=("ProcessPoolExecutor._processes: {pid: Process}",),
+        check=_check_process_pool,
     ),
 )
 
