@@ -294,3 +294,21 @@ def test_a_lean_pipeline_cancelled_mid_reply_leaves_no_reply_behind(redis_server
         return replies
 
     assert run_with_lean(redis_server, body, max_connections=1) == [True, "ok", 20000, "ok", 0]
+
+
+def test_a_lean_pipeline_honours_the_socket_timeout_per_reply(redis_server: RedisServer) -> None:
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    async def body(lean: Redis, plain: Redis) -> Any:
+        async with lean.pipeline(transaction=False) as pipe:  # replies in time: answered
+            for n in range(200):
+                pipe.set(f"lean-pipe:t{n}", n)
+            assert len(await pipe.execute()) == 200
+        async with lean.pipeline(transaction=True) as pipe:  # a reply that never comes in time: a timeout
+            pipe.execute_command("DEBUG", "SLEEP", "0.5")
+            with pytest.raises(RedisTimeoutError):
+                await pipe.execute()
+        await asyncio.sleep(0.5)  # (DEBUG SLEEP holds the whole server)
+        return await lean.get("lean-pipe:t199")  # (the connection was dropped, the next one is clean)
+
+    assert run_with_lean(redis_server, body, socket_timeout=0.2) == "199"

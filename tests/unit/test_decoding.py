@@ -134,3 +134,66 @@ def test_a_killed_servers_worker_goes_with_it():
         assert gone(worker)  # (within PARENT_CHECK_SECONDS and a little)
     finally:
         server.kill()
+
+
+def test_a_pool_is_recycled_after_its_jobs_even_when_they_overlap(monkeypatch):
+    import webapp.core.decoding as decoding
+
+    monkeypatch.setattr(decoding, "TASKS_PER_WORKER", 3)
+
+    async def scenario():
+        decoder = Decoder(workers=1)
+        try:
+            pids = []
+            for _ in range(3):  # overlapping jobs (Python 3.11's max_tasks_per_child can then lose its worker)
+                pids += await asyncio.gather(*(decoder.call(os.getpid) for _ in range(3)))
+            return pids, len(decoder.pools)
+        finally:
+            decoder.close()
+
+    pids, pools = run(scenario())
+    assert len(set(pids)) == 3 and pools <= 1  # a fresh worker for each round of three
+
+
+def test_closing_stops_a_busy_worker():
+    async def scenario():
+        decoder = Decoder(workers=1)
+        pid = await decoder.call(os.getpid)
+        busy = asyncio.ensure_future(decoder.call(time.sleep, 30))
+        await asyncio.sleep(0.3)
+        decoder.close()
+        outcome = await asyncio.gather(busy, return_exceptions=True)
+        return pid, outcome
+
+    pid, outcome = run(scenario())
+    assert gone(pid) and isinstance(outcome[0], Exception)
+
+
+def test_a_cancelled_upload_keeps_its_place_until_its_decoding_ends():
+    from tests.files import noisy_jpeg
+    from webapp.core.attachments import prepare
+
+    photo = noisy_jpeg(2400, 1800)
+
+    async def read() -> bytes:
+        return photo
+
+    async def scenario():
+        decoder, gate = Decoder(workers=1), asyncio.Semaphore(1)
+        try:
+            upload = asyncio.ensure_future(prepare("p.jpg", read, text_chars=1000, max_pixels=50_000_000,
+                                                   max_bytes=10**8, gate=gate, decoder=decoder))
+            await asyncio.sleep(0.05)  # (the job has started: the first call starts the worker, ~0.1 s and more)
+            upload.cancel()
+            await asyncio.gather(upload, return_exceptions=True)
+            held_after_cancel = gate.locked()
+            for _ in range(300):
+                if not gate.locked():
+                    break
+                await asyncio.sleep(0.05)
+            return held_after_cancel, gate.locked()
+        finally:
+            decoder.close()
+
+    held_after_cancel, held_at_end = run(scenario())
+    assert held_after_cancel and not held_at_end

@@ -75,10 +75,13 @@ def sniff(data: bytes) -> str:
 
 async def prepare(name: str, read: Callable[[], Awaitable[bytes]], *, text_chars: int, max_pixels: int,
                   max_bytes: int, gate: asyncio.Semaphore, decoder: Decoder) -> Prepared:
-    """A file as it is stored: sniffed, checked against its name, decoded in a worker process (`gate`: how many
-    at a time, read into memory included)."""
+    """A file as it is stored: sniffed, checked against its name, decoded in a worker process. `gate`: how many
+    files are read into memory and decoded at a time. The decoding runs in a task of its own that keeps its
+    place at the gate until it ends (or its timeout kills it): a caller cancelled meanwhile (its client left)
+    cannot free the place while the job still runs, and so cannot pile up jobs and their bytes."""
     name = clean_name(name)
-    async with gate:
+    await gate.acquire()
+    try:
         data = await read()
         if not data:
             raise EmptyAttachment(name=name)
@@ -89,10 +92,16 @@ async def prepare(name: str, read: Callable[[], Awaitable[bytes]], *, text_chars
             else "binary" if ext in BINARY_EXTENSIONS else "text"
         if not kind or kind != claimed:
             raise UnsupportedAttachment(name=name)
-        try:
-            return await decoder.call(decode, kind, name, data, text_chars, max_pixels)
-        except DecoderCrashed:  # (a file that kills or hangs its decoder twice)
-            raise UnreadableAttachment(name=name) from None
+        job = asyncio.ensure_future(decoder.call(decode, kind, name, data, text_chars, max_pixels))
+    except BaseException:
+        gate.release()
+        raise
+    del data
+    job.add_done_callback(lambda done: (gate.release(), done.cancelled() or done.exception()))
+    try:
+        return await asyncio.shield(job)
+    except DecoderCrashed:  # (a file that kills or hangs its decoder, even alone)
+        raise UnreadableAttachment(name=name) from None
 
 
 def document_block(attachment: Attachment, text: str) -> str:

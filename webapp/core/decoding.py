@@ -46,7 +46,7 @@ DECODE_SECONDS = 60.0  # a worker still busy with one file after this long is st
 WORKERS = 1  # worker processes (files decoded at once, per server process: the loop keeps a core to itself)
 NICENESS = 10  # the workers' CPU priority below the server's: chat first, uploads with what is left
 PARENT_CHECK_SECONDS = 1.0  # how often a worker looks whether the server is still there
-TASKS_PER_WORKER = 200  # then the worker is replaced (what a decoder's heap grew to is given back)
+TASKS_PER_WORKER = 200  # then an idle pool is replaced (what a decoder's heap grew to is given back)
 IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
 
@@ -197,31 +197,45 @@ class Decoder:
     """The worker processes (started with the first file, `spawn`ed: a clean interpreter, no copy of the
     server's threads or sockets). `call` runs a function there. A job whose worker died (a pool dies whole) is
     tried once more alone, in a process of its own: a file that crashes its decoder then takes down only its
-    own, and a job that shared the pool with it gets its answer. A job over `timeout` seconds is stopped."""
+    own, and a job that shared the pool with it gets its answer. A job over `timeout` seconds is killed. After
+    TASKS_PER_WORKER jobs an idle pool is let go and the next job starts a fresh one (what a decoder's heap
+    grew to is given back; Python 3.11's own `max_tasks_per_child` can leave a pool with no worker)."""
 
     def __init__(self, workers: int = WORKERS, timeout: float = DECODE_SECONDS) -> None:
         self.workers = workers
         self.timeout = timeout
         self.pool: ProcessPoolExecutor | None = None
+        self.jobs = 0  # jobs given to the current pool
+        self.running = 0  # jobs in it now
+        self.pools: set[ProcessPoolExecutor] = set()  # every pool alive, one-off ones too (close stops them all)
+        self.closed = False
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self.closed:
+            raise DecoderCrashed()
         if self.pool is None:
-            self.pool = _new_pool(self.workers, TASKS_PER_WORKER)
+            self.pool, self.jobs = self._new_pool(self.workers), 0
         pool = self.pool
+        self.jobs += 1
+        self.running += 1
         try:
             return await self._run(pool, function, args)
         except BrokenProcessPool:
+            if self.closed:  # (stopped at shutdown: nothing is tried again)
+                raise DecoderCrashed() from None
             log.warning("a file decoder died: its jobs are tried again, each alone")
-            if self.pool is pool:
-                self.pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
-        alone = _new_pool(1, None)
+            self._drop(pool)
+        finally:
+            self.running -= 1
+            if self.pool is pool and self.jobs >= TASKS_PER_WORKER and not self.running:
+                self._drop(pool)
+        alone = self._new_pool(1)
         try:
             return await self._run(alone, function, args)
         except BrokenProcessPool:
             raise DecoderCrashed() from None
         finally:
-            alone.shutdown(wait=False, cancel_futures=True)
+            self._drop(alone)
 
     async def _run(self, pool: ProcessPoolExecutor, function: Callable[..., Any], args: tuple) -> Any:
         try:
@@ -230,42 +244,46 @@ class Decoder:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except TimeoutError:
             log.warning("a file decoder took over %.0f s: stopped", self.timeout)
-            if self.pool is pool:
-                self.pool = None
-            # (the pool's own list of its processes: there is no public way to stop a busy worker before 3.14;
-            # the other jobs in it are then tried again alone)
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.kill()
-            pool.shutdown(wait=False, cancel_futures=True)
+            self._drop(pool, kill=True)  # (the other jobs in it are then tried again alone)
             raise DecoderCrashed() from None
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+    def _new_pool(self, workers: int) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_started, initargs=(os.getpid(),))
+        self.pools.add(pool)
+        return pool
+
+    def _drop(self, pool: ProcessPoolExecutor, *, kill: bool = False) -> None:
+        if self.pool is pool:
             self.pool = None
+        self.pools.discard(pool)
+        if kill:  # (the pool's own table of its processes: no public way to stop a busy worker before 3.14)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """(At shutdown.) Every worker stopped, a busy one too: nothing waits for a decode at exit."""
+        self.closed = True
+        for pool in list(self.pools):
+            self._drop(pool, kill=True)
 
 
-def _new_pool(workers: int, tasks_per_worker: int | None) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_started,
-                               max_tasks_per_child=tasks_per_worker)
-
-
-def _worker_started() -> None:
+def _worker_started(server: int) -> None:
     """(In each worker.) Below the server in CPU priority; Ctrl+C is the server's to handle; and gone within a
-    second of the server (a SIGKILLed server's workers would otherwise wait on their queue for ever: each holds
-    both ends of its pipes)."""
+    second of the server (`server`: its pid, read before the spawn; a SIGKILLed server's workers would
+    otherwise wait on their queue for ever: each holds both ends of its pipes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(os, "nice"):
         os.nice(NICENESS)
-    parent = os.getppid()
 
-    def watch_parent() -> None:
+    def watch_server() -> None:
         while True:
-            time.sleep(PARENT_CHECK_SECONDS)
-            if os.getppid() != parent:
+            if os.getppid() != server:
                 os._exit(0)
+            time.sleep(PARENT_CHECK_SECONDS)
 
-    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    threading.Thread(target=watch_server, name="server-watch", daemon=True).start()
 
 
 def decode(kind: str, name: str, data: bytes, text_chars: int, max_pixels: int) -> Prepared:

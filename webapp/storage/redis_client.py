@@ -203,9 +203,9 @@ async def read_replies(connection: Any, count: int) -> list[Any]:
     same exceptions, the health check's clock, and error replies returned in place, not raised."""
     parser, replies = connection._parser, []
     try:
-        if connection.socket_timeout is not None:
-            async with asyncio.timeout(connection.socket_timeout):
-                await _fill(parser, replies, count)
+        if connection.socket_timeout is not None:  # (for each reply, as redis-py's: a long pipeline is no timeout)
+            async with asyncio.timeout(connection.socket_timeout) as deadline:
+                await _fill(parser, replies, count, deadline, connection.socket_timeout)
         else:
             await _fill(parser, replies, count)
     except TimeoutError:
@@ -222,7 +222,8 @@ async def read_replies(connection: Any, count: int) -> list[Any]:
     return replies
 
 
-async def _fill(parser: Any, replies: list[Any], count: int) -> None:
+async def _fill(parser: Any, replies: list[Any], count: int, deadline: asyncio.Timeout | None = None,
+                timeout: float = 0.0) -> None:
     if not parser._connected:
         raise RedisConnectionError("Connection closed by server.")
     reader = parser._reader
@@ -234,6 +235,8 @@ async def _fill(parser: Any, replies: list[Any], count: int) -> None:
             raise reply
         else:
             replies.append(reply)
+            if deadline is not None:
+                deadline.reschedule(asyncio.get_running_loop().time() + timeout)
 
 
 class LeanRedis(Redis):

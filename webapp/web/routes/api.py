@@ -80,7 +80,7 @@ async def list_sessions(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
     q: Annotated[str | None, Query(max_length=200, description="search titles and messages; filters "
-                                                               "`in:archived`, `pinned`, `folder:name`")] = None,
+                                                               "`in:archived`, `is:pinned`, `folder:name`")] = None,
     archived: Annotated[bool, Query(description="the archive (newest archived first) instead")] = False,
     folder: Annotated[str | None, Query(max_length=36, description="that folder's conversations")] = None,
 ) -> SessionPage:
