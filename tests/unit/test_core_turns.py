@@ -191,6 +191,27 @@ async def test_deleting_a_conversation_stops_its_reply_and_nothing_brings_it_bac
             if await core.store.redis.exists(key)] == []
 
 
+async def test_a_delete_mid_reply_waits_for_the_stopped_reply_to_be_saved_then_leaves_nothing(core: Core) -> None:
+    """(The stopped reply's save read "the conversation exists" and then wrote its message and metadata back
+    after the delete had removed them, when the delete's own steps ran in between: seen once on CI, through
+    HTTP. In-process the order happens to hold without the wait; this pins it: the delete returns after the
+    save.)"""
+    for n in range(12):
+        user = f"racer-{n}"  # (a user of their own each: the per-user turn limit)
+        conversation = await core.conversations.create(user)
+        started = await core.writer.start_turn(conversation.id, user, f"race {n} [[tokens:400]] [[delay:5]]", None,
+                                               "en")
+        await first_chunk(core, user, started.id)
+        await asyncio.sleep(0.003 * n)
+        run = core.writer.runs[started.id]
+        await core.conversations.delete(await core.conversations.owned(conversation.id, user))
+        assert run.task is not None and run.task.done(), "the delete returned before the stopped reply was saved"
+        left = [key for key in core.store.keys.conversation_keys(user, conversation.id)
+                if await core.store.redis.exists(key)]
+        assert left == [], f"round {n}: {left}"
+        assert (await core.store.get_turn(TurnRef(user, started.id))).status == "interrupted"
+
+
 @pytest.mark.xfail(strict=True, reason="the reply's saved-reply hook indexes it after the delete unindexed the "
                                        "conversation: its `:terms` set and term entries stay (index TTL)")
 async def test_deleting_a_conversation_mid_reply_leaves_no_search_entries(core: Core) -> None:

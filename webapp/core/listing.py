@@ -137,7 +137,7 @@ class ConversationListing:
         sids = [check_id(sid) for sid in dict.fromkeys(session_ids)]
         deleted = []
         for conversation in await self.store.load_conversations(user_id, sids):
-            await self.writer.stop_reply(conversation)
+            await self.writer.stop_reply(conversation, until_saved=True)
             await self._forget(conversation)
             await self.store.delete_undoably(conversation, keep_seconds=UNDO_SECONDS)
             deleted.append(conversation.id)

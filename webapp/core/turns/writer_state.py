@@ -20,6 +20,8 @@ from webapp.llm.providers import Provider
 from webapp.storage.keys import TurnRef
 from webapp.storage.store import Store
 
+STOP_SAVE_SECONDS = 5.0  # how long deleting a conversation waits for its stopped reply's save
+
 
 class WriterState:
     """What a turn writer holds, and stopping turns: a part of TurnWriter (writer.py)."""
@@ -92,12 +94,28 @@ class WriterState:
         elif turn.status == "running":
             await self.store.request_cancel(TurnRef(turn.user_id, turn.id))
 
-    async def stop_reply(self, conversation: Conversation) -> None:
-        """Stop the conversation's running reply, if any (what it wrote is kept)."""
+    async def stop_reply(self, conversation: Conversation, *, until_saved: bool = False) -> None:
+        """Stop the conversation's running reply, if any (what it wrote is kept). `until_saved` (deleting the
+        conversation): return once the stopped reply is saved, here or on another host, so that a deletion
+        comes after the save's writes and none of them (its message, the metadata) outlives it."""
         turn_id = conversation.running_turn_id
-        if turn_id:
-            await self.cancel(TurnInfo(id=turn_id, session_id=conversation.id, user_id=conversation.user_id,
-                                       status="running"))
+        if not turn_id:
+            return
+        await self.cancel(TurnInfo(id=turn_id, session_id=conversation.id, user_id=conversation.user_id,
+                                   status="running"))
+        if not until_saved:
+            return
+        run = self.runs.get(turn_id)
+        if run is not None and run.task is not None:
+            await asyncio.wait({run.task}, timeout=STOP_SAVE_SECONDS)  # (the task ends after its save)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_SAVE_SECONDS
+        while loop.time() < deadline:
+            info = await self.store.get_turn(TurnRef(conversation.user_id, turn_id))
+            if info is None or info.status != "running":
+                return
+            await asyncio.sleep(0.05)
 
     def cancel_requested(self, turn_id: str) -> None:
         """Stop was asked for a turn, on any worker: stop it if it generates here."""
