@@ -144,6 +144,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         time.sleep(interval)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process still runs (a zombie, ended and not reaped yet, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it is gone for our purposes
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower() and Path(f"/proc/{pid}").exists()
+    except OSError:
+        return False
+
+
 # ---------------------------------------------------------------- redis-server
 
 

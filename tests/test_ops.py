@@ -21,6 +21,7 @@ from tests.conftest import (
     create_session,
     free_port,
     messages_of,
+    pid_alive,
     post_turn,
     read_sse,
     start_chat,
@@ -159,7 +160,7 @@ def test_the_embedded_redis_stops_with_its_app_however_the_app_dies(tmp_path: Pa
             app.process.send_signal(signal.SIGKILL)
             app.process.wait()
         try:
-            wait_until(lambda: not _pid_alive(pid), timeout=5)
+            wait_until(lambda: not pid_alive(pid), timeout=5)
         except AssertionError:
             orphans.append(pid)
             os.kill(pid, signal.SIGKILL)
@@ -182,25 +183,13 @@ def test_a_second_app_on_the_same_data_directory_refuses_in_one_line_and_touches
         lines = [line for line in second.stderr.splitlines() if line.strip() and " WARNING " not in line]
         assert len(lines) == 1, second.stderr
         assert str(tmp_path) in lines[0] and "DATA_DIR" in lines[0] and str(app.process.pid) in lines[0]
-        assert (tmp_path / "redis" / "redis.pid").read_text() == redis_pid and _pid_alive(int(redis_pid))
+        assert (tmp_path / "redis" / "redis.pid").read_text() == redis_pid and pid_alive(int(redis_pid))
         assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == files
         with httpx.Client(base_url=app.base_url, timeout=30) as client:  # the first app serves on
             assert stream_turn(client, start_chat(client), "still here").ended
         assert "left by an earlier run" not in app.log() and "restarting" not in app.log()
     finally:
         _stop_app(app)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); it is gone for our purposes
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower() and Path(f"/proc/{pid}").exists()
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")

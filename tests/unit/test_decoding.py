@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests.conftest import pid_alive, wait_until
 from webapp.base.errors import UnreadableAttachment
 from webapp.core.decoding import NICENESS, Decoder, DecoderCrashed, decode
 
@@ -96,20 +97,7 @@ def test_a_job_over_the_timeout_is_stopped_and_the_decoder_goes_on():
 
     pid, stopped_in, answer = run(scenario())
     assert stopped_in < 5 and answer == 27
-    assert gone(pid)  # the hung worker was killed, not left to run
-
-
-def gone(pid: int) -> bool:
-    """Whether the process is no more (or a zombie, killed and not reaped yet)."""
-    for _ in range(50):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rpartition(")")[2].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.1)
-    return False
+    wait_until(lambda: not pid_alive(pid))  # the hung worker was killed, not left to run
 
 
 SERVER = """
@@ -131,7 +119,7 @@ def test_a_killed_servers_worker_goes_with_it():
         worker = int(server.stdout.readline())
         server.send_signal(signal.SIGKILL)
         server.wait()
-        assert gone(worker)  # (within PARENT_CHECK_SECONDS and a little)
+        wait_until(lambda: not pid_alive(worker))  # (SIGTERM from the kernel when the server died)
     finally:
         server.kill()
 
@@ -166,7 +154,8 @@ def test_closing_stops_a_busy_worker():
         return pid, outcome
 
     pid, outcome = run(scenario())
-    assert gone(pid) and isinstance(outcome[0], Exception)
+    wait_until(lambda: not pid_alive(pid))
+    assert isinstance(outcome[0], Exception)
 
 
 def test_a_cancelled_upload_keeps_its_place_until_its_decoding_ends():

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -45,15 +46,24 @@ def dies_with_parent() -> Callable[[], None] | None:
     that started the child ends: start it from a thread that lives as long as the app."""
     if not sys.platform.startswith("linux"):
         return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
-    parent = os.getpid()
+    return partial(_die_with, _prctl(), os.getpid())  # (prctl looked up here: the child only calls it)
 
-    def set_parent_death_signal() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the line above: nobody would send it
-            os._exit(1)
 
-    return set_parent_death_signal
+def die_with(parent: int) -> None:
+    """The same, called in a child already running Python (a `spawn`ed worker: core/decoding.py), `parent`
+    being the pid its parent read before starting it. Linux only."""
+    if sys.platform.startswith("linux"):
+        _die_with(_prctl(), parent)
+
+
+def _prctl() -> Callable[..., int]:
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with(prctl: Callable[..., int], parent: int) -> None:
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the line above: nobody would send it
+        os._exit(1)
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

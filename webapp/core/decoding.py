@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import secrets
 import signal
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +34,7 @@ from typing import Any, Callable
 
 from webapp.base.errors import EmptyAttachment, UnreadableAttachment, UnsupportedAttachment
 from webapp.base.models import Attachment
+from webapp.base.processes import die_with
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ PDF_SECONDS = 15.0  # a PDF's text is read this long at most (then: what was rea
 DECODE_SECONDS = 60.0  # a worker still busy with one file after this long is stopped, and the file refused
 WORKERS = 1  # worker processes (files decoded at once, per server process: the loop keeps a core to itself)
 NICENESS = 10  # the workers' CPU priority below the server's: chat first, uploads with what is left
-PARENT_CHECK_SECONDS = 1.0  # how often a worker looks whether the server is still there
 TASKS_PER_WORKER = 200  # then an idle pool is replaced (what a decoder's heap grew to is given back)
 IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
@@ -270,20 +269,15 @@ class Decoder:
 
 
 def _worker_started(server: int) -> None:
-    """(In each worker.) Below the server in CPU priority; Ctrl+C is the server's to handle; and gone within a
-    second of the server (`server`: its pid, read before the spawn; a SIGKILLed server's workers would
-    otherwise wait on their queue for ever: each holds both ends of its pipes)."""
+    """(In each worker.) Below the server in CPU priority; Ctrl+C is the server's to handle; and sent SIGTERM
+    when the server dies, however it dies (`server`: its pid, read before the spawn; a SIGKILLed server's
+    workers would otherwise wait on their queue for ever: each holds both ends of its pipes). The signal
+    follows the thread that started the worker: a submit's, asyncio's default executor, which lives as long
+    as the server's loop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(os, "nice"):
         os.nice(NICENESS)
-
-    def watch_server() -> None:
-        while True:
-            if os.getppid() != server:
-                os._exit(0)
-            time.sleep(PARENT_CHECK_SECONDS)
-
-    threading.Thread(target=watch_server, name="server-watch", daemon=True).start()
+    die_with(server)
 
 
 def decode(kind: str, name: str, data: bytes, text_chars: int, max_pixels: int) -> Prepared:
