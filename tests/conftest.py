@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -410,23 +411,34 @@ def with_page_token(client: httpx.Client) -> Callable[[httpx.Request], None]:
     return add_token
 
 
-@pytest.fixture
-def make_client(app_server: AppServer) -> Iterator[Callable[..., httpx.Client]]:
-    """Each client has its own cookie jar, i.e. its own identity; like a browser on our pages, it
-    sends the page's CSRF token with form posts (`page_token=False` for one that does not)."""
+@contextmanager
+def closing_clients() -> Iterator[Callable[..., httpx.Client]]:
+    """`new(base_url, page_token=False, **options)`: an httpx client with its own cookie jar (a timeout of
+    30 s unless given); with `page_token`, it sends the page's CSRF token with form posts as a browser on
+    our pages does (with_page_token). Every client made is closed at the end."""
     clients: list[httpx.Client] = []
 
-    def make(page_token: bool = True, **options: Any) -> httpx.Client:
+    def new(base_url: str, page_token: bool = False, **options: Any) -> httpx.Client:
         options.setdefault("timeout", 30)
-        client = httpx.Client(base_url=app_server.base_url, **options)
+        client = httpx.Client(base_url=base_url, **options)
         if page_token:
             client.event_hooks["request"].append(with_page_token(client))
         clients.append(client)
         return client
 
-    yield make
-    for client in clients:
-        client.close()
+    try:
+        yield new
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.fixture
+def make_client(app_server: AppServer) -> Iterator[Callable[..., httpx.Client]]:
+    """Each client has its own cookie jar, i.e. its own identity; like a browser on our pages, it
+    sends the page's CSRF token with form posts (`page_token=False` for one that does not)."""
+    with closing_clients() as new:
+        yield lambda page_token=True, **options: new(app_server.base_url, page_token, **options)
 
 
 @pytest.fixture

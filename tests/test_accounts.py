@@ -30,6 +30,7 @@ from tests.conftest import (
     SSEEvent,
     _start_app,
     _stop_app,
+    closing_clients,
     create_session,
     iter_sse,
     read_events,
@@ -97,18 +98,9 @@ def limited_app(redis_server: RedisServer, upstream: ThreadedFakeUpstream,
 
 
 @pytest.fixture
-def make(request: pytest.FixtureRequest) -> Iterator[Callable[..., httpx.Client]]:
-    clients: list[httpx.Client] = []
-
-    def make_(app: AppServer, **options: Any) -> httpx.Client:
-        options.setdefault("timeout", 30)
-        client = httpx.Client(base_url=app.base_url, **options)
-        clients.append(client)
-        return client
-
-    yield make_
-    for client in clients:
-        client.close()
+def make() -> Iterator[Callable[..., httpx.Client]]:
+    with closing_clients() as new:
+        yield lambda app, **options: new(app.base_url, **options)
 
 
 def sign_up(client: httpx.Client, username: str | None = None, **headers: str) -> str:

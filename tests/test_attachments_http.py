@@ -16,12 +16,12 @@ from tests.conftest import (
     AppServer,
     _start_app,
     _stop_app,
+    closing_clients,
     create_session,
     page_token,
     read_events,
     unique,
     wait_until,
-    with_page_token,
 )
 from tests.files import image_bytes, noisy_jpeg, pdf_bytes
 
@@ -42,20 +42,15 @@ def hosts(redis_server: Any, upstream: Any, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture
 def on(hosts: list[AppServer]) -> Iterator[Callable[..., httpx.Client]]:
     """on(host, cookies_of=client): a client on host 0 or 1, the same identity as another client if given."""
-    clients: list[httpx.Client] = []
+    with closing_clients() as new:
 
-    def make(host: int, cookies_of: httpx.Client | None = None, token: bool = True) -> httpx.Client:
-        client = httpx.Client(base_url=hosts[host].base_url, timeout=30)
-        if cookies_of is not None:
-            client.cookies = cookies_of.cookies
-        if token:
-            client.event_hooks["request"].append(with_page_token(client))
-        clients.append(client)
-        return client
+        def make(host: int, cookies_of: httpx.Client | None = None, token: bool = True) -> httpx.Client:
+            client = new(hosts[host].base_url, token)
+            if cookies_of is not None:
+                client.cookies = cookies_of.cookies
+            return client
 
-    yield make
-    for client in clients:
-        client.close()
+        yield make
 
 
 def upload(client: httpx.Client, *files: tuple[str, bytes, str]) -> httpx.Response:
