@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import git_revision, on_embedded_redis  # noqa: E402
+from bench.servers import git_revision, on_embedded_redis, results_file  # noqa: E402
 from webapp.base.models import Usage  # noqa: E402
 from webapp.config import Settings  # noqa: E402
 from webapp.core.admin import Admin  # noqa: E402
@@ -32,7 +32,6 @@ from webapp.storage.spending import utc_day  # noqa: E402
 from webapp.storage.store import Store  # noqa: E402
 from webapp.web.render import render_template  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 async def seed(store: Store, count: int, rng: random.Random) -> None:
@@ -106,8 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = on_embedded_redis("admin", lambda url: measure(url, args.users, args.repeat))
     print(render(rows, args.users))
-    RESULTS.mkdir(exist_ok=True)
-    output = args.output or RESULTS / f"admin-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = results_file("admin", args.output)
     output.write_text(json.dumps({"revision": git_revision(), "users": args.users, "rows": rows}, indent=2, default=str))
     print(f"results: {output}")
 

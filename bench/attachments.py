@@ -39,9 +39,10 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import REPO_ROOT, App, FakeModel, Watcher, Workdir, git_revision, rss_bytes  # noqa: E402
+from bench.servers import (  # noqa: E402
+    REPO_ROOT, App, FakeModel, Watcher, Workdir, git_revision, results_file, rss_bytes,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 APP_ENV = {"OPENAI_VISION_MODELS": "*", "MAX_ATTACHMENT_BYTES": "12000000", "CONVERSATIONS_PER_MINUTE": "0",
            "STORAGE_QUOTA_BYTES": "0", "MAX_STREAMS_PER_USER": "0"}
 STEP_MS = 20  # the bound on how long an upload may hold the event loop at a time
@@ -266,8 +267,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=50, help="users uploading at once in the memory phase")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    output = args.output or RESULTS / f"attachments-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = results_file("attachments", args.output)
     with Workdir("attachments") as workdir:
         model = FakeModel(100.0, 20.0, 50, workdir).start()
         try:

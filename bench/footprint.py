@@ -30,10 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import REPO_ROOT, Workdir, free_port, git_revision, rss_bytes  # noqa: E402
+from bench.servers import REPO_ROOT, Workdir, free_port, git_revision, results_file, rss_bytes  # noqa: E402
 from webapp.base.processes import stop_process  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"install_mb": 150.0, "ready_s": 2.0, "idle_rss_mb": 100.0}
 MB = 2**20
 
@@ -165,8 +164,7 @@ def main() -> int:
           f"{results['import_s']:.2f} s)")
     print(f"  idle RSS (app)     {results['idle_rss_mb']:7.1f} MB   {verdict('idle_rss_mb', results['idle_rss_mb'])}"
           f"   (embedded redis-server beside it: {results['redis_rss_mb']} MB)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    output = args.output or RESULTS / f"footprint-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = results_file("footprint", args.output)
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {output.relative_to(REPO_ROOT) if output.is_relative_to(REPO_ROOT) else output}")
     return 0

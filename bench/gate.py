@@ -41,7 +41,6 @@ from bench.load import (  # noqa: E402
     RELAY_ENV,
     RELAY_SLACK,
     RELAY_TTFT_SLACK_MS,
-    RESULTS,
     UI_RATIO_SLACK,
     LocalWorkers,
     RedisCounter,
@@ -49,7 +48,9 @@ from bench.load import (  # noqa: E402
     measured_phase,
     phase_summary,
 )
-from bench.servers import App, FakeModel, Relay, Watcher, Workdir, export_revision, git_revision, wait_for_quiet  # noqa: E402
+from bench.servers import (  # noqa: E402
+    App, FakeModel, Relay, Watcher, Workdir, export_revision, git_revision, results_file, wait_for_quiet,
+)
 
 SLOWER_SLACK = 1.03  # the work tree's median wall over the reference's
 CPU_SLACK = 1.10  # the work tree's app CPU per turn over the reference's
@@ -170,7 +171,7 @@ def main() -> int:
     args = parser.parse_args()
     ref = git_revision(args.ref)
     work = git_revision(None)
-    output = args.output or RESULTS / f"gate-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = results_file("gate", args.output)
     paths = [PATHS[p.strip()] for p in args.paths.split(",") if p.strip()]
     with Workdir("gate") as workdir:
         model = FakeModel(BENCH_TTFT_MS, BENCH_TOKEN_DELAY_MS, args.tokens, workdir).start()

@@ -32,12 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fake_upstream import BENCH_TOKEN_DELAY_MS, BENCH_TOKENS, BENCH_TTFT_MS  # noqa: E402
 from bench.load import SSEData, percentile  # noqa: E402
-from bench.servers import REPO_ROOT, App, FakeModel, Workdir, export_revision, git_revision  # noqa: E402
+from bench.servers import REPO_ROOT, App, FakeModel, Workdir, export_revision, git_revision, results_file  # noqa: E402
 from webapp.base.models import Conversation, Message, new_id, new_message_id, now_iso  # noqa: E402
 from webapp.core.titles import make_preview  # noqa: E402
 from webapp.storage.store import Store  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (10, 100, 10_000)  # messages in the measured conversations
 FILLER_MESSAGES = 10
 SEARCH_HIT_TITLE = "kubernetes"  # in every 7th filler title: found in metadata at once
@@ -343,8 +342,7 @@ def main() -> int:
     parser.add_argument("--rev", help="run the app as committed at this git revision (default: the work tree)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    output = args.output or RESULTS / f"history-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = results_file("history", args.output)
     revision = git_revision(args.rev)  # once: HEAD may move while the benchmark runs
     with Workdir("history", keep=args.keep) as workdir:
         model = FakeModel(BENCH_TTFT_MS, BENCH_TOKEN_DELAY_MS, BENCH_TOKENS, workdir).start()

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.fake_upstream import BENCH_TOKEN_DELAY_MS, BENCH_TOKENS, BENCH_TTFT_MS  # noqa: E402
 from bench.profiling import PySpy, summarize  # noqa: E402
 from bench.servers import (  # noqa: E402
+    RESULTS,
     REPO_ROOT,
     App,
     FakeModel,
@@ -63,7 +64,6 @@ from tests.fake_upstream import expected_reply  # noqa: E402
 from webapp.base.i18n import t  # noqa: E402
 from webapp.core.roles import get_role  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SWEEP = "1,10,50,200,500,1000"
 TURNS = 3
 RELAY_ENV = "BENCH_RELAY_URL"  # the relay that stores nothing (bench/relay.py; workers inherit it)

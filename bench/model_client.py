@@ -32,12 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fake_upstream import BENCH_TOKEN_DELAY_MS, BENCH_TOKENS, BENCH_TTFT_MS  # noqa: E402
 from bench.load import SSEData, percentile  # noqa: E402
-from bench.servers import REPO_ROOT, FakeModel, Workdir, git_revision  # noqa: E402
+from bench.servers import REPO_ROOT, FakeModel, Workdir, git_revision, results_file  # noqa: E402
 from tests.fake_upstream import expected_reply  # noqa: E402
 from webapp.config import Settings  # noqa: E402
 from webapp.llm.providers import OpenAIProvider  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SYSTEM = "You are a benchmark."
 Stream = Callable[[list[dict[str, str]]], AsyncIterator[str]]
 
@@ -196,8 +195,7 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"some of {','.join(VARIANTS)}")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    output = args.output or RESULTS / f"model-client-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = results_file("model-client", args.output)
     try:
         from uvloop import run as run_loop
     except ImportError:

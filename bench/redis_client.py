@@ -24,11 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis  # noqa: E402
 
-from bench.servers import Workdir, git_revision  # noqa: E402
+from bench.servers import Workdir, git_revision, results_file  # noqa: E402
 from webapp.__main__ import EmbeddedRedis  # noqa: E402
 from webapp.storage.redis_client import LeanConnectionPool  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MESSAGE = '{"id":"m1","role":"user","content":"how do streamed replies work? 多轮对话","ts":"2026-11-25T12:00:00Z"}'
 
 
@@ -134,8 +133,7 @@ def main() -> None:
         finally:
             redis_server.stop()
     print(render(rows))
-    RESULTS.mkdir(exist_ok=True)
-    output = args.output or RESULTS / f"redis-client-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = results_file("redis-client", args.output)
     output.write_text(json.dumps({"revision": git_revision(), "calls": args.calls, "rows": rows}, indent=2))
     print(f"results: {output}")
 

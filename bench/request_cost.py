@@ -28,9 +28,8 @@ import aiohttp
 
 from bench.load import CHANNEL_FIELD, COMPOSER_POST, CSRF_META, REQUEST_ID_FIELD, SSE_CONNECT, PageChannel, SSEEvents
 from bench.profiling import PySpy
-from bench.servers import App, FakeModel, Workdir, cpu_seconds, export_revision, git_revision
+from bench.servers import App, FakeModel, Workdir, cpu_seconds, export_revision, git_revision, results_file
 
-RESULTS = Path(__file__).parent / "results"
 SETTLE_SECONDS = 0.25  # after a reply: its save, the search index write, a generated title
 TURNS = 3
 IDLE_SECONDS = 5.0
@@ -193,7 +192,7 @@ def main() -> int:
         print(f"  {ms:7.2f}  {name}")
     print(f"per turn (page or /chat/start shared over {TURNS} turns): web UI {result['web_turn_ms']} ms, "
           f"API {result['api_turn_ms']} ms, ratio {result['ratio']}")
-    output = Path(args.output) if args.output else RESULTS / f"request-cost-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = results_file("request-cost", args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2))
     print(f"results: {output}")

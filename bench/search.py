@@ -14,7 +14,6 @@ prefix being typed, Chinese bigrams; and, for comparison, the scan the app used 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 import statistics
@@ -24,14 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import git_revision, on_embedded_redis  # noqa: E402
+from bench.servers import git_revision, on_embedded_redis, results_file  # noqa: E402
 from webapp.base.models import WELCOME, Conversation, Message, new_id, new_message_id, now_iso  # noqa: E402
 from webapp.config import Settings  # noqa: E402
 from webapp.core.search import SearchIndex, terms_of  # noqa: E402
 from webapp.storage.redis_client import create_single_redis  # noqa: E402
 from webapp.storage.store import Store  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 USER = "u_benchsearch0000000000"
 WORDS = ("python redis stream reply model context window token latency memory cluster slot index "
          "search title role prompt export import share link browser server client cache queue worker "
@@ -132,8 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = on_embedded_redis("search", lambda url: measure(url, args.conversations, args.repeat))
     print(render(rows, args.conversations))
-    RESULTS.mkdir(exist_ok=True)
-    output = args.output or RESULTS / f"search-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = results_file("search", args.output)
     output.write_text(json.dumps({"revision": git_revision(), "conversations": args.conversations,
                                   "rows": rows}, indent=2, default=str))
     print(f"results: {output}")

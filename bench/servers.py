@@ -28,8 +28,15 @@ from webapp.base.processes import stop_process
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "bench" / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def results_file(name: str, given: Path | None = None) -> Path:
+    """Where a benchmark writes its JSON: `given` (its --output), else bench/results/<name>-<date-time>.json."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return Path(given) if given else RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
 def free_port() -> int:

@@ -29,13 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fake_upstream import BENCH_TOKEN_DELAY_MS, BENCH_TOKENS, BENCH_TTFT_MS  # noqa: E402
 from bench.history import INDEX_TTL_DAYS, TTL_DAYS, one_turn, seeded_message, time_get  # noqa: E402
-from bench.servers import REPO_ROOT, App, FakeModel, Workdir, git_revision  # noqa: E402
+from bench.servers import REPO_ROOT, App, FakeModel, Workdir, git_revision, results_file  # noqa: E402
 from webapp.base.models import Conversation, new_id  # noqa: E402
 from webapp.core.shelves import MAX_PINS  # noqa: E402
 from webapp.core.titles import make_preview  # noqa: E402
 from webapp.storage.store import Store  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BUDGET_MS = 30.0
 
 
@@ -147,8 +146,7 @@ def main() -> int:
     parser.add_argument("--conversations", type=int, default=2_000)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    output = args.output or RESULTS / f"sidebar-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = results_file("sidebar", args.output)
     revision = git_revision(None)
     with Workdir("sidebar", keep=False) as workdir:
         model = FakeModel(BENCH_TTFT_MS, BENCH_TOKEN_DELAY_MS, BENCH_TOKENS, workdir).start()
