@@ -328,18 +328,17 @@ class LeanConnectionPool(ConnectionPool):
         """Give a connection back with no await (a pipeline's reset: no task for a shielded release); False
         when it must be disconnected first (release does that)."""
         if connection not in self._in_use_connections:
-            return True
+            return True  # already returned: a second idle copy would let two callers share one socket
         if connection.should_reconnect():
             return False
         self._pass_on(connection)
         return True
 
     async def release(self, connection: AbstractConnection) -> None:
-        if connection not in self._in_use_connections:
-            return  # already returned: a second idle copy would let two callers share one socket
+        if self.release_now(connection):
+            return
         try:
-            if connection.should_reconnect():
-                await connection.disconnect()
+            await connection.disconnect()
         finally:
             self._pass_on(connection)
 
