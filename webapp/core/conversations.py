@@ -376,8 +376,12 @@ class Conversations(ConversationListing):
         streaming = None
         if conversation.running_turn_id and before is None:
             text, seq, finished = await self.reader.progress(conversation.user_id, conversation.running_turn_id)
-            if finished:  # it ended between reading the metadata and now: show the saved reply
-                conversation = await self.store.get_conversation(conversation.user_id, conversation.id) or conversation
+            # the save's MULTI writes the reply and clears the metadata's running turn at once, and the run on
+            # this worker hears of it a step later: the metadata read after the messages says whether they hold it
+            current = await self.store.get_conversation(conversation.user_id, conversation.id)
+            if finished or current is None or current.running_turn_id != conversation.running_turn_id:
+                # it ended between reading the metadata and now: show the saved reply
+                conversation = current or conversation
                 messages, first_index, _ = await self.message_page(conversation, limit=limit)
             else:
                 streaming = Streaming(turn_id=conversation.running_turn_id, after=seq, text=text)
