@@ -82,6 +82,11 @@ def test_picked_files_show_as_chips_and_the_model_and_the_bubble_get_them(demo_p
 
 def test_alt_u_opens_the_picker_and_a_pasted_or_dropped_file_becomes_a_chip(demo_page) -> None:
     page = demo_page()
+    # Playwright asks Chromium to report file choosers when the first listener is added, without
+    # waiting for the answer: a key pressed at once can open a chooser nobody intercepts (seen on
+    # a loaded CI machine, the input clicked and no event). Listen first, then a round trip.
+    page.on("filechooser", lambda _chooser: None)
+    page.evaluate("() => document.readyState")
     page.focus("#composer-input")
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Alt+U")
