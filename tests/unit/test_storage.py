@@ -274,6 +274,7 @@ async def test_closing_the_store_closes_its_connections(core: Core) -> None:
 
 async def test_terms_a_conversation_already_holds_cost_one_command_and_their_ttls_are_still_renewed(core: Core) -> None:
     store, k = core.store, core.store.keys
+    await store.redis.hset(k.meta(ALICE, "s1"), "user_id", ALICE)  # (a conversation's: only those are indexed)
     words = [f"word{i}" for i in range(40)]
     await store.index_terms([(ALICE, "s1", words)])
     assert await store.redis.smembers(k.term(ALICE, "word7")) == {"s1"}
@@ -298,6 +299,7 @@ async def test_terms_a_conversation_already_holds_cost_one_command_and_their_ttl
 
 async def test_a_terms_set_that_expired_while_the_conversation_still_names_it_comes_back(core: Core) -> None:
     store, k = core.store, core.store.keys
+    await store.redis.hset(k.meta(ALICE, "s1"), "user_id", ALICE)
     await store.index_terms([(ALICE, "s1", ["foo", "bar"])])
     await store.redis.delete(k.term(ALICE, "foo"))  # expired (or evicted) alone: the conversation's list still names it
     await store.index_terms([(ALICE, "s1", ["foo"])])  # within the day: a known term costs one SADD, nothing more
@@ -311,3 +313,12 @@ async def test_a_terms_set_that_expired_while_the_conversation_still_names_it_co
     await store.index_terms([(ALICE, "s1", ["baz"])])  # a turn that does not even say "foo"
     assert await store.redis.smembers(k.term(ALICE, "foo")) == {"s1"}
     assert await store.redis.ttl(k.term(ALICE, "foo")) > store.index_ttl - 60
+
+
+async def test_terms_of_a_conversation_that_is_gone_are_not_written(core: Core) -> None:
+    """(Terms queued for a conversation, or its reply saved, just before a delete removed its entries.)"""
+    store, k = core.store, core.store.keys
+    await store.index_terms([(ALICE, "gone", ["foo", "bar"])])
+    await store.index_terms([(ALICE, "gone", ["foo"])], renew=True)
+    assert await store.redis.keys("*gone*") == []
+    assert await store.redis.zrange(k.lexicon(ALICE), 0, -1) == []

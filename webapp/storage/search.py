@@ -74,8 +74,10 @@ redis.call('del', KEYS[2], KEYS[3])
 return found
 """
 
-# Index one conversation's new terms: KEYS = lexicon, the conversation's term set, then each term's set;
-# ARGV = conversation id, TTL, the prefix of a term's key, '1' to renew every term, then the terms (in
+# Index one conversation's new terms: KEYS = lexicon, the conversation's term set, then each term's set,
+# then the conversation's metadata (nothing is written for a conversation that is gone: terms queued
+# for it, or a reply saved, just before a delete removed its entries must not bring them back); ARGV =
+# conversation id, TTL, the prefix of a term's key, '1' to renew every term, then the terms (in
 # KEYS' order). One call instead of two commands per term: a reply has dozens of terms, and each command
 # queued in a pipeline costs the app more than the server. A term the conversation already holds costs
 # one SADD: its set and the lexicon are written for a term new to the conversation. Once a day (or half
@@ -85,9 +87,10 @@ return found
 # (Its term keys share the conversation's hash tag: one slot.) A later turn mostly repeats words, and
 # its terms were ~270 of a turn's Redis commands.
 INDEX_TERMS = """
+if redis.call('hexists', KEYS[#KEYS], 'user_id') == 0 then return 0 end
 local sid, ttl, owner = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local renew = ARGV[4] == '1' or redis.call('ttl', KEYS[2]) < ttl - math.min(86400, ttl / 2)
-for i = 3, #KEYS do
+for i = 3, #KEYS - 1 do
   local term = ARGV[i + 2]
   if redis.call('sadd', KEYS[2], term) == 1 and not renew then
     redis.call('sadd', KEYS[i], sid)
@@ -105,7 +108,7 @@ if renew then
   redis.call('expire', KEYS[2], ttl)
   redis.call('expire', KEYS[1], ttl)
 end
-return #KEYS - 2
+return #KEYS - 3
 """
 
 
@@ -156,8 +159,9 @@ class SearchStore(StoreBase):
         if not terms:
             return
         owner = k.term(uid, "")  # (every term's key is this plus the term)
-        pipe.eval(INDEX_TERMS, len(terms) + 2, k.lexicon(uid), k.conversation_terms(uid, sid),
-                  *[owner + term for term in terms], sid, self.index_ttl, owner, "1" if renew else "0", *terms)
+        pipe.eval(INDEX_TERMS, len(terms) + 3, k.lexicon(uid), k.conversation_terms(uid, sid),
+                  *[owner + term for term in terms], k.meta(uid, sid), sid, self.index_ttl, owner, "1" if renew else "0",
+                  *terms)
 
     async def index_terms(self, entries: Iterable[tuple[str, str, Iterable[str]]], *, renew: bool = False) -> None:
         """Add (uid, sid, terms) entries to their owners' search indexes: one pipeline for them all.

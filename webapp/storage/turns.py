@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from webapp.base.models import Conversation, Lease, Message, TurnEvent, TurnInfo, TurnLock
+from webapp.storage.base import claim_deadline
 from webapp.storage.keys import TurnRef
 from webapp.storage.spending import SpendingStore
 from webapp.storage.turn_events import (
@@ -21,6 +22,31 @@ from webapp.storage.turn_events import (
 TURN_RETENTION_SECONDS = 86400
 
 REQUEST_ID_SECONDS = 600  # a repeated form (same request id) within this long starts no second turn
+
+# A reply's writes to its conversation (finish_turn), made only while the conversation exists (its
+# metadata names its owner): a delete can land while the reply generates (its turn began after the
+# delete read the conversation, or it runs on another host) and must not get back a metadata hash with
+# no owner and a message list holding only the reply. The TTLs are base._refresh_ttls's.
+# KEYS: meta, messages, session index, versions, forks, files, claim; ARGV: the reply's JSON ('' for
+# none), preview, updated, index score, tokens to add, conversation TTL, index TTL, claim value, session
+# id. 1: written; 0: the conversation is gone, nothing was.
+SAVE_REPLY = """
+if redis.call('hexists', KEYS[1], 'user_id') == 0 then return 0 end
+if ARGV[1] ~= '' then
+  redis.call('rpush', KEYS[2], ARGV[1])
+  redis.call('hincrby', KEYS[1], 'count', 1)
+  redis.call('hset', KEYS[1], 'preview', ARGV[2], 'updated', ARGV[3], 'turn', '')
+  redis.call('zadd', KEYS[3], ARGV[4], ARGV[9])
+else
+  redis.call('hset', KEYS[1], 'turn', '')
+end
+if ARGV[5] ~= '0' then redis.call('hincrby', KEYS[1], 'tok', ARGV[5]) end
+for _, i in ipairs({2, 4, 5, 6}) do redis.call('expire', KEYS[i], ARGV[6]) end
+redis.call('expire', KEYS[1], ARGV[7])
+redis.call('expire', KEYS[3], ARGV[7])
+redis.call('set', KEYS[7], ARGV[8])
+return 1
+"""
 
 # Give a conversation's lock back only if it is still the holder's: a save retried after its
 # lock expired must not drop the lock another turn has taken since.
@@ -216,8 +242,11 @@ class TurnStore(TurnEventStore, SpendingStore):
         conversation_exists: bool = True,
         spending_day: str = "",
         lane: bool = False,
-    ) -> None:
+    ) -> bool:
         """Save the reply, write the stream's last chunks and final event, release the lock: one MULTI.
+        True when the reply (or, with none, the end of the turn) was written to its conversation; False
+        when the conversation is gone (deleted meanwhile, here or on another host: SAVE_REPLY), or the
+        caller knows so (`conversation_exists`).
 
         `preview` is what the session list shows for the conversation once `reply` is saved. With a
         `spending_day` (YYYY-MM-DD), the reply's tokens are added to its user's sums (even when its
@@ -226,14 +255,14 @@ class TurnStore(TurnEventStore, SpendingStore):
         sid, uid, k = conversation.id, conversation.user_id, self.keys
         ref = TurnRef(uid, turn_id)
         now = time.time()
+        usage = reply.usage if reply is not None and spending_day else None  # (counted: what it spent)
         async with self.redis.pipeline(transaction=True) as pipe:
-            if reply is not None and conversation_exists:
-                pipe.rpush(k.messages(uid, sid), reply.to_json())
-                pipe.hincrby(k.meta(uid, sid), "count", 1)
-                pipe.hset(k.meta(uid, sid), mapping={"preview": preview, "updated": repr(now), "turn": ""})
-                pipe.zadd(k.index(uid), {sid: now * 1000})
-            elif conversation_exists:
-                pipe.hset(k.meta(uid, sid), "turn", "")
+            if conversation_exists:  # (the first command: its answer is results[0])
+                pipe.eval(SAVE_REPLY, 7, k.meta(uid, sid), k.messages(uid, sid), k.index(uid), k.versions(uid, sid),
+                          k.forks(uid, sid), k.files(uid, sid), k.claim(uid),
+                          reply.to_json() if reply is not None else "", preview, repr(now), repr(now * 1000),
+                          usage.input_tokens + usage.output_tokens if usage is not None else 0,
+                          self.conversation_ttl, self.index_ttl, claim_deadline(self.index_ttl), sid)
             pipe.hset(
                 k.turn(ref),
                 mapping={"status": reply.status if reply else "error", "message_id": reply.id if reply else ""},
@@ -246,17 +275,14 @@ class TurnStore(TurnEventStore, SpendingStore):
             pipe.expire(k.events(ref), STREAM_RETENTION_SECONDS)
             if release_lock:
                 pipe.eval(RELEASE_LOCK, 1, k.lock(uid, sid), turn_id)
-            if spending_day and reply is not None and reply.usage is not None:
-                self._count_spending(pipe, uid, spending_day, reply.model, reply.usage)
-                if conversation_exists:
-                    pipe.hincrby(k.meta(uid, sid), "tok", reply.usage.input_tokens + reply.usage.output_tokens)
+            if usage is not None and reply is not None:
+                self._count_spending(pipe, uid, spending_day, reply.model, usage)
             if lane:
                 self._release_lane(pipe, uid, turn_id)
-            if conversation_exists:
-                self._refresh_ttls(pipe, uid, sid)
-            await pipe.execute()
+            results = await pipe.execute()
         if self.cluster:
             await self._wake_readers([ref])
+        return conversation_exists and results[0] == 1
 
     async def abandon_turn(self, conversation: Conversation, turn_id: str, final_event: TurnEvent) -> bool:
         """A turn whose save failed for good: nothing of its reply stays, the lock goes, readers elsewhere get

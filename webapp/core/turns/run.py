@@ -85,6 +85,7 @@ class TurnRun:
     forked: bool = False  # a regenerate or an edit: the reply starts a new version of the branch
     asked: bool = False  # this turn stored a new user message (not a retry, regenerate or edit)
     saved: "SavedReply | None" = None  # once saved: what the page's final bubble shows, without a read
+    kept: bool = False  # its reply is in its conversation's history (not deleted meanwhile): the saved hooks run
     usage: Usage = field(default_factory=lambda: Usage(estimated=True))  # the model's counts, else estimated
     lane: bool = False  # it holds its user's budget lane (core/spending.py): given back when saved
 

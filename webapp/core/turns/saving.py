@@ -56,7 +56,8 @@ class TurnSaving(WriterState):
         elif reply is not None:
             if reply.usage is not None:
                 self.metrics.tokens_used(reply.model, reply.usage.input_tokens, reply.usage.output_tokens)
-            for hook in self.saved_hooks:
+            # (the search index, the title writer: not for a reply whose conversation was deleted meanwhile)
+            for hook in self.saved_hooks if run.kept else ():
                 try:
                     hook(run, reply)
                 except Exception:
@@ -81,15 +82,14 @@ class TurnSaving(WriterState):
 
         Only failures that pass by themselves are retried (storage/failures.py), and a retry first
         asks whether the previous attempt was applied after all (its reply lost on the way back), so
-        a reply is never saved twice. A conversation deleted while its reply was generating gets only
-        the final event, not a new history.
+        a reply is never saved twice. A conversation deleted while its reply was generating (on whichever
+        host, whether or not the delete stopped the reply) gets only the final event, not a new history:
+        the save checks in Redis that the conversation still exists (storage/turns.SAVE_REPLY).
         """
         deadline = time.monotonic() + self.settings.turn_timeout_seconds
         backoff = 0.1
         preview = make_preview(reply.content) if reply else ""
         unwritten: list[TurnEvent] | None = None
-        # only a cancelled turn can have lost its conversation (deleting one stops its reply)
-        exists = not run.cancel_reason or await self._conversation_exists(run)
         attempt = 0
         while True:
             attempt += 1
@@ -99,14 +99,16 @@ class TurnSaving(WriterState):
                     info = await self.store.get_turn(run.ref)
                     if info is not None and info.status != "running":  # saved by the first attempt after all,
                         if reply is None or info.message_id == reply.id:  # or by another host's recovery
+                            run.kept = reply is not None  # (as far as can be known: its conversation existed)
                             return final
                         return TurnEvent(seq=final.seq, type="error", content=t("error.interrupted", run.lang))
-                await self.store.finish_turn(
+                written = await self.store.finish_turn(
                     run.conversation, turn_id=run.id, reply=reply, preview=preview,
-                    final_event=final, unwritten=unwritten, conversation_exists=exists,
+                    final_event=final, unwritten=unwritten,
                     spending_day=utc_day() if reply is not None else "", lane=run.lane,
                 )
-                if reply is not None and exists:  # (what finish_turn wrote to the conversation)
+                run.kept = reply is not None and written
+                if reply is not None and written:  # (what finish_turn wrote to the conversation)
                     before = run.conversation
                     run.saved = SavedReply(reply=reply, index=before.message_count, conversation=replace(
                         before, preview=preview, message_count=before.message_count + 1,
@@ -139,9 +141,3 @@ class TurnSaving(WriterState):
         except RedisError as exc:
             log.error("turn %s: could not release the conversation after a failed save: %s", run.id, exc)
             return TurnEvent(seq=seq, type="error", content=t("error.save_pending", run.lang))
-
-    async def _conversation_exists(self, run: TurnRun) -> bool:
-        try:
-            return await self.store.get_conversation(run.conversation.user_id, run.conversation.id) is not None
-        except RedisError:
-            return True
