@@ -238,6 +238,33 @@ async def test_a_reply_that_ends_after_its_conversation_was_deleted_writes_nothi
             if await core.store.redis.exists(key)] == []
 
 
+async def test_a_turn_whose_conversation_is_deleted_as_it_starts_writes_nothing_and_frees_the_lock(core: Core) -> None:
+    """(A delete does not wait for the lock: between the lock's round trip and the start's, it found no running
+    reply to stop and removed the keys; the start then wrote a metadata hash with no owner, the message and
+    the session index entry back.)"""
+    conversation = await core.conversations.create(ALICE)
+    save_turn_start = core.store.save_turn_start
+
+    async def deleted_in_between(*args: object, **kwargs: object) -> object:
+        await core.conversations.delete(await core.conversations.owned(conversation.id, ALICE))
+        return await save_turn_start(*args, **kwargs)  # type: ignore[arg-type]
+
+    core.store.save_turn_start = deleted_in_between  # type: ignore[method-assign]
+    try:
+        with pytest.raises(SessionNotFound):
+            await core.writer.start_turn(conversation.id, ALICE, "hello there", None, "en")
+    finally:
+        del core.store.save_turn_start
+    await core.search.flush()
+
+    assert await core.store.get_conversation(ALICE, conversation.id) is None
+    assert (await core.conversations.browse(ALICE)).items == []
+    assert [key for key in core.store.keys.conversation_keys(ALICE, conversation.id)
+            if await core.store.redis.exists(key)] == []
+    assert await core.store.lock_holder(ALICE, conversation.id) is None
+    assert core.writer.runs == {}
+
+
 async def test_a_finished_turn_replays_every_event_exactly_once_from_any_event_id(core: Core) -> None:
     conversation = await core.conversations.create(ALICE)
     started = await core.writer.start_turn(conversation.id, ALICE, "count slowly [[tokens:30]] [[delay:15]]", None,

@@ -73,7 +73,7 @@ async def test_the_sum_rides_in_the_saves_multi(core: Core) -> None:
     hincrby = after.get("cmdstat_hincrby", {}).get("calls", 0) - before.get("cmdstat_hincrby", {}).get("calls", 0)
     exec_calls = after["cmdstat_exec"]["calls"] - before["cmdstat_exec"]["calls"]
     assert hincrby == 4 + 1 + 1  # in, out, replies, the month's total; the conversation's total; its count
-    assert exec_calls == 2  # the start's MULTI and the save's, as before
+    assert exec_calls == 1  # the save's MULTI, as before (the start is one script, START_TURN)
 
 
 def test_prices_and_the_reset_date() -> None:

@@ -23,6 +23,36 @@ TURN_RETENTION_SECONDS = 86400
 
 REQUEST_ID_SECONDS = 600  # a repeated form (same request id) within this long starts no second turn
 
+# A turn's start (save_turn_start): the user message, the conversation's metadata and session index, the
+# turn's state, the TTLs (base._refresh_ttls's, less the versions'), then the context window read back; only
+# while the conversation exists: the lock proved it, but a delete does not wait for a lock (it stops the
+# running reply, which this one is not yet) and must not get back a metadata hash with no owner and a
+# list holding only this message. KEYS: meta, messages, session index, turn, claim, archive, the message's
+# id key; ARGV: the message's JSON ('' for none), conversation TTL, title, preview, role, count, updated,
+# turn id, index score, '1' to unarchive, session id, user id, turn TTL, index TTL, claim value, context
+# size. The window (a list), or nil when the conversation is gone and nothing was written.
+START_TURN = """
+if redis.call('hexists', KEYS[1], 'user_id') == 0 then return false end
+if ARGV[1] ~= '' then
+  redis.call('rpush', KEYS[2], ARGV[1])
+  redis.call('set', KEYS[7], ARGV[11], 'EX', ARGV[2])
+end
+redis.call('hset', KEYS[1], 'title', ARGV[3], 'preview', ARGV[4], 'role', ARGV[5], 'count', ARGV[6],
+           'updated', ARGV[7], 'turn', ARGV[8], 'last', ARGV[8])
+redis.call('zadd', KEYS[3], ARGV[9], ARGV[11])
+if ARGV[10] == '1' then
+  redis.call('hdel', KEYS[1], 'archived')
+  redis.call('zrem', KEYS[6], ARGV[11])
+end
+redis.call('hset', KEYS[4], 'session_id', ARGV[11], 'user_id', ARGV[12], 'status', 'running', 'message_id', '')
+redis.call('expire', KEYS[4], ARGV[13])
+redis.call('expire', KEYS[2], ARGV[2])
+redis.call('expire', KEYS[1], ARGV[14])
+redis.call('expire', KEYS[3], ARGV[14])
+redis.call('set', KEYS[5], ARGV[15])
+return redis.call('lrange', KEYS[2], -tonumber(ARGV[16]), -1)
+"""
+
 # A reply's writes to its conversation (finish_turn), made only while the conversation exists (its
 # metadata names its owner): a delete can land while the reply generates (its turn began after the
 # delete read the conversation, or it runs on another host) and must not get back a metadata hash with
@@ -195,39 +225,28 @@ class TurnStore(TurnEventStore, SpendingStore):
     async def save_turn_start(
         self, conversation: Conversation, message: Message | None, *, turn_id: str, context_messages: int,
         unarchive: bool = False,
-    ) -> list[Message]:
-        """Save the user message and the turn's state, and read the context window back: one MULTI.
+    ) -> list[Message] | None:
+        """Save the user message and the turn's state, and read the context window back: one script
+        (START_TURN), which writes nothing and returns None when the conversation is gone (deleted since
+        the lock was taken).
 
         `conversation` already carries what the turn changes (title, preview, role, count,
         updated); the lock makes this the only writer of its count while the turn starts.
         The window is the last `context_messages` messages (LRANGE -N -1), whatever the length.
         A user message is also indexed by its id (editing it by id needs its conversation).
-        `unarchive`: the conversation leaves the archive (two more commands, only then).
+        `unarchive`: the conversation leaves the archive.
         """
         sid, uid, k = conversation.id, conversation.user_id, self.keys
-        ref = TurnRef(uid, turn_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if message is not None:  # None: a retry or a regenerated reply answers the message already there
-                pipe.rpush(k.messages(uid, sid), message.to_json())
-                pipe.set(k.message(uid, message.id), sid, ex=self.conversation_ttl)
-            pipe.hset(
-                k.meta(uid, sid),
-                mapping={
-                    "title": conversation.title, "preview": conversation.preview, "role": conversation.role,
-                    "count": conversation.message_count, "updated": repr(conversation.updated), "turn": turn_id,
-                    "last": turn_id,
-                },
-            )
-            pipe.zadd(k.index(uid), {sid: conversation.updated * 1000})
-            if unarchive:
-                pipe.hdel(k.meta(uid, sid), "archived")
-                pipe.zrem(k.archived(uid), sid)
-            pipe.hset(k.turn(ref), mapping={"session_id": sid, "user_id": uid, "status": "running", "message_id": ""})
-            pipe.expire(k.turn(ref), TURN_RETENTION_SECONDS)
-            self._refresh_ttls(pipe, uid, sid, versions=False)
-            pipe.lrange(k.messages(uid, sid), -context_messages, -1)
-            results = await pipe.execute()
-        return [Message.from_json(raw) for raw in results[-1]]
+        message_key = k.message(uid, message.id if message is not None else "-")
+        window = await self.redis.eval(
+            START_TURN, 7, k.meta(uid, sid), k.messages(uid, sid), k.index(uid), k.turn(TurnRef(uid, turn_id)),
+            k.claim(uid), k.archived(uid), message_key,
+            message.to_json() if message is not None else "", self.conversation_ttl, conversation.title,
+            conversation.preview, conversation.role, conversation.message_count, repr(conversation.updated), turn_id,
+            repr(conversation.updated * 1000), "1" if unarchive else "0", sid, uid, TURN_RETENTION_SECONDS,
+            self.index_ttl, claim_deadline(self.index_ttl), context_messages,
+        )
+        return None if window is None else [Message.from_json(raw) for raw in window]
 
     async def finish_turn(
         self,

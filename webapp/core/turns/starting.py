@@ -229,6 +229,8 @@ class TurnStarting(WriterState):
                 conversation, message, turn_id=turn_id, context_messages=self.settings.context_messages,
                 unarchive=unarchive,
             )
+            if context is None:  # deleted since the lock was taken: nothing was written
+                raise SessionNotFound()
         except BaseException:
             try:
                 await self.store.release_lock(user_id, session_id, turn_id)
