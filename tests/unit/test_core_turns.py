@@ -238,23 +238,34 @@ async def test_a_reply_that_ends_after_its_conversation_was_deleted_writes_nothi
             if await core.store.redis.exists(key)] == []
 
 
-async def test_a_turn_whose_conversation_is_deleted_as_it_starts_writes_nothing_and_frees_the_lock(core: Core) -> None:
+@pytest.mark.parametrize("kind", ["send", "edit"])
+async def test_a_turn_whose_conversation_is_deleted_as_it_starts_writes_nothing_and_frees_the_lock(
+    core: Core, kind: str
+) -> None:
     """(A delete does not wait for the lock: between the lock's round trip and the start's, it found no running
     reply to stop and removed the keys; the start then wrote a metadata hash with no owner, the message and
-    the session index entry back.)"""
+    the session index entry back. An edit writes its new branch before that: it goes too.)"""
     conversation = await core.conversations.create(ALICE)
-    save_turn_start = core.store.save_turn_start
+    if kind == "edit":
+        first = await core.writer.start_turn(conversation.id, ALICE, "first words [[tokens:3]]", None, "en")
+        await core.finish(ALICE, first)
+    step = "write_branch" if kind == "edit" else "save_turn_start"  # the start's first write
+    write = getattr(core.store, step)
 
     async def deleted_in_between(*args: object, **kwargs: object) -> object:
         await core.conversations.delete(await core.conversations.owned(conversation.id, ALICE))
-        return await save_turn_start(*args, **kwargs)  # type: ignore[arg-type]
+        return await write(*args, **kwargs)
 
-    core.store.save_turn_start = deleted_in_between  # type: ignore[method-assign]
+    setattr(core.store, step, deleted_in_between)
     try:
         with pytest.raises(SessionNotFound):
-            await core.writer.start_turn(conversation.id, ALICE, "hello there", None, "en")
+            if kind == "edit":
+                assert first.user_message is not None
+                await core.writer.edit(conversation.id, ALICE, first.user_message.id, "other words", "en")
+            else:
+                await core.writer.start_turn(conversation.id, ALICE, "hello there", None, "en")
     finally:
-        del core.store.save_turn_start
+        delattr(core.store, step)
     await core.search.flush()
 
     assert await core.store.get_conversation(ALICE, conversation.id) is None

@@ -339,15 +339,15 @@ class Conversations(ConversationListing):
     async def delete(self, conversation: Conversation) -> None:
         """Delete for good; a reply still being written is stopped first."""
         await self.writer.stop_reply(conversation, until_saved=True)
-        await self._forget(conversation)
         await self.store.delete_conversation(conversation)
+        await self._forget(conversation)  # (after: terms queued meanwhile find no conversation to index)
         await self.quota.changed(conversation.user_id)  # (room made: a "full" figure is measured again)
 
     async def delete_undoably(self, conversation: Conversation) -> None:
         """Delete, keeping a copy for UNDO_SECONDS so the web UI's Undo can put it back."""
         await self.writer.stop_reply(conversation, until_saved=True)
-        await self._forget(conversation)
         await self.store.delete_undoably(conversation, keep_seconds=UNDO_SECONDS)
+        await self._forget(conversation)
         await self.quota.changed(conversation.user_id)
 
     async def _forget(self, conversation: Conversation) -> None:

@@ -29,8 +29,9 @@ REQUEST_ID_SECONDS = 600  # a repeated form (same request id) within this long s
 # running reply, which this one is not yet) and must not get back a metadata hash with no owner and a
 # list holding only this message. KEYS: meta, messages, session index, turn, claim, archive, the message's
 # id key; ARGV: the message's JSON ('' for none), conversation TTL, title, preview, role, count, updated,
-# turn id, index score, '1' to unarchive, session id, user id, turn TTL, index TTL, claim value, context
-# size. The window (a list), or nil when the conversation is gone and nothing was written.
+# turn id, index score, '1' to unarchive, session id, user id, turn TTL, index TTL, claim value, where the
+# context window starts (-N). The window (a list), or nil when the conversation is gone and nothing was
+# written.
 START_TURN = """
 if redis.call('hexists', KEYS[1], 'user_id') == 0 then return false end
 if ARGV[1] ~= '' then
@@ -50,7 +51,17 @@ redis.call('expire', KEYS[2], ARGV[2])
 redis.call('expire', KEYS[1], ARGV[14])
 redis.call('expire', KEYS[3], ARGV[14])
 redis.call('set', KEYS[5], ARGV[15])
-return redis.call('lrange', KEYS[2], -tonumber(ARGV[16]), -1)
+return redis.call('lrange', KEYS[2], ARGV[16], -1)
+"""
+
+# What an edit, a regenerate or a turn with files wrote before its start found the conversation gone
+# (START_TURN): a branch (messages, versions, forks, the metadata's count and preview), files moved in.
+# KEYS: meta, messages, versions, forks, files (keys.conversation_keys), session index; ARGV: session id.
+DROP_OWNERLESS = """
+if redis.call('hexists', KEYS[1], 'user_id') == 1 then return 0 end
+redis.call('del', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('zrem', KEYS[6], ARGV[1])
+return 1
 """
 
 # A reply's writes to its conversation (finish_turn), made only while the conversation exists (its
@@ -244,9 +255,15 @@ class TurnStore(TurnEventStore, SpendingStore):
             message.to_json() if message is not None else "", self.conversation_ttl, conversation.title,
             conversation.preview, conversation.role, conversation.message_count, repr(conversation.updated), turn_id,
             repr(conversation.updated * 1000), "1" if unarchive else "0", sid, uid, TURN_RETENTION_SECONDS,
-            self.index_ttl, claim_deadline(self.index_ttl), context_messages,
+            self.index_ttl, claim_deadline(self.index_ttl), -context_messages,  # (from Python: -0 is "0")
         )
-        return None if window is None else [Message.from_json(raw) for raw in window]
+        return [Message.from_json(raw) for raw in window] if isinstance(window, list) else None
+
+    async def drop_ownerless(self, uid: str, sid: str) -> None:
+        """After a start found its conversation gone: what the start wrote before it found out (an edit's or a
+        regenerate's new branch, the files it moved in) goes too, unless the conversation is back (an undo)."""
+        k = self.keys
+        await self.redis.eval(DROP_OWNERLESS, 6, *k.conversation_keys(uid, sid), k.index(uid), sid)
 
     async def finish_turn(
         self,

@@ -229,7 +229,9 @@ class TurnStarting(WriterState):
                 conversation, message, turn_id=turn_id, context_messages=self.settings.context_messages,
                 unarchive=unarchive,
             )
-            if context is None:  # deleted since the lock was taken: nothing was written
+            if context is None:  # deleted since the lock was taken: the start wrote nothing
+                if fork_index is not None or files:  # (but an edit's branch, or files moved in, came before)
+                    await self.store.drop_ownerless(user_id, session_id)
                 raise SessionNotFound()
         except BaseException:
             try:
