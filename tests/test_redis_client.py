@@ -18,11 +18,12 @@ from webapp.storage.redis_client import LeanConnectionPool, with_hiredis_packing
 
 
 def run_with_client(
-    redis_server: RedisServer, body: Callable[[Redis, LeanConnectionPool], Awaitable[Any]], **pool_options: Any
+    redis_server: RedisServer, body: Callable[[Redis, LeanConnectionPool], Awaitable[Any]], *,
+    client_class: type[Redis] = Redis, **pool_options: Any
 ) -> Any:
     async def main() -> Any:
         pool = LeanConnectionPool.from_url(redis_server.url, decode_responses=True, **pool_options)
-        client = Redis(connection_pool=pool)
+        client = client_class(connection_pool=pool)
         try:
             return await body(client, pool)
         finally:
@@ -194,17 +195,14 @@ def run_with_lean(redis_server: RedisServer, body: Callable[[Redis, Redis], Awai
     """`body(lean, plain)`: the app's client (LeanRedis: replies read in one loop) and redis-py's own."""
     from webapp.storage.redis_client import LeanRedis
 
-    async def main() -> Any:
-        lean = LeanRedis(connection_pool=LeanConnectionPool.from_url(redis_server.url, decode_responses=True,
-                                                                     **pool_options))
+    async def with_plain(lean: Redis, pool: LeanConnectionPool) -> Any:
         plain = Redis.from_url(redis_server.url, decode_responses=True)
         try:
             return await body(lean, plain)
         finally:
-            await lean.aclose()
             await plain.aclose()
 
-    return run_async(main)
+    return run_with_client(redis_server, with_plain, client_class=LeanRedis, **pool_options)
 
 
 async def a_turns_commands(client: Redis, transaction: bool, key: str) -> list[Any]:
