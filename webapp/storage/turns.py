@@ -275,14 +275,12 @@ class TurnStore(TurnEventStore, SpendingStore):
         final_event: TurnEvent,
         unwritten: list[TurnEvent] | None = None,
         release_lock: bool = True,
-        conversation_exists: bool = True,
         spending_day: str = "",
         lane: bool = False,
     ) -> bool:
         """Save the reply, write the stream's last chunks and final event, release the lock: one MULTI.
         True when the reply (or, with none, the end of the turn) was written to its conversation; False
-        when the conversation is gone (deleted meanwhile, here or on another host: SAVE_REPLY), or the
-        caller knows so (`conversation_exists`).
+        when the conversation is gone (deleted meanwhile, here or on another host: SAVE_REPLY).
 
         `preview` is what the session list shows for the conversation once `reply` is saved. With a
         `spending_day` (YYYY-MM-DD), the reply's tokens are added to its user's sums (even when its
@@ -293,12 +291,12 @@ class TurnStore(TurnEventStore, SpendingStore):
         now = time.time()
         usage = reply.usage if reply is not None and spending_day else None  # (counted: what it spent)
         async with self.redis.pipeline(transaction=True) as pipe:
-            if conversation_exists:  # (the first command: its answer is results[0])
-                pipe.eval(SAVE_REPLY, 7, k.meta(uid, sid), k.messages(uid, sid), k.index(uid), k.versions(uid, sid),
-                          k.forks(uid, sid), k.files(uid, sid), k.claim(uid),
-                          reply.to_json() if reply is not None else "", preview, repr(now), repr(now * 1000),
-                          usage.input_tokens + usage.output_tokens if usage is not None else 0,
-                          self.conversation_ttl, self.index_ttl, claim_deadline(self.index_ttl), sid)
+            # (the first command: its answer is results[0])
+            pipe.eval(SAVE_REPLY, 7, k.meta(uid, sid), k.messages(uid, sid), k.index(uid), k.versions(uid, sid),
+                      k.forks(uid, sid), k.files(uid, sid), k.claim(uid),
+                      reply.to_json() if reply is not None else "", preview, repr(now), repr(now * 1000),
+                      usage.input_tokens + usage.output_tokens if usage is not None else 0,
+                      self.conversation_ttl, self.index_ttl, claim_deadline(self.index_ttl), sid)
             pipe.hset(
                 k.turn(ref),
                 mapping={"status": reply.status if reply else "error", "message_id": reply.id if reply else ""},
@@ -318,7 +316,7 @@ class TurnStore(TurnEventStore, SpendingStore):
             results = await pipe.execute()
         if self.cluster:
             await self._wake_readers([ref])
-        return conversation_exists and results[0] == 1
+        return results[0] == 1
 
     async def abandon_turn(self, conversation: Conversation, turn_id: str, final_event: TurnEvent) -> bool:
         """A turn whose save failed for good: nothing of its reply stays, the lock goes, readers elsewhere get

@@ -47,10 +47,8 @@ class OrphanRecovery:
         events = await self.store.read_events(ref, 0)
         if events and events[-1].type in TERMINAL:  # saved meanwhile, after all
             return await self.store.get_turn(ref)
-        conversation = await self.store.get_conversation(ref.user_id, info.session_id)
-        exists = conversation is not None
-        if conversation is None:  # deleted: only the turn's own state and stream are written
-            conversation = Conversation.from_hash(info.session_id, {"user_id": ref.user_id})
+        # (its conversation deleted meanwhile: only the turn's own state and stream are written, SAVE_REPLY)
+        conversation = Conversation.from_hash(info.session_id, {"user_id": ref.user_id})
         content = "".join(e.content for e in events if e.type == "chunk")
         reply = None
         if content:
@@ -61,7 +59,7 @@ class OrphanRecovery:
         # the lock is not the orphan's any more (that is how it was found): leave it alone
         await self.store.finish_turn(
             conversation, turn_id=ref.turn_id, reply=reply, preview=make_preview(content), final_event=final,
-            release_lock=False, conversation_exists=exists, spending_day=utc_day(), lane=True,
+            release_lock=False, spending_day=utc_day(), lane=True,
         )
         log.warning("turn %s: its writer is gone; saved %d chars as interrupted", ref.turn_id, len(content))
         return await self.store.get_turn(ref)
