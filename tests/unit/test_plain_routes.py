@@ -16,10 +16,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.testclient import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from webapp.base.errors import SessionNotFound
 from webapp.base.metrics import Metrics
 from webapp.core.turns.channels import CHANNEL_ID
+from webapp.main import create_app
 from webapp.web.edge import Edge
 from webapp.web.error_handlers import PAGE_TAG, install_error_handlers
 from webapp.web.routing import PageRouter, PlainRoute, query_bool, query_int, query_text
@@ -215,3 +217,33 @@ def test_a_bad_query_is_a_422_naming_nothing_it_should_not(client: TestClient, p
     response = client.get("/q", params=params, headers=EN)
     assert response.status_code == 422
     assert "<b>" not in response.text
+
+
+# the app's own: the API's calls of every turn are plain routes, still documented -----------------
+
+API_TURN_CALLS = [("POST", "/chat/start"), ("GET", "/chat/stream"), ("GET", "/api/turns/{turn_id}/events")]
+
+
+@pytest.mark.parametrize(("method", "path"), API_TURN_CALLS)
+def test_the_apis_calls_of_every_turn_are_served_by_plain_routes(method: str, path: str) -> None:
+    app = create_app()
+    scope = {"type": "http", "method": method, "path": path.replace("{turn_id}", "t1"), "root_path": ""}
+    served = next(route for route in app.router.routes if route.matches(scope)[0] is Match.FULL)
+
+    assert isinstance(served, PlainRoute)  # (its FastAPI declaration, after it, only documents it: below)
+
+
+def test_the_apis_plain_calls_keep_their_documentation() -> None:
+    schema = create_app().openapi()
+    paths = schema["paths"]
+
+    start = paths["/chat/start"]["post"]
+    assert [p["name"] for p in start["parameters"]] == ["user_id"]
+    assert start["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/StartOut"}
+    assert set(schema["components"]["schemas"]["StartOut"]["properties"]) == {
+        "session_id", "user_id", "message", "welcome_message"}
+    assert "422" in start["responses"]
+    stream = paths["/chat/stream"]["get"]
+    assert [p["name"] for p in stream["parameters"]] == ["session_id", "message", "role", "user_id", "Last-Event-ID"]
+    assert [p["name"] for p in paths["/api/turns/{turn_id}/events"]["get"]["parameters"]] == [
+        "turn_id", "after", "Last-Event-ID"]

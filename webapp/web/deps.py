@@ -182,11 +182,12 @@ def _seed_mode(request: Request) -> None:
         raise BadToken()
 
 
-async def seed_user_of(request: Request) -> str:
-    """`seed_user` read by hand, for a route that reads its whole query so (routing.documented_query)."""
+async def seed_user_of(request: Request, *, creating: bool = False) -> str:
+    """`seed_user` (`creating`: `seed_creator`) read by hand, for a route that reads its whole query so
+    (routing.documented_query)."""
     _seed_mode(request)
     user_id = request.query_params.get("user_id")
-    return await _resolve_user(request, user_id or None)
+    return await _resolve_user(request, user_id or None, creating=creating)
 
 
 async def seed_user(
@@ -197,18 +198,9 @@ async def seed_user(
     return await _resolve_user(request, user_id or None)
 
 
-async def seed_creator(
-    request: Request,
-    user_id: Annotated[str | None, Query(description="the caller's own id (the seed API names it)")] = None,
-) -> str:
-    _seed_mode(request)
-    return await _resolve_user(request, user_id or None, creating=True)
-
-
 CurrentUser = Annotated[str, Depends(current_user)]
 CreatingUser = Annotated[str, Depends(creating_user)]
 SeedUser = Annotated[str, Depends(seed_user)]
-SeedCreator = Annotated[str, Depends(seed_creator)]
 
 
 async def get_client_ip(request: Request) -> str:

@@ -15,9 +15,9 @@ FastAPI's exit stacks were most of the app's growth (docs/performance-history.md
 Errors raised before a response starts go to the app's exception handlers as any route's do
 (Starlette's exception middleware); the query helpers below give the 422 a `Query(...)` gave.
 Page routes (FastAPI's and plain) answer HEAD as GET (`PageRouter`); streams do not (a HEAD opens
-no stream). The API's routes of every turn (`/chat/stream`, `/api/turns/{id}/events`) stay FastAPI
-routes, since the API is documented, but read their fields by hand the same way, their parameters
-described for OpenAPI by `documented_query`.
+no stream). The API's routes of every turn (`/chat/start`, `/chat/stream`, `/api/turns/{id}/events`)
+are plain routes too; each keeps a FastAPI declaration of the same endpoint, which never serves (the
+plain route matches first) but documents it for OpenAPI, its fields described by `documented_query`.
 """
 
 from __future__ import annotations
