@@ -13,6 +13,7 @@ import redis.asyncio
 from tests.unit.wiring import Core
 from webapp.base.models import Conversation, Message, TurnEvent, new_id, new_message_id, now_iso
 from webapp.core.roles import custom_role
+from webapp.core.search import terms_of
 from webapp.storage.base import split_count
 from webapp.storage.keys import TurnRef
 from webapp.storage.redis_client import connect_store
@@ -313,6 +314,26 @@ async def test_a_terms_set_that_expired_while_the_conversation_still_names_it_co
     await store.index_terms([(ALICE, "s1", ["baz"])])  # a turn that does not even say "foo"
     assert await store.redis.smembers(k.term(ALICE, "foo")) == {"s1"}
     assert await store.redis.ttl(k.term(ALICE, "foo")) > store.index_ttl - 60
+
+
+async def test_a_long_cjk_text_indexes_all_its_terms(core: Core) -> None:
+    """Thousands of terms in one call (the script takes them as KEYS and ARGV, never unpacked at once)."""
+    store, k = core.store, core.store.keys
+    await store.redis.hset(k.meta(ALICE, "s1"), "user_id", ALICE)
+    text = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(6000))  # ~6,000 characters, ~12,000 terms
+    terms = terms_of(text)
+    assert len(terms) > 9000
+    await store.index_terms([(ALICE, "s1", terms)])  # new conversation: the renewing path
+    await store.index_terms([(ALICE, "s1", [*terms, "新词"])])  # within the day: one new term
+    await store.index_terms([(ALICE, "s1", [*terms, "新词"])], renew=True)
+
+    assert await store.redis.scard(k.conversation_terms(ALICE, "s1")) == len(terms) + 1
+    assert await store.redis.zcard(k.lexicon(ALICE)) == len(terms) + 1
+    assert await store.redis.smembers(k.term(ALICE, "新词")) == {"s1"}
+    some = sorted(terms)[:: len(terms) // 50]
+    for term in some:
+        assert await store.redis.smembers(k.term(ALICE, term)) == {"s1"}
+        assert await store.redis.ttl(k.term(ALICE, term)) > store.index_ttl - 60
 
 
 async def test_terms_of_a_conversation_that_is_gone_are_not_written(core: Core) -> None:
