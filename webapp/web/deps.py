@@ -183,8 +183,9 @@ def _seed_mode(request: Request) -> None:
 
 
 async def seed_user_of(request: Request, *, creating: bool = False) -> str:
-    """`seed_user` (`creating`: `seed_creator`) read by hand, for a route that reads its whole query so
-    (routing.documented_query)."""
+    """The seed API's caller, its `user_id` read from the query by hand (`creating`: a call that creates
+    something, as /chat/start): for the plain routes (routing.documented_query describes the field) and
+    the `seed_user` dependency alike."""
     _seed_mode(request)
     user_id = request.query_params.get("user_id")
     return await _resolve_user(request, user_id or None, creating=creating)
@@ -194,8 +195,8 @@ async def seed_user(
     request: Request,
     user_id: Annotated[str | None, Query(description="the caller's own id (the seed API names it)")] = None,
 ) -> str:
-    _seed_mode(request)
-    return await _resolve_user(request, user_id or None)
+    # (`user_id` is declared for the API's documentation; seed_user_of reads the same value)
+    return await seed_user_of(request)
 
 
 CurrentUser = Annotated[str, Depends(current_user)]

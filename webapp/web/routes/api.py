@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from webapp.base.i18n import t
@@ -63,8 +62,9 @@ async def start_chat(request: Request) -> Response:
     # declaration only documents it (FastAPI's solving and its response model's were ~40 µs of its CPU)
     user = await seed_user_of(request, creating=True)
     conversation, lang = await services(request).conversations.create(user), lang_of(request)
-    return Response(orjson.dumps({"session_id": conversation.id, "user_id": user, "message": t("session_created", lang),
-                                  "welcome_message": t("welcome", "zh")}), media_type="application/json")
+    started = StartOut(session_id=conversation.id, user_id=user, message=t("session_created", lang),
+                       welcome_message=t("welcome", "zh"))
+    return Response(started.model_dump_json(), media_type="application/json")
 
 
 @router.get("/chat/history", response_model=HistoryOut, tags=["seed"])

@@ -4,8 +4,9 @@ FastAPI's, whose endpoints read the request by hand.
 Each is taken by every web UI turn or every visit, and FastAPI's dependency solving was a large
 share of its cost (issue 19): the page every visit opens, the composer's two posts, and the
 page's two streams; and the API's: the seed API's two calls and a JSON API turn's stream (issue 32),
-whose FastAPI declarations stay to document them (OpenAPI) but never serve. The composer's posts read an urlencoded form by hand; only a multipart one (files,
-without JavaScript) goes through Starlette's parser (pages.sent_files). Another route belongs here only on a benchmark's word (routing.py).
+whose FastAPI declarations stay to document them (OpenAPI) but never serve. The composer's posts read
+an urlencoded form by hand; only a multipart one (files, without JavaScript) goes through Starlette's
+parser (pages.sent_files). Another route belongs here only on a benchmark's word (routing.py).
 """
 
 from __future__ import annotations
