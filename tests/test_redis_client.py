@@ -310,3 +310,35 @@ def test_a_lean_pipeline_honours_the_socket_timeout_per_reply(redis_server: Redi
         return await lean.get("lean-pipe:t199")  # (the connection was dropped, the next one is clean)
 
     assert run_with_lean(redis_server, body, socket_timeout=0.2) == "199"
+
+
+def test_new_connections_name_the_client_without_reading_package_metadata(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's pool names its library and version (CLIENT SETINFO, on a Redis that has it) from DRIVER_INFO,
+    looked up once: redis-py's default reads the installed package's metadata from disk for every connection."""
+    from importlib import metadata
+
+    import redis
+
+    from webapp.config import Settings
+    from webapp.storage.redis_client import DRIVER_INFO, create_single_redis
+
+    assert (DRIVER_INFO.name, DRIVER_INFO.lib_version) == ("redis-py", metadata.version("redis"))
+
+    def no_lookup(name: str) -> str:
+        raise AssertionError(f"package metadata read for {name} while connecting")
+
+    async def main() -> None:
+        client = create_single_redis(Settings(redis_url=redis_server.url), bounded=True)
+        pool = client.connection_pool
+        monkeypatch.setattr(redis.utils.metadata, "version", no_lookup)
+        try:  # 20 callers at once: as many new connections, each with its handshake
+            assert await asyncio.gather(*(client.echo("ok") for _ in range(20))) == ["ok"] * 20
+            connections = pool._available_connections + list(pool._in_use_connections)
+            assert len(connections) == 20
+            assert all(connection.driver_info is DRIVER_INFO for connection in connections)
+        finally:
+            monkeypatch.undo()
+            await client.aclose()
+
+    run_async(main)

@@ -16,6 +16,10 @@ same instant, redis-py 8 spends more of a round trip on those steps than on the 
 - packing: the asyncio connection packs in pure Python, while redis-py's sync client
   already uses hiredis's C packer when hiredis is installed; connections here do the
   same, byte for byte (about 8x faster for a turn's MULTI).
+- a new connection's name and version for CLIENT SETINFO (DRIVER_INFO): redis-py looks its own
+  version up in the installed package's metadata (a scan of sys.path and an email-header parse)
+  for every connection it makes; here once per process (in a burst that fills the pool, that
+  lookup was a seventh of the app's CPU).
 - a pipeline's replies (LeanPipeline): redis-py reads them one at a time, each through
   four layers of coroutines (a turn's MULTI of 24 commands: 26 such reads); here they
   are taken off hiredis's reader in one loop, with redis-py's own error handling,
@@ -47,11 +51,13 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
+from redis.driver_info import DriverInfo
 from redis.exceptions import (AskError, ClusterDownError, DataError, ExecAbortError, ResponseError, TryAgainError,
                               WatchError)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.utils import get_lib_version
 
 from webapp.config import Settings
 from webapp.storage.store import Store
@@ -64,6 +70,10 @@ except ImportError:  # hiredis is in requirements.txt; without it redis-py packs
 log = logging.getLogger("webapp")
 
 BLOCKING_CONNECTIONS_MAX = 100  # the worker's stream follower and cancel listener each hold one
+
+# what every connection tells the server (CLIENT SETINFO), looked up once: redis-py's default reads the
+# package metadata from disk for each new connection
+DRIVER_INFO = DriverInfo(name="redis-py", lib_version=get_lib_version())
 
 
 class HiredisPacking:
@@ -646,7 +656,7 @@ def create_redis(settings: Settings, *, bounded: bool, cluster: bool = False) ->
     common: dict[str, Any] = {
         "decode_responses": True, "protocol": PROTOCOL, "socket_connect_timeout": 5,
         "socket_timeout": settings.redis_socket_timeout or None, "health_check_interval": 30,
-        **tls_options(settings),
+        "driver_info": DRIVER_INFO, **tls_options(settings),
     }
     if cluster:
         return ClusterRedis(RedisCluster.from_url(settings.redis_url, max_connections=size, socket_keepalive=True,
@@ -685,6 +695,7 @@ def create_single_redis(settings: Settings, *, bounded: bool, url: str | None = 
         health_check_interval=30,
         socket_connect_timeout=5,
         socket_timeout=settings.redis_socket_timeout or None,
+        driver_info=DRIVER_INFO,
         **({} if settings.redis_url.startswith("unix://") else {"socket_keepalive": True}),
         **tls_options(settings),
         **retry_options,
