@@ -1,10 +1,13 @@
 """The gate for any change to a turn's path: the work tree against a reference revision and the relay.
 
-One sitting: the fake model, the relay that stores nothing (bench/relay.py), the app as committed at
-the reference (default HEAD, so a change before its commit) and the app of the work tree, each with
-its own embedded Redis. For each N, every repeat runs direct, relay, then each path (the seed API,
-the JSON API, the web UI) on the reference and on the work tree, one after the other, so a busy
-moment of the machine falls on both alike. Then it prints the medians and pass/fail:
+One sitting: the fake model, the relay that stores nothing (bench/relay.py), the durable floor
+(bench/durable_floor.py: the seed API keeping every conversation in Redis, and nothing else), the app
+as committed at the reference (default HEAD, so a change before its commit) and the app of the work
+tree, each with its own embedded Redis. For each N, every repeat runs direct, relay, the durable
+floor, then each path (the seed API, the JSON API, the web UI) on the reference and on the work tree,
+one after the other, so a busy moment of the machine falls on both alike. Then it prints the medians,
+each path's ratio to the relay and to the durable floor (what the app's features cost beyond keeping
+the conversations at all), and pass/fail:
 
 - issue 32: the work tree's seed and JSON APIs over the relay (+3% / +5% / +10% / +10% at
   50 / 200 / 500 / 1000 users; TTFT p99 within the relay's + 50 ms at 50 and 200);
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fake_upstream import BENCH_TOKEN_DELAY_MS, BENCH_TOKENS, BENCH_TTFT_MS  # noqa: E402
 from bench.load import (  # noqa: E402
+    FLOOR_ENV,
     LABELS,
     PATHS,
     RELAY_ENV,
@@ -49,16 +53,22 @@ from bench.load import (  # noqa: E402
     phase_summary,
 )
 from bench.servers import (  # noqa: E402
-    App, FakeModel, Relay, Watcher, Workdir, export_revision, git_revision, results_file, wait_for_quiet,
+    App, DurableFloor, FakeModel, Relay, Watcher, Workdir, export_revision, git_revision, results_file, wait_for_quiet,
 )
 
 SLOWER_SLACK = 1.03  # the work tree's median wall over the reference's
 CPU_SLACK = 1.10  # the work tree's app CPU per turn over the reference's
 
 
-async def sitting(args: argparse.Namespace, model: FakeModel, relay: Relay, apps: dict[str, App]) -> list[dict[str, Any]]:
+SERVERS = ("direct", "relay", "durable")  # the phases that are not the app's: measured once per repeat
+SERVER_PIDS = {"relay": "relay", "durable": "floor"}  # whose CPU a phase's is
+
+
+async def sitting(args: argparse.Namespace, model: FakeModel, relay: Relay, floor: DurableFloor,
+                  apps: dict[str, App]) -> list[dict[str, Any]]:
     paths = [PATHS[p.strip()] for p in args.paths.split(",") if p.strip()]
-    pids = {"app_ref": apps["ref"].pid, "app_work": apps["work"].pid, "relay": relay.pid, "upstream": model.pid,
+    pids = {"app_ref": apps["ref"].pid, "app_work": apps["work"].pid, "relay": relay.pid, "floor": floor.pid,
+            "floor_redis": floor.redis_pid, "upstream": model.pid,
             "redis": [apps["ref"].redis_pid, apps["work"].redis_pid], "loadgen": os.getpid()}
     watcher = Watcher(pids).start()
     counters = {side: RedisCounter([app], None) for side, app in apps.items()}
@@ -67,7 +77,7 @@ async def sitting(args: argparse.Namespace, model: FakeModel, relay: Relay, apps
         workers = {side: LocalWorkers(app.url, model.url, args.tokens) for side, app in apps.items()}
         for side in workers:  # warm-up: lazily imported paths, first connections
             await workers[side].setup(2, "warm" + secrets.token_hex(2))
-            for kind in ("direct", "relay", *paths):
+            for kind in (*SERVERS, *paths):
                 await workers[side].phase(kind)
             await workers[side].close()
         for users in [int(n) for n in args.users.split(",") if n.strip()]:
@@ -75,18 +85,17 @@ async def sitting(args: argparse.Namespace, model: FakeModel, relay: Relay, apps
             for side in workers:
                 await workers[side].setup(users, tag + side[0])
             runs: dict[str, list[dict[str, Any]]] = {}
-            order = [("direct", "ref"), ("relay", "ref")] + [(kind, side) for kind in paths for side in ("ref", "work")]
+            order = [(kind, "ref") for kind in SERVERS] + [(kind, side) for kind in paths for side in ("ref", "work")]
             for _ in range(args.repeat):
                 for kind, side in order:
                     await asyncio.sleep(args.pause)
                     await asyncio.to_thread(wait_for_quiet, args.quiet_wait)
                     result, usage = await measured_phase(workers[side], kind, watcher, counters[side])
                     summary = phase_summary(result, usage)
-                    app_cpu = usage[f"app_{side}"].cpu_s if kind not in ("direct", "relay") else usage["relay"].cpu_s
-                    summary["cpu_ms_per_turn"] = round(1000 * app_cpu / max(1, summary["turns"]), 2)
-                    calls = usage[f"app_{side}"].syscalls if kind not in ("direct", "relay") else usage["relay"].syscalls
-                    summary["syscalls_per_turn"] = round(calls / max(1, summary["turns"]), 1)
-                    runs.setdefault(kind if kind in ("direct", "relay") else f"{kind}/{side}", []).append(summary)
+                    server = usage[SERVER_PIDS.get(kind, "relay") if kind in SERVERS else f"app_{side}"]
+                    summary["cpu_ms_per_turn"] = round(1000 * server.cpu_s / max(1, summary["turns"]), 2)
+                    summary["syscalls_per_turn"] = round(server.syscalls / max(1, summary["turns"]), 1)
+                    runs.setdefault(kind if kind in SERVERS else f"{kind}/{side}", []).append(summary)
             histories = {side: await workers[side].history() for side in workers}
             for side in workers:
                 await workers[side].close()
@@ -108,20 +117,30 @@ def p99(runs: list[dict[str, Any]]) -> float:
 
 def render_step(step: dict[str, Any], paths: list[str]) -> str:
     runs = step["runs"]
-    relay = median(runs["relay"], "wall_s")
+    relay, floor = median(runs["relay"], "wall_s"), median(runs["durable"], "wall_s")
+    d = runs["durable"]
     lines = [f"N={step['users']}: median walls (s) direct {median(runs['direct'], 'wall_s'):.2f},"
              f" relay {relay:.2f} ({median(runs['relay'], 'cpu_ms_per_turn'):.2f} ms CPU,"
-             f" {median(runs['relay'], 'syscalls_per_turn'):.0f} system calls per turn)"]
+             f" {median(runs['relay'], 'syscalls_per_turn'):.0f} system calls per turn)",
+             f"  durable floor  wall {floor:.2f} s, over relay {floor / relay:.3f}, TTFT p99 {p99(d):.0f} ms,"
+             f" CPU {median(d, 'cpu_ms_per_turn'):.2f} ms/turn, /chat/start p50 {_start_p50(d)} ms,"
+             f" bad {sum(x['failed'] + x['lost'] + x['wrong'] for x in d)}"]
     for kind in paths:
         for side in ("ref", "work"):
             r = runs[f"{kind}/{side}"]
             lines.append(
-                f"  {LABELS[kind]:8} {side:4}  wall {median(r, 'wall_s'):.2f} s, over relay {median(r, 'wall_s') / relay:.3f},"
+                f"  {LABELS[kind]:8} {side:4}  wall {median(r, 'wall_s'):.2f} s, over relay {median(r, 'wall_s') / relay:.3f}"
+                f" (over the durable floor {median(r, 'wall_s') / floor:.3f}),"
                 f" TTFT p99 {p99(r):.0f} ms (relay {p99(runs['relay']):.0f}), app CPU {median(r, 'cpu_ms_per_turn'):.2f} ms/turn,"
                 f" {median(r, 'syscalls_per_turn'):.0f} system calls/turn,"
                 f" Redis {r[-1].get('redis_commands_per_turn', '?')} commands / {r[-1].get('redis_round_trips_per_turn', '?')}"
                 f" round trips per turn, bad {sum(x['failed'] + x['lost'] + x['wrong'] for x in r)}")
     return "\n".join(lines)
+
+
+def _start_p50(runs: list[dict[str, Any]]) -> str:
+    starts = [run["chat_start_ms"]["p50"] for run in runs if run.get("chat_start_ms")]
+    return f"{statistics.median(starts):.0f}" if starts else "-"
 
 
 def checks(steps: list[dict[str, Any]], paths: list[str]) -> list[tuple[str, bool]]:
@@ -148,7 +167,7 @@ def checks(steps: list[dict[str, Any]], paths: list[str]) -> list[tuple[str, boo
             cpu, ref_cpu = median(work, "cpu_ms_per_turn"), median(ref, "cpu_ms_per_turn")
             found.append((f"{users} users: {LABELS[kind]} app CPU {cpu:.2f} ms/turn <= reference {ref_cpu:.2f} x {CPU_SLACK}",
                           cpu <= ref_cpu * CPU_SLACK))
-        bad = sum(run[key] for name, rs in runs.items() if "/work" in name or name in ("direct", "relay")
+        bad = sum(run[key] for name, rs in runs.items() if "/work" in name or name in SERVERS
                   for run in rs for key in ("failed", "lost", "wrong"))
         history = step["history"]["work"]
         bad += history["missing"] + history["duplicated"] + len(history["problems"])
@@ -177,6 +196,8 @@ def main() -> int:
         model = FakeModel(BENCH_TTFT_MS, BENCH_TOKEN_DELAY_MS, args.tokens, workdir).start()
         relay = Relay(model.url, workdir).start()
         os.environ[RELAY_ENV] = relay.url
+        floor = DurableFloor(model.url, workdir).start()
+        os.environ[FLOOR_ENV] = floor.url
         apps: dict[str, App] = {}
         try:
             for side, source in (("ref", export_revision(ref, workdir / "src")), ("work", None)):
@@ -188,10 +209,11 @@ def main() -> int:
                                  **({"source": source} if source else {})).start()
             print(f"gate: work tree {work} against {ref}; relay {relay.url}; fake model {model.url}; work dir {workdir}",
                   flush=True)
-            steps = _runner()(sitting(args, model, relay, apps))
+            steps = _runner()(sitting(args, model, relay, floor, apps))
         finally:
             for app in apps.values():
                 app.stop()
+            floor.stop()
             relay.stop()
             model.stop()
     found = checks(steps, paths)

@@ -67,6 +67,7 @@ from webapp.core.roles import get_role  # noqa: E402
 DEFAULT_SWEEP = "1,10,50,200,500,1000"
 TURNS = 3
 RELAY_ENV = "BENCH_RELAY_URL"  # the relay that stores nothing (bench/relay.py; workers inherit it)
+FLOOR_ENV = "BENCH_FLOOR_URL"  # the durable floor (bench/durable_floor.py; workers inherit it)
 UI_CHANNEL_ENV = "BENCH_UI_CHANNEL"  # how a web UI visitor's page channel connects (--ui-channel; workers inherit it)
 TURN_TIMEOUT_S = 120  # a web UI turn's limit, start to done (its channel's pings keep the read timeout away)
 ROLE = get_role("assistant")
@@ -244,6 +245,8 @@ class User:
         self.sent: list[str] = []
         self.replies: list[str] = []
         self.conversations: list[tuple[str, list[str], list[str]]] = []  # (session, sent, replies) per app run
+        self.floor_conversations: list[tuple[str, list[str], list[str]]] = []  # the same, per durable floor run
+        self.floor_users: list[str] = []  # (the floor names a user of its own each run)
         # (session, cookies, sent, replies) per web UI run: each run is a new visitor
         self.ui_conversations: list[tuple[str, dict[str, str], list[str], list[str]]] = []
         self.pending: list[asyncio.Future[str]] = []  # requests the page made by itself
@@ -423,24 +426,36 @@ class User:
     # -- through the app
 
     async def run_app(self) -> list[TurnResult]:
+        return await self._run_seed_api("app", self.app_url, self.conversations)
+
+    async def run_durable(self) -> list[TurnResult]:
+        """The seed API's turns through the durable floor (bench/durable_floor.py) instead of the app."""
+        return await self._run_seed_api("durable", os.environ.get(FLOOR_ENV, ""), self.floor_conversations)
+
+    async def _run_seed_api(self, phase: str, base_url: str,
+                            conversations: list[tuple[str, list[str], list[str]]]) -> list[TurnResult]:
         self.runs += 1
         self.session_id, self.sent, self.replies = "", [], []
         started = time.perf_counter()
         try:
-            async with self.http.post(f"{self.app_url}/chat/start") as response:
+            async with self.http.post(f"{base_url}/chat/start") as response:
                 if response.status != 200:
                     raise ValueError(f"HTTP {response.status}")
                 data = await response.json()
-            self.user_id, self.session_id = data["user_id"], data["session_id"]
-            self.conversations.append((self.session_id, self.sent, self.replies))
+            user_id, self.session_id = data["user_id"], data["session_id"]
+            conversations.append((self.session_id, self.sent, self.replies))
+            if phase == "durable":
+                self.floor_users.append(user_id)
+            else:
+                self.user_id = user_id
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
             return self._start_failed("/chat/start", exc)
         self.start_latency = time.perf_counter() - started
         results = []
         for turn in range(1, TURNS + 1):
-            message = self.message("app", turn)
+            message = self.message(phase, turn)
             self.sent.append(message)
-            result, reply = await self._app_turn(turn, message)
+            result, reply = await self._app_turn(turn, message, base_url, user_id)
             results.append(result)
             if result.outcome in ("ok", "wrong"):
                 self.replies.append(reply)
@@ -450,9 +465,9 @@ class User:
         self.finished_at = time.monotonic()
         return results
 
-    async def _app_turn(self, turn: int, message: str) -> tuple[TurnResult, str]:
-        params = {"user_id": self.user_id, "session_id": self.session_id, "message": message, "role": ROLE.id}
-        return await self._seed_turn(turn, self.http.get(f"{self.app_url}/chat/stream", params=params),
+    async def _app_turn(self, turn: int, message: str, base_url: str, user_id: str) -> tuple[TurnResult, str]:
+        params = {"user_id": user_id, "session_id": self.session_id, "message": message, "role": ROLE.id}
+        return await self._seed_turn(turn, self.http.get(f"{base_url}/chat/stream", params=params),
                                      self.expected(turn, message))
 
     async def check_history(self) -> tuple[int, int, str]:
@@ -464,13 +479,22 @@ class User:
             params = {"user_id": self.user_id, "session_id": session_id}
             m, d, p = await self._check_conversation(self.http, params, sent, replies)
             missing, duplicated, problem = missing + m, duplicated + d, problem or p
+        for session_id, user_id, sent, replies in self.floor_history():
+            m, d, p = await self._check_conversation(self.http, {"user_id": user_id, "session_id": session_id}, sent,
+                                                     replies, os.environ.get(FLOOR_ENV, ""))
+            missing, duplicated, problem = missing + m, duplicated + d, problem or p
         ui = await self.check_ui_history()
         return missing + ui[0], duplicated + ui[1], problem or ui[2]
 
+    def floor_history(self) -> list[tuple[str, str, list[str], list[str]]]:
+        """(session, user id, sent, replies) of each durable floor run (its user ids are its own)."""
+        return [(session_id, user_id, sent, replies)
+                for (session_id, sent, replies), user_id in zip(self.floor_conversations, self.floor_users)]
+
     async def _check_conversation(self, http: aiohttp.ClientSession, params: dict[str, str], sent: list[str],
-                                  replies: list[str]) -> tuple[int, int, str]:
+                                  replies: list[str], base_url: str = "") -> tuple[int, int, str]:
         try:
-            async with http.get(f"{self.app_url}/chat/history", params=params) as response:
+            async with http.get(f"{base_url or self.app_url}/chat/history", params=params) as response:
                 if response.status != 200:
                     return len(replies), 0, f"HTTP {response.status}"
                 data = await response.json()
@@ -937,7 +961,7 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
-LABELS = {"direct": "direct", "relay": "relay", "app": "API", "json": "JSON API", "ui": "web UI"}
+LABELS = {"direct": "direct", "relay": "relay", "durable": "durable floor", "app": "API", "json": "JSON API", "ui": "web UI"}
 PATHS = {"api": "app", "json": "json", "ui": "ui"}  # --paths names -> phase kinds
 
 

@@ -293,6 +293,30 @@ class Relay(Served):
 
 
 @dataclass
+class DurableFloor(Served):
+    """bench/durable_floor.py in its own process, with its own redis-server: the least a server that keeps
+    every conversation in Redis does per turn, in front of the same model."""
+
+    upstream_url: str
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "floor"
+
+    @property
+    def redis_pid(self) -> int:
+        return int((self.data_dir / "redis.pid").read_text().strip())
+
+    def start(self) -> DurableFloor:
+        self.launch("bench.durable_floor", ["--upstream", f"{self.upstream_url}/v1", "--data-dir", str(self.data_dir)],
+                    "/healthz")
+        return self
+
+
+@dataclass
 class App:
     """`python -m webapp` with a fresh DATA_DIR (so an embedded redis-server), one worker."""
 
