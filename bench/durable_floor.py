@@ -45,7 +45,7 @@ from webapp.base.i18n import t
 from webapp.base.processes import dies_with_parent
 from webapp.core.roles import get_role
 from webapp.llm.providers import delta_text
-from webapp.storage.redis_client import LeanConnectionPool, LeanRedis
+from webapp.storage.redis_client import DRIVER_INFO, LeanConnectionPool, LeanRedis
 
 CONTEXT = 20  # messages
 COALESCE_S = 0.040
@@ -94,7 +94,7 @@ class Floor:
     def __init__(self, upstream: str, redis_url: str) -> None:
         self.upstream = upstream
         self.redis = LeanRedis(connection_pool=LeanConnectionPool.from_url(
-            redis_url, max_connections=256, decode_responses=True, protocol=2))
+            redis_url, max_connections=256, decode_responses=True, protocol=2, driver_info=DRIVER_INFO))
         self.http: aiohttp.ClientSession | None = None
         self.unwritten: dict[str, list[str]] = {}  # turn id -> chunk texts not yet in its stream
         self.wake = asyncio.Event()

@@ -277,6 +277,7 @@ class User:
     async def _run_context_kept(self, phase: str, turn_of: Any) -> list[TurnResult]:
         """3 turns where the client keeps the conversation and sends it whole each time (no server stores it)."""
         self.runs += 1
+        self.start_latency = None  # (no start call: not the last app run's)
         history: list[dict[str, str]] = [
             {"role": "system", "content": ROLE.system_prompt},
             {"role": "assistant", "content": WELCOME},
