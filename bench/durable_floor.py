@@ -1,8 +1,10 @@
 """The durable floor: the least a server must do per turn to keep every conversation in Redis.
 
 The relay (bench/relay.py) stores nothing, so its ratio to the model is what any server costs. This
-one keeps what the app promises users it keeps, and nothing more, so the app's ratio to it is what the
-app's features cost, apart from durability itself. It speaks the seed API (`POST /chat/start`, `GET
+one keeps what issue 32 requires the app to keep, and nothing more: every reply saved before its `end`,
+and resumable from any host (its chunks in a Redis Stream). The app's ratio to it is what the app's
+other features cost; its own ratio to the relay is what that keeping costs in this one design (an upper
+bound on durability's cost, not a proven minimum). It speaks the seed API (`POST /chat/start`, `GET
 /chat/stream`, `GET /chat/history`), so the load generator drives it exactly as it drives the app:
 
 - `/chat/start`: the conversation's metadata and its welcome message, one MULTI;
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import secrets
 import subprocess
 import time
@@ -36,6 +39,8 @@ from typing import AsyncIterator
 import aiohttp
 import orjson
 import uvicorn
+from redis import Redis as SyncRedis
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -46,6 +51,8 @@ from webapp.base.processes import dies_with_parent
 from webapp.core.roles import get_role
 from webapp.llm.providers import delta_text
 from webapp.storage.redis_client import DRIVER_INFO, LeanConnectionPool, LeanRedis
+
+log = logging.getLogger("bench.durable_floor")
 
 CONTEXT = 20  # messages
 COALESCE_S = 0.040
@@ -121,13 +128,22 @@ class Floor:
                     for turn_id, texts in batch.items():
                         pipe.xadd(f"floor:events:{turn_id}", {"t": "chunk", "c": "".join(texts)})
                     await pipe.execute()
+            except Exception:  # (never dies: the batch goes back, first, and is tried again)
+                log.exception("the floor's event write failed")
+                for turn_id, texts in batch.items():
+                    self.unwritten[turn_id] = texts + self.unwritten.get(turn_id, [])
+                self.wake.set()
+                await asyncio.sleep(0.5)
             finally:
                 self.inflight.set_result(None)
 
     async def take(self, turn_id: str) -> list[str]:
+        """The turn's unwritten chunks, once a write in flight has ended (the stream's order: an earlier
+        batch may hold this turn's chunks). As the app's EventWriter.take, it waits for any batch in flight."""
         texts = self.unwritten.pop(turn_id, [])
         if self.inflight is not None and not self.inflight.done():
-            await self.inflight  # (the stream's order: an earlier batch of this turn goes first)
+            await self.inflight
+            texts = self.unwritten.pop(turn_id, []) + texts  # (a failed write put its chunks back)
         return texts
 
     # -- a turn
@@ -168,25 +184,30 @@ class Floor:
                     if text:
                         self.delta(turn_id, turn, text)
         except Exception:
+            log.exception("the floor's model request failed")
             status = "error"
         if turn.timer is not None:
             turn.timer.cancel()
         self.emit(turn_id, turn)
         reply = orjson.dumps({"role": "assistant", "content": "".join(turn.text), "status": status,
                               "ts": time.time()}).decode()
-        last = await self.take(turn_id)
-        events = f"floor:events:{turn_id}"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(f"{turn.key}:messages", reply)
-            pipe.expire(f"{turn.key}:messages", TTL)
-            pipe.hset(f"{turn.key}:meta", mapping={"updated": time.time(), "running": ""})
-            if last:
-                pipe.xadd(events, {"t": "chunk", "c": "".join(last)})
-            pipe.xadd(events, {"t": "end" if status == "complete" else "error"})
-            pipe.expire(events, 3600)
-            await pipe.execute()
+        try:
+            last = await self.take(turn_id)
+            events = f"floor:events:{turn_id}"
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(f"{turn.key}:messages", reply)
+                pipe.expire(f"{turn.key}:messages", TTL)
+                pipe.hset(f"{turn.key}:meta", mapping={"updated": time.time(), "running": "", "last_turn": turn_id})
+                if last:
+                    pipe.xadd(events, {"t": "chunk", "c": "".join(last)})
+                pipe.xadd(events, {"t": "end" if status == "complete" else "error"})
+                pipe.expire(events, 3600)
+                await pipe.execute()
+        except Exception:  # (never `end` for a reply that is not saved)
+            log.exception("the floor's save failed")
+            status = "unsaved"
         turn.ended = True
-        turn.publish(END if status == "complete" else b'data: {"type":"error","content":"upstream"}\n\n')
+        turn.publish(END if status == "complete" else b'data: {"type":"error","content":"%s"}\n\n' % status.encode())
 
     async def start_chat(self, request: Request) -> Response:
         user_id = request.query_params.get("user_id") or secrets.token_hex(8)
@@ -261,11 +282,16 @@ def start_redis(data_dir: Path) -> subprocess.Popen[bytes]:
          "--appendfsync", "everysec", "--save", "", "--loglevel", "warning", "--pidfile", str(data_dir / "redis.pid")],
         preexec_fn=dies_with_parent(), stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
-    while not (data_dir / "redis.pid").exists() or not socket.exists():
+    while True:
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("the floor's redis-server did not start")
+        try:
+            with SyncRedis(unix_socket_path=str(socket)) as probe:
+                if probe.ping() and (data_dir / "redis.pid").exists():
+                    return process
+        except RedisError:
+            pass
         time.sleep(0.05)
-    return process
 
 
 def main() -> None:

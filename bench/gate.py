@@ -172,6 +172,9 @@ def checks(steps: list[dict[str, Any]], paths: list[str]) -> list[tuple[str, boo
         history = step["history"]["work"]
         bad += history["missing"] + history["duplicated"] + len(history["problems"])
         found.append((f"{users} users: {bad} failed, lost, wrong or not-once-in-history replies (work tree)", bad == 0))
+        floor = step["history"]["ref"]["floor"]  # (the floor's runs are on the reference's load worker)
+        kept = floor["missing"] + floor["duplicated"] + len(floor["problems"])
+        found.append((f"{users} users: the durable floor's replies not once in its history: {kept}", kept == 0))
     return found
 
 

@@ -382,6 +382,7 @@ class User:
 
     async def run_json(self) -> list[TurnResult]:
         self.runs += 1
+        self.start_latency = None
         sent: list[str] = []
         replies: list[str] = []
         started = time.perf_counter()
@@ -436,6 +437,7 @@ class User:
     async def _run_seed_api(self, phase: str, base_url: str,
                             conversations: list[tuple[str, list[str], list[str]]]) -> list[TurnResult]:
         self.runs += 1
+        self.start_latency = None  # (set once its start call answers: a failed one is not the last run's)
         self.session_id, self.sent, self.replies = "", [], []
         started = time.perf_counter()
         try:
@@ -454,7 +456,7 @@ class User:
         self.start_latency = time.perf_counter() - started
         results = []
         for turn in range(1, TURNS + 1):
-            message = self.message(phase, turn)
+            message = self.message("floor" if phase == "durable" else phase, turn)  # ("d" is direct's)
             self.sent.append(message)
             result, reply = await self._app_turn(turn, message, base_url, user_id)
             results.append(result)
@@ -480,17 +482,18 @@ class User:
             params = {"user_id": self.user_id, "session_id": session_id}
             m, d, p = await self._check_conversation(self.http, params, sent, replies)
             missing, duplicated, problem = missing + m, duplicated + d, problem or p
-        for session_id, user_id, sent, replies in self.floor_history():
-            m, d, p = await self._check_conversation(self.http, {"user_id": user_id, "session_id": session_id}, sent,
-                                                     replies, os.environ.get(FLOOR_ENV, ""))
-            missing, duplicated, problem = missing + m, duplicated + d, problem or p
         ui = await self.check_ui_history()
         return missing + ui[0], duplicated + ui[1], problem or ui[2]
 
-    def floor_history(self) -> list[tuple[str, str, list[str], list[str]]]:
-        """(session, user id, sent, replies) of each durable floor run (its user ids are its own)."""
-        return [(session_id, user_id, sent, replies)
-                for (session_id, sent, replies), user_id in zip(self.floor_conversations, self.floor_users)]
+    async def check_floor_history(self) -> tuple[int, int, str]:
+        """The same over its durable floor runs, read back from the floor (its user ids are its own)."""
+        missing = duplicated = 0
+        problem = ""
+        for (session_id, sent, replies), user_id in zip(self.floor_conversations, self.floor_users):
+            m, d, p = await self._check_conversation(self.http, {"user_id": user_id, "session_id": session_id}, sent,
+                                                     replies, os.environ.get(FLOOR_ENV, ""))
+            missing, duplicated, problem = missing + m, duplicated + d, problem or p
+        return missing, duplicated, problem
 
     async def _check_conversation(self, http: aiohttp.ClientSession, params: dict[str, str], sent: list[str],
                                   replies: list[str], base_url: str = "") -> tuple[int, int, str]:
@@ -519,6 +522,7 @@ class User:
         """A new visitor: GET / (its cookie, the draft's page), then 3 turns as htmx sends them;
         the first one creates the conversation (POST /c/new/messages, its pane replaces the draft's)."""
         self.runs += 1
+        self.start_latency = None
         self.browser.cookie_jar.clear()
         self.pending.clear()
         sent: list[str] = []
@@ -769,11 +773,19 @@ class LoadWorker:
             async with gate:
                 return await user.check_history()
 
+        async def check_floor(user: User) -> tuple[int, int, str]:
+            async with gate:
+                return await user.check_floor_history()
+
         checks = await asyncio.gather(*(check(user) for user in self.users))
+        floor = await asyncio.gather(*(check_floor(user) for user in self.users))
         return {
             "missing": sum(c[0] for c in checks),
             "duplicated": sum(c[1] for c in checks),
             "problems": [c[2] for c in checks if c[2]],
+            # the durable floor's runs (bench.gate): counted apart, they are not the app's
+            "floor": {"missing": sum(c[0] for c in floor), "duplicated": sum(c[1] for c in floor),
+                      "problems": [c[2] for c in floor if c[2]]},
         }
 
     async def close(self) -> None:
@@ -882,6 +894,9 @@ class ProcessWorkers:
             "missing": sum(p["missing"] for p in parts),
             "duplicated": sum(p["duplicated"] for p in parts),
             "problems": [x for p in parts for x in p["problems"]],
+            "floor": {"missing": sum(p["floor"]["missing"] for p in parts),
+                      "duplicated": sum(p["floor"]["duplicated"] for p in parts),
+                      "problems": [x for p in parts for x in p["floor"]["problems"]]},
         }
 
     async def close(self) -> None:

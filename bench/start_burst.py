@@ -2,11 +2,12 @@
 
 At 200 users the seed API's wall over the relay is mostly its turns' starts (docs/performance-history.md,
 issue 32): all users start a turn together, and the event loop serves the starts one after another. Here N
-users each have a conversation (`/chat/start`, before measuring), then send a turn at once (`/chat/stream`)
-to a model that waits `--ttft-ms` (1.5 s) before its first token: the app's CPU from the burst until every
-response has begun is the starts' alone (no token has arrived yet). With 1000 users the clock's 10 ms ticks
-are ~2% of a round. Afterwards Redis's own account (`INFO commandstats`): microseconds per turn by command
-(a script's commands count in its EVAL's time and again in their own lines).
+users each make a conversation (`/chat/start`, all at once: the first burst after the app started, while its
+Redis pool fills; the app's CPU per call is printed), then send a turn at once (`/chat/stream`) to a model
+that waits `--ttft-ms` (1.5 s) before its first token: the app's CPU from the burst until every response
+has begun is the starts' alone (no token has arrived yet). With 1000 users the clock's 10 ms ticks are ~2%
+of a round. Afterwards Redis's own account (`INFO commandstats`): microseconds per turn by command (a
+script's commands count in its EVAL's time and again in their own lines).
 
     python -m bench.start_burst [--users 1000] [--rounds 5] [--rev REV]
 """
@@ -52,15 +53,43 @@ async def burst(url: str, pid: int, sessions: list[tuple[aiohttp.ClientSession, 
     return 1000 * (cpu_all - cpu_before) / len(sessions), 1000 * elapsed
 
 
+async def first_starts(app: App, connector: aiohttp.TCPConnector, users: int,
+                       sessions: list[tuple[aiohttp.ClientSession, str]]) -> dict[str, float]:
+    """Every user's `/chat/start` in one burst, the first after the app started (its lazily loaded code warmed
+    by two users first): the app's CPU per call and the calls' latency while its Redis pool fills."""
+    await asyncio.sleep(3)  # (the start's warm-up thread, which imports the SDK, has finished)
+    latencies: list[float] = []
+
+    async def start(http: aiohttp.ClientSession) -> str:
+        began = time.perf_counter()
+        async with http.post(f"{app.url}/chat/start") as answer:
+            session_id = (await answer.json())["session_id"]
+        latencies.append(1000 * (time.perf_counter() - began))
+        return session_id
+
+    for _ in range(2):
+        async with aiohttp.ClientSession() as warm:
+            await start(warm)
+    latencies.clear()
+    https = [aiohttp.ClientSession(connector=connector, connector_owner=False, cookie_jar=aiohttp.CookieJar(unsafe=True))
+             for _ in range(users)]  # (one cookie jar each: each user is an identity of their own)
+    cpu = cpu_seconds(app.pid)
+    ids = await asyncio.gather(*(start(http) for http in https))
+    cpu = cpu_seconds(app.pid) - cpu
+    sessions.extend(zip(https, ids))
+    latencies.sort()
+    result = {"cpu_ms_per_call": round(1000 * cpu / users, 3), "p50_ms": round(latencies[len(latencies) // 2]),
+              "p99_ms": round(latencies[int(len(latencies) * 0.99)])}
+    print(f"  the first /chat/start burst: {result['cpu_ms_per_call']} ms of app CPU a call, p50 {result['p50_ms']} ms,"
+          f" p99 {result['p99_ms']} ms", flush=True)
+    return result
+
+
 async def measure(app: App, users: int, rounds: int) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0)
     sessions = []
     try:
-        for _ in range(users):  # (one cookie jar each: each user is an identity of their own)
-            http = aiohttp.ClientSession(connector=connector, connector_owner=False,
-                                         cookie_jar=aiohttp.CookieJar(unsafe=True))
-            async with http.post(f"{app.url}/chat/start") as answer:
-                sessions.append((http, (await answer.json())["session_id"]))
+        first = await first_starts(app, connector, users, sessions)
         per_start, begun = [], []
         for round_ in range(rounds + 1):  # round 0 warms up (the pools' connections, lazily loaded code)
             cpu, elapsed = await burst(app.url, app.pid, sessions)
@@ -81,7 +110,8 @@ async def measure(app: App, users: int, rounds: int) -> dict[str, Any]:
         client.close()
     turns = users * (rounds + 1)
     by_command = {name.removeprefix("cmdstat_"): round(value["usec"] / turns, 1) for name, value in stats.items()}
-    return {"start_cpu_ms": {"median": round(statistics.median(per_start), 3), "best": round(min(per_start), 3),
+    return {"first_chat_start": first,
+            "start_cpu_ms": {"median": round(statistics.median(per_start), 3), "best": round(min(per_start), 3),
                              "rounds": per_start},
             "begun_ms_median": round(statistics.median(begun)), "redis_usec_per_turn": dict(
                 sorted(by_command.items(), key=lambda item: -item[1]))}

@@ -72,8 +72,10 @@ def test_a_reply_is_saved_when_its_client_leaves_and_its_chunks_are_in_a_stream(
     assert messages[2]["content"].startswith("ctx=2 ")
     socket = Path(floor.data_dir) / "redis.sock"
     with redis.Redis(unix_socket_path=str(socket), decode_responses=True) as server:
-        streams = [key for key in server.scan_iter("floor:events:*")]
-        assert streams
-        entries = [entry for key in streams for _, entry in server.xrange(key)]
-        assert any(entry == {"t": "end"} for entry in entries)
+        turn_id = server.hget(f"floor:{chat['user_id']}:{chat['session_id']}:meta", "last_turn")
+        entries = [entry for _, entry in server.xrange(f"floor:events:{turn_id}")]
         assert server.config_get("appendonly")["appendonly"] == "yes"  # (as the app's embedded Redis)
+    # this turn's stream: its chunks, in order, are the saved reply; its end comes last, once
+    assert entries[-1] == {"t": "end"} and len(entries) > 2
+    assert all(entry["t"] == "chunk" for entry in entries[:-1])
+    assert "".join(entry["c"] for entry in entries[:-1]) == messages[2]["content"]
