@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from typing import Callable
 
 import httpx
 import redis
@@ -298,3 +300,22 @@ def test_a_megabyte_delta_streams_as_lines_an_aiohttp_client_reads_with_its_defa
     text = "".join(e["content"] for e in events if e["type"] == "chunk")
     assert "x" * 999_999 + "y" in text
     assert text == messages_of(client, session["id"])["items"][-1]["content"]
+
+
+def test_a_turn_in_someone_elses_conversation_is_a_404_that_writes_and_holds_nothing(
+        make_client: Callable[..., httpx.Client]) -> None:
+    """A JSON API turn's ownership is checked in the round trip that takes the conversation's lock (no read
+    of its own): someone else's conversation answers as a missing one, and neither its messages nor its lock
+    are touched."""
+    owner, other = make_client(), make_client()
+    sid = create_session(owner)["id"]
+    create_session(other)
+    before = messages_of(owner, sid)["total"]
+    for body in ({"message": "not mine"}, {"message": "not mine either", "role": "teacher"}):
+        refused = other.post(f"/api/sessions/{sid}/turns", json=body)
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["detail"] == post_turn(other, str(uuid.uuid4()), "missing").json()["detail"]
+    assert messages_of(owner, sid)["total"] == before
+    assert owner.get(f"/api/sessions/{sid}").json()["running_turn_id"] is None
+    mine = api_turn(owner, sid, "mine")  # (the refused attempts left no lock behind)
+    assert mine.status == 200 and mine.events[-1].type == "end"

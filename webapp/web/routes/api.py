@@ -158,12 +158,14 @@ def turn_out(request: Request, turn_id: str) -> TurnOut:
 
 @router.post("/api/sessions/{session_id}/turns", response_model=TurnOut, status_code=202, tags=["turns"])
 async def create_turn(
-    conversation: OwnedConversation, body: TurnIn, request: Request, request_id: RequestId = None,
+    session_id: Annotated[str, Path()], body: TurnIn, user: CurrentUser, request: Request, request_id: RequestId = None,
 ) -> TurnOut:
     """Send a message. With an `Idempotency-Key`, a repeated request starts nothing and answers the same turn.
     Files go first to `POST /api/files`; their ids in `attachments` (422 for images to a model that takes none)."""
     writer, lang = services(request).turn_writer, lang_of(request)  # (by hand: see start_chat)
-    started = await writer.start_turn(conversation.id, conversation.user_id, body.message, body.role, lang, client_ip(request),
+    # ownership is checked in the round trip that takes the conversation's lock (404 for someone else's, as for
+    # a missing one), as /chat/stream's: no read of its own (a JSON API turn took one more round trip)
+    started = await writer.start_turn(check_id(session_id), user, body.message, body.role, lang, client_ip(request),
                                       request_id=request_id, attachments=body.attachments)
     return turn_out(request, started.id)
 
